@@ -1,0 +1,39 @@
+"""Build every part of a run from a validated config: system, potential, observables,
+targets, sampler, optimiser and learner. Used by ``train`` and ``evaluate`` alike."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import observables as observables_mod
+from . import optim, potentials, targets as targets_mod
+from .learn import TRAINERS
+from .simulate import Sampler, sampler_config
+from .system import System, build_system
+
+
+@dataclass
+class Components:
+    system: System
+    potential: Any
+    observables: dict
+    targets: dict
+    sampler: Sampler
+    optimizer: Any
+    learner: Any
+    ctx: observables_mod.Context
+    ground_truth: Any
+
+
+def build(cfg) -> Components:
+    system = build_system(cfg.system)
+    cutoff = float(cfg.model.get("cutoff", cfg.system.get("cutoff", 2.5)))
+    potential = potentials.build(cfg.prior, cfg.model, cutoff)
+    obs = observables_mod.build(cfg.observables)
+    tgts = targets_mod.build(cfg.targets, obs, system.units)
+    sampler = Sampler(potential, system, sampler_config(cfg.simulator))
+    optimizer = optim.build(cfg.optimizer, int(cfg.trainer.updates))
+    ctx = observables_mod.Context(system.n_particles, system.volume, system.kT)
+    learner = TRAINERS[cfg.trainer.kind](potential, obs, tgts, ctx, optimizer, system.box_size, 1.0 / system.kT)
+    truth = potentials.ground_truth(cfg.get("ground_truth"), cutoff)
+    return Components(system, potential, obs, tgts, sampler, optimizer, learner, ctx, truth)

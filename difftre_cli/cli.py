@@ -1,0 +1,206 @@
+"""Command line: ``difftre {train,evaluate} [overrides]``.
+
+Exit codes: 0 success; 2 bad input (config, files, unstable simulation) with a one-line
+message and no traceback; 1 internal error (traceback kept).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+log = logging.getLogger("difftre")
+
+USAGE = """usage: difftre <command> [overrides ...]
+
+Learn interaction potentials for molecular dynamics top-down from observables (DiffTRe).
+
+commands:
+  train      [config=NAME] [group=option ...] [key=value ...] [--multirun] [--cfg job]
+             train a model; runs go under runs/<config>/<timestamp>/ (hydra.run.dir=PATH to choose)
+             resume=PATH continues a stopped run from its last checkpoint
+  evaluate   [run=PATH] [evaluate.production_steps=N ...]
+             long production run with the final parameters (default: the latest run);
+             writes evaluation.json and PNG plots into the run directory
+
+presets (config=NAME): {presets}
+config groups: {groups}
+"""
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / "config").glob("*.yaml"))
+
+
+def groups() -> list[str]:
+    return sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "config")
+
+
+def fail(message: str) -> None:
+    print(f"difftre: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE.format(presets=", ".join(presets()), groups=", ".join(groups())))
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "train":
+        return train_command(rest)
+    if cmd == "evaluate":
+        return evaluate_command(rest)
+    fail(f"unknown command {cmd!r}; use train or evaluate (difftre --help)")
+    return 2
+
+
+# ------------------------------------------------------------------------------------------
+def _precompose(overrides: list[str]):
+    """Compose the config as Hydra would (first value of each sweep) to catch bad input early."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except HydraException as exc:
+        fail(f"cannot parse overrides: {str(exc).splitlines()[0]}")
+    single = []
+    for ov, text in zip(parsed, overrides):
+        if ov.is_sweep_override():
+            first = next(iter(ov.sweep_string_iterator()))
+            single.append(f"{ov.get_key_element()}={first}")
+        else:
+            single.append(text)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            cfg = compose(config_name="train", overrides=single, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as exc:
+        msg = str(exc).strip().splitlines()[0]
+        if "config" in msg and "Could not find" in msg:
+            msg += f" (presets: {', '.join(presets())})"
+        fail(f"{msg}\n  fix: check the key or option name (difftre --help lists presets and groups; "
+             "append new keys with +key=value)")
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg
+
+
+def _resume_overrides(rest: list[str]) -> list[str]:
+    resume = [a for a in rest if a.startswith("resume=")]
+    if not resume:
+        return rest
+    path = Path(resume[-1].split("=", 1)[1]).expanduser()
+    if str(path) in ("", "null", "None"):
+        return rest
+    saved = path / ".hydra" / "overrides.yaml"
+    if not (path / "difftre.h5").is_file() or not saved.is_file():
+        fail(f"resume={path}: not a difftre run directory with a checkpoint (difftre.h5 and .hydra/ missing)\n"
+             "  fix: point resume= at a run directory, e.g. resume=runs/lj/2026-01-01_12-00-00")
+    import yaml
+    old = [o for o in (yaml.safe_load(saved.read_text()) or [])
+           if not o.startswith(("resume=", "hydra.run.dir="))]
+    new = [a for a in rest if not a.startswith("resume=")]
+    return old + new + [f"resume={path.resolve()}", f"hydra.run.dir={path.resolve()}"]
+
+
+def train_command(rest: list[str]) -> int:
+    rest = _resume_overrides(rest)
+    flags = [a for a in rest if a.startswith("-")]
+    overrides = [a for a in rest if not a.startswith("-")]
+    if not any(f in ("--help", "-h", "--hydra-help", "--info") for f in flags):
+        cfg = _precompose(overrides)
+        from .config import validate
+        from .errors import UserError
+        try:
+            validate(cfg)
+        except UserError as exc:
+            fail(str(exc))
+        _set_precision(cfg.precision)
+    sys.argv = ["difftre-train"] + rest
+    _hydra_train()
+    return 0
+
+
+def _set_precision(precision: str) -> None:
+    import jax
+    jax.config.update("jax_enable_x64", precision == "double")
+
+
+def _hydra_train():
+    import hydra
+
+    @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base=None)
+    def task(cfg) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from .config import validate
+        from .errors import UserError
+        run_dir = HydraConfig.get().runtime.output_dir
+        try:
+            validate(cfg)
+            _set_precision(cfg.precision)
+            from .train import train
+            train(cfg, run_dir, resume=cfg.get("resume") is not None)
+        except UserError as exc:
+            log.error("%s", exc)
+            fail(str(exc))
+
+    task()
+
+
+# ------------------------------------------------------------------------------------------
+def latest_run(root: Path = Path("runs")) -> Path | None:
+    cands = [p.parent for p in root.glob("**/difftre.h5")]
+    return max(cands, key=lambda p: (p / "difftre.h5").stat().st_mtime) if cands else None
+
+
+def evaluate_command(rest: list[str]) -> int:
+    run = None
+    overrides = []
+    for a in rest:
+        if a.startswith("run="):
+            run = Path(a.split("=", 1)[1]).expanduser()
+        elif a.startswith("-"):
+            fail(f"unknown option {a!r} for evaluate; use run=PATH and key=value overrides")
+        else:
+            overrides.append(a)
+    if run is None:
+        run = latest_run()
+        if run is None:
+            fail("no run found under runs/\n  fix: train first (difftre train) or give run=PATH")
+    if not (run / "difftre.h5").is_file() or not (run / ".hydra" / "config.yaml").is_file():
+        fail(f"run={run}: not a difftre run directory (difftre.h5 or .hydra/config.yaml missing)\n"
+             "  fix: give the directory that `difftre train` printed")
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    try:
+        OmegaConf.set_struct(cfg, True)
+        cfg.merge_with_dotlist(overrides)
+    except (OmegaConfBaseException, ValueError) as exc:
+        fail(f"bad override: {str(exc).splitlines()[0]}\n  fix: use existing keys, e.g. evaluate.production_steps=20000")
+    from .config import validate
+    from .errors import UserError
+    try:
+        validate(cfg)
+        _set_precision(cfg.precision)
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s",
+                            handlers=[logging.FileHandler(run / "evaluate.log"), logging.StreamHandler()])
+        from .evaluate import evaluate
+        evaluate(cfg, run)
+    except UserError as exc:
+        fail(str(exc))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""`difftre evaluate`: a long production run with the final parameters, observables vs
+targets, the learned potential, plots and ``evaluation.json`` in the run directory."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import assemble
+from .simulate import Sampler
+from .store import RunStore
+
+log = logging.getLogger("difftre")
+
+
+def _load_params(store: RunStore, template):
+    _, trees, _, rows = store.read_checkpoint({"params": template})
+    return trees["params"], rows
+
+
+def production_observables(c, params, eq_steps: int, steps: int, every: int, seed: int, chunk: int = 2000):
+    """Mean of every observable over a fresh run: equilibrate, then ``steps`` steps in chunks."""
+    chunk = max(every, min(chunk, steps) // every * every)
+    scfg = dataclasses.replace(c.sampler.cfg, first_equilibration_steps=eq_steps, equilibration_steps=0,
+                               production_steps=chunk, every=every)
+    sampler = Sampler(c.potential, c.system, scfg)
+    state, nbrs = sampler.init(jax.random.PRNGKey(seed), params)
+    sums, n, kts = {}, 0, []
+    for i in range(max(1, steps // chunk)):
+        res = sampler.sample(params, state, nbrs, first=(i == 0))
+        if not res.ok:
+            from .errors import UserError
+            raise UserError("the evaluation run became unstable (non-finite energies)",
+                            "the learned potential is not stable at this state point; train longer or lower simulator.dt")
+        state, nbrs = res.state, res.neighbor
+        feats = c.learner.featurize(res.trajectory)
+        vals = c.learner.snapshot_observables(params, feats)
+        for k, v in vals.items():
+            sums[k] = sums.get(k, 0.0) + np.asarray(v).sum(0)
+        n += vals[next(iter(vals))].shape[0]
+        kts.append(float(np.mean(res.trajectory.kT)))
+    return {k: v / n for k, v in sums.items()}, n, float(np.mean(kts))
+
+
+def evaluate(cfg, run_dir) -> dict:
+    run_dir = Path(run_dir)
+    t0 = time.perf_counter()
+    c = assemble.build(cfg)
+    store = RunStore(run_dir)
+    params, rows = _load_params(store, c.potential.init(jax.random.PRNGKey(0)))
+    ev = cfg.get("evaluate", {})
+    eq, steps, every = int(ev.get("equilibration_steps", 5000)), int(ev.get("production_steps", 20000)), int(ev.get("every", 20))
+    means, n_snap, kT = production_observables(c, params, eq, steps, every, seed=int(cfg.seed) + 1)
+    out = {"run": str(run_dir), "production_steps": steps, "snapshots": n_snap, "mean_kinetic_kT": kT,
+           "units": c.system.units.to_dict(), "targets": {}, "observables": {}}
+    for name, obs in c.observables.items():
+        out["observables"][name] = {"grid": None if obs.grid is None else np.asarray(obs.grid).tolist(),
+                                    "value": np.asarray(means[name]).tolist()}
+    for name, t in c.targets.items():
+        pred = np.asarray(means[t.observable])
+        rmse = float(np.sqrt(np.mean((pred - np.asarray(t.value)) ** 2)))
+        start = None
+        if rows and f"loss_{name}" in rows[0] and t.gamma > 0:
+            start = float(np.sqrt(rows[0][f"loss_{name}"] / t.gamma))
+        grid = c.observables[t.observable].grid
+        out["targets"][name] = {"rmse": rmse, "rmse_at_start": start, "source": t.source,
+                                "grid": None if grid is None else np.asarray(grid).tolist(),
+                                "observable": pred.tolist(), "target": np.asarray(t.value).tolist()}
+    out["potential"] = potential_curve(c, params, cfg)
+    out["wall_time_s"] = time.perf_counter() - t0
+    with open(run_dir / "evaluation.json", "w") as fh:
+        json.dump(out, fh, indent=1)
+    from .plots import plot_all
+    plot_all(run_dir, out, rows)
+    _summary(out)
+    return out
+
+
+def potential_curve(c, params, cfg) -> dict:
+    pot = c.potential
+    lo = float(cfg.get("evaluate", {}).get("potential_r_min", 0.8))
+    r = np.linspace(lo, pot.cutoff, 200)
+    total = np.asarray(pot.pair(params, jnp.asarray(r)))
+    prior = np.asarray(pot.prior(jnp.asarray(r)))
+    res = {"r": r.tolist(), "total": total.tolist(), "prior": prior.tolist(), "type_pair": "0-0"}
+    if c.ground_truth is not None:
+        fn, cut = c.ground_truth
+        truth = np.where(r < cut, np.asarray(fn(jnp.asarray(r))), 0.0)
+        res["truth"] = truth.tolist()
+        a, b = (float(x) for x in cfg.get("evaluate", {}).get("potential_error_range", [0.95, pot.cutoff]))
+        sel = (r >= a) & (r <= b)
+        res["max_abs_error"] = float(np.max(np.abs(total[sel] - truth[sel])))
+        res["error_range"] = [a, b]
+        # Δ = ∫ |U_fit − U_true| dr over the same range (trapezoid)
+        res["integrated_abs_error"] = float(np.trapezoid(np.abs(total[sel] - truth[sel]), r[sel]))
+    return res
+
+
+def _summary(out: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=f"difftre evaluate — {out['run']}")
+    t.add_column("quantity")
+    t.add_column("value", justify="right")
+    for name, d in out["targets"].items():
+        start = "" if d["rmse_at_start"] is None else f" (start {d['rmse_at_start']:.4g})"
+        t.add_row(f"RMSE {name}", f"{d['rmse']:.4g}{start}")
+    for name, d in out["observables"].items():
+        if d["grid"] is None:
+            t.add_row(name, f"{d['value']:.5g}")
+    pot = out["potential"]
+    if "max_abs_error" in pot:
+        a, b = pot["error_range"]
+        t.add_row(f"max |U - U_true| on [{a}, {b}]", f"{pot['max_abs_error']:.4g}")
+    t.add_row("mean kinetic kT", f"{out['mean_kinetic_kT']:.4f}")
+    t.add_row("snapshots", str(out["snapshots"]))
+    t.add_row("wall time [s]", f"{out['wall_time_s']:.1f}")
+    Console().print(t)

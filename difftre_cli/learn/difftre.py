@@ -1,0 +1,169 @@
+"""Differentiable Trajectory Reweighting (Thaler & Zavadlav, Nat. Commun. 12, 6884, 2021).
+
+Per reference trajectory (θ-independent, computed once):
+    pair distances of every kept snapshot, and the observables that depend on positions only.
+Per update (one jit call, compiled once per run):
+    U_θ(S_i) and the virial from the stored distances → weights w_i = softmax(−β(U_θ − U_ref))
+    → reweighted observables ⟨O⟩ = Σ w_i O_i → loss Σ_k γ_k MSE_k → gradient (through the
+    weights and θ-dependent observables only, never through the integrator) → optax step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from .. import neighbors, reweight
+from ..errors import UserError
+from ..potentials import distances_on_list
+
+log = logging.getLogger("difftre")
+
+
+class Features(NamedTuple):
+    """θ-independent data of one reference trajectory."""
+
+    r: Any            # (S, N, M) pair distances on a dense list, +inf padding
+    static: dict      # name -> (S, ...) per-snapshot values of θ-independent observables
+    u_ref: Any        # (S,)
+
+
+class StepAux(NamedTuple):
+    loss: Any
+    losses: dict
+    predictions: dict
+    n_eff: Any
+    grad_norm: Any
+    finite: Any
+
+
+class DiffTRe:
+    """The DiffTRe learner: ``featurize`` a trajectory once, then ``step`` many times."""
+
+    def __init__(self, potential, observables: dict, targets: dict, ctx, optimizer: optax.GradientTransformation,
+                 box_size: float, beta: float):
+        self.potential = potential
+        self.observables = observables
+        self.targets = targets
+        self.ctx = ctx
+        self.optimizer = optimizer
+        self.beta = beta
+        self.box = float(box_size)
+        reach = max([potential.cutoff] + [getattr(o, "reach", 0.0) for o in observables.values()])
+        if reach > 0.5 * self.box:
+            raise UserError(f"observable range {reach:.3g} exceeds half the box ({0.5 * self.box:.3g})",
+                            "use more particles (system.n_particles) or a smaller r_max")
+        self.feature_cutoff = reach
+        self.feature_nbr_fn = neighbors.make_neighbor_fn(self.box, reach, 0.0, 1.3)
+        self._feature_nbrs = None
+        self.trace_count = {"featurize": 0, "step": 0}
+        self._featurize = jax.jit(self._featurize_impl)
+        self._step = jax.jit(self._step_impl)
+
+    # -- per trajectory ----------------------------------------------------------------
+    def _featurize_impl(self, positions, nbrs, u_ref):
+        self.trace_count["featurize"] += 1
+
+        def one(carry, R):
+            nb = self.feature_nbr_fn.update(R, carry)
+            r = distances_on_list(R, nb.idx, self.box)
+            static = {k: o.snapshot(self.ctx, {"r": r}) for k, o in self.observables.items()
+                      if not o.depends_on_params}
+            return nb, (r, static)
+
+        nbrs, (r, static) = lax.scan(one, nbrs, positions)
+        return Features(r, static, u_ref), nbrs.did_buffer_overflow
+
+    def _fresh_list(self, nbrs, positions):
+        """Force a rebuild at the first snapshot (skin 0 rebuilds at every later one), so that
+        features depend only on the positions and the list's capacities."""
+        far = jnp.mod(jnp.asarray(positions[0]) + 0.37 * self.box, self.box)
+        return dataclasses.replace(nbrs, reference_position=far, did_buffer_overflow=jnp.asarray(False))
+
+    def capacity_attrs(self) -> dict:
+        nb = self._feature_nbrs
+        return {} if nb is None else {"feature_capacity": nb.max_occupancy, "feature_cell_capacity": nb.cell_capacity}
+
+    def set_capacity(self, attrs: dict, positions=None) -> None:
+        """Restore the feature list's capacities recorded in a checkpoint (bit-identical resume)."""
+        if "feature_capacity" not in attrs:
+            return
+        self._pending_capacity = (int(attrs["feature_capacity"]), int(attrs["feature_cell_capacity"]))
+
+    _pending_capacity = None
+
+    def featurize(self, trajectory) -> Features:
+        positions = jnp.asarray(trajectory.positions)
+        if self._feature_nbrs is None:
+            self._feature_nbrs = self.feature_nbr_fn.allocate(positions[0])
+            if self._pending_capacity is not None:
+                m, c = self._pending_capacity
+                n = positions.shape[1]
+                self._feature_nbrs = dataclasses.replace(self._feature_nbrs, idx=jnp.full((n, m), n, jnp.int32),
+                                                         max_occupancy=m, cell_capacity=c)
+        for attempt in range(6):
+            feats, overflow = self._featurize(positions, self._fresh_list(self._feature_nbrs, positions),
+                                              jnp.asarray(trajectory.energies))
+            if not bool(overflow):
+                return feats
+            self._feature_nbrs = self.feature_nbr_fn.allocate(positions[-1], extra_capacity=8 * 2 ** attempt)
+            log.info("feature neighbour list re-allocated (capacity %d)", self._feature_nbrs.idx.shape[1])
+        raise UserError("the feature neighbour list kept overflowing", "the system is probably unstable")
+
+    # -- per update --------------------------------------------------------------------
+    def snapshot_energies(self, params, r):
+        """U_θ (S,) and virial s·∂U/∂s (S,) from stored distances."""
+        def one(r_s):
+            return jax.value_and_grad(lambda s: self.potential.energy_from_distances(params, r_s, s))(1.0)
+        return jax.vmap(one)(r)
+
+    def predict(self, params, feats: Features):
+        u, virial = self.snapshot_energies(params, feats.r)
+        w = reweight.weights(self.beta, u, feats.u_ref)
+        q = {"energy": u, "virial": virial}
+        preds = {}
+        for name, obs in self.observables.items():
+            vals = jax.vmap(lambda e, v: obs.snapshot(self.ctx, {"energy": e, "virial": v}))(u, virial) \
+                if obs.depends_on_params else feats.static[name]
+            preds[name] = reweight.average(w, vals)
+        del q
+        return preds, w
+
+    def snapshot_observables(self, params, feats: Features) -> dict:
+        """Per-snapshot values (S, ...) of every observable at ``params`` (no reweighting)."""
+        u, virial = self.snapshot_energies(params, feats.r)
+        out = {}
+        for name, obs in self.observables.items():
+            out[name] = jax.vmap(lambda e, v: obs.snapshot(self.ctx, {"energy": e, "virial": v}))(u, virial) \
+                if obs.depends_on_params else feats.static[name]
+        return out
+
+    def loss(self, params, feats: Features):
+        preds, w = self.predict(params, feats)
+        losses = {name: t.gamma * jnp.mean((preds[t.observable] - jnp.asarray(t.value)) ** 2)
+                  for name, t in self.targets.items()}
+        total = sum(losses.values())
+        return total, (losses, preds, reweight.effective_sample_size(w))
+
+    def _step_impl(self, params, opt_state, feats, lr_scale):
+        self.trace_count["step"] += 1
+        (loss, (losses, preds, n_eff)), grads = jax.value_and_grad(self.loss, has_aux=True)(params, feats)
+        updates, new_opt_state = self.optimizer.update(grads, opt_state, params)
+        updates = jax.tree_util.tree_map(lambda u: lr_scale * u, updates)
+        new_params = optax.apply_updates(params, updates)
+        gnorm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(gnorm) & jnp.all(
+            jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(new_params)]))
+        # Never let a NaN reach the parameters: keep the old ones if anything is not finite.
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        new_params = jax.tree_util.tree_map(keep, new_params, params)
+        new_opt_state = jax.tree_util.tree_map(keep, new_opt_state, opt_state)
+        return new_params, new_opt_state, StepAux(loss, losses, preds, n_eff, gnorm, finite)
+
+    def step(self, params, opt_state, feats, lr_scale=1.0):
+        return self._step(params, opt_state, feats, jnp.asarray(lr_scale, jnp.float32))

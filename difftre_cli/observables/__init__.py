@@ -1,0 +1,44 @@
+"""Observables: per-snapshot quantities whose reweighted averages are compared with targets.
+
+An observable is a small frozen dataclass with
+
+- ``name`` and ``grid`` (None for scalars),
+- ``depends_on_params``: False if the snapshot value is fixed by the positions alone (then it
+  is computed once per reference trajectory, not once per update),
+- ``snapshot(ctx, quantities) -> value`` with ``quantities`` the per-snapshot inputs
+  (pair distances ``r``; for θ-dependent observables also ``energy`` and ``virial``).
+
+The registry :data:`OBSERVABLES` maps the name used in ``observables/*.yaml`` to a builder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UserError
+from .energy import PotentialEnergy
+from .pressure import Pressure
+from .rdf import RDF
+
+
+@dataclass(frozen=True)
+class Context:
+    """What an observable may need to know about the system (units of the system)."""
+
+    n_particles: int
+    volume: float
+    kT: float
+
+
+OBSERVABLES = {"rdf": RDF.from_config, "pressure": Pressure.from_config, "energy": PotentialEnergy.from_config}
+
+
+def build(cfg) -> dict:
+    """Observables from the ``observables`` config group: a mapping name -> settings with ``kind``."""
+    out = {}
+    for name, sub in (cfg or {}).items():
+        kind = sub.get("kind", name)
+        if kind not in OBSERVABLES:
+            raise UserError(f"observables.{name}.kind: unknown observable {kind!r}",
+                            f"use one of {sorted(OBSERVABLES)}")
+        out[name] = OBSERVABLES[kind](name, sub)
+    return out

@@ -1,0 +1,19 @@
+"""Potential energy per particle, U/N (system energy unit)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PotentialEnergy:
+    name: str
+    depends_on_params: bool = True
+    grid: None = None
+    unit_kind: str = "energy"
+
+    @classmethod
+    def from_config(cls, name, cfg):
+        return cls(name=name)
+
+    def snapshot(self, ctx, q):
+        return q["energy"] / ctx.n_particles

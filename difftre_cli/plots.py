@@ -1,0 +1,62 @@
+"""PNG plots of an evaluation: observables vs targets, training curves, learned potential."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_all(run_dir: Path, ev: dict, rows: list[dict]) -> list[Path]:
+    paths = []
+    for name, d in ev["targets"].items():
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        if d["grid"] is not None:
+            ax.plot(d["grid"], d["target"], "k-", lw=2, label="target")
+            ax.plot(d["grid"], d["observable"], "C1--", label=f"learned (RMSE {d['rmse']:.3g})")
+            ax.set_xlabel(f"x [{ev['units']['length']}]")
+        else:
+            ax.bar(["target", "learned"], [d["target"], d["observable"]], color=["k", "C1"])
+        ax.set_title(name)
+        ax.legend()
+        fig.tight_layout()
+        p = run_dir / f"{name}.png"
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        paths.append(p)
+    if rows:
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+        upd = [r["update"] for r in rows]
+        axes[0].semilogy(upd, [r["loss"] for r in rows])
+        axes[0].set_title("loss")
+        axes[1].plot(upd, [r["n_eff"] for r in rows])
+        axes[1].set_title("N_eff")
+        axes[2].plot(upd, [r["update_time"] + r["sample_time"] for r in rows])
+        axes[2].set_title("wall time per update [s]")
+        for a in axes:
+            a.set_xlabel("update")
+        fig.tight_layout()
+        p = run_dir / "training.png"
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        paths.append(p)
+    pot = ev["potential"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(pot["r"], pot["prior"], ":", color="gray", label="prior")
+    if "truth" in pot:
+        ax.plot(pot["r"], pot["truth"], "k-", lw=2, label="ground truth")
+    ax.plot(pot["r"], pot["total"], "C1--", label="learned (prior + model)")
+    lo = min(np.min(pot["total"]), np.min(pot.get("truth", pot["total"])))
+    ax.set_ylim(lo - 0.5, 3.0)
+    ax.set_xlabel(f"r [{ev['units']['length']}]")
+    ax.set_ylabel(f"u(r) [{ev['units']['energy']}]")
+    ax.legend()
+    fig.tight_layout()
+    p = run_dir / "potential.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    paths.append(p)
+    return paths

@@ -1,0 +1,179 @@
+"""The sampler: equilibration, production and subsampling of a whole reference trajectory
+in one jit-compiled call, with reference energies U_ref(S_i) recorded for each kept snapshot.
+
+Integrators come from JAX MD (NVT Langevin/BAOAB, NVT Nosé–Hoover chain, NVE). The
+neighbour list is updated every step (rebuilt only when a particle moved more than half the
+skin); after each segment its overflow flag is checked and, on overflow, the list is
+re-allocated with more room and the segment recomputed from its starting state.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax_md import simulate as jmd_simulate
+from jax_md import space
+
+from . import neighbors
+from .errors import UserError
+
+log = logging.getLogger("difftre")
+
+
+class Trajectory(NamedTuple):
+    """Kept snapshots of one reference trajectory.
+
+    positions: (S, N, 3) in the system's length unit; energies: (S,) U_ref in its energy
+    unit; kT: (S,) instantaneous kinetic temperature (energy unit); step: (S,) MD step index.
+    """
+
+    positions: Any
+    energies: Any
+    kT: Any
+    step: Any
+
+
+class SampleResult(NamedTuple):
+    trajectory: Trajectory
+    state: Any
+    neighbor: Any
+    ok: bool          # False if energies or positions became NaN/inf
+    retries: int      # neighbour-list re-allocations needed
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    integrator: str = "langevin"      # langevin | nose_hoover | nve
+    dt: float = 0.005
+    gamma: float = 1.0                # Langevin friction (1/time)
+    chain_length: int = 3             # Nosé–Hoover chain length
+    tau_steps: float = 100.0          # Nosé–Hoover coupling time in units of dt
+    equilibration_steps: int = 1000   # before each later trajectory
+    first_equilibration_steps: int = 5000
+    production_steps: int = 1000
+    every: int = 10                   # keep one snapshot every `every` steps
+    skin: float = 0.3
+    capacity_multiplier: float = 1.25
+    max_retries: int = 5
+
+    @property
+    def n_snapshots(self) -> int:
+        return self.production_steps // self.every
+
+
+def sampler_config(cfg) -> SamplerConfig:
+    fields = SamplerConfig.__dataclass_fields__
+    kwargs = {k: cfg[k] for k in cfg if k in fields}
+    unknown = sorted(k for k in cfg if k not in fields and k != "kind")
+    if unknown:
+        raise UserError(f"simulator: unknown key(s) {unknown}", f"valid keys: {sorted(fields)}")
+    sc = SamplerConfig(**kwargs)
+    if sc.dt <= 0:
+        raise UserError(f"simulator.dt must be > 0 (got {sc.dt})", "set e.g. simulator.dt=0.005")
+    if sc.every <= 0 or sc.production_steps < sc.every:
+        raise UserError("simulator.production_steps must be >= simulator.every > 0",
+                        f"got production_steps={sc.production_steps}, every={sc.every}")
+    if sc.integrator not in ("langevin", "nose_hoover", "nve"):
+        raise UserError(f"simulator.integrator: unknown {sc.integrator!r}", "use langevin, nose_hoover or nve")
+    if sc.equilibration_steps < 0 or sc.first_equilibration_steps < 0:
+        raise UserError("simulator equilibration steps must be >= 0", "set them to 0 or more")
+    return sc
+
+
+class Sampler:
+    """Samples reference trajectories of ``potential`` for ``system`` with parameters θ.
+
+    ``init(key, params)`` gives the initial integrator state and neighbour list;
+    ``sample(params, state, neighbor, first)`` runs equilibration + production in one
+    compiled call and returns a :class:`SampleResult`.
+    """
+
+    def __init__(self, potential, system, cfg: SamplerConfig):
+        self.potential = potential
+        self.system = system
+        self.cfg = cfg
+        box = float(system.box_size)
+        self.box = box
+        _, self.shift = space.periodic(box)
+        self.neighbor_fn = neighbors.make_neighbor_fn(box, potential.cutoff, cfg.skin, cfg.capacity_multiplier)
+        self.force = potential.force_fn(box)
+        self.energy = potential.energy_fn(box)
+        kT = float(system.kT)
+        if cfg.integrator == "langevin":
+            self._init, self._step = jmd_simulate.nvt_langevin(self.force, self.shift, cfg.dt, kT, gamma=cfg.gamma)
+        elif cfg.integrator == "nose_hoover":
+            self._init, self._step = jmd_simulate.nvt_nose_hoover(
+                self.force, self.shift, cfg.dt, kT, chain_length=cfg.chain_length, tau=cfg.tau_steps * cfg.dt)
+        else:
+            self._init, self._step = jmd_simulate.nve(self.force, self.shift, cfg.dt)
+        self._run = jax.jit(self._run_impl, static_argnames=("n_snapshots", "every"))
+
+    # ----------------------------------------------------------------------------------
+    def init(self, key, params, positions=None):
+        R = jnp.asarray(self.system.positions if positions is None else positions)
+        nbrs = self.neighbor_fn.allocate(R)
+        kw = {} if self.cfg.integrator == "nve" else {"kT": self.system.kT}
+        if self.cfg.integrator == "nve":
+            state = self._init(key, R, mass=self.system.mass, kT=self.system.kT, neighbor=nbrs, params=params)
+        else:
+            state = self._init(key, R, mass=self.system.mass, neighbor=nbrs, params=params, **kw)
+        return state, nbrs
+
+    def _run_impl(self, params, state, nbrs, n_equilibration, n_snapshots, every):
+        def one_step(carry, _=None):
+            st, nb = carry
+            nb = self.neighbor_fn.update(st.position, nb)
+            st = self._step(st, neighbor=nb, params=params)
+            return st, nb
+
+        def n_steps(carry, n):
+            return lax.fori_loop(0, n, lambda i, c: one_step(c), carry)
+
+        carry = n_steps((state, nbrs), n_equilibration)
+
+        def snapshot(carry, _):
+            carry = n_steps(carry, every)
+            st, nb = carry
+            nb = self.neighbor_fn.update(st.position, nb)
+            u = self.energy(st.position, nb, params)
+            kinetic = 0.5 * jnp.sum(st.momentum ** 2 / st.mass)
+            kT_inst = 2.0 * kinetic / (3 * (st.position.shape[0] - 1))
+            return (st, nb), (st.position, u, kT_inst)
+
+        (state, nbrs), (pos, u, kT) = lax.scan(snapshot, carry, None, length=n_snapshots)
+        return state, nbrs, pos, u, kT
+
+    def sample(self, params, state, nbrs, first: bool = False) -> SampleResult:
+        """Equilibrate then produce; on neighbour-list overflow re-allocate and recompute."""
+        cfg = self.cfg
+        n_eq = cfg.first_equilibration_steps if first else cfg.equilibration_steps
+        extra = 0
+        for attempt in range(cfg.max_retries + 1):
+            new_state, new_nbrs, pos, u, kT = self._run(params, state, nbrs, jnp.asarray(n_eq, jnp.int32),
+                                                        n_snapshots=cfg.n_snapshots, every=cfg.every)
+            if not bool(new_nbrs.did_buffer_overflow):
+                break
+            extra = max(8, 2 * extra) if extra else 8
+            log.info("neighbour list overflowed (capacity %d); re-allocating with %d extra slots and "
+                     "recomputing the segment", int(nbrs.idx.shape[1]), extra)
+            nbrs = self.neighbor_fn.allocate(state.position, extra_capacity=extra * (attempt + 1))
+        else:
+            raise UserError(f"the neighbour list kept overflowing after {cfg.max_retries} re-allocations",
+                            "the simulation is probably unstable: lower simulator.dt or the learning rate")
+        ok = bool(jnp.all(jnp.isfinite(u)) & jnp.all(jnp.isfinite(pos)))
+        steps = n_eq + cfg.every * (1 + np.arange(cfg.n_snapshots))
+        traj = Trajectory(pos, u, kT, steps)
+        return SampleResult(traj, new_state, new_nbrs, ok, attempt)
+
+
+def positions_of(state):
+    return state.position
+
+
+__all__ = ["Sampler", "SamplerConfig", "Trajectory", "SampleResult", "sampler_config", "partial"]

@@ -1,0 +1,217 @@
+"""HDF5 run store.
+
+Layout of a run directory::
+
+    difftre.h5                 checkpoint (params, optimiser state, PRNG key, simulator state,
+                               neighbour list), metrics table, config, versions, units;
+                               /trajectories/ref_XXXXX are external links to the files below
+    trajectories/ref_XXXXX.h5  kept snapshots of each reference trajectory, H5MD 1.1 layout
+                               (/h5md, /particles/all/{position,box}, /observables/reference_energy)
+    metrics.csv                one row per completed update
+
+Crash safety: every HDF5 file is written to ``NAME.tmp``, flushed and fsynced, then renamed over
+``NAME`` (atomic on POSIX). A torn write leaves only a ``.tmp`` file, which is never read; the
+previous complete checkpoint stays in place.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import jax
+import numpy as np
+
+CHECKPOINT_FILE = "difftre.h5"
+METRICS_FILE = "metrics.csv"
+FORMAT_VERSION = 1
+
+
+def _fsync_replace(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    try:
+        dfd = os.open(final.parent, os.O_RDONLY)
+        os.fsync(dfd)
+        os.close(dfd)
+    except OSError:
+        pass
+
+
+def save_pytree(group: h5py.Group, tree: Any) -> None:
+    """Store the array leaves of ``tree`` as leaf_00000 … in flattening order."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    group.attrs["n_leaves"] = len(leaves)
+    for i, leaf in enumerate(leaves):
+        arr = np.asarray(leaf)
+        if arr.dtype == np.dtype("V") or arr.dtype.kind == "V":  # PRNG key data
+            arr = np.asarray(jax.random.key_data(leaf))
+        group.create_dataset(f"leaf_{i:05d}", data=arr)
+
+
+def load_pytree(group: h5py.Group, template: Any) -> Any:
+    """Rebuild a pytree with the structure of ``template`` from :func:`save_pytree` output."""
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    n = int(group.attrs["n_leaves"])
+    if n != len(leaves):
+        raise ValueError(f"checkpoint has {n} leaves, the current config expects {len(leaves)}")
+    out = []
+    for i, like in enumerate(leaves):
+        arr = group[f"leaf_{i:05d}"][()]
+        like_arr = np.asarray(like)
+        if arr.shape != like_arr.shape:
+            raise ValueError(f"checkpoint leaf {i} has shape {arr.shape}, expected {like_arr.shape}")
+        out.append(jax.numpy.asarray(arr, dtype=like_arr.dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+class RunStore:
+    """Reads and writes one run directory."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.dir = Path(run_dir)
+        self.traj_dir = self.dir / "trajectories"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / CHECKPOINT_FILE
+
+    # -- trajectories ------------------------------------------------------------------
+    def write_trajectory(self, index: int, traj, box_size: float, dt: float, unit_system) -> Path:
+        self.traj_dir.mkdir(parents=True, exist_ok=True)
+        final = self.traj_dir / f"ref_{index:05d}.h5"
+        tmp = final.with_suffix(".h5.tmp")
+        pos = np.asarray(traj.positions, np.float32)
+        steps = np.asarray(traj.step, np.int64)
+        times = steps * float(dt)
+        real = unit_system.name == "real"
+        from . import __version__
+        with h5py.File(tmp, "w") as f:
+            h5 = f.create_group("h5md")
+            h5.attrs["version"] = np.array([1, 1])
+            h5.create_group("author").attrs["name"] = "difftre"
+            creator = h5.create_group("creator")
+            creator.attrs["name"] = "difftre"
+            creator.attrs["version"] = __version__
+            part = f.create_group("particles/all")
+            box = part.create_group("box")
+            box.attrs["dimension"] = 3
+            box.attrs["boundary"] = np.array([b"periodic"] * 3)
+            edges = box.create_group("edges")
+            edges.create_dataset("step", data=steps)
+            edges.create_dataset("time", data=times)
+            ev = edges.create_dataset("value", data=np.full((len(steps), 3), box_size, np.float32))
+            p = part.create_group("position")
+            p.create_dataset("step", data=steps)
+            t = p.create_dataset("time", data=times)
+            v = p.create_dataset("value", data=pos, compression="gzip", compression_opts=1, shuffle=True)
+            e = f.create_group("observables/reference_energy")
+            e.create_dataset("step", data=steps)
+            e.create_dataset("time", data=times)
+            ee = e.create_dataset("value", data=np.asarray(traj.energies, np.float64))
+            k = f.create_group("observables/kinetic_temperature")
+            k.create_dataset("step", data=steps)
+            k.create_dataset("time", data=times)
+            k.create_dataset("value", data=np.asarray(traj.kT, np.float64))
+            if real:  # H5MD unit attributes; omitted in reduced units, which readers cannot convert
+                v.attrs["unit"] = "nm"
+                ev.attrs["unit"] = "nm"
+                t.attrs["unit"] = "ps"
+                ee.attrs["unit"] = "kJ mol-1"
+            f.attrs["units"] = json.dumps(unit_system.to_dict())
+        _fsync_replace(tmp, final)
+        return final
+
+    def read_trajectory(self, index: int):
+        from .simulate import Trajectory
+        with h5py.File(self.traj_dir / f"ref_{index:05d}.h5", "r") as f:
+            return Trajectory(f["particles/all/position/value"][()], f["observables/reference_energy/value"][()],
+                              f["observables/kinetic_temperature/value"][()], f["particles/all/position/step"][()])
+
+    # -- checkpoints -------------------------------------------------------------------
+    def write_checkpoint(self, *, update: int, trees: dict, attrs: dict, metrics: list[dict],
+                         n_trajectories: int, config_yaml: str, versions: dict) -> None:
+        """Atomically replace difftre.h5 with a complete checkpoint after ``update`` updates."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        final = self.checkpoint_path
+        tmp = final.with_suffix(".h5.tmp")
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["config"] = config_yaml
+            f.attrs["versions"] = json.dumps(versions)
+            ck = f.create_group("checkpoint")
+            ck.attrs["update"] = update
+            for k, v in attrs.items():
+                ck.attrs[k] = v
+            for name, tree in trees.items():
+                save_pytree(ck.create_group(name), tree)
+            if metrics:
+                m = f.create_group("metrics")
+                for col in metrics[0]:
+                    vals = [row.get(col) for row in metrics]
+                    if all(isinstance(x, str) for x in vals):
+                        m.create_dataset(col, data=np.array(vals, dtype=h5py.string_dtype()))
+                    else:
+                        m.create_dataset(col, data=np.array([np.nan if x is None else x for x in vals], float))
+                m.attrs["columns"] = json.dumps(list(metrics[0]))
+            tg = f.create_group("trajectories")
+            for i in range(n_trajectories):
+                tg[f"ref_{i:05d}"] = h5py.ExternalLink(f"trajectories/ref_{i:05d}.h5", "/")
+            ck.attrs["complete"] = True
+        _fsync_replace(tmp, final)
+
+    def read_checkpoint(self, templates: dict) -> tuple[int, dict, dict, list[dict]]:
+        with h5py.File(self.checkpoint_path, "r") as f:
+            ck = f["checkpoint"]
+            if not ck.attrs.get("complete", False):
+                raise ValueError("checkpoint is incomplete")
+            update = int(ck.attrs["update"])
+            trees = {k: load_pytree(ck[k], t) for k, t in templates.items() if k in ck}
+            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in ck.attrs.items()}
+            metrics = read_metrics_table(f)
+        return update, trees, attrs, metrics
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_path.is_file()
+
+    # -- metrics -------------------------------------------------------------------------
+    def rewrite_metrics_csv(self, rows: list[dict]) -> None:
+        path = self.dir / METRICS_FILE
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as fh:
+            if rows:
+                w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+        os.replace(tmp, path)
+
+    def append_metrics_csv(self, row: dict) -> None:
+        path = self.dir / METRICS_FILE
+        new = not path.exists() or path.stat().st_size == 0
+        with open(path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+            fh.flush()
+
+
+def read_metrics_table(f: h5py.File) -> list[dict]:
+    if "metrics" not in f:
+        return []
+    m = f["metrics"]
+    cols = json.loads(m.attrs["columns"])
+    data = {c: m[c][()] for c in cols}
+    n = len(next(iter(data.values()))) if data else 0
+    rows = []
+    for i in range(n):
+        row = {}
+        for c in cols:
+            v = data[c][i]
+            row[c] = v.decode() if isinstance(v, bytes) else (v.item() if hasattr(v, "item") else v)
+        rows.append(row)
+    return rows
