@@ -127,7 +127,7 @@ class Trainer:
                         raise UserError("the simulation with the initial parameters is unstable (non-finite energies)",
                                         "lower simulator.dt, check the prior and the initial structure")
                 t0 = time.perf_counter()
-                new_params, new_opt, aux = c.learner.step(params, opt_state, feats, lr_scale)
+                new_params, new_opt, aux = jax.block_until_ready(c.learner.step(params, opt_state, feats, lr_scale))
                 n_eff = float(aux.n_eff)
                 update_time = time.perf_counter() - t0
                 if reused and n_eff < self.ratio * self.n_snapshots:
@@ -136,8 +136,9 @@ class Trainer:
                     if ok:
                         state, nbrs, feats, n_traj = sampled
                         t0 = time.perf_counter()
-                        new_params, new_opt, aux = c.learner.step(params, opt_state, feats, lr_scale)
-                        update_time = time.perf_counter() - t0
+                        new_params, new_opt, aux = jax.block_until_ready(
+                            c.learner.step(params, opt_state, feats, lr_scale))
+                        update_time += time.perf_counter() - t0
                         n_eff = float(aux.n_eff)
                     else:
                         event = "unstable_simulation"

@@ -28,7 +28,7 @@ log = logging.getLogger("difftre")
 class Features(NamedTuple):
     """θ-independent data of one reference trajectory."""
 
-    r: Any            # (S, N, M) pair distances on a dense list, +inf padding
+    r: Any            # (S, N, W) distances < energy cutoff per particle, sorted, +inf padding
     static: dict      # name -> (S, ...) per-snapshot values of θ-independent observables
     u_ref: Any        # (S,)
 
@@ -62,11 +62,15 @@ class DiffTRe:
         self.feature_nbr_fn = neighbors.make_neighbor_fn(self.box, reach, 0.0, 1.3)
         self._feature_nbrs = None
         self.trace_count = {"featurize": 0, "step": 0}
-        self._featurize = jax.jit(self._featurize_impl)
+        self._featurize = jax.jit(self._featurize_impl, static_argnames=("width",))
+        self._energy_width = None
         self._step = jax.jit(self._step_impl)
 
     # -- per trajectory ----------------------------------------------------------------
-    def _featurize_impl(self, positions, nbrs, u_ref):
+    def _featurize_impl(self, positions, nbrs, u_ref, width):
+        """Distances within the energy cutoff, sorted per particle and cut to ``width`` columns
+        (a canonical form that does not depend on the list's order or capacity), and the
+        θ-independent observables of every snapshot."""
         self.trace_count["featurize"] += 1
 
         def one(carry, R):
@@ -74,10 +78,17 @@ class DiffTRe:
             r = distances_on_list(R, nb.idx, self.box)
             static = {k: o.snapshot(self.ctx, {"r": r}) for k, o in self.observables.items()
                       if not o.depends_on_params}
-            return nb, (r, static)
+            r_e = jnp.where(r < self.potential.cutoff, r, jnp.inf)
+            count = jnp.max(jnp.sum(r_e < jnp.inf, axis=-1))
+            r_e = jnp.sort(r_e, axis=-1)
+            if width <= r_e.shape[-1]:
+                r_e = r_e[:, :width]
+            else:
+                r_e = jnp.concatenate([r_e, jnp.full((r_e.shape[0], width - r_e.shape[-1]), jnp.inf, r_e.dtype)], -1)
+            return nb, (r_e, static, count)
 
-        nbrs, (r, static) = lax.scan(one, nbrs, positions)
-        return Features(r, static, u_ref), nbrs.did_buffer_overflow
+        nbrs, (r, static, count) = lax.scan(one, nbrs, positions)
+        return Features(r, static, u_ref), nbrs.did_buffer_overflow | (jnp.max(count) > width)
 
     def _fresh_list(self, nbrs, positions):
         """Force a rebuild at the first snapshot (skin 0 rebuilds at every later one), so that
@@ -87,13 +98,15 @@ class DiffTRe:
 
     def capacity_attrs(self) -> dict:
         nb = self._feature_nbrs
-        return {} if nb is None else {"feature_capacity": nb.max_occupancy, "feature_cell_capacity": nb.cell_capacity}
+        return {} if nb is None else {"feature_capacity": nb.max_occupancy, "feature_cell_capacity": nb.cell_capacity,
+                                      "energy_width": self._energy_width}
 
     def set_capacity(self, attrs: dict, positions=None) -> None:
         """Restore the feature list's capacities recorded in a checkpoint (bit-identical resume)."""
         if "feature_capacity" not in attrs:
             return
         self._pending_capacity = (int(attrs["feature_capacity"]), int(attrs["feature_cell_capacity"]))
+        self._energy_width = int(attrs["energy_width"])
 
     _pending_capacity = None
 
@@ -106,13 +119,18 @@ class DiffTRe:
                 n = positions.shape[1]
                 self._feature_nbrs = dataclasses.replace(self._feature_nbrs, idx=jnp.full((n, m), n, jnp.int32),
                                                          max_occupancy=m, cell_capacity=c)
+        if self._energy_width is None:
+            r0 = distances_on_list(positions[0], self._feature_nbrs.idx, self.box)
+            self._energy_width = int(1.2 * int(jnp.max(jnp.sum(r0 < self.potential.cutoff, axis=-1)))) + 4
         for attempt in range(6):
             feats, overflow = self._featurize(positions, self._fresh_list(self._feature_nbrs, positions),
-                                              jnp.asarray(trajectory.energies))
+                                              jnp.asarray(trajectory.energies), width=self._energy_width)
             if not bool(overflow):
                 return feats
             self._feature_nbrs = self.feature_nbr_fn.allocate(positions[-1], extra_capacity=8 * 2 ** attempt)
-            log.info("feature neighbour list re-allocated (capacity %d)", self._feature_nbrs.idx.shape[1])
+            self._energy_width = int(self._energy_width * 1.25) + 4
+            log.info("feature neighbour list re-allocated (capacity %d, energy width %d)",
+                     self._feature_nbrs.idx.shape[1], self._energy_width)
         raise UserError("the feature neighbour list kept overflowing", "the system is probably unstable")
 
     # -- per update --------------------------------------------------------------------

@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Per-update cost of DiffTRe: compile time, time to the first update, wall time of a
+reused and of a resampled update, and peak memory (RSS).
+
+Two setups: the `lj` preset as configured, and a fixed reference setup (N = 1000, ρ = 0.7,
+kT = 1, 1000-step production keeping 100 snapshots). For each it also times the naive
+alternative measured in the same run — recomputing the θ-independent pair distances and
+RDF from positions in every update — and prints the ratio, plus the ratio to the 1 s goal.
+
+    python scripts/bench/update_cost.py [--repeats 10] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def compose(overrides):
+    from hydra import compose as hcompose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        return hcompose(config_name="train", overrides=overrides)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def measure(name, overrides, repeats):
+    import jax
+    import numpy as np
+    from difftre_cli import assemble
+
+    t_start = time.perf_counter()
+    cfg = compose(overrides)
+    c = assemble.build(cfg)
+    params = c.potential.init(jax.random.PRNGKey(0))
+    opt_state = c.optimizer.init(params)
+    state, nbrs = c.sampler.init(jax.random.PRNGKey(1), params)
+
+    t0 = time.perf_counter()
+    res = c.sampler.sample(params, state, nbrs, first=True)
+    jax.block_until_ready(res.trajectory.positions)
+    first_sample = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    feats = c.learner.featurize(res.trajectory)
+    jax.block_until_ready(feats.r)
+    first_feat = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = c.learner.step(params, opt_state, feats)
+    jax.block_until_ready(out[0])
+    compile_step = time.perf_counter() - t0
+    time_to_first = time.perf_counter() - t_start
+    params, opt_state = out[0], out[1]
+
+    reused = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        p2, o2, aux = c.learner.step(params, opt_state, feats)
+        jax.block_until_ready(p2)
+        reused.append(time.perf_counter() - t0)
+
+    resampled = []
+    naive = []
+    state, nbrs = res.state, res.neighbor
+    for _ in range(max(2, repeats // 4)):
+        t0 = time.perf_counter()
+        r2 = c.sampler.sample(params, state, nbrs)
+        f2 = c.learner.featurize(r2.trajectory)
+        p2, o2, aux = c.learner.step(params, opt_state, f2)
+        jax.block_until_ready(p2)
+        resampled.append(time.perf_counter() - t0)
+        state, nbrs = r2.state, r2.neighbor
+        # naive reference: featurize (distances + RDF from positions) in every update
+        t0 = time.perf_counter()
+        f3 = c.learner.featurize(r2.trajectory)
+        p3, o3, aux = c.learner.step(params, opt_state, f3)
+        jax.block_until_ready(p3)
+        naive.append(time.perf_counter() - t0)
+
+    med = statistics.median
+    row = {"setup": name, "n_particles": c.system.n_particles, "snapshots": c.sampler.cfg.n_snapshots,
+           "production_steps": c.sampler.cfg.production_steps,
+           "first_sample_incl_compile_s": first_sample, "first_featurize_incl_compile_s": first_feat,
+           "update_compile_s": compile_step, "time_to_first_update_s": time_to_first,
+           "reused_update_s": med(reused), "resampled_update_s": med(resampled),
+           "naive_update_s": med(naive), "peak_rss_mb": peak_rss_mb(),
+           "update_traces": c.learner.trace_count["step"]}
+    row["reused_vs_naive"] = row["reused_update_s"] / row["naive_update_s"]
+    row["reused_vs_goal_1s"] = row["reused_update_s"] / 1.0
+    del np
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--only", choices=["lj", "reference"], default=None)
+    args = ap.parse_args()
+    setups = {
+        "lj": ["config=lj"],
+        "reference": ["config=lj", "system.n_particles=1000", "system.density=0.7", "system.kT=1.0",
+                      "simulator.production_steps=1000", "simulator.every=10"],
+    }
+    rows = []
+    for name, ov in setups.items():
+        if args.only and name != args.only:
+            continue
+        rows.append(measure(name, ov, args.repeats))
+    keys = ["reused_update_s", "resampled_update_s", "naive_update_s", "update_compile_s",
+            "first_sample_incl_compile_s", "time_to_first_update_s", "peak_rss_mb", "reused_vs_naive",
+            "reused_vs_goal_1s", "update_traces"]
+    print(f"{'quantity':32s}" + "".join(f"{r['setup']:>14s}" for r in rows))
+    for k in keys:
+        print(f"{k:32s}" + "".join(f"{r[k]:14.3f}" if isinstance(r[k], float) else f"{r[k]:>14}" for r in rows))
+    for r in rows:
+        verdict = "PASS" if r["reused_update_s"] <= 1.0 else "FAIL"
+        print(f"{verdict}: {r['setup']} reused update {r['reused_update_s']:.3f} s (goal <= 1 s on 2 CPU cores)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
