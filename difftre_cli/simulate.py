@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -61,6 +60,7 @@ class SamplerConfig:
     skin: float = 0.3
     capacity_multiplier: float = 1.25
     max_retries: int = 5
+    max_kT_factor: float = 10.0       # kinetic kT above this × set kT counts as an exploding simulation
 
     @property
     def n_snapshots(self) -> int:
@@ -166,14 +166,11 @@ class Sampler:
         else:
             raise UserError(f"the neighbour list kept overflowing after {cfg.max_retries} re-allocations",
                             "the simulation is probably unstable: lower simulator.dt or the learning rate")
-        ok = bool(jnp.all(jnp.isfinite(u)) & jnp.all(jnp.isfinite(pos)))
+        # Unstable: non-finite energies or positions, or a kinetic temperature far above the
+        # thermostat's (energies can stay finite in float32 while particles fly apart).
+        ok = bool(jnp.all(jnp.isfinite(u)) & jnp.all(jnp.isfinite(pos))
+                  & jnp.all(kT < cfg.max_kT_factor * self.system.kT))
         steps = n_eq + cfg.every * (1 + np.arange(cfg.n_snapshots))
         traj = Trajectory(pos, u, kT, steps)
         return SampleResult(traj, new_state, new_nbrs, ok, attempt)
 
-
-def positions_of(state):
-    return state.position
-
-
-__all__ = ["Sampler", "SamplerConfig", "Trajectory", "SampleResult", "sampler_config", "partial"]

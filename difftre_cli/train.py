@@ -121,11 +121,13 @@ class Trainer:
                 sample_time = 0.0
                 reused = True
                 if feats is None:
-                    ok, sample_time, (state, nbrs, feats, n_traj) = self._resample(params, state, nbrs, n_traj)
+                    ok, sample_time, sampled = self._resample(params, state, nbrs, n_traj)
                     reused = False
                     if not ok:
-                        raise UserError("the simulation with the initial parameters is unstable (non-finite energies)",
+                        raise UserError("the simulation with the current parameters is unstable (non-finite energies "
+                                        "or exploding temperature)",
                                         "lower simulator.dt, check the prior and the initial structure")
+                    state, nbrs, feats, n_traj = sampled
                 t0 = time.perf_counter()
                 new_params, new_opt, aux = jax.block_until_ready(c.learner.step(params, opt_state, feats, lr_scale))
                 n_eff = float(aux.n_eff)

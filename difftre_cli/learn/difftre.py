@@ -106,7 +106,8 @@ class DiffTRe:
         if "feature_capacity" not in attrs:
             return
         self._pending_capacity = (int(attrs["feature_capacity"]), int(attrs["feature_cell_capacity"]))
-        self._energy_width = int(attrs["energy_width"])
+        if "energy_width" in attrs:  # absent in checkpoints written before energy features were cut
+            self._energy_width = int(attrs["energy_width"])
 
     _pending_capacity = None
 
@@ -174,7 +175,7 @@ class DiffTRe:
         updates, new_opt_state = self.optimizer.update(grads, opt_state, params)
         updates = jax.tree_util.tree_map(lambda u: lr_scale * u, updates)
         new_params = optax.apply_updates(params, updates)
-        gnorm = optax.global_norm(grads)
+        gnorm = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(gnorm) & jnp.all(
             jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(new_params)]))
         # Never let a NaN reach the parameters: keep the old ones if anything is not finite.
