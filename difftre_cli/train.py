@@ -111,6 +111,7 @@ class Trainer:
             self.store.rewrite_metrics_csv([])
 
         self._last_good = (params, opt_state)
+        next_n_eff = None
         prog = TrainingProgress(self.n_updates, start, quiet=self.quiet)
         n_reused = sum(1 for r in rows if r["reused"])
         t_run = time.perf_counter()
@@ -120,7 +121,8 @@ class Trainer:
                 event = ""
                 sample_time = 0.0
                 reused = True
-                if feats is None:
+                threshold = self.ratio * self.n_snapshots
+                if feats is None or (next_n_eff is not None and next_n_eff < threshold):
                     ok, sample_time, sampled = self._resample(params, state, nbrs, n_traj)
                     reused = False
                     if not ok:
@@ -132,7 +134,7 @@ class Trainer:
                 new_params, new_opt, aux = jax.block_until_ready(c.learner.step(params, opt_state, feats, lr_scale))
                 n_eff = float(aux.n_eff)
                 update_time = time.perf_counter() - t0
-                if reused and n_eff < self.ratio * self.n_snapshots:
+                if reused and n_eff < threshold:  # only when next_n_eff was unknown (resume, rollback)
                     ok, sample_time, sampled = self._resample(params, state, nbrs, n_traj)
                     reused = False
                     if ok:
@@ -150,6 +152,7 @@ class Trainer:
                     failures += 1
                     lr_scale *= self.lr_reduction
                     params, opt_state = self._last_good
+                    next_n_eff = None
                     log.warning("update %d rejected (%s): parameters rolled back, learning-rate scale now %.3g "
                                 "(%d consecutive failures)", update, event, lr_scale, failures)
                     if failures >= self.max_failures:
@@ -161,6 +164,7 @@ class Trainer:
                     failures = 0
                     self._last_good = (params, opt_state)
                     params, opt_state = new_params, new_opt
+                    next_n_eff = float(aux.n_eff_next)
                 row = {"update": update, "loss": float(aux.loss) if not event else float("nan")}
                 for name, v in aux.losses.items():
                     row[f"loss_{name}"] = float(v) if not event else float("nan")

@@ -38,6 +38,7 @@ class StepAux(NamedTuple):
     losses: dict
     predictions: dict
     n_eff: Any
+    n_eff_next: Any   # N_eff of the updated parameters on the same trajectory (the next reuse decision)
     grad_norm: Any
     finite: Any
 
@@ -182,7 +183,9 @@ class DiffTRe:
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         new_params = jax.tree_util.tree_map(keep, new_params, params)
         new_opt_state = jax.tree_util.tree_map(keep, new_opt_state, opt_state)
-        return new_params, new_opt_state, StepAux(loss, losses, preds, n_eff, gnorm, finite)
+        u_next = jax.vmap(lambda r_s: self.potential.energy_from_distances(new_params, r_s))(feats.r)
+        n_eff_next = reweight.effective_sample_size(reweight.weights(self.beta, u_next, feats.u_ref))
+        return new_params, new_opt_state, StepAux(loss, losses, preds, n_eff, n_eff_next, gnorm, finite)
 
     def step(self, params, opt_state, feats, lr_scale=1.0):
         return self._step(params, opt_state, feats, jnp.asarray(lr_scale, jnp.float32))
