@@ -34,18 +34,26 @@ class NeighborList:
     num_builds: jax.Array           # int32 scalar: builds since allocate (incl. the first)
     max_occupancy: int = dataclasses.field(metadata=dict(static=True), default=0)
     cell_capacity: int = dataclasses.field(metadata=dict(static=True), default=0)
+    candidate_capacity: int = dataclasses.field(metadata=dict(static=True), default=0)
+
+    @property
+    def format(self):
+        """JAX MD's list format (always Dense), for code that checks ``neighbor.format``."""
+        from jax_md import partition
+        return partition.NeighborListFormat.Dense
 
 
 jax.tree_util.register_dataclass(
     NeighborList,
     data_fields=["idx", "reference_position", "did_buffer_overflow", "num_builds"],
-    meta_fields=["max_occupancy", "cell_capacity"],
+    meta_fields=["max_occupancy", "cell_capacity", "candidate_capacity"],
 )
 
 
 class NeighborFns(NamedTuple):
     allocate: Callable[..., NeighborList]
     update: Callable[[jax.Array, NeighborList], NeighborList]
+    rebuild: Callable[[jax.Array, NeighborList], NeighborList]
     box_size: float
     cutoff: float
     skin: float
@@ -56,27 +64,107 @@ def _wrap(dr, box):
     return dr - box * jnp.round(dr / box)
 
 
-def _compact(mask, cand, max_nbrs: int, n: int):
-    """Indices ``cand[row, k]`` of the True entries of ``mask`` (rows), first ``max_nbrs``,
-    padded with ``n``. Returns (idx, per-row counts). Gather-only (top_k)."""
-    k = mask.shape[-1]
-    if max_nbrs >= k:
-        # Everything fits; pad columns.
-        out = jnp.where(mask, cand, n)
-        pad = max_nbrs - k
-        if pad:
-            out = jnp.concatenate([out, jnp.full(out.shape[:-1] + (pad,), n, out.dtype)], -1)
-        return out, mask.sum(-1)
-    score = mask.astype(jnp.float32)
-    vals, pos = jax.lax.top_k(score, max_nbrs)
-    sel = jnp.take_along_axis(cand, pos, axis=-1)
-    out = jnp.where(vals > 0, sel, n).astype(jnp.int32)
-    return out, mask.sum(-1)
+def _materialize(tree, flag):
+    """Identity that forces XLA to write ``tree`` to memory.
+
+    XLA:CPU happily fuses a gather-heavy producer into *every* consumer (and
+    ``lax.optimization_barrier`` is expanded away before fusion), which
+    recomputes it many times. A conditional on a data-dependent ``flag`` is a
+    fusion boundary; both branches are the identity, so the value is unchanged.
+    """
+    return jax.lax.cond(flag, lambda t: t, lambda t: t, tree)
+
+
+_BITS = 32
+
+
+def _pack_bits(ok):
+    """(..., W, 32) bool -> (..., W) uint32 bit words (bit b set <=> ok[..., b])."""
+    weights = jnp.left_shift(jnp.uint32(1), jnp.arange(_BITS, dtype=jnp.uint32))
+    return jnp.sum(jnp.where(ok, weights, jnp.uint32(0)), axis=-1, dtype=jnp.uint32)
+
+
+def _select_bit(w, r):
+    """Position of the (r+1)-th set bit of each uint32 word ``w`` (elementwise, branch-free)."""
+    pos = jnp.zeros(w.shape, jnp.int32)
+    for width in (16, 8, 4, 2, 1):
+        low = jax.lax.population_count(w & jnp.uint32((1 << width) - 1)).astype(jnp.int32)
+        hi = r >= low
+        r = jnp.where(hi, r - low, r)
+        w = jnp.where(hi, jnp.right_shift(w, jnp.uint32(width)), w)
+        pos = pos + jnp.where(hi, width, 0)
+    return pos
+
+
+def _compact_bits(words, max_nbrs: int, flag):
+    """Compaction of bit-packed rows: for each row of ``words`` (R, W) the positions
+    k = 32*w + b of its first ``max_nbrs`` set bits, in order.
+
+    Returns (k (R, M) int32, valid (R, M) bool, count (R,) int32). Gather-only and
+    vectorisable: per-word popcounts, their prefix sums, a compare-all to find the word of
+    each output slot and a branch-free select-bit inside that word.
+    """
+    rows, n_words = words.shape
+    cnt = jax.lax.population_count(words).astype(jnp.int32)
+    cum = jnp.cumsum(cnt, axis=-1)                            # inclusive
+    excl = cum - cnt
+    cum, excl = _materialize((cum, excl), flag)
+    slots = jnp.arange(max_nbrs, dtype=jnp.int32)
+    if n_words <= 128:
+        word_of = jnp.sum((cum[:, None, :] <= slots[None, :, None]).astype(jnp.int32), -1)
+    else:
+        word_of = jax.vmap(lambda c: jnp.searchsorted(c, slots, side="right",
+                                                      method="scan"))(cum).astype(jnp.int32)
+    valid = word_of < n_words
+    wc = jnp.minimum(word_of, n_words - 1)
+    flat = jnp.arange(rows, dtype=jnp.int32)[:, None] * n_words + wc
+    wc, flat, valid = _materialize((wc, flat, valid), flag)
+    w = jnp.take(words.reshape(-1), flat, mode="clip")
+    ex = jnp.take(excl.reshape(-1), flat, mode="clip")
+    w, ex = _materialize((w, ex), flag)
+    k = wc * _BITS + _select_bit(w, slots[None, :] - ex)
+    k = _materialize(k, flag)
+    return k, valid, cum[:, -1]
 
 
 def _cell_geometry(box_size: float, r_list: float):
-    nc = int(math.floor(box_size / r_list))
-    return nc
+    return int(math.floor(box_size / r_list))
+
+
+def _neighbor_cell_ids(nc: int):
+    """(nc**3, 27) ids of the 27 cells around each cell (id = x + nc*(y + nc*z))."""
+    ids = np.arange(nc ** 3)
+    cc = np.stack([ids % nc, (ids // nc) % nc, ids // (nc * nc)], -1)
+    offs = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    nb = (cc[:, None, :] + offs[None]) % nc
+    return nb[..., 0] + nc * (nb[..., 1] + nc * nb[..., 2])
+
+
+def _segment_tables(nc: int):
+    """The 27 neighbour cells of each cell as runs of consecutive cell ids: one run
+    x-1..x+1 per (y, z) row, split in two where x wraps around the box.
+    Returns (first_cell, last_cell, valid), each of shape (nc**3, 18)."""
+    ids = np.arange(nc ** 3)
+    x, y, z = ids % nc, (ids // nc) % nc, ids // (nc * nc)
+    first, last, ok = [], [], []
+    for dz in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            row = nc * (((y + dy) % nc) + nc * ((z + dz) % nc))
+            lo, hi = x - 1, x + 1
+            first.append(row + np.maximum(lo, 0))
+            last.append(row + np.minimum(hi, nc - 1))
+            ok.append(np.ones_like(ids, bool))
+            wrap_lo, wrap_hi = lo < 0, hi > nc - 1     # the wrapped cell: nc-1 or 0
+            cell = np.where(wrap_lo, nc - 1, 0)
+            first.append(row + cell)
+            last.append(row + cell)
+            ok.append(wrap_lo | wrap_hi)
+    return (np.stack(first, 1).astype(np.int32), np.stack(last, 1).astype(np.int32),
+            np.stack(ok, 1))
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-int(x) // m) * m
 
 
 def make_neighbor_fn(box_size: float, cutoff: float, skin: float,
@@ -84,122 +172,152 @@ def make_neighbor_fn(box_size: float, cutoff: float, skin: float,
                      brute_force_max_n: int = 2000) -> NeighborFns:
     """Neighbour-list functions for a cubic periodic box of side ``box_size``.
 
-    ``method``: "cell" (sort-based cell list), "brute" (all pairs) or "auto"
-    (brute force when N <= ``brute_force_max_n`` or the box holds fewer than 4 cells per side).
+    Pairs closer than ``cutoff + skin`` are listed; ``update`` rebuilds only when some
+    particle moved more than ``skin / 2`` since the last build. ``method``: "cell"
+    (sort-based cell list; needs at least 3 cells of side >= cutoff + skin per box side),
+    "brute" (all pairs) or "auto" (brute force for N <= ``brute_force_max_n`` or fewer
+    than 4 cells per side, else the cell list; brute force measured ~2x faster at N = 1000).
     """
+    if method not in ("auto", "cell", "brute"):
+        raise ValueError(f"unknown neighbour-list method {method!r}")
     box_size = float(box_size)
     r_list = float(cutoff) + float(skin)
     r_list_sq = r_list * r_list
     half_skin_sq = (0.5 * float(skin)) ** 2
     nc = _cell_geometry(box_size, r_list)
     ncell = nc ** 3
+    if method == "cell" and nc < 3:
+        raise ValueError(f"box {box_size} too small for a cell list with r_list={r_list} "
+                         f"(needs >= 3 cells per side); use method='brute'")
+    def _kind(n: int) -> str:
+        if method != "auto":
+            return method
+        return "cell" if (nc >= 4 and n > brute_force_max_n) else "brute"
 
     if nc >= 3:
-        offs = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3)
-        ids = np.arange(nc ** 3)
-        # cell id = x + nc*(y + nc*z); row k of cc is the cell with id k
-        cc = np.stack([ids % nc, (ids // nc) % nc, ids // (nc * nc)], -1)
-        nb = (cc[:, None, :] + offs[None]) % nc
-        nbr_cells = jnp.asarray(nb[..., 0] + nc * (nb[..., 1] + nc * nb[..., 2]), jnp.int32)
-    else:
-        nbr_cells = None
-
-    def _method_for(n):
-        if method == "auto":
-            return "brute" if (n <= brute_force_max_n or nc < 4) else "cell"
-        if method == "cell" and nc < 3:
-            return "brute"
-        return method
+        seg_first, seg_last, seg_ok = (jnp.asarray(a) for a in _segment_tables(nc))
+        nbr_cell_ids = _neighbor_cell_ids(nc)
 
     def _cell_ids(R):
-        c = jnp.floor(R * (nc / box_size)).astype(jnp.int32)
-        c = jnp.clip(c, 0, nc - 1)  # positions are in [0, L); guard rounding at L
+        c = jnp.floor(jnp.mod(R, box_size) * (nc / box_size)).astype(jnp.int32)
+        c = jnp.clip(c, 0, nc - 1)
         return c[:, 0] + nc * (c[:, 1] + nc * c[:, 2])
 
-    def _build_brute(R, max_nbrs):
-        n = R.shape[0]
-        dr = _wrap(R[:, None, :] - R[None, :, :], box_size)
-        d2 = jnp.sum(dr * dr, -1)
-        mask = (d2 < r_list_sq) & ~jnp.eye(n, dtype=bool)
-        cand = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[None, :], (n, n))
-        idx, cnt = _compact(mask, cand, max_nbrs, n)
-        return idx, jnp.max(cnt), jnp.int32(0)
+    def _flag(R):
+        # data-dependent predicate for _materialize (its value does not matter)
+        return R[0, 0] == R[0, 0]
 
-    def _build_cell(R, max_nbrs, cell_cap):
+    def _build_brute(R, max_nbrs, cell_cap, cand_cap):
+        del cell_cap, cand_cap
         n = R.shape[0]
+        flag = _flag(R)
+        n_words = -(-n // _BITS)
+        Rp = jnp.concatenate([R, jnp.zeros((n_words * _BITS - n, 3), R.dtype)], 0)
+        Rj = Rp.T.reshape(3, 1, n_words, _BITS)
+        Ri = R.T[:, :, None, None]
+        d2 = sum(jnp.square(_wrap(Ri[a] - Rj[a], box_size)) for a in range(3))
+        j = jnp.arange(n_words * _BITS, dtype=jnp.int32).reshape(1, n_words, _BITS)
+        i = jnp.arange(n, dtype=jnp.int32)[:, None, None]
+        ok = (d2 < r_list_sq) & (j < n) & (j != i)
+        words = _materialize(_pack_bits(ok), flag)             # (N, W)
+        k, valid, count = _compact_bits(words, max_nbrs, flag)
+        idx = jnp.where(valid, k, n).astype(jnp.int32)
+        return idx, jnp.max(count), jnp.int32(0), jnp.int32(0)
+
+    def _build_cell(R, max_nbrs, cell_cap, cand_cap):
+        n = R.shape[0]
+        flag = _flag(R)
         cid = _cell_ids(R)
         order = jnp.argsort(cid).astype(jnp.int32)
         sorted_cid = cid[order]
         cells = jnp.arange(ncell, dtype=jnp.int32)
-        start = jnp.searchsorted(sorted_cid, cells, side="left").astype(jnp.int32)
-        end = jnp.searchsorted(sorted_cid, cells, side="right").astype(jnp.int32)
-        count = end - start
+        start = jnp.searchsorted(sorted_cid, cells, side="left", method="scan").astype(jnp.int32)
+        end = jnp.searchsorted(sorted_cid, cells, side="right", method="scan").astype(jnp.int32)
+        count_cell = end - start
+        # Members of each cell (ncell, C), padded with n.
         slot = jnp.arange(cell_cap, dtype=jnp.int32)
-        pos = start[:, None] + slot[None, :]
-        valid = slot[None, :] < count[:, None]
-        members = jnp.where(valid, order[jnp.clip(pos, 0, n - 1)], n)  # (ncell, C)
-        cand = members[nbr_cells].reshape(ncell, 27 * cell_cap)          # (ncell, K)
+        members = jnp.where(slot[None, :] < count_cell[:, None],
+                            order[jnp.clip(start[:, None] + slot[None, :], 0, n - 1)], n)
+        # Candidates of each cell = particles of its 27 neighbour cells, which occupy
+        # contiguous runs of the sorted order (18 runs, some empty).
+        seg_start = start[seg_first]                                   # (ncell, S)
+        seg_len = jnp.where(seg_ok, end[seg_last] - seg_start, 0)
+        seg_cum = jnp.cumsum(seg_len, axis=1)                          # inclusive
+        total = seg_cum[:, -1]
+        seg_base = seg_start - (seg_cum - seg_len)
+        seg_cum, seg_base = _materialize((seg_cum, seg_base), flag)
+        kk = jnp.arange(cand_cap, dtype=jnp.int32)
+        seg_of = jnp.sum((seg_cum[:, None, :] <= kk[None, :, None]).astype(jnp.int32), -1)
+        n_seg = seg_cum.shape[1]
+        flat = cells[:, None] * n_seg + jnp.minimum(seg_of, n_seg - 1)
+        spos = jnp.clip(jnp.take(seg_base.reshape(-1), flat, mode="clip") + kk[None, :], 0, n - 1)
+        cand_cell = jnp.where(kk[None, :] < total[:, None], order[spos], n)   # (ncell, Kc)
         Rp = jnp.concatenate([R, jnp.zeros((1, 3), R.dtype)], 0)
-        Rc = Rp[cand]                                                   # (ncell, K, 3)
-        Rm = Rp[members]                                                # (ncell, C, 3)
-        dr = _wrap(Rm[:, :, None, :] - Rc[:, None, :, :], box_size)     # (ncell, C, K, 3)
-        d2 = jnp.sum(dr * dr, -1)
-        mask = ((d2 < r_list_sq) & (cand[:, None, :] < n)
-                & (cand[:, None, :] != members[:, :, None]) & (members[:, :, None] < n))
-        cand_b = jnp.broadcast_to(cand[:, None, :], mask.shape)
-        idx_cells, cnt = _compact(mask, cand_b, max_nbrs, n)            # (ncell, C, M)
-        # back to particle order: particle order[p] sits in cell sorted_cid[p], slot p - start
-        rank = jnp.arange(n, dtype=jnp.int32) - start[sorted_cid]
-        inv = jnp.argsort(order).astype(jnp.int32)  # inverse permutation, gather-only
-        cell_of = cid
-        rank_of = rank[inv]
-        idx = idx_cells[cell_of, rank_of]
-        return idx, jnp.max(cnt), jnp.max(count)
+        n_words = cand_cap // _BITS
+        Rc = Rp.T[:, cand_cell].reshape(3, ncell, 1, n_words, _BITS)      # SoA
+        Rm = Rp.T[:, members][:, :, :, None, None]                          # (3, ncell, C, 1, 1)
+        cand_cell, Rc, Rm, members = _materialize((cand_cell, Rc, Rm, members), flag)
+        # Blocked distances: every member of a cell against the cell's candidates.
+        d2 = sum(jnp.square(_wrap(Rm[a] - Rc[a], box_size)) for a in range(3))
+        cw = cand_cell.reshape(ncell, 1, n_words, _BITS)
+        ok = (d2 < r_list_sq) & (cw < n) & (cw != members[:, :, None, None])
+        words = _materialize(_pack_bits(ok), flag)                          # (ncell, C, W)
+        # Rows back to particle order: particle i is member (cid[i], rank[i]).
+        inv = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+        rank = inv - start[cid]
+        wrow = cid * cell_cap + jnp.minimum(rank, cell_cap - 1)
+        words_i = _materialize(jnp.take(words.reshape(ncell * cell_cap, n_words), wrow, axis=0,
+                                        mode="clip"), flag)
+        k, valid, count = _compact_bits(words_i, max_nbrs, flag)
+        gflat = cid[:, None] * cand_cap + k
+        idx = jnp.where(valid, jnp.take(cand_cell.reshape(-1), gflat, mode="clip"), n)
+        return idx.astype(jnp.int32), jnp.max(count), jnp.max(count_cell), jnp.max(total)
 
-    def _build(R, max_nbrs, cell_cap, kind):
-        if kind == "brute":
-            return _build_brute(R, max_nbrs)
-        return _build_cell(R, max_nbrs, cell_cap)
+    def build(R, max_nbrs, cell_cap, cand_cap):
+        fn = _build_cell if _kind(R.shape[0]) == "cell" else _build_brute
+        return fn(R, max_nbrs, cell_cap, cand_cap)
+
+    build_jit = jax.jit(build, static_argnums=(1, 2, 3))
 
     def allocate(R, extra_capacity: int = 0) -> NeighborList:
+        """Allocate a list sized for ``R`` (not jit-able: capacities are static)."""
         R = jnp.asarray(R)
         n = R.shape[0]
-        kind = _method_for(n)
-        # Measure occupancies with generous buffers, then size the real ones.
-        if kind == "cell":
-            cid = np.asarray(_cell_ids(R))
-            cmax = int(np.bincount(cid, minlength=ncell).max())
-            cell_cap = int(math.ceil(cmax * capacity_multiplier)) + extra_capacity // 8 + 1
+        if _kind(n) == "cell":
+            cnt = np.bincount(np.asarray(_cell_ids(R)), minlength=ncell)
+            tot = int(cnt[nbr_cell_ids].sum(1).max())
+            cand_cap = _round_up(math.ceil(tot * capacity_multiplier) + extra_capacity, _BITS)
+            cell_cap = int(math.ceil(int(cnt.max()) * capacity_multiplier)) + 1 + extra_capacity // 8
         else:
-            cell_cap = 0
-        probe_m = n if kind == "brute" else 27 * cell_cap
-        _, occ, _ = jax.jit(_build, static_argnums=(1, 2, 3))(R, probe_m, cell_cap, kind)
-        occ = int(occ)
-        max_nbrs = int(math.ceil(occ * capacity_multiplier)) + int(extra_capacity)
-        max_nbrs = max(1, min(max_nbrs, n - 1 if n > 1 else 1))
-        idx, _, _ = jax.jit(_build, static_argnums=(1, 2, 3))(R, max_nbrs, cell_cap, kind)
+            cand_cap = cell_cap = 0
+        _, occ, _, _ = build_jit(R, 1, cell_cap, cand_cap)
+        max_nbrs = int(math.ceil(int(occ) * capacity_multiplier)) + int(extra_capacity)
+        max_nbrs = max(1, min(max_nbrs, max(n - 1, 1)))
+        idx, _, _, _ = build_jit(R, max_nbrs, cell_cap, cand_cap)
         return NeighborList(idx=idx, reference_position=R,
                             did_buffer_overflow=jnp.asarray(False),
                             num_builds=jnp.asarray(1, jnp.int32),
-                            max_occupancy=max_nbrs, cell_capacity=cell_cap)
+                            max_occupancy=max_nbrs, cell_capacity=cell_cap,
+                            candidate_capacity=cand_cap)
 
-    def _rebuild(R, nbrs: NeighborList) -> NeighborList:
-        n = R.shape[0]
-        kind = _method_for(n)
-        idx, occ, cmax = _build(R, nbrs.max_occupancy, nbrs.cell_capacity, kind)
+    def rebuild(R, nbrs: NeighborList) -> NeighborList:
+        """Unconditional rebuild at fixed capacity (jit-able)."""
+        idx, occ, cmax, tot = build(R, nbrs.max_occupancy, nbrs.cell_capacity,
+                                    nbrs.candidate_capacity)
         overflow = nbrs.did_buffer_overflow | (occ > nbrs.max_occupancy)
-        if kind == "cell":
-            overflow = overflow | (cmax > nbrs.cell_capacity)
+        if _kind(R.shape[0]) == "cell":
+            overflow = overflow | (cmax > nbrs.cell_capacity) | (tot > nbrs.candidate_capacity)
         return dataclasses.replace(nbrs, idx=idx, reference_position=R,
                                    did_buffer_overflow=overflow,
                                    num_builds=nbrs.num_builds + 1)
 
     def update(R, nbrs: NeighborList) -> NeighborList:
+        """Rebuild if some particle moved more than skin/2 since the last build (jit-able)."""
         dr = _wrap(R - nbrs.reference_position, box_size)
         moved = jnp.max(jnp.sum(dr * dr, -1)) > half_skin_sq
-        return jax.lax.cond(moved, _rebuild, lambda R, nb: nb, R, nbrs)
+        return jax.lax.cond(moved, rebuild, lambda R, nb: nb, R, nbrs)
 
-    return NeighborFns(allocate=allocate, update=update, box_size=box_size,
+    return NeighborFns(allocate=allocate, update=update, rebuild=rebuild, box_size=box_size,
                        cutoff=float(cutoff), skin=float(skin), method=method)
 
 
