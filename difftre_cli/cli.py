@@ -111,10 +111,33 @@ def _resume_overrides(rest: list[str]) -> list[str]:
     return old + new + [f"resume={path.resolve()}", f"hydra.run.dir={path.resolve()}"]
 
 
+# Hydra options whose value is the next argument (``--cfg job``, ``-p trainer``, ...).
+_HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                      "--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc"}
+_HYDRA_INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def _split_flags(rest: list[str]) -> tuple[list[str], list[str]]:
+    """Separate Hydra's command-line options (with their values) from overrides."""
+    flags, overrides, i = [], [], 0
+    while i < len(rest):
+        a = rest[i]
+        if a.startswith("-"):
+            flags.append(a)
+            takes_value = a in _HYDRA_VALUE_FLAGS or (a == "--info" and i + 1 < len(rest)
+                                                      and rest[i + 1] in _HYDRA_INFO_CHOICES)
+            if takes_value and i + 1 < len(rest):
+                i += 1
+                flags.append(rest[i])
+        else:
+            overrides.append(a)
+        i += 1
+    return flags, overrides
+
+
 def train_command(rest: list[str]) -> int:
     rest = _resume_overrides(rest)
-    flags = [a for a in rest if a.startswith("-")]
-    overrides = [a for a in rest if not a.startswith("-")]
+    flags, overrides = _split_flags(rest)
     if not any(f in ("--help", "-h", "--hydra-help", "--info") for f in flags):
         cfg = _precompose(overrides)
         from .config import validate
@@ -124,7 +147,7 @@ def train_command(rest: list[str]) -> int:
         except UserError as exc:
             fail(str(exc))
         _set_precision(cfg.precision)
-    sys.argv = ["difftre-train"] + rest
+    sys.argv = ["difftre-train"] + flags + overrides   # Hydra's argparse wants the overrides last
     _hydra_train()
     return 0
 

@@ -83,6 +83,10 @@ def sampler_config(cfg) -> SamplerConfig:
         raise UserError(f"simulator.integrator: unknown {sc.integrator!r}", "use langevin, nose_hoover or nve")
     if sc.equilibration_steps < 0 or sc.first_equilibration_steps < 0:
         raise UserError("simulator equilibration steps must be >= 0", "set them to 0 or more")
+    if sc.capacity_multiplier < 1.0:
+        # A list allocated with fewer slots than the measured occupancy silently drops neighbours.
+        raise UserError(f"simulator.capacity_multiplier must be >= 1 (got {sc.capacity_multiplier})",
+                        "set e.g. simulator.capacity_multiplier=1.25")
     return sc
 
 

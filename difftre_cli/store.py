@@ -47,10 +47,15 @@ def save_pytree(group: h5py.Group, tree: Any) -> None:
     leaves = jax.tree_util.tree_leaves(tree)
     group.attrs["n_leaves"] = len(leaves)
     for i, leaf in enumerate(leaves):
-        arr = np.asarray(leaf)
-        if arr.dtype == np.dtype("V") or arr.dtype.kind == "V":  # PRNG key data
+        if _is_typed_key(leaf):  # new-style PRNG keys: store the raw key data
             arr = np.asarray(jax.random.key_data(leaf))
+        else:
+            arr = np.asarray(leaf)
         group.create_dataset(f"leaf_{i:05d}", data=arr)
+
+
+def _is_typed_key(x) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def load_pytree(group: h5py.Group, template: Any) -> Any:
@@ -62,6 +67,12 @@ def load_pytree(group: h5py.Group, template: Any) -> Any:
     out = []
     for i, like in enumerate(leaves):
         arr = group[f"leaf_{i:05d}"][()]
+        if _is_typed_key(like):
+            data = jax.random.key_data(like)
+            if arr.shape != data.shape:
+                raise ValueError(f"checkpoint leaf {i} has shape {arr.shape}, expected {data.shape}")
+            out.append(jax.random.wrap_key_data(jax.numpy.asarray(arr, dtype=data.dtype), impl=jax.random.key_impl(like)))
+            continue
         like_arr = np.asarray(like)
         if arr.shape != like_arr.shape:
             raise ValueError(f"checkpoint leaf {i} has shape {arr.shape}, expected {like_arr.shape}")
@@ -155,6 +166,8 @@ class RunStore:
                     vals = [row.get(col) for row in metrics]
                     if all(isinstance(x, str) for x in vals):
                         m.create_dataset(col, data=np.array(vals, dtype=h5py.string_dtype()))
+                    elif all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in vals):
+                        m.create_dataset(col, data=np.array(vals, np.int64))  # stay integers on resume
                     else:
                         m.create_dataset(col, data=np.array([np.nan if x is None else x for x in vals], float))
                 m.attrs["columns"] = json.dumps(list(metrics[0]))

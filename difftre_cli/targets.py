@@ -125,7 +125,10 @@ def build(cfg, observables: dict, unit_system) -> dict[str, Target]:
         x_unit = t.get("x_unit")
         if x_unit is None:
             raise UserError(f"{key}.x_unit is not set", f"declare the unit of the file's x column, e.g. {key}.x_unit=sigma")
-        factor = units.angle_factor(x_unit) if obs.unit_kind == "angle" else units.length_factor(x_unit, unit_system)
+        try:
+            factor = units.angle_factor(x_unit) if obs.unit_kind == "angle" else units.length_factor(x_unit, unit_system)
+        except UserError as exc:  # name the key, as every config error does
+            raise UserError(f"{key}.x_unit={x_unit!r}: {str(exc).split(chr(10))[0]}", exc.fix) from None
         out[name] = Target(name, obs_name, on_grid(x * factor, y, obs.grid, f"{key}.file", path), gamma, str(path))
     if not out:
         raise UserError("no targets configured", "select a targets group, e.g. targets=lj_rdf")

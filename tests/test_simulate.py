@@ -1,0 +1,140 @@
+"""Sampler physics: thermostats reach the set temperature, NVE conserves energy, neighbour-list
+overflow is caught and recomputed, and large jit-compiled float32 reductions are correct."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from difftre_cli import neighbors, potentials
+from difftre_cli.errors import UserError
+from difftre_cli.simulate import Sampler, SamplerConfig, sampler_config
+from difftre_cli.system import build_system
+
+LJ_PRIOR = OmegaConf.create({"kind": "lj", "epsilon": 1.0, "sigma": 1.0})
+NO_MODEL = OmegaConf.create({"kind": "none"})
+
+
+def _lj_system(n=256, density=0.7, kT=1.0):
+    system = build_system(OmegaConf.create({"units": "lj", "n_particles": n, "density": density, "kT": kT}))
+    potential = potentials.build(LJ_PRIOR, NO_MODEL, 2.5)
+    return system, potential
+
+
+# ---------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:Explicitly requested dtype float64")   # from inside jax_md's NHC
+@pytest.mark.parametrize("integrator", ["langevin", "nose_hoover"])
+def test_thermostat_gives_set_temperature(integrator):
+    system, potential = _lj_system(256, 0.7, 1.0)
+    sampler = Sampler(potential, system, SamplerConfig(integrator=integrator, dt=0.005,
+                                                       first_equilibration_steps=1000, production_steps=3000,
+                                                       every=10))
+    state, nbrs = sampler.init(jax.random.PRNGKey(0), {})
+    res = sampler.sample({}, state, nbrs, first=True)
+    assert res.ok
+    kT = np.asarray(res.trajectory.kT, np.float64)
+    assert kT.shape == (300,)
+    assert kT.mean() == pytest.approx(1.0, rel=0.03)
+    # instantaneous fluctuations are canonical-sized (relative std ≈ sqrt(2/(3N)) ≈ 0.05), not frozen
+    assert 0.02 < kT.std() < 0.1
+    # the fluid melted from the lattice: potential energy per particle of a dense LJ liquid
+    u = np.asarray(res.trajectory.energies) / system.n_particles
+    assert -5.0 < u.mean() < -3.0
+
+
+def test_nve_conserves_energy():
+    system, potential = _lj_system(256, 0.7, 1.0)
+    sampler = Sampler(potential, system, SamplerConfig(integrator="nve", dt=0.005, first_equilibration_steps=0,
+                                                       production_steps=2000, every=10))
+    state, nbrs = sampler.init(jax.random.PRNGKey(1), {})
+    res = sampler.sample({}, state, nbrs, first=True)
+    assert res.ok
+    n = system.n_particles
+    kinetic = 1.5 * (n - 1) * np.asarray(res.trajectory.kT, np.float64)   # kT_inst uses 3(N−1) dof
+    potential_energy = np.asarray(res.trajectory.energies, np.float64)
+    total = kinetic + potential_energy
+    e0 = float(sampler.energy(state.position, nbrs, {})) + 0.5 * float(jnp.sum(state.momentum ** 2 / state.mass))
+    drift = np.max(np.abs(total - e0)) / abs(e0)
+    assert drift < 1e-3, drift
+    # kinetic and potential energy do exchange (the check is not vacuous)
+    assert np.ptp(potential_energy) > 100 * np.max(np.abs(total - e0))
+    # and the final state is consistent with the last snapshot
+    k_end = 0.5 * float(jnp.sum(res.state.momentum ** 2 / res.state.mass))
+    assert k_end == pytest.approx(kinetic[-1], rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+def test_neighbour_list_overflow_is_recomputed():
+    system, potential = _lj_system(128, 0.8, 1.0)
+    cfg = SamplerConfig(integrator="langevin", dt=0.005, first_equilibration_steps=0, production_steps=100, every=10)
+    small = Sampler(potential, system, cfg)
+    state, _ = small.init(jax.random.PRNGKey(2), {})
+    # a list allocated from a dilute configuration (same N, 8x the volume): far too few slots
+    dilute_fn = neighbors.make_neighbor_fn(2.0 * system.box_size, potential.cutoff, cfg.skin, cfg.capacity_multiplier)
+    dilute = dilute_fn.allocate(jnp.asarray(system.positions) * 2.0)
+    ok_list = small.neighbor_fn.allocate(state.position)
+    assert dilute.max_occupancy < ok_list.max_occupancy / 4
+    res = small.sample({}, state, dilute, first=True)
+    assert res.retries > 0
+    assert not bool(res.neighbor.did_buffer_overflow)
+    assert res.neighbor.max_occupancy > dilute.max_occupancy
+
+    big = Sampler(potential, system, dataclasses.replace(cfg, capacity_multiplier=3.0))
+    big_list = big.neighbor_fn.allocate(state.position)
+    assert big_list.max_occupancy > res.neighbor.max_occupancy
+    ref = big.sample({}, state, big_list, first=True)
+    assert ref.retries == 0
+    # same forces → the same trajectory, up to round-off (different summation order over the
+    # padded slots) that the chaotic dynamics amplify ~10x per 50 steps
+    np.testing.assert_allclose(np.asarray(res.trajectory.positions), np.asarray(ref.trajectory.positions),
+                               atol=1e-4)
+    np.testing.assert_allclose(np.asarray(res.trajectory.energies), np.asarray(ref.trajectory.energies),
+                               rtol=1e-4)
+    # with no re-allocation allowed, the overflow is reported, never silently accepted
+    strict = Sampler(potential, system, dataclasses.replace(cfg, max_retries=0))
+    with pytest.raises(UserError, match="overflowing"):
+        strict.sample({}, state, dilute, first=True)
+
+
+def test_sampler_config_validation():
+    assert sampler_config({"kind": "langevin", "dt": 0.002}).dt == 0.002
+    for bad in ({"dt": 0.0}, {"integrator": "verlet"}, {"every": 0}, {"production_steps": 5, "every": 10},
+                {"equilibration_steps": -1}, {"tau": 1.0},
+                # fewer slots than the measured occupancy would silently drop neighbours
+                {"capacity_multiplier": 0.5}):
+        with pytest.raises(UserError):
+            sampler_config(bad)
+
+
+# ---------------------------------------------------------------------------------------
+def test_large_float32_reductions_jit_equals_eager():
+    """JAX 0.10.2 miscompiles jit-compiled vmapped mat-vec + sum reductions on CPU
+    (jax-ml/jax#39103); this must fail on such a build."""
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.0, 1.0, size=(8, 100_000)).astype(np.float32)
+    x = rng.uniform(0.0, 1.0, size=(100_000,)).astype(np.float32)
+    vals = rng.uniform(0.0, 1.0, size=(100_000,)).astype(np.float32)
+
+    def matvec_sum(a, x):
+        rows = jax.vmap(lambda row: jnp.sum(row * x))(a)       # vmapped reduction over 1e5 elements
+        return rows, jnp.sum(rows)
+
+    expect_rows = a.astype(np.float64) @ x.astype(np.float64)
+    for fn in (jax.jit(matvec_sum), matvec_sum):
+        rows, total = fn(jnp.asarray(a), jnp.asarray(x))
+        np.testing.assert_allclose(np.asarray(rows, np.float64), expect_rows, rtol=1e-5)
+        assert float(total) == pytest.approx(expect_rows.sum(), rel=1e-5)
+    with jax.disable_jit():
+        rows_eager, _ = matvec_sum(jnp.asarray(a), jnp.asarray(x))
+    rows_jit, _ = jax.jit(matvec_sum)(jnp.asarray(a), jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(rows_jit), np.asarray(rows_eager), rtol=1e-5)
+    # plain sums above and below the 32768-element boundary, and a mat-vec through dot
+    for size in (32_767, 32_768, 32_769, 65_537, 100_000):
+        v = jnp.asarray(vals[:size])
+        assert float(jax.jit(jnp.sum)(v)) == pytest.approx(float(vals[:size].astype(np.float64).sum()), rel=1e-5)
+    mv = jax.jit(jax.vmap(jnp.dot, in_axes=(0, None)))(jnp.asarray(a), jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(mv, np.float64), expect_rows, rtol=1e-5)
