@@ -40,7 +40,7 @@ def production_observables(c, params, eq_steps: int, steps: int, every: int, see
                             "the learned potential is not stable at this state point; train longer or lower simulator.dt")
         state, nbrs = res.state, res.neighbor
         feats = c.learner.featurize(res.trajectory)
-        vals = c.learner.snapshot_observables(params, feats)
+        vals = c.learner.snapshot_observables_jit(params, feats)
         for k, v in vals.items():
             sums[k] = sums.get(k, 0.0) + np.asarray(v).sum(0)
         n += vals[next(iter(vals))].shape[0]

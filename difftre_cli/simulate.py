@@ -122,6 +122,9 @@ class Sampler:
     def init(self, key, params, positions=None):
         R = jnp.asarray(self.system.positions if positions is None else positions)
         nbrs = self.neighbor_fn.allocate(R)
+        # A lattice start has fewer neighbours than the liquid it melts into: allocate 30 % more
+        # room now rather than overflow, re-allocate and recompile in the first segment.
+        nbrs = self.neighbor_fn.allocate(R, extra_capacity=int(0.3 * nbrs.max_occupancy))
         kw = {} if self.cfg.integrator == "nve" else {"kT": self.system.kT}
         if self.cfg.integrator == "nve":
             state = self._init(key, R, mass=self.system.mass, kT=self.system.kT, neighbor=nbrs, params=params)

@@ -50,13 +50,15 @@ def main():
     params = c.potential.init(jax.random.PRNGKey(args.seed))
     state, nbrs = c.sampler.init(jax.random.PRNGKey(args.seed), params)
     t0 = time.perf_counter()
-    rdfs, kts = [], []
+    rdfs, kts, pressures = [], [], []
     for seg in range(args.segments):
         res = c.sampler.sample(params, state, nbrs, first=(seg == 0))
         assert res.ok, "reference simulation became unstable"
         state, nbrs = res.state, res.neighbor
         feats = c.learner.featurize(res.trajectory)
         rdfs.append(np.asarray(feats.static["rdf"]).mean(0))
+        if "pressure" in c.observables:
+            pressures.append(float(np.asarray(c.learner.snapshot_observables_jit(params, feats)["pressure"]).mean()))
         kts.append(float(np.mean(res.trajectory.kT)))
         if (seg + 1) % 20 == 0:
             print(f"segment {seg + 1}/{args.segments}  {time.perf_counter() - t0:.0f}s", file=sys.stderr)
@@ -85,6 +87,10 @@ def main():
         for r, gv, ev in zip(obs.grid, g, err):
             fh.write(f"{r:.5f} {gv:.6f} {ev:.6f}\n")
     print(f"wrote {out} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    if pressures:
+        p = np.array(pressures)
+        print(f"virial pressure (reduced units, set kT): {p.mean():.5f} +- {p.std(ddof=1) / np.sqrt(len(p)):.5f} "
+              f"over {len(p)} segments", file=sys.stderr)
 
 
 if __name__ == "__main__":

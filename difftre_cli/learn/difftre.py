@@ -66,6 +66,7 @@ class DiffTRe:
         self._featurize = jax.jit(self._featurize_impl, static_argnames=("width",))
         self._energy_width = None
         self._step = jax.jit(self._step_impl)
+        self.snapshot_observables_jit = jax.jit(self.snapshot_observables)
 
     # -- per trajectory ----------------------------------------------------------------
     def _featurize_impl(self, positions, nbrs, u_ref, width):
