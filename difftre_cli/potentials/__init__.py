@@ -46,21 +46,19 @@ class PairPotential:
         r_safe = jnp.where(mask, r, 0.5 * self.cutoff) * scale  # clean before scaling: no inf*0
         return 0.5 * jnp.sum(jnp.where(mask, self.pair(params, r_safe), 0.0))
 
+    def _on_list(self, box_size: float, kernel):
+        def fn(R, neighbor, params, **unused):
+            return kernel(lambda r: self.pair(params, r), R, neighbor.idx, box_size, self.cutoff)
+        return fn
+
     def force_fn(self, box_size: float):
         """``force(R, neighbor, params) -> (N, 3)`` forces, gather-only over the dense list."""
-        def force(R, neighbor, params, **unused):
-            f, _ = neighbors.pair_forces_and_energy(lambda r: self.pair(params, r), R, neighbor.idx,
-                                                    box_size, self.cutoff)
-            return f
-        return force
+        forces_and_energy = self._on_list(box_size, neighbors.pair_forces_and_energy)
+        return lambda R, neighbor, params, **kw: forces_and_energy(R, neighbor, params)[0]
 
     def energy_fn(self, box_size: float):
         """``energy(R, neighbor, params) -> scalar`` on a dense neighbour list."""
-        def energy(R, neighbor, params, **unused):
-            _, e = neighbors.pair_forces_and_energy(lambda r: self.pair(params, r), R, neighbor.idx,
-                                                    box_size, self.cutoff)
-            return e
-        return energy
+        return self._on_list(box_size, neighbors.pair_energy)
 
 
 def build(prior_cfg, model_cfg, cutoff: float) -> PairPotential:
