@@ -355,3 +355,19 @@ def pair_energy(u_fn, R, idx, box_size, cutoff):
     """Energy only (differentiable w.r.t. positions and parameters)."""
     _, r, mask = _pair_terms(u_fn, R, idx, box_size, cutoff)
     return 0.5 * jnp.sum(jnp.where(mask, u_fn(r), 0.0))
+
+
+def capacities(nbrs: NeighborList) -> dict:
+    """The static sizes of a list; with :func:`placeholder` they rebuild an identical list shape."""
+    return {"max_occupancy": int(nbrs.max_occupancy), "cell_capacity": int(nbrs.cell_capacity),
+            "candidate_capacity": int(nbrs.candidate_capacity)}
+
+
+def placeholder(n: int, caps: dict, dtype=jnp.float32) -> NeighborList:
+    """An empty list of ``n`` particles with the given capacities (a template to load into or
+    to rebuild from: its reference position is NaN-free but far from any real one)."""
+    return NeighborList(idx=jnp.full((n, int(caps["max_occupancy"])), n, jnp.int32),
+                        reference_position=jnp.zeros((n, 3), dtype),
+                        did_buffer_overflow=jnp.asarray(False), num_builds=jnp.asarray(0, jnp.int32),
+                        max_occupancy=int(caps["max_occupancy"]), cell_capacity=int(caps["cell_capacity"]),
+                        candidate_capacity=int(caps.get("candidate_capacity", 0)))

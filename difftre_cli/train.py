@@ -14,19 +14,18 @@ with a :class:`UserError` (exit 2), its last good checkpoint intact.
 """
 from __future__ import annotations
 
-import dataclasses
+import json
 import logging
 import platform
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 import numpy as np
 from omegaconf import OmegaConf
 
-from . import __version__, assemble
+from . import __version__, assemble, neighbors
 from .errors import UserError
 from .progress import TrainingProgress
 from .store import RunStore
@@ -73,13 +72,13 @@ class Trainer:
             update=update,
             trees={"params": params, "opt_state": opt_state, "sim_state": state, "neighbor": nbrs},
             attrs={"lr_scale": lr_scale, "failures": failures, "n_trajectories": n_traj,
-                   "neighbor_capacity": nbrs.max_occupancy, "neighbor_cell_capacity": nbrs.cell_capacity,
-                   **self.c.learner.capacity_attrs()},
+                   "neighbor_capacities": json.dumps(neighbors.capacities(nbrs)), **self.c.learner.capacity_attrs()},
             metrics=rows, n_trajectories=n_traj, config_yaml=OmegaConf.to_yaml(self.cfg), versions=versions())
 
     def _resume(self, params, opt_state, state, nbrs):
         saved = self.store_attrs()
-        nbrs = neighbor_template(nbrs, int(saved["neighbor_capacity"]), int(saved["neighbor_cell_capacity"]))
+        nbrs = neighbors.placeholder(nbrs.idx.shape[0], json.loads(saved["neighbor_capacities"]),
+                                     nbrs.reference_position.dtype)
         templates = {"params": params, "opt_state": opt_state, "sim_state": state, "neighbor": nbrs}
         update, trees, attrs, rows = self.store.read_checkpoint(templates)
         self.c.learner.set_capacity(attrs)
@@ -196,13 +195,6 @@ class Trainer:
         feats = c.learner.featurize(res.trajectory)
         jax.block_until_ready(feats.r)
         return True, time.perf_counter() - t0, (res.state, res.neighbor, feats, n_traj + 1)
-
-
-def neighbor_template(nbrs, capacity: int, cell_capacity: int):
-    """A neighbour list shaped like one with the given static capacities (contents are placeholders)."""
-    n = nbrs.idx.shape[0]
-    return dataclasses.replace(nbrs, idx=jnp.full((n, capacity), n, jnp.int32), max_occupancy=capacity,
-                               cell_capacity=cell_capacity)
 
 
 def train(cfg, run_dir, resume: bool = False, quiet: bool | None = None) -> dict:

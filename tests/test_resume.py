@@ -114,16 +114,30 @@ def test_update_compiled_once(tmp_path, single_precision):
     assert np.all(np.isfinite([r["loss"] for r in rows]))
 
 
-def test_set_capacity_accepts_checkpoints_without_energy_width():
-    """Checkpoints written before the energy-feature width was recorded still resume."""
+def test_recorded_feature_capacities_reproduce_features_exactly():
+    """A learner restored with a checkpoint's feature-list capacities featurizes a trajectory
+    bit-identically to the learner that wrote the checkpoint, even though it would have
+    allocated its lists from a different snapshot."""
+    import jax
     from hydra import compose, initialize_config_dir
 
     from difftre_cli import assemble
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose(config_name="train", overrides=["config=tiny"])
-    learner = assemble.build(cfg).learner
-    learner.set_capacity({"feature_capacity": 40, "feature_cell_capacity": 0})
-    assert learner._pending_capacity == (40, 0) and learner._energy_width is None
-    learner.set_capacity({"feature_capacity": 40, "feature_cell_capacity": 0, "energy_width": 33})
-    assert learner._energy_width == 33
+    c = assemble.build(cfg)
+    params = c.potential.init(jax.random.PRNGKey(0))
+    state, nbrs = c.sampler.init(jax.random.PRNGKey(1), params)
+    first = c.sampler.sample(params, state, nbrs, first=True)
+    traj = first.trajectory
+    later = c.sampler.sample(params, first.state, first.neighbor).trajectory
+    assert not np.array_equal(np.asarray(traj.positions), np.asarray(later.positions))
+    c.learner.featurize(traj)                       # allocates from this trajectory
+    feats = c.learner.featurize(later)
+    attrs = c.learner.capacity_attrs()
+    fresh = assemble.build(cfg).learner
+    fresh.set_capacity(attrs)
+    again = fresh.featurize(later)
+    np.testing.assert_array_equal(np.asarray(again.r), np.asarray(feats.r))
+    np.testing.assert_array_equal(np.asarray(again.static["rdf"]), np.asarray(feats.static["rdf"]))
+    assert fresh.capacity_attrs() == attrs

@@ -10,6 +10,7 @@ Per update (one jit call, compiled once per run):
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from typing import Any, NamedTuple
 
@@ -28,7 +29,7 @@ log = logging.getLogger("difftre")
 class Features(NamedTuple):
     """θ-independent data of one reference trajectory."""
 
-    r: Any            # (S, N, W) distances < energy cutoff per particle, sorted, +inf padding
+    r: Any            # (S, N, W) distances < energy cutoff on a dense list, +inf padding
     static: dict      # name -> (S, ...) per-snapshot values of θ-independent observables
     u_ref: Any        # (S,)
 
@@ -61,79 +62,65 @@ class DiffTRe:
                             "use more particles (system.n_particles) or a smaller r_max")
         self.feature_cutoff = reach
         self.feature_nbr_fn = neighbors.make_neighbor_fn(self.box, reach, 0.0, 1.3)
-        self._feature_nbrs = None
+        self.energy_nbr_fn = neighbors.make_neighbor_fn(self.box, potential.cutoff, 0.0, 1.3)
+        self._lists = None
         self.trace_count = {"featurize": 0, "step": 0}
-        self._featurize = jax.jit(self._featurize_impl, static_argnames=("width",))
-        self._energy_width = None
+        self._featurize = jax.jit(self._featurize_impl)
         self._step = jax.jit(self._step_impl)
         self.snapshot_observables_jit = jax.jit(self.snapshot_observables)
 
     # -- per trajectory ----------------------------------------------------------------
-    def _featurize_impl(self, positions, nbrs, u_ref, width):
-        """Distances within the energy cutoff, sorted per particle and cut to ``width`` columns
-        (a canonical form that does not depend on the list's order or capacity), and the
-        θ-independent observables of every snapshot."""
+    def _featurize_impl(self, positions, lists, u_ref):
+        """Per snapshot: fresh lists at the observables' reach and at the energy cutoff; the
+        θ-independent observables; distances within the energy cutoff. Fresh builds at fixed
+        capacities make the features a function of the positions alone (bit-identical resume)."""
         self.trace_count["featurize"] += 1
+        lists = {k: dataclasses.replace(nb, did_buffer_overflow=jnp.asarray(False)) for k, nb in lists.items()}
 
         def one(carry, R):
-            nb = self.feature_nbr_fn.update(R, carry)
-            r = distances_on_list(R, nb.idx, self.box)
+            obs_nb = self.feature_nbr_fn.rebuild(R, carry["obs"])
+            e_nb = self.energy_nbr_fn.rebuild(R, carry["energy"])
+            r = distances_on_list(R, obs_nb.idx, self.box)
             static = {k: o.snapshot(self.ctx, {"r": r}) for k, o in self.observables.items()
                       if not o.depends_on_params}
-            r_e = jnp.where(r < self.potential.cutoff, r, jnp.inf)
-            count = jnp.max(jnp.sum(r_e < jnp.inf, axis=-1))
-            r_e = jnp.sort(r_e, axis=-1)
-            if width <= r_e.shape[-1]:
-                r_e = r_e[:, :width]
-            else:
-                r_e = jnp.concatenate([r_e, jnp.full((r_e.shape[0], width - r_e.shape[-1]), jnp.inf, r_e.dtype)], -1)
-            return nb, (r_e, static, count)
+            return {"obs": obs_nb, "energy": e_nb}, (distances_on_list(R, e_nb.idx, self.box), static)
 
-        nbrs, (r, static, count) = lax.scan(one, nbrs, positions)
-        return Features(r, static, u_ref), nbrs.did_buffer_overflow | (jnp.max(count) > width)
-
-    def _fresh_list(self, nbrs, positions):
-        """Force a rebuild at the first snapshot (skin 0 rebuilds at every later one), so that
-        features depend only on the positions and the list's capacities."""
-        far = jnp.mod(jnp.asarray(positions[0]) + 0.37 * self.box, self.box)
-        return dataclasses.replace(nbrs, reference_position=far, did_buffer_overflow=jnp.asarray(False))
+        lists, (r, static) = lax.scan(one, lists, positions)
+        overflow = lists["obs"].did_buffer_overflow | lists["energy"].did_buffer_overflow
+        return Features(r, static, u_ref), overflow
 
     def capacity_attrs(self) -> dict:
-        nb = self._feature_nbrs
-        return {} if nb is None else {"feature_capacity": nb.max_occupancy, "feature_cell_capacity": nb.cell_capacity,
-                                      "energy_width": self._energy_width}
+        """The feature lists' capacities, for the checkpoint."""
+        if self._lists is None:
+            return {}
+        return {"feature_lists": json.dumps({k: neighbors.capacities(nb) for k, nb in self._lists.items()})}
 
-    def set_capacity(self, attrs: dict, positions=None) -> None:
-        """Restore the feature list's capacities recorded in a checkpoint (bit-identical resume)."""
-        if "feature_capacity" not in attrs:
-            return
-        self._pending_capacity = (int(attrs["feature_capacity"]), int(attrs["feature_cell_capacity"]))
-        if "energy_width" in attrs:  # absent in checkpoints written before energy features were cut
-            self._energy_width = int(attrs["energy_width"])
+    def set_capacity(self, attrs: dict) -> None:
+        """Restore the feature lists' capacities recorded in a checkpoint (bit-identical resume)."""
+        if "feature_lists" in attrs:
+            self._pending_caps = json.loads(attrs["feature_lists"])
 
-    _pending_capacity = None
+    _pending_caps = None
+
+    def _allocate(self, positions, grow: int = 0):
+        n = positions.shape[1]
+        if self._pending_caps is not None and not grow:
+            return {k: neighbors.placeholder(n, caps, positions.dtype) for k, caps in self._pending_caps.items()}
+        return {"obs": self.feature_nbr_fn.allocate(positions[-1], extra_capacity=grow),
+                "energy": self.energy_nbr_fn.allocate(positions[-1], extra_capacity=grow)}
 
     def featurize(self, trajectory) -> Features:
+        """Features of a trajectory (positions (S, N, 3), reference energies (S,))."""
         positions = jnp.asarray(trajectory.positions)
-        if self._feature_nbrs is None:
-            self._feature_nbrs = self.feature_nbr_fn.allocate(positions[0])
-            if self._pending_capacity is not None:
-                m, c = self._pending_capacity
-                n = positions.shape[1]
-                self._feature_nbrs = dataclasses.replace(self._feature_nbrs, idx=jnp.full((n, m), n, jnp.int32),
-                                                         max_occupancy=m, cell_capacity=c)
-        if self._energy_width is None:
-            r0 = distances_on_list(positions[0], self._feature_nbrs.idx, self.box)
-            self._energy_width = int(1.2 * int(jnp.max(jnp.sum(r0 < self.potential.cutoff, axis=-1)))) + 4
+        if self._lists is None:
+            self._lists = self._allocate(positions)
         for attempt in range(6):
-            feats, overflow = self._featurize(positions, self._fresh_list(self._feature_nbrs, positions),
-                                              jnp.asarray(trajectory.energies), width=self._energy_width)
+            feats, overflow = self._featurize(positions, self._lists, jnp.asarray(trajectory.energies))
             if not bool(overflow):
                 return feats
-            self._feature_nbrs = self.feature_nbr_fn.allocate(positions[-1], extra_capacity=8 * 2 ** attempt)
-            self._energy_width = int(self._energy_width * 1.25) + 4
-            log.info("feature neighbour list re-allocated (capacity %d, energy width %d)",
-                     self._feature_nbrs.idx.shape[1], self._energy_width)
+            self._lists = self._allocate(positions, grow=8 * 2 ** attempt)
+            log.info("feature neighbour lists re-allocated (capacities %s)",
+                     {k: nb.max_occupancy for k, nb in self._lists.items()})
         raise UserError("the feature neighbour list kept overflowing", "the system is probably unstable")
 
     # -- per update --------------------------------------------------------------------
