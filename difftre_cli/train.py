@@ -121,30 +121,35 @@ class Trainer:
                 sample_time = 0.0
                 reused = True
                 threshold = self.ratio * self.n_snapshots
+                aux, n_eff, update_time = None, float("nan"), 0.0
                 if feats is None or (next_n_eff is not None and next_n_eff < threshold):
-                    ok, sample_time, sampled = self._resample(params, state, nbrs, n_traj)
-                    reused = False
-                    if not ok:
-                        raise UserError("the simulation with the current parameters is unstable (non-finite energies "
-                                        "or exploding temperature)",
-                                        "lower simulator.dt, check the prior and the initial structure")
-                    state, nbrs, feats, n_traj = sampled
-                t0 = time.perf_counter()
-                new_params, new_opt, aux = jax.block_until_ready(c.learner.step(params, opt_state, feats, lr_scale))
-                n_eff = float(aux.n_eff)
-                update_time = time.perf_counter() - t0
-                if reused and n_eff < threshold:  # only when next_n_eff was unknown (resume, rollback)
                     ok, sample_time, sampled = self._resample(params, state, nbrs, n_traj)
                     reused = False
                     if ok:
                         state, nbrs, feats, n_traj = sampled
-                        t0 = time.perf_counter()
-                        new_params, new_opt, aux = jax.block_until_ready(
-                            c.learner.step(params, opt_state, feats, lr_scale))
-                        update_time += time.perf_counter() - t0
-                        n_eff = float(aux.n_eff)
+                    elif feats is None:  # nothing to fall back on: the start itself is unstable
+                        raise UserError("the simulation with the current parameters is unstable (non-finite "
+                                        "energies or exploding temperature)",
+                                        "lower simulator.dt, check the prior and the initial structure")
                     else:
                         event = "unstable_simulation"
+                if not event:
+                    t0 = time.perf_counter()
+                    new_params, new_opt, aux = jax.block_until_ready(c.learner.step(params, opt_state, feats, lr_scale))
+                    n_eff = float(aux.n_eff)
+                    update_time = time.perf_counter() - t0
+                    if reused and n_eff < threshold:  # only when next_n_eff was unknown (resume, rollback)
+                        ok, sample_time, sampled = self._resample(params, state, nbrs, n_traj)
+                        reused = False
+                        if ok:
+                            state, nbrs, feats, n_traj = sampled
+                            t0 = time.perf_counter()
+                            new_params, new_opt, aux = jax.block_until_ready(
+                                c.learner.step(params, opt_state, feats, lr_scale))
+                            update_time += time.perf_counter() - t0
+                            n_eff = float(aux.n_eff)
+                        else:
+                            event = "unstable_simulation"
                 if event == "" and not bool(aux.finite):
                     event = "non_finite_loss"
                 if event:
@@ -160,15 +165,18 @@ class Trainer:
                                         f"checkpoint in {self.store.checkpoint_path}",
                                         "lower optimizer.lr or simulator.dt, then resume=" + str(self.run_dir))
                 else:
-                    failures = 0
+                    if not reused:  # a stable new simulation ends a run of failures
+                        failures = 0
                     self._last_good = (params, opt_state)
                     params, opt_state = new_params, new_opt
                     next_n_eff = float(aux.n_eff_next)
-                row = {"update": update, "loss": float(aux.loss) if not event else float("nan")}
-                for name, v in aux.losses.items():
-                    row[f"loss_{name}"] = float(v) if not event else float("nan")
+                nan = float("nan")
+                row = {"update": update, "loss": nan if event else float(aux.loss)}
+                for name in c.targets:
+                    row[f"loss_{name}"] = nan if event else float(aux.losses[name])
                 row.update({"n_eff": n_eff, "reused": int(reused), "sample_time": sample_time,
-                            "update_time": update_time, "grad_norm": float(aux.grad_norm), "lr_scale": lr_scale,
+                            "update_time": update_time, "grad_norm": nan if aux is None else float(aux.grad_norm),
+                            "lr_scale": lr_scale,
                             "n_trajectories": n_traj, "event": event or "ok"})
                 rows.append(row)
                 self.store.append_metrics_csv(row)
