@@ -130,26 +130,21 @@ class DiffTRe:
             return jax.value_and_grad(lambda s: self.potential.energy_from_distances(params, r_s, s))(1.0)
         return jax.vmap(one)(r)
 
+    def _values(self, u, virial, feats: Features) -> dict:
+        """Per-snapshot values (S, ...) of every observable: θ-dependent ones from the energies
+        and virials, θ-independent ones from the trajectory's stored features."""
+        return {name: jax.vmap(lambda e, v: obs.snapshot(self.ctx, {"energy": e, "virial": v}))(u, virial)
+                if obs.depends_on_params else feats.static[name] for name, obs in self.observables.items()}
+
     def predict(self, params, feats: Features):
+        """Reweighted averages ⟨O⟩ at ``params`` and the weights."""
         u, virial = self.snapshot_energies(params, feats.r)
         w = reweight.weights(self.beta, u, feats.u_ref)
-        q = {"energy": u, "virial": virial}
-        preds = {}
-        for name, obs in self.observables.items():
-            vals = jax.vmap(lambda e, v: obs.snapshot(self.ctx, {"energy": e, "virial": v}))(u, virial) \
-                if obs.depends_on_params else feats.static[name]
-            preds[name] = reweight.average(w, vals)
-        del q
-        return preds, w
+        return {name: reweight.average(w, v) for name, v in self._values(u, virial, feats).items()}, w
 
     def snapshot_observables(self, params, feats: Features) -> dict:
         """Per-snapshot values (S, ...) of every observable at ``params`` (no reweighting)."""
-        u, virial = self.snapshot_energies(params, feats.r)
-        out = {}
-        for name, obs in self.observables.items():
-            out[name] = jax.vmap(lambda e, v: obs.snapshot(self.ctx, {"energy": e, "virial": v}))(u, virial) \
-                if obs.depends_on_params else feats.static[name]
-        return out
+        return self._values(*self.snapshot_energies(params, feats.r), feats)
 
     def loss(self, params, feats: Features):
         preds, w = self.predict(params, feats)
