@@ -34,6 +34,8 @@ def build(cfg) -> Components:
     sampler = Sampler(potential, system, sampler_config(cfg.simulator))
     optimizer = optim.build(cfg.optimizer, int(cfg.trainer.updates))
     ctx = observables_mod.Context(system.n_particles, system.volume, system.kT)
-    learner = TRAINERS[cfg.trainer.kind](potential, obs, tgts, ctx, optimizer, system.box_size, 1.0 / system.kT)
+    learner = TRAINERS[cfg.trainer.kind](potential, obs, tgts, ctx, optimizer, system.box_size, 1.0 / system.kT,
+                                         precondition=cfg.trainer.get("precondition", "none"),
+                                         fisher_damping=float(cfg.trainer.get("fisher_damping", 1e-3)))
     truth = potentials.ground_truth(cfg.get("ground_truth"), cutoff)
     return Components(system, potential, obs, tgts, sampler, optimizer, learner, ctx, truth)

@@ -1,12 +1,16 @@
 #!/usr/bin/env python
 """Make the LJ target RDF with the project's own simulator.
 
-Runs the true Lennard-Jones fluid (ε = σ = 1, rc = 2.5, shifted) at the state point of the
-`lj` preset (N = 1000, ρ = 0.7, kT = 1, Langevin, dt = 0.005) for many independent
-segments and writes the averaged RDF, computed with exactly the observable definition and
-grid of the preset, to configs/targets/data/lj_rdf.txt with its provenance in the header.
+Runs the true Lennard-Jones fluid (ε = σ = 1, rc = 2.5, shifted) at the state point of a
+preset (default `lj`: N = 1000, ρ = 0.5, kT = 1.5, Langevin, dt = 0.005; override with
+system.density=… system.kT=…) for many independent segments and writes the averaged RDF,
+computed with exactly the observable definition and grid of the preset, with its provenance
+in the header. With observables=rdf_pressure it also prints the mean virial pressure.
 
-    python scripts/make_targets.py --segments 200 --out configs/targets/data/lj_rdf.txt
+    python scripts/make_targets.py --segments 100 --out configs/targets/data/lj_rdf_rho0.50_kT1.50.txt \
+        system.density=0.5 system.kT=1.5 observables=rdf_pressure
+    python scripts/make_targets.py --segments 150 --out configs/targets/data/lj_rdf_rho0.70_kT1.00.txt \
+        system.density=0.7 system.kT=1.0
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ def main():
     ap.add_argument("--config", default="lj", help="preset whose system/observables to use")
     ap.add_argument("--segments", type=int, default=200, help="production segments of 1000 steps")
     ap.add_argument("--seed", type=int, default=12345)
-    ap.add_argument("--out", default=str(ROOT / "configs/targets/data/lj_rdf.txt"))
+    ap.add_argument("--out", default=str(ROOT / "configs/targets/data/lj_rdf_rho0.50_kT1.50.txt"))
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = ap.parse_args()
 

@@ -48,13 +48,17 @@ class DiffTRe:
     """The DiffTRe learner: ``featurize`` a trajectory once, then ``step`` many times."""
 
     def __init__(self, potential, observables: dict, targets: dict, ctx, optimizer: optax.GradientTransformation,
-                 box_size: float, beta: float):
+                 box_size: float, beta: float, precondition: str = "none", fisher_damping: float = 1e-3):
         self.potential = potential
         self.observables = observables
         self.targets = targets
         self.ctx = ctx
         self.optimizer = optimizer
         self.beta = beta
+        if precondition not in ("none", "fisher"):
+            raise UserError(f"trainer.precondition: unknown {precondition!r}", "use none or fisher")
+        self.precondition = precondition
+        self.fisher_damping = float(fisher_damping)
         self.box = float(box_size)
         reach = max([potential.cutoff] + [getattr(o, "reach", 0.0) for o in observables.values()])
         if reach > 0.5 * self.box:
@@ -156,6 +160,8 @@ class DiffTRe:
     def _step_impl(self, params, opt_state, feats, lr_scale):
         self.trace_count["step"] += 1
         (loss, (losses, preds, n_eff)), grads = jax.value_and_grad(self.loss, has_aux=True)(params, feats)
+        if self.precondition == "fisher":
+            grads = self._natural_gradient(params, feats, grads)
         updates, new_opt_state = self.optimizer.update(grads, opt_state, params)
         updates = jax.tree_util.tree_map(lambda u: lr_scale * u, updates)
         new_params = optax.apply_updates(params, updates)
@@ -169,6 +175,27 @@ class DiffTRe:
         u_next = jax.vmap(lambda r_s: self.potential.energy_from_distances(new_params, r_s))(feats.r)
         n_eff_next = reweight.effective_sample_size(reweight.weights(self.beta, u_next, feats.u_ref))
         return new_params, new_opt_state, StepAux(loss, losses, preds, n_eff, n_eff_next, gnorm, finite)
+
+    def _natural_gradient(self, params, feats, grads):
+        """F⁻¹ g with the Fisher matrix of the Boltzmann ensemble, F = β² Cov_w(∂U/∂θ), from the
+        stored snapshots (damped by ``fisher_damping`` × its mean diagonal). Directions the
+        ensemble barely responds to (small F) — e.g. a shift of the whole first shell in a dense
+        liquid — get proportionally larger steps. The result is normalised to unit Fisher
+        length, so the optimiser's learning rate is the step's √(2 KL)."""
+        from jax.flatten_util import ravel_pytree
+        flat, unravel = ravel_pytree(params)
+        u_of = lambda th: jax.vmap(lambda r_s: self.potential.energy_from_distances(unravel(th), r_s))(feats.r)  # noqa: E731
+        u = u_of(flat)
+        jac = jax.jacfwd(u_of)(flat)                                      # (S, K)
+        w = reweight.weights(self.beta, u, feats.u_ref)
+        centred = jac - w @ jac
+        fisher = self.beta ** 2 * (centred.T * w) @ centred
+        fisher = fisher + self.fisher_damping * jnp.mean(jnp.diag(fisher)) * jnp.eye(flat.size, dtype=flat.dtype)
+        g_flat, _ = ravel_pytree(grads)
+        nat = jnp.linalg.solve(fisher, g_flat)
+        # Unit length in the Fisher metric: a step of lr changes the ensemble by KL ≈ lr²/2,
+        # whatever the system size (N_eff falls predictably).
+        return unravel(nat / jnp.sqrt(jnp.maximum(g_flat @ nat, 1e-30)))
 
     def step(self, params, opt_state, feats, lr_scale=1.0):
         return self._step(params, opt_state, feats, jnp.asarray(lr_scale, jnp.float32))
