@@ -57,6 +57,7 @@ class Trainer:
         self.max_failures = int(tc.get("max_failures", 5))
         self.lr_reduction = float(tc.get("lr_reduction", 0.5))
         self.n_snapshots = self.c.sampler.cfg.n_snapshots
+        self._last_good = None  # (params, opt_state) before the last accepted update
 
     # ----------------------------------------------------------------------------------
     def _initial(self):
@@ -190,7 +191,6 @@ class Trainer:
         prog.summary(rows, {"run directory": str(self.run_dir), "total wall [s]": f"{time.perf_counter() - t_run:.1f}"})
         return {"rows": rows, "params": params}
 
-    _last_good = None
 
     def _resample(self, params, state, nbrs, n_traj):
         c = self.c
@@ -207,7 +207,6 @@ class Trainer:
 
 def train(cfg, run_dir, resume: bool = False, quiet: bool | None = None) -> dict:
     trainer = Trainer(cfg, run_dir, quiet=quiet)
-    trainer._last_good = None
     out = trainer.run(resume=resume)
     return out
 
