@@ -125,11 +125,8 @@ class Sampler:
         # A lattice start has fewer neighbours than the liquid it melts into: allocate 30 % more
         # room now rather than overflow, re-allocate and recompile in the first segment.
         nbrs = self.neighbor_fn.allocate(R, extra_capacity=int(0.3 * nbrs.max_occupancy))
-        kw = {} if self.cfg.integrator == "nve" else {"kT": self.system.kT}
-        if self.cfg.integrator == "nve":
-            state = self._init(key, R, mass=self.system.mass, kT=self.system.kT, neighbor=nbrs, params=params)
-        else:
-            state = self._init(key, R, mass=self.system.mass, neighbor=nbrs, params=params, **kw)
+        # Every JAX MD integrator takes kT (initial momenta; thermostat temperature) as a keyword.
+        state = self._init(key, R, mass=self.system.mass, kT=self.system.kT, neighbor=nbrs, params=params)
         return state, nbrs
 
     def _run_impl(self, params, state, nbrs, n_equilibration, n_snapshots, every):
