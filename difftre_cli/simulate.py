@@ -42,8 +42,9 @@ class SampleResult(NamedTuple):
     trajectory: Trajectory
     state: Any
     neighbor: Any
-    ok: bool          # False if energies or positions became NaN/inf
+    ok: bool          # False if unstable (see ``reason``)
     retries: int      # neighbour-list re-allocations needed
+    reason: str = ""  # why not ok: non-finite energies/positions, hot, neighbour-list overflow
 
 
 @dataclass(frozen=True)
@@ -158,23 +159,32 @@ class Sampler:
         cfg = self.cfg
         n_eq = cfg.first_equilibration_steps if first else cfg.equilibration_steps
         extra = 0
+        overflowed = False
         for attempt in range(cfg.max_retries + 1):
             new_state, new_nbrs, pos, u, kT = self._run(params, state, nbrs, jnp.asarray(n_eq, jnp.int32),
                                                         n_snapshots=cfg.n_snapshots, every=cfg.every)
-            if not bool(new_nbrs.did_buffer_overflow):
+            overflowed = bool(new_nbrs.did_buffer_overflow)
+            if not overflowed:
+                break
+            if attempt == cfg.max_retries:
                 break
             extra = max(8, 2 * extra) if extra else 8
             log.info("neighbour list overflowed (capacity %d); re-allocating with %d extra slots and "
                      "recomputing the segment", int(nbrs.idx.shape[1]), extra)
             nbrs = self.neighbor_fn.allocate(state.position, extra_capacity=extra * (attempt + 1))
-        else:
-            raise UserError(f"the neighbour list kept overflowing after {cfg.max_retries} re-allocations",
-                            "the simulation is probably unstable: lower simulator.dt or the learning rate")
-        # Unstable: non-finite energies or positions, or a kinetic temperature far above the
-        # thermostat's (energies can stay finite in float32 while particles fly apart).
-        ok = bool(jnp.all(jnp.isfinite(u)) & jnp.all(jnp.isfinite(pos))
-                  & jnp.all(kT < cfg.max_kT_factor * self.system.kT))
         steps = n_eq + cfg.every * (1 + np.arange(cfg.n_snapshots))
         traj = Trajectory(pos, u, kT, steps)
-        return SampleResult(traj, new_state, new_nbrs, ok, attempt)
+        if overflowed:
+            # A list that keeps overflowing while its capacity grows means particles pile up:
+            # the segment's results are not trustworthy, so it counts as an unstable simulation.
+            return SampleResult(traj, state, nbrs, False, attempt,
+                                f"neighbour list still overflowing after {cfg.max_retries} re-allocations")
+        # Unstable: non-finite energies or positions, or a kinetic temperature far above the
+        # thermostat's (energies can stay finite in float32 while particles fly apart).
+        finite = bool(jnp.all(jnp.isfinite(u)) & jnp.all(jnp.isfinite(pos)))
+        cool = bool(jnp.all(kT < cfg.max_kT_factor * self.system.kT))
+        ok = finite and cool
+        reason = "" if ok else ("non-finite energies or positions" if not finite else
+                                f"kinetic temperature above {cfg.max_kT_factor:g} x the thermostat's")
+        return SampleResult(traj, new_state, new_nbrs, ok, attempt, reason)
 
