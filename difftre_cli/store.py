@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import io
 import json
 import os
 from pathlib import Path
@@ -121,6 +122,16 @@ class RunStore:
         self.dir = Path(run_dir)
         self.traj_dir = self.dir / "trajectories"
 
+    def _commit(self, buf: io.BytesIO, tmp: Path, final: Path) -> None:
+        """Write an HDF5 image built in memory to ``tmp``, fsync, and rename it over ``final``.
+        Building in memory keeps HDF5 out of disk errors: a full disk fails a plain write,
+        which is reported cleanly, instead of leaving the HDF5 library with a half-closed file."""
+        with _writing(tmp, final.name, self.dir):
+            with open(tmp, "wb") as fh:
+                fh.write(buf.getbuffer())
+                fh.flush()
+            _fsync_replace(tmp, final)
+
     @property
     def checkpoint_path(self) -> Path:
         return self.dir / CHECKPOINT_FILE
@@ -135,7 +146,8 @@ class RunStore:
         times = steps * float(dt)
         real = unit_system.name == "real"
         from . import __version__
-        with _writing(tmp, final.name, self.dir), h5py.File(tmp, "w") as f:
+        buf = io.BytesIO()
+        with h5py.File(buf, "w") as f:
             h5 = f.create_group("h5md")
             h5.attrs["version"] = np.array([1, 1])
             h5.create_group("author").attrs["name"] = "difftre"
@@ -168,8 +180,7 @@ class RunStore:
                 t.attrs["unit"] = "ps"
                 ee.attrs["unit"] = "kJ mol-1"
             f.attrs["units"] = json.dumps(unit_system.to_dict())
-        with _writing(tmp, final.name, self.dir):
-            _fsync_replace(tmp, final)
+        self._commit(buf, tmp, final)
         return final
 
     def read_trajectory(self, index: int):
@@ -187,7 +198,8 @@ class RunStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         final = self.checkpoint_path
         tmp = final.with_suffix(".h5.tmp")
-        with _writing(tmp, final.name, self.dir), h5py.File(tmp, "w") as f:
+        buf = io.BytesIO()
+        with h5py.File(buf, "w") as f:
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["config"] = config_yaml
             f.attrs["versions"] = json.dumps(versions)
@@ -212,8 +224,7 @@ class RunStore:
             for i in range(n_trajectories):
                 tg[f"ref_{i:05d}"] = h5py.ExternalLink(f"trajectories/ref_{i:05d}.h5", "/")
             ck.attrs["complete"] = True
-        with _writing(tmp, final.name, self.dir):
-            _fsync_replace(tmp, final)
+        self._commit(buf, tmp, final)
 
     def read_checkpoint(self, templates: dict) -> tuple[int, dict, dict, list[dict]]:
         with h5py.File(self.checkpoint_path, "r") as f:
