@@ -173,9 +173,11 @@ def test_submitit_preemption_requeues_and_resumes(tmp_path):
     t0 = time.perf_counter()
     while not ((run / "metrics.csv").exists() and _rows(run)) and time.perf_counter() - t0 < 300:
         time.sleep(0.05)
-    job = subprocess.run(["pgrep", "-f", "submitit.core._submit"], stdout=subprocess.PIPE, text=True).stdout.split()
+    import psutil
+    job = [p for p in psutil.Process(proc.pid).children(recursive=True)
+           if "submitit.core._submit" in " ".join(p.cmdline())]
     assert job, "no submitit job process found"
-    os.kill(int(job[0]), signal.SIGUSR2)
+    job[0].send_signal(signal.SIGUSR2)
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out[-3000:]
     log = (run / "train.log").read_text()
