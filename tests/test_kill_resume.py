@@ -104,6 +104,9 @@ def _inspect_after_kill(run: Path) -> str:
 
 
 def _kill_trial(reference, tmp_path, seed: int, kills: int):
+    """Each kill lands either at a uniformly random time after the run directory appears
+    (mostly start-up: compilation and the first, longest sampling) or shortly after a random
+    number of completed updates (sampling, updates and checkpoint writes of a running job)."""
     ref, wall = reference
     rng = np.random.default_rng(seed)
     run = tmp_path / "run"
@@ -112,15 +115,22 @@ def _kill_trial(reference, tmp_path, seed: int, kills: int):
     for k in range(kills):
         proc = subprocess.Popen(_cmd(args), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        delay = float(rng.uniform(0.0, wall))
         while not (run / ".hydra").exists() and proc.poll() is None:
             time.sleep(0.02)
-        time.sleep(delay)
+        if rng.uniform() < 0.5:
+            delay = float(rng.uniform(0.0, wall))
+            when = f"{delay:.1f}s after the run directory appeared"
+            time.sleep(delay)
+        else:
+            n_rows, delay = int(rng.integers(1, 8)), float(rng.uniform(0.0, 1.0))
+            when = f"{delay:.2f}s after metrics row {n_rows}"
+            while proc.poll() is None and not ((run / "metrics.csv").exists() and len(_rows(run)) >= n_rows):
+                time.sleep(0.01)
+            time.sleep(delay)
         finished = proc.poll() is not None
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        log.append(f"kill {k} {delay:.1f}s after the run directory appeared"
-                   f"{' (had finished)' if finished else ''}: " + _inspect_after_kill(run))
+        log.append(f"kill {k} {when}{' (had finished)' if finished else ''}: " + _inspect_after_kill(run))
         args = [f"resume={run}"]
     out = _run(args, tmp_path)
     assert out.returncode == 0, "\n".join(log) + "\n" + out.stdout[-3000:]
