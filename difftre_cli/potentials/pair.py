@@ -124,6 +124,8 @@ def build(cfg, cutoff: float):
     """The learnable model from the ``model`` config group (``kind``: spline | mlp | none)."""
     from ..checks import choice, int_list, number
 
+    if cfg.get("kind") is None:   # no kind: no learnable model, as kind: none
+        return None
     kind = choice(cfg, "kind", ("spline", "mlp", "none"), prefix="model", what="model")
     if kind == "spline":
         r_min = number(cfg, "r_min", prefix="model", lo=0.0, lo_open=True, hi=cutoff, hi_open=True,
