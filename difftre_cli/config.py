@@ -45,6 +45,7 @@ def validate(cfg: DictConfig) -> None:
     updates = number(tc, "updates", prefix=T, integer=True, lo=1, example="300")
     number(tc, "reweight_ratio", prefix=T, lo=0.0, hi=1.0, required=False, example="0.9")
     number(tc, "checkpoint_every", prefix=T, integer=True, lo=1, required=False, example="10")
+    number(tc, "checkpoint_seconds", prefix=T, lo=0.0, lo_open=True, required=False, example="600")
     number(tc, "max_failures", prefix=T, integer=True, lo=1, required=False, example="5")
     number(tc, "lr_reduction", prefix=T, lo=0.0, lo_open=True, hi=1.0, required=False, example="0.5")
     choice(tc, "precondition", ("none", "fisher"), prefix=T, default="none", what="preconditioner")
