@@ -24,6 +24,9 @@ commands:
   evaluate   [run=PATH] [evaluate.production_steps=N ...]
              long production run with the final parameters (default: the latest run);
              writes evaluation.json and PNG plots into the run directory
+             several run=… evaluate each, then compare them (as `compare`)
+  compare    run=A run=B [...] [out=DIR]
+             evaluated runs side by side: one table (RMSE, Δ, D, wall time) and one overlay plot
   doctor     print versions, devices and precision; check that a tiny simulation runs
 
 presets (config=NAME): {presets}
@@ -55,10 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         return train_command(rest)
     if cmd == "evaluate":
         return evaluate_command(rest)
+    if cmd == "compare":
+        return compare_command(rest)
     if cmd == "doctor":
         from .doctor import doctor
         return doctor(rest)
-    fail(f"unknown command {cmd!r}; use train, evaluate or doctor (difftre --help)")
+    fail(f"unknown command {cmd!r}; use train, evaluate, compare or doctor (difftre --help)")
     return 2
 
 
@@ -253,23 +258,38 @@ def latest_run(root: Path = Path("runs")) -> Path | None:
     return max(cands, key=lambda p: (p / "difftre.h5").stat().st_mtime) if cands else None
 
 
+def _run_dir_ok(run: Path) -> None:
+    if not (run / "difftre.h5").is_file() or not (run / ".hydra" / "config.yaml").is_file():
+        fail(f"run={run}: not a difftre run directory (difftre.h5 or .hydra/config.yaml missing)\n"
+             "  fix: give the directory that `difftre train` printed")
+
+
 def evaluate_command(rest: list[str]) -> int:
-    run = None
-    overrides = []
+    runs, overrides, out = [], [], None
     for a in rest:
         if a.startswith("run="):
-            run = Path(a.split("=", 1)[1]).expanduser()
+            runs.append(Path(a.split("=", 1)[1]).expanduser())
+        elif a.startswith("out="):
+            out = Path(a.split("=", 1)[1]).expanduser()
         elif a.startswith("-"):
             fail(f"unknown option {a!r} for evaluate; use run=PATH and key=value overrides")
         else:
             overrides.append(a)
-    if run is None:
+    if not runs:
         run = latest_run()
         if run is None:
             fail("no run found under runs/\n  fix: train first (difftre train) or give run=PATH")
-    if not (run / "difftre.h5").is_file() or not (run / ".hydra" / "config.yaml").is_file():
-        fail(f"run={run}: not a difftre run directory (difftre.h5 or .hydra/config.yaml missing)\n"
-             "  fix: give the directory that `difftre train` printed")
+        runs = [run]
+    for run in runs:
+        _run_dir_ok(run)
+    for run in runs:
+        _evaluate_one(run, overrides)
+    if len(runs) > 1:
+        return compare_command([f"run={r}" for r in runs] + ([f"out={out}"] if out else []))
+    return 0
+
+
+def _evaluate_one(run: Path, overrides: list[str]) -> None:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -285,9 +305,31 @@ def evaluate_command(rest: list[str]) -> int:
         validate(cfg)
         _set_precision(cfg.precision)
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s",
-                            handlers=[logging.FileHandler(run / "evaluate.log"), logging.StreamHandler()])
+                            handlers=[logging.FileHandler(run / "evaluate.log"), logging.StreamHandler()], force=True)
         from .evaluate import evaluate
         evaluate(cfg, run)
+    except UserError as exc:
+        fail(str(exc))
+
+
+def compare_command(rest: list[str]) -> int:
+    """Compare evaluated runs: one table, one overlay figure (see compare.py)."""
+    runs, out = [], None
+    for a in rest:
+        if a.startswith("run="):
+            runs.append(Path(a.split("=", 1)[1]).expanduser())
+        elif a.startswith("out="):
+            out = Path(a.split("=", 1)[1]).expanduser()
+        else:
+            fail(f"unknown argument {a!r} for compare; use run=PATH (two or more) and out=DIR")
+    if len(runs) < 2:
+        fail("compare needs at least two runs\n  fix: difftre compare run=PATH_A run=PATH_B")
+    for run in runs:
+        _run_dir_ok(run)
+    from .compare import compare
+    from .errors import UserError
+    try:
+        compare(runs, out)
     except UserError as exc:
         fail(str(exc))
     return 0

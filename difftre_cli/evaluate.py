@@ -71,7 +71,9 @@ def evaluate(cfg, run_dir) -> dict:
         grid = c.observables[t.observable].grid
         out["targets"][name] = {"rmse": rmse, "rmse_at_start": start, "source": t.source,
                                 "grid": None if grid is None else np.asarray(grid).tolist(),
-                                "observable": pred.tolist(), "target": np.asarray(t.value).tolist()}
+                                "observable": pred.tolist(), "target": np.asarray(t.value).tolist(),
+                                "rdf_deviation_D": rdf_deviation(c.observables[t.observable], pred, t.value,
+                                                                 c.system.density, c.potential.cutoff)}
     out["potential"] = potential_curve(c, params, cfg)
     out["wall_time_s"] = time.perf_counter() - t0
     with open(run_dir / "evaluation.json", "w") as fh:
@@ -80,6 +82,18 @@ def evaluate(cfg, run_dir) -> dict:
     plot_all(run_dir, out, rows)
     _summary(out)
     return out
+
+
+def rdf_deviation(obs, g, g_ref, density: float, r_c: float) -> float | None:
+    """D = 4πρ ∫_0^{r_c} r² (g(r) − g_ref(r))² dr (trapezoid on the observable's grid), the RDF
+    deviation of the literature on learning pair potentials from RDFs; None for non-RDFs."""
+    from .observables.rdf import RDF
+    if not isinstance(obs, RDF):
+        return None
+    r = np.asarray(obs.grid, float)
+    sel = r <= r_c
+    diff2 = (np.asarray(g, float) - np.asarray(g_ref, float)) ** 2
+    return float(4.0 * np.pi * density * np.trapezoid(r[sel] ** 2 * diff2[sel], r[sel]))
 
 
 def potential_curve(c, params, cfg) -> dict:
@@ -97,8 +111,13 @@ def potential_curve(c, params, cfg) -> dict:
         sel = (r >= a) & (r <= b)
         res["max_abs_error"] = float(np.max(np.abs(total[sel] - truth[sel])))
         res["error_range"] = [a, b]
-        # Δ = ∫ |U_fit − U_true| dr over the same range (trapezoid)
-        res["integrated_abs_error"] = float(np.trapezoid(np.abs(total[sel] - truth[sel]), r[sel]))
+        # Δ = ∫_{r0}^{rc} |U_fit − U_true| dr (trapezoid), r0 = 0.9 and rc = the cutoff by default
+        r0, rc = (float(x) for x in cfg.get("evaluate", {}).get("delta_range", [0.9, pot.cutoff]))
+        fine = np.linspace(r0, rc, 400)
+        u_fit = np.asarray(pot.pair(params, jnp.asarray(fine)))
+        u_true = np.where(fine < cut, np.asarray(fn(jnp.asarray(fine))), 0.0)
+        res["delta"] = float(np.trapezoid(np.abs(u_fit - u_true), fine))
+        res["delta_range"] = [r0, rc]
     return res
 
 
@@ -118,6 +137,12 @@ def _summary(out: dict) -> None:
     if "max_abs_error" in pot:
         a, b = pot["error_range"]
         t.add_row(f"max |U - U_true| on [{a}, {b}]", f"{pot['max_abs_error']:.4g}")
+    if "delta" in pot:
+        a, b = pot["delta_range"]
+        t.add_row(f"Δ = ∫ |U - U_true| dr on [{a}, {b}]", f"{pot['delta']:.4g}")
+    for name, d in out["targets"].items():
+        if d.get("rdf_deviation_D") is not None:
+            t.add_row(f"D {name} = 4πρ∫r²(g - g_ref)²dr", f"{d['rdf_deviation_D']:.4g}")
     t.add_row("mean kinetic kT", f"{out['mean_kinetic_kT']:.4f}")
     t.add_row("snapshots", str(out["snapshots"]))
     t.add_row("wall time [s]", f"{out['wall_time_s']:.1f}")

@@ -1,0 +1,157 @@
+"""`difftre compare run=A run=B …` (or `difftre evaluate run=A run=B …`): several evaluated runs
+side by side — one table and one overlay figure.
+
+For each run it reads ``evaluation.json`` (written by `difftre evaluate`), ``metrics.csv`` and
+``.hydra/config.yaml``; the table lists the trainer, updates, training wall time, per-target
+RMSE, and — where the config knows the true potential — Δ = ∫ |U_fit − U_true| dr and the RDF
+deviation D = 4πρ ∫ r² (g − g_ref)² dr. The figure overlays the observables with their
+targets, the learned potentials with the truth, and the loss against training wall time.
+Outputs: ``comparison.json`` and ``comparison.png`` in ``out=DIR`` (default
+``runs/compare/<timestamp>``).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _load(run: Path) -> dict:
+    ev = run / "evaluation.json"
+    if not ev.is_file():
+        raise UserError(f"run={run}: no evaluation.json", f"evaluate it first: difftre evaluate run={run}")
+    try:
+        evaluation = json.loads(ev.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{ev}: cannot be read ({exc})", f"re-create it: difftre evaluate run={run}") from None
+    rows = []
+    if (run / "metrics.csv").is_file():
+        with open(run / "metrics.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml") if (run / ".hydra" / "config.yaml").is_file() else None
+    return {"run": str(run), "evaluation": evaluation, "rows": rows, "cfg": cfg}
+
+
+def _float(x) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def summarize(item: dict) -> dict:
+    ev, rows, cfg = item["evaluation"], item["rows"], item["cfg"]
+    wall = sum(_float(r.get("sample_time")) + _float(r.get("update_time")) for r in rows) if rows else math.nan
+    out = {"run": item["run"], "trainer": None if cfg is None else str(cfg.trainer.kind),
+           "updates": len(rows), "train_wall_s": wall,
+           "final_loss": _float(rows[-1]["loss"]) if rows else math.nan,
+           "rmse": {k: d["rmse"] for k, d in ev.get("targets", {}).items()},
+           "rdf_deviation_D": {k: d["rdf_deviation_D"] for k, d in ev.get("targets", {}).items()
+                               if d.get("rdf_deviation_D") is not None}}
+    pot = ev.get("potential", {})
+    for key in ("delta", "max_abs_error"):
+        if key in pot:
+            out[key] = pot[key]
+    return out
+
+
+def _plot(items: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    targets = sorted({k for it in items for k, d in it["evaluation"].get("targets", {}).items() if d.get("grid")})
+    n = len(targets) + 2
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6))
+    for ax, name in zip(axes, targets):
+        shown = False
+        for it in items:
+            d = it["evaluation"]["targets"].get(name)
+            if d is None:
+                continue
+            if not shown:
+                ax.plot(d["grid"], d["target"], "k--", lw=2, label="target")
+                shown = True
+            ax.plot(d["grid"], d["observable"], lw=1.2, label=_label(it))
+        ax.set_title(name)
+        ax.legend(fontsize=7)
+    ax = axes[-2]
+    truth_drawn = False
+    for it in items:
+        pot = it["evaluation"].get("potential", {})
+        if "r" not in pot:
+            continue
+        if "truth" in pot and not truth_drawn:
+            ax.plot(pot["r"], pot["truth"], "k--", lw=2, label="truth")
+            truth_drawn = True
+        ax.plot(pot["r"], pot["total"], lw=1.2, label=_label(it))
+    ax.set_ylim(-2.0, 3.0)
+    ax.set_xlabel("r")
+    ax.set_title("pair potential")
+    ax.legend(fontsize=7)
+    ax = axes[-1]
+    for it in items:
+        t, losses = 0.0, []
+        for r in it["rows"]:
+            t += _float(r.get("sample_time")) + _float(r.get("update_time"))
+            losses.append((t, _float(r.get("loss"))))
+        if losses:
+            ax.semilogy(*zip(*losses), lw=1.2, marker="o", ms=2, label=_label(it))
+    ax.set_xlabel("training wall time [s]")
+    ax.set_title("loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _label(it: dict) -> str:
+    trainer = None if it["cfg"] is None else it["cfg"].trainer.kind
+    return f"{trainer}: {Path(it['run']).name}" if trainer else Path(it["run"]).name
+
+
+def compare(runs: list[Path], out_dir: Path | None = None) -> dict:
+    items = [_load(Path(r)) for r in runs]
+    out_dir = Path(out_dir) if out_dir else Path("runs") / "compare" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = [summarize(it) for it in items]
+    (out_dir / "comparison.json").write_text(json.dumps({"runs": table}, indent=1))
+    _plot(items, out_dir / "comparison.png")
+    _print(table, out_dir)
+    return {"runs": table, "out_dir": str(out_dir)}
+
+
+def _print(table: list[dict], out_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=f"difftre compare — {out_dir}")
+    for col in ("run", "trainer", "updates", "train wall [s]", "final loss"):
+        t.add_column(col)
+    targets = sorted({k for row in table for k in row["rmse"]})
+    for k in targets:
+        t.add_column(f"RMSE {k}", justify="right")
+    has_d = any(row["rdf_deviation_D"] for row in table)
+    if has_d:
+        t.add_column("D", justify="right")
+    has_delta = any("delta" in row for row in table)
+    if has_delta:
+        t.add_column("Δ", justify="right")
+        t.add_column("max|ΔU|", justify="right")
+    for row in table:
+        cells = [Path(row["run"]).name, str(row["trainer"]), str(row["updates"]), f"{row['train_wall_s']:.1f}",
+                 f"{row['final_loss']:.4g}"]
+        cells += [f"{row['rmse'][k]:.4g}" if k in row["rmse"] else "-" for k in targets]
+        if has_d:
+            cells.append(", ".join(f"{v:.4g}" for v in row["rdf_deviation_D"].values()) or "-")
+        if has_delta:
+            cells += [f"{row['delta']:.4g}" if "delta" in row else "-",
+                      f"{row['max_abs_error']:.4g}" if "max_abs_error" in row else "-"]
+        t.add_row(*cells)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    console.print(t)

@@ -1,0 +1,70 @@
+"""`difftre compare`: the literature metrics (Δ, D) and the side-by-side table/figure."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from difftre_cli import cli
+from difftre_cli.evaluate import rdf_deviation
+from difftre_cli.observables.rdf import RDF
+
+
+def test_rdf_deviation_of_a_constant_offset_is_analytic():
+    obs = RDF.from_config("rdf", {"kind": "rdf", "r_min": 0.0, "r_max": 3.0, "n_bins": 3000, "sigma": 0.02})
+    r = np.asarray(obs.grid)
+    g_ref = 1.0 - np.exp(-r ** 2)
+    c, rho, rc = 0.1, 0.7, 2.5
+    d = rdf_deviation(obs, g_ref + c, g_ref, rho, rc)
+    assert d == pytest.approx(4 * np.pi * rho * c ** 2 * rc ** 3 / 3, rel=2e-3)
+    assert rdf_deviation(obs, g_ref, g_ref, rho, rc) == 0.0
+    assert rdf_deviation(object(), g_ref, g_ref, rho, rc) is None
+
+
+def _fake_run(d: Path, trainer: str, rmse: float, losses: list[float]):
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "config.yaml").write_text(f"trainer:\n  kind: {trainer}\n")
+    (d / "difftre.h5").write_bytes(b"")
+    grid = np.linspace(0, 3, 30)
+    (d / "evaluation.json").write_text(json.dumps({
+        "targets": {"rdf": {"rmse": rmse, "grid": grid.tolist(), "observable": (grid * 0 + 1).tolist(),
+                            "target": (grid * 0 + 1 + rmse).tolist(), "rdf_deviation_D": 10 * rmse ** 2}},
+        "potential": {"r": grid.tolist(), "total": (grid * 0).tolist(), "truth": (grid * 0 - 1).tolist(),
+                      "delta": 1.6, "max_abs_error": 1.0}}))
+    with open(d / "metrics.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["update", "loss", "sample_time", "update_time"])
+        w.writeheader()
+        for i, loss in enumerate(losses):
+            w.writerow({"update": i, "loss": loss, "sample_time": 1.0, "update_time": 0.5})
+
+
+def test_compare_writes_one_table_and_one_figure(tmp_path, capsys):
+    _fake_run(tmp_path / "a", "difftre", 0.01, [1.0, 0.5, 0.2])
+    _fake_run(tmp_path / "b", "ibi", 0.03, [1.0, 0.8])
+    out = tmp_path / "cmp"
+    assert cli.main(["compare", f"run={tmp_path / 'a'}", f"run={tmp_path / 'b'}", f"out={out}"]) == 0
+    table = json.loads((out / "comparison.json").read_text())["runs"]
+    assert [r["trainer"] for r in table] == ["difftre", "ibi"]
+    assert table[0]["train_wall_s"] == pytest.approx(4.5) and table[1]["updates"] == 2
+    assert table[0]["rmse"]["rdf"] == 0.01 and table[1]["final_loss"] == 0.8
+    assert table[0]["delta"] == 1.6
+    assert (out / "comparison.png").stat().st_size > 10_000
+    assert "difftre compare" in capsys.readouterr().out
+
+
+def test_compare_needs_evaluated_runs(tmp_path, capsys):
+    _fake_run(tmp_path / "a", "difftre", 0.01, [1.0])
+    (tmp_path / "b" / ".hydra").mkdir(parents=True)
+    (tmp_path / "b" / ".hydra" / "config.yaml").write_text("trainer:\n  kind: difftre\n")
+    (tmp_path / "b" / "difftre.h5").write_bytes(b"")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["compare", f"run={tmp_path / 'a'}", f"run={tmp_path / 'b'}", f"out={tmp_path / 'c'}"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "no evaluation.json" in err and "difftre evaluate run=" in err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["compare", f"run={tmp_path / 'a'}"])
+    assert exc.value.code == 2
