@@ -209,14 +209,17 @@ def _hydra_train():
 
         from .config import validate
         from .errors import UserError
-        from .interrupt import Interrupted
+        from .interrupt import GracefulStop, Interrupted
         run_dir = HydraConfig.get().runtime.output_dir
         try:
-            validate(cfg)
-            _set_precision(cfg.precision)
-            resume = cfg.get("resume") is not None or _auto_resume(cfg, Path(run_dir))
-            from .train import train
-            train(cfg, run_dir, resume=resume)
+            # From the moment the run directory exists, SIGTERM/SIGINT only request a stop: the
+            # loop checkpoints (even before its first update) and exits with a resume hint.
+            with GracefulStop() as stop:
+                validate(cfg)
+                _set_precision(cfg.precision)
+                resume = cfg.get("resume") is not None or _auto_resume(cfg, Path(run_dir))
+                from .train import train
+                train(cfg, run_dir, resume=resume, stop=stop)
         except UserError as exc:
             log.error("%s", exc)
             fail(str(exc))

@@ -100,7 +100,13 @@ class Trainer:
         return update, trees, attrs, rows
 
     # ----------------------------------------------------------------------------------
-    def run(self, resume: bool = False) -> dict:
+    def run(self, resume: bool = False, stop: GracefulStop | None = None) -> dict:
+        if stop is not None:            # the caller already turned SIGTERM/SIGINT into requests
+            return self._run(resume, stop)
+        with GracefulStop() as stop:   # from here on SIGTERM/SIGINT only request a stop
+            return self._run(resume, stop)
+
+    def _run(self, resume: bool, stop: GracefulStop) -> dict:
         self.store.prepare()
         params, opt_state = self.regime.init(jax.random.PRNGKey(int(self.cfg.seed)))
         start, lr_scale, failures, rows = 0, 1.0, 0, []
@@ -126,44 +132,47 @@ class Trainer:
         t_run = self._t_checkpoint = time.perf_counter()
         update = start
         try:
-            with GracefulStop() as stop:
-                while update < self.n_updates:
-                    prop = self.regime.propose(params, opt_state, lr_scale)
-                    if prop.event:
-                        failures += 1
-                        lr_scale *= self.lr_reduction
-                        params, opt_state = last_good
-                        self.regime.rejected()
-                        log.warning("update %d rejected (%s): parameters rolled back, learning-rate scale now %.3g "
-                                    "(%d consecutive failures)", update, prop.event, lr_scale, failures)
-                    else:
-                        if prop.fresh_sample:   # a stable new simulation ends a run of failures
-                            failures = 0
-                        last_good = (params, opt_state)
-                        params, opt_state = prop.params, prop.opt_state
-                    row = {"update": update, **prop.fields, "lr_scale": lr_scale, "event": prop.event or "ok"}
-                    rows.append(row)
-                    self.store.append_metrics_csv(row)
-                    n_reused += int(row.get("reused", 0))
-                    prog.update(row, n_reused)
-                    update += 1
-                    if failures >= self.max_failures:
-                        self._checkpoint(update, params, opt_state, last_good, lr_scale, failures, rows)
-                        raise UserError(f"{failures} consecutive unstable updates; stopped with the last good "
-                                        f"checkpoint in {self.store.checkpoint_path}",
-                                        "lower optimizer.lr or simulator.dt, then resume=" + str(self.run_dir))
-                    due = (update % self.checkpoint_every == 0 or update == self.n_updates
-                           or time.perf_counter() - self._t_checkpoint > self.checkpoint_seconds)
-                    if due or stop.requested:
-                        self._checkpoint(update, params, opt_state, last_good, lr_scale, failures, rows)
-                    if stop.requested and update < self.n_updates:
-                        prog.close()
-                        stop.finish(self.run_dir, update)
+            while update < self.n_updates:
+                if stop.requested:   # arrived before the first update (compilation, first sampling)
+                    self._checkpoint(update, params, opt_state, last_good, lr_scale, failures, rows)
+                    prog.close()
+                    stop.finish(self.run_dir, update)
+                prop = self.regime.propose(params, opt_state, lr_scale)
+                if prop.event:
+                    failures += 1
+                    lr_scale *= self.lr_reduction
+                    params, opt_state = last_good
+                    self.regime.rejected()
+                    log.warning("update %d rejected (%s): parameters rolled back, learning-rate scale now %.3g "
+                                "(%d consecutive failures)", update, prop.event, lr_scale, failures)
+                else:
+                    if prop.fresh_sample:   # a stable new simulation ends a run of failures
+                        failures = 0
+                    last_good = (params, opt_state)
+                    params, opt_state = prop.params, prop.opt_state
+                row = {"update": update, **prop.fields, "lr_scale": lr_scale, "event": prop.event or "ok"}
+                rows.append(row)
+                self.store.append_metrics_csv(row)
+                n_reused += int(row.get("reused", 0))
+                prog.update(row, n_reused)
+                update += 1
+                if failures >= self.max_failures:
+                    self._checkpoint(update, params, opt_state, last_good, lr_scale, failures, rows)
+                    raise UserError(f"{failures} consecutive unstable updates; stopped with the last good "
+                                    f"checkpoint in {self.store.checkpoint_path}",
+                                    "lower optimizer.lr or simulator.dt, then resume=" + str(self.run_dir))
+                due = (update % self.checkpoint_every == 0 or update == self.n_updates
+                       or time.perf_counter() - self._t_checkpoint > self.checkpoint_seconds)
+                if due or stop.requested:
+                    self._checkpoint(update, params, opt_state, last_good, lr_scale, failures, rows)
+                if stop.requested and update < self.n_updates:
+                    prog.close()
+                    stop.finish(self.run_dir, update)
         finally:
             prog.close()
         prog.summary(rows, {"run directory": str(self.run_dir), "total wall [s]": f"{time.perf_counter() - t_run:.1f}"})
         return {"rows": rows, "params": params}
 
 
-def train(cfg, run_dir, resume: bool = False, quiet: bool | None = None) -> dict:
-    return Trainer(cfg, run_dir, quiet=quiet).run(resume=resume)
+def train(cfg, run_dir, resume: bool = False, quiet: bool | None = None, stop: GracefulStop | None = None) -> dict:
+    return Trainer(cfg, run_dir, quiet=quiet).run(resume=resume, stop=stop)
