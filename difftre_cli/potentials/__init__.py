@@ -46,6 +46,11 @@ class PairPotential:
         r_safe = jnp.where(mask, r, 0.5 * self.cutoff) * scale  # clean before scaling: no inf*0
         return 0.5 * jnp.sum(jnp.where(mask, self.pair(params, r_safe), 0.0))
 
+    # The DiffTRe learner's protocol (learn/difftre.py): the θ-independent features of a pair
+    # potential are the distances on the learner's neighbour lists.
+    energy_from_features = energy_from_distances
+    one_body = False
+
     def _on_list(self, box_size: float, kernel):
         def fn(R, neighbor, params, **unused):
             return kernel(lambda r: self.pair(params, r), R, neighbor.idx, box_size, self.cutoff)
@@ -61,15 +66,22 @@ class PairPotential:
         return self._on_list(box_size, neighbors.pair_energy)
 
 
-def build(prior_cfg, model_cfg, cutoff: float) -> PairPotential:
+def build(prior_cfg, model_cfg, cutoff: float):
+    from . import external
+    if external.is_external(prior_cfg, model_cfg):   # one-body potential in an external field (1-D)
+        return external.build(prior_cfg, model_cfg)
     return PairPotential(prior=priors.build(prior_cfg, cutoff), model=pair.build(model_cfg, cutoff),
                          cutoff=float(cutoff))
 
 
 def ground_truth(cfg, cutoff_default: float):
-    """Known true pair potential u(r) from a config like {kind: lj, epsilon:, sigma:, cutoff:}, or None."""
+    """Known true pair potential (u(r), cutoff) from a config like {kind: lj, epsilon:, sigma:, cutoff:};
+    for a one-body kind (e.g. double_well) (u(x), None); or None."""
     if cfg is None or cfg.get("kind") in (None, "none"):
         return None
+    from . import external
+    if cfg.get("kind") in external.PRIORS:   # a known one-body potential u(x): (u, None)
+        return external.build_prior(cfg), None
     kwargs = dict(cfg)
     cutoff = float(kwargs.pop("cutoff", cutoff_default))
     return priors.build(kwargs, cutoff), cutoff
