@@ -49,7 +49,9 @@ def validate(cfg: DictConfig) -> None:
     n = int(_get(cfg, "system.n_particles"))
     if n < 2:
         raise UserError(f"system.n_particles must be at least 2, got {n}", "set system.n_particles=1000")
-    if _get(cfg, "system.box_size") is not None:
+    if _get(cfg, "system.kind") == "ideal_gas_1d":   # particles on a line in free space: no box (onebody.py)
+        pass
+    elif _get(cfg, "system.box_size") is not None:
         _number(cfg, "system.box_size", example="10.0")
     else:
         _number(cfg, "system.density", example="0.7")
@@ -88,6 +90,9 @@ def validate(cfg: DictConfig) -> None:
     from .simulate import sampler_config
     from .system import build_system
 
+    from . import onebody
+    if onebody.validate(cfg):      # one-body systems (system.kind=ideal_gas_1d) are checked there
+        return
     system = build_system(cfg.system)
     obs = observables.build(cfg.observables)
     targets.build(cfg.targets, obs, units.get(_get(cfg, "system.units") or "lj"))
