@@ -33,9 +33,12 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"precision must be single or double, got {_get(cfg, 'precision')!r}", "set precision=single")
     number(cfg, "seed", prefix="", integer=True, lo=0, hi=2 ** 32 - 1, example="0")
 
-    # system first: it reads the structure file and needs no JAX (fails in a second)
+    # system first: it reads the structure file and needs no JAX (fails in a second). One-body
+    # systems (system.kind=ideal_gas_1d, particles on a line, no box) are checked in onebody.py.
+    from . import onebody
     from .system import build_system, min_image_distance
-    system = build_system(cfg.system)
+    one_body = onebody.is_one_body_system(cfg.system)
+    system = None if one_body else build_system(cfg.system)
 
     # trainer (no builder of its own here: the learner reads these keys)
     from .learn import TRAINERS
@@ -71,6 +74,9 @@ def validate(cfg: DictConfig) -> None:
             if not ok:
                 raise UserError(f"evaluate.potential_error_range must be two numbers 0 < a < b, got {rng!r}",
                                 "set evaluate.potential_error_range=[0.95,2.5]")
+
+    if onebody.validate(cfg):
+        return
 
     # Build the cheap, jax-free parts group by group; this opens and checks every file.
     from . import observables, optim, potentials, targets

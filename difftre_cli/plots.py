@@ -44,6 +44,9 @@ def plot_all(run_dir: Path, ev: dict, rows: list[dict]) -> list[Path]:
         plt.close(fig)
         paths.append(p)
     pot = ev["potential"]
+    if "x" in pot:   # one-body potential u(x) (the double well)
+        paths.append(plot_external(run_dir, ev))
+        return paths
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(pot["r"], pot["prior"], ":", color="gray", label="prior")
     if "truth" in pot:
@@ -60,3 +63,35 @@ def plot_all(run_dir: Path, ev: dict, rows: list[dict]) -> list[Path]:
     plt.close(fig)
     paths.append(p)
     return paths
+
+
+def plot_external(run_dir: Path, ev: dict) -> Path:
+    """u(x) learned (shifted by the removed constant) vs true vs prior, with the sampled region."""
+    pot = ev["potential"]
+    x = np.asarray(pot["x"])
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(x, pot["prior"], ":", color="gray", label="prior")
+    shift = pot.get("constant_removed", 0.0)
+    if "truth" in pot:
+        ax.plot(x, pot["truth"], "k-", lw=2, label="ground truth")
+    label = "learned (prior + model)" + (f" − {shift:.3g}" if shift else "")
+    if "max_abs_error" in pot:
+        label += f"\nmax |Δu| = {pot['max_abs_error']:.3g} in the sampled region"
+    ax.plot(x, np.asarray(pot["total"]) - shift, "C1--", label=label)
+    ref = np.asarray(pot.get("truth", pot["total"]))
+    if "sampled_region" in pot:
+        a, b = pot["sampled_region"]
+        ax.axvspan(a, b, color="C0", alpha=0.08, label="sampled region")
+        inside = (x >= a) & (x <= b)
+        lo = float(np.min(ref[inside]))
+    else:
+        lo = float(np.min(ref))
+    ax.set_ylim(lo - 1.0, lo + 8.0)
+    ax.set_xlabel(f"x [{ev['units']['length']}]")
+    ax.set_ylabel(f"u(x) [{ev['units']['energy']}]")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    p = run_dir / "potential.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return p

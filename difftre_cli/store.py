@@ -156,12 +156,17 @@ class RunStore:
             creator.attrs["version"] = __version__
             part = f.create_group("particles/all")
             box = part.create_group("box")
-            box.attrs["dimension"] = 3
-            box.attrs["boundary"] = np.array([b"periodic"] * 3)
-            edges = box.create_group("edges")
-            edges.create_dataset("step", data=steps)
-            edges.create_dataset("time", data=times)
-            ev = edges.create_dataset("value", data=np.full((len(steps), 3), box_size, np.float32))
+            dim = pos.shape[-1]
+            box.attrs["dimension"] = dim
+            ev = None
+            if box_size is None:   # free space (independent particles on a line): no box edges
+                box.attrs["boundary"] = np.array([b"none"] * dim)
+            else:
+                box.attrs["boundary"] = np.array([b"periodic"] * dim)
+                edges = box.create_group("edges")
+                edges.create_dataset("step", data=steps)
+                edges.create_dataset("time", data=times)
+                ev = edges.create_dataset("value", data=np.full((len(steps), dim), box_size, np.float32))
             p = part.create_group("position")
             p.create_dataset("step", data=steps)
             t = p.create_dataset("time", data=times)
@@ -176,7 +181,8 @@ class RunStore:
             k.create_dataset("value", data=np.asarray(traj.kT, np.float64))
             if real:  # H5MD unit attributes; omitted in reduced units, which readers cannot convert
                 v.attrs["unit"] = "nm"
-                ev.attrs["unit"] = "nm"
+                if ev is not None:
+                    ev.attrs["unit"] = "nm"
                 t.attrs["unit"] = "ps"
                 ee.attrs["unit"] = "kJ mol-1"
             f.attrs["units"] = json.dumps(unit_system.to_dict())

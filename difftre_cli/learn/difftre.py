@@ -1,11 +1,22 @@
 """Differentiable Trajectory Reweighting (Thaler & Zavadlav, Nat. Commun. 12, 6884, 2021).
 
 Per reference trajectory (θ-independent, computed once):
-    pair distances of every kept snapshot, and the observables that depend on positions only.
+    the energy features of every kept state (pair potentials: distances on a neighbour list;
+    one-body potentials: coordinates, see below), and the observables that depend on positions only.
 Per update (one jit call, compiled once per run):
-    U_θ(S_i) and the virial from the stored distances → weights w_i = softmax(−β(U_θ − U_ref))
+    U_θ(S_i) and the virial from the stored features → weights w_i = softmax(−β(U_θ − U_ref))
     → reweighted observables ⟨O⟩ = Σ w_i O_i → loss Σ_k γ_k MSE_k → gradient (through the
     weights and θ-dependent observables only, never through the integrator) → optax step.
+
+The potential's side of the protocol:
+    ``energy_from_features(params, feats, scale=1.0) -> U`` of one state from its stored
+    features (``scale`` s: uniform strain, d/ds at 1 is the virial);
+    ``one_body`` (optional, default False): True for a sum of single-particle terms in an
+    external field, U = Σ_n u_θ(x_n). Such a potential also provides ``features(positions)``
+    (θ-independent, here the coordinates), no neighbour list is needed, and — because
+    non-interacting particles are independent samples of the one-particle Boltzmann
+    distribution — every (snapshot, particle) pair is reweighted as a state of its own, with its
+    own reference energy (the sampler then records per-particle energies, shape (S, N)).
 """
 from __future__ import annotations
 
@@ -31,7 +42,8 @@ log = logging.getLogger("difftre")
 class Features(NamedTuple):
     """θ-independent data of one reference trajectory."""
 
-    r: Any            # (S, N, W) distances < energy cutoff on a dense list, +inf padding
+    r: Any            # energy features per state: pair potentials (S, N, W) distances < energy cutoff
+                      # on a dense list, +inf padding; one-body potentials (S·N, 1, d) coordinates
     static: dict      # name -> (S, ...) per-snapshot values of θ-independent observables
     u_ref: Any        # (S,)
 
@@ -61,6 +73,15 @@ class DiffTRe:
             raise UserError(f"trainer.precondition: unknown {precondition!r}", "use none or fisher")
         self.precondition = precondition
         self.fisher_damping = float(fisher_damping)
+        self._energy = potential.energy_from_features
+        self._lists = None
+        self.trace_count = {"featurize": 0, "step": 0}
+        self._step = jax.jit(self._step_impl)
+        self.snapshot_observables_jit = jax.jit(self.snapshot_observables)
+        self.one_body = bool(getattr(potential, "one_body", False))
+        if self.one_body:   # independent particles in an external field: no box, no neighbour lists
+            self._featurize = jax.jit(self._featurize_one_body)
+            return
         self.box = float(box_size)
         reach = max([potential.cutoff] + [getattr(o, "reach", 0.0) for o in observables.values()])
         if reach > 0.5 * self.box:
@@ -69,11 +90,7 @@ class DiffTRe:
         self.feature_cutoff = reach
         self.feature_nbr_fn = neighbors.make_neighbor_fn(self.box, reach, 0.0, 1.3)
         self.energy_nbr_fn = neighbors.make_neighbor_fn(self.box, potential.cutoff, 0.0, 1.3)
-        self._lists = None
-        self.trace_count = {"featurize": 0, "step": 0}
         self._featurize = jax.jit(self._featurize_impl)
-        self._step = jax.jit(self._step_impl)
-        self.snapshot_observables_jit = jax.jit(self.snapshot_observables)
 
     # -- per trajectory ----------------------------------------------------------------
     def _featurize_impl(self, positions, lists, u_ref):
@@ -94,6 +111,17 @@ class DiffTRe:
         lists, (r, static) = lax.scan(one, lists, positions)
         overflow = lists["obs"].did_buffer_overflow | lists["energy"].did_buffer_overflow
         return Features(r, static, u_ref), overflow
+
+    def _featurize_one_body(self, positions, u_ref):
+        """One-body potential: (S, N, d) positions and (S, N) per-particle reference energies
+        become S·N states of one particle each (independent samples of the one-particle
+        Boltzmann distribution), with their θ-independent observables."""
+        self.trace_count["featurize"] += 1
+        x = self.potential.features(positions)
+        states = x.reshape(-1, 1, x.shape[-1])
+        static = {k: jax.vmap(lambda xs, o=o: o.snapshot(self.ctx, {"x": xs}))(states)
+                  for k, o in self.observables.items() if not o.depends_on_params}
+        return Features(states, static, u_ref.reshape(-1)), jnp.asarray(False)
 
     def capacity_attrs(self) -> dict:
         """The feature lists' capacities, for the checkpoint."""
@@ -118,6 +146,12 @@ class DiffTRe:
     def featurize(self, trajectory) -> Features:
         """Features of a trajectory (positions (S, N, 3), reference energies (S,))."""
         positions = jnp.asarray(trajectory.positions)
+        if self.one_body:
+            energies = jnp.asarray(trajectory.energies)
+            if energies.shape != positions.shape[:2]:
+                raise ValueError(f"a one-body potential needs per-particle reference energies of shape "
+                                 f"{positions.shape[:2]}, got {energies.shape}")
+            return self._featurize(positions, energies)[0]
         if self._lists is None:
             self._lists = self._allocate(positions)
         for attempt in range(6):
@@ -131,9 +165,9 @@ class DiffTRe:
 
     # -- per update --------------------------------------------------------------------
     def snapshot_energies(self, params, r):
-        """U_θ (S,) and virial s·∂U/∂s (S,) from stored distances."""
+        """U_θ (S,) and virial s·∂U/∂s (S,) from stored features."""
         def one(r_s):
-            return jax.value_and_grad(lambda s: self.potential.energy_from_distances(params, r_s, s))(1.0)
+            return jax.value_and_grad(lambda s: self._energy(params, r_s, s))(1.0)
         return jax.vmap(one)(r)
 
     def _values(self, u, virial, feats: Features) -> dict:
@@ -174,7 +208,7 @@ class DiffTRe:
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         new_params = jax.tree_util.tree_map(keep, new_params, params)
         new_opt_state = jax.tree_util.tree_map(keep, new_opt_state, opt_state)
-        u_next = jax.vmap(lambda r_s: self.potential.energy_from_distances(new_params, r_s))(feats.r)
+        u_next = jax.vmap(lambda r_s: self._energy(new_params, r_s))(feats.r)
         n_eff_next = reweight.effective_sample_size(reweight.weights(self.beta, u_next, feats.u_ref))
         return new_params, new_opt_state, StepAux(loss, losses, preds, n_eff, n_eff_next, gnorm, finite)
 
@@ -186,7 +220,7 @@ class DiffTRe:
         length, so the optimiser's learning rate is the step's √(2 KL)."""
         from jax.flatten_util import ravel_pytree
         flat, unravel = ravel_pytree(params)
-        u_of = lambda th: jax.vmap(lambda r_s: self.potential.energy_from_distances(unravel(th), r_s))(feats.r)  # noqa: E731
+        u_of = lambda th: jax.vmap(lambda r_s: self._energy(unravel(th), r_s))(feats.r)  # noqa: E731
         u = u_of(flat)
         jac = jax.jacfwd(u_of)(flat)                                      # (S, K)
         w = reweight.weights(self.beta, u, feats.u_ref)
@@ -241,14 +275,16 @@ class DiffTReRegime:
         return params, opt_state
 
     def checkpoint(self) -> tuple[dict, dict]:
-        attrs = {"n_trajectories": self.n_traj,
-                 "neighbor_capacities": json.dumps(neighbors.capacities(self.nbrs)), **self.c.learner.capacity_attrs()}
+        attrs = {"n_trajectories": self.n_traj}
+        if self.nbrs is not None:   # samplers of independent particles keep no neighbour list
+            attrs["neighbor_capacities"] = json.dumps(neighbors.capacities(self.nbrs))
+        attrs.update(self.c.learner.capacity_attrs())
         return {"sim_state": self.state, "neighbor": self.nbrs}, attrs
 
     def templates(self, attrs: dict) -> dict:
         """Pytrees shaped like the checkpointed ones (the neighbour list at its recorded capacities)."""
-        nbrs = neighbors.placeholder(self.nbrs.idx.shape[0], json.loads(attrs["neighbor_capacities"]),
-                                     self.nbrs.reference_position.dtype)
+        nbrs = None if self.nbrs is None else neighbors.placeholder(
+            self.nbrs.idx.shape[0], json.loads(attrs["neighbor_capacities"]), self.nbrs.reference_position.dtype)
         return {"sim_state": self.state, "neighbor": nbrs}
 
     def restore(self, trees: dict, attrs: dict) -> None:
@@ -278,7 +314,9 @@ class DiffTReRegime:
 
     def propose(self, params, opt_state, lr_scale: float) -> Proposal:
         c = self.c
-        threshold = self.ratio * self.n_snapshots
+        # states per trajectory: the kept snapshots, or snapshots × particles for one-body potentials
+        n_states = self.n_snapshots if self.feats is None else int(self.feats.u_ref.shape[0])
+        threshold = self.ratio * n_states
         event, sample_time, update_time, reused, fresh = "", 0.0, 0.0, True, False
         aux, n_eff = None, float("nan")
         new_params, new_opt = params, opt_state

@@ -6,7 +6,8 @@ An observable is a small frozen dataclass with
 - ``depends_on_params``: False if the snapshot value is fixed by the positions alone (then it
   is computed once per reference trajectory, not once per update),
 - ``snapshot(ctx, quantities) -> value`` with ``quantities`` the per-snapshot inputs
-  (pair distances ``r``; for θ-dependent observables also ``energy`` and ``virial``).
+  (pair distances ``r``, or coordinates ``x`` for one-body systems; for θ-dependent observables
+  also ``energy`` and ``virial``).
 
 The registry :data:`OBSERVABLES` maps the name used in ``observables/*.yaml`` to a builder.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UserError
+from .density import Density
 from .energy import PotentialEnergy
 from .pressure import Pressure
 from .rdf import RDF
@@ -29,7 +31,8 @@ class Context:
     kT: float
 
 
-OBSERVABLES = {"rdf": RDF.from_config, "pressure": Pressure.from_config, "energy": PotentialEnergy.from_config}
+OBSERVABLES = {"rdf": RDF.from_config, "pressure": Pressure.from_config, "energy": PotentialEnergy.from_config,
+               "density": Density.from_config}
 
 
 def build(cfg) -> dict:

@@ -46,6 +46,11 @@ class PairPotential:
         r_safe = jnp.where(mask, r, 0.5 * self.cutoff) * scale  # clean before scaling: no inf*0
         return 0.5 * jnp.sum(jnp.where(mask, self.pair(params, r_safe), 0.0))
 
+    # The DiffTRe learner's protocol (learn/difftre.py): the θ-independent features of a pair
+    # potential are the distances on the learner's neighbour lists.
+    energy_from_features = energy_from_distances
+    one_body = False
+
     def _on_list(self, box_size: float, kernel):
         def fn(R, neighbor, params, **unused):
             return kernel(lambda r: self.pair(params, r), R, neighbor.idx, box_size, self.cutoff)
@@ -61,20 +66,24 @@ class PairPotential:
         return self._on_list(box_size, neighbors.pair_energy)
 
 
-def build(prior_cfg, model_cfg, cutoff: float) -> PairPotential:
+def build(prior_cfg, model_cfg, cutoff: float):
     from ..checks import mapping
     from ..errors import UserError
+    from . import external
 
-    if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not cutoff > 0:
-        raise UserError(f"model.cutoff must be a number > 0, got {cutoff!r}", "set model.cutoff=2.5")
     mapping(prior_cfg, "prior", "prior=repulsive (or prior.kind=...)")
     mapping(model_cfg, "model", "model=spline (or model.kind=...)")
+    if external.is_external(prior_cfg, model_cfg):   # one-body potential in an external field (1-D)
+        return external.build(prior_cfg, model_cfg)
+    if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not cutoff > 0:
+        raise UserError(f"model.cutoff must be a number > 0, got {cutoff!r}", "set model.cutoff=2.5")
     return PairPotential(prior=priors.build(prior_cfg, cutoff), model=pair.build(model_cfg, cutoff),
                          cutoff=float(cutoff))
 
 
 def ground_truth(cfg, cutoff_default: float):
-    """Known true pair potential u(r) from a config like {kind: lj, epsilon:, sigma:, cutoff:}, or None."""
+    """Known true pair potential (u(r), cutoff) from a config like {kind: lj, epsilon:, sigma:, cutoff:};
+    for a one-body kind (e.g. double_well) (u(x), None); or None."""
     from ..checks import mapping, number
 
     if cfg is None:
@@ -82,6 +91,9 @@ def ground_truth(cfg, cutoff_default: float):
     mapping(cfg, "ground_truth", "ground_truth: {kind: lj, epsilon: 1.0, sigma: 1.0, cutoff: 2.5}")
     if cfg.get("kind") in (None, "none"):
         return None
+    from . import external
+    if cfg.get("kind") in external.PRIORS:   # a known one-body potential u(x): (u, None)
+        return external.build_prior(cfg), None
     kwargs = dict(cfg)
     kwargs.pop("cutoff", None)
     cutoff = number(cfg, "cutoff", prefix="ground_truth", lo=0.0, lo_open=True, required=False,

@@ -1,0 +1,174 @@
+"""Independent particles on a line in an external potential (``system.kind: ideal_gas_1d``):
+the system, its sampler and the config checks that differ from the periodic 3-D box.
+
+Used by the double-well study (config=double_well; Thaler & Zavadlav, Nat. Commun. 12, 6884
+(2021)). The particles do not interact, so there is no box (free space, JAX MD
+``space.free()``) and no neighbour list; N particles are simply N independent copies of one
+particle, integrated in parallel. Every kept snapshot therefore holds N independent samples
+of the one-particle distribution, and the sampler records per-particle reference energies
+(S, N) so that the DiffTRe learner can reweight each (snapshot, particle) state on its own.
+
+Units: those of ``system.units`` (the preset: dimensionless x, energies in k_B T with kT = 1,
+mass 1, time in the matching reduced unit).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax_md import simulate as jmd_simulate
+from jax_md import space
+
+from . import units as units_mod
+from .errors import UserError
+from .simulate import SampleResult, SamplerConfig, Trajectory
+
+log = logging.getLogger("difftre")
+
+KIND = "ideal_gas_1d"
+
+
+def is_one_body_system(system_cfg) -> bool:
+    return (system_cfg or {}).get("kind") == KIND
+
+
+@dataclass(frozen=True)
+class LineSystem:
+    """``n_particles`` non-interacting particles on a line (free space).
+
+    ``positions``: (N, 1) initial coordinates, evenly spaced on ``init_range``.
+    ``box_size`` is None (no periodic box); ``volume`` is NaN (no pressure is defined).
+    """
+
+    n_particles: int
+    kT: float
+    mass: float
+    positions: np.ndarray
+    units: units_mod.UnitSystem
+    species: np.ndarray
+    box_size: None = None
+    dimension: int = 1
+
+    @property
+    def volume(self) -> float:
+        return float("nan")
+
+
+def build_line_system(cfg) -> LineSystem:
+    unit_system = units_mod.get(cfg.get("units", "lj"))
+    n = int(cfg["n_particles"])
+    kT = units_mod.kT_of(unit_system, cfg.get("kT"), cfg.get("temperature"))
+    lo, hi = (float(v) for v in cfg.get("init_range", (0.3, 0.7)))
+    if not lo <= hi:
+        raise UserError(f"system.init_range=[{lo}, {hi}] must be an interval [low, high]",
+                        "set e.g. system.init_range=[0.3,0.7]")
+    pos = np.linspace(lo, hi, n)[:, None] if n > 1 else np.full((1, 1), 0.5 * (lo + hi))
+    return LineSystem(n_particles=n, kT=kT, mass=float(cfg.get("mass", 1.0)), positions=pos, units=unit_system,
+                      species=np.zeros(n, np.int32))
+
+
+def _check_integrator(cfg: SamplerConfig) -> None:
+    if cfg.integrator != "langevin":
+        raise UserError(f"simulator.integrator={cfg.integrator!r} is not available for system.kind={KIND}",
+                        "use simulator=langevin (independent particles need a thermostat of their own)")
+
+
+class OneBodySampler:
+    """Langevin (BAOAB, JAX MD ``nvt_langevin`` in ``space.free()``) for a one-body potential.
+
+    Same interface as :class:`simulate.Sampler`: ``init(key, params) -> (state, None)``;
+    ``sample(params, state, neighbor, first) -> SampleResult`` runs equilibration + production in
+    one compiled call (fori_loop / scan). Trajectory: positions (S, N, 1), per-particle energies
+    u(x_n) (S, N), kinetic kT (S,) = Σ p²/m / N, step (S,).
+    """
+
+    def __init__(self, potential, system: LineSystem, cfg: SamplerConfig):
+        _check_integrator(cfg)
+        if not getattr(potential, "one_body", False):
+            raise UserError(f"system.kind={KIND} needs a one-body potential",
+                            "use prior=harmonic_1d (or double_well) and model=spline_1d (or mlp_1d)")
+        self.potential = potential
+        self.system = system
+        self.cfg = cfg
+        _, self.shift = space.free()
+        force = lambda R, params, **unused: potential.force(params, R)  # noqa: E731
+        self._init, self._step = jmd_simulate.nvt_langevin(force, self.shift, cfg.dt, float(system.kT),
+                                                           gamma=cfg.gamma)
+        self._run = jax.jit(self._run_impl, static_argnames=("n_snapshots", "every"))
+
+    def init(self, key, params, positions=None):
+        R = jnp.asarray(self.system.positions if positions is None else positions)
+        k_state, k_mom = jax.random.split(key)
+        # Maxwell momenta per particle, not centred: the particles are independent (JAX MD's
+        # default initialisation removes the centre-of-mass momentum).
+        p = jnp.sqrt(self.system.mass * self.system.kT) * jax.random.normal(k_mom, R.shape, R.dtype)
+        state = self._init(k_state, R, mass=self.system.mass, kT=self.system.kT, momenta=p, params=params)
+        return state, None
+
+    def step_fn(self, state, params):
+        """One BAOAB step (used by the direct-AD benchmark to differentiate through it)."""
+        return self._step(state, params=params)
+
+    def _run_impl(self, params, state, n_equilibration, n_snapshots, every):
+        step = lambda i, st: self._step(st, params=params)  # noqa: E731
+        state = lax.fori_loop(0, n_equilibration, step, state)
+
+        def snapshot(st, _):
+            st = lax.fori_loop(0, every, step, st)
+            u = self.potential.per_particle_energy(params, st.position)
+            kT_inst = jnp.sum(st.momentum ** 2 / st.mass) / st.position.size
+            return st, (st.position, u, kT_inst)
+
+        state, (pos, u, kT) = lax.scan(snapshot, state, None, length=n_snapshots)
+        return state, pos, u, kT
+
+    def sample(self, params, state, neighbor=None, first: bool = False) -> SampleResult:
+        cfg = self.cfg
+        n_eq = cfg.first_equilibration_steps if first else cfg.equilibration_steps
+        new_state, pos, u, kT = self._run(params, state, jnp.asarray(n_eq, jnp.int32),
+                                          n_snapshots=cfg.n_snapshots, every=cfg.every)
+        steps = n_eq + cfg.every * (1 + np.arange(cfg.n_snapshots))
+        traj = Trajectory(pos, u, kT, steps)
+        finite = bool(jnp.all(jnp.isfinite(u)) & jnp.all(jnp.isfinite(pos)))
+        # the trajectory's mean kinetic kT: with few particles single snapshots fluctuate widely
+        # (one particle in 1-D: p²/m is χ² with one degree of freedom)
+        cool = bool(jnp.mean(kT) < cfg.max_kT_factor * self.system.kT)
+        ok = finite and cool
+        reason = "" if ok else ("non-finite energies or positions" if not finite else
+                                f"kinetic temperature above {cfg.max_kT_factor:g} x the thermostat's")
+        return SampleResult(traj, new_state, None, ok, 0, reason)
+
+
+def validate(cfg) -> bool:
+    """Checks of the parts that differ for one-body systems; True if ``cfg`` is one (then the
+    periodic-box checks do not apply), False otherwise. Raises UserError on a mismatch."""
+    from . import observables, optim, targets
+    from .potentials import external
+    from .simulate import sampler_config
+
+    one_body_potential = external.is_external(cfg.prior, cfg.model)
+    if not is_one_body_system(cfg.system):
+        if one_body_potential:
+            raise UserError(f"prior.kind={cfg.prior.get('kind')!r} / model.kind={cfg.model.get('kind')!r} is a "
+                            f"one-body potential but system.kind is not {KIND}",
+                            f"use system=double_well (system.kind={KIND}) or a pair prior/model")
+        return False
+    if not one_body_potential:
+        raise UserError(f"system.kind={KIND} needs a one-body potential (got prior.kind={cfg.prior.get('kind')!r}, "
+                        f"model.kind={cfg.model.get('kind')!r})",
+                        "use prior=harmonic_1d (or double_well) and model=spline_1d (or mlp_1d)")
+    system = build_line_system(cfg.system)
+    obs = observables.build(cfg.observables)
+    bad = sorted(n for n, o in obs.items() if type(o).__name__ not in ("Density", "PotentialEnergy"))
+    if bad:
+        raise UserError(f"observables {bad} are not defined for system.kind={KIND}",
+                        "use observables=density (density profile; energy is allowed too)")
+    targets.build(cfg.targets, obs, system.units)
+    external.build(cfg.prior, cfg.model)
+    _check_integrator(sampler_config(cfg.simulator))
+    optim.build(cfg.optimizer, int(cfg.trainer.updates))
+    return True
