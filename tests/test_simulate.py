@@ -94,10 +94,12 @@ def test_neighbour_list_overflow_is_recomputed():
                                atol=1e-4)
     np.testing.assert_allclose(np.asarray(res.trajectory.energies), np.asarray(ref.trajectory.energies),
                                rtol=1e-4)
-    # with no re-allocation allowed, the overflow is reported, never silently accepted
+    # with no re-allocation allowed, the overflow is reported as an unstable segment (the
+    # trainer rejects the update), never silently accepted; the input state is handed back
     strict = Sampler(potential, system, dataclasses.replace(cfg, max_retries=0))
-    with pytest.raises(UserError, match="overflowing"):
-        strict.sample({}, state, dilute, first=True)
+    bad = strict.sample({}, state, dilute, first=True)
+    assert not bad.ok and "overflowing" in bad.reason
+    np.testing.assert_array_equal(np.asarray(bad.state.position), np.asarray(state.position))
 
 
 def test_sampler_config_validation():
