@@ -140,7 +140,7 @@ class DirectAD:
         updates, new_opt = self.c.optimizer.update(grads, opt_state, params)
         updates = jax.tree_util.tree_map(lambda u: lr_scale * u, updates)
         new_params = optax.apply_updates(params, updates)
-        gnorm = optax.global_norm(grads)
+        gnorm = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(gnorm) & jnp.all(
             jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(new_params)]))
         keep = lambda new, old: jnp.where(finite & stable, new, old)  # noqa: E731
