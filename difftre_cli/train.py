@@ -53,6 +53,9 @@ def versions() -> dict:
 
 def make_regime(c, store, cfg):
     kind = cfg.trainer.kind
+    from .learn.boltzmann import INIT_FROM
+    if cfg.trainer.get("init_from") not in (None, *INIT_FROM):
+        raise UserError(f"trainer.init_from: unknown {cfg.trainer.init_from!r}", f"use one of {list(INIT_FROM)}")
     if kind == "difftre":
         return DiffTReRegime(c, store, float(cfg.trainer.get("reweight_ratio", 0.9)), cfg.trainer.get("init_from"))
     if kind == "direct_ad":
