@@ -53,9 +53,18 @@ def versions() -> dict:
 
 def make_regime(c, store, cfg):
     kind = cfg.trainer.kind
+    from .learn.boltzmann import INIT_FROM
+    if cfg.trainer.get("init_from") not in (None, *INIT_FROM):
+        raise UserError(f"trainer.init_from: unknown {cfg.trainer.init_from!r}", f"use one of {list(INIT_FROM)}")
     if kind == "difftre":
-        return DiffTReRegime(c, store, float(cfg.trainer.get("reweight_ratio", 0.9)))
-    raise UserError(f"trainer.kind: unknown trainer {kind!r}", "use trainer=difftre")
+        return DiffTReRegime(c, store, float(cfg.trainer.get("reweight_ratio", 0.9)), cfg.trainer.get("init_from"))
+    if kind == "direct_ad":
+        from .learn.direct_ad import DirectADRegime
+        return DirectADRegime(c, store, cfg.trainer)
+    if kind == "ibi":
+        from .learn.ibi import IBIRegime
+        return IBIRegime(c, store, cfg.trainer)
+    raise UserError(f"trainer.kind: unknown trainer {kind!r}", "use trainer=difftre, direct_ad or ibi")
 
 
 class Trainer:

@@ -35,6 +35,7 @@ from jax import lax
 from .. import neighbors, reweight
 from ..errors import UserError
 from ..potentials import distances_on_list
+from .boltzmann import initial_params
 
 log = logging.getLogger("difftre")
 
@@ -257,8 +258,9 @@ class DiffTReRegime:
     metrics and checkpoints. Trajectories go to the run store as they are sampled.
     """
 
-    def __init__(self, components, store, ratio: float):
+    def __init__(self, components, store, ratio: float, init_from: str | None = None):
         self.c = components
+        self.init_from = init_from      # initial model: zeros | boltzmann_inversion (learn/boltzmann.py)
         self.store = store
         self.ratio = float(ratio)
         self.n_snapshots = components.sampler.cfg.n_snapshots
@@ -269,7 +271,7 @@ class DiffTReRegime:
     # -- state ---------------------------------------------------------------------------
     def init(self, key):
         k_param, k_sim = jax.random.split(key)
-        params = self.c.potential.init(k_param)
+        params = initial_params(self.c, k_param, self.init_from)
         opt_state = self.c.optimizer.init(params)
         self.state, self.nbrs = self.c.sampler.init(k_sim, params)
         return params, opt_state

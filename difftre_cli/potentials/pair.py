@@ -1,10 +1,13 @@
-"""Learnable pair models u_θ(r): a cubic spline with learnable knot values, and an MLP on
-Gaussian radial features (Flax). Each model is a small frozen dataclass with
+"""Learnable pair models u_θ(r): a cubic spline with learnable knot values, a tabulated
+potential (values on a uniform grid, cubic or linear interpolation; what iterative Boltzmann
+inversion updates), and an MLP on Gaussian radial features (Flax). Each model is a small
+frozen dataclass with
 
 - ``init(key) -> params`` (a pytree),
 - ``__call__(params, r) -> u`` elementwise on distances of any shape.
 
-Both vanish at (and beyond) the cutoff with zero slope, so forces are continuous.
+All vanish at (and beyond) the cutoff; the spline, the cubic table and the MLP with zero
+slope, so forces are continuous.
 """
 from __future__ import annotations
 
@@ -73,12 +76,81 @@ class SplinePair:
         y = jnp.concatenate([params["knot_values"], jnp.zeros(1, params["knot_values"].dtype)])
         m = jnp.asarray(self.m_map, y.dtype) @ y
         h = (self.cutoff - self.r_min) / (self.n_knots - 1)
-        x = jnp.clip(r, self.r_min, self.cutoff)
-        idx = jnp.clip(jnp.floor((x - self.r_min) / h).astype(jnp.int32), 0, self.n_knots - 2)
-        b = (x - (self.r_min + idx * h)) / h
-        a = 1.0 - b
-        u = a * y[idx] + b * y[idx + 1] + ((a ** 3 - a) * m[idx] + (b ** 3 - b) * m[idx + 1]) * (h * h / 6.0)
+        u = _cubic_uniform(y, m, self.r_min, h, jnp.clip(r, self.r_min, self.cutoff))
         return jnp.where(r < self.cutoff, u, 0.0)
+
+
+def _segment(x, x0: float, h: float, n: int):
+    """Interval index i (0 … n−2) of the uniform grid x0 + k h holding x, and the fraction b in it."""
+    idx = jnp.clip(jnp.floor((x - x0) / h).astype(jnp.int32), 0, n - 2)
+    return idx, (x - (x0 + idx * h)) / h
+
+
+def _cubic_uniform(y, m, x0: float, h: float, x):
+    """Cubic spline through values ``y`` with second derivatives ``m`` on the uniform grid x0 + k h."""
+    idx, b = _segment(x, x0, h, y.shape[0])
+    a = 1.0 - b
+    return a * y[idx] + b * y[idx + 1] + ((a ** 3 - a) * m[idx] + (b ** 3 - b) * m[idx + 1]) * (h * h / 6.0)
+
+
+@dataclass(frozen=True)
+class TablePair:
+    """Tabulated pair potential: values u_k at ``n_points`` equidistant points r_k on [r_min, cutoff].
+
+    The parameters are the table (all values but the last, which is fixed at u(cutoff) = 0;
+    the table is zero beyond the cutoff). ``interpolation="cubic"`` is the cubic spline
+    through the table with a natural left end and a clamped right end (u'(cutoff) = 0,
+    continuous forces); ``"linear"`` joins the points by straight lines (piecewise-constant
+    forces, as in tabulated MD codes without spline interpolation). Below r_min the table is
+    continued linearly with its slope at r_min if that slope is repulsive (negative), and
+    held constant otherwise — a prior or the table itself carries the core.
+    """
+
+    r_min: float
+    cutoff: float
+    n_points: int = 69
+    interpolation: str = "cubic"
+    grid: np.ndarray = field(init=False, repr=False, compare=False)
+    m_map: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if not (0.0 < self.r_min < self.cutoff):
+            raise UserError(f"model.r_min must be in (0, cutoff={self.cutoff}); got {self.r_min}",
+                            "set model.r_min below the cutoff")
+        if self.n_points < 4:
+            raise UserError(f"model.n_points must be >= 4; got {self.n_points}", "use e.g. model.n_points=69")
+        if self.interpolation not in ("cubic", "linear"):
+            raise UserError(f"model.interpolation: unknown {self.interpolation!r}", "use cubic or linear")
+        grid = np.linspace(self.r_min, self.cutoff, self.n_points)
+        object.__setattr__(self, "grid", grid)
+        object.__setattr__(self, "m_map", _spline_second_derivative_map(grid))
+
+    @property
+    def spacing(self) -> float:
+        return (self.cutoff - self.r_min) / (self.n_points - 1)
+
+    def init(self, key):
+        del key
+        return {"table": jnp.zeros(self.n_points - 1)}
+
+    def values(self, params):
+        """The full table (n_points,), the fixed zero at the cutoff included."""
+        return jnp.concatenate([params["table"], jnp.zeros(1, params["table"].dtype)])
+
+    def __call__(self, params, r):
+        y = self.values(params)
+        h = self.spacing
+        x = jnp.clip(r, self.r_min, self.cutoff)
+        if self.interpolation == "cubic":
+            m = jnp.asarray(self.m_map, y.dtype) @ y
+            u = _cubic_uniform(y, m, self.r_min, h, x)
+            slope0 = (y[1] - y[0]) / h - h * m[1] / 6.0          # u'(r_min) with m[0] = 0
+        else:
+            idx, b = _segment(x, self.r_min, h, self.n_points)
+            u = (1.0 - b) * y[idx] + b * y[idx + 1]
+            slope0 = (y[1] - y[0]) / h
+        below = y[0] + jnp.minimum(slope0, 0.0) * (r - self.r_min)
+        return jnp.where(r < self.cutoff, jnp.where(r < self.r_min, below, u), 0.0)
 
 
 class _RadialMLP(nn.Module):
@@ -121,17 +193,25 @@ class MLPPair:
 
 
 def build(cfg, cutoff: float):
-    """The learnable model from the ``model`` config group (``kind``: spline | mlp | none)."""
+    """The learnable model from the ``model`` config group (``kind``: spline | table | mlp | none)."""
     from ..checks import choice, int_list, number
 
     if cfg.get("kind") is None:   # no kind: no learnable model, as kind: none
         return None
-    kind = choice(cfg, "kind", ("spline", "mlp", "none"), prefix="model", what="model")
+    kind = choice(cfg, "kind", ("spline", "table", "mlp", "none"), prefix="model", what="model")
     if kind == "spline":
         r_min = number(cfg, "r_min", prefix="model", lo=0.0, lo_open=True, hi=cutoff, hi_open=True,
                        required=False, default=0.5 * cutoff, example=f"{0.3 * cutoff:.3g}")
         n_knots = number(cfg, "n_knots", prefix="model", integer=True, lo=4, required=False, default=40, example="40")
         return SplinePair(r_min=r_min, cutoff=cutoff, n_knots=n_knots)
+    if kind == "table":
+        r_min = number(cfg, "r_min", prefix="model", lo=0.0, lo_open=True, hi=cutoff, hi_open=True,
+                       required=False, default=0.5 * cutoff, example=f"{0.3 * cutoff:.3g}")
+        n_points = number(cfg, "n_points", prefix="model", integer=True, lo=4, required=False, default=69,
+                          example="69")
+        interpolation = choice(cfg, "interpolation", ("cubic", "linear"), prefix="model", default="cubic",
+                               what="interpolation")
+        return TablePair(r_min=r_min, cutoff=cutoff, n_points=n_points, interpolation=interpolation)
     if kind == "mlp":
         hidden = int_list(cfg, "hidden", prefix="model") if cfg.get("hidden") is not None else (32, 32)
         n_basis = number(cfg, "n_basis", prefix="model", integer=True, lo=1, required=False, default=32, example="32")
