@@ -21,6 +21,11 @@ import numpy as np
 import pytest
 
 RUN = ["config=tiny", "seed=3", "trainer.updates=8", "trainer.checkpoint_every=1"]
+OTHER_TRAINERS = {
+    "ibi": ["config=tiny", "trainer=ibi", "model=table", "model.cutoff=2.3", "seed=3", "trainer.updates=6", "trainer.checkpoint_every=1"],
+    "direct_ad": ["config=tiny", "trainer=direct_ad", "trainer.steps=40", "seed=3", "trainer.updates=6",
+                  "trainer.checkpoint_every=1"],
+}
 TIMING_COLUMNS = {"sample_time", "update_time"}
 
 
@@ -74,12 +79,9 @@ def _assert_same_run(ref: Path, run: Path):
             np.testing.assert_array_equal(x, y, err_msg=group)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("reference")
-    proc = subprocess.Popen(_cmd([*RUN, f"hydra.run.dir={tmp / 'ref'}"]), cwd=tmp, env=_env(),
+def _reference_run(tmp, args):
+    proc = subprocess.Popen(_cmd([*args, f"hydra.run.dir={tmp / 'ref'}"]), cwd=tmp, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    t0 = time.perf_counter()
     while not (tmp / "ref" / ".hydra").exists() and proc.poll() is None:
         time.sleep(0.02)
     t_dir = time.perf_counter()
@@ -87,7 +89,12 @@ def reference(tmp_path_factory):
     assert proc.returncode == 0, out[-3000:]
     # kill times are drawn from the part of the run that has a run directory: Hydra set-up,
     # compilation, sampling, updates and checkpoint writes
-    return tmp / "ref", time.perf_counter() - t_dir
+    return tmp / "ref", time.perf_counter() - t_dir, list(args)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return _reference_run(tmp_path_factory.mktemp("reference"), RUN)
 
 
 def _inspect_after_kill(run: Path) -> str:
@@ -103,26 +110,28 @@ def _inspect_after_kill(run: Path) -> str:
     return f"checkpoint={ck} csv_rows={rows} tmp={tmps}"
 
 
-def _kill_trial(reference, tmp_path, seed: int, kills: int):
+def _kill_trial(reference, tmp_path, seed: int, kills: int, at_row: int | None = None):
     """Each kill lands either at a uniformly random time after the run directory appears
     (mostly start-up: compilation and the first, longest sampling) or shortly after a random
     number of completed updates (sampling, updates and checkpoint writes of a running job)."""
-    ref, wall = reference
+    ref, wall, run_args = reference
     rng = np.random.default_rng(seed)
     run = tmp_path / "run"
     log = []
-    args = [*RUN, f"hydra.run.dir={run}"]
+    args = [*run_args, f"hydra.run.dir={run}"]
     for k in range(kills):
         proc = subprocess.Popen(_cmd(args), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         while not (run / ".hydra").exists() and proc.poll() is None:
             time.sleep(0.02)
-        if rng.uniform() < 0.5:
+        if at_row is None and rng.uniform() < 0.5:
             delay = float(rng.uniform(0.0, wall))
             when = f"{delay:.1f}s after the run directory appeared"
             time.sleep(delay)
         else:
-            n_rows, delay = int(rng.integers(1, 8)), float(rng.uniform(0.0, 1.0))
+            n_rows, delay = int(rng.integers(1, len(_rows(ref)))), float(rng.uniform(0.0, 0.4))
+            if at_row is not None:   # right after a metrics row is written, before its checkpoint
+                n_rows, delay = at_row, 0.0
             when = f"{delay:.2f}s after metrics row {n_rows}"
             while proc.poll() is None and not ((run / "metrics.csv").exists() and len(_rows(run)) >= n_rows):
                 time.sleep(0.01)
@@ -150,9 +159,26 @@ def test_sigkill_many_times_then_resume_is_bit_for_bit(reference, tmp_path, seed
     _kill_trial(reference, tmp_path, seed, kills=1 + seed % 3)
 
 
+@pytest.mark.parametrize("trainer", sorted(OTHER_TRAINERS))
+def test_other_trainers_survive_sigkill_bit_for_bit(tmp_path, trainer):
+    """The outer loop is shared: IBI and backprop-through-MD resume bit-for-bit as DiffTRe does."""
+    (tmp_path / "reference").mkdir()
+    ref = _reference_run(tmp_path / "reference", OTHER_TRAINERS[trainer])
+    _kill_trial(ref, tmp_path, seed=7, kills=1, at_row=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", sorted(OTHER_TRAINERS))
+@pytest.mark.parametrize("seed", [31, 32, 33])
+def test_other_trainers_survive_many_kills(tmp_path, trainer, seed):
+    (tmp_path / "reference").mkdir()
+    ref = _reference_run(tmp_path / "reference", OTHER_TRAINERS[trainer])
+    _kill_trial(ref, tmp_path, seed=seed, kills=1 + seed % 2)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_checkpoint_and_exit_cleanly(reference, tmp_path, sig):
-    ref, _ = reference
+    ref, _, _ = reference
     run = tmp_path / "run"
     proc = subprocess.Popen(_cmd([*RUN, f"hydra.run.dir={run}"]), cwd=tmp_path, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
