@@ -225,7 +225,7 @@ CASES = [
     pytest.param(["optimizer.clip_norm=0"], ["optimizer.clip_norm"], id="clip-norm-zero"),
     pytest.param(["optimizer=sgd", "optimizer.momentum=1.5"], ["optimizer.momentum"], id="sgd-momentum"),
     # trainer
-    pytest.param(["trainer.kind=ibi"], ["trainer.kind", "ibi"], id="trainer-kind"),
+    pytest.param(["trainer.kind=relent"], ["trainer.kind", "relent"], id="trainer-kind"),
     pytest.param(["trainer.updates=2.5"], ["trainer.updates"], id="updates-fraction"),
     pytest.param(["trainer.max_failures=0"], ["trainer.max_failures"], id="max-failures"),
     pytest.param(["trainer.lr_reduction=0"], ["trainer.lr_reduction"], id="lr-reduction-zero"),
