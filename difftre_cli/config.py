@@ -39,6 +39,9 @@ def _number(cfg, key, *, integer=False, positive=True, allow_zero=False, require
 
 def validate(cfg: DictConfig) -> None:
     """Raise UserError for the first problem found in ``cfg``."""
+    if _get(cfg, "trainer.kind") == "static":  # 0 K fits of classical potentials: own checks
+        from .learn.static import validate_static
+        return validate_static(cfg)
     for g in GROUPS:
         if _get(cfg, g) is None:
             raise UserError(f"config group {g!r} is missing", f"select one, e.g. {g}=<option>")

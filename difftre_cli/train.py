@@ -206,6 +206,9 @@ class Trainer:
 
 
 def train(cfg, run_dir, resume: bool = False, quiet: bool | None = None) -> dict:
+    if cfg.trainer.kind == "static":  # 0 K property fit of a classical potential: no MD
+        from .learn.static import run_static
+        return run_static(cfg, run_dir, resume=resume, quiet=quiet)
     trainer = Trainer(cfg, run_dir, quiet=quiet)
     out = trainer.run(resume=resume)
     return out

@@ -1,0 +1,185 @@
+"""Zero-temperature properties of a periodic crystal, differentiable in the potential's parameters.
+
+- :func:`relax`: FIRE (JAX MD's ``minimize.fire_descent``) on the positions, optionally with the
+  cell strain as extra degrees of freedom, followed by one Newton step at the minimum. At a
+  minimum the Newton step does not move the structure, but its derivative with respect to the
+  parameters θ is the implicit-function derivative dz*/dθ = −H⁻¹ ∂²U/∂z∂θ, so gradients never
+  flow through the FIRE iterations (cf. Blondel et al., "Efficient and modular implicit
+  differentiation", NeurIPS 2022).
+- :func:`affine_voigt`: the Born (affine, clamped-ion) elastic tensor (1/V) ∂²U/∂e_α∂e_β.
+- :func:`relaxed_voigt`: the relaxed-ion tensor C = C_affine − (1/V) Λᵀ H⁺ Λ including the internal
+  (non-affine) relaxation of the basis atoms, computed by JAX MD's
+  ``elasticity.athermal_moduli`` and converted to Voigt notation here.
+- :func:`force_constants`: the Cartesian Hessian ∂²U/∂R_iα∂R_jβ, shape (N, 3, N, 3), eV Å⁻².
+
+Notation. Strain in Voigt form e = (e_xx, e_yy, e_zz, 2e_yz, 2e_xz, 2e_xy) (engineering shears),
+so the 6×6 Voigt stiffness is C_αβ = (1/V) ∂²U/∂e_α∂e_β and C44 = C_yzyz. Mandel notation uses
+√2-weighted shears: C^M = W C^V W with W = diag(1, 1, 1, √2, √2, √2), so C^M_44 = 2 C44 and
+the Frobenius norm of C^M equals that of the fourth-rank tensor. Strains are small linear
+strains applied as box → (I + ε) box; at a zero-stress reference (relaxed cell) the second
+derivatives are the stress–strain coefficients. Units: eV Å⁻³ (convert with units.GPA_PER_EV_A3).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+#: Voigt index → Cartesian index pair.
+VOIGT_PAIRS = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+MANDEL_WEIGHTS = np.array([1.0, 1.0, 1.0, np.sqrt(2.0), np.sqrt(2.0), np.sqrt(2.0)])
+
+
+def strain_matrix(e):
+    """Symmetric 3×3 strain from the Voigt vector e (engineering shears e4 = 2ε_yz, …)."""
+    return jnp.array([[e[0], e[5] / 2, e[4] / 2],
+                      [e[5] / 2, e[1], e[3] / 2],
+                      [e[4] / 2, e[3] / 2, e[2]]])
+
+
+def tensor_to_voigt(C):
+    """(3, 3, 3, 3) stiffness tensor → 6×6 Voigt matrix."""
+    idx = jnp.array(VOIGT_PAIRS)
+    return C[idx[:, 0][:, None], idx[:, 1][:, None], idx[:, 0][None, :], idx[:, 1][None, :]]
+
+
+def voigt_to_mandel(C):
+    w = jnp.asarray(MANDEL_WEIGHTS, dtype=jnp.asarray(C).dtype)
+    return C * w[:, None] * w[None, :]
+
+
+def mandel_to_voigt(C):
+    w = jnp.asarray(MANDEL_WEIGHTS, dtype=jnp.asarray(C).dtype)
+    return C / (w[:, None] * w[None, :])
+
+
+def cubic_voigt(c11, c12, c44):
+    """6×6 Voigt stiffness of a cubic crystal."""
+    C = np.zeros((6, 6))
+    C[:3, :3] = c12
+    C[np.arange(3), np.arange(3)] = c11
+    C[np.arange(3, 6), np.arange(3, 6)] = c44
+    return C
+
+
+def bulk_modulus(Cv):
+    """Voigt-average bulk modulus (C11 + C22 + C33 + 2(C12 + C13 + C23)) / 9; for cubic (C11 + 2 C12)/3."""
+    return (jnp.trace(Cv[:3, :3]) + 2.0 * (Cv[0, 1] + Cv[0, 2] + Cv[1, 2])) / 9.0
+
+
+# ------------------------------------------------------------------------------------------
+def periodic_energy(make_energy, cell):
+    """``E(frac, box=..., perturbation=...)`` on JAX MD's general periodic space with
+    fractional coordinates; ``make_energy(displacement)`` builds the JAX MD energy."""
+    from jax_md import space
+    disp, _ = space.periodic_general(cell, fractional_coordinates=True)
+    return make_energy(disp)
+
+
+def affine_voigt(energy_fn, frac, cell):
+    """Born (clamped-ion) stiffness (1/V) ∂²U/∂e∂e at e = 0, 6×6 Voigt, energy units per volume.
+
+    ``energy_fn(frac, perturbation=F)`` must apply the affine map F to every displacement
+    (any JAX MD energy on a ``periodic_general`` space does)."""
+    eye = jnp.eye(3, dtype=frac.dtype)
+
+    def u(e):
+        return energy_fn(frac, perturbation=eye + strain_matrix(e))
+    return jax.hessian(u)(jnp.zeros(6, frac.dtype)) / jnp.abs(jnp.linalg.det(cell))
+
+
+def stress_voigt(energy_fn, frac, cell):
+    """(1/V) ∂U/∂e at e = 0 (Voigt, energy per volume; positive = tensile)."""
+    eye = jnp.eye(3, dtype=frac.dtype)
+    g = jax.grad(lambda e: energy_fn(frac, perturbation=eye + strain_matrix(e)))(jnp.zeros(6, frac.dtype))
+    return g / jnp.abs(jnp.linalg.det(cell))
+
+
+def relaxed_voigt(energy_fn, frac, cell, cg_tol: float = 1e-10):
+    """Relaxed-ion stiffness, 6×6 Voigt: JAX MD's ``athermal_moduli`` (affine term minus the
+    non-affine response solved by CG on the Hessian, translations tethered)."""
+    from jax_md import elasticity
+    C = elasticity.athermal_moduli(energy_fn, cg_tol=cg_tol)(frac, cell)
+    return tensor_to_voigt(C)
+
+
+def force_constants(energy_fn, frac, cell):
+    """Cartesian force constants ∂²U/∂R_iα∂R_jβ, shape (N, 3, N, 3)."""
+    inv = jnp.linalg.inv(cell)
+    x = frac @ cell.T
+    return jax.hessian(lambda x: energy_fn(x @ inv.T))(x)
+
+
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RelaxOptions:
+    cell: bool = False          # also relax the cell (six strain components, zero pressure)
+    max_steps: int = 2000       # FIRE steps at most
+    force_tol: float = 1e-6     # eV/Å (generalised forces on strain in eV/Å as well, see relax)
+
+
+def relax(energy_of_box, frac0, cell0, opts: RelaxOptions, params):
+    """Relax positions (and the cell when ``opts.cell``) of a periodic crystal.
+
+    ``energy_of_box(params, frac, box)`` is the energy in eV; ``frac`` are fractional coordinates
+    with respect to ``box``. Returns ``(frac, box, max_force)``: differentiable in ``params`` through
+    the implicit-function derivative (see the module docstring); ``max_force`` is the largest
+    residual generalised force after the Newton step.
+
+    Degrees of freedom z: Cartesian displacements u (N rows, Å) of the atoms from their
+    reference positions in the reference cell, then (with ``opts.cell``) two rows holding the
+    Voigt strain e times L = V^(1/3), so that every component of z is a length in Å.
+    """
+    from jax_md import minimize, space
+
+    n = frac0.shape[0]
+    dtype = frac0.dtype
+    inv0 = jnp.linalg.inv(cell0)
+    x0 = frac0 @ cell0.T
+    length = jnp.abs(jnp.linalg.det(cell0)) ** (1.0 / 3.0)
+    n_rows = n + 2 if opts.cell else n
+
+    def unpack(z):
+        u = z[:n]
+        if opts.cell:
+            e = z[n:].reshape(6) / length
+            box = (jnp.eye(3, dtype=dtype) + strain_matrix(e)) @ cell0
+        else:
+            box = cell0
+        return (x0 + u) @ inv0.T, box   # fractional coordinates in the (strained) box
+
+    def energy_z(z, p):
+        frac, box = unpack(z)
+        return energy_of_box(p, frac, box)
+
+    p_fixed = jax.lax.stop_gradient(params)
+    _, shift = space.free()
+    init, apply = minimize.fire_descent(lambda z: energy_z(z, p_fixed), shift, dt_start=0.05, dt_max=0.2)
+    z_init = jnp.zeros((n_rows, 3), dtype)
+
+    def max_force(state):
+        return jnp.max(jnp.abs(state.force))
+
+    def cond(carry):
+        state, i = carry
+        return (i < opts.max_steps) & (max_force(state) > opts.force_tol)
+
+    def body(carry):
+        state, i = carry
+        return apply(state), i + 1
+
+    state, _ = jax.lax.while_loop(cond, body, (init(z_init), 0))
+    z0 = jax.lax.stop_gradient(state.position)
+
+    # one Newton step: value z0 at a minimum, derivative = implicit-function derivative
+    g = jax.grad(energy_z)(z0, params).reshape(-1)
+    H = jax.hessian(energy_z)(z0, params).reshape(n_rows * 3, n_rows * 3)
+    trans = jnp.zeros((n_rows, 3, 3), dtype).at[:n].set(jnp.eye(3, dtype=dtype)[None]).reshape(-1, 3) / jnp.sqrt(n)
+    scale = jnp.mean(jnp.abs(jnp.diag(H)))
+    H_reg = H + scale * trans @ trans.T     # lifts the 3 translation zero modes; g ⟂ translations
+    z = z0 - jnp.linalg.solve(H_reg, g).reshape(n_rows, 3)
+    frac, box = unpack(z)
+    residual = jnp.max(jnp.abs(jax.grad(energy_z)(jax.lax.stop_gradient(z), p_fixed)))
+    return frac, box, residual
