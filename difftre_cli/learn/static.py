@@ -186,6 +186,7 @@ class StaticProblem:
     relax_opts: object
     targets: dict
     need_fc: bool
+    need_elastic: bool
     x_names: tuple
     theta0: np.ndarray
     _fns: dict = field(default_factory=dict)
@@ -197,8 +198,9 @@ class StaticProblem:
         return {k: float(x[i] * self.theta0[i]) for i, k in enumerate(self.x_names)}
 
 
-def _property_fn(potential, crystal, relax_opts, need_fc: bool):
-    """A pure function learn-dict → properties (see :class:`StaticProblem`)."""
+def _property_fn(potential, crystal, relax_opts, need_fc: bool, need_elastic: bool = True):
+    """A pure function learn-dict → properties (see :class:`StaticProblem`); the elastic tensor
+    only when ``need_elastic``, the force constants only when ``need_fc``."""
     import jax.numpy as jnp
 
     from .. import units
@@ -212,10 +214,11 @@ def _property_fn(potential, crystal, relax_opts, need_fc: bool):
     def props(learn):
         frac, box, residual = elastic.relax(energy_of_box, frac0, cell0, relax_opts, learn)
         e_fn = elastic.periodic_energy(lambda d: potential.energy_fn(d, learn), box)
-        Cv = elastic.relaxed_voigt(e_fn, frac, box) * units.GPA_PER_EV_A3
-        out = {"C_voigt": Cv, "C_mandel": elastic.voigt_to_mandel(Cv),
-               "stress": elastic.stress_voigt(e_fn, frac, box) * units.GPA_PER_EV_A3,
+        out = {"stress": elastic.stress_voigt(e_fn, frac, box) * units.GPA_PER_EV_A3,
                "energy_per_atom": e_fn(frac) / frac.shape[0], "residual_force": residual, "box": box, "frac": frac}
+        if need_elastic:
+            Cv = elastic.relaxed_voigt(e_fn, frac, box) * units.GPA_PER_EV_A3
+            out.update({"C_voigt": Cv, "C_mandel": elastic.voigt_to_mandel(Cv)})
         if need_fc:
             out["H"] = elastic.force_constants(e_fn, frac, box)
         return out
@@ -234,7 +237,8 @@ def build_problem(cfg) -> StaticProblem:
                               force_tol=float(r.get("force_tol", 1e-6)))
     need_fc = any(t.kind == "force_constants" for t in targets.values())
     theta0 = np.array([pot.values[k] for k in pot.learnable], float)
-    prob = StaticProblem(pot, crystal, relax_opts, targets, need_fc, pot.learnable, theta0)
+    need_elastic = any(t.kind == "elastic" for t in targets.values())
+    prob = StaticProblem(pot, crystal, relax_opts, targets, need_fc, need_elastic, pot.learnable, theta0)
     _compile(prob)
     return prob
 
@@ -244,7 +248,7 @@ def _compile(prob: StaticProblem) -> None:
     import jax.numpy as jnp
 
     from ..potentials.classical import ClassicalPotential
-    props = _property_fn(prob.potential, prob.crystal, prob.relax_opts, prob.need_fc)
+    props = _property_fn(prob.potential, prob.crystal, prob.relax_opts, prob.need_fc, prob.need_elastic)
     # force-constant targets given as parameters: the same pipeline with those parameters
     tvals = {}
     for name, t in prob.targets.items():
@@ -253,7 +257,7 @@ def _compile(prob: StaticProblem) -> None:
                 vals = dict(prob.potential.values)
                 vals.update(t.from_params)
                 ref = ClassicalPotential(prob.potential.kind, vals, ())
-                f = _property_fn(ref, prob.crystal, prob.relax_opts, True)
+                f = _property_fn(ref, prob.crystal, prob.relax_opts, True, False)
                 tvals[name] = jax.jit(f)({})["H"]
             else:
                 tvals[name] = jnp.asarray(t.value)
@@ -289,7 +293,7 @@ def _row(prob: StaticProblem, it: int, x, loss, terms, p, gnorm, n_fev: int, t0:
     row["grad_norm"] = float(gnorm)
     for k, v in prob.params_of(np.asarray(x)).items():
         row[f"param_{k}"] = v
-    C = np.asarray(p["C_voigt"])
+    C = np.asarray(p["C_voigt"]) if "C_voigt" in p else np.full((6, 6), np.nan)
     row.update({"C11": float(C[0, 0]), "C12": float(C[0, 1]), "C44": float(C[3, 3]), "n_fev": int(n_fev),
                 "time": time.perf_counter() - t0, "event": event})
     return row

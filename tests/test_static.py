@@ -1,0 +1,213 @@
+"""trainer=static: 0 K elastic constants and force constants of SW / EDIP silicon (JAX MD),
+their parameter gradients, phonopy, and the outer fit. Physics identities with known answers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from difftre_cli import units  # noqa: E402
+from difftre_cli.crystal import DIAMOND_BASIS, check_minimum_image, supercell  # noqa: E402
+from difftre_cli.errors import UserError  # noqa: E402
+from difftre_cli.observables import elastic  # noqa: E402
+from difftre_cli.potentials.classical import build_classical  # noqa: E402
+
+# Published relaxed-ion elastic constants (GPa, Voigt) of the original parametrisations:
+# SW (Stillinger & Weber 1985) and EDIP (Justo et al., PRB 58, 2539 (1998), Table I).
+PUBLISHED = {"sw": (151.4, 76.4, 56.4), "edip": (172.0, 64.7, 72.8)}
+
+
+def _si(a=5.43, reps=(1, 1, 1)):
+    frac, cell = supercell(DIAMOND_BASIS, np.eye(3) * a, reps)
+    return jnp.asarray(frac), jnp.asarray(cell)
+
+
+def _energy(kind, cell, **params):
+    pot = build_classical(OmegaConf.create({"kind": kind, "params": params, "learnable": ["lam"]}))
+    return elastic.periodic_energy(lambda d: pot.energy_fn(d, {}), cell)
+
+
+def test_metal_units_from_si_constants():
+    # 1 eV/Å^3 = e · 1e30 Pa with e = 1.602176634e-19 C exactly
+    assert units.GPA_PER_EV_A3 == pytest.approx(160.2176634, rel=1e-12)
+    assert units.modulus_factor("GPa") * 160.21766 == pytest.approx(1.0, rel=1e-7)
+    assert units.KB_EV_PER_K == pytest.approx(8.617333262e-5, rel=1e-9)
+    assert units.get("metal").length == "angstrom"
+    with pytest.raises(UserError):
+        units.modulus_factor("psi")
+
+
+def test_voigt_mandel_conversion():
+    C = elastic.cubic_voigt(153.2141, 56.7969, 74.8326)
+    M = np.asarray(elastic.voigt_to_mandel(jnp.asarray(C)))
+    assert M[3, 3] == pytest.approx(149.6652, abs=1e-3)        # Mandel C44 doubled
+    assert M[0, 1] == C[0, 1]
+    np.testing.assert_allclose(elastic.mandel_to_voigt(M), C, rtol=1e-14)
+
+
+def test_pair_potential_strain_second_derivative_matches_finite_differences():
+    """Born term (1/V) ∂²U/∂e∂e by autodiff vs central finite differences of the energy, LJ
+    fcc crystal (JAX MD pair energy) with random displacements so every entry is non-trivial."""
+    from jax_md import energy
+    fcc = np.array([[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0]])
+    frac, cell = supercell(fcc, np.eye(3) * 1.6, (4, 4, 4))
+    frac = frac + np.random.default_rng(0).normal(scale=0.01, size=frac.shape)
+    frac, cell = jnp.asarray(frac), jnp.asarray(cell)
+    e_fn = elastic.periodic_energy(lambda d: energy.lennard_jones_pair(d, sigma=1.0, epsilon=1.0, r_onset=2.0,
+                                                                      r_cutoff=2.5), cell)
+    C = np.asarray(elastic.affine_voigt(e_fn, frac, cell))
+    vol = float(jnp.linalg.det(cell))
+    u = jax.jit(lambda e: e_fn(frac, perturbation=jnp.eye(3) + elastic.strain_matrix(e)))
+    h = 1e-4
+    fd = np.zeros((6, 6))
+    for a in range(6):
+        for b in range(6):
+            ea, eb = np.eye(6)[a] * h, np.eye(6)[b] * h
+            fd[a, b] = float(u(ea + eb) - u(ea - eb) - u(-ea + eb) + u(-ea - eb)) / (4 * h * h) / vol
+    assert np.abs(C).max() > 1.0
+    np.testing.assert_allclose(C, fd, rtol=1e-5, atol=1e-5 * np.abs(C).max())
+
+
+def test_non_affine_correction_changes_c44_not_bulk_modulus_sw():
+    """Diamond has two atoms per primitive cell: shear displaces the sublattices (Kleinman), so
+    the relaxed C44 is well below the clamped-ion one, while a hydrostatic strain leaves every atom
+    at a centre of symmetry and the bulk modulus (and C11, C12) gets no internal relaxation."""
+    frac, cell = _si()
+    e_fn = _energy("sw", cell)
+    Ca = np.asarray(elastic.affine_voigt(e_fn, frac, cell)) * units.GPA_PER_EV_A3
+    Cr = np.asarray(elastic.relaxed_voigt(e_fn, frac, cell)) * units.GPA_PER_EV_A3
+    assert float(elastic.bulk_modulus(Cr)) == pytest.approx(float(elastic.bulk_modulus(Ca)), rel=1e-8)
+    assert Cr[0, 0] == pytest.approx(Ca[0, 0], rel=1e-8)
+    assert Ca[3, 3] - Cr[3, 3] > 20.0                     # GPa: 117.1 clamped vs 56.5 relaxed
+    assert Cr[3, 3] == pytest.approx(Cr[4, 4], rel=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["sw", "edip"])
+def test_elastic_constants_of_original_potentials_match_published(kind):
+    """Relaxed-ion C11, C12, C44 of the published parametrisations within 1 %, through the same
+    relax → athermal_moduli pipeline the fit uses (positions and cell relaxed, zero pressure)."""
+    from difftre_cli.crystal import build_crystal
+    from difftre_cli.learn.static import _property_fn
+    pot = build_classical(OmegaConf.create({"kind": kind, "learnable": ["lam"]}))
+    crystal = build_crystal(OmegaConf.create({"lattice_constant": 5.43}))
+    props = jax.jit(_property_fn(pot, crystal, elastic.RelaxOptions(cell=True, force_tol=1e-9), False))({})
+    C = np.asarray(props["C_voigt"])
+    for ours, ref in zip((C[0, 0], C[0, 1], C[3, 3]), PUBLISHED[kind]):
+        assert ours == pytest.approx(ref, rel=0.01)
+    assert np.abs(np.asarray(props["stress"])).max() < 1e-5            # GPa: the cell relaxed
+    a0 = float(props["box"][0, 0])
+    assert a0 == pytest.approx(5.431, abs=2e-3)                      # both potentials fit a0 = 5.43 Å
+
+
+def test_elastic_gradient_matches_finite_differences():
+    """d C11 / d(ε, λ, B) of SW through relaxation + athermal_moduli vs central differences."""
+    frac, cell = _si()
+    pot = build_classical(OmegaConf.create({"kind": "sw", "learnable": ["epsilon", "lam", "B"]}))
+
+    def c_mix(p):
+        learn = dict(zip(pot.learnable, p))
+        e = elastic.periodic_energy(lambda d: pot.energy_fn(d, learn), cell)
+        C = elastic.relaxed_voigt(e, frac, cell)
+        return C[0, 0] + 0.3 * C[0, 1] + 2.0 * C[3, 3]
+    p0 = jnp.array([2.16826, 21.0, 0.6022245584])
+    g = np.asarray(jax.jit(jax.grad(c_mix))(p0))
+    f = jax.jit(c_mix)
+    fd = [(float(f(p0.at[i].mul(1 + 1e-6))) - float(f(p0.at[i].mul(1 - 1e-6)))) / (2e-6 * float(p0[i])) for i in range(3)]
+    assert np.all(np.isfinite(g))
+    np.testing.assert_allclose(g, fd, rtol=1e-5)
+
+
+def test_phonopy_acoustic_sum_rule_and_zero_frequencies_at_gamma():
+    from difftre_cli import phonons
+    ph = phonons.make_phonopy(DIAMOND_BASIS, np.eye(3) * 5.43, "Si", 28.0855, (2, 2, 2))
+    fc = phonons.supercell_force_constants(ph, lambda cell: _energy("sw", cell))
+    assert fc.shape == (64, 64, 3, 3)
+    res = phonons.analyse(ph, fc, mesh=(8, 8, 8), band_points=11)
+    assert res.acoustic_sum_max < 1e-10                  # Σ_j Φ_ij = 0: translation invariance
+    gamma = np.sort(res.gamma_frequencies)
+    assert len(gamma) == 6                               # phonopy's 2-atom fcc primitive cell
+    np.testing.assert_allclose(gamma[:3], 0.0, atol=1e-4)  # THz: three acoustic modes
+    assert gamma[3] > 10.0 and gamma[3] == pytest.approx(gamma[5], rel=1e-8)   # triply degenerate optical mode
+    assert min(f.min() for f in res.frequencies) > -1e-3   # dynamically stable: no imaginary branch
+    assert res.dos.sum() > 0
+
+
+def test_minimum_image_check():
+    frac, cell = _si()
+    check_minimum_image(np.asarray(frac), np.asarray(cell), 3.77118)     # SW cutoff: nearest neighbours only
+    with pytest.raises(UserError, match="replicate"):
+        check_minimum_image(np.asarray(frac), np.asarray(cell), 4.0)      # second shell (3.84 Å) aliased
+
+
+def _compose(overrides):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from difftre_cli.cli import CONFIG_DIR
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(config_name="train", overrides=overrides)
+
+
+def test_force_constant_fit_recovers_perturbed_parameters(tmp_path):
+    """Synthetic target: the Hessian of SW with ε = 2.0 eV, λ = 24.0 (the si_sw_phonons target) on
+    the 8-atom cell; BFGS from the published values recovers both parameters."""
+    from difftre_cli.learn.static import run_static
+    cfg = _compose(["config=si_sw_phonons", "system.replicate=[1,1,1]", "trainer.updates=60"])
+    out = run_static(cfg, tmp_path, quiet=True)
+    assert out["converged"]
+    assert out["params"]["epsilon"] == pytest.approx(2.0, rel=1e-5)
+    assert out["params"]["lam"] == pytest.approx(24.0, rel=1e-5)
+    assert out["rows"][-1]["loss"] < 1e-4 * out["rows"][0]["loss"]
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert len(rows) == out["iterations"] + 1 and "param_epsilon" in rows[0]
+    # resume of a finished fit restarts nothing and keeps the result
+    again = run_static(cfg, tmp_path, resume=True, quiet=True)
+    assert again["params"]["lam"] == pytest.approx(out["params"]["lam"], rel=1e-12)
+
+
+@pytest.mark.parametrize("override, match", [
+    (["classical.learnable=[epsilon,foo]"], "no parameter 'foo'"),
+    (["classical.learnable=[p]"], "hard-coded"),
+    (["+classical.params.q=1"], "hard-codes"),
+    (["optimizer.name=rmsprop"], "unknown optimiser"),
+    (["classical.params.sigma=-2.0"], "must be > 0"),
+    (["precision=single"], "precision=double"),
+    (["system.lattice_constant=3.0"], "too small for the cutoff"),
+    (["targets.elastic.notation=kelvin"], "mandel or voigt"),
+])
+def test_static_config_errors_are_user_errors(override, match):
+    from difftre_cli.config import validate
+    with pytest.raises(UserError, match=match):
+        validate(_compose(["config=si_sw_elastic"] + override))
+
+
+def test_cli_exits_2_on_bad_learnable(capsys):
+    from difftre_cli.cli import main
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "config=si_edip_elastic", "classical.learnable=[A,epsilon]"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "edip has no parameter 'epsilon'" in err and "fix:" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset, optimizer", [("si_sw_elastic", "bfgs"), ("si_edip_elastic", "lbfgs")])
+def test_elastic_presets_converge_end_to_end(tmp_path, preset, optimizer):
+    import json
+
+    from difftre_cli.evaluate import evaluate
+    from difftre_cli.learn.static import run_static
+    cfg = _compose([f"config={preset}", f"optimizer={optimizer}", "evaluate.landscape.points=7"])
+    out = run_static(cfg, tmp_path, quiet=True)
+    assert out["converged"] and out["rows"][-1]["loss"] < 0.5 * out["rows"][0]["loss"]
+    ev = evaluate(cfg, tmp_path)
+    saved = json.load(open(tmp_path / "evaluation.json"))
+    assert saved["parameters"]["fitted"][cfg.classical.learnable[0]] == pytest.approx(out["params"][cfg.classical.learnable[0]])
+    assert ev["loss"]["fitted"] < ev["loss"]["initial"]
+    assert (tmp_path / "loss_landscape.png").is_file()
