@@ -65,11 +65,11 @@ def analyse(ph, fc: np.ndarray, mesh=(16, 16, 16), band_points: int = 51) -> Pho
     bs = ph.get_band_structure_dict()
     dist = [np.asarray(d) for d in bs["distances"]]
     freq = [np.asarray(f) for f in bs["frequencies"]]
-    ph.run_mesh(list(mesh))
+    ph.run_mesh(list(mesh), is_gamma_center=True)
     ph.run_total_dos()
-    dos = ph.get_total_dos_dict()
+    dos = {"frequency_points": ph.total_dos.frequency_points, "total_dos": ph.total_dos.dos}
     ph.run_qpoints([[0.0, 0.0, 0.0]])
-    gamma = np.asarray(ph.get_qpoints_dict()["frequencies"][0])
+    gamma = np.asarray(ph.qpoints.frequencies[0])
     asr = float(np.max(np.abs(fc.sum(axis=1))))
     positions = [float(dist[0][0])] + [float(d[-1]) for d in dist]
     return PhononResult(dist, freq, labels, positions, np.asarray(dos["frequency_points"]),

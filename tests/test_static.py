@@ -174,7 +174,7 @@ def test_force_constant_fit_recovers_perturbed_parameters(tmp_path):
 @pytest.mark.parametrize("override, match", [
     (["classical.learnable=[epsilon,foo]"], "no parameter 'foo'"),
     (["classical.learnable=[p]"], "hard-coded"),
-    (["+classical.params.q=1"], "hard-codes"),
+    (["classical.params.q=1"], "hard-codes"),
     (["optimizer.name=rmsprop"], "unknown optimiser"),
     (["classical.params.sigma=-2.0"], "must be > 0"),
     (["precision=single"], "precision=double"),

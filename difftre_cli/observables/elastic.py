@@ -106,10 +106,19 @@ def relaxed_voigt(energy_fn, frac, cell, cg_tol: float = 1e-10):
 
 
 def force_constants(energy_fn, frac, cell):
-    """Cartesian force constants ∂²U/∂R_iα∂R_jβ, shape (N, 3, N, 3)."""
-    inv = jnp.linalg.inv(cell)
-    x = frac @ cell.T
-    return jax.hessian(lambda x: energy_fn(x @ inv.T))(x)
+    """Cartesian force constants ∂²U/∂R_iα∂R_jβ, shape (N, 3, N, 3).
+
+    JAX MD's ``space.transform`` carries a custom JVP that reads a tangent of fractional
+    coordinates as a Cartesian displacement, so derivatives of a ``periodic_general`` energy with
+    respect to ``frac`` are already Cartesian (``cell`` is unused; kept for the signature)."""
+    del cell
+    return jax.hessian(energy_fn)(frac)
+
+
+def _cartesian_tangent(frac0, u, inv):
+    """Fractional coordinates frac0 + u·inv^T whose *tangent* is u itself: with JAX MD's
+    convention (see :func:`force_constants`) derivatives with respect to u are then Cartesian."""
+    return frac0 + jax.lax.stop_gradient(u @ inv.T - u) + u
 
 
 # ------------------------------------------------------------------------------------------
@@ -137,7 +146,6 @@ def relax(energy_of_box, frac0, cell0, opts: RelaxOptions, params):
     n = frac0.shape[0]
     dtype = frac0.dtype
     inv0 = jnp.linalg.inv(cell0)
-    x0 = frac0 @ cell0.T
     length = jnp.abs(jnp.linalg.det(cell0)) ** (1.0 / 3.0)
     n_rows = n + 2 if opts.cell else n
 
@@ -148,7 +156,7 @@ def relax(energy_of_box, frac0, cell0, opts: RelaxOptions, params):
             box = (jnp.eye(3, dtype=dtype) + strain_matrix(e)) @ cell0
         else:
             box = cell0
-        return (x0 + u) @ inv0.T, box   # fractional coordinates in the (strained) box
+        return _cartesian_tangent(frac0, u, inv0), box   # fractional coordinates in the (strained) box
 
     def energy_z(z, p):
         frac, box = unpack(z)
