@@ -24,6 +24,7 @@ commands:
   evaluate   [run=PATH] [evaluate.production_steps=N ...]
              long production run with the final parameters (default: the latest run);
              writes evaluation.json and PNG plots into the run directory
+  doctor     print versions, devices and precision; check that a tiny simulation runs
 
 presets (config=NAME): {presets}
 config groups: {groups}
@@ -45,6 +46,7 @@ def fail(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    logging.raiseExceptions = False   # a full disk must not turn log writes into tracebacks
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE.format(presets=", ".join(presets()), groups=", ".join(groups())))
         return 0
@@ -53,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         return train_command(rest)
     if cmd == "evaluate":
         return evaluate_command(rest)
-    fail(f"unknown command {cmd!r}; use train or evaluate (difftre --help)")
+    if cmd == "doctor":
+        from .doctor import doctor
+        return doctor(rest)
+    fail(f"unknown command {cmd!r}; use train, evaluate or doctor (difftre --help)")
     return 2
 
 
@@ -101,8 +106,8 @@ def _resume_overrides(rest: list[str]) -> list[str]:
     if str(path) in ("", "null", "None"):
         return rest
     saved = path / ".hydra" / "overrides.yaml"
-    if not (path / "difftre.h5").is_file() or not saved.is_file():
-        fail(f"resume={path}: not a difftre run directory with a checkpoint (difftre.h5 and .hydra/ missing)\n"
+    if not saved.is_file():   # a run killed before its first checkpoint still has .hydra/
+        fail(f"resume={path}: not a difftre run directory (.hydra/overrides.yaml missing)\n"
              "  fix: point resume= at a run directory, e.g. resume=runs/lj/2026-01-01_12-00-00")
     import yaml
     old = [o for o in (yaml.safe_load(saved.read_text()) or [])
@@ -147,9 +152,42 @@ def train_command(rest: list[str]) -> int:
         except UserError as exc:
             fail(str(exc))
         _set_precision(cfg.precision)
+        multirun = any(f in ("--multirun", "-m") for f in flags)
+        _check_output_dir(cfg, multirun=multirun)
+        if not multirun and cfg.get("resume") is None:
+            try:
+                _auto_resume(cfg, Path(str(cfg.hydra.run.dir)))   # before Hydra writes into .hydra/
+            except UserError as exc:
+                fail(str(exc))
     sys.argv = ["difftre-train"] + flags + overrides   # Hydra's argparse wants the overrides last
     _hydra_train()
     return 0
+
+
+def _check_output_dir(cfg, multirun: bool) -> None:
+    """The run (or sweep) directory must be creatable and writable before Hydra makes it."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        target = Path(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)).expanduser().absolute()
+    except Exception:  # noqa: BLE001 - an unresolvable interpolation is reported by Hydra itself
+        return
+    probe = target
+    while not probe.exists():
+        probe = probe.parent
+    problem = None
+    if not probe.is_dir():
+        problem = f"{probe} is a file, not a directory"
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        problem = f"{probe} is not writable"
+    else:
+        try:
+            if os.statvfs(probe).f_flag & os.ST_RDONLY:
+                problem = f"{probe} is on a read-only file system"
+        except OSError:
+            pass
+    if problem:
+        fail(f"{key}={target}: cannot create the output directory ({problem})\n"
+             f"  fix: choose a writable location, e.g. {key}=runs/my_run")
 
 
 def _set_precision(precision: str) -> None:
@@ -166,17 +204,47 @@ def _hydra_train():
 
         from .config import validate
         from .errors import UserError
+        from .interrupt import Interrupted
         run_dir = HydraConfig.get().runtime.output_dir
         try:
             validate(cfg)
             _set_precision(cfg.precision)
+            resume = cfg.get("resume") is not None or _auto_resume(cfg, Path(run_dir))
             from .train import train
-            train(cfg, run_dir, resume=cfg.get("resume") is not None)
+            train(cfg, run_dir, resume=resume)
         except UserError as exc:
             log.error("%s", exc)
             fail(str(exc))
+        except Interrupted as exc:
+            log.warning("%s", exc)
+            print(f"difftre: {exc}\n  continue with: difftre train resume={Path(run_dir).resolve()}", file=sys.stderr)
+            raise SystemExit(exc.exit_code) from None
 
     task()
+
+
+def _auto_resume(cfg, run_dir: Path) -> bool:
+    """A run directory that already holds a checkpoint of the same config is continued: this is
+    how a requeued SLURM job (or a rerun with the same hydra.run.dir) picks up its work. A
+    checkpoint of a different config is never overwritten."""
+    from .errors import UserError
+    from .store import RunStore
+    store = RunStore(run_dir)
+    if not store.has_checkpoint():
+        return False
+    from omegaconf import OmegaConf
+    try:
+        saved = OmegaConf.create(store.saved_config() or "{}")
+    except Exception as exc:  # noqa: BLE001 - unreadable file: say so, do not touch it
+        raise UserError(f"{store.checkpoint_path} exists but cannot be read ({exc})",
+                        "choose another hydra.run.dir; the existing file is left untouched") from None
+    strip = lambda c: {k: v for k, v in OmegaConf.to_container(c, resolve=False).items()  # noqa: E731
+                       if k not in ("resume", "hydra")}
+    if strip(saved) != strip(cfg):
+        raise UserError(f"hydra.run.dir={run_dir} already holds a run with a different config (difftre.h5)",
+                        f"choose another hydra.run.dir, or continue that run with resume={run_dir}")
+    log.info("found a checkpoint of this config in %s: resuming (e.g. a requeued job)", run_dir)
+    return True
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,11 +1,9 @@
 """Validation of a composed config before anything is compiled or written.
 
 Every check raises :class:`UserError` naming the dotted key and the fix. Files named in the
-config (targets) are opened and checked here too, so that a bad run fails in seconds.
+config (structure, targets) are opened and checked here too, so that a bad run fails in seconds.
 """
 from __future__ import annotations
-
-import math
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -18,86 +16,94 @@ def _get(cfg: DictConfig, key: str):
     return OmegaConf.select(cfg, key, default=None)
 
 
-def _number(cfg, key, *, integer=False, positive=True, allow_zero=False, required=True, example="1"):
-    v = _get(cfg, key)
-    if v is None:
-        if required:
-            raise UserError(f"{key} is missing", f"set {key}={example}")
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        kind = "an integer" if integer else "a number"
-        raise UserError(f"{key} must be {kind}, got {v!r}", f"set {key}={example}")
-    if integer and not float(v).is_integer():
-        raise UserError(f"{key} must be an integer, got {v!r}", f"set {key}={example}")
-    if not math.isfinite(float(v)):
-        raise UserError(f"{key} must be finite, got {v!r}", f"set {key}={example}")
-    if positive and (v < 0 or (v == 0 and not allow_zero)):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise UserError(f"{key} must be {bound}, got {v!r}", f"set {key}={example}")
-    return v
-
-
 def validate(cfg: DictConfig) -> None:
-    """Raise UserError for the first problem found in ``cfg``."""
+    """Raise UserError for the first problem found in ``cfg``.
+
+    Order: top-level keys, the system (no JAX import needed), then each group's own checks
+    (its builder's), then cross-group checks (cutoff and observable ranges against the box,
+    overlapping start positions).
+    """
     if _get(cfg, "trainer.kind") == "static":  # 0 K fits of classical potentials: own checks
         from .learn.static import validate_static
         return validate_static(cfg)
+    from .checks import choice, mapping, number
+
     for g in GROUPS:
         if _get(cfg, g) is None:
             raise UserError(f"config group {g!r} is missing", f"select one, e.g. {g}=<option>")
+        mapping(_get(cfg, g), g, f"{g}=<option> (difftre --help lists the groups)")
     if _get(cfg, "precision") not in ("single", "double"):
         raise UserError(f"precision must be single or double, got {_get(cfg, 'precision')!r}", "set precision=single")
-    _number(cfg, "seed", integer=True, allow_zero=True, example="0")
-    _number(cfg, "system.n_particles", integer=True, example="1000")
-    n = int(_get(cfg, "system.n_particles"))
-    if n < 2:
-        raise UserError(f"system.n_particles must be at least 2, got {n}", "set system.n_particles=1000")
-    if _get(cfg, "system.box_size") is not None:
-        _number(cfg, "system.box_size", example="10.0")
-    else:
-        _number(cfg, "system.density", example="0.7")
-    if _get(cfg, "system.kT") is None and _get(cfg, "system.temperature") is None:
-        raise UserError("neither system.kT nor system.temperature is set", "set system.kT=1.0 (reduced) or system.temperature=300 (K)")
-    if _get(cfg, "system.kT") is not None:
-        _number(cfg, "system.kT", example="1.0")
-    else:
-        _number(cfg, "system.temperature", example="300")
-    _number(cfg, "system.mass", example="1.0")
-    for key, ex in [("simulator.dt", "0.005"), ("simulator.production_steps", "1000"), ("simulator.every", "10")]:
-        _number(cfg, key, integer=key != "simulator.dt", example=ex)
-    for key in ("simulator.equilibration_steps", "simulator.first_equilibration_steps"):
-        _number(cfg, key, integer=True, allow_zero=True, example="1000")
-    _number(cfg, "simulator.skin", allow_zero=True, example="0.3", required=False)
-    if int(_get(cfg, "simulator.production_steps")) < int(_get(cfg, "simulator.every")):
-        raise UserError("simulator.production_steps is smaller than simulator.every: no snapshot would be kept",
-                        "raise simulator.production_steps or lower simulator.every")
-    _number(cfg, "model.cutoff", example="2.5", required=False)
-    _number(cfg, "optimizer.lr", example="0.003")
-    _number(cfg, "trainer.updates", integer=True, example="300")
-    ratio = _number(cfg, "trainer.reweight_ratio", allow_zero=True, example="0.9", required=False)
-    if ratio is not None and ratio > 1:
-        raise UserError(f"trainer.reweight_ratio must be in [0, 1], got {ratio}", "set trainer.reweight_ratio=0.9")
-    _number(cfg, "trainer.checkpoint_every", integer=True, example="10", required=False)
-    for key in ("evaluate.equilibration_steps",):
-        _number(cfg, key, integer=True, allow_zero=True, example="5000", required=False)
-    for key in ("evaluate.production_steps", "evaluate.every"):
-        _number(cfg, key, integer=True, example="1000", required=False)
-    from .learn import TRAINERS
-    if _get(cfg, "trainer.kind") not in TRAINERS:
-        raise UserError(f"trainer.kind: unknown trainer {_get(cfg, 'trainer.kind')!r}", f"use one of {sorted(TRAINERS)}")
+    number(cfg, "seed", prefix="", integer=True, lo=0, hi=2 ** 32 - 1, example="0")
 
-    # Build the cheap, jax-free parts; this opens and checks every target file.
-    from . import observables, optim, potentials, targets, units
-    from .simulate import sampler_config
-    from .system import build_system
-
+    # system first: it reads the structure file and needs no JAX (fails in a second)
+    from .system import build_system, min_image_distance
     system = build_system(cfg.system)
-    obs = observables.build(cfg.observables)
-    targets.build(cfg.targets, obs, units.get(_get(cfg, "system.units") or "lj"))
-    cutoff = float(_get(cfg, "model.cutoff") or 2.5)
+
+    # trainer (no builder of its own here: the learner reads these keys)
+    from .learn import TRAINERS
+    T = "trainer"
+    tc = cfg.trainer
+    choice(tc, "kind", sorted(TRAINERS), prefix=T, what="trainer")
+    updates = number(tc, "updates", prefix=T, integer=True, lo=1, example="300")
+    number(tc, "reweight_ratio", prefix=T, lo=0.0, hi=1.0, required=False, example="0.9")
+    number(tc, "checkpoint_every", prefix=T, integer=True, lo=1, required=False, example="10")
+    number(tc, "checkpoint_seconds", prefix=T, lo=0.0, lo_open=True, required=False, example="600")
+    number(tc, "max_failures", prefix=T, integer=True, lo=1, required=False, example="5")
+    number(tc, "lr_reduction", prefix=T, lo=0.0, lo_open=True, hi=1.0, required=False, example="0.5")
+    choice(tc, "precondition", ("none", "fisher"), prefix=T, default="none", what="preconditioner")
+    number(tc, "fisher_damping", prefix=T, lo=0.0, required=False, example="0.001")
+
+    # evaluate
+    ev = _get(cfg, "evaluate")
+    if ev is not None:
+        mapping(ev, "evaluate", "evaluate=default")
+        number(ev, "equilibration_steps", prefix="evaluate", integer=True, lo=0, required=False, example="5000")
+        steps = number(ev, "production_steps", prefix="evaluate", integer=True, lo=1, required=False,
+                       default=20000, example="20000")
+        every = number(ev, "every", prefix="evaluate", integer=True, lo=1, required=False, default=20, example="20")
+        if steps < every:
+            raise UserError(f"evaluate.production_steps={steps} is smaller than evaluate.every={every}: "
+                            "no snapshot would be kept", "raise evaluate.production_steps or lower evaluate.every")
+        number(ev, "potential_r_min", prefix="evaluate", lo=0.0, lo_open=True, required=False, example="0.8")
+        rng = ev.get("potential_error_range")
+        if rng is not None:
+            ok = (not isinstance(rng, (str, bytes)) and hasattr(rng, "__len__") and len(rng) == 2
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rng)
+                  and 0 < rng[0] < rng[1])
+            if not ok:
+                raise UserError(f"evaluate.potential_error_range must be two numbers 0 < a < b, got {rng!r}",
+                                "set evaluate.potential_error_range=[0.95,2.5]")
+
+    # Build the cheap, jax-free parts group by group; this opens and checks every file.
+    from . import observables, optim, potentials, targets
+    from .simulate import sampler_config
+
+    cutoff = number(cfg.model, "cutoff", prefix="model", lo=0.0, lo_open=True, required=False, default=2.5,
+                    example="2.5")
     potentials.build(cfg.prior, cfg.model, cutoff)
     sampler_config(cfg.simulator)
-    optim.build(cfg.optimizer, int(_get(cfg, "trainer.updates")))
-    if cutoff >= 0.5 * system.box_size:
-        raise UserError(f"model.cutoff={cutoff} is not below half the box ({0.5 * system.box_size:.3g})",
+    obs = observables.build(cfg.observables)
+    targets.build(cfg.targets, obs, system.units)
+    optim.build(cfg.optimizer, updates)
+    potentials.ground_truth(_get(cfg, "ground_truth"), cutoff)
+
+    # Cross-group checks.
+    half = 0.5 * system.box_size
+    if cutoff >= half:
+        raise UserError(f"model.cutoff={cutoff:g} is not below half the box ({half:.4g})",
                         "use more particles (system.n_particles) or a smaller cutoff")
+    for name, o in obs.items():
+        reach = getattr(o, "reach", None)
+        if reach is not None and reach > half:
+            raise UserError(f"observables.{name}.r_max={o.r_max:g} (plus 4 sigma of smoothing: {reach:.4g}) "
+                            f"exceeds half the box ({half:.4g}); the minimum-image RDF is undefined beyond it",
+                            f"lower observables.{name}.r_max below {half - 4 * o.sigma:.3g}, or use more particles "
+                            "(system.n_particles)")
+    if _get(cfg, "system.structure") is not None:
+        d, i, j = min_image_distance(system.positions, system.box_size)
+        if d < 0.1 * cutoff:
+            raise UserError(f"system.structure: atoms {i} and {j} of {_get(cfg, 'system.structure')} are "
+                            f"{d:.4g} {system.units.length} apart, closer than 0.1 × model.cutoff "
+                            f"({0.1 * cutoff:.4g}): overlapping particles make the first MD step explode",
+                            "remove duplicate atoms or relax the structure (e.g. a short energy minimisation)")

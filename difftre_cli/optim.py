@@ -11,30 +11,29 @@ from .errors import UserError
 
 
 def build(cfg, n_updates: int) -> optax.GradientTransformation:
-    lr = float(cfg.get("lr", 1e-3))
-    if not lr > 0:
-        raise UserError(f"optimizer.lr must be > 0 (got {lr})", "set e.g. optimizer.lr=0.003")
-    schedule_kind = cfg.get("schedule", "constant")
+    from .checks import choice, number
+
+    P = "optimizer"
+    name = choice(cfg, "name", ("adam", "sgd"), prefix=P, default="adam", what="optimiser")
+    lr = number(cfg, "lr", prefix=P, lo=0.0, lo_open=True, required=False, default=1e-3, example="0.003")
+    schedule_kind = choice(cfg, "schedule", ("constant", "exponential"), prefix=P, default="constant",
+                           what="schedule")
     if schedule_kind == "constant":
         schedule = optax.constant_schedule(lr)
-    elif schedule_kind == "exponential":
-        decay_to = float(cfg.get("decay_to", 0.01))
-        if not 0 < decay_to <= 1:
-            raise UserError(f"optimizer.decay_to must be in (0, 1] (got {decay_to})", "set e.g. optimizer.decay_to=0.01")
+    else:
+        decay_to = number(cfg, "decay_to", prefix=P, lo=0.0, lo_open=True, hi=1.0, required=False, default=0.01,
+                          example="0.1")
         schedule = optax.exponential_decay(lr, transition_steps=max(n_updates, 1), decay_rate=decay_to)
-    else:
-        raise UserError(f"optimizer.schedule: unknown {schedule_kind!r}", "use constant or exponential")
-    name = cfg.get("name", "adam")
     if name == "adam":
-        opt = optax.adam(schedule, b1=float(cfg.get("b1", 0.9)), b2=float(cfg.get("b2", 0.999)),
-                         eps=float(cfg.get("eps", 1e-8)))
-    elif name == "sgd":
-        opt = optax.sgd(schedule, momentum=cfg.get("momentum"))
+        b1 = number(cfg, "b1", prefix=P, lo=0.0, hi=1.0, hi_open=True, required=False, default=0.9, example="0.9")
+        b2 = number(cfg, "b2", prefix=P, lo=0.0, hi=1.0, hi_open=True, required=False, default=0.999,
+                    example="0.999")
+        eps = number(cfg, "eps", prefix=P, lo=0.0, lo_open=True, required=False, default=1e-8, example="1e-8")
+        opt = optax.adam(schedule, b1=b1, b2=b2, eps=eps)
     else:
-        raise UserError(f"optimizer.name: unknown optimiser {name!r}", "use adam or sgd")
-    clip = cfg.get("clip_norm")
+        momentum = number(cfg, "momentum", prefix=P, lo=0.0, hi=1.0, hi_open=True, required=False, example="0.9")
+        opt = optax.sgd(schedule, momentum=momentum)
+    clip = number(cfg, "clip_norm", prefix=P, lo=0.0, lo_open=True, required=False, example="1.0")
     if clip is not None:
-        if not float(clip) > 0:
-            raise UserError(f"optimizer.clip_norm must be > 0 (got {clip})", "set it to a positive number or null")
-        opt = optax.chain(optax.clip_by_global_norm(float(clip)), opt)
+        opt = optax.chain(optax.clip_by_global_norm(clip), opt)
     return opt

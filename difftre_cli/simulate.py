@@ -42,8 +42,9 @@ class SampleResult(NamedTuple):
     trajectory: Trajectory
     state: Any
     neighbor: Any
-    ok: bool          # False if energies or positions became NaN/inf
+    ok: bool          # False if unstable (see ``reason``)
     retries: int      # neighbour-list re-allocations needed
+    reason: str = ""  # why not ok: non-finite energies/positions, hot, neighbour-list overflow
 
 
 @dataclass(frozen=True)
@@ -68,25 +69,38 @@ class SamplerConfig:
 
 
 def sampler_config(cfg) -> SamplerConfig:
+    """:class:`SamplerConfig` from the ``simulator`` config group, every key range-checked."""
+    from .checks import choice, number
+
     fields = SamplerConfig.__dataclass_fields__
-    kwargs = {k: cfg[k] for k in cfg if k in fields}
     unknown = sorted(k for k in cfg if k not in fields and k != "kind")
     if unknown:
         raise UserError(f"simulator: unknown key(s) {unknown}", f"valid keys: {sorted(fields)}")
-    sc = SamplerConfig(**kwargs)
-    if sc.dt <= 0:
-        raise UserError(f"simulator.dt must be > 0 (got {sc.dt})", "set e.g. simulator.dt=0.005")
-    if sc.every <= 0 or sc.production_steps < sc.every:
-        raise UserError("simulator.production_steps must be >= simulator.every > 0",
-                        f"got production_steps={sc.production_steps}, every={sc.every}")
-    if sc.integrator not in ("langevin", "nose_hoover", "nve"):
-        raise UserError(f"simulator.integrator: unknown {sc.integrator!r}", "use langevin, nose_hoover or nve")
-    if sc.equilibration_steps < 0 or sc.first_equilibration_steps < 0:
-        raise UserError("simulator equilibration steps must be >= 0", "set them to 0 or more")
-    if sc.capacity_multiplier < 1.0:
-        # A list allocated with fewer slots than the measured occupancy silently drops neighbours.
-        raise UserError(f"simulator.capacity_multiplier must be >= 1 (got {sc.capacity_multiplier})",
-                        "set e.g. simulator.capacity_multiplier=1.25")
+    P, d = "simulator", SamplerConfig()
+    kw = {"integrator": choice(cfg, "integrator", ("langevin", "nose_hoover", "nve"), prefix=P,
+                               default=d.integrator, what="integrator")}
+
+    def num(key, example, **bounds):
+        kw[key] = number(cfg, key, prefix=P, required=False, default=getattr(d, key), example=example, **bounds)
+
+    num("dt", "0.005", lo=0.0, lo_open=True)
+    num("gamma", "1.0", lo=0.0, lo_open=True)
+    num("chain_length", "3", integer=True, lo=1)
+    num("tau_steps", "100", lo=0.0, lo_open=True)
+    num("equilibration_steps", "1000", integer=True, lo=0)
+    num("first_equilibration_steps", "5000", integer=True, lo=0)
+    num("production_steps", "1000", integer=True, lo=1)
+    num("every", "10", integer=True, lo=1)
+    num("skin", "0.3", lo=0.0)
+    # A list allocated with fewer slots than the measured occupancy silently drops neighbours.
+    num("capacity_multiplier", "1.25", lo=1.0)
+    num("max_retries", "5", integer=True, lo=0)
+    num("max_kT_factor", "10", lo=1.0, lo_open=True)
+    sc = SamplerConfig(**kw)
+    if sc.production_steps < sc.every:
+        raise UserError(f"simulator.production_steps={sc.production_steps} is smaller than simulator.every="
+                        f"{sc.every}: no snapshot would be kept",
+                        "raise simulator.production_steps or lower simulator.every")
     return sc
 
 
@@ -158,23 +172,32 @@ class Sampler:
         cfg = self.cfg
         n_eq = cfg.first_equilibration_steps if first else cfg.equilibration_steps
         extra = 0
+        overflowed = False
         for attempt in range(cfg.max_retries + 1):
             new_state, new_nbrs, pos, u, kT = self._run(params, state, nbrs, jnp.asarray(n_eq, jnp.int32),
                                                         n_snapshots=cfg.n_snapshots, every=cfg.every)
-            if not bool(new_nbrs.did_buffer_overflow):
+            overflowed = bool(new_nbrs.did_buffer_overflow)
+            if not overflowed:
+                break
+            if attempt == cfg.max_retries:
                 break
             extra = max(8, 2 * extra) if extra else 8
             log.info("neighbour list overflowed (capacity %d); re-allocating with %d extra slots and "
                      "recomputing the segment", int(nbrs.idx.shape[1]), extra)
             nbrs = self.neighbor_fn.allocate(state.position, extra_capacity=extra * (attempt + 1))
-        else:
-            raise UserError(f"the neighbour list kept overflowing after {cfg.max_retries} re-allocations",
-                            "the simulation is probably unstable: lower simulator.dt or the learning rate")
-        # Unstable: non-finite energies or positions, or a kinetic temperature far above the
-        # thermostat's (energies can stay finite in float32 while particles fly apart).
-        ok = bool(jnp.all(jnp.isfinite(u)) & jnp.all(jnp.isfinite(pos))
-                  & jnp.all(kT < cfg.max_kT_factor * self.system.kT))
         steps = n_eq + cfg.every * (1 + np.arange(cfg.n_snapshots))
         traj = Trajectory(pos, u, kT, steps)
-        return SampleResult(traj, new_state, new_nbrs, ok, attempt)
+        if overflowed:
+            # A list that keeps overflowing while its capacity grows means particles pile up:
+            # the segment's results are not trustworthy, so it counts as an unstable simulation.
+            return SampleResult(traj, state, nbrs, False, attempt,
+                                f"neighbour list still overflowing after {cfg.max_retries} re-allocations")
+        # Unstable: non-finite energies or positions, or a kinetic temperature far above the
+        # thermostat's (energies can stay finite in float32 while particles fly apart).
+        finite = bool(jnp.all(jnp.isfinite(u)) & jnp.all(jnp.isfinite(pos)))
+        cool = bool(jnp.all(kT < cfg.max_kT_factor * self.system.kT))
+        ok = finite and cool
+        reason = "" if ok else ("non-finite energies or positions" if not finite else
+                                f"kinetic temperature above {cfg.max_kT_factor:g} x the thermostat's")
+        return SampleResult(traj, new_state, new_nbrs, ok, attempt, reason)
 

@@ -15,7 +15,10 @@ previous complete checkpoint stays in place.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import io
 import json
 import os
 from pathlib import Path
@@ -28,6 +31,38 @@ import numpy as np
 CHECKPOINT_FILE = "difftre.h5"
 METRICS_FILE = "metrics.csv"
 FORMAT_VERSION = 1
+
+# errno values meaning "this disk/quota/file-size limit cannot take the write".
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+_NO_ROOM_TEXT = ("no space left", "disk quota", "file too large", "read-only file system")
+
+
+@contextlib.contextmanager
+def _writing(tmp: Path, what: str, run_dir: Path):
+    """Turn a full disk (or quota, file-size limit, read-only mount) during a write into a
+    UserError, removing the partial ``.tmp`` file; the previous complete file stays."""
+    from .errors import UserError
+    try:
+        yield
+    except OSError as exc:
+        text = str(exc).lower()
+        if exc.errno in _NO_ROOM or any(t in text for t in _NO_ROOM_TEXT):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise UserError(f"cannot write {what} in {run_dir}: {exc.strerror or str(exc).splitlines()[0]}",
+                            f"free disk space (or raise the quota) and continue with resume={run_dir}") from None
+        raise
+
+
+def _check_finite(name: str, tree: Any) -> None:
+    """A NaN or inf never reaches a checkpoint: refuse to write one (internal error)."""
+    for i, leaf in enumerate(jax.tree_util.tree_leaves(tree)):
+        if _is_typed_key(leaf):
+            continue
+        arr = np.asarray(leaf)
+        if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
+            raise ValueError(f"refusing to checkpoint non-finite values in {name} (leaf {i}); "
+                             "the previous checkpoint is kept")
 
 
 def _fsync_replace(tmp: Path, final: Path) -> None:
@@ -87,6 +122,16 @@ class RunStore:
         self.dir = Path(run_dir)
         self.traj_dir = self.dir / "trajectories"
 
+    def _commit(self, buf: io.BytesIO, tmp: Path, final: Path) -> None:
+        """Write an HDF5 image built in memory to ``tmp``, fsync, and rename it over ``final``.
+        Building in memory keeps HDF5 out of disk errors: a full disk fails a plain write,
+        which is reported cleanly, instead of leaving the HDF5 library with a half-closed file."""
+        with _writing(tmp, final.name, self.dir):
+            with open(tmp, "wb") as fh:
+                fh.write(buf.getbuffer())
+                fh.flush()
+            _fsync_replace(tmp, final)
+
     @property
     def checkpoint_path(self) -> Path:
         return self.dir / CHECKPOINT_FILE
@@ -101,7 +146,8 @@ class RunStore:
         times = steps * float(dt)
         real = unit_system.name == "real"
         from . import __version__
-        with h5py.File(tmp, "w") as f:
+        buf = io.BytesIO()
+        with h5py.File(buf, "w") as f:
             h5 = f.create_group("h5md")
             h5.attrs["version"] = np.array([1, 1])
             h5.create_group("author").attrs["name"] = "difftre"
@@ -134,7 +180,7 @@ class RunStore:
                 t.attrs["unit"] = "ps"
                 ee.attrs["unit"] = "kJ mol-1"
             f.attrs["units"] = json.dumps(unit_system.to_dict())
-        _fsync_replace(tmp, final)
+        self._commit(buf, tmp, final)
         return final
 
     def read_trajectory(self, index: int):
@@ -147,10 +193,13 @@ class RunStore:
     def write_checkpoint(self, *, update: int, trees: dict, attrs: dict, metrics: list[dict],
                          n_trajectories: int, config_yaml: str, versions: dict) -> None:
         """Atomically replace difftre.h5 with a complete checkpoint after ``update`` updates."""
+        for name, tree in trees.items():
+            _check_finite(name, tree)
         self.dir.mkdir(parents=True, exist_ok=True)
         final = self.checkpoint_path
         tmp = final.with_suffix(".h5.tmp")
-        with h5py.File(tmp, "w") as f:
+        buf = io.BytesIO()
+        with h5py.File(buf, "w") as f:
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["config"] = config_yaml
             f.attrs["versions"] = json.dumps(versions)
@@ -175,7 +224,7 @@ class RunStore:
             for i in range(n_trajectories):
                 tg[f"ref_{i:05d}"] = h5py.ExternalLink(f"trajectories/ref_{i:05d}.h5", "/")
             ck.attrs["complete"] = True
-        _fsync_replace(tmp, final)
+        self._commit(buf, tmp, final)
 
     def read_checkpoint(self, templates: dict) -> tuple[int, dict, dict, list[dict]]:
         with h5py.File(self.checkpoint_path, "r") as f:
@@ -191,26 +240,49 @@ class RunStore:
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.is_file()
 
+    def checkpoint_attrs(self) -> dict:
+        with h5py.File(self.checkpoint_path, "r") as f:
+            return {k: (v.item() if hasattr(v, "item") else v) for k, v in f["checkpoint"].attrs.items()}
+
+    def saved_config(self) -> str | None:
+        """The config (YAML) the checkpoint was written with."""
+        with h5py.File(self.checkpoint_path, "r") as f:
+            return f.attrs.get("config")
+
+    def prepare(self) -> None:
+        """Create the run directory and drop ``.tmp`` leftovers of writes a kill interrupted."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for stale in [*self.dir.glob("*.tmp"), *self.traj_dir.glob("*.tmp")]:
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
     # -- metrics -------------------------------------------------------------------------
     def rewrite_metrics_csv(self, rows: list[dict]) -> None:
         path = self.dir / METRICS_FILE
         tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as fh:
-            if rows:
-                w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
-        os.replace(tmp, path)
+        with _writing(tmp, METRICS_FILE, self.dir):
+            with open(tmp, "w", newline="") as fh:
+                if rows:
+                    w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                    w.writeheader()
+                    w.writerows(rows)
+            os.replace(tmp, path)
 
     def append_metrics_csv(self, row: dict) -> None:
         path = self.dir / METRICS_FILE
         new = not path.exists() or path.stat().st_size == 0
-        with open(path, "a", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
-            fh.flush()
+        size = 0 if new else path.stat().st_size
+        try:
+            with _writing(path.with_suffix(".csv.none"), METRICS_FILE, self.dir), open(path, "a", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(row))
+                if new:
+                    w.writeheader()
+                w.writerow(row)
+                fh.flush()
+        except BaseException:
+            with contextlib.suppress(OSError):   # never leave a torn row behind
+                os.truncate(path, size)
+            raise
 
 
 def read_metrics_table(f: h5py.File) -> list[dict]:

@@ -45,18 +45,149 @@ def lattice_positions(n: int, box_size: float, kind: str = "fcc") -> np.ndarray:
     return (sites + 0.25) * (box_size / cells)
 
 
+@dataclass(frozen=True)
+class Structure:
+    """Positions and cubic box read from a structure file, in the system's length unit."""
+
+    positions: np.ndarray   # (N, 3), wrapped into [0, box_size)
+    box_size: float
+    path: str
+
+
+def read_structure(path, fmt: str | None, unit: str | None, unit_system, key: str = "system.structure") -> Structure:
+    """Read positions and the periodic box with ``ase.io.read`` (last frame; format from the
+    extension unless ``fmt``), convert lengths with ``unit`` (see units.structure_length_factor)
+    and check them: atoms present, finite coordinates, one species, a periodic cubic cell."""
+    from .checks import input_file
+
+    p = input_file(path, key, what="structure file", example="start.xyz")
+    factor = units_mod.structure_length_factor(unit, unit_system)
+    import ase.io
+    from ase.io.formats import UnknownFileTypeError
+
+    try:
+        atoms = ase.io.read(str(p), format=fmt or None)
+    except UnknownFileTypeError as exc:
+        if fmt:
+            raise UserError(f"system.structure_format: ase does not know the format {fmt!r} ({exc})",
+                            "use an ase format name such as extxyz, xyz, proteindatabank, gromacs, cif, "
+                            "lammps-data, vasp") from None
+        raise UserError(f"{key}: cannot tell the format of {p} from its name ({exc})",
+                        "rename it with a known extension (.xyz, .extxyz, .pdb, .gro, .cif, .data) "
+                        "or set system.structure_format=<ase format>") from None
+    except Exception as exc:  # ase raises many kinds on garbage or truncated input
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{key}: cannot read structure file {p} ({fmt or 'format from the extension'}): "
+                        f"{type(exc).__name__}: {detail[:200]}",
+                        "check that the file is complete and in the declared format "
+                        "(system.structure_format), e.g. write it with ase.io.write") from None
+    if isinstance(atoms, list):   # a format that returns frames
+        if not atoms:
+            raise UserError(f"{key}: structure file {p} contains no frames", "write at least one frame")
+        atoms = atoms[-1]
+    n = len(atoms)
+    if n == 0:
+        raise UserError(f"{key}: structure file {p} contains no atoms", "write the atoms' positions into it")
+    pos = np.asarray(atoms.get_positions(), dtype=float)
+    bad = ~np.all(np.isfinite(pos), axis=1)
+    if bad.any():
+        raise UserError(f"{key}: structure file {p} has NaN or infinite coordinates "
+                        f"(atom {int(np.argmax(bad))}, {int(bad.sum())} atom(s) in all)",
+                        "fix or remove those atoms")
+    symbols = sorted(set(atoms.get_chemical_symbols()))
+    if len(symbols) > 1:
+        raise UserError(f"{key}: structure file {p} has several species {symbols}; difftre simulates "
+                        "one species (one pair potential) so far",
+                        "write all particles as one element, or use a one-component structure")
+    cell = np.asarray(atoms.cell.array, dtype=float)
+    if atoms.cell.rank < 3 or not np.all(atoms.pbc):
+        raise UserError(f"{key}: structure file {p} has no periodic 3-D cell (pbc={atoms.pbc.tolist()}); "
+                        "difftre simulates a periodic cubic box",
+                        "write the box into the file (extxyz: Lattice=\"L 0 0 0 L 0 0 0 L\" pbc=\"T T T\"; "
+                        "PDB: a CRYST1 record; .gro: the box line)")
+    if not np.all(np.isfinite(cell)):
+        raise UserError(f"{key}: structure file {p} has a NaN or infinite cell", "fix the box in the file")
+    lengths = np.diag(cell)
+    off = cell - np.diag(lengths)
+    edge = float(lengths[0])
+    if (edge <= 0 or np.max(np.abs(off)) > 1e-6 * abs(edge)
+            or np.max(np.abs(lengths - edge)) > 1e-6 * abs(edge)):
+        abc = ", ".join(f"{v:.6g}" for v in atoms.cell.lengths())
+        angles = ", ".join(f"{v:.6g}" for v in atoms.cell.angles())
+        raise UserError(f"{key}: structure file {p} has a non-cubic cell (lengths {abc}; angles {angles}); "
+                        "difftre's box is a cube with one edge length along x, y, z",
+                        "write a cubic, axis-aligned cell into the file (e.g. replicate or re-box it with ase)")
+    box = edge * factor
+    pos = np.mod(pos * factor, box)
+    pos = np.where(pos >= box, 0.0, pos)   # np.mod can round up to the box edge itself
+    return Structure(positions=pos, box_size=box, path=str(p))
+
+
+def min_image_distance(positions: np.ndarray, box_size: float) -> tuple[float, int, int]:
+    """Smallest minimum-image distance between two particles, and the pair (i, j)."""
+    from scipy.spatial import cKDTree
+
+    pos = np.mod(np.asarray(positions, dtype=float), box_size)
+    pos = np.where(pos >= box_size, 0.0, pos)
+    tree = cKDTree(pos, boxsize=box_size)
+    d, idx = tree.query(pos, k=2)
+    i = int(np.argmin(d[:, 1]))
+    return float(d[i, 1]), i, int(idx[i, 1])
+
+
 def build_system(cfg) -> System:
-    """Build the :class:`System` from the ``system`` config group."""
+    """Build the :class:`System` from the ``system`` config group.
+
+    Initial positions come from ``structure`` (a file ase can read; its cubic periodic box
+    sets the box) or else from a ``lattice`` filling the box set by ``density`` or
+    ``box_size``. Every problem is a :class:`UserError` naming the ``system.*`` key.
+    """
+    from .checks import choice, number
+
     unit_system = units_mod.get(cfg.get("units", "lj"))
-    n = int(cfg.n_particles)
-    if cfg.get("box_size") is not None:
-        box = float(cfg.box_size)
+    units_mod.check_thermal(unit_system, cfg.get("kT"), cfg.get("temperature"))
+    if cfg.get("kT") is not None:
+        number(cfg, "kT", prefix="system", lo=0, lo_open=True, example="1.0")
     else:
-        box = (n / float(cfg.density)) ** (1.0 / 3.0)
+        number(cfg, "temperature", prefix="system", lo=0, lo_open=True, example="300")
     kT = units_mod.kT_of(unit_system, cfg.get("kT"), cfg.get("temperature"))
-    lattice = cfg.get("lattice", "fcc")
-    if lattice not in ("fcc", "sc"):
-        raise UserError(f"system.lattice: unknown lattice {lattice!r}", "use fcc or sc")
-    pos = lattice_positions(n, box, lattice)
-    return System(n_particles=n, box_size=box, kT=kT, mass=float(cfg.get("mass", 1.0)),
+    mass = number(cfg, "mass", prefix="system", lo=0, lo_open=True, required=False, default=1.0, example="1.0")
+    structure = cfg.get("structure")
+    n = number(cfg, "n_particles", prefix="system", integer=True, lo=2, required=structure is None, example="1000")
+    box_cfg = number(cfg, "box_size", prefix="system", lo=0, lo_open=True, required=False, example="10.0")
+    density = None
+    if box_cfg is None or structure is not None:
+        density = number(cfg, "density", prefix="system", lo=0, lo_open=True,
+                         required=structure is None, example="0.7")
+    if structure is not None:
+        fmt = cfg.get("structure_format")
+        if fmt is not None and not isinstance(fmt, str):
+            raise UserError(f"system.structure_format must be an ase format name, got {fmt!r}",
+                            "set system.structure_format=extxyz (or null: from the extension)")
+        st = read_structure(structure, fmt, cfg.get("structure_unit"), unit_system)
+        n_file = len(st.positions)
+        if n is not None and n != n_file:
+            raise UserError(f"system.n_particles={n} but system.structure {st.path} holds {n_file} atoms",
+                            f"set system.n_particles={n_file} (or null to take it from the file), "
+                            "or give a structure with the number you want")
+        if n_file < 2:
+            raise UserError(f"system.structure {st.path} holds {n_file} atom; at least 2 are needed",
+                            "give a structure with more particles")
+        n, box = n_file, st.box_size
+        L = unit_system.length
+        if box_cfg is not None and abs(box_cfg - box) > 1e-3 * box:
+            raise UserError(f"system.box_size={box_cfg:g} disagrees with the cubic box of system.structure "
+                            f"{st.path} (edge {box:.6g} {L})",
+                            "set system.box_size=null to take the box from the file (or fix the file)")
+        if density is not None and abs(density - n / box ** 3) > 1e-3 * (n / box ** 3):
+            raise UserError(f"system.density={density:g} disagrees with system.structure {st.path} "
+                            f"({n} atoms in a box of edge {box:.6g} {L}: density {n / box ** 3:.6g})",
+                            "set system.density=null to take the density from the file's box, "
+                            f"or system.density={n / box ** 3:.6g}")
+        pos = st.positions
+    else:
+        box = box_cfg if box_cfg is not None else (n / density) ** (1.0 / 3.0)
+        lattice = choice(cfg, "lattice", ("fcc", "sc"), prefix="system", default="fcc", what="lattice")
+        pos = lattice_positions(n, box, lattice)
+    return System(n_particles=n, box_size=box, kT=kT, mass=mass,
                   positions=pos, units=unit_system, species=np.zeros(n, dtype=np.int32))

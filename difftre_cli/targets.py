@@ -18,8 +18,6 @@ import numpy as np
 from . import units
 from .errors import UserError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
 
 @dataclass(frozen=True)
 class Target:
@@ -31,53 +29,110 @@ class Target:
 
 
 def resolve_path(path: str, key: str) -> Path:
-    """A relative path is looked up in the working directory, then in the project root."""
-    p = Path(str(path)).expanduser()
-    candidates = [p] if p.is_absolute() else [Path.cwd() / p, PROJECT_ROOT / p]
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise UserError(f"{key}: target file {str(path)!r} not found (looked in {', '.join(str(c.parent) for c in candidates)})",
-                    f"give an existing file, e.g. {key}=/path/to/target.txt")
+    """A relative path is looked up in the working directory, then in the project root; the
+    result is an existing, non-empty regular file (else a UserError naming ``key``)."""
+    from .checks import input_file
+
+    return input_file(path, key, what="target file", example="/path/to/target.txt")
+
+
+_FORMAT_FIX = "use a two-column text/csv file (x y), or .npz/.h5 with 1-D arrays x and y"
+
+
+def _read_text(path: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise UserError(f"{key}: target file {path} is not a text file (binary content)",
+                        f"{_FORMAT_FIX}; binary files need the extension .npz or .h5") from None
+    rows, numbers = [], []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        fields = line.split("#")[0].replace(",", " ").split()
+        if fields:
+            rows.append((lineno, fields))
+    if not rows:
+        raise UserError(f"{key}: target file {path} is empty (no data lines)", "write two columns: x y")
+    width = len(rows[0][1])
+    for lineno, fields in rows:
+        if not all(_is_float(v) for v in fields):
+            raise UserError(f"{key}: target file {path} has a non-numeric line {lineno}: {' '.join(fields)!r}",
+                            "keep only numeric x y columns (comments start with #)")
+        if len(fields) < 2:
+            raise UserError(f"{key}: target file {path} line {lineno} has {len(fields)} value; two columns (x y) "
+                            "are needed" + (" (the file looks truncated)" if width >= 2 else ""),
+                            "write x and y on every line; re-export the file if it was cut off")
+        if len(fields) != width:
+            raise UserError(f"{key}: target file {path} has ragged rows: line {lineno} has {len(fields)} values, "
+                            f"the first data line {width}",
+                            "give every line the same columns (x y); re-export the file if it was cut off")
+        numbers.append([float(v) for v in fields[:2]])
+    data = np.asarray(numbers, float)
+    return data[:, 0], data[:, 1]
+
+
+def _read_arrays(path: Path, key: str, group: str | None) -> tuple[np.ndarray, np.ndarray]:
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                names = list(data.files)
+                if "x" not in names or "y" not in names:
+                    raise UserError(f"{key}: target file {path} has arrays {names} but needs arrays named x and y",
+                                    "save it with np.savez(path, x=x, y=y)")
+                return np.asarray(data["x"]), np.asarray(data["y"])
+        except UserError:
+            raise
+        except Exception as exc:   # not a zip, truncated archive, pickled objects, ...
+            detail = str(exc).split(". ")[0][:120]
+            raise UserError(f"{key}: target file {path} is not a readable .npz archive of arrays "
+                            f"({type(exc).__name__}: {detail})", "save it with np.savez(path, x=x, y=y)") from None
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            g = f[group] if group and group in f and isinstance(f[group], h5py.Group) else f
+            missing = [k for k in ("x", "y") if k not in g or not isinstance(g[k], h5py.Dataset)]
+            if missing:
+                raise UserError(f"{key}: target file {path} has no dataset(s) {missing} in {g.name} "
+                                f"(found {sorted(g.keys())})",
+                                f"write datasets x and y at the root or in a group named {group!r}")
+            return np.asarray(g["x"][()]), np.asarray(g["y"][()])
+    except UserError:
+        raise
+    except Exception as exc:   # not HDF5 (no signature), truncated, unreadable
+        raise UserError(f"{key}: target file {path} is not a readable HDF5 file ({type(exc).__name__}: "
+                        f"{str(exc)[:120]})",
+                        "write it with h5py (datasets x and y), or use a text/npz file") from None
 
 
 def read_xy(path: Path, key: str, group: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npz":
-            with np.load(path) as data:
-                x, y = np.asarray(data["x"], float), np.asarray(data["y"], float)
-        elif suffix in (".h5", ".hdf5"):
-            import h5py
-            with h5py.File(path, "r") as f:
-                g = f[group] if group and group in f else f
-                x, y = np.asarray(g["x"], float), np.asarray(g["y"], float)
-        else:
-            text = path.read_text()
-            rows = [ln.split("#")[0].replace(",", " ").split() for ln in text.splitlines()]
-            rows = [r for r in rows if r]
-            if not rows:
-                raise UserError(f"{key}: target file {path} is empty", "write two columns: x y")
-            try:
-                data = np.array([[float(v) for v in r[:2]] for r in rows])
-            except ValueError:
-                bad = next(r for r in rows if not all(_is_float(v) for v in r[:2]))
-                raise UserError(f"{key}: target file {path} has a non-numeric line: {' '.join(bad)!r}",
-                                "keep only numeric x y columns (comments start with #)") from None
-            if data.ndim != 2 or data.shape[1] != 2 or any(len(r) < 2 for r in rows):
-                raise UserError(f"{key}: target file {path} needs two columns (x y)", "write x and y per line")
-            x, y = data[:, 0], data[:, 1]
-    except UserError:
-        raise
-    except (KeyError, OSError, ValueError) as exc:
-        raise UserError(f"{key}: cannot read target file {path}: {exc}",
-                        "use a two-column text/csv file, or npz/h5 with arrays x and y") from None
+    """x and y from a target file (text/csv, .npz, .h5), checked: numeric, 1-D, same length,
+    finite, not empty. Every problem is a UserError naming ``key`` and the file."""
+    if path.suffix.lower() in (".npz", ".h5", ".hdf5"):
+        x, y = _read_arrays(path, key, group)
+        try:
+            x, y = np.asarray(x, float), np.asarray(y, float)
+        except (TypeError, ValueError):
+            raise UserError(f"{key}: arrays x and y in {path} are not numeric", _FORMAT_FIX) from None
+        if x.ndim != 1 or y.ndim != 1:
+            raise UserError(f"{key}: arrays x and y in {path} must be 1-D (got shapes {x.shape} and {y.shape})",
+                            "store one x array and one y array of the same length")
+    else:
+        try:
+            x, y = _read_text(path, key)
+        except OSError as exc:
+            raise UserError(f"{key}: cannot read target file {path}: {exc.strerror or exc}",
+                            "check that the file is readable") from None
+    if x.shape != y.shape:
+        raise UserError(f"{key}: x and y in {path} differ in length ({x.size} and {y.size})", "give one y per x")
     if x.size == 0:
         raise UserError(f"{key}: target file {path} is empty", "write two columns: x y")
+    if x.size < 2:
+        raise UserError(f"{key}: target file {path} has a single point; a curve needs at least two",
+                        "supply the whole curve over the observable's range")
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-        raise UserError(f"{key}: target file {path} contains NaN or infinite values", "remove or fix those rows")
-    if x.shape != y.shape:
-        raise UserError(f"{key}: x and y in {path} differ in length", "give one y per x")
+        row = int(np.argmax(~(np.isfinite(x) & np.isfinite(y))))
+        raise UserError(f"{key}: target file {path} contains NaN or infinite values (data row {row + 1})",
+                        "remove or fix those rows")
     return x, y
 
 
@@ -101,27 +156,40 @@ def on_grid(x, y, grid, key: str, path) -> np.ndarray:
 
 
 def build(cfg, observables: dict, unit_system) -> dict[str, Target]:
+    from .checks import mapping, number
+
     out = {}
     for name, t in (cfg or {}).items():
         key = f"targets.{name}"
+        mapping(t, key, f"{key}={{file: PATH, x_unit: sigma, gamma: 1.0}}")
         obs_name = t.get("observable", name)
         if obs_name not in observables:
-            raise UserError(f"{key}: no observable named {obs_name!r}",
+            raise UserError(f"{key}: no observable named {obs_name!r} is configured (observables: "
+                            f"{sorted(observables)})",
                             f"add it to the observables group or set {key}.observable to one of {sorted(observables)}")
         obs = observables[obs_name]
-        gamma = float(t.get("gamma", 1.0))
-        if not np.isfinite(gamma) or gamma < 0:
-            raise UserError(f"{key}.gamma must be a finite number >= 0 (got {gamma})", f"set {key}.gamma=1.0")
+        gamma = number(t, "gamma", prefix=key, lo=0.0, required=False, default=1.0, example="1.0")
         if obs.grid is None:
-            if t.get("value") is None:
-                raise UserError(f"{key}.value is missing for scalar observable {obs_name!r}", f"set {key}.value=...")
-            factor = units.pressure_factor(t.get("unit", "reduced"), unit_system) if obs.unit_kind == "pressure" else 1.0
-            out[name] = Target(name, obs_name, np.asarray(float(t["value"]) * factor), gamma, f"value {t['value']}")
+            value = number(t, "value", prefix=key, example="0.5")
+            unit = t.get("unit")
+            if unit is None:
+                raise UserError(f"{key}.unit is not set for the scalar {obs.unit_kind} target {name!r}",
+                                f"declare the unit of {key}.value, e.g. {key}.unit="
+                                + ("reduced" if unit_system.name == "lj" else
+                                   "bar" if obs.unit_kind == "pressure" else "kJ/mol"))
+            try:
+                if obs.unit_kind == "pressure":
+                    factor = units.pressure_factor(unit, unit_system)
+                elif obs.unit_kind == "energy":
+                    factor = units.energy_factor(unit, unit_system)
+                else:
+                    factor = 1.0
+            except UserError as exc:  # name the key, as every config error does
+                raise UserError(f"{key}.unit={unit!r}: {str(exc).split(chr(10))[0]}", exc.fix) from None
+            out[name] = Target(name, obs_name, np.asarray(value * factor), gamma, f"value {value} {unit}")
             continue
         if not t.get("file"):
             raise UserError(f"{key}.file is not set", f"set {key}.file=PATH (two columns x y)")
-        path = resolve_path(t["file"], f"{key}.file")
-        x, y = read_xy(path, f"{key}.file", group=name)
         x_unit = t.get("x_unit")
         if x_unit is None:
             raise UserError(f"{key}.x_unit is not set", f"declare the unit of the file's x column, e.g. {key}.x_unit=sigma")
@@ -129,6 +197,8 @@ def build(cfg, observables: dict, unit_system) -> dict[str, Target]:
             factor = units.angle_factor(x_unit) if obs.unit_kind == "angle" else units.length_factor(x_unit, unit_system)
         except UserError as exc:  # name the key, as every config error does
             raise UserError(f"{key}.x_unit={x_unit!r}: {str(exc).split(chr(10))[0]}", exc.fix) from None
+        path = resolve_path(t["file"], f"{key}.file")
+        x, y = read_xy(path, f"{key}.file", group=name)
         out[name] = Target(name, obs_name, on_grid(x * factor, y, obs.grid, f"{key}.file", path), gamma, str(path))
     if not out:
         raise UserError("no targets configured", "select a targets group, e.g. targets=lj_rdf")

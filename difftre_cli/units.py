@@ -30,6 +30,10 @@ ANGSTROM_PER_NM = 10.0
 
 LENGTH_TO_NM = {"nm": 1.0, "angstrom": 0.1, "A": 0.1, "Å": 0.1, "pm": 1e-3}
 ANGLE_TO_RAD = {"rad": 1.0, "deg": math.pi / 180.0}
+#: kJ/mol per unit of energy (real units).
+ENERGY_TO_KJ_MOL = {"kJ/mol": 1.0, "kcal/mol": 4.184, "eV": 96.48533212}
+#: Names of the length unit in reduced LJ units.
+LJ_LENGTH_NAMES = ("sigma", "lj", "reduced")
 PRESSURE_TO_INTERNAL_REAL = {"bar": 1.0 / BAR_PER_KJ_MOL_NM3, "kJ/mol/nm^3": 1.0,
                              "GPa": 1.0 / GPA_PER_KJ_MOL_NM3, "atm": 1.01325 / BAR_PER_KJ_MOL_NM3}
 
@@ -115,6 +119,64 @@ def pressure_factor(unit: str, system: UnitSystem) -> float:
         raise UserError(f"unknown pressure unit {unit!r}",
                         f"use one of {sorted(PRESSURE_TO_INTERNAL_REAL)}")
     return PRESSURE_TO_INTERNAL_REAL[unit]
+
+
+def energy_factor(unit: str, system: UnitSystem) -> float:
+    """Factor converting an energy in ``unit`` to the system's energy unit."""
+    from .errors import UserError
+
+    if system.name == "lj":
+        if unit in ("lj", "reduced", "epsilon"):
+            return 1.0
+        raise UserError(f"energy unit {unit!r} is not valid in reduced LJ units",
+                        "give reduced energies (unit: reduced)")
+    if unit not in ENERGY_TO_KJ_MOL:
+        raise UserError(f"unknown energy unit {unit!r}", f"use one of {sorted(ENERGY_TO_KJ_MOL)}")
+    return ENERGY_TO_KJ_MOL[unit]
+
+
+def structure_length_factor(unit: str | None, system: UnitSystem) -> float:
+    """Factor converting lengths read from a structure file (``system.structure_unit``) to the
+    system's length unit. ase returns Å for the formats it reads, so ``None`` means Å in real
+    units; reduced LJ units have no conversion from Å: the file's unit must be declared σ."""
+    from .errors import UserError
+
+    if system.name == "lj":
+        if unit in LJ_LENGTH_NAMES:
+            return 1.0
+        got = "not set" if unit is None else f"{unit!r}"
+        raise UserError(f"system.structure_unit is {got}, but in reduced LJ units the file's coordinates must "
+                        "already be in σ (there is no conversion from Å or nm to σ)",
+                        "set system.structure_unit=sigma if the file's lengths are in σ, "
+                        "or use system.units=real for a file in Å")
+    if unit is None:
+        return LENGTH_TO_NM["angstrom"]
+    if unit not in LENGTH_TO_NM:
+        raise UserError(f"system.structure_unit: unknown length unit {unit!r}",
+                        f"use one of {sorted(LENGTH_TO_NM)} (ase reads most formats in angstrom)")
+    return LENGTH_TO_NM[unit]
+
+
+def check_thermal(system: UnitSystem, kT, temperature) -> None:
+    """The rule :func:`kT_of` relies on: reduced units take ``system.kT`` (in ε), real units
+    take ``system.temperature`` (in K); giving the other one is an error, not silently ignored."""
+    from .errors import UserError
+
+    if system.name == "lj":
+        if temperature is not None:
+            raise UserError(f"system.temperature={temperature} is set, but reduced LJ units take a thermal energy "
+                            "system.kT (in ε), not a temperature in K",
+                            "set system.temperature=null and system.kT=... (or use system.units=real)")
+        if kT is None:
+            raise UserError("system.kT is not set (reduced LJ units need the thermal energy kT in ε)",
+                            "set system.kT=1.0")
+    else:
+        if kT is not None:
+            raise UserError(f"system.kT={kT} is set, but real units take system.temperature in K, not kT",
+                            "set system.kT=null and system.temperature=300 (K)")
+        if temperature is None:
+            raise UserError("system.temperature is not set (real units need a temperature in K)",
+                            "set system.temperature=300")
 
 
 def kT_of(system: UnitSystem, kT: float | None, temperature: float | None) -> float:

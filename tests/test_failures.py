@@ -52,9 +52,10 @@ def test_unstable_simulation_rolls_back_and_stops(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     events = [r["event"] for r in rows]
     assert events[0] == "ok"
-    # the third consecutive unstable simulation stops the run before its row is written;
+    # the third consecutive unstable simulation is recorded, checkpointed and stops the run;
     # updates in between may reuse the last good trajectory
-    assert events.count("unstable_simulation") == 2
+    assert events.count("unstable_simulation") == 3
+    assert events[-1] == "unstable_simulation"
     assert set(events) <= {"ok", "unstable_simulation"}
     n_failed = 0
     for r in rows:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -199,3 +201,120 @@ class DiffTRe:
 
     def step(self, params, opt_state, feats, lr_scale=1.0):
         return self._step(params, opt_state, feats, jnp.asarray(lr_scale, jnp.float32))
+
+
+# ======================================================================================
+class Proposal(NamedTuple):
+    """What one update of a learning regime proposes to the outer loop (train.py)."""
+
+    params: Any
+    opt_state: Any
+    fields: dict         # metrics columns of this regime (same keys every update; NaN when failed)
+    event: str           # "" if the update can be accepted, else why not ("unstable_simulation", ...)
+    fresh_sample: bool   # a new, stable simulation was run (ends a run of failures)
+
+
+class DiffTReRegime:
+    """DiffTRe's update for the outer loop: resample when N_eff falls below ``ratio · S``
+    (or no trajectory exists yet), then one reweighted gradient step.
+
+    It owns the simulation state (integrator state, neighbour list), the current reference
+    trajectory's features and the reuse decision; the outer loop owns parameters, rollback,
+    metrics and checkpoints. Trajectories go to the run store as they are sampled.
+    """
+
+    def __init__(self, components, store, ratio: float):
+        self.c = components
+        self.store = store
+        self.ratio = float(ratio)
+        self.n_snapshots = components.sampler.cfg.n_snapshots
+        self.state = self.nbrs = self.feats = None
+        self.n_traj = 0
+        self.next_n_eff = None
+
+    # -- state ---------------------------------------------------------------------------
+    def init(self, key):
+        k_param, k_sim = jax.random.split(key)
+        params = self.c.potential.init(k_param)
+        opt_state = self.c.optimizer.init(params)
+        self.state, self.nbrs = self.c.sampler.init(k_sim, params)
+        return params, opt_state
+
+    def checkpoint(self) -> tuple[dict, dict]:
+        attrs = {"n_trajectories": self.n_traj,
+                 "neighbor_capacities": json.dumps(neighbors.capacities(self.nbrs)), **self.c.learner.capacity_attrs()}
+        return {"sim_state": self.state, "neighbor": self.nbrs}, attrs
+
+    def templates(self, attrs: dict) -> dict:
+        """Pytrees shaped like the checkpointed ones (the neighbour list at its recorded capacities)."""
+        nbrs = neighbors.placeholder(self.nbrs.idx.shape[0], json.loads(attrs["neighbor_capacities"]),
+                                     self.nbrs.reference_position.dtype)
+        return {"sim_state": self.state, "neighbor": nbrs}
+
+    def restore(self, trees: dict, attrs: dict) -> None:
+        self.state, self.nbrs = trees["sim_state"], trees["neighbor"]
+        self.c.learner.set_capacity(attrs)
+        self.n_traj = int(attrs["n_trajectories"])
+        self.feats = self.c.learner.featurize(self.store.read_trajectory(self.n_traj - 1)) if self.n_traj else None
+        self.next_n_eff = None
+
+    def rejected(self) -> None:
+        self.next_n_eff = None
+
+    # -- one update ----------------------------------------------------------------------
+    def _resample(self, params) -> tuple[bool, float]:
+        c = self.c
+        t0 = time.perf_counter()
+        res = c.sampler.sample(params, self.state, self.nbrs, first=(self.n_traj == 0))
+        if not res.ok:
+            log.warning("simulation unstable (%s)", res.reason)
+            return False, time.perf_counter() - t0
+        traj = jax.tree_util.tree_map(np.asarray, res.trajectory)
+        self.store.write_trajectory(self.n_traj, traj, c.system.box_size, c.sampler.cfg.dt, c.system.units)
+        self.feats = c.learner.featurize(res.trajectory)
+        jax.block_until_ready(self.feats.r)
+        self.state, self.nbrs, self.n_traj = res.state, res.neighbor, self.n_traj + 1
+        return True, time.perf_counter() - t0
+
+    def propose(self, params, opt_state, lr_scale: float) -> Proposal:
+        c = self.c
+        threshold = self.ratio * self.n_snapshots
+        event, sample_time, update_time, reused, fresh = "", 0.0, 0.0, True, False
+        aux, n_eff = None, float("nan")
+        new_params, new_opt = params, opt_state
+        if self.feats is None or (self.next_n_eff is not None and self.next_n_eff < threshold):
+            ok, sample_time = self._resample(params)
+            reused, fresh = False, ok
+            if not ok:
+                if self.feats is None:  # nothing to fall back on: the start itself is unstable
+                    raise UserError("the simulation with the current parameters is unstable (non-finite energies, "
+                                    "exploding temperature or a neighbour list that keeps overflowing)",
+                                    "lower simulator.dt, check the prior and the initial structure")
+                event = "unstable_simulation"
+        if not event:
+            t0 = time.perf_counter()
+            new_params, new_opt, aux = jax.block_until_ready(c.learner.step(params, opt_state, self.feats, lr_scale))
+            update_time = time.perf_counter() - t0
+            n_eff = float(aux.n_eff)
+            if reused and n_eff < threshold:  # only when next_n_eff was unknown (resume, rollback)
+                ok, dt = self._resample(params)
+                sample_time += dt
+                reused, fresh = False, ok
+                if ok:
+                    t0 = time.perf_counter()
+                    new_params, new_opt, aux = jax.block_until_ready(
+                        c.learner.step(params, opt_state, self.feats, lr_scale))
+                    update_time += time.perf_counter() - t0
+                    n_eff = float(aux.n_eff)
+                else:
+                    event = "unstable_simulation"
+        if not event and not bool(aux.finite):
+            event = "non_finite_loss"
+        self.next_n_eff = None if event else float(aux.n_eff_next)
+        nan = float("nan")
+        fields = {"loss": nan if event else float(aux.loss)}
+        for name in c.targets:
+            fields[f"loss_{name}"] = nan if event else float(aux.losses[name])
+        fields.update({"n_eff": n_eff, "reused": int(reused), "sample_time": sample_time, "update_time": update_time,
+                       "grad_norm": nan if aux is None else float(aux.grad_norm), "n_trajectories": self.n_traj})
+        return Proposal(new_params, new_opt, fields, event, fresh)

@@ -34,11 +34,16 @@ OBSERVABLES = {"rdf": RDF.from_config, "pressure": Pressure.from_config, "energy
 
 def build(cfg) -> dict:
     """Observables from the ``observables`` config group: a mapping name -> settings with ``kind``."""
+    from ..checks import mapping
+
     out = {}
     for name, sub in (cfg or {}).items():
+        mapping(sub, f"observables.{name}", f"observables.{name}={{kind: rdf, r_max: 3.0, n_bins: 150}}")
         kind = sub.get("kind", name)
         if kind not in OBSERVABLES:
             raise UserError(f"observables.{name}.kind: unknown observable {kind!r}",
                             f"use one of {sorted(OBSERVABLES)}")
         out[name] = OBSERVABLES[kind](name, sub)
+    if not out:
+        raise UserError("no observables configured", "select an observables group, e.g. observables=rdf")
     return out

@@ -30,12 +30,18 @@ class RDF:
 
     @classmethod
     def from_config(cls, name, cfg):
-        try:
-            obs = cls(name=name, r_min=float(cfg.get("r_min", 0.0)), r_max=float(cfg["r_max"]),
-                      n_bins=int(cfg["n_bins"]), sigma=float(cfg.get("sigma", 0.0)) or 0.0)
-        except KeyError as exc:
-            raise UserError(f"observables.{name}: missing key {exc}", "set r_max and n_bins") from None
-        return obs
+        from ..checks import number
+
+        P = f"observables.{name}"
+        r_min = number(cfg, "r_min", prefix=P, lo=0.0, required=False, default=0.0, example="0.0")
+        r_max = number(cfg, "r_max", prefix=P, lo=0.0, lo_open=True, example="3.0")
+        if r_max <= r_min:
+            raise UserError(f"{P}.r_max={r_max:g} must be larger than {P}.r_min={r_min:g}",
+                            f"lower {P}.r_min or raise {P}.r_max (r_min < r_max)")
+        n_bins = number(cfg, "n_bins", prefix=P, integer=True, lo=2, example="150")
+        # sigma: Gaussian smoothing width; null means one bin width.
+        sigma = number(cfg, "sigma", prefix=P, lo=0.0, lo_open=True, required=False, default=0.0, example="0.02")
+        return cls(name=name, r_min=r_min, r_max=r_max, n_bins=n_bins, sigma=sigma)
 
     def __post_init__(self):
         if not (0 <= self.r_min < self.r_max) or self.n_bins < 2:

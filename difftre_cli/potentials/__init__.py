@@ -62,17 +62,31 @@ class PairPotential:
 
 
 def build(prior_cfg, model_cfg, cutoff: float) -> PairPotential:
+    from ..checks import mapping
+    from ..errors import UserError
+
+    if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not cutoff > 0:
+        raise UserError(f"model.cutoff must be a number > 0, got {cutoff!r}", "set model.cutoff=2.5")
+    mapping(prior_cfg, "prior", "prior=repulsive (or prior.kind=...)")
+    mapping(model_cfg, "model", "model=spline (or model.kind=...)")
     return PairPotential(prior=priors.build(prior_cfg, cutoff), model=pair.build(model_cfg, cutoff),
                          cutoff=float(cutoff))
 
 
 def ground_truth(cfg, cutoff_default: float):
     """Known true pair potential u(r) from a config like {kind: lj, epsilon:, sigma:, cutoff:}, or None."""
-    if cfg is None or cfg.get("kind") in (None, "none"):
+    from ..checks import mapping, number
+
+    if cfg is None:
+        return None
+    mapping(cfg, "ground_truth", "ground_truth: {kind: lj, epsilon: 1.0, sigma: 1.0, cutoff: 2.5}")
+    if cfg.get("kind") in (None, "none"):
         return None
     kwargs = dict(cfg)
-    cutoff = float(kwargs.pop("cutoff", cutoff_default))
-    return priors.build(kwargs, cutoff), cutoff
+    kwargs.pop("cutoff", None)
+    cutoff = number(cfg, "cutoff", prefix="ground_truth", lo=0.0, lo_open=True, required=False,
+                    default=float(cutoff_default), example="2.5")
+    return priors.build(kwargs, cutoff, prefix="ground_truth"), cutoff
 
 
 def distances_on_list(R, idx, box_size):

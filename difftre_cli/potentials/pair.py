@@ -121,13 +121,19 @@ class MLPPair:
 
 
 def build(cfg, cutoff: float):
-    kind = cfg.get("kind")
-    if kind == "spline":
-        return SplinePair(r_min=float(cfg.get("r_min", 0.5 * cutoff)), cutoff=cutoff,
-                          n_knots=int(cfg.get("n_knots", 40)))
-    if kind == "mlp":
-        return MLPPair(cutoff=cutoff, hidden=tuple(cfg.get("hidden", (32, 32))),
-                       n_basis=int(cfg.get("n_basis", 32)))
-    if kind in (None, "none"):
+    """The learnable model from the ``model`` config group (``kind``: spline | mlp | none)."""
+    from ..checks import choice, int_list, number
+
+    if cfg.get("kind") is None:   # no kind: no learnable model, as kind: none
         return None
-    raise UserError(f"model.kind: unknown model {kind!r}", "use spline, mlp or none")
+    kind = choice(cfg, "kind", ("spline", "mlp", "none"), prefix="model", what="model")
+    if kind == "spline":
+        r_min = number(cfg, "r_min", prefix="model", lo=0.0, lo_open=True, hi=cutoff, hi_open=True,
+                       required=False, default=0.5 * cutoff, example=f"{0.3 * cutoff:.3g}")
+        n_knots = number(cfg, "n_knots", prefix="model", integer=True, lo=4, required=False, default=40, example="40")
+        return SplinePair(r_min=r_min, cutoff=cutoff, n_knots=n_knots)
+    if kind == "mlp":
+        hidden = int_list(cfg, "hidden", prefix="model") if cfg.get("hidden") is not None else (32, 32)
+        n_basis = number(cfg, "n_basis", prefix="model", integer=True, lo=1, required=False, default=32, example="32")
+        return MLPPair(cutoff=cutoff, hidden=hidden, n_basis=n_basis)
+    return None

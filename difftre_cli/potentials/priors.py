@@ -45,13 +45,26 @@ def none(cutoff: float = 2.5) -> PairFn:
 PRIORS = {"repulsive": repulsive, "lj": lennard_jones, "harmonic": harmonic, "none": none}
 
 
-def build(cfg, cutoff: float) -> PairFn:
-    """Prior from a config mapping with key ``kind`` and the builder's keyword arguments."""
-    kind = cfg.get("kind", "none")
-    if kind not in PRIORS:
-        raise UserError(f"prior.kind: unknown prior {kind!r}", f"use one of {sorted(PRIORS)}")
+#: Parameters of each prior: (lower bound, open?, example). ε, σ, k > 0; r0 >= 0.
+_BOUNDS = {"epsilon": (0.0, True, "1.0"), "sigma": (0.0, True, "1.0"), "exponent": (0.0, True, "12"),
+           "k": (0.0, True, "1.0"), "r0": (0.0, False, "1.0")}
+
+
+def build(cfg, cutoff: float, prefix: str = "prior") -> PairFn:
+    """Prior from a config mapping with key ``kind`` and the builder's keyword arguments.
+
+    ``prefix`` is the config key the mapping came from (``prior`` or ``ground_truth``), used
+    in error messages.
+    """
+    from ..checks import choice, number
+
+    kind = choice(cfg, "kind", list(PRIORS), prefix=prefix, default="none", what="prior")
     kwargs = {k: v for k, v in cfg.items() if k != "kind"}
+    for key in kwargs:
+        if key in _BOUNDS:
+            lo, lo_open, example = _BOUNDS[key]
+            kwargs[key] = number(cfg, key, prefix=prefix, lo=lo, lo_open=lo_open, example=example)
     try:
         return PRIORS[kind](cutoff=cutoff, **kwargs)
     except TypeError as exc:
-        raise UserError(f"prior ({kind}): {exc}", "check the keys of the prior config group") from None
+        raise UserError(f"{prefix} ({kind}): {exc}", f"check the keys of the {prefix} config group") from None
