@@ -160,7 +160,15 @@ def _phonons(run_dir, prob, fitted, p_fit, cfg):
     unit_frac = (np.asarray(p_fit["frac"])[:n_unit] * reps) % 1.0   # shift (0,0,0) block of the supercell
     ph = phonons.make_phonopy(unit_frac, unit_cell, cr.symbol, cr.mass, cr.replicate)
     pot = prob.potential
-    fc = phonons.supercell_force_constants(ph, lambda cell: periodic_energy(lambda d: pot.energy_fn(d, fitted), cell))
+    from .crystal import Crystal
+    from .learn.static import use_neighbor_list
+    from .potentials.classical import fixed_neighbor_list
+
+    def builder(cell, frac):
+        sc = Crystal(np.asarray(frac), np.asarray(cell), cr.symbol, cr.mass, unit_frac, unit_cell, cr.replicate)
+        nbrs = fixed_neighbor_list(pot, frac, cell) if use_neighbor_list(pot, sc) else None
+        return periodic_energy(lambda d: pot.energy_fn(d, fitted, nbrs), cell)
+    fc = phonons.supercell_force_constants(ph, builder)
     res = phonons.analyse(ph, fc, mesh=tuple(cfg.get("mesh", [16, 16, 16])), band_points=int(cfg.get("band_points", 51)))
     files = phonons.write(res, run_dir)
     summary = {"supercell": list(cr.replicate), "n_atoms_supercell": int(fc.shape[0]),

@@ -42,8 +42,9 @@ def make_phonopy(unit_frac, unit_cell, symbol: str, mass: float, reps):
 def supercell_force_constants(ph, energy_builder) -> np.ndarray:
     """Force constants of phonopy's supercell in phonopy's (N, N, 3, 3) layout.
 
-    ``energy_builder(cell)`` returns a JAX energy ``E(frac)`` for a periodic cell whose columns
-    are lattice vectors."""
+    ``energy_builder(cell, frac)`` returns a JAX energy ``E(frac)`` for a periodic cell whose
+    columns are lattice vectors (``frac``, the supercell's fractional coordinates, lets the builder
+    make a neighbour list)."""
     import jax
     import jax.numpy as jnp
 
@@ -51,7 +52,8 @@ def supercell_force_constants(ph, energy_builder) -> np.ndarray:
     sc = ph.supercell
     cell = jnp.asarray(sc.cell.T)
     frac = jnp.asarray(sc.scaled_positions)
-    H = jax.jit(lambda f: force_constants(energy_builder(cell), f, cell))(frac)
+    e_fn = energy_builder(cell, frac)
+    H = jax.jit(lambda f: force_constants(e_fn, f, cell))(frac)
     return np.transpose(np.asarray(H), (0, 2, 1, 3))
 
 

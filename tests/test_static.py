@@ -124,7 +124,7 @@ def test_elastic_gradient_matches_finite_differences():
 def test_phonopy_acoustic_sum_rule_and_zero_frequencies_at_gamma():
     from difftre_cli import phonons
     ph = phonons.make_phonopy(DIAMOND_BASIS, np.eye(3) * 5.43, "Si", 28.0855, (2, 2, 2))
-    fc = phonons.supercell_force_constants(ph, lambda cell: _energy("sw", cell))
+    fc = phonons.supercell_force_constants(ph, lambda cell, frac: _energy("sw", cell))
     assert fc.shape == (64, 64, 3, 3)
     res = phonons.analyse(ph, fc, mesh=(8, 8, 8), band_points=11)
     assert res.acoustic_sum_max < 1e-10                  # Σ_j Φ_ij = 0: translation invariance

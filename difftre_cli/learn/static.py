@@ -198,6 +198,12 @@ class StaticProblem:
         return {k: float(x[i] * self.theta0[i]) for i, k in enumerate(self.x_names)}
 
 
+def use_neighbor_list(potential, crystal) -> bool:
+    """A fixed neighbour list for supercells (more than the 8-atom conventional cell) of a
+    potential whose list kernel allows it (SW with a fixed cutoff)."""
+    return potential.neighbor_list_ok() and crystal.n_atoms > 8
+
+
 def _property_fn(potential, crystal, relax_opts, need_fc: bool, need_elastic: bool = True):
     """A pure function learn-dict → properties (see :class:`StaticProblem`); the elastic tensor
     only when ``need_elastic``, the force constants only when ``need_fc``."""
@@ -205,21 +211,28 @@ def _property_fn(potential, crystal, relax_opts, need_fc: bool, need_elastic: bo
 
     from .. import units
     from ..observables import elastic
+    from ..potentials.classical import fixed_neighbor_list
     frac0 = jnp.asarray(crystal.frac)
     cell0 = jnp.asarray(crystal.cell)
+    # supercells: a neighbour list fixed at the reference structure (N·K² triplets instead of N³);
+    # the conventional cell keeps JAX MD's all-pairs kernels
+    nbrs = fixed_neighbor_list(potential, frac0, cell0) if use_neighbor_list(potential, crystal) else None
 
     def energy_of_box(learn, frac, box):
-        return elastic.periodic_energy(lambda d: potential.energy_fn(d, learn), cell0)(frac, box=box)
+        return elastic.periodic_energy(lambda d: potential.energy_fn(d, learn, nbrs), cell0)(frac, box=box)
 
     def props(learn):
         frac, box, residual = elastic.relax(energy_of_box, frac0, cell0, relax_opts, learn)
-        e_fn = elastic.periodic_energy(lambda d: potential.energy_fn(d, learn), box)
+        e_fn = elastic.periodic_energy(lambda d: potential.energy_fn(d, learn, nbrs), box)
         out = {"stress": elastic.stress_voigt(e_fn, frac, box) * units.GPA_PER_EV_A3,
                "energy_per_atom": e_fn(frac) / frac.shape[0], "residual_force": residual, "box": box, "frac": frac}
         if need_elastic:
-            Cv = elastic.relaxed_voigt(e_fn, frac, box) * units.GPA_PER_EV_A3
+            C = elastic.relaxed_voigt(e_fn, frac, box, with_force_constants=need_fc)
+            if need_fc:
+                C, out["H"] = C
+            Cv = C * units.GPA_PER_EV_A3
             out.update({"C_voigt": Cv, "C_mandel": elastic.voigt_to_mandel(Cv)})
-        if need_fc:
+        elif need_fc:
             out["H"] = elastic.force_constants(e_fn, frac, box)
         return out
     return props
@@ -279,9 +292,18 @@ def _compile(prob: StaticProblem) -> None:
         loss = sum(prob.targets[n].gamma * v for n, v in terms.items())
         return loss, (terms, p)
 
+    def value_and_grad(x):
+        # forward mode: one tangent per learnable parameter (a handful) through relaxation,
+        # Hessian and solve; compiles faster than reverse mode through the same graph.
+        def f(z):
+            loss, aux = loss_and_props(z)
+            return loss, (loss, aux)
+        g, (loss, aux) = jax.jacfwd(f, has_aux=True)(x)
+        return (loss, aux), g
+
     prob._fns["props"] = jax.jit(lambda learn: props(learn))
     prob._fns["loss"] = jax.jit(loss_and_props)
-    prob._fns["value_and_grad"] = jax.jit(jax.value_and_grad(loss_and_props, has_aux=True))
+    prob._fns["value_and_grad"] = jax.jit(value_and_grad)
     prob._fns["targets"] = tvals
 
 

@@ -103,13 +103,29 @@ class ClassicalPotential:
         p = self.full(learn or {})
         return p["a"] * p["sigma"] if self.kind == "sw" else p["a"]
 
-    def energy_fn(self, displacement, learn: dict) -> Callable:
-        """``E(R, **kwargs)`` in eV from JAX MD, ``R`` in the displacement's coordinates."""
+    def neighbor_list_ok(self) -> bool:
+        """Whether a fixed neighbour list (built once, see :func:`fixed_neighbor_list`) may serve
+        this potential: SW only (JAX MD's SW masks pairs beyond the cutoff itself; its EDIP list
+        kernel relies on the list radius), and only while the cutoff is not learned."""
+        return self.kind == "sw" and not {"a", "sigma"} & set(self.learnable)
+
+    def energy_fn(self, displacement, learn: dict, neighbor=None) -> Callable:
+        """``E(R, **kwargs)`` in eV from JAX MD, ``R`` in the displacement's coordinates.
+
+        All pairs and all triplets (``jax_md.energy.stillinger_weber`` / ``edip``) by default;
+        with ``neighbor`` (a dense JAX MD neighbour list, SW only) the list kernel
+        ``stillinger_weber_neighbor_list``: N·K² instead of N³ triplets for supercells."""
         from jax_md import energy
         p = self.full(learn)
         d = safe_displacement(displacement, self.cutoff(learn))
         if self.kind == "sw":
             kw = {v[2]: p[k] for k, v in SW_PARAMS.items() if v[2] is not None}
+            if neighbor is not None:
+                if not self.neighbor_list_ok():
+                    raise ValueError("a fixed neighbour list needs SW with a fixed cutoff")
+                _, e = energy.stillinger_weber_neighbor_list(d, 1.0, cutoff=p["a"] * p["sigma"], disable_cell_list=True,
+                                                             fractional_coordinates=True, **kw)
+                return lambda R, **kwargs: e(R, neighbor, **kwargs)
             return energy.stillinger_weber(d, cutoff=p["a"] * p["sigma"], **kw)
         kw = {v[2]: p[k] for k, v in EDIP_PARAMS.items()}
         return energy.edip(d, **kw)
@@ -126,6 +142,20 @@ def safe_displacement(displacement, cutoff):
         far = jnp.zeros_like(dR).at[0].set(2.0 * cutoff)
         return jnp.where(self_pair, dR + far, dR)
     return d
+
+
+def fixed_neighbor_list(potential: "ClassicalPotential", frac, cell, skin: float = 0.5):
+    """A dense JAX MD neighbour list of radius cutoff + ``skin`` (Å) for the crystal ``frac`` in
+    ``cell`` (fractional coordinates, columns of ``cell`` are lattice vectors), built once outside
+    jit. It stays valid while no atom moves by more than skin/2 (relaxations of a crystal, small
+    strains). Cell-list free: every pair is tested once, which suits cells of a few hundred atoms."""
+    import jax.numpy as jnp
+    from jax_md import partition, space
+    disp, _ = space.periodic_general(jnp.asarray(cell), fractional_coordinates=True)
+    fn = partition.neighbor_list(disp, jnp.asarray(cell), float(potential.cutoff()), dr_threshold=skin,
+                                 fractional_coordinates=True, disable_cell_list=True,
+                                 format=partition.NeighborListFormat.Dense)
+    return fn.allocate(jnp.asarray(frac))
 
 
 def build_classical(cfg) -> ClassicalPotential:
