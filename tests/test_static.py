@@ -75,21 +75,24 @@ def test_pair_potential_strain_second_derivative_matches_finite_differences():
 def test_non_affine_correction_changes_c44_not_bulk_modulus_sw():
     """Diamond has two atoms per primitive cell: shear displaces the sublattices (Kleinman), so
     the relaxed C44 is well below the clamped-ion one, while a hydrostatic strain leaves every atom
-    at a centre of symmetry and the bulk modulus (and C11, C12) gets no internal relaxation."""
+    at a centre of symmetry and the bulk modulus (and C11, C12) gets no internal relaxation.
+    The dense Schur complement agrees with JAX MD's CG-based athermal_moduli."""
     frac, cell = _si()
     e_fn = _energy("sw", cell)
-    Ca = np.asarray(elastic.affine_voigt(e_fn, frac, cell)) * units.GPA_PER_EV_A3
-    Cr = np.asarray(elastic.relaxed_voigt(e_fn, frac, cell)) * units.GPA_PER_EV_A3
+    Ca = np.asarray(jax.jit(lambda f: elastic.affine_voigt(e_fn, f, cell))(frac)) * units.GPA_PER_EV_A3
+    Cr = np.asarray(jax.jit(lambda f: elastic.relaxed_voigt(e_fn, f, cell))(frac)) * units.GPA_PER_EV_A3
+    Cj = np.asarray(jax.jit(lambda f: elastic.relaxed_voigt_jaxmd(e_fn, f, cell))(frac)) * units.GPA_PER_EV_A3
     assert float(elastic.bulk_modulus(Cr)) == pytest.approx(float(elastic.bulk_modulus(Ca)), rel=1e-8)
     assert Cr[0, 0] == pytest.approx(Ca[0, 0], rel=1e-8)
     assert Ca[3, 3] - Cr[3, 3] > 20.0                     # GPa: 117.1 clamped vs 56.5 relaxed
     assert Cr[3, 3] == pytest.approx(Cr[4, 4], rel=1e-10)
+    np.testing.assert_allclose(Cr, Cj, atol=1e-6 * np.abs(Cr).max())
 
 
 @pytest.mark.parametrize("kind", ["sw", "edip"])
 def test_elastic_constants_of_original_potentials_match_published(kind):
     """Relaxed-ion C11, C12, C44 of the published parametrisations within 1 %, through the same
-    relax → athermal_moduli pipeline the fit uses (positions and cell relaxed, zero pressure)."""
+    relax → relaxed_voigt pipeline the fit uses (positions and cell relaxed, zero pressure)."""
     from difftre_cli.crystal import build_crystal
     from difftre_cli.learn.static import _property_fn
     pot = build_classical(OmegaConf.create({"kind": kind, "learnable": ["lam"]}))
@@ -104,7 +107,7 @@ def test_elastic_constants_of_original_potentials_match_published(kind):
 
 
 def test_elastic_gradient_matches_finite_differences():
-    """d C11 / d(ε, λ, B) of SW through relaxation + athermal_moduli vs central differences."""
+    """d C / d(ε, λ, B) of SW through relaxed_voigt (forward mode, as the fit) vs central differences."""
     frac, cell = _si()
     pot = build_classical(OmegaConf.create({"kind": "sw", "learnable": ["epsilon", "lam", "B"]}))
 
@@ -114,17 +117,86 @@ def test_elastic_gradient_matches_finite_differences():
         C = elastic.relaxed_voigt(e, frac, cell)
         return C[0, 0] + 0.3 * C[0, 1] + 2.0 * C[3, 3]
     p0 = jnp.array([2.16826, 21.0, 0.6022245584])
-    g = np.asarray(jax.jit(jax.grad(c_mix))(p0))
+    g = np.asarray(jax.jit(jax.jacfwd(c_mix))(p0))
     f = jax.jit(c_mix)
     fd = [(float(f(p0.at[i].mul(1 + 1e-6))) - float(f(p0.at[i].mul(1 - 1e-6)))) / (2e-6 * float(p0[i])) for i in range(3)]
-    assert np.all(np.isfinite(g))
+    assert np.all(np.isfinite(g)) and np.abs(g).min() > 1e-3
     np.testing.assert_allclose(g, fd, rtol=1e-5)
+
+
+def test_relaxation_implicit_derivative_matches_finite_differences_with_rerelaxation():
+    """A sheared, randomly distorted 8-atom cell: the relaxed positions depend on the parameters
+    (internal relaxation under shear). d(relaxed quantity)/d(λ, B) through FIRE + the implicit
+    Newton step vs central differences that re-relax from the same distorted start each time.
+    With the cell relaxed, SW's lattice constant scales with σ: d a0/dσ = a0/σ exactly."""
+    frac0, cell0 = _si()
+    cell = (jnp.eye(3) + elastic.strain_matrix(jnp.array([0.0, 0.0, 0.0, 0.02, 0.0, 0.01]))) @ cell0
+    frac = frac0 + 0.01 * jnp.asarray(np.random.default_rng(1).normal(size=frac0.shape))
+    pot = build_classical(OmegaConf.create({"kind": "sw", "learnable": ["lam", "B"]}))
+    opts = elastic.RelaxOptions(cell=False, max_steps=20000, force_tol=1e-11)
+
+    def energy_of_box(learn, f, box):
+        return elastic.periodic_energy(lambda d: pot.energy_fn(d, learn), cell)(f, box=box)
+
+    w = jnp.asarray(np.random.default_rng(2).normal(size=frac.shape))
+    from jax_md import space
+    disp, _ = space.periodic_general(cell, fractional_coordinates=True)
+
+    def q(p):
+        f, box, res = elastic.relax(energy_of_box, frac, cell, opts, dict(zip(pot.learnable, p)))
+        # Cartesian displacement from the start through JAX MD's displacement, which (like every
+        # JAX MD energy) reads tangents of fractional coordinates as Cartesian: relax returns
+        # fractional coordinates whose parameter derivatives follow that convention
+        x = jax.vmap(disp)(f, frac)
+        return jnp.sum(w * x), res
+    p0 = jnp.array([21.0, 0.6022245584])
+    qf = jax.jit(q)
+    g, res = jax.jit(jax.jacfwd(q, has_aux=True))(p0)
+    assert float(res) < 1e-9
+    h = 1e-5
+    fd = [(float(qf(p0.at[i].mul(1 + h))[0]) - float(qf(p0.at[i].mul(1 - h))[0])) / (2 * h * float(p0[i])) for i in range(2)]
+    assert np.abs(np.asarray(g)).min() > 1e-4                 # the relaxed structure does depend on λ and B
+    np.testing.assert_allclose(np.asarray(g), fd, rtol=1e-5)
+
+    # cell relaxation: a0(σ) = a0 · σ/σ_0 for SW (σ is its only length)
+    pot_s = build_classical(OmegaConf.create({"kind": "sw", "learnable": ["sigma"]}))
+
+    def a0(s):
+        def eb(learn, f, box):
+            return elastic.periodic_energy(lambda d: pot_s.energy_fn(d, learn), cell0)(f, box=box)
+        _, box, _ = elastic.relax(eb, frac0, cell0, elastic.RelaxOptions(cell=True, force_tol=1e-10), {"sigma": s})
+        return box[0, 0]
+    val, da = jax.jit(jax.value_and_grad(a0))(2.0951)
+    assert float(da) == pytest.approx(float(val) / 2.0951, rel=1e-7)
+
+
+def test_neighbor_list_energy_equals_all_pairs_on_a_distorted_supercell():
+    from difftre_cli.potentials.classical import fixed_neighbor_list
+    frac, cell = _si(reps=(2, 2, 2))
+    frac = frac + 0.01 * jnp.asarray(np.random.default_rng(3).normal(size=frac.shape))
+    pot = build_classical(OmegaConf.create({"kind": "sw", "learnable": ["lam"]}))
+    nbrs = fixed_neighbor_list(pot, frac, cell)
+    e_all = elastic.periodic_energy(lambda d: pot.energy_fn(d, {}), cell)
+    e_nl = elastic.periodic_energy(lambda d: pot.energy_fn(d, {}, nbrs), cell)
+    strain = jnp.eye(3) + elastic.strain_matrix(jnp.array([0.003, -0.002, 0.001, 0.004, 0.0, -0.002]))
+    va, ga = jax.jit(jax.value_and_grad(lambda f: e_all(f, perturbation=strain)))(frac)
+    vn, gn = jax.jit(jax.value_and_grad(lambda f: e_nl(f, perturbation=strain)))(frac)
+    assert float(vn) == pytest.approx(float(va), rel=1e-13)
+    np.testing.assert_allclose(np.asarray(gn), np.asarray(ga), atol=1e-11)
+    with pytest.raises(ValueError):
+        build_classical(OmegaConf.create({"kind": "sw", "learnable": ["sigma"]})).energy_fn(None, {}, nbrs)
 
 
 def test_phonopy_acoustic_sum_rule_and_zero_frequencies_at_gamma():
     from difftre_cli import phonons
+    from difftre_cli.potentials.classical import fixed_neighbor_list
+    pot = build_classical(OmegaConf.create({"kind": "sw", "learnable": ["lam"]}))
     ph = phonons.make_phonopy(DIAMOND_BASIS, np.eye(3) * 5.43, "Si", 28.0855, (2, 2, 2))
-    fc = phonons.supercell_force_constants(ph, lambda cell, frac: _energy("sw", cell))
+
+    def builder(cell, frac):
+        nbrs = fixed_neighbor_list(pot, frac, cell)
+        return elastic.periodic_energy(lambda d: pot.energy_fn(d, {}, nbrs), cell)
+    fc = phonons.supercell_force_constants(ph, builder)
     assert fc.shape == (64, 64, 3, 3)
     res = phonons.analyse(ph, fc, mesh=(8, 8, 8), band_points=11)
     assert res.acoustic_sum_max < 1e-10                  # Σ_j Φ_ij = 0: translation invariance

@@ -172,7 +172,9 @@ def relax(energy_of_box, frac0, cell0, opts: RelaxOptions, params):
     ``energy_of_box(params, frac, box)`` is the energy in eV; ``frac`` are fractional coordinates
     with respect to ``box``. Returns ``(frac, box, max_force)``: differentiable in ``params`` through
     the implicit-function derivative (see the module docstring); ``max_force`` is the largest
-    residual generalised force after the Newton step.
+    residual generalised force after the Newton step. The returned ``frac`` follows JAX MD's
+    convention for fractional coordinates: its tangents (d frac/dθ) are Cartesian displacements,
+    which is what every JAX MD energy and displacement function expects of them.
 
     Degrees of freedom z: Cartesian displacements u (N rows, Å) of the atoms from their
     reference positions in the reference cell, then (with ``opts.cell``) two rows holding the
