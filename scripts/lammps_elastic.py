@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Cross-check of the relaxed-ion elastic constants of SW and EDIP silicon against LAMMPS.
 
-Ours: relax → JAX MD ``elasticity.athermal_moduli`` (autodiff, difftre_cli.learn.static).
+Ours: relax → relaxed-ion tensor from one autodiff Hessian in (positions, strain) (difftre_cli.learn.static).
 LAMMPS: finite strain. For each Voigt strain component e_j = ±δ the 3×3×3 conventional-cell
 supercell (216 atoms, a = 5.43 Å) is deformed with ``change_box ... remap``, the atoms are
 relaxed at fixed box (``minimize``), and the stress σ_i = −p_i (LAMMPS metal units: bar) is read;

@@ -225,21 +225,47 @@ def _compose(overrides):
         return compose(config_name="train", overrides=overrides)
 
 
-def test_force_constant_fit_recovers_perturbed_parameters(tmp_path):
+def test_force_constant_fit_recovers_perturbed_parameters(tmp_path, monkeypatch):
     """Synthetic target: the Hessian of SW with ε = 2.0 eV, λ = 24.0 (the si_sw_phonons target) on
-    the 8-atom cell; BFGS from the published values recovers both parameters."""
-    from difftre_cli.learn.static import run_static
-    cfg = _compose(["config=si_sw_phonons", "system.replicate=[1,1,1]", "trainer.updates=60"])
-    out = run_static(cfg, tmp_path, quiet=True)
-    assert out["converged"]
-    assert out["params"]["epsilon"] == pytest.approx(2.0, rel=1e-5)
-    assert out["params"]["lam"] == pytest.approx(24.0, rel=1e-5)
-    assert out["rows"][-1]["loss"] < 1e-4 * out["rows"][0]["loss"]
+    the 8-atom cell; BFGS from the published values recovers both parameters. The fit is stopped
+    by a SIGTERM after its third loss evaluation (graceful stop: checkpoint, Interrupted) and
+    resumed from the checkpoint."""
     import csv
+    import os
+    import signal
+
+    from difftre_cli.interrupt import Interrupted
+    from difftre_cli.learn import static
+    cfg = _compose(["config=si_sw_phonons", "system.replicate=[1,1,1]", "trainer.updates=60"])
+    call = static._Evaluator.__call__
+    count = {"n": 0}
+
+    def term_after_three(self, x):
+        count["n"] += 1
+        if count["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return call(self, x)
+    monkeypatch.setattr(static._Evaluator, "__call__", term_after_three)
+    with pytest.raises(Interrupted) as exc:
+        static.run_static(cfg, tmp_path, quiet=True)
+    assert exc.value.exit_code == 128 + signal.SIGTERM
+    monkeypatch.setattr(static._Evaluator, "__call__", call)
+    from difftre_cli.store import RunStore
+    store = RunStore(tmp_path)
+    assert store.has_checkpoint() and not (tmp_path / "difftre.h5.tmp").exists()
+    stopped_at = exc.value.update
+    assert stopped_at >= 1
+
+    out = static.run_static(cfg, tmp_path, resume=True, quiet=True)
+    assert out["converged"] and out["iterations"] > stopped_at
+    assert out["params"]["epsilon"] == pytest.approx(2.0, rel=1e-6)
+    assert out["params"]["lam"] == pytest.approx(24.0, rel=1e-6)
+    assert out["rows"][-1]["loss"] < 1e-8 * out["rows"][0]["loss"]
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
-    assert len(rows) == out["iterations"] + 1 and "param_epsilon" in rows[0]
+    assert [int(r["update"]) for r in rows] == list(range(out["iterations"] + 1)) and "param_epsilon" in rows[0]
     # resume of a finished fit restarts nothing and keeps the result
-    again = run_static(cfg, tmp_path, resume=True, quiet=True)
+    again = static.run_static(cfg, tmp_path, resume=True, quiet=True)
+    assert again["message"] == "already finished"
     assert again["params"]["lam"] == pytest.approx(out["params"]["lam"], rel=1e-12)
 
 

@@ -321,6 +321,10 @@ def _row(prob: StaticProblem, it: int, x, loss, terms, p, gnorm, n_fev: int, t0:
     return row
 
 
+class _StopRequested(Exception):
+    """Raised from the iteration callback when a stop signal arrived (leaves SciPy's loop)."""
+
+
 class _Evaluator:
     """Loss (and gradient) of x = θ/θ₀ with a small cache, for SciPy's fun/jac/callback."""
 
@@ -414,64 +418,74 @@ def run_static(cfg, run_dir, resume: bool = False, quiet: bool | None = None) ->
                      "  ".join(f"{k}={v:.6g}" for k, v in prob.params_of(np.asarray(xk)).items()))
         if state["it"] % every == 0:
             _checkpoint(store, prob, cfg, xk, state["it"], rows, {"optimizer": name, "converged": False})
+        if stop.requested:          # SIGTERM / SIGINT: leave the optimiser, checkpoint, stop
+            raise _StopRequested
         return loss, g
 
     if not np.isfinite(loss):
         raise UserError(f"the loss is not finite at the start parameters {prob.params_of(x)}",
                         "check classical.params and the structure (system.lattice_constant)")
-    remaining = max_it - start
-    if name in SCIPY_OPTIMIZERS:
-        from scipy.optimize import minimize
+    from ..interrupt import GracefulStop
+    stop = GracefulStop()
+    try:
+        with stop:
+            remaining = max_it - start
+            if name in SCIPY_OPTIMIZERS:
+                from scipy.optimize import minimize
 
-        def callback(intermediate_result):
-            record(intermediate_result.x)
-        opts = {"maxiter": remaining}
-        if name == "nelder-mead":
-            opts.update({"xatol": float(tc.get("xatol", 1e-8)), "fatol": ftol})
-            res = minimize(lambda z: ev(z)[0], x, method="Nelder-Mead", callback=callback, options=opts)
-        else:
-            opts["gtol"] = gtol
-            res = minimize(lambda z: ev(z)[0], x, jac=lambda z: ev(z)[1], method=SCIPY_OPTIMIZERS[name],
-                           callback=callback, options=opts)
-        state["converged"] = bool(res.success)
-        state["message"] = str(res.message)
-        if not np.array_equal(np.asarray(res.x, float), state["x"]):   # final point not reported by the callback
-            record(res.x)
-    else:
-        import optax
-
-        from .. import optim
-        if name == "lbfgs":
-            opt = optax.lbfgs(learning_rate=float(cfg.optimizer.get("lr", 1.0)),
-                              memory_size=int(cfg.optimizer.get("memory_size", 10)))
-        else:
-            opt = optim.build(cfg.optimizer, max_it)
-        xj = jnp.asarray(x)
-        opt_state = opt.init(xj)
-        value_fn = lambda z: prob._fns["loss"](z)[0]  # noqa: E731
-        prev, flat = float(loss), 0
-        for _ in range(remaining):
-            lval, gval, _, _ = ev(np.asarray(xj))
-            if np.linalg.norm(gval) < gtol:
-                state["converged"], state["message"] = True, f"gradient norm below trainer.gtol={gtol}"
-                break
-            if name == "lbfgs":
-                updates, opt_state = opt.update(jnp.asarray(gval), opt_state, xj, value=jnp.asarray(lval),
-                                                grad=jnp.asarray(gval), value_fn=value_fn)
+                def callback(intermediate_result):
+                    record(intermediate_result.x)
+                opts = {"maxiter": remaining}
+                if name == "nelder-mead":
+                    opts.update({"xatol": float(tc.get("xatol", 1e-8)), "fatol": ftol})
+                    res = minimize(lambda z: ev(z)[0], x, method="Nelder-Mead", callback=callback, options=opts)
+                else:
+                    opts["gtol"] = gtol
+                    res = minimize(lambda z: ev(z)[0], x, jac=lambda z: ev(z)[1], method=SCIPY_OPTIMIZERS[name],
+                                   callback=callback, options=opts)
+                state["converged"] = bool(res.success)
+                state["message"] = str(res.message)
+                if not np.array_equal(np.asarray(res.x, float), state["x"]):   # final point not reported by the callback
+                    record(res.x)
             else:
-                updates, opt_state = opt.update(jnp.asarray(gval), opt_state, xj)
-            xj = optax.apply_updates(xj, updates)
-            new, _ = record(np.asarray(xj))
-            if not np.isfinite(new):
-                raise UserError(f"the loss became non-finite at iteration {state['it']}",
-                                "lower optimizer.lr or use optimizer=bfgs")
-            flat = flat + 1 if abs(prev - new) < ftol * max(1.0, abs(new)) else 0
-            prev = new
-            if flat >= patience:
-                state["converged"], state["message"] = True, f"loss changed by < trainer.ftol for {patience} iterations"
-                break
-        else:
-            state["message"] = f"reached trainer.updates={max_it} iterations"
+                import optax
+
+                from .. import optim
+                if name == "lbfgs":
+                    opt = optax.lbfgs(learning_rate=float(cfg.optimizer.get("lr", 1.0)),
+                                      memory_size=int(cfg.optimizer.get("memory_size", 10)))
+                else:
+                    opt = optim.build(cfg.optimizer, max_it)
+                xj = jnp.asarray(x)
+                opt_state = opt.init(xj)
+                value_fn = lambda z: prob._fns["loss"](z)[0]  # noqa: E731
+                prev, flat = float(loss), 0
+                for _ in range(remaining):
+                    lval, gval, _, _ = ev(np.asarray(xj))
+                    if np.linalg.norm(gval) < gtol:
+                        state["converged"], state["message"] = True, f"gradient norm below trainer.gtol={gtol}"
+                        break
+                    if name == "lbfgs":
+                        updates, opt_state = opt.update(jnp.asarray(gval), opt_state, xj, value=jnp.asarray(lval),
+                                                        grad=jnp.asarray(gval), value_fn=value_fn)
+                    else:
+                        updates, opt_state = opt.update(jnp.asarray(gval), opt_state, xj)
+                    xj = optax.apply_updates(xj, updates)
+                    new, _ = record(np.asarray(xj))
+                    if not np.isfinite(new):
+                        raise UserError(f"the loss became non-finite at iteration {state['it']}",
+                                        "lower optimizer.lr or use optimizer=bfgs")
+                    flat = flat + 1 if abs(prev - new) < ftol * max(1.0, abs(new)) else 0
+                    prev = new
+                    if flat >= patience:
+                        state["converged"], state["message"] = True, f"loss changed by < trainer.ftol for {patience} iterations"
+                        break
+                else:
+                    state["message"] = f"reached trainer.updates={max_it} iterations"
+    except _StopRequested:
+        _checkpoint(store, prob, cfg, state["x"], state["it"], rows,
+                    {"optimizer": name, "converged": False, "message": "stopped by a signal"})
+        stop.finish(run_dir, state["it"])
     wall = time.perf_counter() - t_start
     _checkpoint(store, prob, cfg, state["x"], state["it"], rows,
                 {"optimizer": name, "converged": state["converged"], "message": state["message"],
