@@ -149,6 +149,11 @@ def _landscape(run_dir, prob, rows, cfg):
             "path": path.tolist()}, p
 
 
+def cfg_structure(prob) -> str:
+    from .crystal import STRUCTURES
+    return next((k for k, v in STRUCTURES.items() if np.array_equal(v, prob.crystal.unit_cell_frac)), "")
+
+
 def _phonons(run_dir, prob, fitted, p_fit, cfg):
     from . import phonons
     from .observables.elastic import periodic_energy
@@ -158,7 +163,8 @@ def _phonons(run_dir, prob, fitted, p_fit, cfg):
     box = np.asarray(p_fit["box"])
     unit_cell = box / reps[None, :]
     unit_frac = (np.asarray(p_fit["frac"])[:n_unit] * reps) % 1.0   # shift (0,0,0) block of the supercell
-    ph = phonons.make_phonopy(unit_frac, unit_cell, cr.symbol, cr.mass, cr.replicate)
+    ph = phonons.make_phonopy(unit_frac, unit_cell, cr.symbol, cr.mass, cr.replicate,
+                              primitive_matrix="F" if cfg_structure(prob) == "diamond" else "auto")
     pot = prob.potential
     from .crystal import Crystal
     from .learn.static import use_neighbor_list

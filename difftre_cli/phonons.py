@@ -30,13 +30,14 @@ class PhononResult:
     force_constants: np.ndarray  # (N, N, 3, 3) phonopy layout
 
 
-def make_phonopy(unit_frac, unit_cell, symbol: str, mass: float, reps):
-    """A Phonopy object for the unit cell (columns of ``unit_cell`` are lattice vectors, Å)."""
+def make_phonopy(unit_frac, unit_cell, symbol: str, mass: float, reps, primitive_matrix="auto"):
+    """A Phonopy object for the unit cell (columns of ``unit_cell`` are lattice vectors, Å);
+    ``primitive_matrix`` as phonopy takes it ("F" for the fcc primitive cell of diamond)."""
     from phonopy import Phonopy
     from phonopy.structure.atoms import PhonopyAtoms
     atoms = PhonopyAtoms(symbols=[symbol] * len(unit_frac), cell=np.asarray(unit_cell).T,
                          scaled_positions=np.asarray(unit_frac), masses=[mass] * len(unit_frac))
-    return Phonopy(atoms, supercell_matrix=np.diag(np.asarray(reps, int)), primitive_matrix="auto")
+    return Phonopy(atoms, supercell_matrix=np.diag(np.asarray(reps, int)), primitive_matrix=primitive_matrix)
 
 
 def supercell_force_constants(ph, energy_builder) -> np.ndarray:

@@ -191,7 +191,7 @@ def test_phonopy_acoustic_sum_rule_and_zero_frequencies_at_gamma():
     from difftre_cli import phonons
     from difftre_cli.potentials.classical import fixed_neighbor_list
     pot = build_classical(OmegaConf.create({"kind": "sw", "learnable": ["lam"]}))
-    ph = phonons.make_phonopy(DIAMOND_BASIS, np.eye(3) * 5.43, "Si", 28.0855, (2, 2, 2))
+    ph = phonons.make_phonopy(DIAMOND_BASIS, np.eye(3) * 5.43, "Si", 28.0855, (2, 2, 2), primitive_matrix="F")
 
     def builder(cell, frac):
         nbrs = fixed_neighbor_list(pot, frac, cell)
