@@ -10,7 +10,7 @@ independently. Both reachable C-sets are then the same 2-D cone; the script comp
 C12/C11 → C44/C11 that a λ-scan traces for each potential.
 
 Usage: PYTHONPATH=. python scripts/static_optimizers.py [--presets si_sw_elastic si_edip_elastic]
-       [--optimizers adam lbfgs bfgs cg nelder-mead] [--updates 200]
+       [--optimizers adam lbfgs bfgs cg nelder_mead] [--updates 200]
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def ratio_curve(preset, np, scales=(0.4, 0.6, 0.8, 1.0, 1.25, 1.6, 2.0, 2.5)):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["si_sw_elastic", "si_edip_elastic"])
-    ap.add_argument("--optimizers", nargs="+", default=["adam", "lbfgs", "bfgs", "cg", "nelder-mead"])
+    ap.add_argument("--optimizers", nargs="+", default=["adam", "lbfgs", "bfgs", "cg", "nelder_mead"])
     ap.add_argument("--updates", type=int, default=200)
     args = ap.parse_args(argv)
     import jax
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     from difftre_cli.learn.static import run_static
     curves = {}
     print(f"{'preset':16s} {'optimiser':12s} {'parameters':34s} {'C11':>8s} {'C12':>8s} {'C44':>8s} "
-          f"{'loss':>10s} {'iter (fev)':>11s} {'conv':>5s} {'wall s (compile)':>17s}", flush=True)
+          f"{'loss':>10s} {'|grad|':>8s} {'iter (fev)':>11s} {'conv':>5s} {'wall s (compile)':>17s}", flush=True)
     for preset in args.presets:
         for opt in args.optimizers:
             cfg = compose([f"config={preset}", f"optimizer={opt}", f"trainer.updates={args.updates}"])
@@ -76,8 +76,8 @@ def main(argv=None) -> int:
             last = out["rows"][-1]
             par = " ".join(f"{k}={v:.6g}" for k, v in out["params"].items())
             print(f"{preset:16s} {opt:12s} {par:34s} {last['C11']:8.3f} {last['C12']:8.3f} {last['C44']:8.3f} "
-                  f"{last['loss']:10.6g} {out['iterations']:>5d} ({out['n_fev']:>3d}) {str(out['converged']):>5s} "
-                  f"{wall:9.1f} ({out['compile_s']:.1f})", flush=True)
+                  f"{last['loss']:10.6g} {last['grad_norm']:8.1e} {out['iterations']:>5d} ({out['n_fev']:>3d}) {str(out['converged']):>5s} "
+                  f"{wall:9.1f} ({out['compile_s']:.1f})  {out['message'][:48]}", flush=True)
         curves[preset] = ratio_curve(preset, np)
     if len(curves) == 2:
         (pa, (ra, qa)), (pb, (rb, qb)) = curves.items()

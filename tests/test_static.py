@@ -309,3 +309,27 @@ def test_elastic_presets_converge_end_to_end(tmp_path, preset, optimizer):
     assert saved["parameters"]["fitted"][cfg.classical.learnable[0]] == pytest.approx(out["params"][cfg.classical.learnable[0]])
     assert ev["loss"]["fitted"] < ev["loss"]["initial"]
     assert (tmp_path / "loss_landscape.png").is_file()
+
+
+@pytest.mark.slow
+def test_phonon_preset_recovers_parameters_and_writes_dispersion(tmp_path):
+    """The 64-atom si_sw_phonons preset end to end: BFGS recovers ε = 2.0 eV, λ = 24.0 from the
+    published values; evaluate writes the phonon dispersion and DOS (data and PNG)."""
+    import json
+
+    from difftre_cli.evaluate import evaluate
+    from difftre_cli.learn.static import run_static
+    cfg = _compose(["config=si_sw_phonons"])
+    out = run_static(cfg, tmp_path, quiet=True)
+    assert out["converged"]
+    assert out["params"]["epsilon"] == pytest.approx(2.0, rel=1e-7)
+    assert out["params"]["lam"] == pytest.approx(24.0, rel=1e-7)
+    evaluate(cfg, tmp_path)
+    saved = json.load(open(tmp_path / "evaluation.json"))
+    ph = saved["phonons"]
+    assert ph["n_atoms_supercell"] == 64 and ph["acoustic_sum_rule_max_eV_per_A2"] < 1e-10
+    assert ph["min_frequency_THz"] > -1e-3 and 15.0 < ph["max_frequency_THz"] < 20.0
+    for f in ("phonon_bands.csv", "phonon_dos.csv", "phonons.png", "loss_landscape.png"):
+        assert (tmp_path / f).is_file()
+    bands = np.loadtxt(tmp_path / "phonon_bands.csv", delimiter=",", skiprows=1)
+    assert bands.shape[1] == 2 + 6

@@ -301,6 +301,19 @@ def _compile(prob: StaticProblem) -> None:
         g, (loss, aux) = jax.jacfwd(f, has_aux=True)(x)
         return (loss, aux), g
 
+    # the loss as a function that reverse mode (Optax's line search calls jax.value_and_grad)
+    # differentiates with the forward-mode gradient above
+    @jax.custom_vjp
+    def loss_value(x):
+        return loss_and_props(x)[0]
+
+    def loss_value_fwd(x):
+        (loss, _), g = value_and_grad(x)
+        return loss, g
+
+    loss_value.defvjp(loss_value_fwd, lambda g, ct: (ct * g,))
+
+    prob._fns["loss_value"] = loss_value
     prob._fns["props"] = jax.jit(lambda learn: props(learn))
     prob._fns["loss"] = jax.jit(loss_and_props)
     prob._fns["value_and_grad"] = jax.jit(value_and_grad)
@@ -366,6 +379,7 @@ def load_params(store, prob: StaticProblem):
 
 def run_static(cfg, run_dir, resume: bool = False, quiet: bool | None = None) -> dict:
     """The outer loop of ``trainer=static``; returns rows, fitted parameters and a summary."""
+    import jax
     import jax.numpy as jnp
 
     from ..store import RunStore
@@ -377,7 +391,7 @@ def run_static(cfg, run_dir, resume: bool = False, quiet: bool | None = None) ->
     tc = cfg.trainer
     max_it = int(tc.get("updates", 100))
     every = int(tc.get("checkpoint_every", 10))
-    gtol = float(tc.get("gtol", 1e-6))
+    gtol = float(tc.get("gtol", 1e-4))
     ftol = float(tc.get("ftol", 1e-10))
     patience = int(tc.get("patience", 5))
 
@@ -458,7 +472,9 @@ def run_static(cfg, run_dir, resume: bool = False, quiet: bool | None = None) ->
                     opt = optim.build(cfg.optimizer, max_it)
                 xj = jnp.asarray(x)
                 opt_state = opt.init(xj)
-                value_fn = lambda z: prob._fns["loss"](z)[0]  # noqa: E731
+                if name == "lbfgs":   # one compiled update, line search included
+                    lbfgs_update = jax.jit(lambda g, s, z, v: opt.update(g, s, z, value=v, grad=g,
+                                                                         value_fn=prob._fns["loss_value"]))
                 prev, flat = float(loss), 0
                 for _ in range(remaining):
                     lval, gval, _, _ = ev(np.asarray(xj))
@@ -466,8 +482,7 @@ def run_static(cfg, run_dir, resume: bool = False, quiet: bool | None = None) ->
                         state["converged"], state["message"] = True, f"gradient norm below trainer.gtol={gtol}"
                         break
                     if name == "lbfgs":
-                        updates, opt_state = opt.update(jnp.asarray(gval), opt_state, xj, value=jnp.asarray(lval),
-                                                        grad=jnp.asarray(gval), value_fn=value_fn)
+                        updates, opt_state = lbfgs_update(jnp.asarray(gval), opt_state, xj, jnp.asarray(lval))
                     else:
                         updates, opt_state = opt.update(jnp.asarray(gval), opt_state, xj)
                     xj = optax.apply_updates(xj, updates)
