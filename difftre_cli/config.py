@@ -23,6 +23,9 @@ def validate(cfg: DictConfig) -> None:
     (its builder's), then cross-group checks (cutoff and observable ranges against the box,
     overlapping start positions).
     """
+    if _get(cfg, "trainer.kind") == "static":  # 0 K fits of classical potentials: own checks
+        from .learn.static import validate_static
+        return validate_static(cfg)
     from .checks import choice, mapping, number
 
     for g in GROUPS:

@@ -48,6 +48,9 @@ def production_observables(c, params, eq_steps: int, steps: int, every: int, see
 
 
 def evaluate(cfg, run_dir) -> dict:
+    if cfg.trainer.kind == "static":
+        from .evaluate_static import evaluate_static
+        return evaluate_static(cfg, run_dir)
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     c = assemble.build(cfg)

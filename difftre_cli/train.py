@@ -184,4 +184,7 @@ class Trainer:
 
 
 def train(cfg, run_dir, resume: bool = False, quiet: bool | None = None, stop: GracefulStop | None = None) -> dict:
+    if cfg.trainer.kind == "static":  # 0 K property fit of a classical potential: no MD
+        from .learn.static import run_static
+        return run_static(cfg, run_dir, resume=resume, quiet=quiet, stop=stop)
     return Trainer(cfg, run_dir, quiet=quiet).run(resume=resume, stop=stop)

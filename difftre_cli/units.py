@@ -1,10 +1,12 @@
 """Unit systems and conversions: the one place where physical constants live.
 
-Two systems are used:
+Three systems are used:
 
 - ``lj``: reduced Lennard-Jones units (length σ, energy ε, mass m, k_B = 1).
 - ``real``: GROMACS-style units — nm, ps, amu, kJ/mol, K. Pressure is reported in
   bar and moduli in GPa; internally pressure is kJ mol⁻¹ nm⁻³.
+- ``metal``: LAMMPS-style metal units — Å, eV, ps, amu, K (classical solid-state potentials,
+  ``trainer=static``). Stress and moduli are eV Å⁻³ internally and reported in GPa.
 """
 from __future__ import annotations
 
@@ -17,6 +19,12 @@ KB_KJ_PER_MOL_K = 0.0083144626
 BAR_PER_KJ_MOL_NM3 = 16.605390666
 #: 1 kJ mol⁻¹ nm⁻³ in GPa.
 GPA_PER_KJ_MOL_NM3 = BAR_PER_KJ_MOL_NM3 * 1e-4
+#: Elementary charge in coulomb (SI 2019, exact): 1 eV = 1.602176634e-19 J.
+ELEMENTARY_CHARGE_C = 1.602176634e-19
+#: 1 eV Å⁻³ in GPa: 1.602176634e-19 J / 1e-30 m³ = 1.602176634e11 Pa.
+GPA_PER_EV_A3 = ELEMENTARY_CHARGE_C * 1e30 * 1e-9
+#: Boltzmann constant in eV K⁻¹ (SI 2019, exact k_B / e).
+KB_EV_PER_K = 1.380649e-23 / ELEMENTARY_CHARGE_C
 #: Angstrom per nanometre.
 ANGSTROM_PER_NM = 10.0
 
@@ -49,7 +57,21 @@ class UnitSystem:
 
 LJ = UnitSystem("lj", "sigma", "epsilon", "tau", "m", "epsilon/sigma^3", 1.0)
 REAL = UnitSystem("real", "nm", "kJ/mol", "ps", "amu", "kJ/mol/nm^3", KB_KJ_PER_MOL_K)
-SYSTEMS = {"lj": LJ, "real": REAL}
+METAL = UnitSystem("metal", "angstrom", "eV", "ps", "amu", "eV/angstrom^3", KB_EV_PER_K)
+SYSTEMS = {"lj": LJ, "real": REAL, "metal": METAL}
+
+#: Modulus / stress units a metal-unit config may use, as factors to eV Å⁻³.
+MODULUS_TO_EV_A3 = {"GPa": 1.0 / GPA_PER_EV_A3, "eV/angstrom^3": 1.0, "eV/A^3": 1.0, "bar": 1e-4 / GPA_PER_EV_A3,
+                    "kbar": 0.1 / GPA_PER_EV_A3}
+
+
+def modulus_factor(unit: str) -> float:
+    """Factor converting a stress or elastic modulus in ``unit`` to eV Å⁻³ (metal units)."""
+    from .errors import UserError
+
+    if unit not in MODULUS_TO_EV_A3:
+        raise UserError(f"unknown modulus unit {unit!r}", f"use one of {sorted(MODULUS_TO_EV_A3)}")
+    return MODULUS_TO_EV_A3[unit]
 
 
 def get(name: str) -> UnitSystem:
