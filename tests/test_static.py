@@ -335,3 +335,19 @@ def test_phonon_preset_recovers_parameters_and_writes_dispersion(tmp_path):
         assert (tmp_path / f).is_file()
     bands = np.loadtxt(tmp_path / "phonon_bands.csv", delimiter=",", skiprows=1)
     assert bands.shape[1] == 2 + 6
+
+
+def test_multi_objective_loss_is_the_weighted_sum_of_its_terms(tmp_path):
+    """Elastic constants and force constants together: every metrics row's loss is
+    γ_C·‖ΔC‖ + γ_H·‖ΔH‖² with the weights from the config."""
+    import csv
+
+    from difftre_cli.learn.static import run_static
+    cfg = _compose(["config=si_sw_elastic", "targets=[si_dft_elastic,si_sw_force_constants]",
+                    "targets.elastic.gamma=1.0", "targets.fc.gamma=0.5", "trainer.updates=3"])
+    run_static(cfg, tmp_path, quiet=True)
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert len(rows) >= 2
+    for r in rows:
+        assert float(r["loss"]) == pytest.approx(float(r["loss_elastic"]) + 0.5 * float(r["loss_fc"]), rel=1e-12)
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
