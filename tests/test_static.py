@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 jax = pytest.importorskip("jax")
-jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
@@ -15,6 +14,18 @@ from difftre_cli.crystal import DIAMOND_BASIS, check_minimum_image, supercell  #
 from difftre_cli.errors import UserError  # noqa: E402
 from difftre_cli.observables import elastic  # noqa: E402
 from difftre_cli.potentials.classical import build_classical  # noqa: E402
+
+
+
+@pytest.fixture(autouse=True)
+def _double_precision():
+    """The presets run in float64 (precision: double); every test here does, and restores the
+    previous setting so that the rest of the suite keeps its own."""
+    old = bool(jax.config.jax_enable_x64)
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", old)
+
 
 # Published relaxed-ion elastic constants (GPa, Voigt) of the original parametrisations:
 # SW (Stillinger & Weber 1985) and EDIP (Justo et al., PRB 58, 2539 (1998), Table I).
