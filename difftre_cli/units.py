@@ -106,33 +106,29 @@ def angle_factor(unit: str) -> float:
     return ANGLE_TO_RAD[unit]
 
 
-def pressure_factor(unit: str, system: UnitSystem) -> float:
-    """Factor converting a pressure in ``unit`` to the system's internal pressure unit."""
+def _factor(quantity: str, unit: str, system: UnitSystem, reduced: tuple, table: dict, reduced_fix: str) -> float:
+    """``table[unit]`` in real units; 1 for the reduced names in LJ units; else a UserError."""
     from .errors import UserError
 
     if system.name == "lj":
-        if unit in ("lj", "reduced", "epsilon/sigma^3"):
+        if unit in reduced:
             return 1.0
-        raise UserError(f"pressure unit {unit!r} is not valid in reduced LJ units",
-                        "give reduced pressures (unit: reduced)")
-    if unit not in PRESSURE_TO_INTERNAL_REAL:
-        raise UserError(f"unknown pressure unit {unit!r}",
-                        f"use one of {sorted(PRESSURE_TO_INTERNAL_REAL)}")
-    return PRESSURE_TO_INTERNAL_REAL[unit]
+        raise UserError(f"{quantity} unit {unit!r} is not valid in reduced LJ units", reduced_fix)
+    if unit not in table:
+        raise UserError(f"unknown {quantity} unit {unit!r}", f"use one of {sorted(table)}")
+    return table[unit]
+
+
+def pressure_factor(unit: str, system: UnitSystem) -> float:
+    """Factor converting a pressure in ``unit`` to the system's internal pressure unit."""
+    return _factor("pressure", unit, system, ("lj", "reduced", "epsilon/sigma^3"), PRESSURE_TO_INTERNAL_REAL,
+                   "give reduced pressures (unit: reduced)")
 
 
 def energy_factor(unit: str, system: UnitSystem) -> float:
     """Factor converting an energy in ``unit`` to the system's energy unit."""
-    from .errors import UserError
-
-    if system.name == "lj":
-        if unit in ("lj", "reduced", "epsilon"):
-            return 1.0
-        raise UserError(f"energy unit {unit!r} is not valid in reduced LJ units",
-                        "give reduced energies (unit: reduced)")
-    if unit not in ENERGY_TO_KJ_MOL:
-        raise UserError(f"unknown energy unit {unit!r}", f"use one of {sorted(ENERGY_TO_KJ_MOL)}")
-    return ENERGY_TO_KJ_MOL[unit]
+    return _factor("energy", unit, system, ("lj", "reduced", "epsilon"), ENERGY_TO_KJ_MOL,
+                   "give reduced energies (unit: reduced)")
 
 
 def structure_length_factor(unit: str | None, system: UnitSystem) -> float:
