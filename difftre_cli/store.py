@@ -38,7 +38,7 @@ _NO_ROOM_TEXT = ("no space left", "disk quota", "file too large", "read-only fil
 
 
 @contextlib.contextmanager
-def _writing(tmp: Path, what: str, run_dir: Path):
+def _writing(tmp: Path | None, what: str, run_dir: Path):
     """Turn a full disk (or quota, file-size limit, read-only mount) during a write into a
     UserError, removing the partial ``.tmp`` file; the previous complete file stays."""
     from .errors import UserError
@@ -47,8 +47,9 @@ def _writing(tmp: Path, what: str, run_dir: Path):
     except OSError as exc:
         text = str(exc).lower()
         if exc.errno in _NO_ROOM or any(t in text for t in _NO_ROOM_TEXT):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
             raise UserError(f"cannot write {what} in {run_dir}: {exc.strerror or str(exc).splitlines()[0]}",
                             f"free disk space (or raise the quota) and continue with resume={run_dir}") from None
         raise
@@ -279,7 +280,7 @@ class RunStore:
         new = not path.exists() or path.stat().st_size == 0
         size = 0 if new else path.stat().st_size
         try:
-            with _writing(path.with_suffix(".csv.none"), METRICS_FILE, self.dir), open(path, "a", newline="") as fh:
+            with _writing(None, METRICS_FILE, self.dir), open(path, "a", newline="") as fh:
                 w = csv.DictWriter(fh, fieldnames=list(row))
                 if new:
                     w.writeheader()

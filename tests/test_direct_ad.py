@@ -81,14 +81,6 @@ def test_rematerialised_gradient_equals_stored(setup64, remat_gradient):
     np.testing.assert_allclose(g, remat_gradient[2], rtol=1e-9, atol=1e-12 * np.abs(g).max())
 
 
-@pytest.fixture
-def single_precision():
-    old = bool(jax.config.jax_enable_x64)
-    jax.config.update("jax_enable_x64", False)
-    yield
-    jax.config.update("jax_enable_x64", old)
-
-
 def test_update_compiled_once_and_state_continues(tmp_path, single_precision):
     from difftre_cli.config import validate
     from difftre_cli.train import Trainer

@@ -85,15 +85,6 @@ def test_resume_continues_bit_for_bit(tmp_path):
     assert len(list((b / "trajectories").glob("ref_*.h5"))) == int(rows_b[-1]["n_trajectories"])
 
 
-@pytest.fixture
-def single_precision():
-    import jax
-    old = bool(jax.config.jax_enable_x64)
-    jax.config.update("jax_enable_x64", False)
-    yield
-    jax.config.update("jax_enable_x64", old)
-
-
 def test_update_compiled_once(tmp_path, single_precision):
     from hydra import compose, initialize_config_dir
 
