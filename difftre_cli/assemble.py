@@ -30,15 +30,30 @@ def build(cfg) -> Components:
     one_body = is_one_body_system(cfg.system)   # independent particles on a line (double well)
     system = build_line_system(cfg.system) if one_body else build_system(cfg.system)
     cutoff = float(cfg.model.get("cutoff", cfg.system.get("cutoff", 2.5)))
-    potential = potentials.build(cfg.prior, cfg.model, cutoff)
+    names = getattr(system, "species_names", ("X",))
+    potential = potentials.build(cfg.prior, cfg.model, cutoff, names)
+    if hasattr(potential, "bind"):   # species and kT of this state point
+        potential = potential.bind(system)
     obs = observables_mod.build(cfg.observables)
     tgts = targets_mod.build(cfg.targets, obs, system.units)
     sampler = (OneBodySampler if one_body else Sampler)(potential, system, sampler_config(cfg.simulator))
     optimizer = optim.build(cfg.optimizer, int(cfg.trainer.updates))
     # one-body systems: every (snapshot, particle) is a state of one particle of its own (learn/difftre.py)
-    ctx = observables_mod.Context(1 if one_body else system.n_particles, system.volume, system.kT)
+    ctx = (observables_mod.Context(1, system.volume, system.kT) if one_body else
+           observables_mod.Context(system.n_particles, system.volume, system.kT, tuple(names), system.counts,
+                                   system.species if len(names) > 1 else None))
     learner = TRAINERS[cfg.trainer.kind](potential, obs, tgts, ctx, optimizer, system.box_size, 1.0 / system.kT,
                                          precondition=cfg.trainer.get("precondition", "none"),
                                          fisher_damping=float(cfg.trainer.get("fisher_damping", 1e-3)))
-    truth = potentials.ground_truth(cfg.get("ground_truth"), cutoff)
+    if len(names) > 1:
+        from .potentials import mixture
+        truth = mixture.ground_truth(cfg.get("ground_truth"), cutoff, names)
+    else:
+        truth = potentials.ground_truth(cfg.get("ground_truth"), cutoff)
     return Components(system, potential, obs, tgts, sampler, optimizer, learner, ctx, truth)
+
+
+def build_states(cfg) -> list[tuple[str, Components]]:
+    """[(state name, Components)] for a config with ``states`` (see states.py)."""
+    from .states import state_configs
+    return [(name, build(sub)) for name, sub in state_configs(cfg)]

@@ -5,7 +5,7 @@ config (structure, targets) are opened and checked here too, so that a bad run f
 """
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .errors import UserError
 
@@ -17,7 +17,29 @@ def _get(cfg: DictConfig, key: str):
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise UserError for the first problem found in ``cfg``.
+    """Raise UserError for the first problem found in ``cfg`` (each state point's config in
+    turn when ``states`` lists several, see states.py)."""
+    from .states import is_multistate, state_configs
+
+    if is_multistate(cfg):
+        if _get(cfg, "trainer.kind") == "static":
+            raise UserError("states (several state points) are not supported by trainer=static",
+                            "fit one structure per run (states=null)")
+        if _get(cfg, "trainer.precondition") == "fisher":
+            raise UserError("trainer.precondition=fisher is not supported with several state points (states)",
+                            "use trainer.precondition=none with optimizer=adam")
+        base = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+        with open_dict(base):
+            base.states = None
+        _validate_one(base)   # the base config: the state point of `difftre evaluate states=null`
+        for _, sub in state_configs(cfg):
+            _validate_one(sub)
+        return
+    _validate_one(cfg)
+
+
+def _validate_one(cfg: DictConfig) -> None:
+    """Raise UserError for the first problem found in a single-state ``cfg``.
 
     Order: top-level keys, the system (no JAX import needed), then each group's own checks
     (its builder's), then cross-group checks (cutoff and observable ranges against the box,
@@ -87,12 +109,22 @@ def validate(cfg: DictConfig) -> None:
 
     cutoff = number(cfg.model, "cutoff", prefix="model", lo=0.0, lo_open=True, required=False, default=2.5,
                     example="2.5")
-    potentials.build(cfg.prior, cfg.model, cutoff)
+    potentials.build(cfg.prior, cfg.model, cutoff, system.species_names)
     sampler_config(cfg.simulator)
     obs = observables.build(cfg.observables)
     targets.build(cfg.targets, obs, system.units)
     optim.build(cfg.optimizer, updates)
-    potentials.ground_truth(_get(cfg, "ground_truth"), cutoff)
+    if len(system.species_names) > 1:
+        from .potentials import mixture
+        mixture.ground_truth(_get(cfg, "ground_truth"), cutoff, system.species_names)
+    else:
+        potentials.ground_truth(_get(cfg, "ground_truth"), cutoff)
+    for name, o in obs.items():   # partial RDFs name species of the system
+        for sp in getattr(o, "pair", None) or ():
+            if sp not in system.species_names:
+                raise UserError(f"observables.{name}.pair: no species {sp!r} in the system "
+                                f"(system.species: {list(system.species_names)})",
+                                "name species as in system.species")
 
     # Cross-group checks.
     half = 0.5 * system.box_size

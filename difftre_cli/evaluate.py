@@ -48,34 +48,34 @@ def production_observables(c, params, eq_steps: int, steps: int, every: int, see
 
 
 def evaluate(cfg, run_dir) -> dict:
+    """Evaluate a run. With several state points (``states``) each one gets its own production
+    run; their targets and observables are reported as ``<state>_<name>``."""
     if cfg.trainer.kind == "static":
         from .evaluate_static import evaluate_static
         return evaluate_static(cfg, run_dir)
+    from .states import is_multistate
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
-    c = assemble.build(cfg)
+    states = assemble.build_states(cfg) if is_multistate(cfg) else [("", assemble.build(cfg))]
+    c = states[0][1]
     store = RunStore(run_dir)
     params, rows = _load_params(store, c.potential.init(jax.random.PRNGKey(0)))
     ev = cfg.get("evaluate", {})
     eq, steps, every = int(ev.get("equilibration_steps", 5000)), int(ev.get("production_steps", 20000)), int(ev.get("every", 20))
-    means, n_snap, kT = production_observables(c, params, eq, steps, every, seed=int(cfg.seed) + 1)
-    out = {"run": str(run_dir), "production_steps": steps, "snapshots": n_snap, "mean_kinetic_kT": kT,
-           "units": c.system.units.to_dict(), "targets": {}, "observables": {}}
-    for name, obs in c.observables.items():
-        out["observables"][name] = {"grid": None if obs.grid is None else np.asarray(obs.grid).tolist(),
-                                    "value": np.asarray(means[name]).tolist()}
-    for name, t in c.targets.items():
-        pred = np.asarray(means[t.observable])
-        rmse = float(np.sqrt(np.mean((pred - np.asarray(t.value)) ** 2)))
-        start = None
-        if rows and f"loss_{name}" in rows[0] and t.gamma > 0:
-            start = float(np.sqrt(rows[0][f"loss_{name}"] / t.gamma))
-        grid = c.observables[t.observable].grid
-        out["targets"][name] = {"rmse": rmse, "rmse_at_start": start, "source": t.source,
-                                "grid": None if grid is None else np.asarray(grid).tolist(),
-                                "observable": pred.tolist(), "target": np.asarray(t.value).tolist(),
-                                "rdf_deviation_D": _rdf_D(c, t, pred)}
+    out = {"run": str(run_dir), "production_steps": steps, "snapshots": 0, "units": c.system.units.to_dict(),
+           "targets": {}, "observables": {}}
+    kTs = {}
+    for state, c_s in states:
+        means, n_snap, kTs[state] = production_observables(c_s, params, eq, steps, every, seed=int(cfg.seed) + 1)
+        out["snapshots"] += n_snap
+        _state_results(out, c_s, means, rows, f"{state}_" if state else "")
+    out["mean_kinetic_kT"] = kTs[""] if "" in kTs else float(np.mean(list(kTs.values())))
+    if len(kTs) > 1:
+        out["mean_kinetic_kT_per_state"] = kTs
     out["potential"] = potential_curve(c, params, cfg)
+    if len(states) > 1 and hasattr(c.potential.model, "at_kT"):   # u(r, T): the curve at each state's kT
+        out["potential_per_state"] = {state: {"kT": float(c_s.system.kT), **potential_curve(c_s, params, cfg)}
+                                      for state, c_s in states}
     out["wall_time_s"] = time.perf_counter() - t0
     with open(run_dir / "evaluation.json", "w") as fh:
         json.dump(out, fh, indent=1)
@@ -83,6 +83,24 @@ def evaluate(cfg, run_dir) -> dict:
     plot_all(run_dir, out, rows)
     _summary(out)
     return out
+
+
+def _state_results(out: dict, c, means: dict, rows, prefix: str) -> None:
+    """Observables and per-target errors of one state point into ``out`` (names get ``prefix``)."""
+    for name, obs in c.observables.items():
+        out["observables"][prefix + name] = {"grid": None if obs.grid is None else np.asarray(obs.grid).tolist(),
+                                             "value": np.asarray(means[name]).tolist()}
+    for name, t in c.targets.items():
+        pred = np.asarray(means[t.observable])
+        rmse = float(np.sqrt(np.mean((pred - np.asarray(t.value)) ** 2)))
+        start = None
+        if rows and f"loss_{prefix}{name}" in rows[0] and t.gamma > 0:
+            start = float(np.sqrt(rows[0][f"loss_{prefix}{name}"] / t.gamma))
+        grid = c.observables[t.observable].grid
+        out["targets"][prefix + name] = {"rmse": rmse, "rmse_at_start": start, "source": t.source,
+                                         "grid": None if grid is None else np.asarray(grid).tolist(),
+                                         "observable": pred.tolist(), "target": np.asarray(t.value).tolist(),
+                                         "rdf_deviation_D": _rdf_D(c, t, pred)}
 
 
 def _rdf_D(c, t, pred):
@@ -106,26 +124,47 @@ def rdf_deviation(obs, g, g_ref, density: float, r_c: float) -> float | None:
 
 
 def potential_curve(c, params, cfg) -> dict:
+    """The learned pair potential (prior + model) on [potential_r_min, cutoff] with its prior and,
+    when the config knows it, the truth, the largest deviation and Δ. Mixtures: one curve per
+    species pair under ``pairs``; ``delta`` and ``max_abs_error`` are then the sum and the
+    maximum over the pairs."""
     pot = c.potential
     if getattr(pot, "one_body", False):
         return external_curve(c, params)
+    if hasattr(pot, "pairs"):   # mixture: per species pair
+        curves = {}
+        for k, (name, _, _) in enumerate(pot.pairs):
+            truth = None if c.ground_truth is None else c.ground_truth[name]
+            curves[name] = _pair_curve(lambda r, n=name: pot.pair_by_name(params, n, r), pot.priors[k], truth,
+                                       pot.cutoff, cfg)
+        res = {"pairs": curves}
+        if c.ground_truth is not None:
+            res["delta"] = float(sum(v["delta"] for v in curves.values()))
+            res["max_abs_error"] = float(max(v["max_abs_error"] for v in curves.values()))
+            res["error_range"] = next(iter(curves.values()))["error_range"]
+            res["delta_range"] = next(iter(curves.values()))["delta_range"]
+        return res
+    return _pair_curve(lambda r: pot.pair(params, r), pot.prior, c.ground_truth, pot.cutoff, cfg)
+
+
+def _pair_curve(u_fn, prior_fn, ground_truth, cutoff: float, cfg) -> dict:
     lo = float(cfg.get("evaluate", {}).get("potential_r_min", 0.8))
-    r = np.linspace(lo, pot.cutoff, 200)
-    total = np.asarray(pot.pair(params, jnp.asarray(r)))
-    prior = np.asarray(pot.prior(jnp.asarray(r)))
-    res = {"r": r.tolist(), "total": total.tolist(), "prior": prior.tolist(), "type_pair": "0-0"}
-    if c.ground_truth is not None:
-        fn, cut = c.ground_truth
+    r = np.linspace(lo, cutoff, 200)
+    total = np.asarray(u_fn(jnp.asarray(r)))
+    prior = np.asarray(prior_fn(jnp.asarray(r)))
+    res = {"r": r.tolist(), "total": total.tolist(), "prior": prior.tolist()}
+    if ground_truth is not None:
+        fn, cut = ground_truth
         truth = np.where(r < cut, np.asarray(fn(jnp.asarray(r))), 0.0)
         res["truth"] = truth.tolist()
-        a, b = (float(x) for x in cfg.get("evaluate", {}).get("potential_error_range", [0.95, pot.cutoff]))
+        a, b = (float(x) for x in cfg.get("evaluate", {}).get("potential_error_range", [0.95, cutoff]))
         sel = (r >= a) & (r <= b)
         res["max_abs_error"] = float(np.max(np.abs(total[sel] - truth[sel])))
         res["error_range"] = [a, b]
         # Δ = ∫_{r0}^{rc} |U_fit − U_true| dr (trapezoid), r0 = 0.9 and rc = the cutoff by default
-        r0, rc = (float(x) for x in cfg.get("evaluate", {}).get("delta_range", [0.9, pot.cutoff]))
+        r0, rc = (float(x) for x in cfg.get("evaluate", {}).get("delta_range", [0.9, cutoff]))
         fine = np.linspace(r0, rc, 400)
-        u_fit = np.asarray(pot.pair(params, jnp.asarray(fine)))
+        u_fit = np.asarray(u_fn(jnp.asarray(fine)))
         u_true = np.where(fine < cut, np.asarray(fn(jnp.asarray(fine))), 0.0)
         res["delta"] = float(np.trapezoid(np.abs(u_fit - u_true), fine))
         res["delta_range"] = [r0, rc]
@@ -188,6 +227,10 @@ def _summary(out: dict) -> None:
         if d["grid"] is None:
             t.add_row(name, f"{d['value']:.5g}")
     pot = out["potential"]
+    for name, curve in pot.get("pairs", {}).items():
+        if "delta" in curve:
+            t.add_row(f"Δ {name} = ∫ |u - u_true| dr", f"{curve['delta']:.4g}")
+            t.add_row(f"max |u - u_true| {name}", f"{curve['max_abs_error']:.4g}")
     if "max_abs_error" in pot:
         a, b = pot["error_range"]
         t.add_row(f"max |U - U_true| on [{a:.4g}, {b:.4g}]", f"{pot['max_abs_error']:.4g}")

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import optax
 
-from .errors import UserError
-
 
 def build(cfg, n_updates: int) -> optax.GradientTransformation:
     from .checks import choice, number

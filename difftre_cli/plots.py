@@ -48,11 +48,17 @@ def plot_all(run_dir: Path, ev: dict, rows: list[dict]) -> list[Path]:
         paths.append(plot_external(run_dir, ev))
         return paths
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(pot["r"], pot["prior"], ":", color="gray", label="prior")
-    if "truth" in pot:
-        ax.plot(pot["r"], pot["truth"], "k-", lw=2, label="ground truth")
-    ax.plot(pot["r"], pot["total"], "C1--", label="learned (prior + model)")
-    lo = min(np.min(pot["total"]), np.min(pot.get("truth", pot["total"])))
+    curves = pot["pairs"] if "pairs" in pot else {"": pot}   # a mixture: one curve per species pair
+    lo = 0.0
+    for k, (name, cv) in enumerate(curves.items()):
+        tag = f" {name}" if name else ""
+        if not name or "truth" not in cv:
+            ax.plot(cv["r"], cv["prior"], ":", color="gray", label=f"prior{tag}")
+        if "truth" in cv:
+            ax.plot(cv["r"], cv["truth"], "-", color=f"C{k}" if name else "k", lw=2, alpha=0.5 if name else 1.0,
+                    label=f"ground truth{tag}")
+        ax.plot(cv["r"], cv["total"], "--", color=f"C{k}" if name else "C1", label=f"learned{tag} (prior + model)")
+        lo = min(lo, np.min(cv["total"]), np.min(cv.get("truth", cv["total"])))
     ax.set_ylim(lo - 0.5, 3.0)
     ax.set_xlabel(f"r [{ev['units']['length']}]")
     ax.set_ylabel(f"u(r) [{ev['units']['energy']}]")

@@ -138,9 +138,14 @@ class RunStore:
         return self.dir / CHECKPOINT_FILE
 
     # -- trajectories ------------------------------------------------------------------
-    def write_trajectory(self, index: int, traj, box_size: float, dt: float, unit_system) -> Path:
+    @staticmethod
+    def trajectory_name(index: int, state: str = "") -> str:
+        """File stem of a reference trajectory: ``ref_00003`` (one state) or ``xA25_ref_00003``."""
+        return f"{state + '_' if state else ''}ref_{index:05d}"
+
+    def write_trajectory(self, index: int, traj, box_size: float, dt: float, unit_system, state: str = "") -> Path:
         self.traj_dir.mkdir(parents=True, exist_ok=True)
-        final = self.traj_dir / f"ref_{index:05d}.h5"
+        final = self.traj_dir / f"{self.trajectory_name(index, state)}.h5"
         tmp = final.with_suffix(".h5.tmp")
         pos = np.asarray(traj.positions, np.float32)
         steps = np.asarray(traj.step, np.int64)
@@ -190,15 +195,16 @@ class RunStore:
         self._commit(buf, tmp, final)
         return final
 
-    def read_trajectory(self, index: int):
+    def read_trajectory(self, index: int, state: str = ""):
         from .simulate import Trajectory
-        with h5py.File(self.traj_dir / f"ref_{index:05d}.h5", "r") as f:
+        with h5py.File(self.traj_dir / f"{self.trajectory_name(index, state)}.h5", "r") as f:
             return Trajectory(f["particles/all/position/value"][()], f["observables/reference_energy/value"][()],
                               f["observables/kinetic_temperature/value"][()], f["particles/all/position/step"][()])
 
     # -- checkpoints -------------------------------------------------------------------
     def write_checkpoint(self, *, update: int, trees: dict, attrs: dict, metrics: list[dict],
-                         n_trajectories: int, config_yaml: str, versions: dict) -> None:
+                         n_trajectories: int, config_yaml: str, versions: dict,
+                         trajectory_names: list[str] | None = None) -> None:
         """Atomically replace difftre.h5 with a complete checkpoint after ``update`` updates."""
         for name, tree in trees.items():
             _check_finite(name, tree)
@@ -228,8 +234,10 @@ class RunStore:
                         m.create_dataset(col, data=np.array([np.nan if x is None else x for x in vals], float))
                 m.attrs["columns"] = json.dumps(list(metrics[0]))
             tg = f.create_group("trajectories")
-            for i in range(n_trajectories):
-                tg[f"ref_{i:05d}"] = h5py.ExternalLink(f"trajectories/ref_{i:05d}.h5", "/")
+            names = trajectory_names if trajectory_names is not None else [
+                self.trajectory_name(i) for i in range(n_trajectories)]
+            for name in names:
+                tg[name] = h5py.ExternalLink(f"trajectories/{name}.h5", "/")
             ck.attrs["complete"] = True
         self._commit(buf, tmp, final)
 

@@ -24,7 +24,17 @@ class System:
     mass: float
     positions: np.ndarray
     units: units_mod.UnitSystem
-    species: np.ndarray  # (N,) int
+    species: np.ndarray  # (N,) int, index into species_names
+    species_names: tuple = ("X",)
+
+    @property
+    def n_species(self) -> int:
+        return len(self.species_names)
+
+    @property
+    def counts(self) -> tuple:
+        """Number of particles of each species, in the order of ``species_names``."""
+        return tuple(int(np.sum(self.species == k)) for k in range(self.n_species))
 
     @property
     def volume(self) -> float:
@@ -135,6 +145,46 @@ def min_image_distance(positions: np.ndarray, box_size: float) -> tuple[float, i
     return float(d[i, 1]), i, int(idx[i, 1])
 
 
+def species_from_config(spec, n: int, prefix: str = "system") -> tuple[tuple, np.ndarray]:
+    """Species names and the (N,) species index of every particle from ``system.species``.
+
+    ``spec`` maps each species name to its mole fraction, e.g. ``{A: 0.25, B: 0.75}``; the
+    fractions must sum to 1 and are rounded to whole particles (the last species takes the
+    remainder). Particles are assigned to lattice sites by a fixed random permutation (seed 0),
+    so the initial structure is mixed and the same for every run. ``None`` means one species.
+    """
+    from .checks import mapping
+
+    if spec is None:
+        return ("X",), np.zeros(n, dtype=np.int32)
+    mapping(spec, f"{prefix}.species", f"{prefix}.species={{A: 0.5, B: 0.5}}")
+    names = tuple(str(k) for k in spec)
+    if not names:
+        raise UserError(f"{prefix}.species is empty", f"set {prefix}.species={{A: 0.5, B: 0.5}} or null")
+    for name in names:
+        if not name.isidentifier():
+            raise UserError(f"{prefix}.species: species name {name!r} is not a plain name (letters, digits, _)",
+                            "use names like A, B, Ar, Kr")
+    fractions = []
+    for name in names:
+        x = spec[name]
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0.0 < x <= 1.0:
+            raise UserError(f"{prefix}.species.{name} must be a mole fraction in (0, 1], got {x!r}",
+                            f"set {prefix}.species.{name}=0.5")
+        fractions.append(float(x))
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise UserError(f"{prefix}.species: the mole fractions {dict(zip(names, fractions))} sum to "
+                        f"{sum(fractions):.6g}, not 1", "make the fractions of all species sum to 1")
+    counts = [int(round(x * n)) for x in fractions[:-1]]
+    counts.append(n - sum(counts))
+    if min(counts) < 1:
+        raise UserError(f"{prefix}.species: with {n} particles the fractions give counts "
+                        f"{dict(zip(names, counts))}; every species needs at least one particle",
+                        f"raise {prefix}.n_particles or the smallest fraction")
+    species = np.repeat(np.arange(len(names), dtype=np.int32), counts)
+    return names, np.random.default_rng(0).permutation(species).astype(np.int32)
+
+
 def build_system(cfg) -> System:
     """Build the :class:`System` from the ``system`` config group.
 
@@ -189,5 +239,9 @@ def build_system(cfg) -> System:
         box = box_cfg if box_cfg is not None else (n / density) ** (1.0 / 3.0)
         lattice = choice(cfg, "lattice", ("fcc", "sc"), prefix="system", default="fcc", what="lattice")
         pos = lattice_positions(n, box, lattice)
+    names, species = species_from_config(cfg.get("species"), n)
+    if structure is not None and len(names) > 1:
+        raise UserError("system.species together with system.structure is not supported yet (the species of a "
+                        "structure file's atoms are not read)", "use a lattice start (system.structure=null)")
     return System(n_particles=n, box_size=box, kT=kT, mass=mass,
-                  positions=pos, units=unit_system, species=np.zeros(n, dtype=np.int32))
+                  positions=pos, units=unit_system, species=species, species_names=names)

@@ -72,8 +72,21 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.store = RunStore(self.run_dir)
-        self.c = assemble.build(cfg)
-        self.regime = make_regime(self.c, self.store, cfg)
+        from .states import is_multistate
+        if is_multistate(cfg):   # several state points, shared parameters
+            from .learn import multistate
+            states = assemble.build_states(cfg)
+            self.c = states[0][1]
+            if cfg.trainer.kind == "direct_ad":
+                self.regime = multistate.MultiStateDirectADRegime(states, self.store, cfg.trainer)
+            elif cfg.trainer.kind == "ibi":
+                self.regime = multistate.MultiStateIBIRegime(states, self.store, cfg.trainer)
+            else:
+                self.regime = multistate.MultiStateDiffTReRegime(
+                    states, self.store, float(cfg.trainer.get("reweight_ratio", 0.9)), cfg.trainer.get("init_from"))
+        else:
+            self.c = assemble.build(cfg)
+            self.regime = make_regime(self.c, self.store, cfg)
         self.quiet = quiet
         tc = cfg.trainer
         self.n_updates = int(tc.updates)
@@ -92,7 +105,8 @@ class Trainer:
                    "last_good_opt_state": last_good[1], **trees},
             attrs={"lr_scale": lr_scale, "failures": failures, **attrs},
             metrics=rows, n_trajectories=int(attrs.get("n_trajectories", 0)),
-            config_yaml=OmegaConf.to_yaml(self.cfg), versions=self._versions)
+            config_yaml=OmegaConf.to_yaml(self.cfg), versions=self._versions,
+            trajectory_names=getattr(self.regime, "trajectory_names", lambda: None)())
         self._t_checkpoint = time.perf_counter()
 
     def _resume(self, params, opt_state):

@@ -11,10 +11,17 @@ in the header. With observables=rdf_pressure it also prints the mean virial pres
         system.density=0.5 system.kT=1.5 observables=rdf_pressure
     python scripts/make_targets.py --segments 150 --out configs/targets/data/lj_rdf_rho0.70_kT1.00.txt \
         system.density=0.7 system.kT=1.0
+
+With several RDF observables (e.g. the partial RDFs of a mixture) ``--out`` is a template with
+``{name}``, the observable's name; ``prior=lj`` takes the preset's per-pair ``prior.pairs``:
+
+    python scripts/make_targets.py --config lj_mixture --segments 100 \
+        --out 'configs/targets/data/lj_mixture_xA25_{name}.txt' 'system.species={A:0.25,B:0.75}'
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -39,12 +46,17 @@ def main():
     import jax
     from difftre_cli import __version__, assemble
 
-    # The true potential is the LJ prior with no learnable model; targets are not needed.
-    overrides = [f"config={args.config}", "prior=lj", "model=none", f"seed={args.seed}",
-                 "targets.rdf.file=configs/targets/data/placeholder.txt"] + args.overrides
+    # The true potential is the LJ prior with no learnable model; targets are not needed (every
+    # RDF observable gets a placeholder target so that the components can be built).
+    overrides = [f"config={args.config}", "prior=lj", "model=none", f"seed={args.seed}"] + args.overrides
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
         cfg = compose(config_name="train", overrides=overrides)
+    from omegaconf import OmegaConf, open_dict
     placeholder = ROOT / "configs/targets/data/placeholder.txt"
+    with open_dict(cfg):
+        cfg.states = None
+        cfg.targets = OmegaConf.create({name: {"file": str(placeholder), "x_unit": "sigma"}
+                                        for name, o in cfg.observables.items() if o.get("kind", name) == "rdf"})
     grid = np.linspace(0, 4, 401)
     placeholder.write_text("\n".join(f"{x} 1.0" for x in grid))
     try:
@@ -53,6 +65,7 @@ def main():
         placeholder.unlink()
     params = c.potential.init(jax.random.PRNGKey(args.seed))
     state, nbrs = c.sampler.init(jax.random.PRNGKey(args.seed), params)
+    rdf_names = list(cfg.targets)
     t0 = time.perf_counter()
     rdfs, kts, pressures = [], [], []
     for seg in range(args.segments):
@@ -60,37 +73,44 @@ def main():
         assert res.ok, "reference simulation became unstable"
         state, nbrs = res.state, res.neighbor
         feats = c.learner.featurize(res.trajectory)
-        rdfs.append(np.asarray(feats.static["rdf"]).mean(0))
+        rdfs.append({k: np.asarray(v).mean(0) for k, v in feats.static.items() if k in rdf_names})
         if "pressure" in c.observables:
             pressures.append(float(np.asarray(c.learner.snapshot_observables_jit(params, feats)["pressure"]).mean()))
         kts.append(float(np.mean(res.trajectory.kT)))
         if (seg + 1) % 20 == 0:
             print(f"segment {seg + 1}/{args.segments}  {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-    rdfs = np.array(rdfs)
-    g = rdfs.mean(0)
-    err = rdfs.std(0, ddof=1) / np.sqrt(len(rdfs))
-    obs = c.observables["rdf"]
     sc = c.sampler.cfg
     cmd = "python scripts/make_targets.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    header = [
-        "difftre target: radial distribution function g(r) of the Lennard-Jones fluid",
-        f"made by: {cmd}",
-        f"difftre {__version__}, jax {jax.__version__}, device {jax.devices()[0]}",
-        f"potential: LJ eps=1 sigma=1 truncated and shifted at rc=2.5 (reduced units)",
-        f"state: N={c.system.n_particles} rho={c.system.density:.4f} kT={c.system.kT} box={c.system.box_size:.4f}",
-        f"sampler: {sc.integrator} dt={sc.dt} gamma={sc.gamma}; {args.segments} segments x {sc.production_steps} steps, "
-        f"snapshot every {sc.every}; first equilibration {sc.first_equilibration_steps}, then {sc.equilibration_steps} per segment",
-        f"observable: Gaussian-smoothed histogram sigma={obs.sigma} on {obs.n_bins} bins in [{obs.r_min}, {obs.r_max}]",
-        f"measured mean kinetic kT = {np.mean(kts):.4f}; max standard error of g = {err.max():.4f}",
-        "columns: r [sigma]  g(r)  standard_error",
-    ]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as fh:
-        fh.write("".join(f"# {h}\n" for h in header))
-        for r, gv, ev in zip(obs.grid, g, err):
-            fh.write(f"{r:.5f} {gv:.6f} {ev:.6f}\n")
-    print(f"wrote {out} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    prior = OmegaConf.to_container(cfg.prior)
+    species = ("" if c.system.n_species == 1 else " species " + " ".join(
+        f"{n}={k}" for n, k in zip(c.system.species_names, c.system.counts)))
+    for name in rdf_names:
+        stack = np.array([r[name] for r in rdfs])
+        g = stack.mean(0)
+        err = stack.std(0, ddof=1) / np.sqrt(len(stack))
+        obs = c.observables[name]
+        what = "radial distribution function g(r)" if obs.pair is None else f"partial RDF g_{'-'.join(obs.pair)}(r)"
+        header = [
+            f"difftre target: {what} of the Lennard-Jones fluid",
+            f"made by: {cmd}",
+            f"difftre {__version__}, jax {jax.__version__}, device {jax.devices()[0]}",
+            f"potential: {json.dumps(prior)} (LJ truncated and shifted at rc={c.potential.cutoff}; reduced units)",
+            f"state: N={c.system.n_particles}{species} rho={c.system.density:.4f} kT={c.system.kT} "
+            f"box={c.system.box_size:.4f}",
+            f"sampler: {sc.integrator} dt={sc.dt} gamma={sc.gamma}; {args.segments} segments x {sc.production_steps} "
+            f"steps, snapshot every {sc.every}; first equilibration {sc.first_equilibration_steps}, then "
+            f"{sc.equilibration_steps} per segment",
+            f"observable: Gaussian-smoothed histogram sigma={obs.sigma} on {obs.n_bins} bins in [{obs.r_min}, {obs.r_max}]",
+            f"measured mean kinetic kT = {np.mean(kts):.4f}; max standard error of g = {err.max():.4f}",
+            "columns: r [sigma]  g(r)  standard_error",
+        ]
+        out = Path(args.out.format(name=name))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w") as fh:
+            fh.write("".join(f"# {h}\n" for h in header))
+            for r, gv, ev in zip(obs.grid, g, err):
+                fh.write(f"{r:.5f} {gv:.6f} {ev:.6f}\n")
+        print(f"wrote {out} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     if pressures:
         p = np.array(pressures)
         print(f"virial pressure (reduced units, set kT): {p.mean():.5f} +- {p.std(ddof=1) / np.sqrt(len(p)):.5f} "

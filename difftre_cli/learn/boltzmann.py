@@ -26,12 +26,17 @@ log = logging.getLogger("difftre")
 INIT_FROM = ("zeros", "boltzmann_inversion")
 
 
-def rdf_target(c):
-    """(target, observable) of the first target on an RDF observable, or a UserError."""
+def rdf_target(c, pair: tuple | None = None):
+    """(target, observable) of the first target on an RDF observable — for ``pair`` (a, b), on
+    the partial RDF of that species pair (either order) — or a UserError."""
     for t in c.targets.values():
         obs = c.observables[t.observable]
-        if isinstance(obs, RDF):
+        if isinstance(obs, RDF) and (pair is None or obs.pair in (tuple(pair), tuple(pair)[::-1])):
             return t, obs
+    if pair is not None:
+        a, b = pair
+        raise UserError(f"this trainer needs a target on the partial RDF of the pair {a}-{b} (an observable of "
+                        f"kind rdf with pair: [{a}, {b}])", "use observables=rdf_partial with one target per pair")
     raise UserError("this trainer needs an RDF target (targets.<name> on an observable of kind rdf)",
                     "select e.g. observables=rdf targets=lj_rdf")
 
@@ -51,17 +56,30 @@ def boltzmann_inversion(c, params, g_min: float = 1e-3, smoothness: float = 1e-4
     if not isinstance(model, (SplinePair, TablePair)):
         raise UserError("trainer.init_from=boltzmann_inversion needs a model linear in its parameters",
                         "use model=spline or model=table (or trainer.init_from=zeros)")
+    pot = c.potential
+    if hasattr(pot, "pairs"):   # mixture: each pair's model from its own partial RDF
+        fitted = {}
+        for k, (name, a, b) in enumerate(pot.pairs):
+            target, obs = rdf_target(c, (pot.species_names[a], pot.species_names[b]))
+            fitted[name] = _fit(model, pot.priors[k], pot.cutoff, target, obs, float(c.system.kT),
+                                params["model"][name], g_min, smoothness)
+        return {**params, "model": fitted}
     target, obs = rdf_target(c)
+    return {**params, "model": _fit(model, pot.prior, pot.cutoff, target, obs, float(c.system.kT), params["model"],
+                                    g_min, smoothness)}
+
+
+def _fit(model, prior, cutoff, target, obs, kT, model_params, g_min, smoothness):
+    """Least-squares parameters of ``model`` with prior + model ≈ −kT ln g_target (see above)."""
     r = np.asarray(obs.grid, np.float64)
     g = np.asarray(target.value, np.float64)
     valid = g > g_min
     if not valid.any():
         raise UserError(f"targets.{target.name}: the target RDF never exceeds {g_min}",
                         "check the target file")
-    kT = float(c.system.kT)
-    sel = valid & (r >= model.r_min) & (r < c.potential.cutoff)
-    residual = -kT * np.log(g[sel]) - np.asarray(c.potential.prior(jnp.asarray(r[sel])), np.float64)
-    flat, unravel = ravel_pytree(params["model"])
+    sel = valid & (r >= model.r_min) & (r < cutoff)
+    residual = -kT * np.log(g[sel]) - np.asarray(prior(jnp.asarray(r[sel])), np.float64)
+    flat, unravel = ravel_pytree(model_params)
     rs = jnp.asarray(r[sel], flat.dtype)
     jac = np.asarray(jax.jacfwd(lambda th: model(unravel(th), rs))(flat), np.float64)
     offset = np.asarray(model(unravel(jnp.zeros_like(flat)), rs), np.float64)
@@ -71,8 +89,9 @@ def boltzmann_inversion(c, params, g_min: float = 1e-3, smoothness: float = 1e-4
     a = np.concatenate([jac, np.sqrt(smoothness) * d2])
     b = np.concatenate([residual - offset, np.zeros(d2.shape[0])])
     sol, *_ = np.linalg.lstsq(a, b, rcond=None)
-    log.info("Boltzmann inversion: model fitted to -kT ln g_target on %d grid points", int(sel.sum()))
-    return {**params, "model": unravel(jnp.asarray(sol, flat.dtype))}
+    log.info("Boltzmann inversion: model fitted to -kT ln g_target (%s) on %d grid points", target.name,
+             int(sel.sum()))
+    return unravel(jnp.asarray(sol, flat.dtype))
 
 
 def initial_params(c, key, init_from: str | None = None):

@@ -43,8 +43,9 @@ log = logging.getLogger("difftre")
 class Features(NamedTuple):
     """θ-independent data of one reference trajectory."""
 
-    r: Any            # energy features per state: pair potentials (S, N, W) distances < energy cutoff
-                      # on a dense list, +inf padding; one-body potentials (S·N, 1, d) coordinates
+    r: Any            # energy features per state (a pytree with leading axis S): pair potentials
+                      # (S, N, W) distances on a dense list, +inf padding (mixtures: with the
+                      # (S, N, W) pair-type codes); one-body potentials (S·N, 1, d) coordinates
     static: dict      # name -> (S, ...) per-snapshot values of θ-independent observables
     u_ref: Any        # (S,)
 
@@ -78,6 +79,8 @@ class DiffTRe:
         self._lists = None
         self.trace_count = {"featurize": 0, "step": 0}
         self._step = jax.jit(self._step_impl)
+        self.grad = jax.jit(self._grad_impl)
+        self.n_eff = jax.jit(self._n_eff)
         self.snapshot_observables_jit = jax.jit(self.snapshot_observables)
         self.one_body = bool(getattr(potential, "one_body", False))
         if self.one_body:   # independent particles in an external field: no box, no neighbour lists
@@ -104,14 +107,23 @@ class DiffTRe:
         def one(carry, R):
             obs_nb = self.feature_nbr_fn.rebuild(R, carry["obs"])
             e_nb = self.energy_nbr_fn.rebuild(R, carry["energy"])
-            r = distances_on_list(R, obs_nb.idx, self.box)
-            static = {k: o.snapshot(self.ctx, {"r": r}) for k, o in self.observables.items()
-                      if not o.depends_on_params}
-            return {"obs": obs_nb, "energy": e_nb}, (distances_on_list(R, e_nb.idx, self.box), static)
+            static = {k: o.snapshot(self.ctx, q) for q in [self.list_quantities(R, obs_nb.idx)]
+                      for k, o in self.observables.items() if not o.depends_on_params}
+            return {"obs": obs_nb, "energy": e_nb}, (self.potential.features_on_list(R, e_nb.idx, self.box), static)
 
         lists, (r, static) = lax.scan(one, lists, positions)
         overflow = lists["obs"].did_buffer_overflow | lists["energy"].did_buffer_overflow
         return Features(r, static, u_ref), overflow
+
+    def list_quantities(self, R, idx) -> dict:
+        """What θ-independent observables see of one snapshot on a dense list ``idx``: the
+        distances ``r`` (N, M) (+inf on padding) and, for mixtures, the ordered species-pair
+        code s_i · n_species + s_j of every entry (``code``)."""
+        q = {"r": distances_on_list(R, idx, self.box)}
+        if self.ctx.species is not None and len(self.ctx.species_names) > 1:
+            s = jnp.asarray(self.ctx.species)
+            q["code"] = s[:, None] * len(self.ctx.species_names) + s[jnp.minimum(idx, s.shape[0] - 1)]
+        return q
 
     def _featurize_one_body(self, positions, u_ref):
         """One-body potential: (S, N, d) positions and (S, N) per-particle reference energies
@@ -199,19 +211,22 @@ class DiffTRe:
         (loss, (losses, preds, n_eff)), grads = jax.value_and_grad(self.loss, has_aux=True)(params, feats)
         if self.precondition == "fisher":
             grads = self._natural_gradient(params, feats, grads)
-        updates, new_opt_state = self.optimizer.update(grads, opt_state, params)
-        updates = jax.tree_util.tree_map(lambda u: lr_scale * u, updates)
-        new_params = optax.apply_updates(params, updates)
-        gnorm = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(gnorm) & jnp.all(
-            jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(new_params)]))
-        # Never let a NaN reach the parameters: keep the old ones if anything is not finite.
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        new_params = jax.tree_util.tree_map(keep, new_params, params)
-        new_opt_state = jax.tree_util.tree_map(keep, new_opt_state, opt_state)
-        u_next = jax.vmap(lambda r_s: self._energy(new_params, r_s))(feats.r)
-        n_eff_next = reweight.effective_sample_size(reweight.weights(self.beta, u_next, feats.u_ref))
-        return new_params, new_opt_state, StepAux(loss, losses, preds, n_eff, n_eff_next, gnorm, finite)
+        new_params, new_opt_state, gnorm, finite = apply_update(self.optimizer, params, opt_state, grads, loss,
+                                                                lr_scale)
+        return new_params, new_opt_state, StepAux(loss, losses, preds, n_eff, self._n_eff(new_params, feats),
+                                                  gnorm, finite)
+
+    def _n_eff(self, params, feats):
+        """N_eff of ``params`` on the trajectory of ``feats`` (the reuse decision)."""
+        u = jax.vmap(lambda r_s: self._energy(params, r_s))(feats.r)
+        return reweight.effective_sample_size(reweight.weights(self.beta, u, feats.u_ref))
+
+    def _grad_impl(self, params, feats):
+        """Loss, per-target losses, predictions, N_eff and the gradient (no optimiser step):
+        the part of an update a multi-state regime sums over state points."""
+        self.trace_count["grad"] = self.trace_count.get("grad", 0) + 1
+        (loss, (losses, preds, n_eff)), grads = jax.value_and_grad(self.loss, has_aux=True)(params, feats)
+        return loss, losses, preds, n_eff, grads
 
     def _natural_gradient(self, params, feats, grads):
         """F⁻¹ g with the Fisher matrix of the Boltzmann ensemble, F = β² Cov_w(∂U/∂θ), from the
@@ -236,6 +251,21 @@ class DiffTRe:
 
     def step(self, params, opt_state, feats, lr_scale=1.0):
         return self._step(params, opt_state, feats, jnp.asarray(lr_scale, jnp.float32))
+
+
+def apply_update(optimizer, params, opt_state, grads, loss, lr_scale, ok=True):
+    """One optax step scaled by ``lr_scale``; parameters and optimiser state are kept unchanged
+    (never a NaN in them) unless the loss, the gradient norm and the new parameters are finite
+    and ``ok``. Returns (params, opt_state, gradient norm, finite)."""
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    updates = jax.tree_util.tree_map(lambda u: lr_scale * u, updates)
+    new_params = optax.apply_updates(params, updates)
+    gnorm = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(gnorm) & jnp.all(
+        jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(new_params)]))
+    keep = lambda new, old: jnp.where(finite & ok, new, old)  # noqa: E731
+    return (jax.tree_util.tree_map(keep, new_params, params), jax.tree_util.tree_map(keep, new_opt_state, opt_state),
+            gnorm, finite)
 
 
 # ======================================================================================

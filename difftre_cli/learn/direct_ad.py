@@ -37,14 +37,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax import lax
 
 from .. import neighbors
 from ..errors import UserError
-from ..potentials import distances_on_list
 from .boltzmann import initial_params
-from .difftre import Proposal
+from .difftre import Proposal, apply_update
 
 log = logging.getLogger("difftre")
 
@@ -91,12 +89,12 @@ class DirectAD:
 
     def snapshot_values(self, params, R, nb_e, nb_o) -> dict:
         q = {}
-        if self.needs_r:
-            q["r"] = distances_on_list(R, nb_o.idx, self.box)
+        if self.needs_r:   # distances (and species-pair codes of mixtures) on the observables' list
+            q.update(self.c.learner.list_quantities(R, nb_o.idx))
         if self.needs_energy:
-            r_e = distances_on_list(R, nb_e.idx, self.box)
+            feats = self.c.potential.features_on_list(R, nb_e.idx, self.box)
             q["energy"], q["virial"] = jax.value_and_grad(
-                lambda s: self.c.potential.energy_from_distances(params, r_e, s))(jnp.ones((), R.dtype))
+                lambda s: self.c.potential.energy_from_features(params, feats, s))(jnp.ones((), R.dtype))
         return {name: o.snapshot(self.c.ctx, q) for name, o in self.c.observables.items()}
 
     def segment(self, params, state, nb_e, nb_o):
@@ -137,17 +135,21 @@ class DirectAD:
         self.trace_count += 1
         (loss, (losses, preds, new_state, nb_e, nb_o, stable, overflow)), grads = jax.value_and_grad(
             self.loss, has_aux=True)(params, state, nb_e, nb_o)
-        updates, new_opt = self.c.optimizer.update(grads, opt_state, params)
-        updates = jax.tree_util.tree_map(lambda u: lr_scale * u, updates)
-        new_params = optax.apply_updates(params, updates)
-        gnorm = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(gnorm) & jnp.all(
-            jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(new_params)]))
-        keep = lambda new, old: jnp.where(finite & stable, new, old)  # noqa: E731
-        new_params = jax.tree_util.tree_map(keep, new_params, params)
-        new_opt = jax.tree_util.tree_map(keep, new_opt, opt_state)
+        new_params, new_opt, gnorm, finite = apply_update(self.c.optimizer, params, opt_state, grads, loss,
+                                                          lr_scale, ok=stable)
         return new_params, new_opt, new_state, nb_e, nb_o, DirectADAux(loss, losses, preds, gnorm, finite, stable,
                                                                          overflow)
+
+    def _grad_impl(self, params, state, nb_e, nb_o):
+        """The unrolled loss and its gradient without the optimiser step (what a multi-state
+        regime sums over state points)."""
+        (loss, aux), grads = jax.value_and_grad(self.loss, has_aux=True)(params, state, nb_e, nb_o)
+        return loss, aux, grads
+
+    def grad(self, params, state, nb_e, nb_o):
+        if not hasattr(self, "_grad"):
+            self._grad = jax.jit(self._grad_impl)
+        return self._grad(params, state, nb_e, nb_o)
 
     def step(self, params, opt_state, state, nb_e, nb_o, lr_scale=1.0):
         dtype = state.position.dtype
@@ -211,22 +213,29 @@ class DirectADRegime:
         self.equilibrated = True
         return time.perf_counter() - t0
 
-    def propose(self, params, opt_state, lr_scale: float) -> Proposal:
-        c = self.c
-        sample_time = 0.0 if self.equilibrated else self._equilibrate(params)
-        t0 = time.perf_counter()
+    def run_segment(self, call, overflowed):
+        """``call(nb_e, nb_o)`` (an unrolled segment from the current state); on neighbour-list
+        overflow (``overflowed(out)``) re-allocate both lists with more room and recompute, at
+        most ``simulator.max_retries`` times. Returns (out, the lists used)."""
         nb_e, nb_o = self.nbrs, self.obs_nbrs
-        max_retries = c.sampler.cfg.max_retries
+        max_retries = self.c.sampler.cfg.max_retries
         for attempt in range(max_retries + 1):
-            out = jax.block_until_ready(self.ad.step(params, opt_state, self.state, nb_e, nb_o, lr_scale))
-            aux = out[-1]
-            if not bool(aux.overflow) or attempt == max_retries:
+            out = jax.block_until_ready(call(nb_e, nb_o))
+            if not bool(overflowed(out)) or attempt == max_retries:
                 break
             extra = 8 * 2 ** attempt
             log.info("neighbour list overflowed in the unrolled segment; re-allocating (+%d slots) and recomputing",
                      extra)
             nb_e = self.c.sampler.neighbor_fn.allocate(self.state.position, extra_capacity=extra)
             nb_o = self.ad.allocate_obs_list(self.state.position, extra)
+        return out, nb_e, nb_o
+
+    def propose(self, params, opt_state, lr_scale: float) -> Proposal:
+        c = self.c
+        sample_time = 0.0 if self.equilibrated else self._equilibrate(params)
+        t0 = time.perf_counter()
+        out, nb_e, nb_o = self.run_segment(lambda e, o: self.ad.step(params, opt_state, self.state, e, o, lr_scale),
+                                           lambda out: out[-1].overflow)
         update_time = time.perf_counter() - t0
         new_params, new_opt, new_state, new_e, new_o, aux = out
         event = ""

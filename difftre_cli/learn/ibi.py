@@ -59,13 +59,13 @@ class IBIStepAux(NamedTuple):
 class IBI:
     """The IBI correction as one pure, jit-compiled function of (table, g_t, g_target, P)."""
 
-    def __init__(self, c, tcfg):
+    def __init__(self, c, tcfg, pair: tuple | None = None):
         model = c.potential.model
         if not isinstance(model, TablePair):
             raise UserError("trainer=ibi needs a tabulated pair model", "add model=table")
         self.model = model
         self.kT = float(c.system.kT)
-        self.target, self.rdf = rdf_target(c)
+        self.target, self.rdf = rdf_target(c, pair)   # mixtures: the partial RDF of this species pair
         self.alpha = float(tcfg.get("alpha", 0.3))
         self.smoothing = float(tcfg.get("smoothing", 0.0) or 0.0)
         self.g_min = float(tcfg.get("g_min", 1e-3))
@@ -159,14 +159,29 @@ def target_losses(c, means: dict) -> dict:
             for name, t in c.targets.items()}
 
 
+def _get_table(params, pair):
+    return params["model"]["table"] if pair is None else params["model"][pair]["table"]
+
+
+def _with_table(params, pair, table):
+    if pair is None:
+        return {**params, "model": {**params["model"], "table": table}}
+    return {**params, "model": {**params["model"], pair: {**params["model"][pair], "table": table}}}
+
+
 class IBIRegime:
     """IBI's update for the outer loop: sample a fresh trajectory with the current table
-    (continuing the simulation state), measure g_t (and P), apply the IBI correction."""
+    (continuing the simulation state), measure g_t (and P), apply the IBI correction.
+    Mixtures: one table per species pair, each corrected with its own partial RDF."""
 
     def __init__(self, components, store, tcfg):
         self.c = components
         self.store = store
-        self.ibi = IBI(components, tcfg)
+        pot = components.potential
+        # (parameter key of the table, IBI of its RDF): one channel, or one per species pair
+        self.channels = ([(name, IBI(components, tcfg, pair=(pot.species_names[a], pot.species_names[b])))
+                          for name, a, b in pot.pairs] if hasattr(pot, "pairs") else [(None, IBI(components, tcfg))])
+        self.ibi = self.channels[0][1]
         self.init_from = tcfg.get("init_from", None)
         self.state = self.nbrs = None
         self.n_traj = 0
@@ -201,39 +216,64 @@ class IBIRegime:
     def rejected(self):
         pass
 
-    def propose(self, params, opt_state, lr_scale: float) -> Proposal:
+    def sample_means(self, params):
+        """A fresh trajectory from the last state (stored) and its observables' means, or None
+        if the simulation was unstable (then the state does not advance)."""
         c = self.c
-        nan = float("nan")
-        t0 = time.perf_counter()
         res = c.sampler.sample(params, self.state, self.nbrs, first=(self.n_traj == 0))
-        event, new_params, losses, step_norm = "", params, {name: nan for name in c.targets}, nan
-        update_time = 0.0
         if not res.ok:
             log.warning("simulation unstable (%s)", res.reason)
             if self.n_traj == 0:
                 raise UserError("the simulation with the initial parameters is unstable",
                                 "lower simulator.dt, check the prior and the initial structure")
+            return None
+        traj = jax.tree_util.tree_map(np.asarray, res.trajectory)
+        self.store.write_trajectory(self.n_traj, traj, c.system.box_size, c.sampler.cfg.dt, c.system.units)
+        means = trajectory_means(c, params, res.trajectory)
+        self.state, self.nbrs, self.n_traj = res.state, res.neighbor, self.n_traj + 1
+        return means
+
+    def corrections(self, params, means, lr_scale: float) -> dict:
+        """{table key: (Δu on the table's points, finite)} of every channel."""
+        out = {}
+        for key, ibi in self.channels:
+            p = means[ibi.pressure_target.observable] if ibi.pressure_target is not None else 0.0
+            _, aux = ibi.update(_get_table(params, key), means[ibi.rdf.name], p, lr_scale)
+            out[key] = (aux.correction, bool(aux.finite))
+        return out
+
+    @staticmethod
+    def apply(params, corrections: dict):
+        """Parameters with every table corrected; None if a correction is not finite."""
+        for key, (du, finite) in corrections.items():
+            if not finite:
+                return None
+            params = _with_table(params, key, _get_table(params, key) + du[:-1])
+        return params
+
+    def propose(self, params, opt_state, lr_scale: float) -> Proposal:
+        c = self.c
+        nan = float("nan")
+        t0 = time.perf_counter()
+        means = self.sample_means(params)
+        sample_time = time.perf_counter() - t0
+        event, new_params, losses, step_norm = "", params, {name: nan for name in c.targets}, nan
+        update_time = 0.0
+        if means is None:
             event = "unstable_simulation"
-            sample_time = time.perf_counter() - t0
         else:
-            traj = jax.tree_util.tree_map(np.asarray, res.trajectory)
-            self.store.write_trajectory(self.n_traj, traj, c.system.box_size, c.sampler.cfg.dt, c.system.units)
-            means = trajectory_means(c, params, res.trajectory)
-            sample_time = time.perf_counter() - t0
             t1 = time.perf_counter()
             losses = target_losses(c, means)
-            p = means[self.ibi.pressure_target.observable] if self.ibi.pressure_target is not None else 0.0
-            table, aux = self.ibi.update(params["model"]["table"], means[self.ibi.rdf.name], p, lr_scale)
-            table = jax.block_until_ready(table)
+            corr = self.corrections(params, means, lr_scale)
+            updated = jax.block_until_ready(self.apply(params, corr))
             update_time = time.perf_counter() - t1
-            step_norm = float(jnp.linalg.norm(aux.correction))
-            if not bool(aux.finite) or not np.isfinite(sum(losses.values())):
+            step_norm = float(np.sqrt(sum(float(jnp.sum(du ** 2)) for du, _ in corr.values())))
+            if updated is None or not np.isfinite(sum(losses.values())):
                 event = "non_finite_loss"
             else:
-                new_params = {**params, "model": {**params["model"], "table": table}}
-            self.state, self.nbrs, self.n_traj = res.state, res.neighbor, self.n_traj + 1
+                new_params = updated
         loss = nan if event else float(sum(losses.values()))
         fields = {"loss": loss, **{f"loss_{k}": (nan if event else v) for k, v in losses.items()},
                   "n_eff": nan, "reused": 0, "sample_time": sample_time, "update_time": update_time,
                   "grad_norm": nan, "step_norm": step_norm, "n_trajectories": self.n_traj}
-        return Proposal(new_params, opt_state, fields, event, res.ok)
+        return Proposal(new_params, opt_state, fields, event, means is not None)

@@ -13,7 +13,8 @@ The registry :data:`OBSERVABLES` maps the name used in ``observables/*.yaml`` to
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import UserError
 from .density import Density
@@ -29,6 +30,15 @@ class Context:
     n_particles: int
     volume: float
     kT: float
+    species_names: tuple = ("X",)
+    counts: tuple = ()                 # particles per species (same order as species_names)
+    species: Any = field(default=None, repr=False, compare=False)   # (N,) int, None for one species
+
+    def species_index(self, name: str, key: str) -> int:
+        if name not in self.species_names:
+            raise UserError(f"{key}: no species {name!r} in the system (species: {list(self.species_names)})",
+                            "name species as in system.species")
+        return self.species_names.index(name)
 
 
 OBSERVABLES = {"rdf": RDF.from_config, "pressure": Pressure.from_config, "energy": PotentialEnergy.from_config,

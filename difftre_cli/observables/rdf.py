@@ -1,7 +1,12 @@
 """Radial distribution function g(r), differentiable (Gaussian-smoothed histogram).
 
 g(r_b) = V / (N (N−1)) · Σ_{i≠j} K_σ(r_b − r_ij) / (4π r_b²), normalised by the ideal gas,
-evaluated at bin centres r_b on [r_min, r_max]. For speed the kernel sum is done as a
+evaluated at bin centres r_b on [r_min, r_max].
+
+Partial RDFs of a mixture (``pair: [A, B]``): g_ab(r_b) = V / (N_a (N_b − δ_ab)) · Σ_{i∈a}
+Σ_{j∈b, j≠i} K_σ(r_b − r_ij) / (4π r_b²). They add up to the total RDF with the weights of the
+pairs they count, g = Σ_{a,b} N_a (N_b − δ_ab) / (N (N − 1)) · g_ab over ordered pairs (a, b),
+i.e. g = x_A² g_AA + 2 x_A x_B g_AB + x_B² g_BB up to the δ_ab corrections of order 1/N. For speed the kernel sum is done as a
 linear (cloud-in-cell) deposit of the pair distances on a fine grid followed by one
 matrix product with the Gaussian kernel; both steps are differentiable in r_ij.
 """
@@ -22,6 +27,7 @@ class RDF:
     r_max: float
     n_bins: int
     sigma: float
+    pair: tuple | None = None        # (species a, species b) for a partial RDF; None: all pairs
     depends_on_params: bool = False
     unit_kind: str = "length"
     grid: np.ndarray = field(init=False, repr=False, compare=False)
@@ -41,7 +47,14 @@ class RDF:
         n_bins = number(cfg, "n_bins", prefix=P, integer=True, lo=2, example="150")
         # sigma: Gaussian smoothing width; null means one bin width.
         sigma = number(cfg, "sigma", prefix=P, lo=0.0, lo_open=True, required=False, default=0.0, example="0.02")
-        return cls(name=name, r_min=r_min, r_max=r_max, n_bins=n_bins, sigma=sigma)
+        pair = cfg.get("pair")
+        if pair is not None:
+            ok = (not isinstance(pair, (str, bytes)) and hasattr(pair, "__len__") and len(pair) == 2
+                  and all(isinstance(p, str) for p in pair))
+            if not ok:
+                raise UserError(f"{P}.pair must be two species names, got {pair!r}", f"set {P}.pair=[A,B]")
+            pair = (str(pair[0]), str(pair[1]))
+        return cls(name=name, r_min=r_min, r_max=r_max, n_bins=n_bins, sigma=sigma, pair=pair)
 
     def __post_init__(self):
         if not (0 <= self.r_min < self.r_max) or self.n_bins < 2:
@@ -64,7 +77,15 @@ class RDF:
         return float(self.fine[-1])
 
     def snapshot(self, ctx, q):
-        r = q["r"].reshape(-1)
+        r = q["r"]
+        n_pairs = ctx.n_particles * (ctx.n_particles - 1)
+        if self.pair is not None:   # keep the (i in a, j in b) entries of the full list
+            key = f"observables.{self.name}.pair"
+            a, b = (ctx.species_index(s, key) for s in self.pair)
+            if "code" in q:
+                r = jnp.where(q["code"] == a * len(ctx.species_names) + b, r, jnp.inf)
+            n_pairs = ctx.counts[a] * (ctx.counts[b] - (a == b))
+        r = r.reshape(-1)
         step = self.fine[1] - self.fine[0]
         nf = len(self.fine)
         x = r / step
@@ -74,7 +95,7 @@ class RDF:
         hist = jnp.zeros(nf, r.dtype)
         hist = hist.at[i0].add(1.0 - frac, mode="drop").at[i0 + 1].add(frac, mode="drop")
         density_sum = jnp.asarray(self.kernel, r.dtype) @ hist
-        norm = ctx.volume / (ctx.n_particles * (ctx.n_particles - 1)) / (4.0 * np.pi * self.grid ** 2)
+        norm = ctx.volume / n_pairs / (4.0 * np.pi * self.grid ** 2)
         return density_sum * jnp.asarray(norm, r.dtype)
 
 

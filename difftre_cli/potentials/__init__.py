@@ -9,7 +9,7 @@ u_θ(r). It provides the two views the rest of the engine needs:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import jax.numpy as jnp
@@ -51,6 +51,16 @@ class PairPotential:
     energy_from_features = energy_from_distances
     one_body = False
 
+    def features_on_list(self, R, idx, box_size):
+        """θ-independent energy features of one state: distances (N, M) on a dense list."""
+        return distances_on_list(R, idx, box_size)
+
+    def bind(self, system) -> "PairPotential":
+        """The potential at one state point: a temperature-dependent model gets the system's kT."""
+        if hasattr(self.model, "at_kT"):
+            return replace(self, model=self.model.at_kT(system.kT))
+        return self
+
     def _on_list(self, box_size: float, kernel):
         def fn(R, neighbor, params, **unused):
             return kernel(lambda r: self.pair(params, r), R, neighbor.idx, box_size, self.cutoff)
@@ -66,7 +76,7 @@ class PairPotential:
         return self._on_list(box_size, neighbors.pair_energy)
 
 
-def build(prior_cfg, model_cfg, cutoff: float):
+def build(prior_cfg, model_cfg, cutoff: float, species_names=("X",)):
     from ..checks import mapping
     from ..errors import UserError
     from . import external
@@ -77,6 +87,11 @@ def build(prior_cfg, model_cfg, cutoff: float):
         return external.build(prior_cfg, model_cfg)
     if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not cutoff > 0:
         raise UserError(f"model.cutoff must be a number > 0, got {cutoff!r}", "set model.cutoff=2.5")
+    if len(species_names) > 1:   # one prior and one model per species pair
+        from . import mixture
+        return mixture.build(prior_cfg, model_cfg, cutoff, species_names)
+    if prior_cfg.get("pairs") is not None:
+        raise UserError("prior.pairs is set but the system has one species", "remove prior.pairs or set system.species")
     return PairPotential(prior=priors.build(prior_cfg, cutoff), model=pair.build(model_cfg, cutoff),
                          cutoff=float(cutoff))
 

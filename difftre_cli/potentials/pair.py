@@ -192,28 +192,67 @@ class MLPPair:
         return self.module.apply(params, flat).reshape(r.shape)
 
 
-def build(cfg, cutoff: float):
-    """The learnable model from the ``model`` config group (``kind``: spline | table | mlp | none)."""
-    from ..checks import choice, int_list, number
+@dataclass(frozen=True)
+class ThermalPair:
+    """Temperature-dependent pair model u(r, T) = u₁(r) − k_B T u₂(r) with two learnable pair
+    models (parameters ``{"u1": …, "u2": …}``). u₂ acts like an entropy of the pair: the
+    model transfers between temperatures when the effective interaction's free-energy
+    character is linear in T. ``kT`` is bound per state point (:meth:`at_kT`)."""
+
+    u1: object
+    u2: object
+    kT: float | None = None
+
+    @property
+    def cutoff(self) -> float:
+        return self.u1.cutoff
+
+    def at_kT(self, kT: float) -> "ThermalPair":
+        return ThermalPair(self.u1, self.u2, float(kT))
+
+    def init(self, key):
+        k1, k2 = jax.random.split(key)
+        return {"u1": self.u1.init(k1), "u2": self.u2.init(k2)}
+
+    def __call__(self, params, r):
+        if self.kT is None:
+            raise RuntimeError("ThermalPair used before at_kT(kT): the state point's temperature is not bound")
+        return self.u1(params["u1"], r) - self.kT * self.u2(params["u2"], r)
+
+
+def build(cfg, cutoff: float, prefix: str = "model"):
+    """The learnable model from the ``model`` config group (``kind``: spline | table | mlp |
+    thermal | none)."""
+    from ..checks import choice, int_list, mapping, number
 
     if cfg.get("kind") is None:   # no kind: no learnable model, as kind: none
         return None
-    kind = choice(cfg, "kind", ("spline", "table", "mlp", "none"), prefix="model", what="model")
+    kind = choice(cfg, "kind", ("spline", "table", "mlp", "thermal", "none"), prefix=prefix, what="model")
+    if kind == "thermal":
+        parts = []
+        for part in ("u1", "u2"):
+            sub = cfg.get(part)
+            mapping(sub, f"{prefix}.{part}", f"{prefix}.{part}={{kind: spline, r_min: 0.8, n_knots: 20}}")
+            if sub.get("kind") in (None, "none", "thermal"):
+                raise UserError(f"{prefix}.{part}.kind must be spline, table or mlp, got {sub.get('kind')!r}",
+                                f"set {prefix}.{part}.kind=spline")
+            parts.append(build(sub, cutoff, prefix=f"{prefix}.{part}"))
+        return ThermalPair(*parts)
     if kind == "spline":
-        r_min = number(cfg, "r_min", prefix="model", lo=0.0, lo_open=True, hi=cutoff, hi_open=True,
+        r_min = number(cfg, "r_min", prefix=prefix, lo=0.0, lo_open=True, hi=cutoff, hi_open=True,
                        required=False, default=0.5 * cutoff, example=f"{0.3 * cutoff:.3g}")
-        n_knots = number(cfg, "n_knots", prefix="model", integer=True, lo=4, required=False, default=40, example="40")
+        n_knots = number(cfg, "n_knots", prefix=prefix, integer=True, lo=4, required=False, default=40, example="40")
         return SplinePair(r_min=r_min, cutoff=cutoff, n_knots=n_knots)
     if kind == "table":
-        r_min = number(cfg, "r_min", prefix="model", lo=0.0, lo_open=True, hi=cutoff, hi_open=True,
+        r_min = number(cfg, "r_min", prefix=prefix, lo=0.0, lo_open=True, hi=cutoff, hi_open=True,
                        required=False, default=0.5 * cutoff, example=f"{0.3 * cutoff:.3g}")
-        n_points = number(cfg, "n_points", prefix="model", integer=True, lo=4, required=False, default=69,
+        n_points = number(cfg, "n_points", prefix=prefix, integer=True, lo=4, required=False, default=69,
                           example="69")
-        interpolation = choice(cfg, "interpolation", ("cubic", "linear"), prefix="model", default="cubic",
+        interpolation = choice(cfg, "interpolation", ("cubic", "linear"), prefix=prefix, default="cubic",
                                what="interpolation")
         return TablePair(r_min=r_min, cutoff=cutoff, n_points=n_points, interpolation=interpolation)
     if kind == "mlp":
-        hidden = int_list(cfg, "hidden", prefix="model") if cfg.get("hidden") is not None else (32, 32)
-        n_basis = number(cfg, "n_basis", prefix="model", integer=True, lo=1, required=False, default=32, example="32")
+        hidden = int_list(cfg, "hidden", prefix=prefix) if cfg.get("hidden") is not None else (32, 32)
+        n_basis = number(cfg, "n_basis", prefix=prefix, integer=True, lo=1, required=False, default=32, example="32")
         return MLPPair(cutoff=cutoff, hidden=hidden, n_basis=n_basis)
     return None

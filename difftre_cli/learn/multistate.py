@@ -1,0 +1,298 @@
+"""DiffTRe on several state points with shared parameters (``states:``, see states.py).
+
+The loss is the sum of the state points' losses, L(θ) = Σ_s L_s(θ), so its gradient is the
+sum of their gradients. Per update:
+
+1. every state point whose trajectory is spent (N_eff < ratio · S at the current parameters,
+   or none yet) samples a new one from its own last state — each state point keeps its own
+   simulation, reference trajectories and reuse decision, so a state point that reweights
+   well is not resampled because another one needs it;
+2. each state point's gradient on its own stored trajectory (one compiled call per state
+   point, compiled once per run);
+3. one optimiser step with the summed gradient (one compiled call).
+
+State points are separate compiled programs rather than one ``vmap``-batched program: JAX
+MD's conditional neighbour-list rebuild becomes an every-step rebuild under ``vmap``
+(3–5× slower, DESIGN.md), and separate programs allow state points of different sizes and
+densities. (Spreading state points over several devices is not implemented yet: they run
+one after another on the default device.)
+
+Metrics: ``loss`` is the total; ``loss_<state>_<target>`` per state point and target;
+``n_eff`` is the smallest N_eff over the state points and ``n_eff_<state>`` each one;
+``reused`` is 1 when no state point resampled.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+
+from ..errors import UserError
+from .boltzmann import initial_params
+from .difftre import DiffTReRegime, Proposal, apply_update
+
+
+class StateStore:
+    """The run store seen by one state point: its trajectories carry the state's name."""
+
+    def __init__(self, store, state: str):
+        self.store, self.state = store, state
+
+    def write_trajectory(self, index, traj, box_size, dt, unit_system):
+        return self.store.write_trajectory(index, traj, box_size, dt, unit_system, state=self.state)
+
+    def read_trajectory(self, index):
+        return self.store.read_trajectory(index, state=self.state)
+
+
+class MultiStateDiffTReRegime:
+    def __init__(self, states: list, store, ratio: float, init_from: str | None = None):
+        self.names = [name for name, _ in states]
+        self.cs = [c for _, c in states]
+        self.store = store
+        self.init_from = init_from
+        self.subs = [DiffTReRegime(c, StateStore(store, name), ratio, init_from) for name, c in states]
+        self.optimizer = self.cs[0].optimizer
+        self._apply = jax.jit(lambda p, o, g, loss, s: apply_update(self.optimizer, p, o, g, loss, s))
+
+    # -- state ---------------------------------------------------------------------------
+    def init(self, key):
+        k_param, k_sim = jax.random.split(key)
+        params = initial_params(self.cs[0], k_param, self.init_from)
+        opt_state = self.optimizer.init(params)
+        for sub, k in zip(self.subs, jax.random.split(k_sim, len(self.subs))):
+            sub.state, sub.nbrs = sub.c.sampler.init(k, params)
+        return params, opt_state
+
+    def checkpoint(self):
+        trees, attrs = {"sim_state": {}, "neighbor": {}}, {}
+        for name, sub in zip(self.names, self.subs):
+            t, a = sub.checkpoint()
+            trees["sim_state"][name], trees["neighbor"][name] = t["sim_state"], t["neighbor"]
+            attrs[name] = a
+        return trees, {"n_trajectories": sum(s.n_traj for s in self.subs), "states": json.dumps(attrs)}
+
+    def templates(self, attrs):
+        per = json.loads(attrs["states"])
+        out = {"sim_state": {}, "neighbor": {}}
+        for name, sub in zip(self.names, self.subs):
+            t = sub.templates(per[name])
+            out["sim_state"][name], out["neighbor"][name] = t["sim_state"], t["neighbor"]
+        return out
+
+    def restore(self, trees, attrs):
+        per = json.loads(attrs["states"])
+        for name, sub in zip(self.names, self.subs):
+            sub.restore({"sim_state": trees["sim_state"][name], "neighbor": trees["neighbor"][name]}, per[name])
+
+    def rejected(self):
+        for sub in self.subs:
+            sub.rejected()
+
+    def trajectory_names(self) -> list[str]:
+        return [self.store.trajectory_name(i, name) for name, sub in zip(self.names, self.subs)
+                for i in range(sub.n_traj)]
+
+    # -- one update ----------------------------------------------------------------------
+    def propose(self, params, opt_state, lr_scale: float) -> Proposal:
+        nan = float("nan")
+        sample_time = update_time = 0.0
+        reused_all, fresh, event = True, False, ""
+        # 1. resample the state points whose trajectory is spent
+        for name, sub in zip(self.names, self.subs):
+            thr = sub.ratio * (sub.n_snapshots if sub.feats is None else int(sub.feats.u_ref.shape[0]))
+            if sub.feats is None or (sub.next_n_eff is not None and sub.next_n_eff < thr):
+                ok, dt = sub._resample(params)
+                sample_time += dt
+                reused_all = False
+                fresh = fresh or ok
+                if not ok:
+                    if sub.feats is None:
+                        raise UserError(f"state point {name}: the simulation with the current parameters is unstable",
+                                        "lower simulator.dt, check the prior and the initial structure")
+                    event = "unstable_simulation"
+        outs = [None] * len(self.subs)
+        if not event:
+            # 2. per-state gradients (dispatched asynchronously, then awaited together)
+            t0 = time.perf_counter()
+            for k, sub in enumerate(self.subs):
+                outs[k] = sub.c.learner.grad(params, sub.feats)
+            outs = jax.block_until_ready(outs)
+            update_time += time.perf_counter() - t0
+            # a reused trajectory whose N_eff was unknown (resume, rollback) and is now too low: resample
+            for k, (name, sub) in enumerate(zip(self.names, self.subs)):
+                thr = sub.ratio * int(sub.feats.u_ref.shape[0])
+                if sub.next_n_eff is None and float(outs[k][3]) < thr and sub.n_traj > 0:
+                    ok, dt = sub._resample(params)
+                    sample_time += dt
+                    reused_all = False
+                    if not ok:
+                        event = "unstable_simulation"
+                        break
+                    fresh = True
+                    outs[k] = jax.block_until_ready(sub.c.learner.grad(params, sub.feats))
+        if not event:
+            t0 = time.perf_counter()
+            total_grad = jax.tree_util.tree_map(lambda *g: sum(g), *[o[4] for o in outs])
+            loss = sum(jnp.asarray(o[0]) for o in outs)
+            new_params, new_opt, gnorm, finite = jax.block_until_ready(
+                self._apply(params, opt_state, total_grad, loss, jnp.asarray(lr_scale, jnp.float32)))
+            if not bool(finite):
+                event = "non_finite_loss"
+            else:
+                for sub in self.subs:   # 3. the reuse decision of each state point for the next update
+                    sub.next_n_eff = float(sub.c.learner.n_eff(new_params, sub.feats))
+            update_time += time.perf_counter() - t0
+        if event:
+            self.rejected()
+            new_params, new_opt = params, opt_state
+        fields = {"loss": nan if event else float(sum(float(o[0]) for o in outs))}
+        for k, (name, sub) in enumerate(zip(self.names, self.subs)):
+            for target in sub.c.targets:
+                fields[f"loss_{name}_{target}"] = nan if event else float(outs[k][1][target])
+        n_effs = [nan if event else float(o[3]) for o in outs]
+        fields["n_eff"] = min(n_effs) if not event else nan
+        for name, v in zip(self.names, n_effs):
+            fields[f"n_eff_{name}"] = v
+        fields.update({"reused": int(reused_all), "sample_time": sample_time, "update_time": update_time,
+                       "grad_norm": nan if event else float(gnorm),
+                       "n_trajectories": sum(s.n_traj for s in self.subs)})
+        return Proposal(new_params, new_opt, fields, event, fresh)
+
+
+class MultiStateDirectADRegime(MultiStateDiffTReRegime):
+    """Backpropagation through the simulation on several state points: each state point runs
+    its own unrolled segment from its own last state (one compiled call per state point); the
+    gradients are summed and one optimiser step is taken. The state points' simulations advance
+    only when every segment was stable and the step finite."""
+
+    def __init__(self, states: list, store, tcfg):
+        from .direct_ad import DirectADRegime
+        self.names = [name for name, _ in states]
+        self.cs = [c for _, c in states]
+        self.store = store
+        self.init_from = tcfg.get("init_from", None)
+        self.subs = [DirectADRegime(c, StateStore(store, name), tcfg) for name, c in states]
+        self.optimizer = self.cs[0].optimizer
+        self._apply = jax.jit(lambda p, o, g, loss, s, ok: apply_update(self.optimizer, p, o, g, loss, s, ok=ok))
+
+    def init(self, key):
+        params, opt_state = super().init(key)
+        for sub in self.subs:
+            sub.obs_nbrs = sub.ad.allocate_obs_list(sub.state.position)
+        return params, opt_state
+
+    def checkpoint(self):
+        trees, attrs = {"sim_state": {}, "neighbor": {}, "obs_neighbor": {}}, {}
+        for name, sub in zip(self.names, self.subs):
+            t, attrs[name] = sub.checkpoint()
+            for k in trees:
+                trees[k][name] = t[k]
+        return trees, {"n_trajectories": sum(s.n_traj for s in self.subs), "states": json.dumps(attrs)}
+
+    def templates(self, attrs):
+        per = json.loads(attrs["states"])
+        out = {"sim_state": {}, "neighbor": {}, "obs_neighbor": {}}
+        for name, sub in zip(self.names, self.subs):
+            t = sub.templates(per[name])
+            for k in out:
+                out[k][name] = t[k]
+        return out
+
+    def restore(self, trees, attrs):
+        per = json.loads(attrs["states"])
+        for name, sub in zip(self.names, self.subs):
+            sub.restore({k: trees[k][name] for k in ("sim_state", "neighbor", "obs_neighbor")}, per[name])
+
+    def propose(self, params, opt_state, lr_scale: float) -> Proposal:
+        nan = float("nan")
+        sample_time = sum(sub._equilibrate(params) for sub in self.subs if not sub.equilibrated)
+        t0 = time.perf_counter()
+        outs = []
+        for sub in self.subs:
+            out, nb_e, nb_o = sub.run_segment(lambda e, o, sub=sub: sub.ad.grad(params, sub.state, e, o),
+                                              lambda out: out[1][6])
+            outs.append((out, nb_e, nb_o))
+        overflow = any(bool(o[0][1][6]) for o in outs)
+        stable = all(bool(o[0][1][5]) for o in outs)
+        total_grad = jax.tree_util.tree_map(lambda *g: sum(g), *[o[0][2] for o in outs])
+        loss = sum(jnp.asarray(o[0][0]) for o in outs)
+        new_params, new_opt, gnorm, finite = jax.block_until_ready(
+            self._apply(params, opt_state, total_grad, loss, jnp.asarray(lr_scale, jnp.float32),
+                        jnp.asarray(stable and not overflow)))
+        update_time = time.perf_counter() - t0
+        event = ""
+        if overflow or not stable:
+            event = "unstable_simulation"
+        elif not bool(finite):
+            event = "non_finite_loss"
+        for sub, (out, nb_e, nb_o) in zip(self.subs, outs):
+            if event:   # keep the (possibly grown) list capacities, not the states
+                sub.nbrs, sub.obs_nbrs = nb_e, nb_o
+            else:
+                _, aux, _ = out
+                sub.state, sub.nbrs, sub.obs_nbrs = aux[2], aux[3], aux[4]
+        fields = {"loss": nan if event else float(loss)}
+        for name, sub, (out, _, _) in zip(self.names, self.subs, outs):
+            for target in sub.c.targets:
+                fields[f"loss_{name}_{target}"] = nan if event else float(out[1][0][target])
+        fields.update({"n_eff": nan, "reused": 0, "sample_time": sample_time, "update_time": update_time,
+                       "grad_norm": float(gnorm), "n_trajectories": sum(s.n_traj for s in self.subs)})
+        if event:
+            return Proposal(params, opt_state, fields, event, False)
+        return Proposal(new_params, new_opt, fields, event, True)
+
+
+class MultiStateIBIRegime(MultiStateDiffTReRegime):
+    """Multi-state iterative Boltzmann inversion (MS-IBI; Moore et al., J. Chem. Phys. 140,
+    224104, 2014): every state point samples a fresh trajectory with the current tables; each
+    table is corrected by the mean over the state points of their IBI corrections
+    Δu_s = α k_B T_s ln(g_s / g_target,s) (mixtures: per species pair, from its partial RDF)."""
+
+    def __init__(self, states: list, store, tcfg):
+        from .ibi import IBIRegime
+        self.names = [name for name, _ in states]
+        self.cs = [c for _, c in states]
+        self.store = store
+        self.init_from = tcfg.get("init_from", None)
+        self.subs = [IBIRegime(c, StateStore(store, name), tcfg) for name, c in states]
+
+    def init(self, key):
+        k_param, k_sim = jax.random.split(key)
+        params = initial_params(self.cs[0], k_param, self.init_from)
+        for sub, k in zip(self.subs, jax.random.split(k_sim, len(self.subs))):
+            sub.state, sub.nbrs = sub.c.sampler.init(k, params)
+        return params, ()
+
+    def propose(self, params, opt_state, lr_scale: float) -> Proposal:
+        from .ibi import target_losses
+        nan = float("nan")
+        t0 = time.perf_counter()
+        means = [sub.sample_means(params) for sub in self.subs]
+        sample_time = time.perf_counter() - t0
+        event, new_params, step_norm, update_time = "", params, nan, 0.0
+        losses = [{t: nan for t in sub.c.targets} for sub in self.subs]
+        if any(m is None for m in means):
+            event = "unstable_simulation"
+        else:
+            t1 = time.perf_counter()
+            losses = [target_losses(sub.c, m) for sub, m in zip(self.subs, means)]
+            per_state = [sub.corrections(params, m, lr_scale) for sub, m in zip(self.subs, means)]
+            mean_corr = {key: (sum(pc[key][0] for pc in per_state) / len(per_state), all(pc[key][1] for pc in per_state))
+                         for key in per_state[0]}
+            updated = jax.block_until_ready(self.subs[0].apply(params, mean_corr))
+            update_time = time.perf_counter() - t1
+            step_norm = float(sum(float(jnp.sum(du ** 2)) for du, _ in mean_corr.values()) ** 0.5)
+            if updated is None or not all(jnp.isfinite(v) for ls in losses for v in ls.values()):
+                event = "non_finite_loss"
+            else:
+                new_params = updated
+        fields = {"loss": nan if event else float(sum(sum(ls.values()) for ls in losses))}
+        for name, ls in zip(self.names, losses):
+            for t, v in ls.items():
+                fields[f"loss_{name}_{t}"] = nan if event else v
+        fields.update({"n_eff": nan, "reused": 0, "sample_time": sample_time, "update_time": update_time,
+                       "grad_norm": nan, "step_norm": step_norm, "n_trajectories": sum(s.n_traj for s in self.subs)})
+        return Proposal(new_params, opt_state, fields, event, all(m is not None for m in means))
