@@ -105,7 +105,8 @@ class DiffTRe:
             obs_nb = self.feature_nbr_fn.rebuild(R, carry["obs"])
             e_nb = self.energy_nbr_fn.rebuild(R, carry["energy"])
             r = distances_on_list(R, obs_nb.idx, self.box)
-            static = {k: o.snapshot(self.ctx, {"r": r}) for k, o in self.observables.items()
+            q = {"r": r, "R": R, "idx": obs_nb.idx, "box": self.box}
+            static = {k: o.snapshot(self.ctx, q) for k, o in self.observables.items()
                       if not o.depends_on_params}
             return {"obs": obs_nb, "energy": e_nb}, (distances_on_list(R, e_nb.idx, self.box), static)
 

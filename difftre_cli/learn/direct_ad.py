@@ -92,7 +92,7 @@ class DirectAD:
     def snapshot_values(self, params, R, nb_e, nb_o) -> dict:
         q = {}
         if self.needs_r:
-            q["r"] = distances_on_list(R, nb_o.idx, self.box)
+            q.update(r=distances_on_list(R, nb_o.idx, self.box), R=R, idx=nb_o.idx, box=self.box)
         if self.needs_energy:
             r_e = distances_on_list(R, nb_e.idx, self.box)
             q["energy"], q["virial"] = jax.value_and_grad(
