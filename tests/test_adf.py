@@ -285,3 +285,19 @@ def test_validation_names_an_adf_reaching_beyond_half_the_box():
     with pytest.raises(UserError, match=r"observables.adf needs neighbours up to 3.23.*half the box") as exc:
         validate(cfg)
     assert "observables.adf.r_cut" in exc.value.fix
+
+
+def test_evaluation_plots_label_angle_grids_in_rad(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from difftre_cli import plots
+
+    labels = []
+    real = matplotlib.axes.Axes.set_xlabel
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xlabel", lambda ax, s, *a, **k: labels.append(s) or real(ax, s, *a, **k))
+    grid = [0.5, 1.5, 2.5]
+    ev = {"units": {"length": "nm"}, "targets": {
+        "adf": {"grid": grid, "grid_unit": "rad", "target": [0.1, 0.5, 0.2], "observable": [0.2, 0.4, 0.2], "rmse": 0.1},
+        "rdf": {"grid": grid, "grid_unit": "nm", "target": [0, 1, 1], "observable": [0, 1, 1], "rmse": 0.0}}}
+    paths = plots.plot_all(tmp_path, ev, [])
+    assert [p.name for p in paths] == ["adf.png", "rdf.png"] and labels == ["x [rad]", "x [nm]"]
