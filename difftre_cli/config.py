@@ -133,6 +133,10 @@ def _validate_one(cfg: DictConfig) -> None:
                         "use more particles (system.n_particles) or a smaller cutoff")
     for name, o in obs.items():
         reach = getattr(o, "reach", None)
+        if reach is not None and reach > half and not hasattr(o, "r_max"):   # adf, tetrahedral_q
+            raise UserError(f"observables.{name} needs neighbours up to {reach:.4g} (its reach), beyond half the box "
+                            f"({half:.4g})", f"lower observables.{name}.r_cut / reach, or use more particles "
+                            "(system.n_particles)")
         if reach is not None and reach > half:
             raise UserError(f"observables.{name}.r_max={o.r_max:g} (plus 4 sigma of smoothing: {reach:.4g}) "
                             f"exceeds half the box ({half:.4g}); the minimum-image RDF is undefined beyond it",

@@ -97,8 +97,10 @@ def _state_results(out: dict, c, means: dict, rows, prefix: str) -> None:
         if rows and f"loss_{prefix}{name}" in rows[0] and t.gamma > 0:
             start = float(np.sqrt(rows[0][f"loss_{prefix}{name}"] / t.gamma))
         grid = c.observables[t.observable].grid
+        angle = getattr(c.observables[t.observable], "unit_kind", None) == "angle"
         out["targets"][prefix + name] = {"rmse": rmse, "rmse_at_start": start, "source": t.source,
                                          "grid": None if grid is None else np.asarray(grid).tolist(),
+                                         "grid_unit": "rad" if angle else c.system.units.length,
                                          "observable": pred.tolist(), "target": np.asarray(t.value).tolist(),
                                          "rdf_deviation_D": _rdf_D(c, t, pred)}
 

@@ -17,7 +17,7 @@ def plot_all(run_dir: Path, ev: dict, rows: list[dict]) -> list[Path]:
         if d["grid"] is not None:
             ax.plot(d["grid"], d["target"], "k-", lw=2, label="target")
             ax.plot(d["grid"], d["observable"], "C1--", label=f"learned (RMSE {d['rmse']:.3g})")
-            ax.set_xlabel(f"x [{ev['units']['length']}]")
+            ax.set_xlabel(f"x [{d.get('grid_unit', ev['units']['length'])}]")
         else:
             ax.bar(["target", "learned"], [d["target"], d["observable"]], color=["k", "C1"])
         ax.set_title(name)

@@ -117,9 +117,10 @@ class DiffTRe:
 
     def list_quantities(self, R, idx) -> dict:
         """What θ-independent observables see of one snapshot on a dense list ``idx``: the
-        distances ``r`` (N, M) (+inf on padding) and, for mixtures, the ordered species-pair
-        code s_i · n_species + s_j of every entry (``code``)."""
-        q = {"r": distances_on_list(R, idx, self.box)}
+        distances ``r`` (N, M) (+inf on padding), the positions ``R``, the list ``idx`` and the
+        box edge ``box`` (for angles), and, for mixtures, the ordered species-pair code
+        s_i · n_species + s_j of every entry (``code``)."""
+        q = {"r": distances_on_list(R, idx, self.box), "R": R, "idx": idx, "box": self.box}
         if self.ctx.species is not None and len(self.ctx.species_names) > 1:
             s = jnp.asarray(self.ctx.species)
             q["code"] = s[:, None] * len(self.ctx.species_names) + s[jnp.minimum(idx, s.shape[0] - 1)]

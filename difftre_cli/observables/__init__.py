@@ -6,8 +6,10 @@ An observable is a small frozen dataclass with
 - ``depends_on_params``: False if the snapshot value is fixed by the positions alone (then it
   is computed once per reference trajectory, not once per update),
 - ``snapshot(ctx, quantities) -> value`` with ``quantities`` the per-snapshot inputs
-  (pair distances ``r``, or coordinates ``x`` for one-body systems; for θ-dependent observables
-  also ``energy`` and ``virial``).
+  (pair systems: ``r`` distances (N, M) on a dense neighbour list, +inf for padding, ``R``
+  positions (N, 3), ``idx`` that list (N, M) padded with N, ``box`` the cubic box side;
+  one-body systems: coordinates ``x``; for θ-dependent observables ``energy`` and ``virial``),
+- ``reach`` (pair systems, θ-independent): the neighbour-list cutoff the observable needs.
 
 The registry :data:`OBSERVABLES` maps the name used in ``observables/*.yaml`` to a builder.
 """
@@ -17,10 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
+from .adf import ADF
 from .density import Density
 from .energy import PotentialEnergy
 from .pressure import Pressure
 from .rdf import RDF
+from .tetrahedral import TetrahedralQ
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,8 @@ class Context:
 
 
 OBSERVABLES = {"rdf": RDF.from_config, "pressure": Pressure.from_config, "energy": PotentialEnergy.from_config,
-               "density": Density.from_config}
+               "density": Density.from_config, "adf": ADF.from_config,
+               "tetrahedral_q": TetrahedralQ.from_config}
 
 
 def build(cfg) -> dict:

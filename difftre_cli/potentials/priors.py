@@ -19,9 +19,27 @@ def _shifted(u: PairFn, cutoff: float) -> PairFn:
     return lambda r: u(r) - shift
 
 
-def repulsive(epsilon: float = 1.0, sigma: float = 1.0, exponent: int = 12, cutoff: float = 2.5) -> PairFn:
-    """ε (σ/r)^n."""
-    return _shifted(lambda r: epsilon * (sigma / r) ** exponent, cutoff)
+def _switched(u: PairFn, r_on: float, cutoff: float) -> PairFn:
+    """u(r)·S(r): S = 1 below r_on, 0 beyond the cutoff, the quintic smoothstep
+    1 − 10x³ + 15x⁴ − 6x⁵ (x = (r − r_on)/(r_c − r_on)) in between, so u, u' and u'' are
+    continuous and vanish at the cutoff."""
+    if not 0.0 < r_on < cutoff:
+        raise UserError(f"prior.r_on={r_on:g} must lie between 0 and the cutoff {cutoff:g}",
+                        "set prior.r_on below model.cutoff, e.g. 0.9 x cutoff")
+
+    def fn(r):
+        x = jnp.clip((r - r_on) / (cutoff - r_on), 0.0, 1.0)
+        return u(r) * (1.0 - x ** 3 * (10.0 - 15.0 * x + 6.0 * x * x))
+    return fn
+
+
+def repulsive(epsilon: float = 1.0, sigma: float = 1.0, exponent: int = 12, cutoff: float = 2.5,
+              r_on: float | None = None) -> PairFn:
+    """ε (σ/r)^n, shifted to 0 at the cutoff; with ``r_on``, smoothly switched off between
+    r_on and the cutoff instead (the DiffTRe water prior: σ = 0.3165 nm, ε = 1 kJ/mol,
+    switched off between 0.45 and 0.5 nm)."""
+    u = lambda r: epsilon * (sigma / r) ** exponent  # noqa: E731
+    return _shifted(u, cutoff) if r_on is None else _switched(u, float(r_on), cutoff)
 
 
 def lennard_jones(epsilon: float = 1.0, sigma: float = 1.0, cutoff: float = 2.5) -> PairFn:
@@ -47,7 +65,7 @@ PRIORS = {"repulsive": repulsive, "lj": lennard_jones, "harmonic": harmonic, "no
 
 #: Parameters of each prior: (lower bound, open?, example). ε, σ, k > 0; r0 >= 0.
 _BOUNDS = {"epsilon": (0.0, True, "1.0"), "sigma": (0.0, True, "1.0"), "exponent": (0.0, True, "12"),
-           "k": (0.0, True, "1.0"), "r0": (0.0, False, "1.0")}
+           "k": (0.0, True, "1.0"), "r0": (0.0, False, "1.0"), "r_on": (0.0, True, "0.45")}
 
 
 def build(cfg, cutoff: float, prefix: str = "prior") -> PairFn:
