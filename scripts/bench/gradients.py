@@ -23,6 +23,12 @@ particle, N_eq = N/10), and the preset's own trajectory (100 particles × 100 st
 
     python scripts/bench/gradients.py --out runs/bench_gradients          # ~5 min on 2 CPU cores
     python scripts/bench/gradients.py --quick --out /tmp/bench            # ~1 min
+
+Direct AD's gradient grows with the trajectory length only where nearby trajectories diverge;
+Langevin friction damps that. ``--gamma`` overrides the preset's friction (γ = 5) and
+``--norms-only`` skips the timings, e.g. the weak-friction study:
+
+    python scripts/bench/gradients.py --norms-only --gamma 0.05 --out runs/bench_gradients_gamma0.05
 """
 from __future__ import annotations
 
@@ -66,6 +72,8 @@ def main():
     ap.add_argument("--lengths", default="10,30,100,300,1000", help="kept states N (one particle) to compare")
     ap.add_argument("--seeds", type=int, default=3, help="trajectories per length for the gradient norms")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--gamma", type=float, default=None, help="Langevin friction (default: the preset's)")
+    ap.add_argument("--norms-only", action="store_true", help="gradient norms vs length only (no timings)")
     args = ap.parse_args()
 
     import jax
@@ -92,6 +100,8 @@ def main():
     params = pot.init(jax.random.PRNGKey(0))
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
     base_cfg = c.sampler.cfg
+    if args.gamma is not None:
+        base_cfg = dataclasses.replace(base_cfg, gamma=args.gamma)
 
     difftre_grad = jax.jit(jax.grad(lambda p, f: learner.loss(p, f)[0]))
     difftre_loss = jax.jit(lambda p, f: learner.loss(p, f)[0])
@@ -152,9 +162,24 @@ def main():
     for n in lengths:
         n_eq = max(1, n // 10)
         for seed in range(seeds):
-            row = compare(1, n, n_eq, seed, time_it=(seed == 0))
+            row = compare(1, n, n_eq, seed, time_it=(seed == 0 and not args.norms_only))
             rows.append(row)
             print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    if args.norms_only:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        summary = {"difftre": __version__, "jax": jax.__version__, "device": str(jax.devices()[0]),
+                   "integrator": f"BAOAB dt={base_cfg.dt} gamma={base_cfg.gamma}, one state kept every {every} steps",
+                   "rows": rows, "wall_s": time.perf_counter() - t_start}
+        (out / "gradients.json").write_text(json.dumps(summary, indent=1))
+        plot(out / "gradients.png", rows, None)
+        print(f"\ngradient norms, {summary['integrator']} (mean over {seeds} trajectories)")
+        print(f"{'N states':>9} {'steps':>7} {'|g| DiffTRe':>12} {'|g| direct':>11}")
+        for n in lengths:
+            sel = [r for r in rows if r["kept_states_per_particle"] == n]
+            print(f"{n:>9} {sel[0]['steps']:>7} {np.mean([r['grad_norm_difftre'] for r in sel]):>12.4g} "
+                  f"{np.mean([r['grad_norm_direct'] for r in sel]):>11.4g}")
+        return
     # the preset's own trajectory: 100 particles x 100 states after 10 skipped (N = 10000 states)
     preset = compare(int(cfg.system.n_particles), base_cfg.n_snapshots, base_cfg.equilibration_steps // every, 0,
                      time_it=True) if not args.quick else None
