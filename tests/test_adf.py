@@ -5,7 +5,7 @@ limit, the DiffTRe feature path, and angle target files in rad or deg."""
 from __future__ import annotations
 
 import math
-from functools import partial
+from functools import lru_cache, partial
 
 import jax
 import jax.numpy as jnp
@@ -35,10 +35,15 @@ def _double_precision():
     jax.config.update("jax_enable_x64", old)
 
 
+@lru_cache(maxsize=None)
+def _neighbor_fn(box, cutoff):
+    return neighbors.make_neighbor_fn(box, cutoff, 0.0, 1.3)     # one compilation per (box, cutoff, shape)
+
+
 def quantities(R, box, cutoff, extra=0):
     """The θ-independent inputs as learn/difftre.py builds them: a dense list at ``cutoff``."""
     R = jnp.asarray(R, jnp.float64)
-    nb = neighbors.make_neighbor_fn(box, cutoff, 0.0, 1.3).allocate(R, extra_capacity=extra)
+    nb = _neighbor_fn(float(box), float(cutoff)).allocate(R, extra_capacity=extra)
     return {"r": distances_on_list(R, nb.idx, box), "R": R, "idx": nb.idx, "box": box}
 
 
@@ -255,9 +260,9 @@ def test_difftre_features_carry_positions_and_list_to_the_observables():
     assert feats.static["adf"].shape == (s, 30) and feats.static["q"].shape == (s,)
     for i in range(s):
         q = quantities(pos[i], box, 1.2)
-        np.testing.assert_allclose(np.asarray(feats.static["adf"][i]), np.asarray(obs["adf"].snapshot(ctx, q)),
+        np.testing.assert_allclose(np.asarray(feats.static["adf"][i]), np.asarray(snap(obs["adf"], q)),
                                    rtol=1e-4, atol=1e-5)
-        assert float(feats.static["q"][i]) == pytest.approx(float(obs["q"].snapshot(ctx, q)), abs=1e-5)
+        assert float(feats.static["q"][i]) == pytest.approx(float(snap(obs["q"], q)), abs=1e-5)
 
 
 # ---------------------------------------------------------------------------------------
