@@ -86,7 +86,7 @@ class RDF:
                 r = jnp.where(q["code"] == a * len(ctx.species_names) + b, r, jnp.inf)
             n_pairs = ctx.counts[a] * (ctx.counts[b] - (a == b))
         r = r.reshape(-1)
-        step = self.fine[1] - self.fine[0]
+        step = float(self.fine[1] - self.fine[0])   # a Python float: keeps the positions' dtype
         nf = len(self.fine)
         x = r / step
         i0 = jnp.floor(jnp.where(jnp.isfinite(x), x, nf + 1.0)).astype(jnp.int32)
