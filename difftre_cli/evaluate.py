@@ -133,6 +133,8 @@ def potential_curve(c, params, cfg) -> dict:
     pot = c.potential
     if getattr(pot, "one_body", False):
         return external_curve(c, params)
+    if not hasattr(pot, "pair") and not hasattr(pot, "pairs"):   # many-body network: no pair curve
+        return {"kind": "many_body"}
     if hasattr(pot, "pairs"):   # mixture: per species pair
         curves = {}
         for k, (name, _, _) in enumerate(pot.pairs):

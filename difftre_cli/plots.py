@@ -47,6 +47,8 @@ def plot_all(run_dir: Path, ev: dict, rows: list[dict]) -> list[Path]:
     if "x" in pot:   # one-body potential u(x) (the double well)
         paths.append(plot_external(run_dir, ev))
         return paths
+    if "r" not in pot and "pairs" not in pot:   # a many-body potential has no pair curve
+        return paths
     fig, ax = plt.subplots(figsize=(5, 3.5))
     curves = pot["pairs"] if "pairs" in pot else {"": pot}   # a mixture: one curve per species pair
     lo = 0.0

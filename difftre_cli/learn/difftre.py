@@ -178,11 +178,17 @@ class DiffTRe:
         raise UserError("the feature neighbour list kept overflowing", "the system is probably unstable")
 
     # -- per update --------------------------------------------------------------------
+    def _over_states(self, fn, feats):
+        """``fn`` of every stored state: vectorised (``vmap``), or ``snapshot_batch`` states at a
+        time (``lax.map``) for potentials whose per-state intermediates are large (networks)."""
+        batch = getattr(self.potential, "snapshot_batch", None)
+        return lax.map(fn, feats, batch_size=batch) if batch else jax.vmap(fn)(feats)
+
     def snapshot_energies(self, params, r):
         """U_θ (S,) and virial s·∂U/∂s (S,) from stored features."""
         def one(r_s):
             return jax.value_and_grad(lambda s: self._energy(params, r_s, s))(1.0)
-        return jax.vmap(one)(r)
+        return self._over_states(one, r)
 
     def _values(self, u, virial, feats: Features) -> dict:
         """Per-snapshot values (S, ...) of every observable: θ-dependent ones from the energies
@@ -219,7 +225,7 @@ class DiffTRe:
 
     def _n_eff(self, params, feats):
         """N_eff of ``params`` on the trajectory of ``feats`` (the reuse decision)."""
-        u = jax.vmap(lambda r_s: self._energy(params, r_s))(feats.r)
+        u = self._over_states(lambda r_s: self._energy(params, r_s), feats.r)
         return reweight.effective_sample_size(reweight.weights(self.beta, u, feats.u_ref))
 
     def _grad_impl(self, params, feats):
@@ -237,7 +243,7 @@ class DiffTRe:
         length, so the optimiser's learning rate is the step's √(2 KL)."""
         from jax.flatten_util import ravel_pytree
         flat, unravel = ravel_pytree(params)
-        u_of = lambda th: jax.vmap(lambda r_s: self._energy(unravel(th), r_s))(feats.r)  # noqa: E731
+        u_of = lambda th: self._over_states(lambda r_s: self._energy(unravel(th), r_s), feats.r)  # noqa: E731
         u = u_of(flat)
         jac = jax.jacfwd(u_of)(flat)                                      # (S, K)
         w = reweight.weights(self.beta, u, feats.u_ref)
