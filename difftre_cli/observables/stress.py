@@ -150,8 +150,8 @@ def virial_stress(energy_of_strain: Callable, momenta, masses, volume, dtype=Non
 
 
 def box_derivative_stress(energy_fn: Callable, R, box):
-    """σ_conf = (1/Ω) [Σ_i ∂U/∂R_i ⊗ R_i + (∂U/∂h) hᵀ] (= (1/Ω)[−Σ F_i ⊗ R_i + (∂U/∂h) hᵀ]) for an
-    energy ``energy_fn(R, box)`` of Cartesian positions and the box (columns are lattice
+    """σ_conf = (1/Ω) [Σ_i ∂U/∂R_i ⊗ R_i + (∂U/∂h) hᵀ] = (1/Ω) [−Σ_i F_i ⊗ R_i + (∂U/∂h) hᵀ]
+    for an energy ``energy_fn(R, box)`` of Cartesian positions and the box (columns are lattice
     vectors), Voigt (6,). Equals :func:`born_stress` of :func:`energy_of_strain_cartesian`; kept
     as the explicit form for potentials whose box dependence is easier to differentiate
     directly."""
