@@ -27,6 +27,12 @@ GPA_PER_EV_A3 = ELEMENTARY_CHARGE_C * 1e30 * 1e-9
 KB_EV_PER_K = 1.380649e-23 / ELEMENTARY_CHARGE_C
 #: Angstrom per nanometre.
 ANGSTROM_PER_NM = 10.0
+#: Atomic mass constant in kg (CODATA 2018).
+AMU_KG = 1.66053906660e-27
+#: The time unit of JAX MD run on metal units (Å, eV, amu), sqrt(amu Å² / eV), in fs (≈ 10.1805 fs).
+#: JAX MD has no unit system: its integrators take dt in this derived unit, so dt = 1 fs is
+#: 1 / METAL_TIME_UNIT_FS and a friction of γ ps⁻¹ is γ · METAL_TIME_UNIT_FS · 1e-3.
+METAL_TIME_UNIT_FS = math.sqrt(AMU_KG * 1e-20 / ELEMENTARY_CHARGE_C) * 1e15
 
 LENGTH_TO_NM = {"nm": 1.0, "angstrom": 0.1, "A": 0.1, "Å": 0.1, "pm": 1e-3}
 ANGLE_TO_RAD = {"rad": 1.0, "deg": math.pi / 180.0}
