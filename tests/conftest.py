@@ -1,14 +1,31 @@
 """Shared fixtures."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+
+
+@contextlib.contextmanager
+def _x64(enabled: bool):
+    import jax
+    old = bool(jax.config.jax_enable_x64)
+    jax.config.update("jax_enable_x64", enabled)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", old)
 
 
 @pytest.fixture
 def single_precision():
     """Run a test in float32 (the default precision) and restore the previous x64 setting."""
-    import jax
-    old = bool(jax.config.jax_enable_x64)
-    jax.config.update("jax_enable_x64", False)
-    yield
-    jax.config.update("jax_enable_x64", old)
+    with _x64(False):
+        yield
+
+
+@pytest.fixture
+def double_precision():
+    """Run a test in float64 (finite differences need it) and restore the previous x64 setting."""
+    with _x64(True):
+        yield

@@ -26,13 +26,8 @@ from difftre_cli.simulate import Trajectory
 TETRAHEDRAL = math.acos(-1.0 / 3.0)       # 109.47°
 
 
-@pytest.fixture(autouse=True)
-def _double_precision():
-    """Finite differences need float64; restore the previous setting for the rest of the suite."""
-    old = bool(jax.config.jax_enable_x64)
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", old)
+# every test here runs in float64 (conftest.double_precision restores the previous setting)
+pytestmark = pytest.mark.usefixtures("double_precision")
 
 
 @lru_cache(maxsize=None)

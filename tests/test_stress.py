@@ -22,13 +22,8 @@ A0 = 5.430950   # Å, SW zero-stress lattice constant
 G = units.GPA_PER_EV_A3
 
 
-@pytest.fixture(autouse=True)
-def _double_precision():
-    """Every test here runs in float64 and restores the previous setting afterwards."""
-    old = bool(jax.config.jax_enable_x64)
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", old)
+# every test here runs in float64 (conftest.double_precision restores the previous setting)
+pytestmark = pytest.mark.usefixtures("double_precision")
 
 
 def _sw(**params):

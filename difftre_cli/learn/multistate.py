@@ -49,13 +49,17 @@ class StateStore:
 
 class MultiStateDiffTReRegime:
     def __init__(self, states: list, store, ratio: float, init_from: str | None = None):
+        self._setup(states, store, init_from, lambda c, st: DiffTReRegime(c, st, ratio, init_from))
+        self._apply = jax.jit(lambda p, o, g, loss, s: apply_update(self.optimizer, p, o, g, loss, s))
+
+    def _setup(self, states: list, store, init_from, make_sub):
+        """One single-state regime ``make_sub(components, store)`` per state point."""
         self.names = [name for name, _ in states]
         self.cs = [c for _, c in states]
         self.store = store
         self.init_from = init_from
-        self.subs = [DiffTReRegime(c, StateStore(store, name), ratio, init_from) for name, c in states]
+        self.subs = [make_sub(c, StateStore(store, name)) for name, c in states]
         self.optimizer = self.cs[0].optimizer
-        self._apply = jax.jit(lambda p, o, g, loss, s: apply_update(self.optimizer, p, o, g, loss, s))
 
     # -- state ---------------------------------------------------------------------------
     def init(self, key):
@@ -66,26 +70,30 @@ class MultiStateDiffTReRegime:
             sub.state, sub.nbrs = sub.c.sampler.init(k, params)
         return params, opt_state
 
+    #: checkpointed trees of each state point's regime; in the checkpoint: tree → {state: value}
+    TREE_KEYS = ("sim_state", "neighbor")
+
     def checkpoint(self):
-        trees, attrs = {"sim_state": {}, "neighbor": {}}, {}
+        trees, attrs = {k: {} for k in self.TREE_KEYS}, {}
         for name, sub in zip(self.names, self.subs):
-            t, a = sub.checkpoint()
-            trees["sim_state"][name], trees["neighbor"][name] = t["sim_state"], t["neighbor"]
-            attrs[name] = a
+            t, attrs[name] = sub.checkpoint()
+            for k in self.TREE_KEYS:
+                trees[k][name] = t[k]
         return trees, {"n_trajectories": sum(s.n_traj for s in self.subs), "states": json.dumps(attrs)}
 
     def templates(self, attrs):
         per = json.loads(attrs["states"])
-        out = {"sim_state": {}, "neighbor": {}}
+        out = {k: {} for k in self.TREE_KEYS}
         for name, sub in zip(self.names, self.subs):
             t = sub.templates(per[name])
-            out["sim_state"][name], out["neighbor"][name] = t["sim_state"], t["neighbor"]
+            for k in self.TREE_KEYS:
+                out[k][name] = t[k]
         return out
 
     def restore(self, trees, attrs):
         per = json.loads(attrs["states"])
         for name, sub in zip(self.names, self.subs):
-            sub.restore({"sim_state": trees["sim_state"][name], "neighbor": trees["neighbor"][name]}, per[name])
+            sub.restore({k: trees[k][name] for k in self.TREE_KEYS}, per[name])
 
     def rejected(self):
         for sub in self.subs:
@@ -170,12 +178,7 @@ class MultiStateDirectADRegime(MultiStateDiffTReRegime):
 
     def __init__(self, states: list, store, tcfg):
         from .direct_ad import DirectADRegime
-        self.names = [name for name, _ in states]
-        self.cs = [c for _, c in states]
-        self.store = store
-        self.init_from = tcfg.get("init_from", None)
-        self.subs = [DirectADRegime(c, StateStore(store, name), tcfg) for name, c in states]
-        self.optimizer = self.cs[0].optimizer
+        self._setup(states, store, tcfg.get("init_from", None), lambda c, st: DirectADRegime(c, st, tcfg))
         self._apply = jax.jit(lambda p, o, g, loss, s, ok: apply_update(self.optimizer, p, o, g, loss, s, ok=ok))
 
     def init(self, key):
@@ -184,27 +187,7 @@ class MultiStateDirectADRegime(MultiStateDiffTReRegime):
             sub.obs_nbrs = sub.ad.allocate_obs_list(sub.state.position)
         return params, opt_state
 
-    def checkpoint(self):
-        trees, attrs = {"sim_state": {}, "neighbor": {}, "obs_neighbor": {}}, {}
-        for name, sub in zip(self.names, self.subs):
-            t, attrs[name] = sub.checkpoint()
-            for k in trees:
-                trees[k][name] = t[k]
-        return trees, {"n_trajectories": sum(s.n_traj for s in self.subs), "states": json.dumps(attrs)}
-
-    def templates(self, attrs):
-        per = json.loads(attrs["states"])
-        out = {"sim_state": {}, "neighbor": {}, "obs_neighbor": {}}
-        for name, sub in zip(self.names, self.subs):
-            t = sub.templates(per[name])
-            for k in out:
-                out[k][name] = t[k]
-        return out
-
-    def restore(self, trees, attrs):
-        per = json.loads(attrs["states"])
-        for name, sub in zip(self.names, self.subs):
-            sub.restore({k: trees[k][name] for k in ("sim_state", "neighbor", "obs_neighbor")}, per[name])
+    TREE_KEYS = ("sim_state", "neighbor", "obs_neighbor")
 
     def propose(self, params, opt_state, lr_scale: float) -> Proposal:
         nan = float("nan")
@@ -253,11 +236,7 @@ class MultiStateIBIRegime(MultiStateDiffTReRegime):
 
     def __init__(self, states: list, store, tcfg):
         from .ibi import IBIRegime
-        self.names = [name for name, _ in states]
-        self.cs = [c for _, c in states]
-        self.store = store
-        self.init_from = tcfg.get("init_from", None)
-        self.subs = [IBIRegime(c, StateStore(store, name), tcfg) for name, c in states]
+        self._setup(states, store, tcfg.get("init_from", None), lambda c, st: IBIRegime(c, st, tcfg))
 
     def init(self, key):
         k_param, k_sim = jax.random.split(key)

@@ -18,8 +18,22 @@ from .. import neighbors
 from . import pair, priors
 
 
+class ListKernels:
+    """Sampler-side functions of a pair potential on a dense neighbour list; the class defines
+    ``_on_list(box_size, kernel)`` (the pair function each entry of the list uses)."""
+
+    def force_fn(self, box_size: float):
+        """``force(R, neighbor, params) -> (N, 3)`` forces, gather-only over the dense list."""
+        forces_and_energy = self._on_list(box_size, neighbors.pair_forces_and_energy)
+        return lambda R, neighbor, params, **kw: forces_and_energy(R, neighbor, params)[0]
+
+    def energy_fn(self, box_size: float):
+        """``energy(R, neighbor, params) -> scalar`` on a dense neighbour list."""
+        return self._on_list(box_size, neighbors.pair_energy)
+
+
 @dataclass(frozen=True)
-class PairPotential:
+class PairPotential(ListKernels):
     """u(r) = u_prior(r) + u_θ(r) for r < cutoff, zero beyond."""
 
     prior: Callable
@@ -65,15 +79,6 @@ class PairPotential:
         def fn(R, neighbor, params, **unused):
             return kernel(lambda r: self.pair(params, r), R, neighbor.idx, box_size, self.cutoff)
         return fn
-
-    def force_fn(self, box_size: float):
-        """``force(R, neighbor, params) -> (N, 3)`` forces, gather-only over the dense list."""
-        forces_and_energy = self._on_list(box_size, neighbors.pair_forces_and_energy)
-        return lambda R, neighbor, params, **kw: forces_and_energy(R, neighbor, params)[0]
-
-    def energy_fn(self, box_size: float):
-        """``energy(R, neighbor, params) -> scalar`` on a dense neighbour list."""
-        return self._on_list(box_size, neighbors.pair_energy)
 
 
 def build(prior_cfg, model_cfg, cutoff: float, species_names=("X",)):

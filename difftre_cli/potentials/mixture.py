@@ -20,9 +20,8 @@ from dataclasses import dataclass, replace
 import jax.numpy as jnp
 import numpy as np
 
-from .. import neighbors
 from ..errors import UserError
-from . import distances_on_list
+from . import ListKernels, distances_on_list
 
 
 def pair_names(species_names) -> list[tuple[str, int, int]]:
@@ -74,7 +73,7 @@ def per_pair_configs(cfg, pairs: list[tuple[str, int, int]], key: str) -> dict:
 
 
 @dataclass(frozen=True)
-class MixturePairPotential:
+class MixturePairPotential(ListKernels):
     """u(r) = u_prior,ab(r) + u_θ,ab(r) for r < cutoff, per species pair (a, b).
 
     ``species`` (N,) is bound per state point by :meth:`bind` (the composition may differ
@@ -148,13 +147,6 @@ class MixturePairPotential:
             code = codes_on_list(self._species(), neighbor.idx, table)
             return kernel(lambda r: self.pair_typed(params, r, code), R, neighbor.idx, box_size, self.cutoff)
         return fn
-
-    def force_fn(self, box_size: float):
-        forces_and_energy = self._on_list(box_size, neighbors.pair_forces_and_energy)
-        return lambda R, neighbor, params, **kw: forces_and_energy(R, neighbor, params)[0]
-
-    def energy_fn(self, box_size: float):
-        return self._on_list(box_size, neighbors.pair_energy)
 
 
 def build(prior_cfg, model_cfg, cutoff: float, species_names) -> MixturePairPotential:
