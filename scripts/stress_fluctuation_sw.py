@@ -18,7 +18,7 @@ method, checked against the 0 K relaxed-ion values and against stress–strain s
 Output: a table on stdout, ``--out`` JSON (+ PNG next to it; per-snapshot arrays in an .npz).
 
 Measured with the defaults (216 atoms at a = 5.430950 Å, Langevin γ = 50 ps⁻¹, dt = 1 fs, 100 ps
-per temperature with snapshots every 20 fs, 20 jackknife blocks; ~75 min on the shared 2-core
+per temperature with snapshots every 20 fs, 20 jackknife blocks; ~55 min on the shared 2-core
 machine), GPa:
 
       T (K)   P       C11              C12              C44
