@@ -56,7 +56,9 @@ applies F to every displacement); an energy that takes Cartesian positions and t
 ``lax.map`` over the snapshots; everything is differentiable in θ.
 
 Cost: one forward-over-reverse pass (6 JVPs of the gradient with respect to the 6 strain
-components) per snapshot; measured for SW silicon in ``scripts/stress_fluctuation_sw.py``.
+components) per snapshot, about 6 Hessian-vector products. Measured for SW silicon, N = 216 at
+300 K, float64 on this 2-core CPU (shared, medians): energy 1.2 ms, forces 1.9 ms, σ^B alone
+2.2 ms, σ^B and C^B together 30 ms (one Hessian-vector product 4.0 ms; jacfwd∘jacfwd is 110 ms).
 """
 from __future__ import annotations
 
