@@ -1,0 +1,390 @@
+"""DimeNet++ potential: bases vs scipy, invariances, forces and virial vs finite differences,
+smoothness at the cutoff, dense = sparse, independence of the list's skin, config checks."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from scipy.special import spherical_jn as scipy_jn
+
+from difftre_cli import neighbors
+from difftre_cli.errors import UserError
+from difftre_cli.potentials import gnn
+
+CUTOFF = 0.5
+# Small enough to compile fast; two blocks so that messages travel between blocks.
+SMALL = {"kind": "dimenet", "cutoff": CUTOFF, "n_species": 2, "embed_size": 8, "out_embed_size": 8,
+         "int_emb_size": 4, "basis_emb_size": 2, "num_blocks": 2, "num_spherical": 4, "num_radial": 4,
+         "num_residual_after_skip": 1, "num_dense_out": 1}
+# Every system has N atoms, a dense list of width M and, in sparse form, fixed capacities, and
+# the box is a (3,) array: each jitted function below compiles once per dtype.
+N, M, MAX_EDGES, MAX_TRIPLETS = 40, 36, 1280, 24000
+SPECIES = jnp.asarray(np.arange(N) % 2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return gnn.build(SMALL)
+
+
+@pytest.fixture(scope="module")
+def raw_params(model):
+    """Initial parameters plus noise: the output layers start at zero, which would make every
+    energy identically zero."""
+    params = model.init(jax.random.PRNGKey(0))
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+    leaves = [np.asarray(p) + 0.1 * np.asarray(jax.random.normal(k, p.shape)) for p, k in zip(leaves, keys)]
+    return jax.tree_util.tree_unflatten(tree, leaves)
+
+
+def _cast(params, dtype):
+    return jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), params)
+
+
+def _lattice(box, seed, jitter=0.12):
+    """N sites of a jittered simple-cubic lattice filling a periodic box (no overlaps)."""
+    rng = np.random.default_rng(seed)
+    k = int(np.ceil(N ** (1 / 3)))
+    sites = np.stack(np.meshgrid(*[np.arange(k)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    sites = sites[rng.choice(len(sites), N, replace=False)] * (box / k)
+    return (sites + rng.uniform(-jitter, jitter, sites.shape) * (box / k)) % box
+
+
+def _cluster(seed, box=4.0, spacing=0.28):
+    """A compact cluster in the middle of a big box: no periodic image within the cutoff."""
+    rng = np.random.default_rng(seed)
+    sites = np.stack(np.meshgrid(*[np.arange(4)] * 3, indexing="ij"), -1).reshape(-1, 3)[:N]
+    sites = (sites - sites.mean(0)) * spacing + rng.uniform(-0.05, 0.05, (N, 3))
+    return sites + 0.5 * box
+
+
+def _idx(R, box, skin=0.05, width=M):
+    """Dense full list (N, width) padded with N: pairs closer than cutoff + skin (minimum image)."""
+    R, box = np.asarray(R, np.float64), np.broadcast_to(np.asarray(box, np.float64), (3,))
+    d = R[None, :, :] - R[:, None, :]
+    d -= box * np.round(d / box)
+    close = (np.sum(d * d, -1) < (CUTOFF + skin) ** 2) & ~np.eye(len(R), dtype=bool)
+    assert close.sum(1).max() <= width
+    idx = np.full((len(R), width), len(R), np.int32)
+    for i, row in enumerate(close):
+        js = np.flatnonzero(row)
+        idx[i, :len(js)] = js
+    return jnp.asarray(idx)
+
+
+def _graph(R, idx, box, cutoff=CUTOFF):
+    graph, overflow = gnn.sparse_graph(idx, R, box, cutoff, MAX_EDGES, MAX_TRIPLETS)
+    assert not bool(overflow)
+    return graph
+
+
+def _box(L):
+    return jnp.full(3, L)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _value_and_grads(model, params, R, idx, box, species, strain):
+    """U and (∂U/∂θ, ∂U/∂R, ∂U/∂ε) on a dense list."""
+    return jax.value_and_grad(model.energy, argnums=(0, 1, 5))(params, R, idx, box, species, strain)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _value_and_grads_sparse(model, params, R, graph, box, species, strain):
+    return jax.value_and_grad(model.energy_sparse, argnums=(0, 1, 5))(params, R, graph, box, species, strain)
+
+
+def _evaluate(model, params, R, idx, box, species=SPECIES, strain=None, graph=None, param_grads=False):
+    """(U, forces, virial ∂U/∂ε) as float / numpy, and ∂U/∂θ if asked."""
+    R = jnp.asarray(R)
+    strain = jnp.zeros((3, 3), R.dtype) if strain is None else strain
+    if graph is None:
+        e, (gp, g, w) = _value_and_grads(model, params, R, idx, box, species, strain)
+    else:
+        e, (gp, g, w) = _value_and_grads_sparse(model, params, R, graph, box, species, strain)
+    out = (float(e), -np.asarray(g), np.asarray(w))
+    return out + (gp,) if param_grads else out
+
+
+# ---------------------------------------------------------------------------------------
+# bases
+# ---------------------------------------------------------------------------------------
+def test_spherical_bessel_matches_scipy_in_float32_and_float64(double_precision):
+    x = np.linspace(0.0, 40.0, 8001)
+    for l in range(11):                                   # num_spherical ≤ 11 is allowed
+        ref = scipy_jn(l, x)
+        err64 = np.abs(np.asarray(gnn.spherical_jn(l, jnp.asarray(x))) - ref).max()
+        err32 = np.abs(np.asarray(gnn.spherical_jn(l, jnp.asarray(x, jnp.float32))) - ref).max()
+        d = jax.vmap(jax.grad(lambda t, l=l: gnn.spherical_jn(l, t)))(jnp.asarray(x))
+        derr = np.abs(np.asarray(d) - scipy_jn(l, x, derivative=True)).max()
+        assert err64 < 1e-10 and derr < 1e-9, (l, err64, derr)
+        assert err32 < 1e-6, (l, err32)
+        assert np.all(np.isfinite(np.asarray(d)))           # including at x = 0
+
+
+def test_bessel_roots_are_roots_and_the_radial_basis_is_orthonormal(double_precision):
+    z = gnn.bessel_roots(7, 6)
+    for l in range(7):
+        assert np.all(np.diff(z[l]) > 0) and z[l, 0] > l
+        np.testing.assert_allclose(scipy_jn(l, z[l]), 0.0, atol=1e-12)
+    # the basis is φ_ln(x) u(x) with φ_ln = √2/|j_{l+1}(z_ln)| j_l(z_ln x), and the φ_ln of one l
+    # are orthonormal: ∫_0^1 φ_ln φ_ln' x² dx = δ_nn'
+    x = np.linspace(0.0, 1.0, 20001)
+    phi = np.sqrt(2.0) / np.abs(scipy_jn(np.arange(1, 8)[:, None], z)) * scipy_jn(
+        np.arange(7)[None, :, None], z[None] * x[:, None, None])                   # (x, l, n)
+    basis = np.asarray(gnn.spherical_radial_basis(jnp.asarray(x), 7, 6, 5))
+    u = np.asarray(gnn.envelope(jnp.asarray(x), 5))
+    np.testing.assert_allclose(basis, phi * u[:, None, None], atol=1e-10)
+    w = np.full_like(x, x[1] - x[0]) * x * x
+    w[[0, -1]] *= 0.5
+    for l in range(7):
+        np.testing.assert_allclose(np.einsum("k,kn,km->nm", w, phi[:, l], phi[:, l]), np.eye(6), atol=1e-6)
+
+
+def test_envelope_vanishes_smoothly_at_the_cutoff(double_precision):
+    u = lambda x: gnn.envelope(x, 5)  # noqa: E731
+    one = jnp.asarray(1.0)
+    assert float(u(jnp.asarray(0.0))) == 1.0
+    for f in (u, jax.grad(u), jax.grad(jax.grad(u))):
+        assert abs(float(f(one))) < 1e-12
+    assert float(jax.grad(jax.grad(jax.grad(u)))(one)) != 0.0
+
+
+# ---------------------------------------------------------------------------------------
+# invariances
+# ---------------------------------------------------------------------------------------
+def test_rotation_and_reflection_invariance(model, raw_params, double_precision):
+    params = _cast(raw_params, jnp.float64)
+    box = _box(4.0)
+    R = _cluster(seed=3)
+    q, _ = np.linalg.qr(np.random.default_rng(4).normal(size=(3, 3)))   # random orthogonal matrix
+    R_rot = (R - 2.0) @ q.T + 2.0
+    e0, f0, _ = _evaluate(model, params, R, _idx(R, box), box)
+    e1, f1, _ = _evaluate(model, params, R_rot, _idx(R_rot, box), box)
+    assert abs(e0) > 1e-2
+    assert e1 == pytest.approx(e0, rel=1e-12)
+    np.testing.assert_allclose(f1, f0 @ q.T, atol=1e-10 * np.abs(f0).max())
+
+
+def test_translation_invariance_with_periodic_wrapping(model, raw_params, double_precision):
+    params = _cast(raw_params, jnp.float64)
+    box = _box(1.5)
+    R = _lattice(1.5, seed=5)
+    shifted = (R + np.array([0.731, -1.234, 2.917])) % 1.5
+    e0, f0, w0 = _evaluate(model, params, R, _idx(R, box), box)
+    e1, f1, w1 = _evaluate(model, params, shifted, _idx(shifted, box), box)
+    assert e1 == pytest.approx(e0, rel=1e-12)
+    np.testing.assert_allclose(f1, f0, atol=1e-10 * np.abs(f0).max())
+    np.testing.assert_allclose(w1, w0, atol=1e-10 * np.abs(w0).max())
+
+
+def test_permutation_invariance(model, raw_params, double_precision):
+    params = _cast(raw_params, jnp.float64)
+    box = _box(1.5)
+    R = _lattice(1.5, seed=7)
+    species = np.random.default_rng(8).integers(0, 2, N)
+    perm = np.random.default_rng(9).permutation(N)
+    e0, f0, _ = _evaluate(model, params, R, _idx(R, box), box, jnp.asarray(species))
+    e1, f1, _ = _evaluate(model, params, R[perm], _idx(R[perm], box), box, jnp.asarray(species[perm]))
+    assert e1 == pytest.approx(e0, rel=1e-12)
+    np.testing.assert_allclose(f1, f0[perm], atol=1e-10 * np.abs(f0).max())
+
+
+def test_species_change_the_energy(model, raw_params, double_precision):
+    params = _cast(raw_params, jnp.float64)
+    box = _box(1.5)
+    R = _lattice(1.5, seed=10)
+    idx = _idx(R, box)
+    species = np.zeros(N, int)
+    e_all0 = _evaluate(model, params, R, idx, box, jnp.asarray(species))[0]
+    species[3] = 1
+    e_one1 = _evaluate(model, params, R, idx, box, jnp.asarray(species))[0]
+    assert abs(e_one1 - e_all0) > 1e-3 * abs(e_all0)
+
+
+# ---------------------------------------------------------------------------------------
+# derivatives
+# ---------------------------------------------------------------------------------------
+def test_forces_are_minus_the_gradient_by_finite_differences(model, raw_params, double_precision):
+    params = _cast(raw_params, jnp.float64)
+    box = _box(1.5)
+    R = _lattice(1.5, seed=11)
+    idx = _idx(R, box, skin=0.1)
+    _, forces, _ = _evaluate(model, params, R, idx, box)
+    h = 1e-6                                       # truncation error ∝ h², measured ≈ 1e-9 relative
+    rng = np.random.default_rng(12)
+    for i, a in zip(rng.choice(N, 5, replace=False), rng.integers(0, 3, 5)):
+        dR = np.zeros_like(R)
+        dR[i, a] = h
+        fd = -(_evaluate(model, params, R + dR, idx, box)[0] - _evaluate(model, params, R - dR, idx, box)[0]) / (2 * h)
+        assert fd == pytest.approx(forces[i, a], rel=1e-6, abs=1e-8 * np.abs(forces).max())
+
+
+def test_energy_and_forces_are_continuous_across_the_cutoff(model, raw_params, double_precision):
+    """Atom A moves along x through the cutoff of atom B while C stays bonded to B (A–B–C is a
+    triplet inside the cutoff only); the other atoms sit far away. The jumps of E and F vanish
+    as the step shrinks, and beyond the cutoff A is exactly an isolated atom."""
+    params = _cast(raw_params, jnp.float64)
+    box = _box(6.0)
+    B = np.array([1.5, 1.5, 1.5])
+    C = B + np.array([-0.1, 0.25, 0.0])
+    far = np.stack(np.meshgrid(*[np.arange(4)] * 3, indexing="ij"), -1).reshape(-1, 3)[:N - 3]
+    far = 3.6 + 0.7 * far.astype(float)               # spaced by more than the cutoff
+
+    def at(d):
+        R = np.concatenate([np.stack([B + np.array([d, 0.0, 0.0]), B, C]), far])
+        return _evaluate(model, params, R, _idx(R, box, skin=1.2), box)[:2]   # A–B listed throughout
+
+    e_far, f_far = at(1.5)
+    assert np.abs(f_far[0]).max() == 0.0
+    e_in, f_in = at(0.8 * CUTOFF)
+    assert abs(e_in - e_far) > 1e-3 and np.abs(f_in[0]).max() > 1e-3
+    jumps = []
+    for h in (1e-2, 1e-3, 1e-4):
+        e_lo, f_lo = at(CUTOFF * (1 - h))
+        e_hi, f_hi = at(CUTOFF * (1 + h))
+        assert e_hi == pytest.approx(e_far, rel=1e-13, abs=1e-12)          # exactly masked
+        jumps.append((abs(e_lo - e_hi), np.abs(f_lo - f_hi).max()))
+    (e1, f1), (e2, f2), (e3, f3) = jumps
+    assert e2 < 1e-2 * e1 and e3 < 1e-2 * e2 and e3 < 1e-9       # ΔE ∝ h³ (u, u', u'' vanish)
+    assert f2 < 0.05 * f1 and f3 < 0.05 * f2 and f3 < 1e-6       # ΔF ∝ h²
+
+
+def test_strain_derivative_is_the_finite_difference_of_a_scaled_box(model, raw_params, double_precision):
+    params = _cast(raw_params, jnp.float64)
+    box = _box(1.5)
+    R = _lattice(1.5, seed=13)
+    idx = _idx(R, box, skin=0.1)
+    _, _, virial = _evaluate(model, params, R, idx, box)
+    h = 1e-6
+    for a in range(3):
+        up, down = np.ones(3), np.ones(3)
+        up[a], down[a] = 1 + h, 1 - h
+        # positions and box scaled along one axis (an orthorhombic box, minimum image per axis)
+        fd = (_evaluate(model, params, R * up, idx, box * up)[0]
+              - _evaluate(model, params, R * down, idx, box * down)[0]) / (2 * h)
+        assert virial[a, a] == pytest.approx(fd, rel=1e-6, abs=1e-8)
+        # a finite diagonal strain is the same as the scaled box
+        scale = np.ones(3)
+        scale[a] = 1.01
+        eps = jnp.diag(jnp.asarray(scale - 1.0))
+        assert _evaluate(model, params, R, idx, box, strain=eps)[0] == pytest.approx(
+            _evaluate(model, params, R * scale, idx, box * scale)[0], rel=1e-12)
+    for a, b in ((0, 1), (1, 2), (2, 0)):                         # shear: autodiff = finite difference
+        e = jnp.zeros((3, 3)).at[a, b].set(h)
+        fd = (_evaluate(model, params, R, idx, box, strain=e)[0]
+              - _evaluate(model, params, R, idx, box, strain=-e)[0]) / (2 * h)
+        assert virial[a, b] == pytest.approx(fd, rel=1e-6, abs=1e-8)
+    np.testing.assert_allclose(virial, virial.T, atol=1e-9 * np.abs(virial).max())   # rotation invariance
+    assert np.abs(virial).max() > 1e-2
+
+
+def test_custom_backward_matches_autodiff_which_allows_forward_mode(model, raw_params, double_precision):
+    params = _cast(raw_params, jnp.float64)
+    plain = dataclasses.replace(model, custom_gradients=False)
+    box = _box(1.5)
+    R = _lattice(1.5, seed=14)
+    idx = _idx(R, box)
+    e0, f0, w0 = _evaluate(model, params, R, idx, box)
+    e1, f1, w1 = _evaluate(plain, params, R, idx, box)
+    assert e1 == e0
+    np.testing.assert_allclose(f1, f0, rtol=1e-10, atol=1e-12 * np.abs(f0).max())
+    np.testing.assert_allclose(w1, w0, rtol=1e-10, atol=1e-12 * np.abs(w0).max())
+    # forward mode (e.g. elastic constants) works without the hand-written backward:
+    # d/dt ∂U/∂ε (tE) at t = 0 equals the finite difference of the custom-backward virial
+    direction = jnp.asarray([[0.3, 0.1, 0.0], [0.1, -0.2, 0.05], [0.0, 0.05, 0.4]])
+    virial = lambda m, eps: jax.grad(m.energy, argnums=5)(params, jnp.asarray(R), idx, box, SPECIES, eps)  # noqa: E731
+    _, dw = jax.jit(lambda d: jax.jvp(lambda eps: virial(plain, eps), (jnp.zeros((3, 3)),), (d,)))(direction)
+    h = 1e-6
+    fd = (_evaluate(model, params, R, idx, box, strain=h * direction)[2]
+          - _evaluate(model, params, R, idx, box, strain=-h * direction)[2]) / (2 * h)
+    np.testing.assert_allclose(np.asarray(dw), fd, rtol=1e-5, atol=1e-6 * np.abs(fd).max())
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jit(lambda d: jax.jvp(lambda eps: virial(model, eps), (jnp.zeros((3, 3)),), (d,)))(direction)
+
+
+# ---------------------------------------------------------------------------------------
+# graph formats
+# ---------------------------------------------------------------------------------------
+def test_dense_and_sparse_agree_and_ignore_skin_and_padding(model, raw_params, single_precision):
+    box = _box(1.5)
+    R = jnp.asarray(_lattice(1.5, seed=16), jnp.float32)
+    # our neighbour list (its own width) padded to M, and a much wider list (skin 0.25)
+    nbrs = neighbors.make_neighbor_fn(1.5, CUTOFF, 0.05).allocate(R)
+    idx = jnp.pad(nbrs.idx, ((0, 0), (0, M - nbrs.idx.shape[1])), constant_values=N)
+    idx_wide = _idx(R, box, skin=0.25)
+    assert int(jnp.sum(idx < N)) < int(jnp.sum(idx_wide < N))
+    runs = [(idx, None), (idx_wide, None),
+            (idx, _graph(R, idx, box)),                                    # only pairs within the cutoff
+            (idx_wide, _graph(R, idx_wide, box, cutoff=CUTOFF + 0.25))]    # pairs within cutoff + skin
+    results = [_evaluate(model, raw_params, R, i, box, graph=g, param_grads=True) for i, g in runs]
+    e_ref, f_ref, w_ref, g_ref = results[0]
+    assert abs(e_ref) > 1e-2
+    for e, f, w, g in results[1:]:
+        assert e == pytest.approx(e_ref, rel=2e-6)
+        np.testing.assert_allclose(f, f_ref, atol=2e-5 * np.abs(f_ref).max())
+        np.testing.assert_allclose(w, w_ref, atol=2e-5 * np.abs(w_ref).max())
+        # parameter gradients (what DiffTRe differentiates) agree as well, and are finite
+        # although the lists have padded and beyond-cutoff slots
+        for a, b in zip(jax.tree_util.tree_leaves(g_ref), jax.tree_util.tree_leaves(g)):
+            assert bool(jnp.all(jnp.isfinite(b)))
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-5 * max(1.0, float(jnp.abs(a).max())))
+    assert max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(g_ref)) > 0
+
+
+def test_sparse_graph_reports_overflow(single_precision):
+    box = _box(1.5)
+    R = jnp.asarray(_lattice(1.5, seed=17), jnp.float32)
+    idx = _idx(R, box)
+    n_e, n_t = gnn.sparse_capacity(idx, R, box, CUTOFF, multiplier=1.0)
+    graph, overflow = gnn.sparse_graph(idx, R, box, CUTOFF, n_e, n_t)
+    assert not bool(overflow)
+    assert (int(graph.n_edges), int(graph.n_triplets)) == (n_e, n_t)
+    assert int(jnp.sum(graph.senders < N)) == n_e and int(jnp.sum(graph.ji < n_e)) == n_t
+    # each triplet k → j → i: kj ends where ji starts, and k ≠ i; ji and receivers sorted
+    kj, ji = np.asarray(graph.kj), np.asarray(graph.ji)
+    s, r = np.asarray(graph.senders), np.asarray(graph.receivers)
+    assert np.all(r[kj] == s[ji]) and np.all(s[kj] != r[ji])
+    assert np.all(np.diff(ji) >= 0) and np.all(np.diff(r) >= 0)
+    for e, t in ((n_e - 1, n_t), (n_e, n_t - 1)):
+        graph, overflow = gnn.sparse_graph(idx, R, box, CUTOFF, e, t)
+        assert bool(overflow)
+        assert (int(graph.n_edges), int(graph.n_triplets)) == (n_e, n_t)   # what was needed
+
+
+# ---------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------
+def test_config_file_builds_the_default_model():
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).parent.parent / "configs/model/dimenet.yaml"))
+    model = gnn.build(cfg)
+    assert model.cutoff == 0.5 and model.custom_gradients
+    assert {k: getattr(model, k) for k in gnn.DEFAULTS} == gnn.DEFAULTS
+    assert gnn.build({"kind": "dimenet", "cutoff": 0.2}) == dataclasses.replace(model, cutoff=0.2)
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("cutoff", None, "model.cutoff is missing"),
+    ("cutoff", -0.5, "model.cutoff must be a number > 0"),
+    ("cutoff", "half", "model.cutoff must be"),
+    ("kind", "schnet", "model.kind: unknown"),
+    ("embed_size", 0, "model.embed_size must be an integer >= 1"),
+    ("num_blocks", 2.5, "model.num_blocks must be an integer"),
+    ("num_spherical", 12, r"model.num_spherical must be an integer in \[1, 11\]"),
+    ("n_species", True, "model.n_species must be an integer"),
+    ("num_residual_after_skip", -1, "model.num_residual_after_skip must be an integer >= 0"),
+    ("custom_gradients", "yes", "model.custom_gradients must be true or false"),
+    ("embed_sise", 32, "unknown key"),
+])
+def test_bad_config_values_raise_user_errors(key, value, match):
+    cfg = {"kind": "dimenet", "cutoff": 0.5}
+    cfg[key] = value
+    with pytest.raises(UserError, match=match) as err:
+        gnn.build(cfg)
+    assert "fix:" in str(err.value)
