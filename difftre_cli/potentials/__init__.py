@@ -92,6 +92,9 @@ def build(prior_cfg, model_cfg, cutoff: float, species_names=("X",)):
         return external.build(prior_cfg, model_cfg)
     if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not cutoff > 0:
         raise UserError(f"model.cutoff must be a number > 0, got {cutoff!r}", "set model.cutoff=2.5")
+    if model_cfg.get("kind") == "dimenet":   # many-body graph network on top of a pair prior
+        from . import manybody
+        return manybody.build(priors.build(prior_cfg, cutoff), model_cfg, cutoff)
     if len(species_names) > 1:   # one prior and one model per species pair
         from . import mixture
         return mixture.build(prior_cfg, model_cfg, cutoff, species_names)
