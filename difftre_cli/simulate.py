@@ -120,9 +120,18 @@ class Sampler:
         self.box = box
         _, self.shift = space.periodic(box)
         self.neighbor_fn = neighbors.make_neighbor_fn(box, potential.cutoff, cfg.skin, cfg.capacity_multiplier)
+        # Potentials with capacities of their own (a graph network's edge and triplet lists)
+        # get them measured on the first configuration they see, and grown on overflow.
+        self._fit_capacity = hasattr(potential, "fit_capacity")
+        self._bind(potential)
+
+    def _bind(self, potential):
+        """Force, energy, integrator and the compiled segment for ``potential``."""
+        cfg, box = self.cfg, self.box
+        self.potential = potential
         self.force = potential.force_fn(box)
         self.energy = potential.energy_fn(box)
-        kT = float(system.kT)
+        kT = float(self.system.kT)
         if cfg.integrator == "langevin":
             self._init, self._step = jmd_simulate.nvt_langevin(self.force, self.shift, cfg.dt, kT, gamma=cfg.gamma)
         elif cfg.integrator == "nose_hoover":
@@ -132,6 +141,17 @@ class Sampler:
             self._init, self._step = jmd_simulate.nve(self.force, self.shift, cfg.dt)
         self._run = jax.jit(self._run_impl, static_argnames=("n_snapshots", "every"))
 
+    def _capacity_overflow(self, R, nbrs):
+        if not hasattr(self.potential, "capacity_overflow"):
+            return jnp.asarray(False)
+        return self.potential.capacity_overflow(R, nbrs.idx)
+
+    def _ensure_capacity(self, R, nbrs):
+        if self._fit_capacity:
+            self._fit_capacity = False
+            self._bind(self.potential.fit_capacity(R, nbrs.idx))
+            log.info("graph capacities: %d edges, %d triplets", self.potential.max_edges, self.potential.max_triplets)
+
     # ----------------------------------------------------------------------------------
     def init(self, key, params, positions=None):
         R = jnp.asarray(self.system.positions if positions is None else positions)
@@ -139,59 +159,71 @@ class Sampler:
         # A lattice start has fewer neighbours than the liquid it melts into: allocate 30 % more
         # room now rather than overflow, re-allocate and recompile in the first segment.
         nbrs = self.neighbor_fn.allocate(R, extra_capacity=int(0.3 * nbrs.max_occupancy))
+        self._ensure_capacity(R, nbrs)
         # Every JAX MD integrator takes kT (initial momenta; thermostat temperature) as a keyword.
         state = self._init(key, R, mass=self.system.mass, kT=self.system.kT, neighbor=nbrs, params=params)
         return state, nbrs
 
     def _run_impl(self, params, state, nbrs, n_equilibration, n_snapshots, every):
+        # ``full``: a potential's own capacity overflowed at some position where it was
+        # evaluated (every step's starting position is one: the previous step's forces).
         def one_step(carry, _=None):
-            st, nb = carry
+            st, nb, full = carry
             nb = self.neighbor_fn.update(st.position, nb)
+            full = full | self._capacity_overflow(st.position, nb)
             st = self._step(st, neighbor=nb, params=params)
-            return st, nb
+            return st, nb, full
 
         def n_steps(carry, n):
             return lax.fori_loop(0, n, lambda i, c: one_step(c), carry)
 
-        carry = n_steps((state, nbrs), n_equilibration)
+        carry = n_steps((state, nbrs, jnp.asarray(False)), n_equilibration)
 
         def snapshot(carry, _):
             carry = n_steps(carry, every)
-            st, nb = carry
+            st, nb, full = carry
             nb = self.neighbor_fn.update(st.position, nb)
+            full = full | self._capacity_overflow(st.position, nb)
             u = self.energy(st.position, nb, params)
             kinetic = 0.5 * jnp.sum(st.momentum ** 2 / st.mass)
             kT_inst = 2.0 * kinetic / (3 * (st.position.shape[0] - 1))
-            return (st, nb), (st.position, u, kT_inst)
+            return (st, nb, full), (st.position, u, kT_inst)
 
-        (state, nbrs), (pos, u, kT) = lax.scan(snapshot, carry, None, length=n_snapshots)
-        return state, nbrs, pos, u, kT
+        (state, nbrs, full), (pos, u, kT) = lax.scan(snapshot, carry, None, length=n_snapshots)
+        return state, nbrs, full, pos, u, kT
 
     def sample(self, params, state, nbrs, first: bool = False) -> SampleResult:
         """Equilibrate then produce; on neighbour-list overflow re-allocate and recompute."""
         cfg = self.cfg
         n_eq = cfg.first_equilibration_steps if first else cfg.equilibration_steps
+        self._ensure_capacity(state.position, nbrs)
         extra = 0
         overflowed = False
         for attempt in range(cfg.max_retries + 1):
-            new_state, new_nbrs, pos, u, kT = self._run(params, state, nbrs, jnp.asarray(n_eq, jnp.int32),
-                                                        n_snapshots=cfg.n_snapshots, every=cfg.every)
-            overflowed = bool(new_nbrs.did_buffer_overflow)
+            new_state, new_nbrs, full, pos, u, kT = self._run(params, state, nbrs, jnp.asarray(n_eq, jnp.int32),
+                                                              n_snapshots=cfg.n_snapshots, every=cfg.every)
+            list_full, graph_full = bool(new_nbrs.did_buffer_overflow), bool(full)
+            overflowed = list_full or graph_full
             if not overflowed:
                 break
             if attempt == cfg.max_retries:
                 break
-            extra = max(8, 2 * extra) if extra else 8
-            log.info("neighbour list overflowed (capacity %d); re-allocating with %d extra slots and "
-                     "recomputing the segment", int(nbrs.idx.shape[1]), extra)
-            nbrs = self.neighbor_fn.allocate(state.position, extra_capacity=extra * (attempt + 1))
+            if graph_full:
+                self._bind(self.potential.grow_capacity())
+                log.info("graph capacity overflowed; growing to %d edges, %d triplets and recomputing the "
+                         "segment", self.potential.max_edges, self.potential.max_triplets)
+            if list_full:
+                extra = max(8, 2 * extra) if extra else 8
+                log.info("neighbour list overflowed (capacity %d); re-allocating with %d extra slots and "
+                         "recomputing the segment", int(nbrs.idx.shape[1]), extra)
+                nbrs = self.neighbor_fn.allocate(state.position, extra_capacity=extra * (attempt + 1))
         steps = n_eq + cfg.every * (1 + np.arange(cfg.n_snapshots))
         traj = Trajectory(pos, u, kT, steps)
         if overflowed:
             # A list that keeps overflowing while its capacity grows means particles pile up:
             # the segment's results are not trustworthy, so it counts as an unstable simulation.
             return SampleResult(traj, state, nbrs, False, attempt,
-                                f"neighbour list still overflowing after {cfg.max_retries} re-allocations")
+                                f"neighbour list or graph still overflowing after {cfg.max_retries} re-allocations")
         # Unstable: non-finite energies or positions, or a kinetic temperature far above the
         # thermostat's (energies can stay finite in float32 while particles fly apart).
         finite = bool(jnp.all(jnp.isfinite(u)) & jnp.all(jnp.isfinite(pos)))

@@ -113,7 +113,9 @@ class DiffTRe:
 
         lists, (r, static) = lax.scan(one, lists, positions)
         overflow = lists["obs"].did_buffer_overflow | lists["energy"].did_buffer_overflow
-        return Features(r, static, u_ref), overflow
+        graph_full = self.potential.features_overflow(r) if hasattr(self.potential, "features_overflow") \
+            else jnp.asarray(False)
+        return Features(r, static, u_ref), (overflow, graph_full)
 
     def list_quantities(self, R, idx) -> dict:
         """What θ-independent observables see of one snapshot on a dense list ``idx``: the
@@ -168,14 +170,30 @@ class DiffTRe:
             return self._featurize(positions, energies)[0]
         if self._lists is None:
             self._lists = self._allocate(positions)
+        if hasattr(self.potential, "fit_capacity") and not self.potential.sparse:
+            # a graph network's edge/triplet capacities, measured on the last snapshot
+            idx = self.energy_nbr_fn.allocate(positions[-1]).idx
+            self._set_potential(self.potential.fit_capacity(positions[-1], idx))
         for attempt in range(6):
-            feats, overflow = self._featurize(positions, self._lists, jnp.asarray(trajectory.energies))
-            if not bool(overflow):
+            feats, (overflow, graph_full) = self._featurize(positions, self._lists, jnp.asarray(trajectory.energies))
+            if not bool(overflow) and not bool(graph_full):
                 return feats
-            self._lists = self._allocate(positions, grow=8 * 2 ** attempt)
-            log.info("feature neighbour lists re-allocated (capacities %s)",
-                     {k: nb.max_occupancy for k, nb in self._lists.items()})
+            if bool(overflow):
+                self._lists = self._allocate(positions, grow=8 * 2 ** attempt)
+                log.info("feature neighbour lists re-allocated (capacities %s)",
+                         {k: nb.max_occupancy for k, nb in self._lists.items()})
+            if bool(graph_full):
+                self._set_potential(self.potential.grow_capacity())
+                log.info("feature graph capacities grown to %d edges, %d triplets",
+                         self.potential.max_edges, self.potential.max_triplets)
         raise UserError("the feature neighbour list kept overflowing", "the system is probably unstable")
+
+    def _set_potential(self, potential):
+        """A potential with other capacities (same values): the features are re-traced, the
+        per-update functions follow the features' shapes."""
+        self.potential = potential
+        self._energy = potential.energy_from_features
+        self._featurize = jax.jit(self._featurize_impl)
 
     # -- per update --------------------------------------------------------------------
     def _over_states(self, fn, feats):
