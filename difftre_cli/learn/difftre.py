@@ -170,7 +170,8 @@ class DiffTRe:
             return self._featurize(positions, energies)[0]
         if self._lists is None:
             self._lists = self._allocate(positions)
-        if hasattr(self.potential, "fit_capacity") and not self.potential.sparse:
+        if hasattr(self.potential, "fit_capacity") and not self.potential.sparse \
+                and self.potential.graph_format == "sparse":
             # a graph network's edge/triplet capacities, measured on the last snapshot
             idx = self.energy_nbr_fn.allocate(positions[-1]).idx
             self._set_potential(self.potential.fit_capacity(positions[-1], idx))

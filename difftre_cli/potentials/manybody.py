@@ -76,6 +76,7 @@ class ManyBodyPotential:
     max_edges: int | None = None          # sparse-graph capacities (None: dense format)
     max_triplets: int | None = None
     capacity_multiplier: float = 1.25
+    graph_format: str = "sparse"          # "dense": never fit capacities (checks, benchmarks)
     one_body = False
 
     def init(self, key):
@@ -92,6 +93,8 @@ class ManyBodyPotential:
 
     def fit_capacity(self, R, idx) -> "ManyBodyPotential":
         """Capacities for the graph of the configuration R (dense list ``idx``) × the multiplier."""
+        if self.graph_format == "dense":
+            return self
         ne, nt = gnn.sparse_capacity(idx, R, self.box_size, self.cutoff, self.capacity_multiplier)
         return replace(self, max_edges=ne, max_triplets=nt)
 
@@ -154,11 +157,14 @@ class ManyBodyPotential:
 
 
 def build(prior_fn, model_cfg, cutoff: float) -> ManyBodyPotential:
-    from ..checks import number
+    from ..checks import choice, number
     batch = number(model_cfg, "snapshot_batch", prefix="model", integer=True, lo=1, required=False, default=8,
                    example="8")
     mult = number(model_cfg, "capacity_multiplier", prefix="model", lo=1.0, required=False, default=1.25,
                   example="1.25")
-    model = gnn.build({k: v for k, v in model_cfg.items() if k not in ("snapshot_batch", "capacity_multiplier")})
+    graph_format = choice(model_cfg, "graph_format", ("sparse", "dense"), prefix="model", default="sparse",
+                          what="graph format")
+    own = ("snapshot_batch", "capacity_multiplier", "graph_format")
+    model = gnn.build({k: v for k, v in model_cfg.items() if k not in own})
     return ManyBodyPotential(prior=prior_fn, model=model, cutoff=float(cutoff), snapshot_batch=batch,
-                             capacity_multiplier=float(mult))
+                             capacity_multiplier=float(mult), graph_format=graph_format)
