@@ -90,19 +90,28 @@ def _state_results(out: dict, c, means: dict, rows, prefix: str) -> None:
     for name, obs in c.observables.items():
         out["observables"][prefix + name] = {"grid": None if obs.grid is None else np.asarray(obs.grid).tolist(),
                                              "value": np.asarray(means[name]).tolist()}
+        if getattr(obs, "unit_kind", None) == "pressure" and c.system.units.name == "real":
+            from .units import BAR_PER_KJ_MOL_NM3
+            out["observables"][prefix + name]["value_bar"] = float(means[name]) * BAR_PER_KJ_MOL_NM3
     for name, t in c.targets.items():
         pred = np.asarray(means[t.observable])
         rmse = float(np.sqrt(np.mean((pred - np.asarray(t.value)) ** 2)))
         start = None
         if rows and f"loss_{prefix}{name}" in rows[0] and t.gamma > 0:
             start = float(np.sqrt(rows[0][f"loss_{prefix}{name}"] / t.gamma))
+        if getattr(c.observables[t.observable], "unit_kind", None) == "pressure" and c.system.units.name == "real":
+            from .units import BAR_PER_KJ_MOL_NM3   # |ΔP| in bar next to the internal-unit RMSE
+            extra = {"error_bar": rmse * BAR_PER_KJ_MOL_NM3,
+                     "error_bar_at_start": None if start is None else start * BAR_PER_KJ_MOL_NM3}
+        else:
+            extra = {}
         grid = c.observables[t.observable].grid
         angle = getattr(c.observables[t.observable], "unit_kind", None) == "angle"
         out["targets"][prefix + name] = {"rmse": rmse, "rmse_at_start": start, "source": t.source,
                                          "grid": None if grid is None else np.asarray(grid).tolist(),
                                          "grid_unit": "rad" if angle else c.system.units.length,
                                          "observable": pred.tolist(), "target": np.asarray(t.value).tolist(),
-                                         "rdf_deviation_D": _rdf_D(c, t, pred)}
+                                         "rdf_deviation_D": _rdf_D(c, t, pred), **extra}
 
 
 def _rdf_D(c, t, pred):
@@ -227,9 +236,13 @@ def _summary(out: dict) -> None:
     for name, d in out["targets"].items():
         start = "" if d["rmse_at_start"] is None else f" (start {d['rmse_at_start']:.4g})"
         t.add_row(f"RMSE {name}", f"{d['rmse']:.4g}{start}")
+        if d.get("error_bar") is not None:
+            start = "" if d["error_bar_at_start"] is None else f" (start {d['error_bar_at_start']:.4g})"
+            t.add_row(f"|error| {name} [bar]", f"{d['error_bar']:.4g}{start}")
     for name, d in out["observables"].items():
         if d["grid"] is None:
-            t.add_row(name, f"{d['value']:.5g}")
+            bar = f" ({d['value_bar']:.4g} bar)" if "value_bar" in d else ""
+            t.add_row(name, f"{d['value']:.5g}{bar}")
     pot = out["potential"]
     for name, curve in pot.get("pairs", {}).items():
         if "delta" in curve:
