@@ -116,6 +116,26 @@ def test_sampler_grows_an_overflowing_graph_and_recomputes_the_segment(melted, c
     c.sampler._bind(roomy)
 
 
+def test_state_by_state_backward_equals_autodiff(melted):
+    """The learner's gradient for networks accumulates per-state VJPs (bounded memory); it must
+    equal plain autodiff through a vmap over the states."""
+    c, params, res = melted
+    learner = c.learner
+    feats = learner.featurize(res.trajectory)
+    fitted = learner.potential
+    grads = []
+    for batch in (3, None):
+        learner._set_potential(dataclasses.replace(fitted, snapshot_batch=batch))
+        (loss, _), g = jax.jit(jax.value_and_grad(learner.loss, has_aux=True))(params, feats)
+        grads.append((float(loss), g))
+    learner._set_potential(fitted)
+    (l1, g1), (l2, g2) = grads
+    assert l1 == pytest.approx(l2, rel=1e-5)
+    flat1, flat2 = (np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(g)]) for g in (g1, g2))
+    assert np.abs(flat2).max() > 0
+    np.testing.assert_allclose(flat1, flat2, rtol=1e-4, atol=1e-5 * np.abs(flat2).max())
+
+
 @pytest.mark.slow
 def test_learner_grows_its_stored_graphs(melted, caplog):
     c, params, res = melted

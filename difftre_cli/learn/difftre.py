@@ -60,6 +60,50 @@ class StepAux(NamedTuple):
     finite: Any
 
 
+def _energy_and_virial(energy, params, r_s):
+    return jax.value_and_grad(lambda s: energy(params, r_s, s))(1.0)
+
+
+def _energies_one_at_a_time(energy, batch: int):
+    """(U_θ, virial) of every stored state, ``(params, feats) -> ((S,), (S,))``, for potentials
+    whose per-state intermediates are large (graph networks).
+
+    Forward: ``batch`` states at a time (``lax.map``). Backward: the loss reaches θ only through
+    these S numbers pairs, so ∂L/∂θ = Σ_i (∂L/∂U_i ∂U_i/∂θ + ∂L/∂W_i ∂W_i/∂θ) is accumulated
+    over the states one at a time (a ``lax.scan`` of per-state VJPs), and only one state's
+    residuals are alive at once. Autodiff through ``lax.map`` keeps every state's residuals
+    until the backward pass: measured 48 GB for 30 water snapshots (N = 901, DimeNet++).
+    """
+    def one(params, r_s):
+        return _energy_and_virial(energy, params, r_s)
+
+    @jax.custom_vjp
+    def energies(params, feats):
+        return lax.map(lambda r_s: one(params, r_s), feats, batch_size=batch)
+
+    def fwd(params, feats):
+        return energies(params, feats), (params, feats)
+
+    def bwd(res, ct):
+        params, feats = res
+
+        def body(acc, x):
+            r_s, g_s = x
+            _, vjp = jax.vjp(lambda p: one(p, r_s), params)
+            (g,) = vjp(g_s)
+            return jax.tree_util.tree_map(jnp.add, acc, g), None
+
+        zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+        grads, _ = lax.scan(body, zero, (feats, ct))
+        no_ct = jax.tree_util.tree_map(
+            lambda x: jnp.zeros_like(x) if jnp.issubdtype(x.dtype, jnp.inexact)
+            else np.zeros(x.shape, jax.dtypes.float0), feats)
+        return grads, no_ct
+
+    energies.defvjp(fwd, bwd)
+    return energies
+
+
 class DiffTRe:
     """The DiffTRe learner: ``featurize`` a trajectory once, then ``step`` many times."""
 
@@ -205,6 +249,10 @@ class DiffTRe:
 
     def snapshot_energies(self, params, r):
         """U_θ (S,) and virial s·∂U/∂s (S,) from stored features."""
+        batch = getattr(self.potential, "snapshot_batch", None)
+        if batch:
+            return _energies_one_at_a_time(self._energy, batch)(params, r)
+
         def one(r_s):
             return jax.value_and_grad(lambda s: self._energy(params, r_s, s))(1.0)
         return self._over_states(one, r)
