@@ -118,6 +118,9 @@ def _state_results(out: dict, c, means: dict, rows, prefix: str) -> None:
                                          "grid_unit": "rad" if angle else c.system.units.length,
                                          "observable": pred.tolist(), "target": np.asarray(t.value).tolist(),
                                          "rdf_deviation_D": _rdf_D(c, t, pred), **extra}
+        comps = getattr(c.observables[t.observable], "components", None)
+        if comps:
+            out["targets"][prefix + name]["components"] = list(comps)
 
 
 def _stress_results(entry: dict, obs, value) -> None:
