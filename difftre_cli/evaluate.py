@@ -40,11 +40,15 @@ def production_observables(c, params, eq_steps: int, steps: int, every: int, see
         state, nbrs = res.state, res.neighbor
         feats = c.learner.featurize(res.trajectory)
         vals = c.learner.snapshot_observables_jit(params, feats)
-        for k, v in vals.items():
-            sums[k] = sums.get(k, 0.0) + np.asarray(v).sum(0)
-        n += vals[next(iter(vals))].shape[0]
+        for k, v in vals.items():   # pytrees of per-snapshot pieces for observables with ``combine``
+            part = jax.tree_util.tree_map(lambda x: np.asarray(x).sum(0), v)
+            sums[k] = part if k not in sums else jax.tree_util.tree_map(np.add, sums[k], part)
+        n += int(res.trajectory.energies.shape[0])
         kts.append(float(np.mean(res.trajectory.kT)))
-    return {k: v / n for k, v in sums.items()}, n, float(np.mean(kts))
+    means = {k: jax.tree_util.tree_map(lambda x: x / n, v) for k, v in sums.items()}
+    if hasattr(c.learner, "combine"):   # functions of averages (stress-fluctuation stiffness)
+        means = {k: np.asarray(v) for k, v in c.learner.combine(means).items()}
+    return means, n, float(np.mean(kts))
 
 
 def evaluate(cfg, run_dir) -> dict:
@@ -93,6 +97,8 @@ def _state_results(out: dict, c, means: dict, rows, prefix: str) -> None:
         if getattr(obs, "unit_kind", None) == "pressure" and c.system.units.name == "real":
             from .units import BAR_PER_KJ_MOL_NM3
             out["observables"][prefix + name]["value_bar"] = float(means[name]) * BAR_PER_KJ_MOL_NM3
+        if getattr(obs, "unit_kind", None) == "stress" and c.system.units.name == "real":
+            _stress_results(out["observables"][prefix + name], obs, np.asarray(means[name]))
     for name, t in c.targets.items():
         pred = np.asarray(means[t.observable])
         rmse = float(np.sqrt(np.mean((pred - np.asarray(t.value)) ** 2)))
@@ -112,6 +118,21 @@ def _state_results(out: dict, c, means: dict, rows, prefix: str) -> None:
                                          "grid_unit": "rad" if angle else c.system.units.length,
                                          "observable": pred.tolist(), "target": np.asarray(t.value).tolist(),
                                          "rdf_deviation_D": _rdf_D(c, t, pred), **extra}
+        comps = getattr(c.observables[t.observable], "components", None)
+        if comps:
+            out["targets"][prefix + name]["components"] = list(comps)
+
+
+def _stress_results(entry: dict, obs, value) -> None:
+    """Stress / stiffness in GPa by component and, for cubic stiffness constants, the moduli
+    derived from them (observables.mechanical.cubic_moduli states the formulas)."""
+    from .units import GPA_PER_KJ_MOL_NM3
+    gpa = value * GPA_PER_KJ_MOL_NM3
+    entry["components"] = list(obs.components)
+    entry["value_GPa"] = dict(zip(obs.components, gpa.tolist()))
+    if tuple(obs.components) == ("C11", "C12", "C44"):
+        from .observables.mechanical import cubic_moduli
+        entry["moduli_GPa"] = cubic_moduli(*gpa)   # poisson_* are ratios
 
 
 def _rdf_D(c, t, pred):
@@ -240,6 +261,11 @@ def _summary(out: dict) -> None:
             start = "" if d["error_bar_at_start"] is None else f" (start {d['error_bar_at_start']:.4g})"
             t.add_row(f"|error| {name} [bar]", f"{d['error_bar']:.4g}{start}")
     for name, d in out["observables"].items():
+        if "value_GPa" in d:
+            t.add_row(f"{name} [GPa]", ", ".join(f"{k} {v:.4g}" for k, v in d["value_GPa"].items()))
+            for k, v in d.get("moduli_GPa", {}).items():
+                t.add_row(f"  {k}" + ("" if k.startswith("poisson") else " [GPa]"), f"{v:.4g}")
+            continue
         if d["grid"] is None:
             bar = f" ({d['value_bar']:.4g} bar)" if "value_bar" in d else ""
             t.add_row(name, f"{d['value']:.5g}{bar}")

@@ -18,6 +18,13 @@ def plot_all(run_dir: Path, ev: dict, rows: list[dict]) -> list[Path]:
             ax.plot(d["grid"], d["target"], "k-", lw=2, label="target")
             ax.plot(d["grid"], d["observable"], "C1--", label=f"learned (RMSE {d['rmse']:.3g})")
             ax.set_xlabel(f"x [{d.get('grid_unit', ev['units']['length'])}]")
+        elif np.ndim(d["target"]) or np.ndim(d["observable"]):   # named components (stress, stiffness)
+            obs = np.atleast_1d(np.asarray(d["observable"], float))
+            tgt = np.broadcast_to(np.asarray(d["target"], float), obs.shape)
+            x = np.arange(obs.size)
+            ax.bar(x - 0.2, tgt, 0.4, color="k", label="target")
+            ax.bar(x + 0.2, obs, 0.4, color="C1", label="learned")
+            ax.set_xticks(x, d.get("components") or [str(i) for i in x])
         else:
             ax.bar(["target", "learned"], [d["target"], d["observable"]], color=["k", "C1"])
         ax.set_title(name)

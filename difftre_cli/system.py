@@ -45,11 +45,21 @@ class System:
         return self.n_particles / self.volume
 
 
+_FCC = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+#: conventional cubic cells: sc (1 site), fcc (4), diamond (8: fcc + the fcc shifted by (¼, ¼, ¼))
+LATTICE_BASES = {"sc": np.zeros((1, 3)), "fcc": _FCC, "diamond": np.concatenate([_FCC, _FCC + 0.25])}
+
+
 def lattice_positions(n: int, box_size: float, kind: str = "fcc") -> np.ndarray:
-    """First ``n`` sites of a cubic (``sc``) or face-centred cubic (``fcc``) lattice filling the box."""
-    basis = {"sc": np.zeros((1, 3)),
-             "fcc": np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])}[kind]
+    """First ``n`` sites of a cubic (``sc``), face-centred cubic (``fcc``) or diamond-cubic
+    (``diamond``) lattice filling the box, conventional cells aligned with the box axes.
+    ``diamond`` needs whole cells (n = 8 k³): a partly filled diamond lattice is not a crystal."""
+    basis = LATTICE_BASES[kind]
     cells = math.ceil((n / len(basis)) ** (1.0 / 3.0) - 1e-9)
+    if kind == "diamond" and 8 * cells ** 3 != n:
+        raise UserError(f"system.n_particles={n}: a diamond lattice fills the box with whole 8-atom cells "
+                        "(n = 8 k³: 64, 216, 512, 1000, ...)",
+                        f"set system.n_particles={8 * cells ** 3} or {8 * (cells - 1) ** 3}")
     grid = np.stack(np.meshgrid(*[np.arange(cells)] * 3, indexing="ij"), -1).reshape(-1, 3)
     sites = (grid[:, None, :] + basis[None]).reshape(-1, 3)[:n]
     return (sites + 0.25) * (box_size / cells)
@@ -237,7 +247,7 @@ def build_system(cfg) -> System:
         pos = st.positions
     else:
         box = box_cfg if box_cfg is not None else (n / density) ** (1.0 / 3.0)
-        lattice = choice(cfg, "lattice", ("fcc", "sc"), prefix="system", default="fcc", what="lattice")
+        lattice = choice(cfg, "lattice", tuple(LATTICE_BASES), prefix="system", default="fcc", what="lattice")
         pos = lattice_positions(n, box, lattice)
     names, species = species_from_config(cfg.get("species"), n)
     if structure is not None and len(names) > 1:

@@ -169,6 +169,9 @@ def build(cfg, observables: dict, unit_system) -> dict[str, Target]:
                             f"add it to the observables group or set {key}.observable to one of {sorted(observables)}")
         obs = observables[obs_name]
         gamma = number(t, "gamma", prefix=key, lo=0.0, required=False, default=1.0, example="1.0")
+        if obs.grid is None and getattr(obs, "components", None):
+            out[name] = _vector_target(name, obs_name, obs, t, key, gamma, unit_system)
+            continue
         if obs.grid is None:
             value = number(t, "value", prefix=key, example="0.5")
             unit = t.get("unit")
@@ -203,3 +206,42 @@ def build(cfg, observables: dict, unit_system) -> dict[str, Target]:
     if not out:
         raise UserError("no targets configured", "select a targets group, e.g. targets=lj_rdf")
     return out
+
+
+def _vector_target(name, obs_name, obs, t, key: str, gamma: float, unit_system) -> Target:
+    """Target of an observable with named components (stress, stiffness): ``value`` is a mapping
+    component → number (every component), a list in the components' order, or one number for all;
+    ``unit`` (e.g. GPa) is converted to the internal stress unit."""
+    from omegaconf import DictConfig, ListConfig
+
+    comps = tuple(obs.components)
+    value, unit = t.get("value"), t.get("unit")
+    example = "{" + ", ".join(f"{c}: 0.0" for c in comps[:3]) + (", ...}" if len(comps) > 3 else "}")
+    if value is None:
+        raise UserError(f"{key}.value is not set", f"set {key}.value={example} (components {list(comps)}) or one number")
+    if isinstance(value, (dict, DictConfig)):
+        missing = [c for c in comps if c not in value]
+        extra = [k for k in value if k not in comps]
+        if missing or extra:
+            raise UserError(f"{key}.value: components {list(value)} do not match the observable's {list(comps)}",
+                            f"give every component once: {key}.value={example}")
+        raw = [value[c] for c in comps]
+    elif isinstance(value, (list, tuple, ListConfig)):
+        if len(value) != len(comps):
+            raise UserError(f"{key}.value has {len(value)} numbers, the observable {obs_name!r} has {len(comps)} "
+                            f"components {list(comps)}", f"give {len(comps)} numbers or a mapping {example}")
+        raw = list(value)
+    else:
+        raw = [value] * len(comps)
+    for v in raw:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise UserError(f"{key}.value: {v!r} is not a number", f"set {key}.value={example}")
+    if unit is None:
+        raise UserError(f"{key}.unit is not set for the {obs.unit_kind} target {name!r}", f"declare it, e.g. {key}.unit=GPa")
+    try:
+        factor = units.stress_factor(unit, unit_system)
+    except UserError as exc:
+        raise UserError(f"{key}.unit={unit!r}: {str(exc).split(chr(10))[0]}", exc.fix) from None
+    vals = np.asarray(raw, float)
+    return Target(name, obs_name, vals * factor, gamma,
+                  f"{dict(zip(comps, vals.tolist())) if len(set(raw)) > 1 else raw[0]} {unit}")

@@ -131,6 +131,14 @@ def pressure_factor(unit: str, system: UnitSystem) -> float:
                    "give reduced pressures (unit: reduced)")
 
 
+def stress_factor(unit: str, system: UnitSystem) -> float:
+    """Factor converting a stress or elastic modulus in ``unit`` (GPa, bar, ...) to the system's
+    internal unit: kJ mol⁻¹ nm⁻³ (real), eV Å⁻³ (metal), ε/σ³ (reduced)."""
+    if system.name == "metal":
+        return modulus_factor(unit)
+    return pressure_factor(unit, system)
+
+
 def energy_factor(unit: str, system: UnitSystem) -> float:
     """Factor converting an energy in ``unit`` to the system's energy unit."""
     return _factor("energy", unit, system, ("lj", "reduced", "epsilon"), ENERGY_TO_KJ_MOL,

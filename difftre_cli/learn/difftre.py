@@ -8,9 +8,17 @@ Per update (one jit call, compiled once per run):
     → reweighted observables ⟨O⟩ = Σ w_i O_i → loss Σ_k γ_k MSE_k → gradient (through the
     weights and θ-dependent observables only, never through the integrator) → optax step.
 
+Observables with ``needs`` (stress, stiffness; observables/mechanical.py) get per-snapshot Born
+terms: σ^B = (1/Ω) ∂U_θ/∂e and, if asked for, C^B = (1/Ω) ∂²U_θ/∂e∂e at e = 0 (e the Voigt
+Lagrangian strain, d ↦ F(e) d), by reverse-over-reverse autodiff of ``energy_from_features(...,
+strain=F(e) − I)`` (DimeNet++'s hand-written triplet backward has no forward mode). Observables
+with ``combine`` are functions of averages: every leaf of their per-snapshot pieces is reweighted
+separately and ``combine`` maps the averages to the value (stress-fluctuation stiffness).
+
 The potential's side of the protocol:
-    ``energy_from_features(params, feats, scale=1.0) -> U`` of one state from its stored
-    features (``scale`` s: uniform strain, d/ds at 1 is the virial);
+    ``energy_from_features(params, feats, scale=1.0[, strain=None]) -> U`` of one state from its
+    stored features (``scale`` s: uniform strain, d/ds at 1 is the virial; ``strain`` a general
+    (3, 3) ε, d ↦ (I + ε) d, needed by observables with Born terms);
     ``one_body`` (optional, default False): True for a sum of single-particle terms in an
     external field, U = Σ_n u_θ(x_n). Such a potential also provides ``features(positions)``
     (θ-independent, here the coordinates), no neighbour list is needed, and — because
@@ -38,6 +46,18 @@ from ..potentials import distances_on_list
 from .boltzmann import initial_params
 
 log = logging.getLogger("difftre")
+
+
+BORN = ("born_stress", "born_stiffness")
+
+
+def _takes_strain(potential) -> bool:
+    """Whether ``potential.energy_from_features`` accepts a general ``strain``."""
+    import inspect
+    try:
+        return "strain" in inspect.signature(potential.energy_from_features).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class Features(NamedTuple):
@@ -120,6 +140,16 @@ class DiffTRe:
         self.precondition = precondition
         self.fisher_damping = float(fisher_damping)
         self._energy = potential.energy_from_features
+        # per-snapshot strain derivatives the θ-dependent observables ask for (observables/__init__.py)
+        self.needs = frozenset(q for o in observables.values() if o.depends_on_params for q in getattr(o, "needs", ()))
+        unknown = self.needs - set(BORN)
+        if unknown:
+            raise ValueError(f"observables need unknown per-snapshot quantities {sorted(unknown)}")
+        if self.needs and not _takes_strain(potential):
+            names = [k for k, o in observables.items() if getattr(o, "needs", ())]
+            raise UserError(f"observables {names} need strain derivatives of the energy, which this potential "
+                            "(a pair potential) does not provide",
+                            "use a many-body potential (model=dimenet), or drop stress/stiffness observables")
         self._lists = None
         self.trace_count = {"featurize": 0, "step": 0}
         self._step = jax.jit(self._step_impl)
@@ -257,21 +287,57 @@ class DiffTRe:
             return jax.value_and_grad(lambda s: self._energy(params, r_s, s))(1.0)
         return self._over_states(one, r)
 
-    def _values(self, u, virial, feats: Features) -> dict:
-        """Per-snapshot values (S, ...) of every observable: θ-dependent ones from the energies
-        and virials, θ-independent ones from the trajectory's stored features."""
-        return {name: jax.vmap(lambda e, v: obs.snapshot(self.ctx, {"energy": e, "virial": v}))(u, virial)
+    def snapshot_quantities(self, params, r) -> dict:
+        """Per-snapshot θ-dependent inputs of the observables: ``energy`` U_θ (S,), ``virial``
+        s·∂U/∂s (S,) and, when an observable needs them, ``born_stress`` (S, 6) and
+        ``born_stiffness`` (S, 6, 6) in energy/length³ (Voigt, Lagrangian strain; see
+        observables/stress.py for the conventions)."""
+        if not self.needs:
+            u, virial = self.snapshot_energies(params, r)
+            return {"energy": u, "virial": virial}
+        from ..observables.stress import deformation
+        volume, dtype = self.ctx.volume, jnp.result_type(float)
+        e0, eye = jnp.zeros(6, dtype), jnp.eye(3, dtype=dtype)
+
+        def one(r_s):
+            u_of = lambda e: self._energy(params, r_s, 1.0, deformation(e) - eye)  # noqa: E731
+            if "born_stiffness" in self.needs:
+                def grad_aux(e):
+                    u, g = jax.value_and_grad(u_of)(e)
+                    return g, (u, g)
+                H, (u, g) = jax.jacrev(grad_aux, has_aux=True)(e0)     # reverse over reverse
+                out = {"born_stiffness": 0.5 * (H + H.T) / volume}
+            else:
+                (u, g), out = jax.value_and_grad(u_of)(e0), {}
+            # a uniform scale s is e = (s − 1)(1, 1, 1, 0, 0, 0) to first order: ∂U/∂s = Σ_a<3 ∂U/∂e_a
+            return {"energy": u, "virial": g[0] + g[1] + g[2], "born_stress": g / volume, **out}
+        return self._over_states(one, r)
+
+    def _values(self, q: dict, feats: Features) -> dict:
+        """Per-snapshot values (S, ...) of every observable (pytrees for observables with
+        ``combine``): θ-dependent ones from the quantities ``q`` of :meth:`snapshot_quantities`,
+        θ-independent ones from the trajectory's stored features."""
+        return {name: jax.vmap(lambda qs, obs=obs: obs.snapshot(self.ctx, qs))(q)
                 if obs.depends_on_params else feats.static[name] for name, obs in self.observables.items()}
+
+    def combine(self, averages: dict) -> dict:
+        """Observables' values from their (weighted) per-snapshot averages: ``combine`` for
+        observables that are functions of averages, the average itself otherwise."""
+        return {name: self.observables[name].combine(self.ctx, v) if hasattr(self.observables[name], "combine")
+                else v for name, v in averages.items()}
 
     def predict(self, params, feats: Features):
         """Reweighted averages ⟨O⟩ at ``params`` and the weights."""
-        u, virial = self.snapshot_energies(params, feats.r)
-        w = reweight.weights(self.beta, u, feats.u_ref)
-        return {name: reweight.average(w, v) for name, v in self._values(u, virial, feats).items()}, w
+        q = self.snapshot_quantities(params, feats.r)
+        w = reweight.weights(self.beta, q["energy"], feats.u_ref)
+        avg = {name: jax.tree_util.tree_map(lambda v: reweight.average(w, v), vals)
+               for name, vals in self._values(q, feats).items()}
+        return self.combine(avg), w
 
     def snapshot_observables(self, params, feats: Features) -> dict:
-        """Per-snapshot values (S, ...) of every observable at ``params`` (no reweighting)."""
-        return self._values(*self.snapshot_energies(params, feats.r), feats)
+        """Per-snapshot values (S, ...) of every observable at ``params`` (no reweighting); for
+        observables with ``combine`` the per-snapshot pieces (average them, then :meth:`combine`)."""
+        return self._values(self.snapshot_quantities(params, feats.r), feats)
 
     def loss(self, params, feats: Features):
         preds, w = self.predict(params, feats)

@@ -75,6 +75,10 @@ class DirectAD:
         if reach > 0.5 * self.box:   # (a skin beyond half the box is harmless: minimum-image distances)
             raise UserError(f"observable range {reach:.3g} exceeds half the box ({0.5 * self.box:.3g})",
                             "use more particles (system.n_particles) or a smaller r_max")
+        born = [k for k, o in c.observables.items() if getattr(o, "needs", ()) or hasattr(o, "combine")]
+        if born:
+            raise UserError(f"observables {born} (Born terms, functions of averages) are only supported by "
+                            "trainer=difftre", "use trainer=difftre, or drop them for trainer=direct_ad")
         self.needs_r = any(not o.depends_on_params for o in c.observables.values())
         self.needs_energy = any(o.depends_on_params for o in c.observables.values())
         self.obs_nbr_fn = neighbors.make_neighbor_fn(self.box, max(reach, 1e-6), sampler.cfg.skin,

@@ -11,6 +11,20 @@ An observable is a small frozen dataclass with
   one-body systems: coordinates ``x``; for θ-dependent observables ``energy`` and ``virial``),
 - ``reach`` (pair systems, θ-independent): the neighbour-list cutoff the observable needs.
 
+Optional, for θ-dependent observables of mechanics (DiffTRe learner only, learn/difftre.py):
+
+- ``needs``: per-snapshot strain derivatives the learner must add to ``quantities``, from
+  ``born_stress`` ((6,) σ^B = (1/Ω) ∂U_θ/∂e) and ``born_stiffness`` ((6, 6) C^B = (1/Ω)
+  ∂²U_θ/∂e∂e), e the Voigt Lagrangian strain at 0 (observables/mechanical.py); they need a
+  potential whose ``energy_from_features`` takes a general ``strain`` (the many-body ones);
+- ``combine(ctx, averages) -> value``: the observable is a function of averages rather than
+  an average. ``snapshot`` then returns a pytree of per-snapshot pieces, the learner reweights
+  every leaf separately and ``combine`` maps the averages to the value (e.g. the
+  stress-fluctuation stiffness from ⟨C^B⟩, ⟨σ^B⟩, ⟨σ^B σ^B⟩); without it the value is the
+  average of ``snapshot``;
+- ``components``: names of the entries of a vector value (a target may then give ``value`` as a
+  mapping name → number, a list, or one number for all).
+
 The registry :data:`OBSERVABLES` maps the name used in ``observables/*.yaml`` to a builder.
 """
 from __future__ import annotations
@@ -22,6 +36,7 @@ from ..errors import UserError
 from .adf import ADF
 from .density import Density
 from .energy import PotentialEnergy
+from .mechanical import Stiffness, Stress
 from .pressure import Pressure
 from .rdf import RDF
 from .tetrahedral import TetrahedralQ
@@ -47,7 +62,8 @@ class Context:
 
 OBSERVABLES = {"rdf": RDF.from_config, "pressure": Pressure.from_config, "energy": PotentialEnergy.from_config,
                "density": Density.from_config, "adf": ADF.from_config,
-               "tetrahedral_q": TetrahedralQ.from_config}
+               "tetrahedral_q": TetrahedralQ.from_config, "stress": Stress.from_config,
+               "stiffness": Stiffness.from_config}
 
 
 def build(cfg) -> dict:

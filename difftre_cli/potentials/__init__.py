@@ -92,6 +92,9 @@ def build(prior_cfg, model_cfg, cutoff: float, species_names=("X",)):
         return external.build(prior_cfg, model_cfg)
     if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not cutoff > 0:
         raise UserError(f"model.cutoff must be a number > 0, got {cutoff!r}", "set model.cutoff=2.5")
+    if prior_cfg.get("kind") == "stillinger_weber":   # many-body prior (three-body terms) under DimeNet++
+        from . import sw_prior
+        return sw_prior.build(prior_cfg, model_cfg, cutoff)
     if model_cfg.get("kind") == "dimenet":   # many-body graph network on top of a pair prior
         from . import manybody
         return manybody.build(priors.build(prior_cfg, cutoff), model_cfg, cutoff)

@@ -1,0 +1,202 @@
+"""Stillinger–Weber prior under a graph network: U(R) = U_SW(R) + U_θ(R) (DimeNet++).
+
+Stillinger & Weber, PRB 31, 5262 (1985), in the form of ``jax_md.energy.stillinger_weber``::
+
+    U_SW = ε [ A/2 Σ_{i≠j} φ₂(r_ij) + λ/2 Σ_i Σ_{j≠k} φ₃(r_ij, r_ik) ]
+    φ₂(r) = (B (r/σ)^-4 − 1) exp(1/(r/σ − a))
+    φ₃    = exp(γ/(r_ij/σ − a) + γ/(r_ik/σ − a)) (cos θ_jik + 1/3)²
+
+The two pieces are JAX MD's own kernels (``energy._sw_radial_interaction`` and
+``energy._sw_angle_interaction``, p = 4, q = 0, cos θ₀ = −1/3 hard-coded there), applied to the
+many-body potential's stored graph instead of all N² pairs; tests/test_diamond.py checks the sum
+against ``jax_md.energy.stillinger_weber`` itself. The dimensionless parameters default to
+silicon's (``classical.SW_PARAMS``); ε (energy unit) and σ (length unit) must be given, e.g.
+ε = 200 kJ/mol and σ = 0.14 nm for the DiffTRe diamond prior.
+
+Cutoffs. SW reaches a σ (0.252 nm for diamond), further than the network may (0.2 nm: each
+carbon sees its four bonds). The neighbour lists are built at the larger of the two
+(:attr:`ManyBodyPotential.cutoff`); the network's edge/triplet graph at its own cutoff (it masks
+d ≥ that cutoff exactly, potentials/gnn.py) and SW's neighbour table at a σ (its kernels vanish
+beyond), see :class:`SWManyBodyPotential`. Under a strain
+(``energy_from_features(..., strain=ε)``) every displacement d becomes (I + ε) d in both parts,
+so strain derivatives (virial, Born stress and stiffness) include the prior.
+
+Three-body sum: over the pairs of slots (a, b), a ≠ b, of every atom of a neighbour table (both
+orders appear, hence the ½), the SW table of the sparse format or the dense list.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, replace
+
+import jax
+import jax.numpy as jnp
+from jax_md import energy as jmd_energy
+
+from . import gnn
+from .manybody import ManyBodyPotential, _dense_vectors, _strain
+
+DIMENSIONLESS = ("a", "lam", "gamma", "A", "B")
+
+
+@dataclass(frozen=True)
+class StillingerWeber:
+    """SW energy pieces in the caller's units (``epsilon`` energy, ``sigma`` length)."""
+
+    epsilon: float
+    sigma: float
+    a: float = 1.80
+    lam: float = 21.0
+    gamma: float = 1.20
+    A: float = 7.049556277
+    B: float = 0.6022245584
+
+    @property
+    def cutoff(self) -> float:
+        return self.a * self.sigma
+
+    def pair(self, r):
+        """ε A φ₂(r), elementwise: the pair prior (the wrapper sums ½ Σ over directed pairs)."""
+        return self.epsilon * self.A * jmd_energy._sw_radial_interaction(self.sigma, self.B, self.cutoff, r)
+
+    def _angle(self, v1, v2):
+        """ε λ φ₃ for the bond vectors (…, 3) from the centre to its two neighbours."""
+        fn = jax.vmap(lambda x, y: jmd_energy._sw_angle_interaction(self.gamma, self.sigma, self.cutoff, x, y))
+        shape = v1.shape[:-1]
+        return self.epsilon * self.lam * fn(v1.reshape(-1, 3), v2.reshape(-1, 3)).reshape(shape)
+
+    def three_body(self, R, idx, box, eps):
+        """½ Σ_i Σ_{a≠b} ε λ φ₃ over the slots (a, b) of every atom i of a neighbour list or table
+        ``idx`` (N, K), padded with N; displacements mapped by (I + ε)."""
+        n, m = idx.shape
+        valid = idx < n
+        far = jnp.zeros(3, R.dtype).at[0].set(2.0 * self.cutoff)
+        d = _dense_vectors(R, idx, box)                                   # x_j − x_i at slot (i, a)
+        d = jnp.where(valid[..., None], d + d @ eps.T, far)
+        v1 = jnp.broadcast_to(d[:, :, None, :], (n, m, m, 3))
+        v2 = jnp.broadcast_to(d[:, None, :, :], (n, m, m, 3))
+        off = ~jnp.eye(m, dtype=bool)[None]
+        return 0.5 * jnp.sum(jnp.where(off & valid[:, :, None] & valid[:, None, :], self._angle(v1, v2), 0.0))
+
+
+@dataclass
+class SWTable:
+    """Neighbours within SW's cutoff, ``slots`` per atom (a pytree): ``idx`` (N, K) padded with
+    N, first the neighbours inside a σ; ``count`` the most any atom needed (> K on overflow)."""
+
+    idx: jax.Array
+    count: jax.Array
+
+
+jax.tree_util.register_dataclass(SWTable, data_fields=["idx", "count"], meta_fields=[])
+
+
+def sw_table(idx, R, box, cutoff: float, slots: int) -> tuple[SWTable, jax.Array]:
+    """Compact a dense list ``idx`` (N, M) to the neighbours closer than ``cutoff``, ``slots``
+    per atom; returns (table, overflow)."""
+    n, m = idx.shape
+    d = _dense_vectors(R, idx, box)
+    mask = (idx < n) & (jnp.sum(d * d, -1) < cutoff * cutoff)
+    if slots > m:
+        idx = jnp.concatenate([idx, jnp.full((n, slots - m), n, idx.dtype)], 1)
+        mask = jnp.concatenate([mask, jnp.zeros((n, slots - m), bool)], 1)
+    order = jnp.argsort(~mask, axis=1, stable=True)[:, :slots]
+    table = jnp.where(jnp.take_along_axis(mask, order, 1), jnp.take_along_axis(idx, order, 1), n).astype(jnp.int32)
+    count = jnp.max(jnp.sum(mask, 1)).astype(jnp.int32)
+    return SWTable(table, count), count > slots
+
+
+@dataclass(frozen=True)
+class SWManyBodyPotential(ManyBodyPotential):
+    """SW prior + DimeNet++. ``cutoff`` (neighbour lists) is max(a σ, network cutoff).
+
+    Sparse format: the features of a state are ``(R, graph, table)``: the network's edge/triplet
+    graph at *its* cutoff (capacities ``max_edges``/``max_triplets``) and the SW neighbour table
+    at a σ (``sw_slots`` per atom). Two structures because in diamond a σ = 0.252 nm falls on the
+    second-neighbour shell (0.2523 nm): a graph at a σ would carry ~10 fluctuating neighbours per
+    atom and ~7x the network's 12 triplets per atom, for SW terms of order e⁻⁷⁰ there. Dense
+    format (checks): ``(R, idx)``, both parts on the list. Capacity hooks as in
+    :mod:`.manybody`; the SW table is sized on the neighbours within 1.1 a σ (× the multiplier),
+    so a crystal whose next shell sits at the cutoff does not overflow at its first vibration."""
+
+    sw: StillingerWeber | None = None
+    sw_slots: int | None = None
+
+    def fit_capacity(self, R, idx) -> "SWManyBodyPotential":
+        if self.graph_format == "dense":
+            return self
+        ne, nt = gnn.sparse_capacity(idx, R, self.box_size, self.model.cutoff, self.capacity_multiplier)
+        n = R.shape[0]
+        d = _dense_vectors(jnp.asarray(R), jnp.asarray(idx), self.box_size)
+        near = (jnp.asarray(idx) < n) & (jnp.sum(d * d, -1) < (1.1 * self.sw.cutoff) ** 2)
+        k = math.ceil(int(jnp.max(jnp.sum(near, 1))) * self.capacity_multiplier)
+        return replace(self, max_edges=ne, max_triplets=nt, sw_slots=max(1, k))
+
+    def grow_capacity(self) -> "SWManyBodyPotential":
+        return replace(super().grow_capacity(), sw_slots=math.ceil(1.25 * self.sw_slots) + 1)
+
+    def graph(self, R, idx):
+        return gnn.sparse_graph(idx, R, self.box_size, self.model.cutoff, self.max_edges, self.max_triplets)
+
+    def capacity_overflow(self, R, idx):
+        if not self.sparse:
+            return jnp.asarray(False)
+        return self.graph(R, idx)[1] | sw_table(idx, R, self.box_size, self.sw.cutoff, self.sw_slots)[1]
+
+    def features_overflow(self, feats):
+        if not self.sparse:
+            return jnp.asarray(False)
+        return super().features_overflow(feats) | jnp.any(feats[2].count > self.sw_slots)
+
+    def features_on_list(self, R, idx, box_size):
+        if not self.sparse:
+            return (R, idx)
+        return (R, self.graph(R, idx)[0], sw_table(idx, R, self.box_size, self.sw.cutoff, self.sw_slots)[0])
+
+    def sw_energy(self, R, idx, eps):
+        """SW two- and three-body energy on a dense list or table ``idx`` (N, K)."""
+        n = R.shape[0]
+        two = self._prior_energy(_dense_vectors(R, idx, self.box_size), idx < n, eps)
+        return two + self.sw.three_body(R, idx, self.box_size, eps)
+
+    def energy_from_features(self, params, feats, scale=1.0, strain=None):
+        R = feats[0]
+        eps = _strain(scale, strain, R.dtype)
+        species = None if self.species is None else jnp.asarray(self.species)
+        if len(feats) == 3:
+            _, g, table = feats
+            return self.sw_energy(R, table.idx, eps) + self.model.energy_sparse(
+                params["model"], R, g, self.box_size, species, eps)
+        idx = feats[1]
+        return self.sw_energy(R, idx, eps) + self.model.energy(params["model"], R, idx, self.box_size, species, eps)
+
+
+def build(prior_cfg, model_cfg, model_cutoff: float) -> SWManyBodyPotential:
+    """From ``prior: {kind: stillinger_weber, epsilon:, sigma:, [a, lam, gamma, A, B]}`` and a
+    DimeNet++ ``model`` group."""
+    from ..checks import number
+    from ..errors import UserError
+    from . import manybody
+    from .classical import SW_HARD_CODED, SW_PARAMS
+
+    if model_cfg.get("kind") != "dimenet":
+        raise UserError(f"prior.kind=stillinger_weber is a many-body prior for model=dimenet, got model.kind="
+                        f"{model_cfg.get('kind')!r}", "select model=dimenet (or another prior)")
+    allowed = {"kind", "epsilon", "sigma", *DIMENSIONLESS, *SW_HARD_CODED}
+    unknown = sorted(set(prior_cfg) - allowed)
+    if unknown:
+        raise UserError(f"prior: unknown key(s) {unknown} for kind stillinger_weber",
+                        f"use {', '.join(sorted(allowed - {'kind'}))}")
+    for k in SW_HARD_CODED:
+        if prior_cfg.get(k) is not None and abs(float(prior_cfg[k]) - SW_PARAMS[k][0]) > 1e-6:
+            raise UserError(f"prior.{k}={prior_cfg[k]}: JAX MD's Stillinger–Weber hard-codes {k} = "
+                            f"{SW_PARAMS[k][0]:.6g}", f"remove prior.{k}")
+    kw = {"epsilon": number(prior_cfg, "epsilon", prefix="prior", lo=0.0, lo_open=True, example="200.0"),
+          "sigma": number(prior_cfg, "sigma", prefix="prior", lo=0.0, lo_open=True, example="0.14")}
+    for k in DIMENSIONLESS:
+        kw[k] = number(prior_cfg, k, prefix="prior", lo=0.0, lo_open=True, required=False,
+                       default=SW_PARAMS[k][0], example=str(SW_PARAMS[k][0]))
+    sw = StillingerWeber(**kw)
+    base = manybody.build(sw.pair, model_cfg, max(float(model_cutoff), sw.cutoff))
+    return SWManyBodyPotential(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, sw=sw)

@@ -1,0 +1,258 @@
+"""Diamond: the Stillinger–Weber prior under DimeNet++ (potentials/sw_prior.py), stress and
+stiffness as DiffTRe observables (observables/mechanical.py, learn/difftre.py) and the preset.
+
+* the SW prior in the many-body wrapper (sparse and dense format) equals classical.py's SW
+  (JAX MD's ``stillinger_weber``) on the same configuration;
+* the learner's per-snapshot Born terms equal ``stress.born_terms`` of JAX MD's SW on a
+  ``periodic_general`` space with fractional coordinates (an independent strain path);
+* at θ = θ_ref the reweighted stress-fluctuation C equals the direct (unweighted) one computed
+  with forward-over-reverse Born terms of the plain-autodiff network;
+* the gradient of the stress + stiffness loss equals a finite difference of the reweighted loss
+  on fixed snapshots (float64);
+* the preset composes; bad inputs are UserErrors; two updates of a 64-atom run (slow).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from difftre_cli import assemble
+from difftre_cli.errors import UserError
+from difftre_cli.observables import stiffness as stiff_mod
+from difftre_cli.observables import stress as stress_mod
+from difftre_cli.observables.mechanical import cubic_moduli
+from difftre_cli.potentials.sw_prior import SWManyBodyPotential
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+SMALL = ["config=diamond", "system.n_particles=64", "model.embed_size=8", "model.out_embed_size=8",
+         "model.int_emb_size=4", "model.num_blocks=1", "model.num_spherical=3", "model.num_radial=3",
+         "model.num_dense_out=1", "model.basis_emb_size=2", "model.snapshot_batch=2"]
+
+
+def _components(extra=()):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        return assemble.build(compose(config_name="train", overrides=SMALL + list(extra)))
+
+
+def _noisy(params, scale, seed=1):
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return jax.tree_util.tree_unflatten(tree, [p + scale * jax.random.normal(k, p.shape, p.dtype)
+                                               for p, k in zip(leaves, keys)])
+
+
+def _snapshots(c, n, amplitude=0.006, seed=3):
+    """Thermal-like configurations: the lattice with Gaussian displacements (nm)."""
+    R0 = jnp.asarray(c.system.positions)
+    noise = amplitude * jax.random.normal(jax.random.PRNGKey(seed), (n,) + R0.shape, R0.dtype)
+    return (R0[None] + noise) % c.system.box_size
+
+
+class _Traj:
+    def __init__(self, positions, energies):
+        self.positions, self.energies = positions, energies
+
+
+def _features(c, params, positions):
+    """Features with U_ref = U_θ(params) on every snapshot (θ_ref = params)."""
+    feats = c.learner.featurize(_Traj(positions, jnp.zeros(positions.shape[0], positions.dtype)))
+    u, _ = c.learner.snapshot_energies(params, feats.r)
+    return feats._replace(u_ref=u)
+
+
+def _classical_sw(c):
+    """classical.py's SW (JAX MD's stillinger_weber) with the prior's ε and σ."""
+    from difftre_cli.potentials.classical import build_classical
+    sw = c.potential.sw
+    return build_classical({"kind": "sw", "params": {"epsilon": sw.epsilon, "sigma": sw.sigma},
+                            "learnable": ["epsilon"]})
+
+
+def test_sw_prior_equals_classical_sw(double_precision):
+    from jax_md import space
+    c = _components()
+    pot = c.potential
+    assert isinstance(pot, SWManyBodyPotential)
+    assert pot.cutoff == pytest.approx(0.252) and pot.model.cutoff == pytest.approx(0.2)
+    params = pot.init(jax.random.PRNGKey(0))          # the network's output layer starts at zero
+    disp, _ = space.periodic(c.system.box_size)
+    ref_fn = _classical_sw(c).energy_fn(disp, {})
+    nbr_fn = c.learner.energy_nbr_fn
+    for R in _snapshots(c, 2, amplitude=0.01):
+        idx = nbr_fn.allocate(R).idx
+        sparse = pot.fit_capacity(R, idx)
+        assert sparse.sparse and sparse.sw_slots >= 4
+        u_ref = float(ref_fn(R))
+        assert abs(u_ref) > 1e3
+        assert float(pot.energy_from_features(params, pot.features_on_list(R, idx, pot.box_size))) == \
+            pytest.approx(u_ref, rel=1e-10)
+        assert float(sparse.energy_from_features(params, sparse.features_on_list(R, idx, pot.box_size))) == \
+            pytest.approx(u_ref, rel=1e-10)
+        # forces too (the sampler's path)
+        f = sparse.force_fn(pot.box_size)(R, nbr_fn.allocate(R), params)
+        np.testing.assert_allclose(np.asarray(f), -np.asarray(jax.grad(ref_fn)(R)), rtol=1e-8, atol=1e-6)
+
+
+def test_born_terms_equal_jax_md_periodic_general(double_precision):
+    """Lagrangian Born stress and stiffness of the wrapper (network output zero) equal those of
+    JAX MD's SW on a periodic_general space (strained box and fractional coordinates)."""
+    from jax_md import space
+    c = _components(["observables.stiffness.form=full", "targets.stiffness.value=500.0"])
+    pot = c.potential
+    params = pot.init(jax.random.PRNGKey(0))
+    positions = _snapshots(c, 2)
+    feats = _features(c, params, positions)
+    q = c.learner.snapshot_quantities(params, feats.r)
+    L = c.system.box_size
+    box = L * jnp.eye(3)
+    disp, _ = space.periodic_general(box, fractional_coordinates=True)
+    energy = _classical_sw(c).energy_fn(disp, {})
+    for s, R in enumerate(positions):
+        u_e = stress_mod.energy_of_strain_fractional(energy, R / L)
+        sB, CB = stress_mod.born_terms(u_e, L ** 3)
+        assert float(jnp.max(jnp.abs(CB))) > 1e4
+        np.testing.assert_allclose(np.asarray(q["born_stress"][s]), np.asarray(sB), rtol=1e-8, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(q["born_stiffness"][s]), np.asarray(CB), rtol=1e-8, atol=1e-4)
+        assert float(q["virial"][s]) == pytest.approx(float(L ** 3 * jnp.sum(sB[:3])), rel=1e-10)
+
+
+def test_reweighted_stiffness_at_reference_equals_direct(double_precision):
+    c = _components(["observables.stiffness.form=full", "targets.stiffness.value=500.0",
+                     "observables.stress.form=voigt"])
+    pot = c.potential
+    params = _noisy(pot.init(jax.random.PRNGKey(0)), 0.3)
+    positions = _snapshots(c, 3)
+    feats = _features(c, params, positions)
+    preds, w = c.learner.predict(params, feats)
+    np.testing.assert_allclose(np.asarray(w), 1.0 / 3.0, rtol=1e-12)
+    # direct: forward-over-reverse Born terms of the plain-autodiff network, plain averages
+    plain = dataclasses.replace(pot, model=dataclasses.replace(pot.model, custom_gradients=False))
+    eye = jnp.eye(3)
+    sB, CB = [], []
+    for s in range(positions.shape[0]):
+        r_s = jax.tree_util.tree_map(lambda x: x[s], feats.r)
+        u_e = lambda e, r_s=r_s: plain.energy_from_features(params, r_s, strain=stress_mod.deformation(e) - eye)  # noqa: E731
+        a, b = stress_mod.born_terms(u_e, c.system.volume)
+        sB.append(a)
+        CB.append(b)
+    sB, CB = jnp.stack(sB), jnp.stack(CB)
+    n, V, kT = c.system.n_particles, c.system.volume, c.system.kT
+    C = stiff_mod.reweighted_stiffness(jnp.full(3, 1.0 / 3.0), sB, CB, n, V, kT)
+    # the network matters: C differs from the prior's alone
+    assert float(jnp.max(jnp.abs(CB - c.learner.snapshot_quantities(
+        pot.init(jax.random.PRNGKey(0)), feats.r)["born_stiffness"]))) > 1.0
+    iu = np.triu_indices(6)
+    np.testing.assert_allclose(np.asarray(preds["stiffness"]), np.asarray(C)[iu], rtol=1e-7, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(preds["stress"]),
+                               np.asarray(stiff_mod.stress_from_averages(jnp.mean(sB, 0), n, V, kT)),
+                               rtol=1e-8, atol=1e-5)
+
+
+def test_stiffness_loss_gradient_matches_finite_difference(double_precision):
+    c = _components()
+    pot = c.potential
+    theta_ref = _noisy(pot.init(jax.random.PRNGKey(0)), 0.3)
+    feats = _features(c, theta_ref, _snapshots(c, 4))
+    # away from θ_ref (non-uniform weights); float64 parameters (Flax initialises float32 ones,
+    # and a step of 1e-6 on a float32 parameter is mostly rounding)
+    params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), _noisy(theta_ref, 0.02, seed=7))
+    loss = lambda p: c.learner.loss(p, feats)[0]    # noqa: E731
+    (value, (losses, _, n_eff)), grads = jax.value_and_grad(c.learner.loss, has_aux=True)(params, feats)
+    assert float(n_eff) < 3.999 and float(losses["stiffness"]) > 0 and float(losses["stress"]) > 0
+    direction = _noisy(jax.tree_util.tree_map(jnp.zeros_like, params), 1.0, seed=11)
+    h = 1e-5
+    shift = lambda t: jax.tree_util.tree_map(lambda p, d: p + t * d, params, direction)  # noqa: E731
+    f = {k: float(loss(shift(k * h))) for k in (-2, -1, 1, 2)}
+    fd = (8.0 * (f[1] - f[-1]) - (f[2] - f[-2])) / (12.0 * h)     # five-point stencil
+    analytic = float(sum(jnp.vdot(g, d) for g, d in zip(jax.tree_util.tree_leaves(grads),
+                                                          jax.tree_util.tree_leaves(direction))))
+    assert abs(analytic) > 1e-3 * float(value)
+    assert analytic == pytest.approx(fd, rel=1e-6)
+
+
+def test_diamond_preset_composes():
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose(config_name="train", overrides=["config=diamond"])
+    c = assemble.build(cfg)
+    assert c.system.n_particles == 1000 and c.system.box_size == pytest.approx(1.78412, abs=1e-4)
+    assert c.system.kT == pytest.approx(298.0 * 0.0083144626)
+    assert isinstance(c.potential, SWManyBodyPotential)
+    assert c.potential.sw.epsilon == 200.0 and c.potential.sw.sigma == 0.14 and c.potential.sw.lam == 21.0
+    from difftre_cli.units import GPA_PER_KJ_MOL_NM3
+    np.testing.assert_allclose(c.targets["stiffness"].value * GPA_PER_KJ_MOL_NM3, [1079.0, 124.0, 578.0])
+    assert c.targets["stress"].value.shape == (9,) and not np.any(c.targets["stress"].value)
+    assert c.learner.needs == {"born_stress", "born_stiffness"}
+    from difftre_cli.system import min_image_distance
+    d, _, _ = min_image_distance(c.system.positions, c.system.box_size)
+    assert d == pytest.approx(np.sqrt(3) / 4 * c.system.box_size / 5)   # the C–C bond
+
+
+@pytest.mark.parametrize("override, match", [
+    (["system.n_particles=100"], "whole 8-atom cells"),
+    (["model=spline"], "stillinger_weber is a many-body prior"),
+    (["~targets.stiffness.value", "+targets.stiffness.value=[1.0,2.0]"], "has 2 numbers"),
+    (["~targets.stiffness.value", "+targets.stiffness.value={C11: 1.0, C12: 2.0, C33: 3.0}"], "do not match"),
+    (["targets.stiffness.unit=furlong"], "targets.stiffness.unit"),
+    (["observables.stiffness.form=triclinic"], "observables.stiffness.form"),
+    (["+prior.p=5"], "hard-codes"),
+])
+def test_bad_diamond_inputs_are_user_errors(override, match):
+    with pytest.raises(UserError, match=match):
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+            assemble.build(compose(config_name="train", overrides=["config=diamond", "system.n_particles=64",
+                                                                   *override]))
+
+
+def test_stress_observable_needs_a_many_body_potential():
+    with pytest.raises(UserError, match="strain derivatives"):
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+            assemble.build(compose(config_name="train", overrides=[
+                "config=lj", "+observables.stress={kind: stress}"]))
+
+
+def test_cubic_moduli_of_an_isotropic_solid():
+    lam, mu = 50.0, 30.0             # Lamé constants: C11 = λ + 2μ, C12 = λ, C44 = μ
+    m = cubic_moduli(lam + 2 * mu, lam, mu)
+    E, nu = mu * (3 * lam + 2 * mu) / (lam + mu), lam / (2 * (lam + mu))
+    assert m["young_100"] == pytest.approx(E) and m["young_hill"] == pytest.approx(E)
+    assert m["poisson_100"] == pytest.approx(nu) and m["poisson_hill"] == pytest.approx(nu)
+    assert m["shear_hill"] == pytest.approx(mu) and m["bulk"] == pytest.approx(lam + 2 * mu / 3)
+
+
+@pytest.mark.slow
+def test_two_updates_of_a_64_atom_diamond_run(tmp_path):
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "difftre_cli.cli", "train", *SMALL, "simulator.first_equilibration_steps=200",
+           "simulator.equilibration_steps=50", "simulator.production_steps=200", "simulator.every=50",
+           "trainer.updates=2", f"hydra.run.dir={run}"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stderr[-3000:]
+    import csv
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert len(rows) == 2
+    for r in rows:
+        assert np.isfinite(float(r["loss"])) and float(r["loss_stiffness"]) > 0 and float(r["loss_stress"]) > 0
+    # evaluate: stress and stiffness in GPa, the cubic moduli
+    res = subprocess.run([sys.executable, "-m", "difftre_cli.cli", "evaluate", f"run={run}",
+                          "evaluate.equilibration_steps=50", "evaluate.production_steps=200", "evaluate.every=50"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stderr[-3000:]
+    import json
+    ev = json.load(open(run / "evaluation.json"))
+    stiff = ev["observables"]["stiffness"]
+    assert set(stiff["value_GPa"]) == {"C11", "C12", "C44"}
+    m = stiff["moduli_GPa"]
+    c11, c12 = stiff["value_GPa"]["C11"], stiff["value_GPa"]["C12"]
+    assert m["poisson_100"] == pytest.approx(c12 / (c11 + c12))
+    assert len(ev["observables"]["stress"]["value_GPa"]) == 9
