@@ -51,16 +51,16 @@ def test_partial_rdfs_add_up_to_the_total_rdf():
     ctx = Context(n, box ** 3, 1.0, names, counts, species)
     q = {"r": r, "code": jnp.asarray(code)}
     g = {}
-    for pair in (None, ("A", "A"), ("A", "B"), ("B", "B")):
-        obs = RDF(name="g", r_min=0.0, r_max=2.0, n_bins=40, sigma=0.05, pair=pair)
-        g[pair] = np.asarray(obs.snapshot(ctx, q))
+    for which in (None, ("A", "A"), ("A", "B"), ("B", "B")):
+        obs = RDF(name="g", r_min=0.0, r_max=2.0, n_bins=40, sigma=0.05, pair=which)
+        g[which] = np.asarray(obs.snapshot(ctx, q))
     na, nb = counts
     total = (na * (na - 1) * g[("A", "A")] + 2 * na * nb * g[("A", "B")] + nb * (nb - 1) * g[("B", "B")]) / (n * (n - 1))
     assert g[None].max() > 0.5     # not a trivially empty histogram
     np.testing.assert_allclose(total, g[None], rtol=1e-5, atol=1e-6)
     # each partial RDF is normalised by its own pair count: an ideal gas gives g_ab ≈ 1 at large r
-    for pair in (("A", "B"), ("B", "B")):
-        assert 0.6 < g[pair][-10:].mean() < 1.4
+    for which in (("A", "B"), ("B", "B")):
+        assert 0.6 < g[which][-10:].mean() < 1.4
 
 
 def test_mixture_potential_forces_and_single_species_limit():

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from difftre_cli.errors import UserError
 from difftre_cli.store import RunStore
 from difftre_cli.train import Trainer
 

@@ -80,29 +80,22 @@ class StepAux(NamedTuple):
     finite: Any
 
 
-def _energy_and_virial(energy, params, r_s):
-    return jax.value_and_grad(lambda s: energy(params, r_s, s))(1.0)
-
-
-def _energies_one_at_a_time(energy, batch: int):
-    """(U_θ, virial) of every stored state, ``(params, feats) -> ((S,), (S,))``, for potentials
-    whose per-state intermediates are large (graph networks).
+def _per_state_bounded(one, batch: int):
+    """``(params, feats) -> outputs`` of ``one(params, r_s)`` (a pytree) for every stored state,
+    for potentials whose per-state intermediates are large (graph networks).
 
     Forward: ``batch`` states at a time (``lax.map``). Backward: the loss reaches θ only through
-    these S numbers pairs, so ∂L/∂θ = Σ_i (∂L/∂U_i ∂U_i/∂θ + ∂L/∂W_i ∂W_i/∂θ) is accumulated
-    over the states one at a time (a ``lax.scan`` of per-state VJPs), and only one state's
-    residuals are alive at once. Autodiff through ``lax.map`` keeps every state's residuals
-    until the backward pass: measured 48 GB for 30 water snapshots (N = 901, DimeNet++).
+    these per-state outputs y_i, so ∂L/∂θ = Σ_i (∂L/∂y_i)ᵀ ∂y_i/∂θ is accumulated over the states
+    one at a time (a ``lax.scan`` of per-state VJPs), and only one state's residuals are alive at
+    once. Autodiff through ``lax.map`` keeps every state's residuals until the backward pass:
+    measured 48 GB for 30 water snapshots (N = 901, DimeNet++).
     """
-    def one(params, r_s):
-        return _energy_and_virial(energy, params, r_s)
-
     @jax.custom_vjp
-    def energies(params, feats):
+    def per_state(params, feats):
         return lax.map(lambda r_s: one(params, r_s), feats, batch_size=batch)
 
     def fwd(params, feats):
-        return energies(params, feats), (params, feats)
+        return per_state(params, feats), (params, feats)
 
     def bwd(res, ct):
         params, feats = res
@@ -120,8 +113,8 @@ def _energies_one_at_a_time(energy, batch: int):
             else np.zeros(x.shape, jax.dtypes.float0), feats)
         return grads, no_ct
 
-    energies.defvjp(fwd, bwd)
-    return energies
+    per_state.defvjp(fwd, bwd)
+    return per_state
 
 
 class DiffTRe:
@@ -279,13 +272,17 @@ class DiffTRe:
 
     def snapshot_energies(self, params, r):
         """U_θ (S,) and virial s·∂U/∂s (S,) from stored features."""
+        def one(p, r_s):
+            return jax.value_and_grad(lambda s: self._energy(p, r_s, s))(1.0)
+        return self._per_state(one, params, r)
+
+    def _per_state(self, one, params, r):
+        """``one(params, r_s)`` of every stored state: vectorised (``vmap``) for cheap potentials;
+        ``snapshot_batch`` states at a time with a state-by-state backward for networks."""
         batch = getattr(self.potential, "snapshot_batch", None)
         if batch:
-            return _energies_one_at_a_time(self._energy, batch)(params, r)
-
-        def one(r_s):
-            return jax.value_and_grad(lambda s: self._energy(params, r_s, s))(1.0)
-        return self._over_states(one, r)
+            return _per_state_bounded(one, batch)(params, r)
+        return jax.vmap(lambda r_s: one(params, r_s))(r)
 
     def snapshot_quantities(self, params, r) -> dict:
         """Per-snapshot θ-dependent inputs of the observables: ``energy`` U_θ (S,), ``virial``
@@ -299,8 +296,8 @@ class DiffTRe:
         volume, dtype = self.ctx.volume, jnp.result_type(float)
         e0, eye = jnp.zeros(6, dtype), jnp.eye(3, dtype=dtype)
 
-        def one(r_s):
-            u_of = lambda e: self._energy(params, r_s, 1.0, deformation(e) - eye)  # noqa: E731
+        def one(p, r_s):
+            u_of = lambda e: self._energy(p, r_s, 1.0, deformation(e) - eye)  # noqa: E731
             if "born_stiffness" in self.needs:
                 def grad_aux(e):
                     u, g = jax.value_and_grad(u_of)(e)
@@ -311,7 +308,7 @@ class DiffTRe:
                 (u, g), out = jax.value_and_grad(u_of)(e0), {}
             # a uniform scale s is e = (s − 1)(1, 1, 1, 0, 0, 0) to first order: ∂U/∂s = Σ_a<3 ∂U/∂e_a
             return {"energy": u, "virial": g[0] + g[1] + g[2], "born_stress": g / volume, **out}
-        return self._over_states(one, r)
+        return self._per_state(one, params, r)
 
     def _values(self, q: dict, feats: Features) -> dict:
         """Per-snapshot values (S, ...) of every observable (pytrees for observables with
