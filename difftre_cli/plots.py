@@ -28,7 +28,8 @@ def plot_all(run_dir: Path, ev: dict, rows: list[dict]) -> list[Path]:
         else:
             ax.bar(["target", "learned"], [d["target"], d["observable"]], color=["k", "C1"])
         ax.set_title(name)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:   # the scalar bar chart has no labelled artists
+            ax.legend()
         fig.tight_layout()
         p = run_dir / f"{name}.png"
         fig.savefig(p, dpi=120)
