@@ -11,11 +11,29 @@ sum of their gradients. Per update:
    point, compiled once per run);
 3. one optimiser step with the summed gradient (one compiled call).
 
-State points are separate compiled programs rather than one ``vmap``-batched program: JAX
-MD's conditional neighbour-list rebuild becomes an every-step rebuild under ``vmap``
-(3–5× slower, DESIGN.md), and separate programs allow state points of different sizes and
-densities. (Spreading state points over several devices is not implemented yet: they run
-one after another on the default device.)
+``trainer.state_parallel`` says how step 1 runs when several state points resample:
+
+* ``sequential`` (default): one compiled sampler call per state point, one after another on
+  the default device. State points may differ in anything a state point can override.
+* ``devices``: state points with the same particle number (and therefore the same segment
+  shapes; temperature, density, composition may differ) are sampled in ONE
+  ``jit(shard_map)`` call over the JAX devices, one state point per device, or several per
+  device one after another (parallel.py). The trajectories, features, gradients (step 2)
+  and N_eff of such a state point then stay on its device, so the per-state gradients run
+  concurrently too; they are summed on the default device. A state point whose particle
+  number no other one shares is sampled on its own, as with ``sequential``, and a warning
+  names it and the fix (the same system.n_particles). Implemented for trainer=difftre (a
+  config error otherwise); no effect with a single state point. On CPU, fake devices with
+  ``XLA_FLAGS=--xla_force_host_platform_device_count=K`` set before JAX starts.
+
+Both modes compute the same numbers bit-for-bit on CPU: each state point's segment is the
+same program (the batched one dispatches to it with ``lax.switch``), its neighbour list
+keeps its own capacity and overflow handling, and the state points' results are kept
+(stored, featurized) in the same order with the same stop-at-failure rules. Checkpoints are
+identical, so a run may be resumed in either mode.
+
+Not ``vmap``: JAX MD's conditional neighbour-list rebuild becomes an every-step rebuild under
+``vmap`` (3–5× slower, DESIGN.md).
 
 Metrics: ``loss`` is the total; ``loss_<state>_<target>`` per state point and target;
 ``n_eff`` is the smallest N_eff over the state points and ``n_eff_<state>`` each one;
