@@ -108,6 +108,7 @@ class MultiStateDiffTReRegime:
         """Batch the state points whose segments have equal shapes (parallel.py); the others
         are sampled one after another, as with state_parallel=sequential (logged)."""
         from .. import parallel
+        self.groups, self.home = [], {}
         sigs = [parallel.signature(sub.c.sampler, params, sub.state, sub.nbrs) for sub in self.subs]
         n_dev = len(jax.local_devices())
         for members in parallel.group_state_points(sigs):

@@ -8,7 +8,9 @@ set here before JAX is imported; the sequential segments run on the first of the
 setup: the two state points of config=lj_thermal (LJ, ρ = 0.5, kT = 1.5 and 2.5, N = 1000
 each), a segment = the preset's 100 equilibration + 500 production steps. Both modes start
 every repetition from the same states (the end of a warm-up segment), after compilation; the
-script also checks that the two modes give bit-identical trajectories.
+script also checks that the two modes give bit-identical trajectories. Then the two state
+points' DiffTRe gradients on those trajectories: one after another on the first device vs each
+on its own device (dispatched together, as learn/multistate.py does in devices mode).
 
     python scripts/bench/state_points.py [--config lj_thermal] [--n-particles 1000] [--repeats 3] [--json out.json]
 """
@@ -99,6 +101,25 @@ def main(argv=None) -> int:
                     for a, b in zip(outs["sequential"], outs["devices"])
                     for x, y in zip(jax.tree_util.tree_leaves((a.trajectory, a.state)),
                                     jax.tree_util.tree_leaves((b.trajectory, b.state))))
+    # the per-state DiffTRe gradients on those trajectories: one after another on the first
+    # device vs each on the device that sampled it (dispatched together, as learn/multistate.py does)
+    learners = [c.learner for _, c in states]
+    feats = {m: [lr.featurize(r.trajectory) for lr, r in zip(learners, outs[m])] for m in outs}
+    on = {"sequential": [None, None], "devices": [group.device(0), group.device(1)]}
+
+    def grads(mode):
+        ps = [params if d is None else jax.device_put(params, d) for d in on[mode]]
+        return jax.block_until_ready([lr.grad(p, f) for lr, p, f in zip(learners, ps, feats[mode])])
+
+    for mode in ("sequential", "devices"):   # compile
+        grads(mode)
+    gtimes = {"sequential": [], "devices": []}
+    for rep in range(3 * args.repeats):
+        for mode in (("sequential", "devices") if rep % 2 == 0 else ("devices", "sequential")):
+            t0 = time.perf_counter()
+            grads(mode)
+            gtimes[mode].append(time.perf_counter() - t0)
+    gmed = {m: statistics.median(v) for m, v in gtimes.items()}
     med = {m: statistics.median(v) for m, v in times.items()}
     sc = samplers[0].cfg
     n = int(states[0][1].system.n_particles)
@@ -111,10 +132,15 @@ def main(argv=None) -> int:
               f"{', '.join(f'{t:.3f}' for t in times[m])})")
     ratio = med["sequential"] / med["devices"]
     print(f"ratio sequential / devices: {ratio:.2f}x   (trajectories bit-identical: {identical})")
+    gratio = gmed["sequential"] / gmed["devices"]
+    print(f"per-state gradients ({learners[0].__class__.__name__}.grad, {int(feats['devices'][0].u_ref.shape[0])} "
+          f"snapshots each): sequential {gmed['sequential'] * 1e3:.1f} ms, devices {gmed['devices'] * 1e3:.1f} ms "
+          f"(median of {3 * args.repeats}), ratio {gratio:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps({"config": args.config, "states": names, "n_particles": n,
                                                "times_s": times, "median_s": med, "ratio": ratio,
-                                               "identical": identical}, indent=2))
+                                               "identical": identical, "grad_times_s": gtimes,
+                                               "grad_median_s": gmed, "grad_ratio": gratio}, indent=2))
     return 0 if identical else 1
 
 
