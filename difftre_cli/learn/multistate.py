@@ -19,8 +19,8 @@ sum of their gradients. Per update:
   shapes; temperature, density, composition may differ) are sampled in ONE
   ``jit(shard_map)`` call over the JAX devices, one state point per device, or several per
   device one after another (parallel.py). The trajectories, features, gradients (step 2)
-  and N_eff of such a state point then stay on its device, so the per-state gradients run
-  concurrently too; they are summed on the default device. A state point whose particle
+  and N_eff of such a state point then stay on its device; the per-state gradients are
+  dispatched to their devices together (so they can overlap) and summed on the default device. A state point whose particle
   number no other one shares is sampled on its own, as with ``sequential``, and a warning
   names it and the fix (the same system.n_particles). Implemented for trainer=difftre (a
   config error otherwise); no effect with a single state point. On CPU, fake devices with
