@@ -107,55 +107,41 @@ def _assert_same_run(ref: Path, run: Path, n_rows: int):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """sequential (3 updates), devices (3 updates), devices 1 update + resumed to 3."""
+def first_runs(tmp_path_factory):
+    """Starts the first two CLI runs in the background (sequential, 3 updates; devices, 1
+    update) so that they overlap with the in-process tests, which request this fixture first;
+    kills them if the module ends before they were awaited."""
     tmp = tmp_path_factory.mktemp("state_parallel")
-    dev = [*RUN, "trainer.state_parallel=devices"]
-    # cold start: these two compile everything the other two need (persistent cache)
-    seq = _start([*RUN, "trainer.updates=3"], tmp, tmp / "sequential")
-    part = _start([*dev, "trainer.updates=1"], tmp, tmp / "resumed")
-    logs = {"sequential": _finish(seq), "resumed_part1": _finish(part)}
-    straight = _start([*dev, "trainer.updates=3"], tmp, tmp / "devices")
+    procs = {"sequential": _start([*RUN, "trainer.updates=3"], tmp, tmp / "sequential"),
+             "resumed_part1": _start([*RUN, "trainer.state_parallel=devices", "trainer.updates=1"], tmp,
+                                     tmp / "resumed")}
+    yield tmp, procs
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def runs(first_runs):
+    """sequential (3 updates), devices (3 updates), devices 1 update + resumed to 3."""
+    tmp, procs = first_runs
+    logs = {name: _finish(proc) for name, proc in procs.items()}
+    # these two find everything compiled by the first two (persistent cache)
+    straight = _start([*RUN, "trainer.state_parallel=devices", "trainer.updates=3"], tmp, tmp / "devices")
     resumed = subprocess.Popen(_cmd([f"resume={tmp / 'resumed'}", "trainer.updates=3"]), cwd=tmp,
                                env=_env(tmp / "jax-cache"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     logs["devices"], logs["resumed"] = _finish(straight), _finish(resumed)
     return tmp, logs
 
 
-def test_devices_run_equals_sequential_run_bit_for_bit(runs):
-    tmp, logs = runs
-    log = (tmp / "devices" / "train.log").read_text()
-    assert "state points T10, T12 sampled in one compiled call over 2 device(s) (cpu:0, cpu:1)" in log
-    assert "sampled in one compiled call" not in (tmp / "sequential" / "train.log").read_text()
-    rows = _rows(tmp / "devices")
-    assert all(r["event"] == "ok" for r in rows)
-    # some update resampled only part of the state points (the batched call ran a subset)
-    new = np.diff([0] + [int(r["n_trajectories"]) for r in rows])
-    assert any(0 < n < 3 for n in new), new
-    _assert_same_run(tmp / "sequential", tmp / "devices", 3)
-
-
-def test_devices_run_resumes_bit_for_bit(runs):
-    tmp, logs = runs
-    assert "resumed from" in logs["resumed"]
-    _assert_same_run(tmp / "devices", tmp / "resumed", 3)
-
-
-def test_other_particle_number_falls_back_to_sequential_with_a_log_line(runs):
-    tmp, logs = runs
-    line = next(ln for ln in (tmp / "devices" / "train.log").read_text().splitlines() if "N256" in ln)
-    assert "WARNING" in line and "state point N256 is sampled on its own" in line
-    assert "N = 256" in line and "system.n_particles" in line   # cause and fix
-    # …and the run is still the sequential one (test above), N256's trajectories included
-    assert len(list((tmp / "devices" / "trajectories").glob("N256_ref_*.h5"))) >= 1
-
-
-# -- in process (one device) -----------------------------------------------------------------
+# -- in process (one device); the first CLI runs start before and run alongside -------------
 def _compose(overrides):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
         return compose(config_name="train", overrides=overrides)
 
 
+@pytest.mark.usefixtures("first_runs")
 def test_grouping_and_overflow_in_one_state_point_recomputed_as_sequentially():
     """State points group by particle number (not by temperature or density). A too-small list
     in one state point of a batched call: that state point is re-allocated (capacity grows) and
@@ -196,3 +182,32 @@ def test_state_parallel_config_errors(overrides, message):
     cfg = _compose(["config=tiny", "states={a: {}, b: {system: {kT: 1.5}}}", *overrides])
     with pytest.raises(UserError, match=message):
         validate(cfg)
+
+
+# -- the CLI runs (two forced CPU devices) ---------------------------------------------------
+def test_devices_run_equals_sequential_run_bit_for_bit(runs):
+    tmp, logs = runs
+    log = (tmp / "devices" / "train.log").read_text()
+    assert "state points T10, T12 sampled in one compiled call over 2 device(s) (cpu:0, cpu:1)" in log
+    assert "sampled in one compiled call" not in (tmp / "sequential" / "train.log").read_text()
+    rows = _rows(tmp / "devices")
+    assert all(r["event"] == "ok" for r in rows)
+    # some update resampled only part of the state points (the batched call ran a subset)
+    new = np.diff([0] + [int(r["n_trajectories"]) for r in rows])
+    assert any(0 < n < 3 for n in new), new
+    _assert_same_run(tmp / "sequential", tmp / "devices", 3)
+
+
+def test_devices_run_resumes_bit_for_bit(runs):
+    tmp, logs = runs
+    assert "resumed from" in logs["resumed"]
+    _assert_same_run(tmp / "devices", tmp / "resumed", 3)
+
+
+def test_other_particle_number_falls_back_to_sequential_with_a_log_line(runs):
+    tmp, logs = runs
+    line = next(ln for ln in (tmp / "devices" / "train.log").read_text().splitlines() if "N256" in ln)
+    assert "WARNING" in line and "state point N256 is sampled on its own" in line
+    assert "N = 256" in line and "system.n_particles" in line   # cause and fix
+    # …and the run is still the sequential one (test above), N256's trajectories included
+    assert len(list((tmp / "devices" / "trajectories").glob("N256_ref_*.h5"))) >= 1
