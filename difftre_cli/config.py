@@ -25,6 +25,9 @@ def validate(cfg: DictConfig) -> None:
         if _get(cfg, "trainer.kind") == "static":
             raise UserError("states (several state points) are not supported by trainer=static",
                             "fit one structure per run (states=null)")
+        if _get(cfg, "trainer.state_parallel") == "devices" and _get(cfg, "trainer.kind") != "difftre":
+            raise UserError(f"trainer.state_parallel=devices is implemented for trainer=difftre only, not "
+                            f"trainer={_get(cfg, 'trainer.kind')}", "set trainer.state_parallel=sequential")
         if _get(cfg, "trainer.precondition") == "fisher":
             raise UserError("trainer.precondition=fisher is not supported with several state points (states)",
                             "use trainer.precondition=none with optimizer=adam")
@@ -77,6 +80,8 @@ def _validate_one(cfg: DictConfig) -> None:
     number(tc, "max_failures", prefix=T, integer=True, lo=1, required=False, example="5")
     number(tc, "lr_reduction", prefix=T, lo=0.0, lo_open=True, hi=1.0, required=False, example="0.5")
     choice(tc, "precondition", ("none", "fisher"), prefix=T, default="none", what="preconditioner")
+    # several state points (states): sequential | devices (learn/multistate.py); no effect on one state point
+    choice(tc, "state_parallel", ("sequential", "devices"), prefix=T, default="sequential", what="mode")
     number(tc, "fisher_damping", prefix=T, lo=0.0, required=False, example="0.001")
 
     # evaluate

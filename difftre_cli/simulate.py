@@ -217,6 +217,14 @@ class Sampler:
                 log.info("neighbour list overflowed (capacity %d); re-allocating with %d extra slots and "
                          "recomputing the segment", int(nbrs.idx.shape[1]), extra)
                 nbrs = self.neighbor_fn.allocate(state.position, extra_capacity=extra * (attempt + 1))
+        return self.result(state, nbrs, (new_state, new_nbrs, pos, u, kT), n_eq, attempt, overflowed)
+
+    def result(self, state, nbrs, out, n_eq: int, attempt: int, overflowed: bool) -> SampleResult:
+        """The :class:`SampleResult` of a segment ``out`` = (state, neighbour list, positions,
+        energies, kT) of ``_run_impl`` that started from ``state``/``nbrs`` after ``attempt``
+        re-allocations (also used by the batched sampler, parallel.py)."""
+        cfg = self.cfg
+        new_state, new_nbrs, pos, u, kT = out
         steps = n_eq + cfg.every * (1 + np.arange(cfg.n_snapshots))
         traj = Trajectory(pos, u, kT, steps)
         if overflowed:

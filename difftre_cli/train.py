@@ -83,7 +83,8 @@ class Trainer:
                 self.regime = multistate.MultiStateIBIRegime(states, self.store, cfg.trainer)
             else:
                 self.regime = multistate.MultiStateDiffTReRegime(
-                    states, self.store, float(cfg.trainer.get("reweight_ratio", 0.9)), cfg.trainer.get("init_from"))
+                    states, self.store, float(cfg.trainer.get("reweight_ratio", 0.9)), cfg.trainer.get("init_from"),
+                    state_parallel=cfg.trainer.get("state_parallel", "sequential"))
         else:
             self.c = assemble.build(cfg)
             self.regime = make_regime(self.c, self.store, cfg)

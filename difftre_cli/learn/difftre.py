@@ -468,18 +468,24 @@ class DiffTReRegime:
 
     # -- one update ----------------------------------------------------------------------
     def _resample(self, params) -> tuple[bool, float]:
-        c = self.c
         t0 = time.perf_counter()
-        res = c.sampler.sample(params, self.state, self.nbrs, first=(self.n_traj == 0))
+        res = self.c.sampler.sample(params, self.state, self.nbrs, first=(self.n_traj == 0))
+        return self.accept_sample(res), time.perf_counter() - t0
+
+    def accept_sample(self, res) -> bool:
+        """Keep a finished segment (a :class:`simulate.SampleResult` from this state): store its
+        trajectory, featurize it and continue the simulation from its end. False (nothing kept)
+        if the segment was unstable."""
+        c = self.c
         if not res.ok:
             log.warning("simulation unstable (%s)", res.reason)
-            return False, time.perf_counter() - t0
+            return False
         traj = jax.tree_util.tree_map(np.asarray, res.trajectory)
         self.store.write_trajectory(self.n_traj, traj, c.system.box_size, c.sampler.cfg.dt, c.system.units)
         self.feats = c.learner.featurize(res.trajectory)
         jax.block_until_ready(self.feats.r)
         self.state, self.nbrs, self.n_traj = res.state, res.neighbor, self.n_traj + 1
-        return True, time.perf_counter() - t0
+        return True
 
     def propose(self, params, opt_state, lr_scale: float) -> Proposal:
         c = self.c

@@ -11,11 +11,29 @@ sum of their gradients. Per update:
    point, compiled once per run);
 3. one optimiser step with the summed gradient (one compiled call).
 
-State points are separate compiled programs rather than one ``vmap``-batched program: JAX
-MD's conditional neighbour-list rebuild becomes an every-step rebuild under ``vmap``
-(3–5× slower, DESIGN.md), and separate programs allow state points of different sizes and
-densities. (Spreading state points over several devices is not implemented yet: they run
-one after another on the default device.)
+``trainer.state_parallel`` says how step 1 runs when several state points resample:
+
+* ``sequential`` (default): one compiled sampler call per state point, one after another on
+  the default device. State points may differ in anything a state point can override.
+* ``devices``: state points with the same particle number (and therefore the same segment
+  shapes; temperature, density, composition may differ) are sampled in ONE
+  ``jit(shard_map)`` call over the JAX devices, one state point per device, or several per
+  device one after another (parallel.py). The trajectories, features, gradients (step 2)
+  and N_eff of such a state point then stay on its device; the per-state gradients are
+  dispatched to their devices together (so they can overlap) and summed on the default device. A state point whose particle
+  number no other one shares is sampled on its own, as with ``sequential``, and a warning
+  names it and the fix (the same system.n_particles). Implemented for trainer=difftre (a
+  config error otherwise); no effect with a single state point. On CPU, fake devices with
+  ``XLA_FLAGS=--xla_force_host_platform_device_count=K`` set before JAX starts.
+
+Both modes compute the same numbers bit-for-bit on CPU: each state point's segment is the
+same program (the batched one dispatches to it with ``lax.switch``), its neighbour list
+keeps its own capacity and overflow handling, and the state points' results are kept
+(stored, featurized) in the same order with the same stop-at-failure rules. Checkpoints are
+identical, so a run may be resumed in either mode.
+
+Not ``vmap``: JAX MD's conditional neighbour-list rebuild becomes an every-step rebuild under
+``vmap`` (3–5× slower, DESIGN.md).
 
 Metrics: ``loss`` is the total; ``loss_<state>_<target>`` per state point and target;
 ``n_eff`` is the smallest N_eff over the state points and ``n_eff_<state>`` each one;
@@ -24,6 +42,7 @@ Metrics: ``loss`` is the total; ``loss_<state>_<target>`` per state point and ta
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import jax
@@ -32,6 +51,11 @@ import jax.numpy as jnp
 from ..errors import UserError
 from .boltzmann import initial_params
 from .difftre import DiffTReRegime, Proposal, apply_update
+
+log = logging.getLogger("difftre")
+
+#: trainer.state_parallel: how the sampling segments of several state points run
+STATE_PARALLEL = ("sequential", "devices")
 
 
 class StateStore:
@@ -48,9 +72,17 @@ class StateStore:
 
 
 class MultiStateDiffTReRegime:
-    def __init__(self, states: list, store, ratio: float, init_from: str | None = None):
+    def __init__(self, states: list, store, ratio: float, init_from: str | None = None,
+                 state_parallel: str = "sequential"):
         self._setup(states, store, init_from, lambda c, st: DiffTReRegime(c, st, ratio, init_from))
         self._apply = jax.jit(lambda p, o, g, loss, s: apply_update(self.optimizer, p, o, g, loss, s))
+        if state_parallel not in STATE_PARALLEL:
+            raise UserError(f"trainer.state_parallel: unknown mode {state_parallel!r}",
+                            f"use one of {', '.join(STATE_PARALLEL)}")
+        self.state_parallel = state_parallel
+        self.groups = []      # devices: [(StateGroup, [state indices])], batched groups only
+        self.home = {}        # devices: state index -> the device that holds its data
+        self._default = jax.devices()[0]
 
     def _setup(self, states: list, store, init_from, make_sub):
         """One single-state regime ``make_sub(components, store)`` per state point."""
@@ -68,7 +100,37 @@ class MultiStateDiffTReRegime:
         opt_state = self.optimizer.init(params)
         for sub, k in zip(self.subs, jax.random.split(k_sim, len(self.subs))):
             sub.state, sub.nbrs = sub.c.sampler.init(k, params)
+        if self.state_parallel == "devices":
+            self._make_groups(params)
         return params, opt_state
+
+    def _make_groups(self, params):
+        """Batch the state points whose segments have equal shapes (parallel.py); the others
+        are sampled one after another, as with state_parallel=sequential (logged)."""
+        from .. import parallel
+        self.groups, self.home = [], {}
+        sigs = [parallel.signature(sub.c.sampler, params, sub.state, sub.nbrs) for sub in self.subs]
+        n_dev = len(jax.local_devices())
+        for members in parallel.group_state_points(sigs):
+            names = ", ".join(self.names[k] for k in members)
+            if len(members) == 1:
+                k = members[0]
+                why = ("its sampler cannot be batched" if sigs[k] is None else
+                       f"no other state point has N = {self.cs[k].system.n_particles} particles and the same "
+                       "simulation state shapes")
+                log.warning("trainer.state_parallel=devices: state point %s is sampled on its own (%s); "
+                            "give state points the same system.n_particles to batch them", names, why)
+                continue
+            group = parallel.StateGroup([self.subs[k].c.sampler for k in members])
+            self.groups.append((group, members))
+            for j, k in enumerate(members):
+                self.home[k] = group.device(j)
+            log.info("trainer.state_parallel=devices: state points %s sampled in one compiled call over %d "
+                     "device(s) (%s)", names, group.n_devices, ", ".join(str(d) for d in group.devices))
+            if n_dev == 1:
+                log.warning("trainer.state_parallel=devices: only one JAX device, so the state points %s run one "
+                            "after another inside that call; on CPU set XLA_FLAGS="
+                            "--xla_force_host_platform_device_count=%d before starting difftre", names, len(members))
 
     #: checkpointed trees of each state point's regime; in the checkpoint: tree → {state: value}
     TREE_KEYS = ("sim_state", "neighbor")
@@ -104,43 +166,86 @@ class MultiStateDiffTReRegime:
                 for i in range(sub.n_traj)]
 
     # -- one update ----------------------------------------------------------------------
+    def _resample(self, params, ks: list[int], stop_at_failure: bool = False) -> tuple[dict, float]:
+        """Resample the state points ``ks`` (in order): {k: stable} and the wall time. With
+        ``stop_at_failure`` the state points after the first unstable one are left as they
+        were (not in the result). state_parallel=devices samples each batched group's members
+        in one call first, then keeps (stores, featurizes) the segments in the same order."""
+        t0 = time.perf_counter()
+        batched = {}
+        for group, members in self.groups:
+            which = [j for j, k in enumerate(members) if k in ks]
+            if which:
+                subs = [self.subs[k] for k in members]
+                res = group.sample(params, [s.state for s in subs], [s.nbrs for s in subs],
+                                   [s.n_traj == 0 for s in subs], which)
+                batched.update({members[j]: r for j, r in res.items()})
+        oks = {}
+        for k in ks:
+            sub = self.subs[k]
+            oks[k] = sub.accept_sample(batched[k]) if k in batched else sub._resample(params)[0]
+            if not oks[k] and sub.feats is None:   # nothing to fall back on: the start itself is unstable
+                raise UserError(f"state point {self.names[k]}: the simulation with the current parameters is unstable",
+                                "lower simulator.dt, check the prior and the initial structure")
+            if stop_at_failure and not oks[k]:
+                break
+        return oks, time.perf_counter() - t0
+
+    def _on(self, k, tree):
+        """``tree`` on state point k's device (devices mode; unchanged for sequential)."""
+        return jax.device_put(tree, self.home[k]) if k in self.home else tree
+
+    def _grads(self, params, ks: list[int]) -> dict:
+        """Loss, per-target losses, predictions, N_eff and gradient of each state point in
+        ``ks``, each on its own trajectory; dispatched asynchronously (in devices mode each on
+        its state point's device, so they run concurrently) and returned on the default device."""
+        outs = {}
+        for k in ks:
+            sub = self.subs[k]
+            if k in self.home:
+                sub.feats = self._on(k, sub.feats)
+            outs[k] = sub.c.learner.grad(self._on(k, params), sub.feats)
+        outs = jax.block_until_ready(outs)
+        return {k: jax.device_put(o, self._default) if k in self.home else o for k, o in outs.items()}
+
     def propose(self, params, opt_state, lr_scale: float) -> Proposal:
         nan = float("nan")
         sample_time = update_time = 0.0
         reused_all, fresh, event = True, False, ""
         # 1. resample the state points whose trajectory is spent
-        for name, sub in zip(self.names, self.subs):
+        spent = []
+        for k, sub in enumerate(self.subs):
             thr = sub.ratio * (sub.n_snapshots if sub.feats is None else int(sub.feats.u_ref.shape[0]))
             if sub.feats is None or (sub.next_n_eff is not None and sub.next_n_eff < thr):
-                ok, dt = sub._resample(params)
-                sample_time += dt
-                reused_all = False
-                fresh = fresh or ok
-                if not ok:
-                    if sub.feats is None:
-                        raise UserError(f"state point {name}: the simulation with the current parameters is unstable",
-                                        "lower simulator.dt, check the prior and the initial structure")
-                    event = "unstable_simulation"
+                spent.append(k)
+        if spent:
+            oks, sample_time = self._resample(params, spent)
+            reused_all = False
+            fresh = any(oks.values())
+            if not all(oks.values()):
+                event = "unstable_simulation"
         outs = [None] * len(self.subs)
         if not event:
             # 2. per-state gradients (dispatched asynchronously, then awaited together)
             t0 = time.perf_counter()
-            for k, sub in enumerate(self.subs):
-                outs[k] = sub.c.learner.grad(params, sub.feats)
-            outs = jax.block_until_ready(outs)
+            outs = [o for _, o in sorted(self._grads(params, list(range(len(self.subs)))).items())]
             update_time += time.perf_counter() - t0
             # a reused trajectory whose N_eff was unknown (resume, rollback) and is now too low: resample
-            for k, (name, sub) in enumerate(zip(self.names, self.subs)):
-                thr = sub.ratio * int(sub.feats.u_ref.shape[0])
-                if sub.next_n_eff is None and float(outs[k][3]) < thr and sub.n_traj > 0:
-                    ok, dt = sub._resample(params)
-                    sample_time += dt
-                    reused_all = False
-                    if not ok:
-                        event = "unstable_simulation"
-                        break
+            stale = [k for k, sub in enumerate(self.subs)
+                     if sub.next_n_eff is None and float(outs[k][3]) < sub.ratio * int(sub.feats.u_ref.shape[0])
+                     and sub.n_traj > 0]
+            if stale:
+                oks, dt = self._resample(params, stale, stop_at_failure=True)
+                sample_time += dt
+                reused_all = False
+                if not all(oks.get(k, False) for k in stale):
+                    event = "unstable_simulation"
+                else:
                     fresh = True
-                    outs[k] = jax.block_until_ready(sub.c.learner.grad(params, sub.feats))
+                    t0 = time.perf_counter()
+                    for k, o in self._grads(params, stale).items():
+                        outs[k] = o
+                    update_time += time.perf_counter() - t0
         if not event:
             t0 = time.perf_counter()
             total_grad = jax.tree_util.tree_map(lambda *g: sum(g), *[o[4] for o in outs])
@@ -149,9 +254,10 @@ class MultiStateDiffTReRegime:
                 self._apply(params, opt_state, total_grad, loss, jnp.asarray(lr_scale, jnp.float32)))
             if not bool(finite):
                 event = "non_finite_loss"
-            else:
-                for sub in self.subs:   # 3. the reuse decision of each state point for the next update
-                    sub.next_n_eff = float(sub.c.learner.n_eff(new_params, sub.feats))
+            else:   # 3. the reuse decision of each state point for the next update
+                n_effs = [sub.c.learner.n_eff(self._on(k, new_params), sub.feats) for k, sub in enumerate(self.subs)]
+                for sub, n in zip(self.subs, n_effs):
+                    sub.next_n_eff = float(n)
             update_time += time.perf_counter() - t0
         if event:
             self.rejected()
