@@ -126,6 +126,7 @@ def test_born_terms_equal_jax_md_periodic_general(double_precision):
         assert float(q["virial"][s]) == pytest.approx(float(L ** 3 * jnp.sum(sB[:3])), rel=1e-10)
 
 
+@pytest.mark.slow   # ~100 s each on 2 cores (DimeNet++ Born stiffness in float64)
 def test_reweighted_stiffness_at_reference_equals_direct(double_precision):
     c = _components(["observables.stiffness.form=full", "targets.stiffness.value=500.0",
                      "observables.stress.form=voigt"])
@@ -158,6 +159,7 @@ def test_reweighted_stiffness_at_reference_equals_direct(double_precision):
                                rtol=1e-8, atol=1e-5)
 
 
+@pytest.mark.slow   # ~100 s each on 2 cores (DimeNet++ Born stiffness in float64)
 def test_stiffness_loss_gradient_matches_finite_difference(double_precision):
     c = _components()
     pot = c.potential
