@@ -8,13 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
-
-# JAX MD's Nosé–Hoover kinetic energy asks for a float64 sum (util.high_precision_sum); in
-# float32 runs JAX truncates it and warns at every trace. The result is the float32 sum we use.
-warnings.filterwarnings("ignore", message="Explicitly requested dtype float64 requested in",
-                        category=UserWarning)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 log = logging.getLogger("difftre")

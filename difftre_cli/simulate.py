@@ -9,6 +9,7 @@ re-allocated with more room and the segment recomputed from its starting state.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -23,6 +24,11 @@ from . import neighbors
 from .errors import UserError
 
 log = logging.getLogger("difftre")
+
+# JAX MD's Nosé–Hoover kinetic energy asks for a float64 sum (util.high_precision_sum); in
+# float32 runs JAX truncates it and warns at every trace. The result is the float32 sum we use.
+warnings.filterwarnings("ignore", message="Explicitly requested dtype float64 requested in",
+                        category=UserWarning)
 
 
 class Trajectory(NamedTuple):
