@@ -640,12 +640,18 @@ def sparse_graph(idx, R, box, cutoff: float, max_edges: int, max_triplets: int):
                        n_edges, n_triplets), overflow
 
 
+def graph_counts(idx, R, box, cutoff: float):
+    """(edges, triplets) int32 scalars the graph of ``idx`` at R within ``cutoff`` needs
+    (jit-able; masks and sums only, no compaction: the cheap overflow check)."""
+    idx = jnp.asarray(idx)
+    mask = _list_mask(idx, jnp.asarray(R), box, cutoff)
+    return jnp.sum(mask, dtype=jnp.int32), jnp.sum(_triplet_mask(idx, mask), dtype=jnp.int32)
+
+
 def sparse_capacity(idx, R, box, cutoff: float, multiplier: float = 1.25) -> tuple[int, int]:
     """Capacities (max_edges, max_triplets) for :func:`sparse_graph`: the counts at ``R``
     times ``multiplier`` (not jit-able: it returns Python ints)."""
-    mask = _list_mask(jnp.asarray(idx), jnp.asarray(R), box, float(cutoff))
-    ne = int(jnp.sum(mask))
-    nt = int(jnp.sum(_triplet_mask(jnp.asarray(idx), mask)))
+    ne, nt = (int(c) for c in graph_counts(idx, R, box, float(cutoff)))
     return max(1, math.ceil(ne * multiplier)), max(1, math.ceil(nt * multiplier))
 
 

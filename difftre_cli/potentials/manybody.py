@@ -109,7 +109,9 @@ class ManyBodyPotential:
     def capacity_overflow(self, R, idx):
         if not self.sparse:
             return jnp.asarray(False)
-        return self.graph(R, idx)[1]
+        # counts only: the force call builds the graph itself, at the same positions
+        n_edges, n_triplets = gnn.graph_counts(idx, R, self.box_size, self.cutoff)
+        return (n_edges > self.max_edges) | (n_triplets > self.max_triplets)
 
     def features_overflow(self, feats):
         if not self.sparse:
