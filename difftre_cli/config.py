@@ -104,6 +104,12 @@ def _validate_one(cfg: DictConfig) -> None:
             if not ok:
                 raise UserError(f"evaluate.potential_error_range must be two numbers 0 < a < b, got {rng!r}",
                                 "set evaluate.potential_error_range=[0.95,2.5]")
+        from .stress_strain import settings as stress_strain_settings
+        if stress_strain_settings(ev) is not None and _get(cfg, "model") is not None \
+                and cfg.model.get("kind") != "dimenet":
+            raise UserError("evaluate.stress_strain strains a crystal under a many-body potential; "
+                            f"model.kind={cfg.model.get('kind')!r} is not one",
+                            "use model=dimenet, or set evaluate.stress_strain=null")
 
     if onebody.validate(cfg):
         return

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +26,31 @@ def _load_params(store: RunStore, template):
 
 def production_observables(c, params, eq_steps: int, steps: int, every: int, seed: int, chunk: int = 2000):
     """Mean of every observable over a fresh run: equilibrate, then ``steps`` steps in chunks."""
+    run = production_run(c, params, eq_steps, steps, every, seed, chunk)
+    return run.means, run.n, run.kT
+
+
+@dataclasses.dataclass
+class Production:
+    means: dict          # observable -> mean (functions of averages already combined)
+    errors: dict | None  # observable -> standard error (jackknife over chunks); None for one chunk
+    n: int               # snapshots
+    kT: float            # mean kinetic kT
+    positions: Any = None  # the last configuration
+
+
+def production_run(c, params, eq_steps: int, steps: int, every: int, seed: int, chunk: int = 2000,
+                   positions=None) -> Production:
+    """A fresh run (from the system's start or ``positions``): equilibrate, then ``steps`` steps in
+    chunks of ``chunk``; means of every observable and their standard errors by a jackknife over
+    the chunks (each chunk left out in turn; observables that are functions of averages, such as
+    the stress-fluctuation stiffness, are recombined from the remaining chunks' averages)."""
     chunk = max(every, min(chunk, steps) // every * every)
     scfg = dataclasses.replace(c.sampler.cfg, first_equilibration_steps=eq_steps, equilibration_steps=0,
                                production_steps=chunk, every=every)
     sampler = type(c.sampler)(c.potential, c.system, scfg)   # Sampler, or OneBodySampler (onebody.py)
-    state, nbrs = sampler.init(jax.random.PRNGKey(seed), params)
-    sums, n, kts = {}, 0, []
+    state, nbrs = sampler.init(jax.random.PRNGKey(seed), params, positions)
+    parts, counts, kts = [], [], []
     for i in range(max(1, steps // chunk)):
         res = sampler.sample(params, state, nbrs, first=(i == 0))
         if not res.ok:
@@ -40,15 +60,28 @@ def production_observables(c, params, eq_steps: int, steps: int, every: int, see
         state, nbrs = res.state, res.neighbor
         feats = c.learner.featurize(res.trajectory)
         vals = c.learner.snapshot_observables_jit(params, feats)
-        for k, v in vals.items():   # pytrees of per-snapshot pieces for observables with ``combine``
-            part = jax.tree_util.tree_map(lambda x: np.asarray(x).sum(0), v)
-            sums[k] = part if k not in sums else jax.tree_util.tree_map(np.add, sums[k], part)
-        n += int(res.trajectory.energies.shape[0])
+        # pytrees of per-snapshot pieces for observables with ``combine``
+        parts.append({k: jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64).sum(0), v) for k, v in vals.items()})
+        counts.append(int(res.trajectory.energies.shape[0]))
         kts.append(float(np.mean(res.trajectory.kT)))
-    means = {k: jax.tree_util.tree_map(lambda x: x / n, v) for k, v in sums.items()}
-    if hasattr(c.learner, "combine"):   # functions of averages (stress-fluctuation stiffness)
-        means = {k: np.asarray(v) for k, v in c.learner.combine(means).items()}
-    return means, n, float(np.mean(kts))
+    total = jax.tree_util.tree_map(lambda *xs: sum(xs), *parts)
+    n = sum(counts)
+
+    def finish(sums, count):
+        means = {k: jax.tree_util.tree_map(lambda x: x / count, v) for k, v in sums.items()}
+        if hasattr(c.learner, "combine"):   # functions of averages (stress-fluctuation stiffness)
+            means = c.learner.combine(means)
+        return {k: np.asarray(v, np.float64) for k, v in means.items()}
+
+    means = finish(total, n)
+    errors = None
+    if len(parts) > 1:
+        k = len(parts)
+        loo = [finish(jax.tree_util.tree_map(lambda a, b: a - b, total, p), n - m) for p, m in zip(parts, counts)]
+        errors = {name: np.sqrt((k - 1) / k * np.sum([(x[name] - np.mean([y[name] for y in loo], 0)) ** 2
+                                                      for x in loo], 0)) for name in means}
+    pos = None if getattr(state, "position", None) is None else np.asarray(state.position)
+    return Production(means, errors, n, float(np.mean(kts)), pos)
 
 
 def evaluate(cfg, run_dir) -> dict:
@@ -68,11 +101,20 @@ def evaluate(cfg, run_dir) -> dict:
     eq, steps, every = int(ev.get("equilibration_steps", 5000)), int(ev.get("production_steps", 20000)), int(ev.get("every", 20))
     out = {"run": str(run_dir), "production_steps": steps, "snapshots": 0, "units": c.system.units.to_dict(),
            "targets": {}, "observables": {}}
-    kTs = {}
+    kTs, runs = {}, {}
     for state, c_s in states:
-        means, n_snap, kTs[state] = production_observables(c_s, params, eq, steps, every, seed=int(cfg.seed) + 1)
-        out["snapshots"] += n_snap
-        _state_results(out, c_s, means, rows, f"{state}_" if state else "")
+        runs[state] = run = production_run(c_s, params, eq, steps, every, seed=int(cfg.seed) + 1)
+        kTs[state] = run.kT
+        out["snapshots"] += run.n
+        _state_results(out, c_s, run.means, rows, f"{state}_" if state else "", run.errors)
+    from . import stress_strain
+    ss = stress_strain.settings(ev)
+    if ss is not None:
+        if len(states) > 1:
+            from .errors import UserError
+            raise UserError("evaluate.stress_strain is for a single state point",
+                            "evaluate the crystal's state point on its own (states=null)")
+        out["stress_strain"] = stress_strain.run(c, params, ss, int(cfg.seed) + 2, runs[""], log)
     out["mean_kinetic_kT"] = kTs[""] if "" in kTs else float(np.mean(list(kTs.values())))
     if len(kTs) > 1:
         out["mean_kinetic_kT_per_state"] = kTs
@@ -89,16 +131,19 @@ def evaluate(cfg, run_dir) -> dict:
     return out
 
 
-def _state_results(out: dict, c, means: dict, rows, prefix: str) -> None:
-    """Observables and per-target errors of one state point into ``out`` (names get ``prefix``)."""
+def _state_results(out: dict, c, means: dict, rows, prefix: str, errors: dict | None = None) -> None:
+    """Observables (with their standard errors, when the run had several chunks) and per-target
+    errors of one state point into ``out`` (names get ``prefix``)."""
     for name, obs in c.observables.items():
         out["observables"][prefix + name] = {"grid": None if obs.grid is None else np.asarray(obs.grid).tolist(),
-                                             "value": np.asarray(means[name]).tolist()}
+                                             "value": np.asarray(means[name]).tolist(),
+                                             "error": None if errors is None else np.asarray(errors[name]).tolist()}
         if getattr(obs, "unit_kind", None) == "pressure" and c.system.units.name == "real":
             from .units import BAR_PER_KJ_MOL_NM3
             out["observables"][prefix + name]["value_bar"] = float(means[name]) * BAR_PER_KJ_MOL_NM3
         if getattr(obs, "unit_kind", None) == "stress" and c.system.units.name == "real":
-            _stress_results(out["observables"][prefix + name], obs, np.asarray(means[name]))
+            _stress_results(out["observables"][prefix + name], obs, np.asarray(means[name]),
+                            None if errors is None else np.asarray(errors[name]))
     for name, t in c.targets.items():
         pred = np.asarray(means[t.observable])
         rmse = float(np.sqrt(np.mean((pred - np.asarray(t.value)) ** 2)))
@@ -123,13 +168,16 @@ def _state_results(out: dict, c, means: dict, rows, prefix: str) -> None:
             out["targets"][prefix + name]["components"] = list(comps)
 
 
-def _stress_results(entry: dict, obs, value) -> None:
-    """Stress / stiffness in GPa by component and, for cubic stiffness constants, the moduli
-    derived from them (observables.mechanical.cubic_moduli states the formulas)."""
+def _stress_results(entry: dict, obs, value, error=None) -> None:
+    """Stress / stiffness in GPa by component (± standard error) and, for cubic stiffness
+    constants, the moduli derived from them (observables.mechanical.cubic_moduli states the
+    formulas)."""
     from .units import GPA_PER_KJ_MOL_NM3
     gpa = value * GPA_PER_KJ_MOL_NM3
     entry["components"] = list(obs.components)
     entry["value_GPa"] = dict(zip(obs.components, gpa.tolist()))
+    if error is not None:
+        entry["error_GPa"] = dict(zip(obs.components, (error * GPA_PER_KJ_MOL_NM3).tolist()))
     if tuple(obs.components) == ("C11", "C12", "C44"):
         from .observables.mechanical import cubic_moduli
         entry["moduli_GPa"] = cubic_moduli(*gpa)   # poisson_* are ratios
@@ -262,7 +310,9 @@ def _summary(out: dict) -> None:
             t.add_row(f"|error| {name} [bar]", f"{d['error_bar']:.4g}{start}")
     for name, d in out["observables"].items():
         if "value_GPa" in d:
-            t.add_row(f"{name} [GPa]", ", ".join(f"{k} {v:.4g}" for k, v in d["value_GPa"].items()))
+            err = d.get("error_GPa") or {}
+            t.add_row(f"{name} [GPa]", ", ".join(f"{k} {v:.4g}" + (f" ± {err[k]:.2g}" if k in err else "")
+                                                 for k, v in d["value_GPa"].items()))
             for k, v in d.get("moduli_GPa", {}).items():
                 t.add_row(f"  {k}" + ("" if k.startswith("poisson") else " [GPa]"), f"{v:.4g}")
             continue
@@ -287,6 +337,15 @@ def _summary(out: dict) -> None:
     for name, d in out["targets"].items():
         if d.get("rdf_deviation_D") is not None:
             t.add_row(f"D {name} = 4πρ∫r²(g - g_ref)²dr", f"{d['rdf_deviation_D']:.4g}")
+    ss = out.get("stress_strain")
+    if ss:
+        unit = ss["unit"]
+        for k, v in ss["slopes"].items():
+            row = f"{v['value']:.4g} ± {v['error']:.2g}"
+            cmp = ss.get("comparison", {}).get(k)
+            if cmp is not None:
+                row += f" (fluctuation {cmp['fluctuation']:.4g} ± {cmp['fluctuation_error']:.2g})"
+            t.add_row(f"stress-strain slope {k} [{unit}]", row)
     t.add_row("mean kinetic kT", f"{out['mean_kinetic_kT']:.4f}")
     t.add_row("snapshots", str(out["snapshots"]))
     t.add_row("wall time [s]", f"{out['wall_time_s']:.1f}")

@@ -51,6 +51,8 @@ def plot_all(run_dir: Path, ev: dict, rows: list[dict]) -> list[Path]:
         fig.savefig(p, dpi=120)
         plt.close(fig)
         paths.append(p)
+    if ev.get("stress_strain"):
+        paths.append(plot_stress_strain(run_dir, ev["stress_strain"]))
     pot = ev["potential"]
     if "x" in pot:   # one-body potential u(x) (the double well)
         paths.append(plot_external(run_dir, ev))
@@ -79,6 +81,41 @@ def plot_all(run_dir: Path, ev: dict, rows: list[dict]) -> list[Path]:
     plt.close(fig)
     paths.append(p)
     return paths
+
+
+def plot_stress_strain(run_dir: Path, ss: dict) -> Path:
+    """The stress–strain points (± standard error), the fitted polynomial, and the tangent the
+    stress-fluctuation stiffness predicts at zero strain (stress_strain.py)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    panels = (("e1", axes[0], (("xx", lambda s: s[0], "B11"), ("(yy+zz)/2", lambda s: 0.5 * (s[1] + s[2]), "B12"))),
+              ("e4", axes[1], (("yz", lambda s: s[3], "B44"),)))
+    s0, s0e = ss["zero_strain_stress"], ss["zero_strain_stress_error"]
+    for mode, ax, comps in panels:
+        pts = sorted([(0.0, s0, s0e)] + [(r["strain"], r["stress"], r["stress_error"]) for r in ss["runs"]
+                                         if r["mode"] == mode], key=lambda p: p[0])
+        e = np.array([p[0] for p in pts])
+        fine = np.linspace(e.min(), e.max(), 100)
+        for k, (label, f, b) in enumerate(comps):
+            y, yerr = np.array([f(p[1]) for p in pts]), np.array([f(p[2]) for p in pts])
+            ax.errorbar(100 * e, y, yerr=yerr, fmt="o", color=f"C{k}", capsize=3, label=f"σ_{label}")
+            w = 1.0 / np.maximum(yerr, 1e-12)
+            coef = np.polyfit(e, y, ss["fit_degree"], w=w)
+            ax.plot(100 * fine, np.polyval(coef, fine), "-", color=f"C{k}", lw=1,
+                    label=f"fit: {b} = {ss['slopes'][b]['value']:.4g} ± {ss['slopes'][b]['error']:.2g}")
+            cmp = ss.get("comparison", {}).get(b)
+            if cmp is not None:
+                y0 = np.polyval(coef, 0.0)
+                ax.plot(100 * fine, y0 + cmp["fluctuation"] * fine, ":", color=f"C{k}", lw=2,
+                        label=f"fluctuation {b} = {cmp['fluctuation']:.4g} ± {cmp['fluctuation_error']:.2g}")
+        ax.axhline(0.0, color="gray", lw=0.5)
+        ax.set_xlabel(f"{mode} strain [%]")
+        ax.set_ylabel(f"stress [{ss['unit']}]")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    p = run_dir / "stress_strain.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return p
 
 
 def plot_external(run_dir: Path, ev: dict) -> Path:

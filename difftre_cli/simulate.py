@@ -125,7 +125,9 @@ class Sampler:
         box = float(system.box_size)
         self.box = box
         _, self.shift = space.periodic(box)
-        self.neighbor_fn = neighbors.make_neighbor_fn(box, potential.cutoff, cfg.skin, cfg.capacity_multiplier)
+        # a potential of a strained crystal lists pairs further out in its reference frame (manybody.py)
+        list_cutoff = getattr(potential, "list_cutoff", potential.cutoff)
+        self.neighbor_fn = neighbors.make_neighbor_fn(box, list_cutoff, cfg.skin, cfg.capacity_multiplier)
         # Potentials with capacities of their own (a graph network's edge and triplet lists)
         # get them measured on the first configuration they see, and grown on overflow.
         self._fit_capacity = hasattr(potential, "fit_capacity")

@@ -276,18 +276,15 @@ def main(argv=None):
 
 
 def _fit(points, pick, degree):
-    """Weighted least-squares polynomial σ(e) = a + b e + … of ``degree``: the slope b and its
-    standard error. A degree ≥ 2 keeps the curvature (third-order constants, visible in these
-    runs) out of b even when the per-point errors, and so the weights, are not symmetric in ±e."""
-    e = np.array([p[0] for p in points])
-    y = np.array([pick(p[1]) for p in points])
-    err = np.array([max(pick(p[2]), 1e-12) for p in points])
-    if len(e) <= degree:
+    """Slope at zero strain and its standard error of a weighted polynomial of ``degree`` through
+    (strain, stress, error) points (difftre_cli.stress_strain.fit_slope). A degree ≥ 2 keeps the
+    curvature (third-order constants, visible in these runs) out of the slope even when the
+    per-point errors, and so the weights, are not symmetric in ±e."""
+    from difftre_cli.stress_strain import fit_slope
+    if len(points) <= degree:
         raise SystemExit(f"--fit-degree {degree} needs more than {degree} strain points")
-    A = np.stack([e ** k for k in range(degree + 1)], axis=1) / err[:, None]
-    cov = np.linalg.inv(A.T @ A)
-    coef = cov @ A.T @ (y / err)
-    return float(coef[1]), float(np.sqrt(cov[1, 1]))
+    return fit_slope([p[0] for p in points], [pick(p[1]) for p in points], [max(pick(p[2]), 1e-12) for p in points],
+                     degree)
 
 
 def _design_bias_0k(pot, a, strains, degree):

@@ -154,13 +154,14 @@ class DiffTRe:
             self._featurize = jax.jit(self._featurize_one_body)
             return
         self.box = float(box_size)
-        reach = max([potential.cutoff] + [getattr(o, "reach", 0.0) for o in observables.values()])
+        list_cutoff = getattr(potential, "list_cutoff", potential.cutoff)   # strained crystals: manybody.py
+        reach = max([list_cutoff] + [getattr(o, "reach", 0.0) for o in observables.values()])
         if reach > 0.5 * self.box:
             raise UserError(f"observable range {reach:.3g} exceeds half the box ({0.5 * self.box:.3g})",
                             "use more particles (system.n_particles) or a smaller r_max")
         self.feature_cutoff = reach
         self.feature_nbr_fn = neighbors.make_neighbor_fn(self.box, reach, 0.0, 1.3)
-        self.energy_nbr_fn = neighbors.make_neighbor_fn(self.box, potential.cutoff, 0.0, 1.3)
+        self.energy_nbr_fn = neighbors.make_neighbor_fn(self.box, list_cutoff, 0.0, 1.3)
         self._featurize = jax.jit(self._featurize_impl)
 
     # -- per trajectory ----------------------------------------------------------------

@@ -34,6 +34,17 @@ The DiffTRe learner's protocol (learn/difftre.py):
   not all at once, which bounds the memory of a network's per-triplet intermediates.
 
 Forces for the sampler are −∇_R U by autodiff.
+
+A crystal at a fixed finite strain ε (the stress–strain curve, stress_strain.py) is simulated in
+*reference* coordinates: :meth:`ManyBodyPotential.strained` gives the potential
+U_ε(R) = U((I + ε) R, (I + ε) h), i.e. every minimum-image displacement of the cubic reference box
+becomes (I + ε) d before anything is computed from it. Positions sampled from exp(−βU_ε) are the
+strained crystal's configurations mapped back by (I + ε)⁻¹ (a constant Jacobian), so the cubic
+box, its neighbour lists and the sampler stay as they are. Exactness: lists and graphs are built
+in the reference frame at the cutoff × ``strain_reach`` = 1/s_min(I + ε) (every pair whose
+strained distance is inside the cutoff is listed) and all cutoff masks act on strained
+distances. Strain derivatives then act on top: a further strain δ gives the total deformation
+(I + δ)(I + ε), so ∂U/∂δ at δ = 0 is Ω(ε) times the Born stress of the strained crystal.
 """
 from __future__ import annotations
 
@@ -48,9 +59,21 @@ import numpy as np
 from . import gnn
 
 
-def _strain(scale, strain, dtype):
+def _strain(scale, strain, dtype, fixed=None):
+    """The strain of the displacements: uniform ``scale`` and/or ``strain`` δ, on top of a fixed
+    strain ε of the box (``fixed``, nested tuples or None): (I + δ)(I + ε) − I."""
     eps = (jnp.asarray(scale, dtype) - 1.0) * jnp.eye(3, dtype=dtype)
-    return eps if strain is None else eps + jnp.asarray(strain, dtype)
+    eps = eps if strain is None else eps + jnp.asarray(strain, dtype)
+    if fixed is None:
+        return eps
+    e0 = jnp.asarray(fixed, dtype)
+    return e0 + eps + eps @ e0
+
+
+def strain_reach(eps) -> float:
+    """1 / smallest singular value of I + ε: a pair at reference distance d ends up no closer than
+    d / reach, so lists at cutoff × reach hold every pair inside the cutoff after the strain."""
+    return float(1.0 / np.linalg.svd(np.eye(3) + np.asarray(eps, float), compute_uv=False).min())
 
 
 def _edge_vectors(R, senders, receivers, box):
@@ -77,7 +100,24 @@ class ManyBodyPotential:
     max_triplets: int | None = None
     capacity_multiplier: float = 1.25
     graph_format: str = "sparse"          # "dense": never fit capacities (checks, benchmarks)
+    deformation: tuple | None = None      # fixed strain ε of the box, (3, 3) nested tuples (module doc)
+    strain_reach: float = 1.0             # lists and graphs at cutoff × this (module doc)
     one_body = False
+
+    @property
+    def list_cutoff(self) -> float:
+        """Reference-frame radius of the neighbour lists: every pair inside the cutoff after the
+        fixed strain (the cutoff itself when there is none)."""
+        return self.cutoff * self.strain_reach
+
+    def strained(self, eps) -> "ManyBodyPotential":
+        """This potential for the crystal strained by ε (3, 3): U_ε(R) = U of the displacements
+        (I + ε) d of the reference box (module doc). Capacities are measured again."""
+        eps = np.asarray(eps, float)
+        if np.allclose(eps, 0.0):
+            return replace(self, deformation=None, strain_reach=1.0, max_edges=None, max_triplets=None)
+        return replace(self, deformation=tuple(map(tuple, eps.tolist())), strain_reach=strain_reach(eps),
+                       max_edges=None, max_triplets=None)
 
     def init(self, key):
         return {"model": self.model.init(key)}
@@ -95,7 +135,7 @@ class ManyBodyPotential:
         """Capacities for the graph of the configuration R (dense list ``idx``) × the multiplier."""
         if self.graph_format == "dense":
             return self
-        ne, nt = gnn.sparse_capacity(idx, R, self.box_size, self.cutoff, self.capacity_multiplier)
+        ne, nt = gnn.sparse_capacity(idx, R, self.box_size, self.list_cutoff, self.capacity_multiplier)
         return replace(self, max_edges=ne, max_triplets=nt)
 
     def grow_capacity(self) -> "ManyBodyPotential":
@@ -104,13 +144,13 @@ class ManyBodyPotential:
 
     def graph(self, R, idx):
         """(SparseGraph, overflow) of the pairs of ``idx`` closer than the cutoff at R."""
-        return gnn.sparse_graph(idx, R, self.box_size, self.cutoff, self.max_edges, self.max_triplets)
+        return gnn.sparse_graph(idx, R, self.box_size, self.list_cutoff, self.max_edges, self.max_triplets)
 
     def capacity_overflow(self, R, idx):
         if not self.sparse:
             return jnp.asarray(False)
         # counts only: the force call builds the graph itself, at the same positions
-        n_edges, n_triplets = gnn.graph_counts(idx, R, self.box_size, self.cutoff)
+        n_edges, n_triplets = gnn.graph_counts(idx, R, self.box_size, self.list_cutoff)
         return (n_edges > self.max_edges) | (n_triplets > self.max_triplets)
 
     def features_overflow(self, feats):
@@ -124,17 +164,18 @@ class ManyBodyPotential:
         return (R, self.graph(R, idx)[0]) if self.sparse else (R, idx)
 
     def _prior_energy(self, dr, valid, eps):
-        """½ Σ over directed pairs of u_prior(|(I + ε) d|) for pairs closer than the cutoff."""
-        r2 = jnp.sum(dr * dr, -1)
-        mask = valid & (r2 < self.cutoff ** 2)
+        """½ Σ over directed pairs of u_prior(|(I + ε) d|) for pairs whose strained distance is
+        inside the cutoff."""
+        dr = dr + dr @ eps.T
+        mask = valid & (jnp.sum(dr * dr, -1) < self.cutoff ** 2)
         dr = jnp.where(mask[..., None], dr, jnp.zeros(3, dr.dtype).at[0].set(0.5 * self.cutoff))
-        r = jnp.sqrt(jnp.sum((dr + dr @ eps.T) ** 2, -1))
+        r = jnp.sqrt(jnp.sum(dr * dr, -1))
         return 0.5 * jnp.sum(jnp.where(mask, self.prior(r), 0.0))
 
     def energy_from_features(self, params, feats, scale=1.0, strain=None):
         R, g = feats
         box, n = self.box_size, R.shape[0]
-        eps = _strain(scale, strain, R.dtype)
+        eps = _strain(scale, strain, R.dtype, self.deformation)
         species = None if self.species is None else jnp.asarray(self.species)
         if isinstance(g, gnn.SparseGraph):
             valid = (g.senders < n) & (g.receivers < n)

@@ -126,10 +126,11 @@ class SWManyBodyPotential(ManyBodyPotential):
     def fit_capacity(self, R, idx) -> "SWManyBodyPotential":
         if self.graph_format == "dense":
             return self
-        ne, nt = gnn.sparse_capacity(idx, R, self.box_size, self.model.cutoff, self.capacity_multiplier)
+        reach = self.strain_reach
+        ne, nt = gnn.sparse_capacity(idx, R, self.box_size, self.model.cutoff * reach, self.capacity_multiplier)
         n = R.shape[0]
         d = _dense_vectors(jnp.asarray(R), jnp.asarray(idx), self.box_size)
-        near = (jnp.asarray(idx) < n) & (jnp.sum(d * d, -1) < (1.1 * self.sw.cutoff) ** 2)
+        near = (jnp.asarray(idx) < n) & (jnp.sum(d * d, -1) < (1.1 * self.sw.cutoff * reach) ** 2)
         k = math.ceil(int(jnp.max(jnp.sum(near, 1))) * self.capacity_multiplier)
         return replace(self, max_edges=ne, max_triplets=nt, sw_slots=max(1, k))
 
@@ -137,12 +138,20 @@ class SWManyBodyPotential(ManyBodyPotential):
         return replace(super().grow_capacity(), sw_slots=math.ceil(1.25 * self.sw_slots) + 1)
 
     def graph(self, R, idx):
-        return gnn.sparse_graph(idx, R, self.box_size, self.model.cutoff, self.max_edges, self.max_triplets)
+        return gnn.sparse_graph(idx, R, self.box_size, self.model.cutoff * self.strain_reach, self.max_edges,
+                                self.max_triplets)
+
+    def table(self, R, idx):
+        """(SWTable, overflow) at SW's cutoff (× ``strain_reach`` under a fixed strain)."""
+        return sw_table(idx, R, self.box_size, self.sw.cutoff * self.strain_reach, self.sw_slots)
+
+    def strained(self, eps) -> "SWManyBodyPotential":
+        return replace(super().strained(eps), sw_slots=None)
 
     def capacity_overflow(self, R, idx):
         if not self.sparse:
             return jnp.asarray(False)
-        return self.graph(R, idx)[1] | sw_table(idx, R, self.box_size, self.sw.cutoff, self.sw_slots)[1]
+        return self.graph(R, idx)[1] | self.table(R, idx)[1]
 
     def features_overflow(self, feats):
         if not self.sparse:
@@ -152,7 +161,7 @@ class SWManyBodyPotential(ManyBodyPotential):
     def features_on_list(self, R, idx, box_size):
         if not self.sparse:
             return (R, idx)
-        return (R, self.graph(R, idx)[0], sw_table(idx, R, self.box_size, self.sw.cutoff, self.sw_slots)[0])
+        return (R, self.graph(R, idx)[0], self.table(R, idx)[0])
 
     def sw_energy(self, R, idx, eps):
         """SW two- and three-body energy on a dense list or table ``idx`` (N, K)."""
@@ -162,7 +171,7 @@ class SWManyBodyPotential(ManyBodyPotential):
 
     def energy_from_features(self, params, feats, scale=1.0, strain=None):
         R = feats[0]
-        eps = _strain(scale, strain, R.dtype)
+        eps = _strain(scale, strain, R.dtype, self.deformation)
         species = None if self.species is None else jnp.asarray(self.species)
         if len(feats) == 3:
             _, g, table = feats
