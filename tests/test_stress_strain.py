@@ -61,6 +61,11 @@ def _all_pairs(R, r_max=0.3):
     return jnp.asarray(idx)
 
 
+def _energy(pot, params, R, idx, **kw):
+    """U of ``pot`` on the dense list ``idx``, jit-compiled (the network is slow op by op)."""
+    return jax.jit(lambda prm, x: pot.energy_from_features(prm, (x, idx), **kw))(params, R)
+
+
 def _potential(cutoff, prior=lambda r: 1.0 / r):
     pot = manybody.build(prior, {**SMALL_NET, "cutoff": cutoff, "graph_format": "sparse"}, cutoff)
     return dataclasses.replace(pot, box_size=L)
@@ -82,10 +87,10 @@ def test_strained_potential_equals_stretched_box(double_precision, e):
     R = _lattice()
     idx = _all_pairs(R)
     eps = np.diag([e, 0.0, 0.0])
-    u_strained = pot.strained(eps).energy_from_features(params, (R, idx))
+    u_strained = _energy(pot.strained(eps), params, R, idx)
     stretched = dataclasses.replace(pot, box_size=jnp.asarray([L * (1 + e), L, L]))
-    u_real = stretched.energy_from_features(params, (R * jnp.asarray([1 + e, 1.0, 1.0]), idx))
-    u_plain = pot.energy_from_features(params, (R, idx))
+    u_real = _energy(stretched, params, R * jnp.asarray([1 + e, 1.0, 1.0]), idx)
+    u_plain = _energy(pot, params, R, idx)
     assert float(u_strained) == pytest.approx(float(u_real), rel=1e-11, abs=1e-11)
     assert abs(float(u_strained) - float(u_plain)) > 1e-3 * abs(float(u_plain))   # the strain matters
 
@@ -100,12 +105,12 @@ def test_strained_lists_reach_pairs_moved_inside(double_precision):
     eps = np.diag([-0.02, 0.0, 0.0])
     ps = pot.strained(eps)
     assert ps.strain_reach == pytest.approx(1 / 0.98)
-    u_all = ps.energy_from_features(params, (R, _all_pairs(R)))
+    u_all = _energy(ps, params, R, _all_pairs(R))
 
     def on_own_lists(p):
         nbr = neighbors.make_neighbor_fn(L, p.list_cutoff, 0.0, 1.25).allocate(R)
         p = p.fit_capacity(R, nbr.idx)
-        return p.energy_from_features(params, p.features_on_list(R, nbr.idx, L))
+        return jax.jit(lambda prm, x: p.energy_from_features(prm, p.features_on_list(x, nbr.idx, L)))(params, R)
 
     assert float(on_own_lists(ps)) == pytest.approx(float(u_all), rel=1e-11)
     missed = on_own_lists(dataclasses.replace(ps, strain_reach=1.0))
@@ -121,14 +126,15 @@ def test_strain_on_top_of_a_strained_crystal(double_precision):
     idx = _all_pairs(R)
     e = 0.015
     ps = pot.strained(np.diag([e, 0.0, 0.0]))
-    g = jax.grad(lambda d: ps.energy_from_features(params, (R, idx), strain=d))(jnp.zeros((3, 3)))
+    g = jax.jit(jax.grad(lambda d: ps.energy_from_features(params, (R, idx), strain=d)))(jnp.zeros((3, 3)))
 
+    @jax.jit
     def u_box(t):
         s = (1 + e) * (1 + t)
-        p = dataclasses.replace(pot, box_size=jnp.asarray([L * s, L, L]))
-        return float(p.energy_from_features(params, (R * jnp.asarray([s, 1.0, 1.0]), idx)))
+        p = dataclasses.replace(pot, box_size=jnp.stack([L * s, L, L]))
+        return p.energy_from_features(params, (R * jnp.stack([s, 1.0, 1.0]), idx))
     h = 1e-5
-    fd = (u_box(h) - u_box(-h)) / (2 * h)
+    fd = (float(u_box(h)) - float(u_box(-h))) / (2 * h)
     assert float(g[0, 0]) == pytest.approx(fd, rel=1e-6)
 
 
@@ -143,7 +149,7 @@ def test_sheared_sw_prior_equals_jax_md(double_precision):
     params = jax.tree_util.tree_map(jnp.zeros_like, c.potential.init(jax.random.PRNGKey(0)))
     R = _lattice()
     eps = stress_strain.strain_matrix([0, 0, 0, 0.02, 0, 0])
-    u = c.potential.strained(eps).energy_from_features(params, (R, _all_pairs(R)))
+    u = _energy(c.potential.strained(eps), params, R, _all_pairs(R))
     h = jnp.asarray((np.eye(3) + eps) * L)
     disp, _ = space.periodic_general(h, fractional_coordinates=True)
     sw = c.potential.sw
