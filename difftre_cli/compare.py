@@ -57,16 +57,34 @@ def summarize(item: dict) -> dict:
     for key in ("delta", "max_abs_error"):
         if key in pot:
             out[key] = pot[key]
+    if "pairs" in pot:   # mixture: Δ and max |Δu| of each species pair (delta = their sum)
+        out["pairs"] = {name: {k: c[k] for k in ("delta", "max_abs_error") if k in c}
+                        for name, c in pot["pairs"].items()}
     return out
 
 
-def _plot(items: list[dict], path: Path) -> None:
+def _pair_curves(pot: dict) -> dict:
+    """{panel name: curve} of an evaluation's potential: one unnamed curve, or one per species
+    pair of a mixture (``pairs``)."""
+    if "pairs" in pot:
+        return {f"pair potential {name}": curve for name, curve in pot["pairs"].items() if "r" in curve}
+    return {"pair potential": pot} if "r" in pot else {}
+
+
+def _plot(items: list[dict], path: Path) -> dict:
+    """Write the overlay figure; returns {panel title: number of curves drawn} (for tests)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     targets = sorted({k for it in items for k, d in it["evaluation"].get("targets", {}).items() if d.get("grid")})
-    n = len(targets) + 2
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6))
+    pairs = list(dict.fromkeys(k for it in items for k in _pair_curves(it["evaluation"].get("potential", {}))))
+    n = len(targets) + len(pairs) + 1
+    ncols = n if n <= 4 else 3          # mixtures: one row per state point (3 partial RDFs)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
+    axes = list(axes.ravel())
+    for ax in axes[n:]:
+        ax.set_visible(False)
     for ax, name in zip(axes, targets):
         shown = False
         for it in items:
@@ -79,21 +97,21 @@ def _plot(items: list[dict], path: Path) -> None:
             ax.plot(d["grid"], d["observable"], lw=1.2, label=_label(it))
         ax.set_title(name)
         ax.legend(fontsize=7)
-    ax = axes[-2]
-    truth_drawn = False
-    for it in items:
-        pot = it["evaluation"].get("potential", {})
-        if "r" not in pot:
-            continue
-        if "truth" in pot and not truth_drawn:
-            ax.plot(pot["r"], pot["truth"], "k--", lw=2, label="truth")
-            truth_drawn = True
-        ax.plot(pot["r"], pot["total"], lw=1.2, label=_label(it))
-    ax.set_ylim(-2.0, 3.0)
-    ax.set_xlabel("r")
-    ax.set_title("pair potential")
-    ax.legend(fontsize=7)
-    ax = axes[-1]
+    for ax, name in zip(axes[len(targets):], pairs):
+        truth_drawn = False
+        for it in items:
+            curve = _pair_curves(it["evaluation"].get("potential", {})).get(name)
+            if curve is None:
+                continue
+            if "truth" in curve and not truth_drawn:
+                ax.plot(curve["r"], curve["truth"], "k--", lw=2, label="truth")
+                truth_drawn = True
+            ax.plot(curve["r"], curve["total"], lw=1.2, label=_label(it))
+        ax.set_ylim(-2.0, 3.0)
+        ax.set_xlabel("r")
+        ax.set_title(name)
+        ax.legend(fontsize=7)
+    ax = axes[n - 1]
     for it in items:
         t, losses = 0.0, []
         for r in it["rows"]:
@@ -106,7 +124,9 @@ def _plot(items: list[dict], path: Path) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    panels = {ax.get_title(): len(ax.get_lines()) for ax in axes[:n]}
     plt.close(fig)
+    return panels
 
 
 def _label(it: dict) -> str:
@@ -120,9 +140,9 @@ def compare(runs: list[Path], out_dir: Path | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     table = [summarize(it) for it in items]
     (out_dir / "comparison.json").write_text(json.dumps({"runs": table}, indent=1))
-    _plot(items, out_dir / "comparison.png")
+    panels = _plot(items, out_dir / "comparison.png")
     _print(table, out_dir)
-    return {"runs": table, "out_dir": str(out_dir)}
+    return {"runs": table, "out_dir": str(out_dir), "panels": panels}
 
 
 def _print(table: list[dict], out_dir: Path) -> None:
