@@ -145,32 +145,48 @@ def compare(runs: list[Path], out_dir: Path | None = None) -> dict:
     return {"runs": table, "out_dir": str(out_dir), "panels": panels}
 
 
+def _rows(table: list[dict]) -> list[tuple[str, list[str]]]:
+    """(metric, one cell per run) for the printed table."""
+    fmt = lambda d, k: f"{d[k]:.4g}" if k in d else "-"   # noqa: E731
+    out = [("trainer", [str(r["trainer"]) for r in table]), ("updates", [str(r["updates"]) for r in table]),
+           ("train wall [s]", [f"{r['train_wall_s']:.1f}" for r in table]),
+           ("final loss", [f"{r['final_loss']:.4g}" for r in table])]
+    targets = sorted({k for r in table for k in r["rmse"]})
+    out += [(f"RMSE {k}", [fmt(r["rmse"], k) for r in table]) for k in targets]
+    d_targets = sorted({k for r in table for k in r["rdf_deviation_D"]})
+    out += [(f"D {k}" if len(d_targets) > 1 else "D", [fmt(r["rdf_deviation_D"], k) for r in table])
+            for k in d_targets]
+    pairs = list(dict.fromkeys(p for r in table for p in r.get("pairs", {})))
+    for p in pairs:
+        out += [(f"Δ {p}", [fmt(r.get("pairs", {}).get(p, {}), "delta") for r in table]),
+                (f"max|Δu| {p}", [fmt(r.get("pairs", {}).get(p, {}), "max_abs_error") for r in table])]
+    if any("delta" in r for r in table):
+        out += [("Δ" + (" (sum)" if pairs else ""), [fmt(r, "delta") for r in table]),
+                ("max|ΔU|" + (" (max)" if pairs else ""), [fmt(r, "max_abs_error") for r in table])]
+    return out
+
+
 def _print(table: list[dict], out_dir: Path) -> None:
+    """One row per run; with more than 3 targets (several state points, partial RDFs) one row
+    per metric and one column per run instead, so that it stays readable."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
-    t = Table(title=f"difftre compare — {out_dir}")
-    for col in ("run", "trainer", "updates", "train wall [s]", "final loss"):
-        t.add_column(col)
-    targets = sorted({k for row in table for k in row["rmse"]})
-    for k in targets:
-        t.add_column(f"RMSE {k}", justify="right")
-    has_d = any(row["rdf_deviation_D"] for row in table)
-    if has_d:
-        t.add_column("D", justify="right")
-    has_delta = any("delta" in row for row in table)
-    if has_delta:
-        t.add_column("Δ", justify="right")
-        t.add_column("max|ΔU|", justify="right")
-    for row in table:
-        cells = [Path(row["run"]).name, str(row["trainer"]), str(row["updates"]), f"{row['train_wall_s']:.1f}",
-                 f"{row['final_loss']:.4g}"]
-        cells += [f"{row['rmse'][k]:.4g}" if k in row["rmse"] else "-" for k in targets]
-        if has_d:
-            cells.append(", ".join(f"{v:.4g}" for v in row["rdf_deviation_D"].values()) or "-")
-        if has_delta:
-            cells += [f"{row['delta']:.4g}" if "delta" in row else "-",
-                      f"{row['max_abs_error']:.4g}" if "max_abs_error" in row else "-"]
-        t.add_row(*cells)
+    t = Table(title=escape(f"difftre compare — {out_dir}"))
+    rows = [(escape(k), [escape(c) for c in cells]) for k, cells in _rows(table)]   # "[s]" is not markup
+    names = [escape(Path(r["run"]).name) for r in table]
+    if sum(1 for k, _ in rows if k.startswith("RMSE ")) > 3:
+        t.add_column("metric")
+        for name in names:
+            t.add_column(name, justify="right")
+        for k, cells in rows:
+            t.add_row(k, *cells)
+    else:
+        t.add_column("run")
+        for j, (k, _) in enumerate(rows):
+            t.add_column(k, justify="left" if j < 4 else "right")
+        for j, name in enumerate(names):
+            t.add_row(name, *[cells[j] for _, cells in rows])
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)

@@ -88,7 +88,7 @@ def _fake_mixture_run(d: Path, trainer: str, rmse: float):
         w.writerow({"update": 0, "loss": 0.1, "sample_time": 1.0, "update_time": 0.5})
 
 
-def test_compare_mixture_overlays_each_pair_potential(tmp_path):
+def test_compare_mixture_overlays_each_pair_potential(tmp_path, capsys):
     """Mixtures keep their curves under potential.pairs: every pair gets a panel with the truth
     and each run's curve (it used to draw an empty 'pair potential' panel)."""
     from difftre_cli.compare import compare
@@ -100,3 +100,5 @@ def test_compare_mixture_overlays_each_pair_potential(tmp_path):
     assert res["panels"]["xA75_rdf_BB"] == 3 and len(res["panels"]) == 6 + 3 + 1
     assert res["runs"][1]["pairs"]["B-B"] == {"delta": 0.3, "max_abs_error": 0.5}
     assert res["runs"][0]["delta"] == 0.6
+    out = capsys.readouterr().out        # many targets: one row per metric, one column per run
+    assert "train wall [s]" in out and "RMSE xA75_rdf_BB" in out and "max|Δu| B-B" in out
