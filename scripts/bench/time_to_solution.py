@@ -11,6 +11,7 @@ included, evaluations excluded); it stops at the first evaluation with RDF RMSE 
 
     python scripts/bench/time_to_solution.py            # cap 900 s per trainer, evaluation every 60 s
     python scripts/bench/time_to_solution.py --quick    # cap 240 s, evaluation every 30 s, shorter evaluations
+    python scripts/bench/time_to_solution.py --quick --trainers direct_ad --set direct_ad:trainer.steps=100
 
 Prints per trainer the training time to the threshold (or "> cap"), the updates done, the
 RMSE history, and the ratios to difftre.
