@@ -57,16 +57,34 @@ def summarize(item: dict) -> dict:
     for key in ("delta", "max_abs_error"):
         if key in pot:
             out[key] = pot[key]
+    if "pairs" in pot:   # mixture: Δ and max |Δu| of each species pair (delta = their sum)
+        out["pairs"] = {name: {k: c[k] for k in ("delta", "max_abs_error") if k in c}
+                        for name, c in pot["pairs"].items()}
     return out
 
 
-def _plot(items: list[dict], path: Path) -> None:
+def _pair_curves(pot: dict) -> dict:
+    """{panel name: curve} of an evaluation's potential: one unnamed curve, or one per species
+    pair of a mixture (``pairs``)."""
+    if "pairs" in pot:
+        return {f"pair potential {name}": curve for name, curve in pot["pairs"].items() if "r" in curve}
+    return {"pair potential": pot} if "r" in pot else {}
+
+
+def _plot(items: list[dict], path: Path) -> dict:
+    """Write the overlay figure; returns {panel title: number of curves drawn} (for tests)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     targets = sorted({k for it in items for k, d in it["evaluation"].get("targets", {}).items() if d.get("grid")})
-    n = len(targets) + 2
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6))
+    pairs = list(dict.fromkeys(k for it in items for k in _pair_curves(it["evaluation"].get("potential", {}))))
+    n = len(targets) + len(pairs) + 1
+    ncols = n if n <= 4 else 3          # mixtures: one row per state point (3 partial RDFs)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
+    axes = list(axes.ravel())
+    for ax in axes[n:]:
+        ax.set_visible(False)
     for ax, name in zip(axes, targets):
         shown = False
         for it in items:
@@ -79,21 +97,21 @@ def _plot(items: list[dict], path: Path) -> None:
             ax.plot(d["grid"], d["observable"], lw=1.2, label=_label(it))
         ax.set_title(name)
         ax.legend(fontsize=7)
-    ax = axes[-2]
-    truth_drawn = False
-    for it in items:
-        pot = it["evaluation"].get("potential", {})
-        if "r" not in pot:
-            continue
-        if "truth" in pot and not truth_drawn:
-            ax.plot(pot["r"], pot["truth"], "k--", lw=2, label="truth")
-            truth_drawn = True
-        ax.plot(pot["r"], pot["total"], lw=1.2, label=_label(it))
-    ax.set_ylim(-2.0, 3.0)
-    ax.set_xlabel("r")
-    ax.set_title("pair potential")
-    ax.legend(fontsize=7)
-    ax = axes[-1]
+    for ax, name in zip(axes[len(targets):], pairs):
+        truth_drawn = False
+        for it in items:
+            curve = _pair_curves(it["evaluation"].get("potential", {})).get(name)
+            if curve is None:
+                continue
+            if "truth" in curve and not truth_drawn:
+                ax.plot(curve["r"], curve["truth"], "k--", lw=2, label="truth")
+                truth_drawn = True
+            ax.plot(curve["r"], curve["total"], lw=1.2, label=_label(it))
+        ax.set_ylim(-2.0, 3.0)
+        ax.set_xlabel("r")
+        ax.set_title(name)
+        ax.legend(fontsize=7)
+    ax = axes[n - 1]
     for it in items:
         t, losses = 0.0, []
         for r in it["rows"]:
@@ -106,7 +124,9 @@ def _plot(items: list[dict], path: Path) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    panels = {ax.get_title(): len(ax.get_lines()) for ax in axes[:n]}
     plt.close(fig)
+    return panels
 
 
 def _label(it: dict) -> str:
@@ -120,37 +140,53 @@ def compare(runs: list[Path], out_dir: Path | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     table = [summarize(it) for it in items]
     (out_dir / "comparison.json").write_text(json.dumps({"runs": table}, indent=1))
-    _plot(items, out_dir / "comparison.png")
+    panels = _plot(items, out_dir / "comparison.png")
     _print(table, out_dir)
-    return {"runs": table, "out_dir": str(out_dir)}
+    return {"runs": table, "out_dir": str(out_dir), "panels": panels}
+
+
+def _rows(table: list[dict]) -> list[tuple[str, list[str]]]:
+    """(metric, one cell per run) for the printed table."""
+    fmt = lambda d, k: f"{d[k]:.4g}" if k in d else "-"   # noqa: E731
+    out = [("trainer", [str(r["trainer"]) for r in table]), ("updates", [str(r["updates"]) for r in table]),
+           ("train wall [s]", [f"{r['train_wall_s']:.1f}" for r in table]),
+           ("final loss", [f"{r['final_loss']:.4g}" for r in table])]
+    targets = sorted({k for r in table for k in r["rmse"]})
+    out += [(f"RMSE {k}", [fmt(r["rmse"], k) for r in table]) for k in targets]
+    d_targets = sorted({k for r in table for k in r["rdf_deviation_D"]})
+    out += [(f"D {k}" if len(d_targets) > 1 else "D", [fmt(r["rdf_deviation_D"], k) for r in table])
+            for k in d_targets]
+    pairs = list(dict.fromkeys(p for r in table for p in r.get("pairs", {})))
+    for p in pairs:
+        out += [(f"Δ {p}", [fmt(r.get("pairs", {}).get(p, {}), "delta") for r in table]),
+                (f"max|Δu| {p}", [fmt(r.get("pairs", {}).get(p, {}), "max_abs_error") for r in table])]
+    if any("delta" in r for r in table):
+        out += [("Δ" + (" (sum)" if pairs else ""), [fmt(r, "delta") for r in table]),
+                ("max|ΔU|" + (" (max)" if pairs else ""), [fmt(r, "max_abs_error") for r in table])]
+    return out
 
 
 def _print(table: list[dict], out_dir: Path) -> None:
+    """One row per run; with more than 3 targets (several state points, partial RDFs) one row
+    per metric and one column per run instead, so that it stays readable."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
-    t = Table(title=f"difftre compare — {out_dir}")
-    for col in ("run", "trainer", "updates", "train wall [s]", "final loss"):
-        t.add_column(col)
-    targets = sorted({k for row in table for k in row["rmse"]})
-    for k in targets:
-        t.add_column(f"RMSE {k}", justify="right")
-    has_d = any(row["rdf_deviation_D"] for row in table)
-    if has_d:
-        t.add_column("D", justify="right")
-    has_delta = any("delta" in row for row in table)
-    if has_delta:
-        t.add_column("Δ", justify="right")
-        t.add_column("max|ΔU|", justify="right")
-    for row in table:
-        cells = [Path(row["run"]).name, str(row["trainer"]), str(row["updates"]), f"{row['train_wall_s']:.1f}",
-                 f"{row['final_loss']:.4g}"]
-        cells += [f"{row['rmse'][k]:.4g}" if k in row["rmse"] else "-" for k in targets]
-        if has_d:
-            cells.append(", ".join(f"{v:.4g}" for v in row["rdf_deviation_D"].values()) or "-")
-        if has_delta:
-            cells += [f"{row['delta']:.4g}" if "delta" in row else "-",
-                      f"{row['max_abs_error']:.4g}" if "max_abs_error" in row else "-"]
-        t.add_row(*cells)
+    t = Table(title=escape(f"difftre compare — {out_dir}"))
+    rows = [(escape(k), [escape(c) for c in cells]) for k, cells in _rows(table)]   # "[s]" is not markup
+    names = [escape(Path(r["run"]).name) for r in table]
+    if sum(1 for k, _ in rows if k.startswith("RMSE ")) > 3:
+        t.add_column("metric")
+        for name in names:
+            t.add_column(name, justify="right")
+        for k, cells in rows:
+            t.add_row(k, *cells)
+    else:
+        t.add_column("run")
+        for j, (k, _) in enumerate(rows):
+            t.add_column(k, justify="left" if j < 4 else "right")
+        for j, name in enumerate(names):
+            t.add_row(name, *[cells[j] for _, cells in rows])
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)

@@ -68,3 +68,37 @@ def test_compare_needs_evaluated_runs(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["compare", f"run={tmp_path / 'a'}"])
     assert exc.value.code == 2
+
+
+def _fake_mixture_run(d: Path, trainer: str, rmse: float):
+    """An evaluated multi-state mixture run: partial RDFs per state point, one curve per pair."""
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "config.yaml").write_text(f"trainer:\n  kind: {trainer}\n")
+    grid = np.linspace(0, 3, 30).tolist()
+    targets = {f"{s}_rdf_{p}": {"rmse": rmse, "grid": grid, "observable": [1.0] * 30, "target": [1.0 + rmse] * 30,
+                                "rdf_deviation_D": 0.01}
+               for s in ("xA25", "xA75") for p in ("AA", "AB", "BB")}
+    pairs = {p: {"r": grid, "total": [0.0] * 30, "prior": [0.0] * 30, "truth": [-0.5] * 30, "delta": d_,
+                 "max_abs_error": 0.5} for p, d_ in (("A-A", 0.1), ("A-B", 0.2), ("B-B", 0.3))}
+    (d / "evaluation.json").write_text(json.dumps({"targets": targets, "potential": {
+        "pairs": pairs, "delta": 0.6, "max_abs_error": 0.5}}))
+    with open(d / "metrics.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["update", "loss", "sample_time", "update_time"])
+        w.writeheader()
+        w.writerow({"update": 0, "loss": 0.1, "sample_time": 1.0, "update_time": 0.5})
+
+
+def test_compare_mixture_overlays_each_pair_potential(tmp_path, capsys):
+    """Mixtures keep their curves under potential.pairs: every pair gets a panel with the truth
+    and each run's curve (it used to draw an empty 'pair potential' panel)."""
+    from difftre_cli.compare import compare
+    _fake_mixture_run(tmp_path / "a", "difftre", 0.01)
+    _fake_mixture_run(tmp_path / "b", "ibi", 0.02)
+    res = compare([tmp_path / "a", tmp_path / "b"], tmp_path / "cmp")
+    for p in ("A-A", "A-B", "B-B"):
+        assert res["panels"][f"pair potential {p}"] == 3          # truth + two runs
+    assert res["panels"]["xA75_rdf_BB"] == 3 and len(res["panels"]) == 6 + 3 + 1
+    assert res["runs"][1]["pairs"]["B-B"] == {"delta": 0.3, "max_abs_error": 0.5}
+    assert res["runs"][0]["delta"] == 0.6
+    out = capsys.readouterr().out        # many targets: one row per metric, one column per run
+    assert "train wall [s]" in out and "RMSE xA75_rdf_BB" in out and "max|Δu| B-B" in out

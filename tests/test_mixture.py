@@ -217,3 +217,21 @@ def test_every_trainer_runs_on_the_mixture_and_resumes_exactly(tmp_path, trainer
         for key, v in ra.items():
             if key not in ("sample_time", "update_time") and isinstance(v, float):
                 assert v == rb[key] or (np.isnan(v) and np.isnan(rb[key])), key
+
+
+@pytest.mark.parametrize("trainer", ["direct_ad", "ibi"])
+def test_multistate_regimes_other_than_difftre_initialise(tmp_path, trainer):
+    """The multi-state direct_ad and ibi regimes share difftre's init, which asks for
+    trainer.state_parallel; they must start (sequential) rather than fail with an
+    AttributeError (`difftre train config=lj_mixture trainer=direct_ad` did)."""
+    from difftre_cli.learn import multistate
+    from difftre_cli.train import Trainer
+
+    extra = {"ibi": ["trainer=ibi", "model=table", "model.r_min=0.7", "model.cutoff=2.0", "model.n_points=27"],
+             "direct_ad": ["trainer=direct_ad", "trainer.steps=20", "trainer.every=10"]}[trainer]
+    cfg = compose_cfg(SMALL + extra + ["trainer.updates=1"])
+    validate(cfg)
+    regime = Trainer(cfg, tmp_path / trainer, quiet=True).regime
+    assert isinstance(regime, multistate.MultiStateDiffTReRegime)
+    params, _ = regime.init(jax.random.PRNGKey(0))
+    assert regime.state_parallel == "sequential" and all(sub.state is not None for sub in regime.subs)

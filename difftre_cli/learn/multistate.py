@@ -92,6 +92,11 @@ class MultiStateDiffTReRegime:
         self.init_from = init_from
         self.subs = [make_sub(c, StateStore(store, name)) for name, c in states]
         self.optimizer = self.cs[0].optimizer
+        # trainer.state_parallel=devices is difftre's (its __init__ sets it after this); the
+        # regimes built on this one (direct_ad, ibi) sample their state points one by one
+        self.state_parallel = "sequential"
+        self.groups, self.home = [], {}
+        self._default = jax.devices()[0]
 
     # -- state ---------------------------------------------------------------------------
     def init(self, key):

@@ -11,6 +11,7 @@ included, evaluations excluded); it stops at the first evaluation with RDF RMSE 
 
     python scripts/bench/time_to_solution.py            # cap 900 s per trainer, evaluation every 60 s
     python scripts/bench/time_to_solution.py --quick    # cap 240 s, evaluation every 30 s, shorter evaluations
+    python scripts/bench/time_to_solution.py --quick --trainers direct_ad --set direct_ad:trainer.steps=100
 
 Prints per trainer the training time to the threshold (or "> cap"), the updates done, the
 RMSE history, and the ratios to difftre.
@@ -101,18 +102,24 @@ def main(argv=None):
     p.add_argument("--eval-equilibration", type=int, default=1000)
     p.add_argument("--threshold", type=float, default=0.02)
     p.add_argument("--trainers", default="difftre,direct_ad,ibi")
+    p.add_argument("--set", action="append", default=[], metavar="TRAINER:KEY=VALUE",
+                   help="extra Hydra override for one trainer, e.g. direct_ad:trainer.steps=50 (repeatable)")
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args(argv)
     args.cap = args.cap or (240.0 if args.quick else 900.0)
     args.eval_interval = args.eval_interval or (30.0 if args.quick else 60.0)
     args.eval_steps = args.eval_steps or (4000 if args.quick else 10000)
     logging.getLogger("difftre").setLevel(logging.WARNING)
+    for o in args.set:
+        if ":" not in o or o.split(":", 1)[0] not in PRESETS:
+            p.error(f"--set {o!r}: expected TRAINER:KEY=VALUE with TRAINER one of {list(PRESETS)}")
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; threshold RDF RMSE {args.threshold}; cap "
           f"{args.cap:g} s; evaluation every {args.eval_interval:g} s of training ({args.eval_steps} steps)")
     results = {}
     with tempfile.TemporaryDirectory() as work:
         for name in args.trainers.split(","):
             overrides = PRESETS[name] + ["trainer.updates=100000", "trainer.checkpoint_every=100000"]
+            overrides += [o.split(":", 1)[1] for o in args.set if o.split(":", 1)[0] == name]
             results[name] = run_one(name, overrides, args, work)
     print("\ntrainer     time to RMSE<%g [s]   updates   ratio to difftre" % args.threshold)
     ref = results.get("difftre", {}).get("time_s")
