@@ -37,6 +37,7 @@ class Production:
     n: int               # snapshots
     kT: float            # mean kinetic kT
     positions: Any = None  # the last configuration
+    steps: int = 0         # production steps run (``steps`` rounded down to whole snapshot intervals)
 
 
 def production_run(c, params, eq_steps: int, steps: int, every: int, seed: int, chunk: int = 2000,
@@ -46,13 +47,21 @@ def production_run(c, params, eq_steps: int, steps: int, every: int, seed: int, 
     the chunks (each chunk left out in turn; observables that are functions of averages, such as
     the stress-fluctuation stiffness, are recombined from the remaining chunks' averages)."""
     chunk = max(every, min(chunk, steps) // every * every)
-    scfg = dataclasses.replace(c.sampler.cfg, first_equilibration_steps=eq_steps, equilibration_steps=0,
-                               production_steps=chunk, every=every)
-    sampler = type(c.sampler)(c.potential, c.system, scfg)   # Sampler, or OneBodySampler (onebody.py)
-    state, nbrs = sampler.init(jax.random.PRNGKey(seed), params, positions)
+    total = max(every, steps // every * every)           # whole snapshot intervals only
+    sizes = [chunk] * (total // chunk) + ([total % chunk] if total % chunk else [])   # a shorter last chunk
+    samplers = {}
+
+    def sampler_for(size):   # Sampler, or OneBodySampler (onebody.py); one compiled segment per size
+        if size not in samplers:
+            scfg = dataclasses.replace(c.sampler.cfg, first_equilibration_steps=eq_steps, equilibration_steps=0,
+                                       production_steps=size, every=every)
+            samplers[size] = type(c.sampler)(c.potential, c.system, scfg)
+        return samplers[size]
+
+    state, nbrs = sampler_for(chunk).init(jax.random.PRNGKey(seed), params, positions)
     parts, counts, kts = [], [], []
-    for i in range(max(1, steps // chunk)):
-        res = sampler.sample(params, state, nbrs, first=(i == 0))
+    for i, size in enumerate(sizes):
+        res = sampler_for(size).sample(params, state, nbrs, first=(i == 0))
         if not res.ok:
             from .errors import UserError
             raise UserError("the evaluation run became unstable (non-finite energies)",
@@ -81,7 +90,7 @@ def production_run(c, params, eq_steps: int, steps: int, every: int, seed: int, 
         errors = {name: np.sqrt((k - 1) / k * np.sum([(x[name] - np.mean([y[name] for y in loo], 0)) ** 2
                                                       for x in loo], 0)) for name in means}
     pos = None if getattr(state, "position", None) is None else np.asarray(state.position)
-    return Production(means, errors, n, float(np.mean(kts)), pos)
+    return Production(means, errors, n, float(np.mean(kts)), pos, sum(sizes))
 
 
 def evaluate(cfg, run_dir) -> dict:
@@ -106,6 +115,7 @@ def evaluate(cfg, run_dir) -> dict:
         runs[state] = run = production_run(c_s, params, eq, steps, every, seed=int(cfg.seed) + 1)
         kTs[state] = run.kT
         out["snapshots"] += run.n
+        out["production_steps"] = run.steps
         _state_results(out, c_s, run.means, rows, f"{state}_" if state else "", run.errors)
     from . import stress_strain
     ss = stress_strain.settings(ev)
