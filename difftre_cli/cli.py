@@ -297,6 +297,12 @@ def _evaluate_one(run: Path, overrides: list[str]) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    # evaluate keys introduced after older runs were trained: their defaults, so they can be set
+    ev = cfg.get("evaluate")
+    if ev is not None and cfg.get("trainer", {}).get("kind") != "static":
+        for key, default in (("chunk_steps", 2000), ("stress_strain", None)):
+            if key not in ev:
+                ev[key] = default
     try:
         OmegaConf.set_struct(cfg, True)
         cfg.merge_with_dotlist(overrides)

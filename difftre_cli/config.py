@@ -96,6 +96,7 @@ def _validate_one(cfg: DictConfig) -> None:
             raise UserError(f"evaluate.production_steps={steps} is smaller than evaluate.every={every}: "
                             "no snapshot would be kept", "raise evaluate.production_steps or lower evaluate.every")
         number(ev, "potential_r_min", prefix="evaluate", lo=0.0, lo_open=True, required=False, example="0.8")
+        number(ev, "chunk_steps", prefix="evaluate", integer=True, lo=1, required=False, example="2000")
         rng = ev.get("potential_error_range")
         if rng is not None:
             ok = (not isinstance(rng, (str, bytes)) and hasattr(rng, "__len__") and len(rng) == 2

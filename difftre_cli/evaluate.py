@@ -112,7 +112,8 @@ def evaluate(cfg, run_dir) -> dict:
            "targets": {}, "observables": {}}
     kTs, runs = {}, {}
     for state, c_s in states:
-        runs[state] = run = production_run(c_s, params, eq, steps, every, seed=int(cfg.seed) + 1)
+        runs[state] = run = production_run(c_s, params, eq, steps, every, seed=int(cfg.seed) + 1,
+                                           chunk=int(ev.get("chunk_steps", 2000)))
         kTs[state] = run.kT
         out["snapshots"] += run.n
         out["production_steps"] = run.steps

@@ -112,7 +112,12 @@ def test_evaluate_tiny_end_to_end(trained):
     cwd, run, proc = trained
     if proc.returncode != 0:
         pytest.skip("training failed (reported by test_train_tiny_end_to_end)")
-    ev = difftre(["evaluate", f"run={run}", "evaluate.production_steps=200"], cwd=cwd)
+    # a run trained before evaluate.chunk_steps existed still takes it (cli._evaluate_one)
+    from omegaconf import OmegaConf
+    saved = OmegaConf.load(run / ".hydra" / "config.yaml")
+    del saved.evaluate["chunk_steps"]
+    OmegaConf.save(saved, run / ".hydra" / "config.yaml")
+    ev = difftre(["evaluate", f"run={run}", "evaluate.production_steps=200", "evaluate.chunk_steps=100"], cwd=cwd)
     assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr[-3000:]
     assert "Traceback" not in ev.stdout + ev.stderr
     out = json.loads((run / "evaluation.json").read_text())
@@ -120,6 +125,8 @@ def test_evaluate_tiny_end_to_end(trained):
     assert math.isfinite(rdf["rmse"]) and rdf["rmse"] >= 0
     assert len(rdf["grid"]) == len(rdf["observable"]) == len(rdf["target"]) == 60
     assert out["production_steps"] == 200
+    err = np.asarray(out["observables"]["rdf"]["error"])        # jackknife over the two chunks
+    assert err.shape == (60,) and np.all(np.isfinite(err)) and err.max() > 0
     pot = out["potential"]
     assert len(pot["r"]) == len(pot["total"]) > 10
     assert np.all(np.isfinite(pot["total"])) and np.all(np.diff(pot["r"]) > 0)
