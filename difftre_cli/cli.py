@@ -297,10 +297,10 @@ def _evaluate_one(run: Path, overrides: list[str]) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    # evaluate keys introduced after older runs were trained: their defaults, so they can be set
+    # evaluate keys introduced after older runs were trained get today's defaults, so they can be set
     ev = cfg.get("evaluate")
     if ev is not None and cfg.get("trainer", {}).get("kind") != "static":
-        for key, default in (("chunk_steps", 2000), ("stress_strain", None)):
+        for key, default in OmegaConf.load(CONFIG_DIR / "evaluate" / "default.yaml").items():
             if key not in ev:
                 ev[key] = default
     try:

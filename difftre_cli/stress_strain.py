@@ -87,9 +87,11 @@ def settings(ev) -> Settings | None:
 
 
 def strain_matrix(e) -> np.ndarray:
-    """Symmetric 3×3 strain of a Voigt vector (engineering shears)."""
-    e = np.asarray(e, float)
-    return np.array([[e[0], e[5] / 2, e[4] / 2], [e[5] / 2, e[1], e[3] / 2], [e[4] / 2, e[3] / 2, e[2]]])
+    """Symmetric 3×3 strain of a Voigt vector (engineering shears): ``elastic.strain_matrix``."""
+    import jax.numpy as jnp
+
+    from .observables.elastic import strain_matrix as voigt_strain
+    return np.asarray(voigt_strain(jnp.asarray(e, dtype=float)), float)
 
 
 def strained(c, eps):
@@ -119,13 +121,12 @@ def fit_slope(strains, values, errors, degree: int) -> tuple[float, float]:
 
 def _voigt_stress(obs, value, error):
     """(Voigt value, Voigt error) of a ``stress`` observable in either form."""
+    from .observables.stress import tensor_to_voigt_stress
     value, error = np.asarray(value, float), np.asarray(error, float)
     if obs.form == "voigt":
         return value, error
-    pairs = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
-    t, te = value.reshape(3, 3), error.reshape(3, 3)
-    return (np.array([0.5 * (t[i, j] + t[j, i]) for i, j in pairs]),
-            np.array([0.5 * (te[i, j] + te[j, i]) for i, j in pairs]))
+    return (np.asarray(tensor_to_voigt_stress(value.reshape(3, 3)), float),
+            np.asarray(tensor_to_voigt_stress(error.reshape(3, 3)), float))
 
 
 def _voigt_stiffness(obs, value, error):
@@ -213,9 +214,8 @@ def run(c, params, s: Settings, seed: int, main, log=None) -> dict:
 
 
 def _stress_unit(units) -> tuple[float, str]:
-    from . import units as u
-    if units.name == "real":
-        return u.GPA_PER_KJ_MOL_NM3, "GPa"
-    if units.name == "metal":
-        return u.GPA_PER_EV_A3, "GPa"
+    """(factor from the internal stress unit, its name): GPa where the system has one."""
+    from .units import stress_factor
+    if units.name in ("real", "metal"):
+        return 1.0 / stress_factor("GPa", units), "GPa"
     return 1.0, f"{units.energy}/{units.length}^3"
