@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import assemble
+from .errors import UserError
+from .monitor import EvaluationMonitor
 from .store import RunStore
 
 log = logging.getLogger("difftre")
@@ -48,31 +50,32 @@ def production_run(c, params, eq_steps: int, steps: int, every: int, seed: int, 
     the stress-fluctuation stiffness, are recombined from the remaining chunks' averages)."""
     chunk = max(every, min(chunk, steps) // every * every)
     total = max(every, steps // every * every)           # whole snapshot intervals only
-    sizes = [chunk] * (total // chunk) + ([total % chunk] if total % chunk else [])   # a shorter last chunk
-    samplers = {}
-
-    def sampler_for(size):   # Sampler, or OneBodySampler (onebody.py); one compiled segment per size
-        if size not in samplers:
-            scfg = dataclasses.replace(c.sampler.cfg, first_equilibration_steps=eq_steps, equilibration_steps=0,
-                                       production_steps=size, every=every)
-            samplers[size] = type(c.sampler)(c.potential, c.system, scfg)
-        return samplers[size]
-
-    state, nbrs = sampler_for(chunk).init(jax.random.PRNGKey(seed), params, positions)
+    sizes = [chunk] * (total // chunk) + ([total % chunk] if total % chunk else [])   # a shorter last block
+    sampler = c.sampler   # Sampler, or OneBodySampler (onebody.py): one compiled chunk program for all blocks
+    state, nbrs = sampler.init(jax.random.PRNGKey(seed), params, positions)
     parts, counts, kts = [], [], []
-    for i, size in enumerate(sizes):
-        res = sampler_for(size).sample(params, state, nbrs, first=(i == 0))
-        if not res.ok:
-            from .errors import UserError
-            raise UserError("the evaluation run became unstable (non-finite energies)",
-                            "the learned potential is not stable at this state point; train longer or lower simulator.dt")
-        state, nbrs = res.state, res.neighbor
-        feats = c.learner.featurize(res.trajectory)
-        vals = c.learner.snapshot_observables_jit(params, feats)
-        # pytrees of per-snapshot pieces for observables with ``combine``
-        parts.append({k: jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64).sum(0), v) for k, v in vals.items()})
-        counts.append(int(res.trajectory.energies.shape[0]))
-        kts.append(float(np.mean(res.trajectory.kT)))
+    monitor = EvaluationMonitor(eq_steps + sum(sizes))
+    sampler.monitor = monitor
+    try:
+        for i, size in enumerate(sizes):
+            n_eq = eq_steps if i == 0 else 0
+            res = sampler.run(params, state, nbrs, n_eq, size // every, every)
+            monitor.offset += n_eq + size
+            if not res.ok:
+                raise UserError(f"the evaluation run became unstable ({res.reason})",
+                                "the learned potential is not stable at this state point; train longer or lower "
+                                "simulator.dt")
+            state, nbrs = res.state, res.neighbor
+            feats = c.learner.featurize(res.trajectory)
+            vals = c.learner.snapshot_observables_jit(params, feats)
+            # pytrees of per-snapshot pieces for observables with ``combine``
+            parts.append({k: jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64).sum(0), v)
+                          for k, v in vals.items()})
+            counts.append(int(res.trajectory.energies.shape[0]))
+            kts.append(float(np.mean(res.trajectory.kT)))
+    finally:
+        sampler.monitor = None
+        monitor.close()
     total = jax.tree_util.tree_map(lambda *xs: sum(xs), *parts)
     n = sum(counts)
 

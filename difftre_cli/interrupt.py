@@ -1,8 +1,9 @@
 """Graceful stops: SIGTERM, SIGINT (Ctrl-C) and SLURM's pre-emption warning (SIGUSR2).
 
 While a :class:`GracefulStop` is active, those signals only *request* a stop; the training
-loop finishes the update (and any write) in progress, writes a checkpoint and then calls
-:meth:`GracefulStop.finish`, which
+loop stops at the next chunk boundary of a trajectory (monitor.py; a chunk is a few seconds)
+or after the update in progress, writes a checkpoint (with the trajectory in progress, if any)
+and then calls :meth:`GracefulStop.finish`, which
 
 * for SIGTERM / SIGINT raises :class:`Interrupted` (the CLI prints how to resume and exits
   with 128 + the signal number, as shells do), and
@@ -24,10 +25,11 @@ log = logging.getLogger("difftre")
 class Interrupted(Exception):
     """Training stopped on a signal after writing a checkpoint."""
 
-    def __init__(self, signum: int, run_dir, update: int):
+    def __init__(self, signum: int, run_dir, update: int, where: str = ""):
         self.signum, self.run_dir, self.update = signum, run_dir, update
         name = signal.Signals(signum).name
-        super().__init__(f"stopped by {name} after update {update}; checkpoint written to {run_dir}/difftre.h5")
+        at = where or f"after update {update}"
+        super().__init__(f"stopped by {name} {at}; checkpoint written to {run_dir}/difftre.h5")
 
     @property
     def exit_code(self) -> int:
@@ -50,8 +52,8 @@ class GracefulStop:
             raise KeyboardInterrupt
         if self.signum is None:
             self.signum = signum
-            log.warning("received %s: finishing the current update, then checkpointing and stopping "
-                        "(press Ctrl-C again to stop at once)", signal.Signals(signum).name)
+            log.warning("received %s: stopping at the next chunk boundary (seconds) or after the current update, "
+                        "with a checkpoint (press Ctrl-C again to stop at once)", signal.Signals(signum).name)
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is not threading.main_thread():
@@ -69,7 +71,7 @@ class GracefulStop:
             signal.signal(s, h)
         self._previous.clear()
 
-    def finish(self, run_dir, update: int) -> None:
+    def finish(self, run_dir, update: int, where: str = "") -> None:
         """After the checkpoint: requeue (SIGUSR2 under submitit) or raise :class:`Interrupted`."""
         signum = self.signum
         previous = self._previous.get(signum)
@@ -79,4 +81,4 @@ class GracefulStop:
                 signal.signal(s, h)
             self._previous.clear()
             previous(signum, None)   # submitit requeues and exits
-        raise Interrupted(signum, run_dir, update)
+        raise Interrupted(signum, run_dir, update, where)

@@ -19,13 +19,12 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax_md import simulate as jmd_simulate
 from jax_md import space
 
 from . import units as units_mod
 from .errors import UserError
-from .simulate import SampleResult, SamplerConfig, Trajectory
+from .sampler import ChunkedSampler, SamplerConfig
 
 log = logging.getLogger("difftre")
 
@@ -77,13 +76,12 @@ def _check_integrator(cfg: SamplerConfig) -> None:
                         "use simulator=langevin (independent particles need a thermostat of their own)")
 
 
-class OneBodySampler:
-    """Langevin (BAOAB, JAX MD ``nvt_langevin`` in ``space.free()``) for a one-body potential.
+class OneBodySampler(ChunkedSampler):
+    """Langevin (BAOAB, JAX MD ``nvt_langevin`` in ``space.free()``) for a one-body potential:
+    the case of the sampler interface (sampler.py) without a box or neighbour lists.
 
-    Same interface as :class:`simulate.Sampler`: ``init(key, params) -> (state, None)``;
-    ``sample(params, state, neighbor, first) -> SampleResult`` runs equilibration + production in
-    one compiled call (fori_loop / scan). Trajectory: positions (S, N, 1), per-particle energies
-    u(x_n) (S, N), kinetic kT (S,) = Σ p²/m / N, step (S,).
+    ``init(key, params) -> (state, None)``; trajectory: positions (S, N, 1), per-particle
+    energies u(x_n) (S, N), kinetic kT (S,) = Σ p²/m / N, step (S,).
     """
 
     def __init__(self, potential, system: LineSystem, cfg: SamplerConfig):
@@ -98,7 +96,7 @@ class OneBodySampler:
         force = lambda R, params, **unused: potential.force(params, R)  # noqa: E731
         self._init, self._step = jmd_simulate.nvt_langevin(force, self.shift, cfg.dt, float(system.kT),
                                                            gamma=cfg.gamma)
-        self._run = jax.jit(self._run_impl, static_argnames=("n_snapshots", "every"))
+        self._compile()
 
     def init(self, key, params, positions=None):
         R = jnp.asarray(self.system.positions if positions is None else positions)
@@ -113,34 +111,11 @@ class OneBodySampler:
         """One BAOAB step (used by the direct-AD benchmark to differentiate through it)."""
         return self._step(state, params=params)
 
-    def _run_impl(self, params, state, n_equilibration, n_snapshots, every):
-        step = lambda i, st: self._step(st, params=params)  # noqa: E731
-        state = lax.fori_loop(0, n_equilibration, step, state)
+    def _advance(self, params, st, nb):
+        return self._step(st, params=params), nb, jnp.asarray(False)
 
-        def snapshot(st, _):
-            st = lax.fori_loop(0, every, step, st)
-            u = self.potential.per_particle_energy(params, st.position)
-            kT_inst = jnp.sum(st.momentum ** 2 / st.mass) / st.position.size
-            return st, (st.position, u, kT_inst)
-
-        state, (pos, u, kT) = lax.scan(snapshot, state, None, length=n_snapshots)
-        return state, pos, u, kT
-
-    def sample(self, params, state, neighbor=None, first: bool = False) -> SampleResult:
-        cfg = self.cfg
-        n_eq = cfg.first_equilibration_steps if first else cfg.equilibration_steps
-        new_state, pos, u, kT = self._run(params, state, jnp.asarray(n_eq, jnp.int32),
-                                          n_snapshots=cfg.n_snapshots, every=cfg.every)
-        steps = n_eq + cfg.every * (1 + np.arange(cfg.n_snapshots))
-        traj = Trajectory(pos, u, kT, steps)
-        finite = bool(jnp.all(jnp.isfinite(u)) & jnp.all(jnp.isfinite(pos)))
-        # the trajectory's mean kinetic kT: with few particles single snapshots fluctuate widely
-        # (one particle in 1-D: p²/m is χ² with one degree of freedom)
-        cool = bool(jnp.mean(kT) < cfg.max_kT_factor * self.system.kT)
-        ok = finite and cool
-        reason = "" if ok else ("non-finite energies or positions" if not finite else
-                                f"kinetic temperature above {cfg.max_kT_factor:g} x the thermostat's")
-        return SampleResult(traj, new_state, None, ok, 0, reason)
+    def _observe(self, params, st, nb):
+        return nb, jnp.asarray(False), self.potential.per_particle_energy(params, st.position)
 
 
 def validate(cfg) -> bool:

@@ -9,17 +9,17 @@ them as ONE ``jax.jit(jax.shard_map(...))`` call over a 1-D device mesh (axis ``
   state point ``k`` of the group on device ``k mod D`` (D = min(group size, devices)), so
   each device holds ``per_device = ceil(group size / D)`` slots; unused slots are idle;
 * inside each shard a sequential ``lax.map`` walks the device's slots and a ``lax.switch``
-  on the slot's state index runs that state point's own, unmodified segment program
-  (``Sampler._run_impl`` with its own box, temperature, species and neighbour-list
-  capacities) — or nothing, for an idle slot. No ``vmap``: the neighbour list keeps its
-  conditional rebuild (DESIGN.md, "Known pitfalls");
+  on the slot's state index runs that state point's own, unmodified chunk program
+  (sampler.py, over the whole segment in one call, with its own box, temperature, species and
+  neighbour-list capacities) — or nothing, for an idle slot. No ``vmap``: it would turn the
+  neighbour list's conditional rebuild into a rebuild on every step (3-5x slower);
 * neighbour lists travel between the host and the shards padded to the group's largest
   capacity (padding value N, JAX MD's dense format) and are cut back to the state point's
   own capacity inside its branch, so each state point computes exactly what its sequential
   ``Sampler.sample`` computes (tested bit-for-bit on CPU);
 * overflow: after each call every sampled state point's list is checked; those that
-  overflowed are re-allocated with more room (the policy of ``Sampler.sample``: 8, 16, 32 …
-  extra slots times the attempt number, from the segment's starting positions) and only they
+  overflowed are re-allocated with more room (the sampler interface's rule,
+  ``sampler.grown_extra``: 8, 16, 32 … extra slots, from the segment's starting positions) and only they
   are recomputed, in one more batched call, up to ``simulator.max_retries`` times.
 
 The compiled program depends on every state point's list capacities (static shapes), so it is
@@ -40,6 +40,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .neighbors import NeighborList
+from .sampler import SegmentProgress, grown_extra
 from .simulate import Sampler, SampleResult
 
 log = logging.getLogger("difftre")
@@ -74,7 +75,7 @@ def signature(sampler, params, state, nbrs):
     counted by particle number only; their capacities may differ). None: not batchable."""
     if type(sampler) is not Sampler or nbrs is None:
         return None
-    if hasattr(sampler.potential, "capacity_overflow"):   # a graph network grows its own capacities
+    if sampler.potential.has_graph_capacity:   # a graph network grows its own capacities
         return None                                        # between segments: sampled on its own
     cfg = sampler.cfg
 
@@ -83,9 +84,18 @@ def signature(sampler, params, state, nbrs):
         return str(treedef), tuple(("nbrs", x.idx.shape[0], x.reference_position.shape, str(x.idx.dtype))
                                    if _is_list(x) else (tuple(x.shape), str(x.dtype)) for x in leaves)
 
-    out = jax.eval_shape(lambda p, s, nb, n: sampler._run_impl(p, s, nb, n, cfg.n_snapshots, cfg.every),
-                         params, state, nbrs, jnp.asarray(0, jnp.int32))
+    out = jax.eval_shape(lambda p, s, nb, n: _segment(sampler, p, s, nb, n), params, state, nbrs,
+                         jnp.asarray(0, jnp.int32))
     return (cfg.n_snapshots, cfg.every, cfg.max_retries, shapes(params), shapes(state), shapes(nbrs), shapes(out))
+
+
+def _segment(sampler, params, state, nbrs, n_eq):
+    """A whole segment (equilibration + every snapshot) as one call of the sampler's chunk
+    program: (state, nbrs, capacity overflow, (positions, energies, kT), kT at the end)."""
+    cfg = sampler.cfg
+    i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
+    return sampler._chunk_impl(params, state, nbrs, sampler._buffers(params, state, nbrs, cfg.n_snapshots), n_eq,
+                               i32(cfg.n_snapshots), i32(0), i32(cfg.every))
 
 
 def group_state_points(signatures: Sequence) -> list[list[int]]:
@@ -138,8 +148,7 @@ class StateGroup:
             sampler = self.samplers[k]
 
             def run(params, state, nbrs, n_eq):
-                new_state, new_nbrs, *rest = sampler._run_impl(params, state, _own(nbrs, caps[k]), n_eq,
-                                                               self.n_snapshots, self.every)
+                new_state, new_nbrs, *rest = _segment(sampler, params, state, _own(nbrs, caps[k]), n_eq)
                 return (new_state, _transport(new_nbrs, m_max), *rest)
             return run
 
@@ -220,25 +229,25 @@ class StateGroup:
         lists = list(nbrs)
         n_eq = {k: (self.samplers[k].cfg.first_equilibration_steps if firsts[k] else
                     self.samplers[k].cfg.equilibration_steps) for k in which}
-        extra = {k: 0 for k in which}
         pending, done = list(which), {}
         for attempt in range(self.max_retries + 1):
             outs = self._run(params, {k: (states[k], lists[k], n_eq[k]) for k in pending}, lists)
             retry = []
             for k in pending:
                 sampler = self.samplers[k]
-                new_state, new_nbrs, full, pos, u, kT = outs[k]
+                new_state, new_nbrs, full, buffers, kT_end = outs[k]
                 assert not bool(full), "graph capacities are not grown in a batched call (see signature)"
                 overflowed = bool(new_nbrs.did_buffer_overflow)
                 if not overflowed or attempt == self.max_retries:
-                    done[k] = sampler.result(states[k], lists[k], (new_state, new_nbrs, pos, u, kT), n_eq[k],
-                                             attempt, overflowed)
+                    done[k] = sampler.finish_whole(states[k], lists[k], new_state, new_nbrs, buffers, kT_end,
+                                                   SegmentProgress(n_eq[k], self.n_snapshots, self.every, retries=attempt),
+                                                   overflowed)
                     continue
-                # the re-allocation policy of Sampler.sample (simulate.py), state point by state point
-                extra[k] = max(8, 2 * extra[k]) if extra[k] else 8
+                # the re-allocation rule of the sampler interface (sampler.py), state point by state point
+                extra = grown_extra(attempt)
                 log.info("neighbour list overflowed (capacity %d); re-allocating with %d extra slots and "
-                         "recomputing the segment", int(lists[k].idx.shape[1]), extra[k])
-                lists[k] = sampler.neighbor_fn.allocate(states[k].position, extra_capacity=extra[k] * (attempt + 1))
+                         "recomputing the segment", int(lists[k].idx.shape[1]), extra)
+                lists[k] = sampler.neighbor_fn.allocate(states[k].position, extra_capacity=extra)
                 retry.append(k)
             pending = retry
             if not pending:

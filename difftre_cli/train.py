@@ -16,6 +16,7 @@ accepts or rejects it, keeps the metrics, checkpoints, and stops gracefully on s
 """
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import time
@@ -28,6 +29,7 @@ from . import __version__, assemble
 from .errors import UserError
 from .interrupt import GracefulStop
 from .learn.difftre import DiffTReRegime
+from .monitor import CostEstimate, TrainingMonitor
 from .progress import TrainingProgress
 from .store import RunStore
 
@@ -77,6 +79,10 @@ class Trainer:
             from .learn import multistate
             states = assemble.build_states(cfg)
             self.c = states[0][1]
+            self.samplers = {}
+            for name, c in states:
+                c.sampler.label = name
+                self.samplers[name] = c.sampler
             if cfg.trainer.kind == "direct_ad":
                 self.regime = multistate.MultiStateDirectADRegime(states, self.store, cfg.trainer)
             elif cfg.trainer.kind == "ibi":
@@ -87,6 +93,7 @@ class Trainer:
                     state_parallel=cfg.trainer.get("state_parallel", "sequential"))
         else:
             self.c = assemble.build(cfg)
+            self.samplers = {"": self.c.sampler}
             self.regime = make_regime(self.c, self.store, cfg)
         self.quiet = quiet
         tc = cfg.trainer
@@ -98,8 +105,12 @@ class Trainer:
         self._versions = versions()
 
     # ----------------------------------------------------------------------------------
-    def _checkpoint(self, update, params, opt_state, last_good, lr_scale, failures, rows):
+    def _checkpoint(self, update, params, opt_state, last_good, lr_scale, failures, rows, segment=None):
+        """The loop's state after ``update`` updates; ``segment`` (label, tree, info): a
+        trajectory in progress during the next update (monitor.py)."""
         trees, attrs = self.regime.checkpoint()
+        if segment is not None:
+            _, trees["segment"], attrs["segment"] = segment
         self.store.write_checkpoint(
             update=update,
             trees={"params": params, "opt_state": opt_state, "last_good_params": last_good[0],
@@ -115,7 +126,13 @@ class Trainer:
             attrs = self.store.checkpoint_attrs()
             templates = {"params": params, "opt_state": opt_state, "last_good_params": params,
                          "last_good_opt_state": opt_state, **self.regime.templates(attrs)}
+            segment = attrs.get("segment")
+            if segment:   # stopped inside a trajectory: its sampler continues it (sampler.py)
+                sampler = self.samplers[json.loads(segment)["label"]]
+                templates["segment"] = sampler.segment_template(segment, params)
             update, trees, attrs, rows = self.store.read_checkpoint(templates)
+            if segment:
+                sampler.restore_segment(trees.pop("segment"), segment)
         except (OSError, KeyError, ValueError) as exc:
             raise UserError(f"cannot resume from {self.store.checkpoint_path}: {exc}",
                             "resume with the run's own config (only trainer.updates and similar loop settings may "
@@ -155,8 +172,17 @@ class Trainer:
         n_reused = sum(1 for r in rows if r.get("reused"))
         t_run = self._t_checkpoint = time.perf_counter()
         update = start
+        loop = {}
+        monitor = TrainingMonitor(
+            prog, stop, CostEstimate(self.cfg, self.n_updates, start, len(self.samplers)),
+            checkpoint=lambda segment: self._checkpoint(*loop["state"], segment=segment),
+            last_checkpoint=lambda: self._t_checkpoint, checkpoint_seconds=self.checkpoint_seconds,
+            run_dir=self.run_dir, update=lambda: loop["state"][0])
+        for sampler in self.samplers.values():
+            sampler.monitor = monitor
         try:
             while update < self.n_updates:
+                loop["state"] = (update, params, opt_state, last_good, lr_scale, failures, rows)
                 if stop.requested:   # arrived before the first update (compilation, first sampling)
                     self._checkpoint(update, params, opt_state, last_good, lr_scale, failures, rows)
                     prog.close()
@@ -194,6 +220,8 @@ class Trainer:
                     stop.finish(self.run_dir, update)
         finally:
             prog.close()
+            for sampler in self.samplers.values():
+                sampler.monitor = None
         prog.summary(rows, {"run directory": str(self.run_dir), "total wall [s]": f"{time.perf_counter() - t_run:.1f}"})
         return {"rows": rows, "params": params}
 

@@ -54,7 +54,7 @@ def test_nve_conserves_energy():
     res = sampler.sample({}, state, nbrs, first=True)
     assert res.ok
     n = system.n_particles
-    kinetic = 1.5 * (n - 1) * np.asarray(res.trajectory.kT, np.float64)   # kT_inst uses 3(N−1) dof
+    kinetic = 1.5 * n * np.asarray(res.trajectory.kT, np.float64)   # kT = Σ p²/m / (3N) (sampler.py)
     potential_energy = np.asarray(res.trajectory.energies, np.float64)
     total = kinetic + potential_energy
     e0 = float(sampler.energy(state.position, nbrs, {})) + 0.5 * float(jnp.sum(state.momentum ** 2 / state.mass))

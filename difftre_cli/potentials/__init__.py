@@ -22,6 +22,13 @@ class ListKernels:
     """Sampler-side functions of a pair potential on a dense neighbour list; the class defines
     ``_on_list(box_size, kernel)`` (the pair function each entry of the list uses)."""
 
+    has_graph_capacity = False   # no capacities of its own beyond the neighbour list's
+
+    @property
+    def list_cutoff(self) -> float:
+        """Radius of the neighbour lists the sampler builds for it."""
+        return self.cutoff
+
     def force_fn(self, box_size: float):
         """``force(R, neighbor, params) -> (N, 3)`` forces, gather-only over the dense list."""
         forces_and_energy = self._on_list(box_size, neighbors.pair_forces_and_energy)

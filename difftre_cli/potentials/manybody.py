@@ -103,6 +103,7 @@ class ManyBodyPotential:
     deformation: tuple | None = None      # fixed strain ε of the box, (3, 3) nested tuples (module doc)
     strain_reach: float = 1.0             # lists and graphs at cutoff × this (module doc)
     one_body = False
+    has_graph_capacity = True   # fit_capacity / capacity_overflow / grow_capacity (module doc)
 
     @property
     def list_cutoff(self) -> float:

@@ -79,24 +79,25 @@ def bench_difftre(n_particles, steps, repeats, equil, skin, multiplier):
     state, nbrs = sampler.init(jax.random.PRNGKey(1), params)
 
     def run(state, nbrs, n):
-        out = sampler._run(params, state, nbrs, jnp.asarray(n - 1, jnp.int32), n_snapshots=1, every=1)
-        jax.block_until_ready(out)
-        return out
+        # the sampler interface as training uses it: n steps in chunks of ~chunk_seconds each
+        res = sampler.run(params, state, nbrs, n - 1, 1, 1)
+        jax.block_until_ready(res.state.position)
+        return res.state, res.neighbor, res.retries
 
     # equilibrate (re-allocating as the lattice melts), then size the list on the fluid
     for _ in range(3):
-        state, nbrs, *_ = run(state, nbrs, equil)
+        state, nbrs, _ = run(state, nbrs, equil)
         nbrs = sampler.neighbor_fn.allocate(state.position)
     for extra in (0, 8, 16, 32, 64):
         nbrs = sampler.neighbor_fn.allocate(state.position, extra_capacity=extra)
         out = run(state, nbrs, steps)  # compile + check
-        if not bool(out[1].did_buffer_overflow):
+        if out[2] == 0:
             break
     builds = int(out[1].num_builds) - int(nbrs.num_builds)
     wall, cpu = _timed(lambda: run(state, nbrs, steps), repeats)
     return dict(steps_per_s=steps / wall, steps_per_cpu_s=steps / cpu, rebuilds=builds,
                 max_neighbors=int(nbrs.max_occupancy), candidate_capacity=int(nbrs.candidate_capacity),
-                overflow=bool(out[1].did_buffer_overflow))
+                overflow=out[2] > 0)
 
 
 # ---------------------------------------------------------------------- plain JAX MD

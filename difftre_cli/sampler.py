@@ -1,0 +1,394 @@
+"""The one sampler interface: a trajectory in bounded chunks of one compiled program.
+
+A trajectory (a *segment*) is ``n_eq`` equilibration steps followed by ``n_snapshots`` intervals
+of ``every`` steps, the state at the end of each interval kept as a snapshot with its reference
+energy U_ref and kinetic temperature. It runs as a sequence of calls of one compiled chunk
+program (:meth:`ChunkedSampler._chunk_impl`): each call advances the segment by a number of
+equilibration steps and snapshot intervals that are *arguments* (dynamic loop bounds), so one
+compilation serves every chunk size, the first equilibration, later trajectories and
+``evaluate``. Chunks are sized from the measured step time to about ``simulator.chunk_seconds``
+of wall time, so progress is reported, signals are served and checkpoints are written between
+them. The chunking never changes the numbers: the per-step computation and the carried state are
+the same whatever the chunk boundaries (bit-identical on CPU, tests/test_chunks.py).
+
+Cases of the interface (subclasses provide one MD step and one observation):
+particles in a periodic box with neighbour lists and graph capacities (``simulate.Sampler``,
+general/strained boxes through the potential, ``potentials/manybody.py``), and independent
+particles in a 1-D external field (``onebody.OneBodySampler``).
+
+One overflow rule (:meth:`ChunkedSampler._run_chunk`): after each chunk the neighbour list's
+overflow flag and the potential's own capacity flag are checked; on overflow the capacity grows
+(:func:`grown_extra`) and the chunk is recomputed from its starting state, at most
+``simulator.max_retries`` times, after which the segment counts as unstable.
+
+One kinetic-temperature convention: kT = Σ p²/m / (N·d), JAX MD's ``quantity.temperature``
+(the degrees of freedom its thermostats use; Langevin dynamics conserves no momentum).
+
+A *monitor* (``sampler.monitor``; progress display, signals, checkpoints of the training loop)
+is called after every chunk with the segment in progress. It may checkpoint it
+(:meth:`ChunkedSampler.segment_checkpoint`) and stop the run by raising; a later process
+restores it (:meth:`ChunkedSampler.restore_segment`) and the next ``sample`` call from the same
+starting state continues that segment where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax_md import quantity
+
+from . import neighbors
+from .checks import choice, number
+from .errors import UserError
+
+log = logging.getLogger("difftre")
+
+# JAX MD's kinetic energy asks for a float64 sum (util.high_precision_sum); in float32 runs JAX
+# truncates it and warns at every trace. The result is the float32 sum we use.
+warnings.filterwarnings("ignore", message="Explicitly requested dtype float64 requested in",
+                        category=UserWarning)
+
+
+class Trajectory(NamedTuple):
+    """Kept snapshots of one reference trajectory.
+
+    positions: (S, N, d) in the system's length unit; energies: U_ref in its energy unit, (S,)
+    (one-body systems: (S, N) per particle); kT: (S,) kinetic temperature (energy unit);
+    step: (S,) MD step index.
+    """
+
+    positions: Any
+    energies: Any
+    kT: Any
+    step: Any
+
+
+class SampleResult(NamedTuple):
+    trajectory: Trajectory
+    state: Any
+    neighbor: Any
+    ok: bool          # False if unstable (see ``reason``)
+    retries: int      # capacity re-allocations needed
+    reason: str = ""  # why not ok: non-finite energies/positions, hot, overflow that would not stop
+
+
+class Segment(NamedTuple):
+    """A trajectory in progress (device arrays): the integrator state and neighbour list after
+    the steps done so far, and the snapshot buffers (rows beyond the recorded ones are zero)."""
+
+    state: Any
+    nbrs: Any
+    positions: Any
+    energies: Any
+    kT: Any
+
+
+@dataclass
+class SegmentProgress:
+    """Host-side counters of a segment."""
+
+    n_eq: int
+    n_snapshots: int
+    every: int
+    eq_done: int = 0
+    recorded: int = 0
+    retries: int = 0
+
+    @property
+    def steps_total(self) -> int:
+        return self.n_eq + self.n_snapshots * self.every
+
+    @property
+    def steps_done(self) -> int:
+        return self.eq_done + self.recorded * self.every
+
+    @property
+    def done(self) -> bool:
+        return self.eq_done >= self.n_eq and self.recorded >= self.n_snapshots
+
+    def plan(self, budget: int) -> tuple[int, int]:
+        """(equilibration steps, snapshot intervals) of the next chunk of about ``budget`` steps."""
+        n_e = min(self.n_eq - self.eq_done, budget)
+        n_r = min(self.n_snapshots - self.recorded, max(0, budget - n_e) // self.every)
+        if n_e == 0 and n_r == 0:
+            n_r = 1
+        return n_e, n_r
+
+
+class Monitor(Protocol):
+    """Called after every chunk; may raise to stop (after checkpointing the segment)."""
+
+    def chunk_done(self, sampler: "ChunkedSampler", segment: Segment, progress: SegmentProgress,
+                   steps_per_s: float) -> None: ...
+
+
+def grown_extra(attempt: int) -> int:
+    """Extra neighbour-list slots per particle on the ``attempt``-th re-allocation (0-based):
+    8, 16, 32, … A list re-allocated at the same size can overflow again forever."""
+    return 8 * 2 ** attempt
+
+
+def kinetic_temperature(state) -> Any:
+    """kT = Σ p²/m / (N·d) (JAX MD's convention; the module docstring says why)."""
+    return quantity.temperature(momentum=state.momentum, mass=state.mass)
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    integrator: str = "langevin"      # langevin | nose_hoover | nve
+    dt: float = 0.005
+    gamma: float = 1.0                # Langevin friction (1/time)
+    chain_length: int = 3             # Nosé–Hoover chain length
+    tau_steps: float = 100.0          # Nosé–Hoover coupling time in units of dt
+    equilibration_steps: int = 1000   # before each later trajectory
+    first_equilibration_steps: int = 5000
+    production_steps: int = 1000
+    every: int = 10                   # keep one snapshot every `every` steps
+    skin: float = 0.3
+    capacity_multiplier: float = 1.25
+    max_retries: int = 5
+    max_kT_factor: float = 10.0       # kinetic kT above this × set kT counts as an exploding simulation
+    chunk_seconds: float = 5.0        # wall time of one compiled chunk (progress, signals, checkpoints)
+
+    @property
+    def n_snapshots(self) -> int:
+        return self.production_steps // self.every
+
+
+def sampler_config(cfg) -> SamplerConfig:
+    """:class:`SamplerConfig` from the ``simulator`` config group, every key range-checked."""
+    fields = SamplerConfig.__dataclass_fields__
+    unknown = sorted(k for k in cfg if k not in fields and k != "kind")
+    if unknown:
+        raise UserError(f"simulator: unknown key(s) {unknown}", f"valid keys: {sorted(fields)}")
+    P, d = "simulator", SamplerConfig()
+    kw = {"integrator": choice(cfg, "integrator", ("langevin", "nose_hoover", "nve"), prefix=P,
+                               default=d.integrator, what="integrator")}
+
+    def num(key, example, **bounds):
+        kw[key] = number(cfg, key, prefix=P, required=False, default=getattr(d, key), example=example, **bounds)
+
+    num("dt", "0.005", lo=0.0, lo_open=True)
+    num("gamma", "1.0", lo=0.0, lo_open=True)
+    num("chain_length", "3", integer=True, lo=1)
+    num("tau_steps", "100", lo=0.0, lo_open=True)
+    num("equilibration_steps", "1000", integer=True, lo=0)
+    num("first_equilibration_steps", "5000", integer=True, lo=0)
+    num("production_steps", "1000", integer=True, lo=1)
+    num("every", "10", integer=True, lo=1)
+    num("skin", "0.3", lo=0.0)
+    # A list allocated with fewer slots than the measured occupancy silently drops neighbours.
+    num("capacity_multiplier", "1.25", lo=1.0)
+    num("max_retries", "5", integer=True, lo=0)
+    num("max_kT_factor", "10", lo=1.0, lo_open=True)
+    num("chunk_seconds", "5", lo=0.0, lo_open=True)
+    sc = SamplerConfig(**kw)
+    if sc.production_steps < sc.every:
+        raise UserError(f"simulator.production_steps={sc.production_steps} is smaller than simulator.every="
+                        f"{sc.every}: no snapshot would be kept",
+                        "raise simulator.production_steps or lower simulator.every")
+    return sc
+
+
+class ChunkedSampler:
+    """Base of every sampler: the chunk program, the host loop over chunks, the overflow rule,
+    the stability check and the segment checkpoints. Subclasses set ``cfg``, ``system`` and
+    implement ``init``, ``_advance`` and ``_observe`` (and, with capacities of their own,
+    ``_prepare`` and ``_grow``), then call :meth:`_compile`."""
+
+    monitor: Monitor | None = None
+    label: str = ""            # the state point this sampler belongs to ("" for a single one)
+    pending: tuple | None = None
+    _rate: float | None = None  # measured MD steps per second of wall time
+
+    # -- what a case provides (jit-traceable unless said otherwise) -----------------------
+    def init(self, key, params, positions=None):   # -> (state, nbrs)  (host)
+        raise NotImplementedError
+
+    def _advance(self, params, state, nbrs):        # one MD step -> (state, nbrs, capacity overflow)
+        raise NotImplementedError
+
+    def _observe(self, params, state, nbrs):        # at a snapshot -> (nbrs, capacity overflow, U_ref)
+        raise NotImplementedError
+
+    def _prepare(self, state, nbrs) -> None:        # host, before a segment (e.g. fit graph capacities)
+        return None
+
+    def _grow(self, state, nbrs, attempt: int, list_full: bool, graph_full: bool):   # host -> nbrs
+        raise AssertionError("a sampler without capacities cannot overflow")
+
+    # -- the compiled chunk -----------------------------------------------------------------
+    def _compile(self) -> None:
+        self.trace_count = getattr(self, "trace_count", 0)
+        self._chunk = jax.jit(self._chunk_impl)
+
+    def _chunk_impl(self, params, state, nbrs, buffers, n_eq, n_rec, start, every):
+        """``n_eq`` steps, then ``n_rec`` intervals of ``every`` steps each ending in a snapshot
+        written to row ``start + j`` of ``buffers``; all four counts are traced, not static."""
+        self.trace_count += 1
+
+        def step(i, carry):
+            st, nb, full = carry
+            st, nb, f = self._advance(params, st, nb)
+            return st, nb, full | f
+
+        carry = lax.fori_loop(0, n_eq, step, (state, nbrs, jnp.asarray(False)))
+
+        def interval(j, carry):
+            st, nb, full, (P, U, K) = carry
+            st, nb, full = lax.fori_loop(0, every, step, (st, nb, full))
+            nb, f, u = self._observe(params, st, nb)
+            row = start + j
+            return st, nb, full | f, (P.at[row].set(st.position), U.at[row].set(u),
+                                      K.at[row].set(kinetic_temperature(st)))
+
+        st, nb, full, buffers = lax.fori_loop(0, n_rec, interval, (*carry, buffers))
+        return st, nb, full, buffers, kinetic_temperature(st)
+
+    def _buffers(self, params, state, nbrs, n_snapshots: int):
+        u = jax.eval_shape(self._observe, params, state, nbrs)[2]
+        return (jnp.zeros((n_snapshots, *state.position.shape), state.position.dtype),
+                jnp.zeros((n_snapshots, *u.shape), u.dtype), jnp.zeros((n_snapshots,), state.position.dtype))
+
+    # -- the host loop ---------------------------------------------------------------------
+    def sample(self, params, state, nbrs, first: bool = False) -> SampleResult:
+        """A reference trajectory with the config's lengths (first: the first equilibration)."""
+        cfg = self.cfg
+        return self.run(params, state, nbrs, cfg.first_equilibration_steps if first else cfg.equilibration_steps,
+                        cfg.n_snapshots, cfg.every)
+
+    def run(self, params, state, nbrs, n_eq: int, n_snapshots: int, every: int) -> SampleResult:
+        """``n_eq`` equilibration steps then ``n_snapshots`` snapshots ``every`` steps apart,
+        in chunks (module doc); continues a restored segment of the same lengths."""
+        self._prepare(state, nbrs)
+        prog = SegmentProgress(int(n_eq), int(n_snapshots), int(every))
+        seg = self._take_pending(prog)
+        if seg is None:
+            seg = Segment(state, nbrs, *self._buffers(params, state, nbrs, prog.n_snapshots))
+        else:
+            prog = self.pending_progress
+        while not prog.done:
+            n_e, n_r = prog.plan(self._budget(prog))
+            t0, traces = time.perf_counter(), self.trace_count
+            seg, kT_end, failed = self._run_chunk(params, seg, prog, n_e, n_r)
+            if failed:
+                return self._result(state, nbrs, seg, prog, False, failed)
+            wall = time.perf_counter() - t0
+            if self.trace_count == traces and wall > 0:   # a chunk that compiled says nothing of the rate
+                rate = (n_e + n_r * prog.every) / wall
+                self._rate = rate if self._rate is None else 0.5 * (self._rate + rate)
+            unstable = self._unstable(seg, prog, n_r, kT_end)
+            prog.eq_done += n_e
+            prog.recorded += n_r
+            if unstable:
+                return self._result(state, nbrs, seg, prog, False, unstable)
+            if self.monitor is not None:
+                self.monitor.chunk_done(self, seg, prog, self._rate or float("nan"))
+        return self._result(state, nbrs, seg, prog, True, "")
+
+    def _budget(self, prog: SegmentProgress) -> int:
+        """MD steps in the next chunk: small until the step time is measured, then about
+        ``chunk_seconds`` worth (growing at most 8x from one chunk to the next)."""
+        if self._rate is None:
+            self._last_budget = max(1, min(prog.every, 20))
+        else:
+            want = max(1, int(self.cfg.chunk_seconds * self._rate))
+            self._last_budget = min(want, 8 * getattr(self, "_last_budget", 1))
+        return self._last_budget
+
+    def _run_chunk(self, params, seg: Segment, prog: SegmentProgress, n_e: int, n_r: int):
+        """One chunk under the overflow rule: on overflow grow the capacity and recompute the
+        chunk from its starting state. Returns (segment, kT at its end, failure reason or "")."""
+        nbrs = seg.nbrs
+        for attempt in range(self.cfg.max_retries + 1):
+            st, nb, full, buffers, kT_end = self._chunk(
+                params, seg.state, nbrs, (seg.positions, seg.energies, seg.kT), jnp.asarray(n_e, jnp.int32),
+                jnp.asarray(n_r, jnp.int32), jnp.asarray(prog.recorded, jnp.int32), jnp.asarray(prog.every, jnp.int32))
+            list_full = nb is not None and bool(nb.did_buffer_overflow)
+            graph_full = bool(full)
+            if not (list_full or graph_full):
+                return Segment(st, nb, *buffers), kT_end, ""
+            if attempt == self.cfg.max_retries:
+                break
+            prog.retries += 1
+            nbrs = self._grow(seg.state, nbrs, attempt, list_full, graph_full)
+        # A list that keeps overflowing while its capacity grows means particles pile up: the
+        # segment is not trustworthy, so it counts as an unstable simulation.
+        return seg, None, f"neighbour list or graph still overflowing after {self.cfg.max_retries} re-allocations"
+
+    def _unstable(self, seg: Segment, prog: SegmentProgress, n_r: int, kT_end) -> str:
+        """Why the chunk just run is unstable, or "": non-finite positions or energies, or a mean
+        kinetic temperature (over the chunk's snapshots, or at its end) far above the
+        thermostat's (energies can stay finite in float32 while particles fly apart)."""
+        rows = slice(prog.recorded, prog.recorded + n_r)
+        pos = np.asarray(seg.positions[rows]) if n_r else np.asarray(seg.state.position)
+        u = np.asarray(seg.energies[rows]) if n_r else np.zeros(1)
+        if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(u))):
+            return "non-finite energies or positions"
+        kT = float(np.mean(np.asarray(seg.kT[rows]))) if n_r else float(kT_end)
+        if not kT < self.cfg.max_kT_factor * float(self.system.kT):
+            return f"kinetic temperature above {self.cfg.max_kT_factor:g} x the thermostat's"
+        return ""
+
+    def _result(self, state, nbrs, seg: Segment, prog: SegmentProgress, ok: bool, reason: str) -> SampleResult:
+        steps = prog.n_eq + prog.every * (1 + np.arange(prog.n_snapshots))
+        traj = Trajectory(seg.positions, seg.energies, seg.kT, steps)
+        if not ok:
+            return SampleResult(traj, state, nbrs, False, prog.retries, reason)
+        return SampleResult(traj, seg.state, seg.nbrs, True, prog.retries, "")
+
+    def finish_whole(self, state, nbrs, new_state, new_nbrs, buffers, kT_end, prog: SegmentProgress,
+                     overflowed: bool) -> SampleResult:
+        """The result of a segment run as one call (``parallel.StateGroup``) from ``state``."""
+        seg = Segment(new_state, new_nbrs, *buffers)
+        if overflowed:
+            return self._result(state, nbrs, seg, prog, False,
+                                f"neighbour list or graph still overflowing after {self.cfg.max_retries} re-allocations")
+        reason = self._unstable(seg, prog, prog.n_snapshots, kT_end)
+        prog.eq_done, prog.recorded = prog.n_eq, prog.n_snapshots
+        return self._result(state, nbrs, seg, prog, not reason, reason)
+
+    # -- segments in checkpoints -------------------------------------------------------------
+    def segment_checkpoint(self, seg: Segment, prog: SegmentProgress) -> tuple[Segment, str]:
+        """The segment as a checkpoint tree and its counters (JSON) to restore it with."""
+        info = {"label": self.label, "n_eq": prog.n_eq, "n_snapshots": prog.n_snapshots, "every": prog.every,
+                "eq_done": prog.eq_done, "recorded": prog.recorded, "retries": prog.retries}
+        if seg.nbrs is not None:
+            info["neighbor_capacities"] = neighbors.capacities(seg.nbrs)
+        return seg, json.dumps(info)
+
+    def segment_template(self, info: str, params) -> Segment:
+        """A tree shaped like the checkpointed segment described by ``info``."""
+        d = json.loads(info)
+        state, nbrs = self.init(jax.random.PRNGKey(0), params)
+        if nbrs is not None:
+            nbrs = neighbors.placeholder(nbrs.idx.shape[0], d["neighbor_capacities"], nbrs.reference_position.dtype)
+        return Segment(state, nbrs, *self._buffers(params, state, nbrs, int(d["n_snapshots"])))
+
+    def restore_segment(self, seg: Segment, info: str) -> None:
+        """The next ``run`` of the same lengths continues ``seg`` instead of starting afresh."""
+        d = json.loads(info)
+        self.pending = seg
+        self.pending_progress = SegmentProgress(int(d["n_eq"]), int(d["n_snapshots"]), int(d["every"]),
+                                                int(d["eq_done"]), int(d["recorded"]), int(d["retries"]))
+
+    def _take_pending(self, prog: SegmentProgress) -> Segment | None:
+        seg, self.pending = self.pending, None
+        if seg is None:
+            return None
+        p = self.pending_progress
+        if (p.n_eq, p.n_snapshots, p.every) != (prog.n_eq, prog.n_snapshots, prog.every):
+            log.warning("the checkpointed trajectory in progress (%d + %d x %d steps) does not match this one "
+                        "(%d + %d x %d): starting it afresh", p.n_eq, p.n_snapshots, p.every,
+                        prog.n_eq, prog.n_snapshots, prog.every)
+            return None
+        log.info("continuing the checkpointed trajectory at step %d of %d", p.steps_done, p.steps_total)
+        return seg
