@@ -21,6 +21,10 @@ import numpy as np
 import pytest
 
 RUN = ["config=tiny", "seed=3", "trainer.updates=8", "trainer.checkpoint_every=1"]
+# long trajectories in short chunks, checkpointed inside them every 0.3 s: kills land mid-trajectory
+RUN_MID_TRAJECTORY = ["config=tiny", "seed=4", "trainer.updates=4", "trainer.checkpoint_every=1",
+                      "simulator.first_equilibration_steps=8000", "simulator.equilibration_steps=3000",
+                      "simulator.chunk_seconds=0.05", "trainer.checkpoint_seconds=0.3"]
 OTHER_TRAINERS = {
     "ibi": ["config=tiny", "trainer=ibi", "model=table", "model.cutoff=2.3", "seed=3", "trainer.updates=6", "trainer.checkpoint_every=1"],
     "direct_ad": ["config=tiny", "trainer=direct_ad", "trainer.steps=40", "seed=3", "trainer.updates=6",
@@ -107,7 +111,7 @@ def _inspect_after_kill(run: Path) -> str:
         ck = None
     rows = len(_rows(run)) if (run / "metrics.csv").exists() else 0
     tmps = sorted(p.name for p in run.rglob("*.tmp"))
-    return f"checkpoint={ck} csv_rows={rows} tmp={tmps}"
+    return f"checkpoint={ck} mid_trajectory={_segment_in_checkpoint(run) is not None} csv_rows={rows} tmp={tmps}"
 
 
 def _kill_trial(reference, tmp_path, seed: int, kills: int, at_row: int | None = None):
@@ -151,6 +155,51 @@ def _kill_trial(reference, tmp_path, seed: int, kills: int, at_row: int | None =
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_sigkill_at_random_moment_then_resume_is_bit_for_bit(reference, tmp_path, seed):
     _kill_trial(reference, tmp_path, seed, kills=1)
+
+
+@pytest.fixture(scope="module")
+def reference_mid_trajectory(tmp_path_factory):
+    return _reference_run(tmp_path_factory.mktemp("reference_mid"), RUN_MID_TRAJECTORY)
+
+
+def _segment_in_checkpoint(run: Path) -> int | None:
+    """The update whose trajectory the checkpoint holds in progress, or None."""
+    try:
+        with h5py.File(run / "difftre.h5", "r") as f:
+            ck = f["checkpoint"]
+            return int(ck.attrs["update"]) if "segment" in ck.attrs else None
+    except (OSError, KeyError):
+        return None
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_sigkill_inside_long_trajectories_then_resume_is_bit_for_bit(reference_mid_trajectory, tmp_path, seed):
+    """Each kill lands inside a trajectory, shortly after a checkpoint of it in progress was
+    written (the first trajectory, or a later one), and the resumed run continues it."""
+    ref, _, run_args = reference_mid_trajectory
+    rng = np.random.default_rng(seed)
+    run = tmp_path / "run"
+    args, log = [*run_args, f"hydra.run.dir={run}"], []
+    for k in range(1 + seed % 2):
+        after_update = int(rng.integers(0, 3))
+        proc = subprocess.Popen(_cmd(args), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        t0 = time.perf_counter()
+        while proc.poll() is None and time.perf_counter() - t0 < 300:
+            at = _segment_in_checkpoint(run)
+            if at is not None and at >= after_update:
+                break
+            time.sleep(0.02)
+        time.sleep(float(rng.uniform(0.0, 0.3)))
+        assert proc.poll() is None, "the run finished before a mid-trajectory checkpoint"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        log.append(f"kill {k} inside the trajectory of update >= {after_update}: " + _inspect_after_kill(run))
+        args = [f"resume={run}"]
+    out = _run(args, tmp_path)
+    assert out.returncode == 0, "\n".join(log) + "\n" + out.stdout[-3000:]
+    print("\n".join(log))
+    _assert_same_run(ref, run)
 
 
 @pytest.mark.slow

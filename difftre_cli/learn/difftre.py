@@ -43,7 +43,11 @@ from jax import lax
 from .. import neighbors, reweight
 from ..errors import UserError
 from ..potentials import distances_on_list
+from ..sampler import grown_extra
 from .boltzmann import initial_params
+
+#: re-allocations of the feature lists before a trajectory counts as unstable
+FEATURE_RETRIES = 6
 
 log = logging.getLogger("difftre")
 
@@ -154,7 +158,7 @@ class DiffTRe:
             self._featurize = jax.jit(self._featurize_one_body)
             return
         self.box = float(box_size)
-        list_cutoff = getattr(potential, "list_cutoff", potential.cutoff)   # strained crystals: manybody.py
+        list_cutoff = potential.list_cutoff   # strained crystals list further out: manybody.py
         reach = max([list_cutoff] + [getattr(o, "reach", 0.0) for o in observables.values()])
         if reach > 0.5 * self.box:
             raise UserError(f"observable range {reach:.3g} exceeds half the box ({0.5 * self.box:.3g})",
@@ -181,8 +185,7 @@ class DiffTRe:
 
         lists, (r, static) = lax.scan(one, lists, positions)
         overflow = lists["obs"].did_buffer_overflow | lists["energy"].did_buffer_overflow
-        graph_full = self.potential.features_overflow(r) if hasattr(self.potential, "features_overflow") \
-            else jnp.asarray(False)
+        graph_full = self.potential.features_overflow(r) if self.potential.has_graph_capacity else jnp.asarray(False)
         return Features(r, static, u_ref), (overflow, graph_full)
 
     def list_quantities(self, R, idx) -> dict:
@@ -238,17 +241,17 @@ class DiffTRe:
             return self._featurize(positions, energies)[0]
         if self._lists is None:
             self._lists = self._allocate(positions)
-        if hasattr(self.potential, "fit_capacity") and not self.potential.sparse \
+        if self.potential.has_graph_capacity and not self.potential.sparse \
                 and self.potential.graph_format == "sparse":
             # a graph network's edge/triplet capacities, measured on the last snapshot
             idx = self.energy_nbr_fn.allocate(positions[-1]).idx
             self._set_potential(self.potential.fit_capacity(positions[-1], idx))
-        for attempt in range(6):
+        for attempt in range(FEATURE_RETRIES):   # the sampler's overflow rule (sampler.py)
             feats, (overflow, graph_full) = self._featurize(positions, self._lists, jnp.asarray(trajectory.energies))
             if not bool(overflow) and not bool(graph_full):
                 return feats
             if bool(overflow):
-                self._lists = self._allocate(positions, grow=8 * 2 ** attempt)
+                self._lists = self._allocate(positions, grow=grown_extra(attempt))
                 log.info("feature neighbour lists re-allocated (capacities %s)",
                          {k: nb.max_occupancy for k, nb in self._lists.items()})
             if bool(graph_full):
