@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -68,38 +69,128 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ------------------------------------------------------------------------------------------
-def _precompose(overrides: list[str]):
-    """Compose the config as Hydra would (first value of each sweep) to catch bad input early."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+_FIX_KEY = ("check the key or option name (difftre --help lists presets and groups; "
+            "append new keys with +key=value)")
 
-    parser = OverridesParser.create()
+
+def _raw_leaves(cfg):
+    """(dotted key, value as written) of every leaf of ``cfg`` that is an interpolation or ???."""
+    from omegaconf import OmegaConf
+
+    def walk(obj, prefix):
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+        for k, v in items:
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, (dict, list)):
+                yield from walk(v, key)
+            elif isinstance(v, str) and ("${" in v or v == "???"):
+                yield key, v
+    yield from walk(OmegaConf.to_container(cfg, resolve=False), "")
+
+
+def _locate(cfg, exc) -> str | None:
+    """The key whose resolution raises ``exc`` again (OmegaConf names it only on some paths)."""
+    from omegaconf import OmegaConf
+    want = str(getattr(exc, "msg", None) or exc).strip().splitlines()[0]
+    for key, raw in _raw_leaves(cfg):
+        try:
+            OmegaConf.select(cfg, key, throw_on_resolution_failure=True, throw_on_missing=True)
+        except Exception as again:  # noqa: BLE001 - probing; the caller reports the original error
+            if str(getattr(again, "msg", None) or again).strip().splitlines()[0] == want:
+                return f"{key}={raw}"
+    return None
+
+
+def _offending(exc, cfg) -> str:
+    """``key=value as written`` for an OmegaConf resolution error, as far as it can be told."""
+    key = getattr(exc, "full_key", None)
     try:
-        parsed = parser.parse_overrides(overrides)
-    except HydraException as exc:
-        fail(f"cannot parse overrides: {str(exc).splitlines()[0]}")
-    single = []
-    for ov, text in zip(parsed, overrides):
-        if ov.is_sweep_override():
-            first = next(iter(ov.sweep_string_iterator()))
-            single.append(f"{ov.get_key_element()}={first}")
-        else:
-            single.append(text)
-    GlobalHydra.instance().clear()
+        if not key:   # OmegaConf names the key on some code paths only: find it by resolving again
+            return (_locate(cfg, exc) if cfg is not None else None) or "a config value"
+        node = getattr(exc, "child_node", None)
+        if node is None and getattr(exc, "parent_node", None) is not None and exc.key is not None:
+            node = exc.parent_node
+            for part in str(exc.key).split("."):
+                node = node._get_node(part)
+        raw = node._value() if node is not None else None
+        return f"{key}={raw}" if isinstance(raw, str) else key
+    except Exception:  # noqa: BLE001 - only decorates the message
+        return key or "a config value"
+
+
+@contextmanager
+def config_errors(composing: bool = False, cfg=None):
+    """Turn Hydra's and OmegaConf's own errors about the user's config into :class:`UserError`
+    (exit 2, ``fix:`` line, no traceback). The one place for train, its Hydra task and evaluate.
+
+    Always translated: interpolations that cannot be resolved (unknown key or resolver, missing
+    environment variable, recursion, syntax) and mandatory values left at ``???``. With
+    ``composing=True`` (parsing and composing the user's overrides, nothing of ours runs yet)
+    every Hydra and OmegaConf error is the user's. Anything else propagates with its traceback.
+    """
+    from hydra.errors import HydraException, OverrideParseException
+    from omegaconf.errors import (GrammarParseError, InterpolationResolutionError, MissingMandatoryValue,
+                                  OmegaConfBaseException)
+
+    from .errors import UserError
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            cfg = compose(config_name="train", overrides=single, return_hydra_config=True)
+        yield
+    except (InterpolationResolutionError, GrammarParseError, MissingMandatoryValue) as exc:
+        what = str(getattr(exc, "msg", None) or exc).strip().splitlines()[0]
+        shown = _offending(exc, cfg)
+        if isinstance(exc, MissingMandatoryValue) and not isinstance(exc, InterpolationResolutionError):
+            key = shown.split("=", 1)[0]
+            raise UserError(f"{key} has no value (???)", f"set it, e.g. {key}=VALUE") from None
+        raise UserError(f"{shown}: cannot resolve the interpolation ({what})",
+                        "refer to an existing key with ${group.key}, or give a plain value") from None
+    except OverrideParseException as exc:
+        if not composing:
+            raise
+        raise UserError(f"cannot parse overrides: {str(exc).strip().splitlines()[0]}",
+                        "write each override as key=value (quote values with spaces or $ for the shell)") from None
     except (HydraException, OmegaConfBaseException) as exc:
+        if not composing:
+            raise
         msg = str(exc).strip().splitlines()[0]
         if "config" in msg and "Could not find" in msg:
             msg += f" (presets: {', '.join(presets())})"
-        fail(f"{msg}\n  fix: check the key or option name (difftre --help lists presets and groups; "
-             "append new keys with +key=value)")
-    finally:
-        GlobalHydra.instance().clear()
+        raise UserError(msg, _FIX_KEY) from None
+
+
+def _precompose(overrides: list[str]):
+    """Compose the config as Hydra would (first value of each sweep) to catch bad input early;
+    every interpolation of the job config (and the run/sweep directory) is resolved here, so an
+    unresolvable one stops the run before Hydra creates its directory."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from .errors import UserError
+    try:
+        with config_errors(composing=True):
+            parsed = OverridesParser.create().parse_overrides(overrides)
+            single = []
+            for ov, text in zip(parsed, overrides):
+                if ov.is_sweep_override():
+                    first = next(iter(ov.sweep_string_iterator()))
+                    single.append(f"{ov.get_key_element()}={first}")
+                else:
+                    single.append(text)
+            GlobalHydra.instance().clear()
+            try:
+                with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+                    cfg = compose(config_name="train", overrides=single, return_hydra_config=True)
+            finally:
+                GlobalHydra.instance().clear()
+            HydraConfig.instance().set_config(cfg)   # ${hydra:...} (name, run dir) resolve as in the job
+            job = [k for k in cfg if k != "hydra"]
+            OmegaConf.to_container(OmegaConf.masked_copy(cfg, job), resolve=True, throw_on_missing=True)
+            for key in ("hydra.run.dir", "hydra.sweep.dir"):
+                OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+    except UserError as exc:
+        fail(str(exc))
     return cfg
 
 
@@ -152,32 +243,32 @@ def train_command(rest: list[str]) -> int:
         cfg = _precompose(overrides)
         from .config import validate
         from .errors import UserError
+        multirun = any(f in ("--multirun", "-m") for f in flags)
         try:
-            validate(cfg)
+            with config_errors(cfg=cfg):
+                validate(cfg)
+                _set_precision(cfg.precision)
+                _check_output_dir(cfg, multirun=multirun)
+                if not multirun and cfg.get("resume") is None:
+                    _auto_resume(cfg, Path(str(cfg.hydra.run.dir)))   # before Hydra writes into .hydra/
         except UserError as exc:
             fail(str(exc))
-        _set_precision(cfg.precision)
-        multirun = any(f in ("--multirun", "-m") for f in flags)
-        _check_output_dir(cfg, multirun=multirun)
-        if not multirun and cfg.get("resume") is None:
-            try:
-                _auto_resume(cfg, Path(str(cfg.hydra.run.dir)))   # before Hydra writes into .hydra/
-            except UserError as exc:
-                fail(str(exc))
     sys.argv = ["difftre-train"] + flags + overrides   # Hydra's argparse wants the overrides last
     _hydra_train()
     return 0
 
 
 def _check_output_dir(cfg, multirun: bool) -> None:
-    """The run (or sweep) directory must be creatable and writable before Hydra makes it."""
+    """The run (or sweep) directory must be creatable before Hydra makes it: the missing part of
+    the path is created and removed again, so a read-only or virtual file system (/proc, /sys), a
+    path through a file or a missing permission stops here, with nothing left behind."""
+    from .errors import UserError
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    try:
-        target = Path(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)).expanduser().absolute()
-    except Exception:  # noqa: BLE001 - an unresolvable interpolation is reported by Hydra itself
-        return
-    probe = target
+    target = Path(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)).expanduser().absolute()
+    fix = f"choose a writable location, e.g. {key}=runs/my_run"
+    probe, missing = target, []
     while not probe.exists():
+        missing.append(probe)
         probe = probe.parent
     problem = None
     if not probe.is_dir():
@@ -190,9 +281,26 @@ def _check_output_dir(cfg, multirun: bool) -> None:
                 problem = f"{probe} is on a read-only file system"
         except OSError:
             pass
+    made = []
+    try:
+        for d in reversed(missing):
+            if problem:
+                break
+            try:
+                d.mkdir()
+                made.append(d)
+            except OSError as exc:
+                problem = f"{d}: {exc.strerror or exc}"
+        if not problem and not os.access(target, os.W_OK | os.X_OK):
+            problem = f"{target} is not writable"
+    finally:
+        for d in reversed(made):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
     if problem:
-        fail(f"{key}={target}: cannot create the output directory ({problem})\n"
-             f"  fix: choose a writable location, e.g. {key}=runs/my_run")
+        raise UserError(f"{key}={target}: cannot create the output directory ({problem})", fix)
 
 
 def _set_precision(precision: str) -> None:
@@ -214,7 +322,7 @@ def _hydra_train():
         try:
             # From the moment the run directory exists, SIGTERM/SIGINT only request a stop: the
             # loop checkpoints (even before its first update) and exits with a resume hint.
-            with GracefulStop() as stop:
+            with GracefulStop() as stop, config_errors(cfg=cfg):
                 validate(cfg)
                 _set_precision(cfg.precision)
                 resume = cfg.get("resume") is not None or _auto_resume(cfg, Path(run_dir))
@@ -276,6 +384,9 @@ def evaluate_command(rest: list[str]) -> int:
             out = Path(a.split("=", 1)[1]).expanduser()
         elif a.startswith("-"):
             fail(f"unknown option {a!r} for evaluate; use run=PATH and key=value overrides")
+        elif a.startswith(("+", "~")):
+            fail(f"{a}: evaluate cannot add (+) or delete (~) keys of a trained run's config\n"
+                 f"  fix: override existing keys only, e.g. evaluate.production_steps=20000")
         else:
             overrides.append(a)
     if not runs:
@@ -311,12 +422,14 @@ def _evaluate_one(run: Path, overrides: list[str]) -> None:
     from .config import validate
     from .errors import UserError
     try:
-        validate(cfg)
-        _set_precision(cfg.precision)
-        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s",
-                            handlers=[logging.FileHandler(run / "evaluate.log"), logging.StreamHandler()], force=True)
-        from .evaluate import evaluate
-        evaluate(cfg, run)
+        with config_errors(cfg=cfg):
+            validate(cfg)
+            _set_precision(cfg.precision)
+            logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s",
+                                handlers=[logging.FileHandler(run / "evaluate.log"), logging.StreamHandler()],
+                                force=True)
+            from .evaluate import evaluate
+            evaluate(cfg, run)
     except UserError as exc:
         fail(str(exc))
 
