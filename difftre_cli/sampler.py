@@ -275,6 +275,8 @@ class ChunkedSampler:
             seg = Segment(state, nbrs, *self._buffers(params, state, nbrs, prog.n_snapshots))
         else:
             prog = self.pending_progress
+        if self.trace_count == 0:
+            log.info("compiling the MD chunk program (once per run; a graph network takes a while)")
         while not prog.done:
             n_e, n_r = prog.plan(self._budget(prog))
             t0, traces = time.perf_counter(), self.trace_count
