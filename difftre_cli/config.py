@@ -124,6 +124,9 @@ def _validate_one(cfg: DictConfig) -> None:
     potentials.build(cfg.prior, cfg.model, cutoff, system.species_names)
     sampler_config(cfg.simulator)
     obs = observables.build(cfg.observables)
+    for o in obs.values():   # e.g. structure_factor: a wave vector of this box in every bin (before targets)
+        if hasattr(o, "check_box"):
+            o.check_box(system.box_size)
     targets.build(cfg.targets, obs, system.units)
     optim.build(cfg.optimizer, updates)
     if len(system.species_names) > 1:
@@ -144,8 +147,6 @@ def _validate_one(cfg: DictConfig) -> None:
         raise UserError(f"model.cutoff={cutoff:g} is not below half the box ({half:.4g})",
                         "use more particles (system.n_particles) or a smaller cutoff")
     for name, o in obs.items():
-        if hasattr(o, "check_box"):   # e.g. structure_factor: wave vectors of this box in every bin
-            o.check_box(system.box_size)
         reach = getattr(o, "reach", None)
         if reach is not None and reach > half and not hasattr(o, "r_max"):   # adf, tetrahedral_q
             raise UserError(f"observables.{name} needs neighbours up to {reach:.4g} (its reach), beyond half the box "
