@@ -124,6 +124,9 @@ def _validate_one(cfg: DictConfig) -> None:
     potentials.build(cfg.prior, cfg.model, cutoff, system.species_names)
     sampler_config(cfg.simulator)
     obs = observables.build(cfg.observables)
+    for o in obs.values():   # e.g. structure_factor: a wave vector of this box in every bin (before targets)
+        if hasattr(o, "check_box"):
+            o.check_box(system.box_size)
     targets.build(cfg.targets, obs, system.units)
     optim.build(cfg.optimizer, updates)
     if len(system.species_names) > 1:

@@ -172,9 +172,11 @@ def _state_results(out: dict, c, means: dict, rows, prefix: str, errors: dict | 
             extra = {}
         grid = c.observables[t.observable].grid
         angle = getattr(c.observables[t.observable], "unit_kind", None) == "angle"
+        wavenumber = getattr(c.observables[t.observable], "unit_kind", None) == "inverse_length"   # S(k)
         out["targets"][prefix + name] = {"rmse": rmse, "rmse_at_start": start, "source": t.source,
                                          "grid": None if grid is None else np.asarray(grid).tolist(),
-                                         "grid_unit": "rad" if angle else c.system.units.length,
+                                         "grid_unit": "rad" if angle else ("1/" if wavenumber else "")
+                                         + c.system.units.length,
                                          "observable": pred.tolist(), "target": np.asarray(t.value).tolist(),
                                          "rdf_deviation_D": _rdf_D(c, t, pred), **extra}
         comps = getattr(c.observables[t.observable], "components", None)

@@ -197,7 +197,15 @@ def build(cfg, observables: dict, unit_system) -> dict[str, Target]:
         if x_unit is None:
             raise UserError(f"{key}.x_unit is not set", f"declare the unit of the file's x column, e.g. {key}.x_unit=sigma")
         try:
-            factor = units.angle_factor(x_unit) if obs.unit_kind == "angle" else units.length_factor(x_unit, unit_system)
+            if obs.unit_kind == "angle":
+                factor = units.angle_factor(x_unit)
+            elif obs.unit_kind == "inverse_length":   # wave numbers k: x_unit 1/sigma, 1/nm, 1/angstrom
+                if not str(x_unit).startswith("1/"):
+                    raise UserError(f"wave numbers need an inverse length unit, got {x_unit!r}",
+                                    f"declare e.g. {key}.x_unit=1/" + ("sigma" if unit_system.name == "lj" else "nm"))
+                factor = 1.0 / units.length_factor(str(x_unit)[2:], unit_system)
+            else:
+                factor = units.length_factor(x_unit, unit_system)
         except UserError as exc:  # name the key, as every config error does
             raise UserError(f"{key}.x_unit={x_unit!r}: {str(exc).split(chr(10))[0]}", exc.fix) from None
         path = resolve_path(t["file"], f"{key}.file")

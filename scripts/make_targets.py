@@ -1,11 +1,16 @@
 #!/usr/bin/env python
-"""Make the LJ target RDF with the project's own simulator.
+"""Make the LJ target RDF (and S(k)) with the project's own simulator.
 
 Runs the true Lennard-Jones fluid (ε = σ = 1, rc = 2.5, shifted) at the state point of a
 preset (default `lj`: N = 1000, ρ = 0.5, kT = 1.5, Langevin, dt = 0.005; override with
 system.density=… system.kT=…) for many independent segments and writes the averaged RDF,
 computed with exactly the observable definition and grid of the preset, with its provenance
-in the header. With observables=rdf_pressure it also prints the mean virial pressure.
+in the header. With observables=rdf_pressure it also prints the mean virial pressure; with
+observables=rdf_sk it also computes the static structure factor S(k) (``--only`` picks the
+observables written, ``--out`` a file, or a template with ``{name}`` for several):
+
+    python scripts/make_targets.py --segments 40 --only sk --out configs/targets/data/lj_sk_rho0.50_kT1.50.txt \
+        observables=rdf_sk
 
     python scripts/make_targets.py --segments 100 --out configs/targets/data/lj_rdf_rho0.50_kT1.50.txt \
         system.density=0.5 system.kT=1.5 observables=rdf_pressure
@@ -30,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+XUNIT = {"rdf": "sigma", "structure_factor": "1/sigma"}   # gridded observables written as targets
 
 
 def main():
@@ -38,6 +44,7 @@ def main():
     ap.add_argument("--segments", type=int, default=200, help="production segments of 1000 steps")
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--out", default=str(ROOT / "configs/targets/data/lj_rdf_rho0.50_kT1.50.txt"))
+    ap.add_argument("--only", default=None, help="comma-separated observable names to write (default: all)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = ap.parse_args()
 
@@ -47,7 +54,7 @@ def main():
     from difftre_cli import __version__, assemble
 
     # The true potential is the LJ prior with no learnable model; targets are not needed (every
-    # RDF observable gets a placeholder target so that the components can be built).
+    # RDF / S(k) observable gets a placeholder target so that the components can be built).
     overrides = [f"config={args.config}", "prior=lj", "model=none", f"seed={args.seed}"] + args.overrides
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
         cfg = compose(config_name="train", overrides=overrides)
@@ -55,9 +62,9 @@ def main():
     placeholder = ROOT / "configs/targets/data/placeholder.txt"
     with open_dict(cfg):
         cfg.states = None
-        cfg.targets = OmegaConf.create({name: {"file": str(placeholder), "x_unit": "sigma"}
-                                        for name, o in cfg.observables.items() if o.get("kind", name) == "rdf"})
-    grid = np.linspace(0, 4, 401)
+        cfg.targets = OmegaConf.create({name: {"file": str(placeholder), "x_unit": XUNIT[o.get("kind", name)]}
+                                        for name, o in cfg.observables.items() if o.get("kind", name) in XUNIT})
+    grid = np.linspace(0, 40, 4001)
     placeholder.write_text("\n".join(f"{x} 1.0" for x in grid))
     try:
         c = assemble.build(cfg)
@@ -65,7 +72,7 @@ def main():
         placeholder.unlink()
     params = c.potential.init(jax.random.PRNGKey(args.seed))
     state, nbrs = c.sampler.init(jax.random.PRNGKey(args.seed), params)
-    rdf_names = list(cfg.targets)
+    rdf_names = list(cfg.targets) if args.only is None else [n for n in cfg.targets if n in args.only.split(",")]
     t0 = time.perf_counter()
     rdfs, kts, pressures = [], [], []
     for seg in range(args.segments):
@@ -89,7 +96,12 @@ def main():
         g = stack.mean(0)
         err = stack.std(0, ddof=1) / np.sqrt(len(stack))
         obs = c.observables[name]
-        what = "radial distribution function g(r)" if obs.pair is None else f"partial RDF g_{'-'.join(obs.pair)}(r)"
+        sk = not hasattr(obs, "pair")
+        what = ("static structure factor S(k)" if sk else "radial distribution function g(r)"
+                if obs.pair is None else f"partial RDF g_{'-'.join(obs.pair)}(r)")
+        how = (f"S(k) = |Σ_j exp(ik·r_j)|²/N over k = 2πn/L, shell-averaged on {obs.n_bins} bins of |k| in "
+               f"({obs.k_min}, {obs.k_max}] 1/sigma" if sk else
+               f"Gaussian-smoothed histogram sigma={obs.sigma} on {obs.n_bins} bins in [{obs.r_min}, {obs.r_max}]")
         header = [
             f"difftre target: {what} of the Lennard-Jones fluid",
             f"made by: {cmd}",
@@ -100,9 +112,10 @@ def main():
             f"sampler: {sc.integrator} dt={sc.dt} gamma={sc.gamma}; {args.segments} segments x {sc.production_steps} "
             f"steps, snapshot every {sc.every}; first equilibration {sc.first_equilibration_steps}, then "
             f"{sc.equilibration_steps} per segment",
-            f"observable: Gaussian-smoothed histogram sigma={obs.sigma} on {obs.n_bins} bins in [{obs.r_min}, {obs.r_max}]",
-            f"measured mean kinetic kT = {np.mean(kts):.4f}; max standard error of g = {err.max():.4f}",
-            "columns: r [sigma]  g(r)  standard_error",
+            f"observable: {how}",
+            f"measured mean kinetic kT = {np.mean(kts):.4f}; max standard error of {'S' if sk else 'g'} = "
+            f"{err.max():.4f}",
+            "columns: k [1/sigma]  S(k)  standard_error" if sk else "columns: r [sigma]  g(r)  standard_error",
         ]
         out = Path(args.out.format(name=name))
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -179,7 +179,7 @@ CASES = [
     pytest.param(["simulator.capacity_multiplier=0.5"], ["simulator.capacity_multiplier"], id="capacity"),
     pytest.param(["+simulator.tau=1"], ["simulator", "tau"], id="simulator-unknown-key"),
     # observables
-    pytest.param(["observables.rdf.kind=structure_factor"], ["observables.rdf.kind", "structure_factor"], id="observable-kind"),
+    pytest.param(["observables.rdf.kind=dynamic_structure_factor"], ["observables.rdf.kind", "dynamic_structure_factor"], id="observable-kind"),
     pytest.param(["observables.rdf.r_max=0"], ["observables.rdf.r_max"], id="rdf-r-max-zero"),
     pytest.param(["observables.rdf.r_max=3.0"], ["observables.rdf.r_max", "half the box"], id="rdf-r-max-half-box"),
     pytest.param(["observables.rdf.r_min=2.5"], ["observables.rdf.r_max", "r_min"], id="rdf-r-min-above-r-max"),

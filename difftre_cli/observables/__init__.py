@@ -9,7 +9,9 @@ An observable is a small frozen dataclass with
   (pair systems: ``r`` distances (N, M) on a dense neighbour list, +inf for padding, ``R``
   positions (N, 3), ``idx`` that list (N, M) padded with N, ``box`` the cubic box side;
   one-body systems: coordinates ``x``; for θ-dependent observables ``energy`` and ``virial``),
-- ``reach`` (pair systems, θ-independent): the neighbour-list cutoff the observable needs.
+- ``reach`` (pair systems, θ-independent): the neighbour-list cutoff the observable needs;
+- ``check_box(box)`` (optional): raises a UserError if the observable cannot work in a cubic
+  box of that side (run by config validation; e.g. S(k) bins without a wave vector).
 
 Optional, for θ-dependent observables of mechanics (DiffTRe learner only, learn/difftre.py):
 
@@ -39,6 +41,7 @@ from .energy import PotentialEnergy
 from .mechanical import Stiffness, Stress
 from .pressure import Pressure
 from .rdf import RDF
+from .structure_factor import StructureFactor
 from .tetrahedral import TetrahedralQ
 
 
@@ -63,7 +66,7 @@ class Context:
 OBSERVABLES = {"rdf": RDF.from_config, "pressure": Pressure.from_config, "energy": PotentialEnergy.from_config,
                "density": Density.from_config, "adf": ADF.from_config,
                "tetrahedral_q": TetrahedralQ.from_config, "stress": Stress.from_config,
-               "stiffness": Stiffness.from_config}
+               "stiffness": Stiffness.from_config, "structure_factor": StructureFactor.from_config}
 
 
 def build(cfg) -> dict:
