@@ -9,7 +9,8 @@ from . import observables as observables_mod
 from . import optim, potentials, targets as targets_mod
 from .learn import TRAINERS
 from .onebody import OneBodySampler, build_line_system, is_one_body_system
-from .simulate import Sampler, sampler_config
+from .sampler import sampler_config
+from .simulate import Sampler
 from .system import System, build_system
 
 

@@ -117,7 +117,7 @@ def _validate_one(cfg: DictConfig) -> None:
 
     # Build the cheap, jax-free parts group by group; this opens and checks every file.
     from . import observables, optim, potentials, targets
-    from .simulate import sampler_config
+    from .sampler import sampler_config
 
     cutoff = number(cfg.model, "cutoff", prefix="model", lo=0.0, lo_open=True, required=False, default=2.5,
                     example="2.5")

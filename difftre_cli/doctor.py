@@ -52,7 +52,8 @@ def _lj_liquid():
     from omegaconf import OmegaConf
 
     from . import potentials
-    from .simulate import Sampler, sampler_config
+    from .sampler import sampler_config
+    from .simulate import Sampler
     from .system import build_system
     sys_cfg = OmegaConf.create({"units": "lj", "n_particles": 108, "density": 0.7, "kT": 1.0, "mass": 1.0,
                                 "lattice": "fcc"})

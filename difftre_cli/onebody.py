@@ -123,7 +123,7 @@ def validate(cfg) -> bool:
     periodic-box checks do not apply), False otherwise. Raises UserError on a mismatch."""
     from . import observables, optim, targets
     from .potentials import external
-    from .simulate import sampler_config
+    from .sampler import sampler_config
 
     one_body_potential = external.is_external(cfg.prior, cfg.model)
     if not is_one_body_system(cfg.system):

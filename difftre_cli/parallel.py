@@ -40,8 +40,8 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .neighbors import NeighborList
-from .sampler import SegmentProgress, grown_extra
-from .simulate import Sampler, SampleResult
+from .sampler import SampleResult, SegmentProgress, grown_extra
+from .simulate import Sampler
 
 log = logging.getLogger("difftre")
 

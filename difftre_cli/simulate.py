@@ -17,8 +17,7 @@ from jax_md import simulate as jmd_simulate
 from jax_md import space
 
 from . import neighbors
-from .sampler import (ChunkedSampler, SampleResult, SamplerConfig, Segment, Trajectory, grown_extra,  # noqa: F401
-                      sampler_config)
+from .sampler import ChunkedSampler, SamplerConfig, grown_extra
 
 log = logging.getLogger("difftre")
 

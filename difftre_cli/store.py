@@ -196,7 +196,7 @@ class RunStore:
         return final
 
     def read_trajectory(self, index: int, state: str = ""):
-        from .simulate import Trajectory
+        from .sampler import Trajectory
         with h5py.File(self.traj_dir / f"{self.trajectory_name(index, state)}.h5", "r") as f:
             return Trajectory(f["particles/all/position/value"][()], f["observables/reference_energy/value"][()],
                               f["observables/kinetic_temperature/value"][()], f["particles/all/position/step"][()])

@@ -37,7 +37,7 @@ def main():
     from difftre_cli import __version__, observables
     from difftre_cli.onebody import OneBodySampler, build_line_system
     from difftre_cli.potentials import external
-    from difftre_cli.simulate import sampler_config
+    from difftre_cli.sampler import sampler_config
 
     overrides = [f"config={args.config}", "prior=harmonic_1d", "model=none", f"seed={args.seed}"] + args.overrides
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):

@@ -29,3 +29,19 @@ def double_precision():
     """Run a test in float64 (finite differences need it) and restore the previous x64 setting."""
     with _x64(True):
         yield
+
+
+def difftre_train_cmd(args) -> list[str]:
+    """The console script (or its module) running `difftre train ARGS`."""
+    import shutil
+    import sys
+    exe = shutil.which("difftre")
+    return ([exe] if exe else [sys.executable, "-m", "difftre_cli.cli"]) + ["train", *args]
+
+
+def cli_env() -> dict:
+    """The environment of a CLI subprocess: CPU JAX, Hydra's short errors."""
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["JAX_PLATFORMS"] = "cpu"
+    return env

@@ -21,7 +21,7 @@ from difftre_cli.observables import Context
 from difftre_cli.observables.adf import ADF, smooth_cutoff
 from difftre_cli.observables.tetrahedral import TetrahedralQ
 from difftre_cli.potentials import distances_on_list
-from difftre_cli.simulate import Trajectory
+from difftre_cli.sampler import Trajectory
 
 TETRAHEDRAL = math.acos(-1.0 / 3.0)       # 109.47°
 

@@ -8,24 +8,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import h5py
 import jax
 import numpy as np
 import pytest
+from conftest import cli_env, difftre_train_cmd
 from omegaconf import OmegaConf
 
 from difftre_cli import potentials
 from difftre_cli.onebody import OneBodySampler, build_line_system
 from difftre_cli.potentials import external
 from difftre_cli.sampler import SegmentProgress
-from difftre_cli.simulate import Sampler, SamplerConfig
+from difftre_cli.sampler import SamplerConfig
+from difftre_cli.simulate import Sampler
 from difftre_cli.store import load_pytree, save_pytree
 from difftre_cli.system import build_system
 
@@ -143,15 +142,7 @@ def test_chunk_plan_covers_the_segment_in_order():
 
 
 # -- the CLI: SIGTERM inside a long trajectory ---------------------------------------------
-def _cmd(args):
-    exe = shutil.which("difftre")
-    return ([exe] if exe else [sys.executable, "-m", "difftre_cli.cli"]) + ["train", *args]
-
-
-def _env():
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env["JAX_PLATFORMS"] = "cpu"
-    return env
+_cmd, _env = difftre_train_cmd, cli_env
 
 
 def _checkpoint(run):
@@ -193,7 +184,7 @@ def _sigterm_inside_first_trajectory(tmp_path, eq_steps: int, after_s: float):
     ref = subprocess.run(_cmd([*args, f"hydra.run.dir={tmp_path / 'ref'}"]), cwd=tmp_path, env=_env(),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert ref.returncode == 0, ref.stdout[-3000:]
-    (a_attrs, a), (b_attrs, b) = _checkpoint(run), _checkpoint(tmp_path / "ref")
+    (a_attrs, a), (_, b) = _checkpoint(run), _checkpoint(tmp_path / "ref")
     assert "segment" not in a_attrs and a.keys() == b.keys()
     for group in a:
         for x, y in zip(a[group], b[group]):

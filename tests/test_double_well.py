@@ -22,7 +22,7 @@ from difftre_cli.errors import UserError
 from difftre_cli.observables.density import Density
 from difftre_cli.onebody import OneBodySampler, build_line_system
 from difftre_cli.potentials import external
-from difftre_cli.simulate import SamplerConfig
+from difftre_cli.sampler import SamplerConfig
 
 
 def true_u(x):

@@ -17,7 +17,8 @@ from difftre_cli.learn.difftre import DiffTRe
 from difftre_cli.observables import Context
 from difftre_cli.observables.pressure import Pressure
 from difftre_cli.observables.rdf import RDF
-from difftre_cli.simulate import Sampler, SamplerConfig
+from difftre_cli.sampler import SamplerConfig
+from difftre_cli.simulate import Sampler
 from difftre_cli.system import build_system
 
 

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 
 from difftre_cli import neighbors, potentials
 from difftre_cli.errors import UserError
-from difftre_cli.simulate import Sampler, SamplerConfig, sampler_config
+from difftre_cli.sampler import SamplerConfig, sampler_config
+from difftre_cli.simulate import Sampler
 from difftre_cli.system import build_system
 
 LJ_PRIOR = OmegaConf.create({"kind": "lj", "epsilon": 1.0, "sigma": 1.0})

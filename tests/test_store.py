@@ -15,7 +15,7 @@ import pytest
 from jax_md import energy, simulate, space
 
 from difftre_cli import units
-from difftre_cli.simulate import Trajectory
+from difftre_cli.sampler import Trajectory
 from difftre_cli.store import RunStore, load_pytree, save_pytree
 
 

@@ -23,7 +23,8 @@ from difftre_cli.learn.difftre import DiffTRe
 from difftre_cli.observables import Context, build
 from difftre_cli.observables.rdf import RDF
 from difftre_cli.observables.structure_factor import StructureFactor, wave_vectors
-from difftre_cli.simulate import Sampler, SamplerConfig
+from difftre_cli.sampler import SamplerConfig
+from difftre_cli.simulate import Sampler
 from difftre_cli.system import build_system
 
 ROOT = Path(__file__).resolve().parent.parent

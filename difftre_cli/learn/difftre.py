@@ -477,7 +477,7 @@ class DiffTReRegime:
         return self.accept_sample(res), time.perf_counter() - t0
 
     def accept_sample(self, res) -> bool:
-        """Keep a finished segment (a :class:`simulate.SampleResult` from this state): store its
+        """Keep a finished segment (a :class:`sampler.SampleResult` from this state): store its
         trajectory, featurize it and continue the simulation from its end. False (nothing kept)
         if the segment was unstable."""
         c = self.c

@@ -64,32 +64,31 @@ def _timed(fn, repeats):
 # --------------------------------------------------------------------------- difftre
 def bench_difftre(n_particles, steps, repeats, equil, skin, multiplier):
     import jax
-    import jax.numpy as jnp
-    from difftre_cli import potentials, simulate, units
+    from difftre_cli import potentials, sampler, simulate, units
     from difftre_cli.system import System
 
     pos, box, _, _ = lattice(n_particles)
     system = System(n_particles=n_particles, box_size=box, kT=KT, mass=1.0, positions=pos,
                     units=units.get("lj"), species=np.zeros(n_particles, np.int32))
     pot = potentials.build({"kind": "lj", "epsilon": 1.0, "sigma": 1.0}, {"kind": "none"}, RC)
-    cfg = simulate.SamplerConfig(integrator="langevin", dt=DT, gamma=1.0, skin=skin,
-                                 capacity_multiplier=multiplier)
-    sampler = simulate.Sampler(pot, system, cfg)
+    cfg = sampler.SamplerConfig(integrator="langevin", dt=DT, gamma=1.0, skin=skin,
+                                capacity_multiplier=multiplier)
+    md = simulate.Sampler(pot, system, cfg)
     params = pot.init(jax.random.PRNGKey(0))
-    state, nbrs = sampler.init(jax.random.PRNGKey(1), params)
+    state, nbrs = md.init(jax.random.PRNGKey(1), params)
 
     def run(state, nbrs, n):
         # the sampler interface as training uses it: n steps in chunks of ~chunk_seconds each
-        res = sampler.run(params, state, nbrs, n - 1, 1, 1)
+        res = md.run(params, state, nbrs, n - 1, 1, 1)
         jax.block_until_ready(res.state.position)
         return res.state, res.neighbor, res.retries
 
     # equilibrate (re-allocating as the lattice melts), then size the list on the fluid
     for _ in range(3):
         state, nbrs, _ = run(state, nbrs, equil)
-        nbrs = sampler.neighbor_fn.allocate(state.position)
+        nbrs = md.neighbor_fn.allocate(state.position)
     for extra in (0, 8, 16, 32, 64):
-        nbrs = sampler.neighbor_fn.allocate(state.position, extra_capacity=extra)
+        nbrs = md.neighbor_fn.allocate(state.position, extra_capacity=extra)
         out = run(state, nbrs, steps)  # compile + check
         if out[2] == 0:
             break
