@@ -24,7 +24,8 @@ RUN = ["config=tiny", "seed=3", "trainer.updates=8", "trainer.checkpoint_every=1
 # long trajectories in short chunks, checkpointed inside them every 0.3 s: kills land mid-trajectory
 RUN_MID_TRAJECTORY = ["config=tiny", "seed=4", "trainer.updates=4", "trainer.checkpoint_every=1",
                       "simulator.first_equilibration_steps=8000", "simulator.equilibration_steps=3000",
-                      "simulator.chunk_seconds=0.05", "trainer.checkpoint_seconds=0.3"]
+                      "simulator.chunk_seconds=0.05", "trainer.checkpoint_seconds=0.3",
+                      "trainer.reweight_ratio=1.0"]   # every update resamples: later trajectories too
 OTHER_TRAINERS = {
     "ibi": ["config=tiny", "trainer=ibi", "model=table", "model.cutoff=2.3", "seed=3", "trainer.updates=6", "trainer.checkpoint_every=1"],
     "direct_ad": ["config=tiny", "trainer=direct_ad", "trainer.steps=40", "seed=3", "trainer.updates=6",
@@ -172,29 +173,31 @@ def _segment_in_checkpoint(run: Path) -> int | None:
         return None
 
 
-@pytest.mark.parametrize("seed", [4, 5])
-def test_sigkill_inside_long_trajectories_then_resume_is_bit_for_bit(reference_mid_trajectory, tmp_path, seed):
+@pytest.mark.parametrize("seed, kill_updates", [(4, [2]), (5, [0, 1])])
+def test_sigkill_inside_long_trajectories_then_resume_is_bit_for_bit(reference_mid_trajectory, tmp_path, seed,
+                                                                    kill_updates):
     """Each kill lands inside a trajectory, shortly after a checkpoint of it in progress was
     written (the first trajectory, or a later one), and the resumed run continues it."""
     ref, _, run_args = reference_mid_trajectory
     rng = np.random.default_rng(seed)
     run = tmp_path / "run"
     args, log = [*run_args, f"hydra.run.dir={run}"], []
-    for k in range(1 + seed % 2):
-        after_update = int(rng.integers(0, 3))
+    for k, min_update in enumerate(kill_updates):
         proc = subprocess.Popen(_cmd(args), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        t0 = time.perf_counter()
-        while proc.poll() is None and time.perf_counter() - t0 < 300:
-            at = _segment_in_checkpoint(run)
-            if at is not None and at >= after_update:
+        t_start = time.time()
+        while proc.poll() is None and time.time() - t_start < 300:   # a mid-trajectory checkpoint of this process
+            ck = run / "difftre.h5"
+            at = _segment_in_checkpoint(run) if ck.exists() and ck.stat().st_mtime > t_start else None
+            if at is not None and at >= min_update:
                 break
             time.sleep(0.02)
         time.sleep(float(rng.uniform(0.0, 0.3)))
         assert proc.poll() is None, "the run finished before a mid-trajectory checkpoint"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        log.append(f"kill {k} inside the trajectory of update >= {after_update}: " + _inspect_after_kill(run))
+        log.append(f"kill {k} inside the trajectory of update {_segment_in_checkpoint(run)}: "
+                   + _inspect_after_kill(run))
         args = [f"resume={run}"]
     out = _run(args, tmp_path)
     assert out.returncode == 0, "\n".join(log) + "\n" + out.stdout[-3000:]
