@@ -219,7 +219,7 @@ class ChunkedSampler:
     def _observe(self, params, state, nbrs):        # at a snapshot -> (nbrs, capacity overflow, U_ref)
         raise NotImplementedError
 
-    def _prepare(self, state, nbrs) -> None:        # host, before a segment (e.g. fit graph capacities)
+    def _prepare(self, positions, nbrs) -> None:    # host, before a segment (e.g. fit graph capacities)
         return None
 
     def _grow(self, state, nbrs, attempt: int, list_full: bool, graph_full: bool):   # host -> nbrs
@@ -254,7 +254,12 @@ class ChunkedSampler:
         return st, nb, full, buffers, kinetic_temperature(st)
 
     def _buffers(self, params, state, nbrs, n_snapshots: int):
-        u = jax.eval_shape(self._observe, params, state, nbrs)[2]
+        key = (state.position.shape, state.position.dtype)
+        shapes = getattr(self, "_energy_shapes", {})
+        if key not in shapes:   # tracing the observation costs milliseconds: once per shape
+            shapes[key] = jax.eval_shape(self._observe, params, state, nbrs)[2]
+            self._energy_shapes = shapes
+        u = shapes[key]
         return (jnp.zeros((n_snapshots, *state.position.shape), state.position.dtype),
                 jnp.zeros((n_snapshots, *u.shape), u.dtype), jnp.zeros((n_snapshots,), state.position.dtype))
 
@@ -268,7 +273,7 @@ class ChunkedSampler:
     def run(self, params, state, nbrs, n_eq: int, n_snapshots: int, every: int) -> SampleResult:
         """``n_eq`` equilibration steps then ``n_snapshots`` snapshots ``every`` steps apart,
         in chunks (module doc); continues a restored segment of the same lengths."""
-        self._prepare(state, nbrs)
+        self._prepare(state.position, nbrs)
         prog = SegmentProgress(int(n_eq), int(n_snapshots), int(every))
         seg = self._take_pending(prog)
         if seg is None:

@@ -58,10 +58,10 @@ class Sampler(ChunkedSampler):
             return jnp.asarray(False)
         return self.potential.capacity_overflow(R, nbrs.idx)
 
-    def _prepare(self, state, nbrs) -> None:
+    def _prepare(self, positions, nbrs) -> None:
         if self._fit_capacity:
             self._fit_capacity = False
-            self._bind(self.potential.fit_capacity(state.position, nbrs.idx))
+            self._bind(self.potential.fit_capacity(positions, nbrs.idx))
             log.info("graph capacities: %d edges, %d triplets", self.potential.max_edges, self.potential.max_triplets)
 
     def _grow(self, state, nbrs, attempt: int, list_full: bool, graph_full: bool):

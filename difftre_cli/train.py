@@ -149,6 +149,8 @@ class Trainer:
 
     def _run(self, resume: bool, stop: GracefulStop) -> dict:
         self.store.prepare()
+        log.info("initialising the parameters and the simulation (neighbour lists, graph capacities); the "
+                 "trajectory's progress follows once its chunk program is compiled")
         params, opt_state = self.regime.init(jax.random.PRNGKey(int(self.cfg.seed)))
         start, lr_scale, failures, rows = 0, 1.0, 0, []
         last_good = (params, opt_state)

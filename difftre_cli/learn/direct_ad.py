@@ -47,6 +47,7 @@ from jax import lax
 
 from .. import neighbors
 from ..errors import UserError
+from ..sampler import grown_extra
 from .boltzmann import initial_params
 from .difftre import Proposal, apply_update
 
@@ -233,7 +234,7 @@ class DirectADRegime:
             out = jax.block_until_ready(call(nb_e, nb_o))
             if not bool(overflowed(out)) or attempt == max_retries:
                 break
-            extra = 8 * 2 ** attempt
+            extra = grown_extra(attempt)   # the sampler interface's growth rule
             log.info("neighbour list overflowed in the unrolled segment; re-allocating (+%d slots) and recomputing",
                      extra)
             nb_e = self.c.sampler.neighbor_fn.allocate(self.state.position, extra_capacity=extra)
