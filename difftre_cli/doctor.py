@@ -93,7 +93,8 @@ def _check_energy_and_nve():
     jax.block_until_ready(res2.state.position)
     rate = 400 / (time.perf_counter() - t0)
     u = np.asarray(res.trajectory.energies, np.float64)
-    kin = 1.5 * (system.n_particles - 1) * np.asarray(res.trajectory.kT, np.float64)
+    # kT is Σp²/m/(N·d) (sampler.kinetic_temperature), so the kinetic energy is N·d·kT/2
+    kin = 0.5 * system.n_particles * np.shape(state.position)[-1] * np.asarray(res.trajectory.kT, np.float64)
     total = (u + kin) / system.n_particles
     drift = float(np.max(np.abs(total - total[0])))
     nve_ok = bool(res.ok and res2.ok and drift < 1e-3 and np.all(np.isfinite(total)))
