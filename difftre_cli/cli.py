@@ -11,6 +11,8 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from .jax_setup import configure, prepare_environment
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 log = logging.getLogger("difftre")
 
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE.format(presets=", ".join(presets()), groups=", ".join(groups())))
         return 0
     cmd, rest = argv[0], argv[1:]
+    prepare_environment()
     if cmd == "train":
         return train_command(rest)
     if cmd == "evaluate":
@@ -304,8 +307,7 @@ def _check_output_dir(cfg, multirun: bool) -> None:
 
 
 def _set_precision(precision: str) -> None:
-    import jax
-    jax.config.update("jax_enable_x64", precision == "double")
+    configure(precision)   # and the compilation cache (jax_setup.py)
 
 
 def _hydra_train():

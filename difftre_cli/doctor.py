@@ -17,6 +17,8 @@ import platform
 import sys
 import time
 
+from .jax_setup import CACHE_ENV, cache_dir
+
 
 def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
     from rich.console import Console
@@ -131,6 +133,7 @@ def doctor(args: list[str]) -> int:
         ("precision", "double (float64)" if jax.config.jax_enable_x64 else "single (float32); precision=double switches"),
         ("CPU cores", str(os.cpu_count())),
         ("XLA_FLAGS", os.environ.get("XLA_FLAGS", "(unset)")),
+        ("compilation cache", str(cache_dir() or f"off ({CACHE_ENV}=off)")),
         ("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", "(unset)")),
         ("python", f"{platform.python_version()} {sys.executable}")])
     checks = []

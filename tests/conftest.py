@@ -2,8 +2,22 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_compilation_cache(tmp_path_factory):
+    """CLI subprocesses of this session share one fresh persistent compilation cache
+    (jax_setup.py): hermetic, nothing written to the user's ~/.cache, and a program compiled by
+    one test's process is loaded by the next (the same executable, the same numbers)."""
+    old = os.environ.get("DIFFTRE_COMPILATION_CACHE")
+    if old is None:
+        os.environ["DIFFTRE_COMPILATION_CACHE"] = str(tmp_path_factory.mktemp("xla_cache"))
+    yield
+    if old is None:
+        os.environ.pop("DIFFTRE_COMPILATION_CACHE", None)
 
 
 @contextlib.contextmanager

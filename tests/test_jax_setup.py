@@ -1,0 +1,62 @@
+"""The persistent compilation cache (jax_setup.py): where it goes, that a run fills it, that a
+second run loading it computes the same numbers, and that an unusable cache only disables it."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from conftest import cli_env, difftre_train_cmd
+
+from difftre_cli import jax_setup
+
+TINY = ["config=tiny", "seed=1", "trainer.updates=2"]
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(jax_setup.CACHE_ENV, "off")
+    assert jax_setup.cache_dir() is None
+    monkeypatch.setenv(jax_setup.CACHE_ENV, str(tmp_path / "c"))
+    assert jax_setup.cache_dir() == tmp_path / "c"
+    monkeypatch.delenv(jax_setup.CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert jax_setup.cache_dir() == tmp_path / "xdg" / "difftre" / "xla"
+
+
+def _train(tmp: Path, name: str, cache, **extra_env) -> subprocess.CompletedProcess:
+    env = cli_env()
+    env[jax_setup.CACHE_ENV] = str(cache)
+    env.update(extra_env)
+    return subprocess.run(difftre_train_cmd([*TINY, f"hydra.run.dir={tmp / name}"]), cwd=tmp, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_second_run_loads_the_cache_and_computes_the_same_numbers(tmp_path):
+    cache = tmp_path / "cache"
+    first = _train(tmp_path, "a", cache)
+    assert first.returncode == 0, first.stderr[-2000:]
+    # the sampler's chunk program and the DiffTRe update are the programs worth caching
+    for program in ("jit__chunk_impl", "jit__step_impl"):
+        assert any(p.name.startswith(program + "-") for p in cache.iterdir()), program
+    # JAX says which programs it loaded from the cache
+    second = _train(tmp_path, "b", cache, JAX_DEBUG_LOG_MODULES="jax._src.compiler")
+    assert second.returncode == 0, second.stderr[-2000:]
+    for program in ("jit__chunk_impl", "jit__step_impl"):
+        assert f"cache hit for '{program}'" in second.stdout + second.stderr, program
+    # XLA's spurious ERROR lines on loading a CPU executable (jax_setup.py) are not shown
+    assert "Target machine feature" not in second.stdout + second.stderr
+    a = (tmp_path / "a" / "metrics.csv").read_text().splitlines()
+    b = (tmp_path / "b" / "metrics.csv").read_text().splitlines()
+    timing = {i for i, name in enumerate(a[0].split(",")) if name.endswith("_time")}
+    assert timing, "metrics.csv records the sampling and update times"
+
+    def values(lines):   # everything but the wall times, to the last digit
+        return [[v for i, v in enumerate(line.split(",")) if i not in timing] for line in lines]
+    assert values(a) == values(b)
+
+
+def test_unusable_cache_directory_only_disables_the_cache(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    proc = _train(tmp_path, "run", blocker / "cache")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "compilation cache disabled" in (tmp_path / "run" / "train.log").read_text()
