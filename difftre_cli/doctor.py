@@ -18,6 +18,7 @@ import sys
 import time
 
 from .jax_setup import CACHE_ENV, cache_dir
+from .store import versions
 
 
 def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
@@ -114,7 +115,6 @@ def doctor(args: list[str]) -> int:
         jax.config.update("jax_enable_x64", args[-1].split("=", 1)[1] == "double")
     import jax
 
-    from .train import versions
     v = versions()
     rows = [(k, str(val)) for k, val in v.items()]
     for extra in ("ase", "phonopy", "MDAnalysis", "openmm", "submitit", "hydra-submitit-launcher"):

@@ -21,12 +21,16 @@ import errno
 import io
 import json
 import os
+import platform
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import h5py
 import jax
 import numpy as np
+
+from . import __version__
 
 CHECKPOINT_FILE = "difftre.h5"
 METRICS_FILE = "metrics.csv"
@@ -35,6 +39,21 @@ FORMAT_VERSION = 1
 # errno values meaning "this disk/quota/file-size limit cannot take the write".
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 _NO_ROOM_TEXT = ("no space left", "disk quota", "file too large", "read-only file system")
+
+
+def versions() -> dict:
+    """Exact versions of everything that can change the numbers, and the device."""
+    def v(dist):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+    dev = jax.devices()[0]
+    return {"difftre": __version__, "python": platform.python_version(), "jax": jax.__version__,
+            "jaxlib": v("jaxlib"), "jax_md": v("jax-md"), "flax": v("flax"), "optax": v("optax"),
+            "numpy": v("numpy"), "h5py": v("h5py"), "hydra_core": v("hydra-core"),
+            "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}", "n_devices": jax.device_count(),
+            "x64": bool(jax.config.jax_enable_x64), "machine": platform.machine(), "system": platform.system()}
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ tension positive, with ∂U/∂δ the derivative with respect to a further strai
 crystal (potentials/manybody.py: the crystal is simulated in the reference frame of the cubic box
 with every displacement mapped by (I + ε), which samples exactly the strained crystal's
 configurations; its lists reach far enough for every pair inside the cutoff after the strain).
-Standard errors: a jackknife over ten blocks of each run (evaluate.production_run).
+Standard errors: a jackknife over ten blocks of each run (production.production_run).
 
 The unstrained point is the evaluation run itself (its ``stress`` observable). A weighted
 polynomial of degree ``fit_degree`` through the points gives the slopes at zero strain
@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .errors import UserError
+from .production import production_run
 
 MODES = {"e1": 0, "e4": 3}          # Voigt component strained: uniaxial xx, shear yz (engineering)
 KEYS = ("strains", "equilibration_steps", "production_steps", "every", "fit_degree", "blocks")
@@ -153,8 +154,7 @@ def _pick(obs_type, observables):
 
 def run(c, params, s: Settings, seed: int, main, log=None) -> dict:
     """The stress–strain curve and its comparison with the fluctuation stiffness; ``main`` is the
-    unstrained evaluation run (evaluate.Production) of the components ``c``."""
-    from .evaluate import production_run
+    unstrained evaluation run (production.Production) of the components ``c``."""
     from .observables.mechanical import Stiffness, Stress
     from .observables.stiffness import stress_strain_moduli
 

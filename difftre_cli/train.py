@@ -18,39 +18,21 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import time
 from pathlib import Path
 
 import jax
 from omegaconf import OmegaConf
 
-from . import __version__, assemble
+from . import assemble
 from .errors import UserError
 from .interrupt import GracefulStop
 from .learn.difftre import DiffTReRegime
 from .monitor import CostEstimate, TrainingMonitor
 from .progress import TrainingProgress
-from .store import RunStore
+from .store import RunStore, versions
 
 log = logging.getLogger("difftre")
-
-
-def versions() -> dict:
-    """Exact versions of everything that can change the numbers, and the device."""
-    from importlib import metadata
-
-    def v(dist):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-    dev = jax.devices()[0]
-    return {"difftre": __version__, "python": platform.python_version(), "jax": jax.__version__,
-            "jaxlib": v("jaxlib"), "jax_md": v("jax-md"), "flax": v("flax"), "optax": v("optax"),
-            "numpy": v("numpy"), "h5py": v("h5py"), "hydra_core": v("hydra-core"),
-            "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}", "n_devices": jax.device_count(),
-            "x64": bool(jax.config.jax_enable_x64), "machine": platform.machine(), "system": platform.system()}
 
 
 def make_regime(c, store, cfg):

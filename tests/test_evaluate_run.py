@@ -1,4 +1,4 @@
-"""The evaluation run (evaluate.production_run): every requested step is run (a shorter last
+"""The evaluation run (production.production_run): every requested step is run (a shorter last
 chunk, not a silently dropped remainder), the chunked means equal one long run's, and the
 jackknife errors over chunks behave like standard errors."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 from difftre_cli import assemble
-from difftre_cli.evaluate import production_run
+from difftre_cli.production import production_run
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

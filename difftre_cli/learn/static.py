@@ -25,6 +25,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from ..errors import UserError
+from ..store import RunStore, versions
 
 log = logging.getLogger("difftre")
 
@@ -363,7 +364,6 @@ class _Evaluator:
 def _checkpoint(store, prob, cfg, x, it, rows, attrs):
     import jax.numpy as jnp
 
-    from ..train import versions
     params = {k: jnp.asarray(v) for k, v in prob.params_of(np.asarray(x)).items()}
     store.write_checkpoint(update=it, trees={"params": params}, attrs={"kind": "static", **attrs}, metrics=rows,
                            n_trajectories=0, config_yaml=OmegaConf.to_yaml(cfg), versions=versions())
@@ -382,7 +382,6 @@ def run_static(cfg, run_dir, resume: bool = False, quiet: bool | None = None, st
     import jax
     import jax.numpy as jnp
 
-    from ..store import RunStore
     validate_static(cfg)
     t_start = time.perf_counter()
     store = RunStore(run_dir)

@@ -5,7 +5,7 @@ all learning the LJ fluid at ρ = 0.5, kT = 1.5 (N = 1000) from the RDF of the t
 train with the generic outer loop (train.Trainer) and, every ``--eval-interval`` seconds of
 training, evaluate the current parameters the way ``difftre evaluate`` does (an independent
 run with its own seed: equilibration, then ``--eval-steps`` steps, RDF averaged over every
-20th step; evaluate.production_observables). The clock counts training only (compilation
+20th step; production.production_observables). The clock counts training only (compilation
 included, evaluations excluded); it stops at the first evaluation with RDF RMSE below
 ``--threshold`` (0.02) or at ``--cap`` seconds of training.
 
@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from difftre_cli.config import validate  # noqa: E402
-from difftre_cli.evaluate import production_observables  # noqa: E402
+from difftre_cli.production import production_observables  # noqa: E402
 from difftre_cli.train import Trainer  # noqa: E402
 
 PRESETS = {"difftre": ["config=lj"], "direct_ad": ["config=lj_direct_ad"], "ibi": ["config=lj_ibi"]}
