@@ -11,9 +11,9 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from .config import CONFIG_DIR
 from .jax_setup import configure, prepare_environment
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 log = logging.getLogger("difftre")
 
 USAGE = """usage: difftre <command> [overrides ...]

@@ -5,11 +5,21 @@ config (structure, targets) are opened and checked here too, so that a bad run f
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .errors import UserError
 
 GROUPS = ("system", "prior", "model", "simulator", "observables", "targets", "optimizer", "trainer")
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: top-level keys besides the groups (configs/train.yaml)
+TOP_LEVEL = ("name", "seed", "precision", "resume", "ground_truth", "states", "reduced_overrides", "evaluate",
+             "classical", "hydra")   # classical: the potential of trainer=static presets
+#: trainer keys the training loop (train.py) reads whatever the kind; a kind's own keys are those
+#: of its YAML, configs/trainer/KIND.yaml (the YAML is the schema: adding a key is adding it there).
+#: A key of another kind is ignored (a preset's trainer settings survive ``trainer=OTHER``).
+LOOP_KEYS = ("kind", "updates", "checkpoint_every", "checkpoint_seconds", "max_failures", "lr_reduction", "init_from")
 
 
 def _get(cfg: DictConfig, key: str):
@@ -41,6 +51,29 @@ def validate(cfg: DictConfig) -> None:
     _validate_one(cfg)
 
 
+def _unknown_keys(cfg: DictConfig) -> None:
+    """Keys that nothing reads (typically appended with ``+key=…`` or misspelt in a preset)."""
+    unknown = sorted(str(k) for k in cfg if k not in GROUPS and k not in TOP_LEVEL)
+    if unknown:
+        raise UserError(f"unknown top-level key(s) {', '.join(unknown)}",
+                        f"remove them; the top-level keys are {', '.join(TOP_LEVEL[:-1])} and the groups "
+                        f"{', '.join(GROUPS)}")
+    kind = _get(cfg, "trainer.kind")
+    if not isinstance(_get(cfg, "trainer"), DictConfig):
+        return   # checked below
+    own = set(LOOP_KEYS)
+    known = set(LOOP_KEYS)
+    for schema in sorted((CONFIG_DIR / "trainer").glob("*.yaml")):
+        keys = {str(k) for k in OmegaConf.load(schema)}
+        known |= keys
+        if schema.stem == kind:
+            own |= keys
+    unknown = sorted(str(k) for k in cfg.trainer if k not in known)
+    if unknown:
+        raise UserError(f"trainer: unknown key(s) {', '.join(unknown)} (no trainer reads them)",
+                        f"remove them; the keys of trainer={kind} are {', '.join(sorted(own))}")
+
+
 def _validate_one(cfg: DictConfig) -> None:
     """Raise UserError for the first problem found in a single-state ``cfg``.
 
@@ -48,6 +81,7 @@ def _validate_one(cfg: DictConfig) -> None:
     (its builder's), then cross-group checks (cutoff and observable ranges against the box,
     overlapping start positions).
     """
+    _unknown_keys(cfg)
     if _get(cfg, "trainer.kind") == "static":  # 0 K fits of classical potentials: own checks
         from .learn.static import validate_static
         return validate_static(cfg)

@@ -59,6 +59,8 @@ TRAIN_CASES = [
     pytest.param(["trainer=nope"], ["nope"], id="unknown-group-option"),
     pytest.param(["system.kT=${"], ["system.kT"], id="override-syntax"),
     pytest.param(["+simulator.foo=1"], ["simulator", "foo"], id="append-unknown-simulator-key"),
+    pytest.param(["+trainer.nonsense=1"], ["trainer", "nonsense"], id="append-unknown-trainer-key"),
+    pytest.param(["+nonsense=1"], ["top-level", "nonsense"], id="append-unknown-top-level-key"),
     # interpolations that cannot be resolved (OmegaConf)
     pytest.param(["system.kT=${does.not.exist}"], ["system.kT=${does.not.exist}", "does.not.exist"],
                  id="interpolation-unknown-key"),
