@@ -9,7 +9,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .checks import choice, mapping, number
 from .errors import UserError
+from .states import is_multistate, state_configs
+from .system import build_system, min_image_distance
 
 GROUPS = ("system", "prior", "model", "simulator", "observables", "targets", "optimizer", "trainer")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -29,8 +32,6 @@ def _get(cfg: DictConfig, key: str):
 def validate(cfg: DictConfig) -> None:
     """Raise UserError for the first problem found in ``cfg`` (each state point's config in
     turn when ``states`` lists several, see states.py)."""
-    from .states import is_multistate, state_configs
-
     if is_multistate(cfg):
         if _get(cfg, "trainer.kind") == "static":
             raise UserError("states (several state points) are not supported by trainer=static",
@@ -85,7 +86,6 @@ def _validate_one(cfg: DictConfig) -> None:
     if _get(cfg, "trainer.kind") == "static":  # 0 K fits of classical potentials: own checks
         from .learn.static import validate_static
         return validate_static(cfg)
-    from .checks import choice, mapping, number
 
     for g in GROUPS:
         if _get(cfg, g) is None:
@@ -98,53 +98,11 @@ def _validate_one(cfg: DictConfig) -> None:
     # system first: it reads the structure file and needs no JAX (fails in a second). One-body
     # systems (system.kind=ideal_gas_1d, particles on a line, no box) are checked in onebody.py.
     from . import onebody
-    from .system import build_system, min_image_distance
     one_body = onebody.is_one_body_system(cfg.system)
     system = None if one_body else build_system(cfg.system)
 
-    # trainer (no builder of its own here: the learner reads these keys)
-    from .learn import TRAINERS
-    T = "trainer"
-    tc = cfg.trainer
-    choice(tc, "kind", sorted(TRAINERS), prefix=T, what="trainer")
-    updates = number(tc, "updates", prefix=T, integer=True, lo=1, example="300")
-    number(tc, "reweight_ratio", prefix=T, lo=0.0, hi=1.0, required=False, example="0.9")
-    number(tc, "checkpoint_every", prefix=T, integer=True, lo=1, required=False, example="10")
-    number(tc, "checkpoint_seconds", prefix=T, lo=0.0, lo_open=True, required=False, example="600")
-    number(tc, "max_failures", prefix=T, integer=True, lo=1, required=False, example="5")
-    number(tc, "lr_reduction", prefix=T, lo=0.0, lo_open=True, hi=1.0, required=False, example="0.5")
-    choice(tc, "precondition", ("none", "fisher"), prefix=T, default="none", what="preconditioner")
-    # several state points (states): sequential | devices (learn/multistate.py); no effect on one state point
-    choice(tc, "state_parallel", ("sequential", "devices"), prefix=T, default="sequential", what="mode")
-    number(tc, "fisher_damping", prefix=T, lo=0.0, required=False, example="0.001")
-
-    # evaluate
-    ev = _get(cfg, "evaluate")
-    if ev is not None:
-        mapping(ev, "evaluate", "evaluate=default")
-        number(ev, "equilibration_steps", prefix="evaluate", integer=True, lo=0, required=False, example="5000")
-        steps = number(ev, "production_steps", prefix="evaluate", integer=True, lo=1, required=False,
-                       default=20000, example="20000")
-        every = number(ev, "every", prefix="evaluate", integer=True, lo=1, required=False, default=20, example="20")
-        if steps < every:
-            raise UserError(f"evaluate.production_steps={steps} is smaller than evaluate.every={every}: "
-                            "no snapshot would be kept", "raise evaluate.production_steps or lower evaluate.every")
-        number(ev, "potential_r_min", prefix="evaluate", lo=0.0, lo_open=True, required=False, example="0.8")
-        number(ev, "chunk_steps", prefix="evaluate", integer=True, lo=1, required=False, example="2000")
-        rng = ev.get("potential_error_range")
-        if rng is not None:
-            ok = (not isinstance(rng, (str, bytes)) and hasattr(rng, "__len__") and len(rng) == 2
-                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rng)
-                  and 0 < rng[0] < rng[1])
-            if not ok:
-                raise UserError(f"evaluate.potential_error_range must be two numbers 0 < a < b, got {rng!r}",
-                                "set evaluate.potential_error_range=[0.95,2.5]")
-        from .stress_strain import settings as stress_strain_settings
-        if stress_strain_settings(ev) is not None and _get(cfg, "model") is not None \
-                and cfg.model.get("kind") != "dimenet":
-            raise UserError("evaluate.stress_strain strains a crystal under a many-body potential; "
-                            f"model.kind={cfg.model.get('kind')!r} is not one",
-                            "use model=dimenet, or set evaluate.stress_strain=null")
+    updates = _validate_trainer(cfg.trainer)
+    _validate_evaluate(cfg)
 
     if onebody.validate(cfg):
         return
@@ -175,7 +133,59 @@ def _validate_one(cfg: DictConfig) -> None:
                                 f"(system.species: {list(system.species_names)})",
                                 "name species as in system.species")
 
-    # Cross-group checks.
+    _cross_checks(cfg, system, cutoff, obs)
+
+
+def _validate_trainer(tc) -> int:
+    """The trainer's keys (no builder of its own here: the learner reads them); its updates."""
+    from .learn import TRAINERS
+    T = "trainer"
+    choice(tc, "kind", sorted(TRAINERS), prefix=T, what="trainer")
+    updates = number(tc, "updates", prefix=T, integer=True, lo=1, example="300")
+    number(tc, "reweight_ratio", prefix=T, lo=0.0, hi=1.0, required=False, example="0.9")
+    number(tc, "checkpoint_every", prefix=T, integer=True, lo=1, required=False, example="10")
+    number(tc, "checkpoint_seconds", prefix=T, lo=0.0, lo_open=True, required=False, example="600")
+    number(tc, "max_failures", prefix=T, integer=True, lo=1, required=False, example="5")
+    number(tc, "lr_reduction", prefix=T, lo=0.0, lo_open=True, hi=1.0, required=False, example="0.5")
+    choice(tc, "precondition", ("none", "fisher"), prefix=T, default="none", what="preconditioner")
+    # several state points (states): sequential | devices (learn/multistate.py); no effect on one state point
+    choice(tc, "state_parallel", ("sequential", "devices"), prefix=T, default="sequential", what="mode")
+    number(tc, "fisher_damping", prefix=T, lo=0.0, required=False, example="0.001")
+    return updates
+
+
+def _validate_evaluate(cfg: DictConfig) -> None:
+    """The evaluate section (step counts, ranges, stress–strain against the model)."""
+    ev = _get(cfg, "evaluate")
+    if ev is not None:
+        mapping(ev, "evaluate", "evaluate=default")
+        number(ev, "equilibration_steps", prefix="evaluate", integer=True, lo=0, required=False, example="5000")
+        steps = number(ev, "production_steps", prefix="evaluate", integer=True, lo=1, required=False,
+                       default=20000, example="20000")
+        every = number(ev, "every", prefix="evaluate", integer=True, lo=1, required=False, default=20, example="20")
+        if steps < every:
+            raise UserError(f"evaluate.production_steps={steps} is smaller than evaluate.every={every}: "
+                            "no snapshot would be kept", "raise evaluate.production_steps or lower evaluate.every")
+        number(ev, "potential_r_min", prefix="evaluate", lo=0.0, lo_open=True, required=False, example="0.8")
+        number(ev, "chunk_steps", prefix="evaluate", integer=True, lo=1, required=False, example="2000")
+        rng = ev.get("potential_error_range")
+        if rng is not None:
+            ok = (not isinstance(rng, (str, bytes)) and hasattr(rng, "__len__") and len(rng) == 2
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rng)
+                  and 0 < rng[0] < rng[1])
+            if not ok:
+                raise UserError(f"evaluate.potential_error_range must be two numbers 0 < a < b, got {rng!r}",
+                                "set evaluate.potential_error_range=[0.95,2.5]")
+        from .stress_strain import settings as stress_strain_settings
+        if stress_strain_settings(ev) is not None and _get(cfg, "model") is not None \
+                and cfg.model.get("kind") != "dimenet":
+            raise UserError("evaluate.stress_strain strains a crystal under a many-body potential; "
+                            f"model.kind={cfg.model.get('kind')!r} is not one",
+                            "use model=dimenet, or set evaluate.stress_strain=null")
+
+
+def _cross_checks(cfg: DictConfig, system, cutoff: float, obs: dict) -> None:
+    """Checks across groups: cutoff and observable reach against the box, overlapping atoms."""
     half = 0.5 * system.box_size
     if cutoff >= half:
         raise UserError(f"model.cutoff={cutoff:g} is not below half the box ({half:.4g})",
