@@ -377,11 +377,25 @@ def load_params(store, prob: StaticProblem):
     return {k: float(v) for k, v in trees["params"].items()}, update, attrs, rows
 
 
+def _resume(store, prob: StaticProblem, name: str, max_it: int):
+    """(x, iteration, metrics rows, the result if the checkpointed fit had finished, else None)."""
+    if not store.has_checkpoint():
+        raise UserError(f"resume: no checkpoint {store.checkpoint_path}", "point resume= at a run directory that holds difftre.h5")
+    params, start, attrs, rows = load_params(store, prob)
+    x = np.array([params[k] for k in prob.x_names]) / prob.theta0
+    rows = rows[: start + 1]
+    log.info("resumed static fit at iteration %d (fresh %s state)", start, name)
+    finished = None
+    if attrs.get("converged", False) or start >= max_it:
+        log.info("the checkpointed fit has already finished: nothing to do")
+        store.rewrite_metrics_csv(rows)
+        finished = {"rows": rows, "params": params, "iterations": start, "converged": bool(attrs.get("converged")),
+                    "optimizer": name, "message": "already finished", "wall_s": 0.0}
+    return x, start, rows, finished
+
+
 def run_static(cfg, run_dir, resume: bool = False, quiet: bool | None = None, stop=None) -> dict:
     """The outer loop of ``trainer=static``; returns rows, fitted parameters and a summary."""
-    import jax
-    import jax.numpy as jnp
-
     validate_static(cfg)
     t_start = time.perf_counter()
     store = RunStore(run_dir)
@@ -390,24 +404,13 @@ def run_static(cfg, run_dir, resume: bool = False, quiet: bool | None = None, st
     tc = cfg.trainer
     max_it = int(tc.get("updates", 100))
     every = int(tc.get("checkpoint_every", 10))
-    gtol = float(tc.get("gtol", 1e-4))
-    ftol = float(tc.get("ftol", 1e-10))
-    patience = int(tc.get("patience", 5))
 
     x = np.ones(len(prob.x_names))
     start, rows = 0, []
     if resume:
-        if not store.has_checkpoint():
-            raise UserError(f"resume: no checkpoint {store.checkpoint_path}", "point resume= at a run directory that holds difftre.h5")
-        params, start, attrs, rows = load_params(store, prob)
-        x = np.array([params[k] for k in prob.x_names]) / prob.theta0
-        rows = rows[: start + 1]
-        log.info("resumed static fit at iteration %d (fresh %s state)", start, name)
-        if attrs.get("converged", False) or start >= max_it:
-            log.info("the checkpointed fit has already finished: nothing to do")
-            store.rewrite_metrics_csv(rows)
-            return {"rows": rows, "params": params, "iterations": start, "converged": bool(attrs.get("converged")),
-                    "optimizer": name, "message": "already finished", "wall_s": 0.0}
+        x, start, rows, finished = _resume(store, prob, name, max_it)
+        if finished is not None:
+            return finished
     store.rewrite_metrics_csv(rows)
 
     ev = _Evaluator(prob, with_grad=name != "nelder-mead")
@@ -448,58 +451,9 @@ def run_static(cfg, run_dir, resume: bool = False, quiet: bool | None = None, st
         with guard:
             remaining = max_it - start
             if name in SCIPY_OPTIMIZERS:
-                from scipy.optimize import minimize
-
-                def callback(intermediate_result):
-                    record(intermediate_result.x)
-                opts = {"maxiter": remaining}
-                if name == "nelder-mead":
-                    opts.update({"xatol": float(tc.get("xatol", 1e-8)), "fatol": ftol})
-                    res = minimize(lambda z: ev(z)[0], x, method="Nelder-Mead", callback=callback, options=opts)
-                else:
-                    opts["gtol"] = gtol
-                    res = minimize(lambda z: ev(z)[0], x, jac=lambda z: ev(z)[1], method=SCIPY_OPTIMIZERS[name],
-                                   callback=callback, options=opts)
-                state["converged"] = bool(res.success)
-                state["message"] = str(res.message)
-                if not np.array_equal(np.asarray(res.x, float), state["x"]):   # final point not reported by the callback
-                    record(res.x)
+                _minimize_scipy(name, ev, record, x, remaining, tc, state)
             else:
-                import optax
-
-                from .. import optim
-                if name == "lbfgs":
-                    opt = optax.lbfgs(learning_rate=float(cfg.optimizer.get("lr", 1.0)),
-                                      memory_size=int(cfg.optimizer.get("memory_size", 10)))
-                else:
-                    opt = optim.build(cfg.optimizer, max_it)
-                xj = jnp.asarray(x)
-                opt_state = opt.init(xj)
-                if name == "lbfgs":   # one compiled update, line search included
-                    lbfgs_update = jax.jit(lambda g, s, z, v: opt.update(g, s, z, value=v, grad=g,
-                                                                         value_fn=prob._fns["loss_value"]))
-                prev, flat = float(loss), 0
-                for _ in range(remaining):
-                    lval, gval, _, _ = ev(np.asarray(xj))
-                    if np.linalg.norm(gval) < gtol:
-                        state["converged"], state["message"] = True, f"gradient norm below trainer.gtol={gtol}"
-                        break
-                    if name == "lbfgs":
-                        updates, opt_state = lbfgs_update(jnp.asarray(gval), opt_state, xj, jnp.asarray(lval))
-                    else:
-                        updates, opt_state = opt.update(jnp.asarray(gval), opt_state, xj)
-                    xj = optax.apply_updates(xj, updates)
-                    new, _ = record(np.asarray(xj))
-                    if not np.isfinite(new):
-                        raise UserError(f"the loss became non-finite at iteration {state['it']}",
-                                        "lower optimizer.lr or use optimizer=bfgs")
-                    flat = flat + 1 if abs(prev - new) < ftol * max(1.0, abs(new)) else 0
-                    prev = new
-                    if flat >= patience:
-                        state["converged"], state["message"] = True, f"loss changed by < trainer.ftol for {patience} iterations"
-                        break
-                else:
-                    state["message"] = f"reached trainer.updates={max_it} iterations"
+                _minimize_optax(name, prob, ev, record, x, remaining, cfg, state)
     except _StopRequested:
         _checkpoint(store, prob, cfg, state["x"], state["it"], rows,
                     {"optimizer": name, "converged": False, "message": "stopped by a signal"})
@@ -514,6 +468,69 @@ def run_static(cfg, run_dir, resume: bool = False, quiet: bool | None = None, st
     if not quiet:
         _summary(out, rows[-1], run_dir)
     return out
+
+
+def _minimize_scipy(name, ev, record, x, remaining: int, tc, state: dict) -> None:
+    """SciPy's minimiser ``name`` from ``x``; ``record`` is called per iteration (and stops it)."""
+    from scipy.optimize import minimize   # SciPy: only the SciPy optimisers need it
+
+    def callback(intermediate_result):
+        record(intermediate_result.x)
+    opts = {"maxiter": remaining}
+    if name == "nelder-mead":
+        opts.update({"xatol": float(tc.get("xatol", 1e-8)), "fatol": float(tc.get("ftol", 1e-10))})
+        res = minimize(lambda z: ev(z)[0], x, method="Nelder-Mead", callback=callback, options=opts)
+    else:
+        opts["gtol"] = float(tc.get("gtol", 1e-4))
+        res = minimize(lambda z: ev(z)[0], x, jac=lambda z: ev(z)[1], method=SCIPY_OPTIMIZERS[name],
+                       callback=callback, options=opts)
+    state["converged"] = bool(res.success)
+    state["message"] = str(res.message)
+    if not np.array_equal(np.asarray(res.x, float), state["x"]):   # final point not reported by the callback
+        record(res.x)
+
+
+def _minimize_optax(name, prob, ev, record, x, remaining: int, cfg, state: dict) -> None:
+    """Optax's L-BFGS (one compiled update, line search included) or a first-order optimiser
+    (optimizer group) from ``x``, until the gradient norm is below ``trainer.gtol``, the loss is
+    flat for ``trainer.patience`` iterations, or ``remaining`` iterations are done."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from .. import optim
+    tc = cfg.trainer
+    gtol, ftol, patience = float(tc.get("gtol", 1e-4)), float(tc.get("ftol", 1e-10)), int(tc.get("patience", 5))
+    if name == "lbfgs":
+        opt = optax.lbfgs(learning_rate=float(cfg.optimizer.get("lr", 1.0)),
+                          memory_size=int(cfg.optimizer.get("memory_size", 10)))
+        lbfgs_update = jax.jit(lambda g, s, z, v: opt.update(g, s, z, value=v, grad=g,
+                                                             value_fn=prob._fns["loss_value"]))
+    else:
+        opt = optim.build(cfg.optimizer, int(tc.get("updates", 100)))
+    xj = jnp.asarray(x)
+    opt_state = opt.init(xj)
+    prev, flat = float(ev(x)[0]), 0
+    for _ in range(remaining):
+        lval, gval, _, _ = ev(np.asarray(xj))
+        if np.linalg.norm(gval) < gtol:
+            state["converged"], state["message"] = True, f"gradient norm below trainer.gtol={gtol}"
+            return
+        if name == "lbfgs":
+            updates, opt_state = lbfgs_update(jnp.asarray(gval), opt_state, xj, jnp.asarray(lval))
+        else:
+            updates, opt_state = opt.update(jnp.asarray(gval), opt_state, xj)
+        xj = optax.apply_updates(xj, updates)
+        new, _ = record(np.asarray(xj))
+        if not np.isfinite(new):
+            raise UserError(f"the loss became non-finite at iteration {state['it']}",
+                            "lower optimizer.lr or use optimizer=bfgs")
+        flat = flat + 1 if abs(prev - new) < ftol * max(1.0, abs(new)) else 0
+        prev = new
+        if flat >= patience:
+            state["converged"], state["message"] = True, f"loss changed by < trainer.ftol for {patience} iterations"
+            return
+    state["message"] = f"reached trainer.updates={int(tc.get('updates', 100))} iterations"
 
 
 def _summary(out, last, run_dir) -> None:
