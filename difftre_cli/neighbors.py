@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -167,6 +167,97 @@ def _round_up(x: int, m: int) -> int:
     return -(-int(x) // m) * m
 
 
+class _CellGrid(NamedTuple):
+    """The cell geometry of a box: cells per side and the neighbour-cell run tables."""
+
+    box_size: float
+    r_list_sq: float
+    nc: int
+    seg_first: Any
+    seg_last: Any
+    seg_ok: Any
+
+
+def _cell_ids(R, box_size: float, nc: int):
+    """Linear cell index of every particle (nc cells per side)."""
+    c = jnp.floor(jnp.mod(R, box_size) * (nc / box_size)).astype(jnp.int32)
+    c = jnp.clip(c, 0, nc - 1)
+    return c[:, 0] + nc * (c[:, 1] + nc * c[:, 2])
+
+def _flag(R):
+    # data-dependent predicate for _materialize (its value does not matter)
+    return R[0, 0] == R[0, 0]
+
+def _build_brute(R, max_nbrs, box_size: float, r_list_sq: float):
+    """All pairs, bit-packed: (idx, max occupancy, 0, 0)."""
+    n = R.shape[0]
+    flag = _flag(R)
+    n_words = -(-n // _BITS)
+    Rp = jnp.concatenate([R, jnp.zeros((n_words * _BITS - n, 3), R.dtype)], 0)
+    Rj = Rp.T.reshape(3, 1, n_words, _BITS)
+    Ri = R.T[:, :, None, None]
+    d2 = sum(jnp.square(_wrap(Ri[a] - Rj[a], box_size)) for a in range(3))
+    j = jnp.arange(n_words * _BITS, dtype=jnp.int32).reshape(1, n_words, _BITS)
+    i = jnp.arange(n, dtype=jnp.int32)[:, None, None]
+    ok = (d2 < r_list_sq) & (j < n) & (j != i)
+    words = _materialize(_pack_bits(ok), flag)             # (N, W)
+    k, valid, count = _compact_bits(words, max_nbrs, flag)
+    idx = jnp.where(valid, k, n).astype(jnp.int32)
+    return idx, jnp.max(count), jnp.int32(0), jnp.int32(0)
+
+def _build_cell(R, max_nbrs, cell_cap, cand_cap, grid: "_CellGrid"):
+    """Sort-based cell list: (idx, max occupancy, fullest cell, most candidates of a cell)."""
+    box_size, r_list_sq, nc = grid.box_size, grid.r_list_sq, grid.nc
+    ncell, seg_first, seg_last, seg_ok = nc ** 3, grid.seg_first, grid.seg_last, grid.seg_ok
+    n = R.shape[0]
+    flag = _flag(R)
+    cid = _cell_ids(R, box_size, nc)
+    order = jnp.argsort(cid).astype(jnp.int32)
+    sorted_cid = cid[order]
+    cells = jnp.arange(ncell, dtype=jnp.int32)
+    start = jnp.searchsorted(sorted_cid, cells, side="left", method="scan").astype(jnp.int32)
+    end = jnp.searchsorted(sorted_cid, cells, side="right", method="scan").astype(jnp.int32)
+    count_cell = end - start
+    # Members of each cell (ncell, C), padded with n.
+    slot = jnp.arange(cell_cap, dtype=jnp.int32)
+    members = jnp.where(slot[None, :] < count_cell[:, None],
+                        order[jnp.clip(start[:, None] + slot[None, :], 0, n - 1)], n)
+    # Candidates of each cell = particles of its 27 neighbour cells, which occupy
+    # contiguous runs of the sorted order (18 runs, some empty).
+    seg_start = start[seg_first]                                   # (ncell, S)
+    seg_len = jnp.where(seg_ok, end[seg_last] - seg_start, 0)
+    seg_cum = jnp.cumsum(seg_len, axis=1)                          # inclusive
+    total = seg_cum[:, -1]
+    seg_base = seg_start - (seg_cum - seg_len)
+    seg_cum, seg_base = _materialize((seg_cum, seg_base), flag)
+    kk = jnp.arange(cand_cap, dtype=jnp.int32)
+    seg_of = jnp.sum((seg_cum[:, None, :] <= kk[None, :, None]).astype(jnp.int32), -1)
+    n_seg = seg_cum.shape[1]
+    flat = cells[:, None] * n_seg + jnp.minimum(seg_of, n_seg - 1)
+    spos = jnp.clip(jnp.take(seg_base.reshape(-1), flat, mode="clip") + kk[None, :], 0, n - 1)
+    cand_cell = jnp.where(kk[None, :] < total[:, None], order[spos], n)   # (ncell, Kc)
+    Rp = jnp.concatenate([R, jnp.zeros((1, 3), R.dtype)], 0)
+    n_words = cand_cap // _BITS
+    Rc = Rp.T[:, cand_cell].reshape(3, ncell, 1, n_words, _BITS)      # SoA
+    Rm = Rp.T[:, members][:, :, :, None, None]                          # (3, ncell, C, 1, 1)
+    cand_cell, Rc, Rm, members = _materialize((cand_cell, Rc, Rm, members), flag)
+    # Blocked distances: every member of a cell against the cell's candidates.
+    d2 = sum(jnp.square(_wrap(Rm[a] - Rc[a], box_size)) for a in range(3))
+    cw = cand_cell.reshape(ncell, 1, n_words, _BITS)
+    ok = (d2 < r_list_sq) & (cw < n) & (cw != members[:, :, None, None])
+    words = _materialize(_pack_bits(ok), flag)                          # (ncell, C, W)
+    # Rows back to particle order: particle i is member (cid[i], rank[i]).
+    inv = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+    rank = inv - start[cid]
+    wrow = cid * cell_cap + jnp.minimum(rank, cell_cap - 1)
+    words_i = _materialize(jnp.take(words.reshape(ncell * cell_cap, n_words), wrow, axis=0,
+                                    mode="clip"), flag)
+    k, valid, count = _compact_bits(words_i, max_nbrs, flag)
+    gflat = cid[:, None] * cand_cap + k
+    idx = jnp.where(valid, jnp.take(cand_cell.reshape(-1), gflat, mode="clip"), n)
+    return idx.astype(jnp.int32), jnp.max(count), jnp.max(count_cell), jnp.max(total)
+
+
 def make_neighbor_fn(box_size: float, cutoff: float, skin: float,
                      capacity_multiplier: float = 1.25, method: str = "auto",
                      brute_force_max_n: int = 2000) -> NeighborFns:
@@ -194,88 +285,16 @@ def make_neighbor_fn(box_size: float, cutoff: float, skin: float,
             return method
         return "cell" if (nc >= 4 and n > brute_force_max_n) else "brute"
 
+    grid = None
     if nc >= 3:
         seg_first, seg_last, seg_ok = (jnp.asarray(a) for a in _segment_tables(nc))
+        grid = _CellGrid(box_size, r_list_sq, nc, seg_first, seg_last, seg_ok)
         nbr_cell_ids = _neighbor_cell_ids(nc)
 
-    def _cell_ids(R):
-        c = jnp.floor(jnp.mod(R, box_size) * (nc / box_size)).astype(jnp.int32)
-        c = jnp.clip(c, 0, nc - 1)
-        return c[:, 0] + nc * (c[:, 1] + nc * c[:, 2])
-
-    def _flag(R):
-        # data-dependent predicate for _materialize (its value does not matter)
-        return R[0, 0] == R[0, 0]
-
-    def _build_brute(R, max_nbrs, cell_cap, cand_cap):
-        del cell_cap, cand_cap
-        n = R.shape[0]
-        flag = _flag(R)
-        n_words = -(-n // _BITS)
-        Rp = jnp.concatenate([R, jnp.zeros((n_words * _BITS - n, 3), R.dtype)], 0)
-        Rj = Rp.T.reshape(3, 1, n_words, _BITS)
-        Ri = R.T[:, :, None, None]
-        d2 = sum(jnp.square(_wrap(Ri[a] - Rj[a], box_size)) for a in range(3))
-        j = jnp.arange(n_words * _BITS, dtype=jnp.int32).reshape(1, n_words, _BITS)
-        i = jnp.arange(n, dtype=jnp.int32)[:, None, None]
-        ok = (d2 < r_list_sq) & (j < n) & (j != i)
-        words = _materialize(_pack_bits(ok), flag)             # (N, W)
-        k, valid, count = _compact_bits(words, max_nbrs, flag)
-        idx = jnp.where(valid, k, n).astype(jnp.int32)
-        return idx, jnp.max(count), jnp.int32(0), jnp.int32(0)
-
-    def _build_cell(R, max_nbrs, cell_cap, cand_cap):
-        n = R.shape[0]
-        flag = _flag(R)
-        cid = _cell_ids(R)
-        order = jnp.argsort(cid).astype(jnp.int32)
-        sorted_cid = cid[order]
-        cells = jnp.arange(ncell, dtype=jnp.int32)
-        start = jnp.searchsorted(sorted_cid, cells, side="left", method="scan").astype(jnp.int32)
-        end = jnp.searchsorted(sorted_cid, cells, side="right", method="scan").astype(jnp.int32)
-        count_cell = end - start
-        # Members of each cell (ncell, C), padded with n.
-        slot = jnp.arange(cell_cap, dtype=jnp.int32)
-        members = jnp.where(slot[None, :] < count_cell[:, None],
-                            order[jnp.clip(start[:, None] + slot[None, :], 0, n - 1)], n)
-        # Candidates of each cell = particles of its 27 neighbour cells, which occupy
-        # contiguous runs of the sorted order (18 runs, some empty).
-        seg_start = start[seg_first]                                   # (ncell, S)
-        seg_len = jnp.where(seg_ok, end[seg_last] - seg_start, 0)
-        seg_cum = jnp.cumsum(seg_len, axis=1)                          # inclusive
-        total = seg_cum[:, -1]
-        seg_base = seg_start - (seg_cum - seg_len)
-        seg_cum, seg_base = _materialize((seg_cum, seg_base), flag)
-        kk = jnp.arange(cand_cap, dtype=jnp.int32)
-        seg_of = jnp.sum((seg_cum[:, None, :] <= kk[None, :, None]).astype(jnp.int32), -1)
-        n_seg = seg_cum.shape[1]
-        flat = cells[:, None] * n_seg + jnp.minimum(seg_of, n_seg - 1)
-        spos = jnp.clip(jnp.take(seg_base.reshape(-1), flat, mode="clip") + kk[None, :], 0, n - 1)
-        cand_cell = jnp.where(kk[None, :] < total[:, None], order[spos], n)   # (ncell, Kc)
-        Rp = jnp.concatenate([R, jnp.zeros((1, 3), R.dtype)], 0)
-        n_words = cand_cap // _BITS
-        Rc = Rp.T[:, cand_cell].reshape(3, ncell, 1, n_words, _BITS)      # SoA
-        Rm = Rp.T[:, members][:, :, :, None, None]                          # (3, ncell, C, 1, 1)
-        cand_cell, Rc, Rm, members = _materialize((cand_cell, Rc, Rm, members), flag)
-        # Blocked distances: every member of a cell against the cell's candidates.
-        d2 = sum(jnp.square(_wrap(Rm[a] - Rc[a], box_size)) for a in range(3))
-        cw = cand_cell.reshape(ncell, 1, n_words, _BITS)
-        ok = (d2 < r_list_sq) & (cw < n) & (cw != members[:, :, None, None])
-        words = _materialize(_pack_bits(ok), flag)                          # (ncell, C, W)
-        # Rows back to particle order: particle i is member (cid[i], rank[i]).
-        inv = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
-        rank = inv - start[cid]
-        wrow = cid * cell_cap + jnp.minimum(rank, cell_cap - 1)
-        words_i = _materialize(jnp.take(words.reshape(ncell * cell_cap, n_words), wrow, axis=0,
-                                        mode="clip"), flag)
-        k, valid, count = _compact_bits(words_i, max_nbrs, flag)
-        gflat = cid[:, None] * cand_cap + k
-        idx = jnp.where(valid, jnp.take(cand_cell.reshape(-1), gflat, mode="clip"), n)
-        return idx.astype(jnp.int32), jnp.max(count), jnp.max(count_cell), jnp.max(total)
-
     def build(R, max_nbrs, cell_cap, cand_cap):
-        fn = _build_cell if _kind(R.shape[0]) == "cell" else _build_brute
-        return fn(R, max_nbrs, cell_cap, cand_cap)
+        if _kind(R.shape[0]) == "cell":
+            return _build_cell(R, max_nbrs, cell_cap, cand_cap, grid)
+        return _build_brute(R, max_nbrs, box_size, r_list_sq)
 
     build_jit = jax.jit(build, static_argnums=(1, 2, 3))
 
@@ -284,7 +303,7 @@ def make_neighbor_fn(box_size: float, cutoff: float, skin: float,
         R = jnp.asarray(R)
         n = R.shape[0]
         if _kind(n) == "cell":
-            cnt = np.bincount(np.asarray(_cell_ids(R)), minlength=ncell)
+            cnt = np.bincount(np.asarray(_cell_ids(R, box_size, nc)), minlength=ncell)
             tot = int(cnt[nbr_cell_ids].sum(1).max())
             cand_cap = _round_up(math.ceil(tot * capacity_multiplier) + extra_capacity, _BITS)
             cell_cap = int(math.ceil(int(cnt.max()) * capacity_multiplier)) + 1 + extra_capacity // 8
