@@ -25,6 +25,14 @@ TOP_LEVEL = ("name", "seed", "precision", "resume", "ground_truth", "states", "r
 LOOP_KEYS = ("kind", "updates", "checkpoint_every", "checkpoint_seconds", "max_failures", "lr_reduction", "init_from")
 
 
+def presets() -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / "config").glob("*.yaml"))
+
+
+def groups() -> list[str]:
+    return sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "config")
+
+
 def _get(cfg: DictConfig, key: str):
     return OmegaConf.select(cfg, key, default=None)
 

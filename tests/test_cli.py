@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from difftre_cli import cli
+from difftre_cli.config import presets
 
 METRIC_COLUMNS = ["update", "loss", "loss_rdf", "n_eff", "reused", "sample_time", "update_time", "grad_norm"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -62,8 +63,8 @@ def test_help_lists_commands_and_presets(tmp_path):
 def test_help_in_process_matches_config_dir(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert set(cli.presets()) >= {"lj", "tiny"}
-    for p in cli.presets():
+    assert set(presets()) >= {"lj", "tiny"}
+    for p in presets():
         assert p in out
 
 

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError
 
 from difftre_cli import cli
+from difftre_cli.config_errors import config_errors
 from difftre_cli.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,7 +166,7 @@ def test_config_errors_names_the_key_when_omegaconf_does_not():
     """Inside the Hydra task (and evaluate) a lookup with .get() raises without naming the key."""
     cfg = OmegaConf.create({"trainer": {"updates": "${oops}"}, "name": "${hydra:runtime.choices.config}"})
     with pytest.raises(UserError, match=r"trainer.updates=\$\{oops\}.*'oops' not found") as exc:
-        with cli.config_errors(cfg=cfg):
+        with config_errors(cfg=cfg):
             cfg.trainer.get("updates")
     assert exc.value.fix
 
@@ -174,5 +175,5 @@ def test_config_errors_names_the_key_when_omegaconf_does_not():
 def test_config_errors_keeps_internal_errors(error):
     """Outside composition an OmegaConf key error (or any other exception) is a bug: traceback, exit 1."""
     with pytest.raises(type(error)):
-        with cli.config_errors(cfg=OmegaConf.create({})):
+        with config_errors(cfg=OmegaConf.create({})):
             raise error
