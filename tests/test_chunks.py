@@ -7,7 +7,6 @@ an uninterrupted one."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import signal
 import subprocess
 import time
@@ -22,8 +21,8 @@ from omegaconf import OmegaConf
 from difftre_cli import potentials
 from difftre_cli.onebody import OneBodySampler, build_line_system
 from difftre_cli.potentials import external
-from difftre_cli.sampler import SegmentProgress
 from difftre_cli.sampler import SamplerConfig
+from difftre_cli.segments import SegmentProgress
 from difftre_cli.simulate import Sampler
 from difftre_cli.store import load_pytree, save_pytree
 from difftre_cli.system import build_system
@@ -52,10 +51,10 @@ class Recorder:
     def __init__(self, stop_after=None):
         self.chunks, self.stop_after, self.saved = [], stop_after, None
 
-    def chunk_done(self, sampler, segment, prog, rate):
+    def chunk_done(self, sampler, segments, prog, rate):
         self.chunks.append((prog.eq_done, prog.recorded))
         if self.stop_after is not None and len(self.chunks) == self.stop_after:
-            self.saved = sampler.segment_checkpoint(segment, prog)
+            [self.saved] = segments()
             raise KeyboardInterrupt
 
 
@@ -103,7 +102,7 @@ def test_segment_stopped_checkpointed_and_restored_continues_bit_for_bit(tmp_pat
         with pytest.raises(KeyboardInterrupt):
             sampler.sample(params, state, nbrs, first=True)
         tree, info = sampler.monitor.saved
-        assert (json.loads(info)["recorded"] > 0) == in_production
+        assert (info["recorded"] > 0) == in_production
         with h5py.File(tmp_path / f"seg{stop_after}.h5", "w") as f:
             save_pytree(f.create_group("segment"), tree)
         fresh, _ = _box_sampler(dataclasses.replace(CFG, chunk_seconds=10.0))   # another process, other chunks
