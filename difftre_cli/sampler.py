@@ -339,16 +339,6 @@ class ChunkedSampler:
             return SampleResult(traj, state, nbrs, False, prog.retries, reason)
         return SampleResult(traj, seg.state, seg.nbrs, True, prog.retries, "")
 
-    def finish_whole(self, state, nbrs, new_state, new_nbrs, buffers, kT_end, prog: SegmentProgress,
-                     overflowed: bool) -> SampleResult:
-        """The result of a segment run as one call (``parallel.StateGroup``) from ``state``."""
-        seg = Segment(new_state, new_nbrs, *buffers)
-        if overflowed:
-            return self.result(state, nbrs, seg, prog, False, self.overflow_reason())
-        reason = self._unstable(seg, prog, prog.n_snapshots, kT_end)
-        prog.eq_done, prog.recorded = prog.n_eq, prog.n_snapshots
-        return self.result(state, nbrs, seg, prog, not reason, reason)
-
     # -- segments in checkpoints (segments.py) ---------------------------------------------
     def segment_checkpoint(self, seg: Segment, prog: SegmentProgress) -> tuple[Segment, dict]:
         """The segment as a checkpoint part: its tree and its counters (JSON-able) to restore it with."""
