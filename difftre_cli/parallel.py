@@ -24,16 +24,18 @@ one ``jax.jit(jax.shard_map(...))`` program over a 1-D device mesh (axis ``state
 The host loop (:meth:`StateGroup.sample`) is the sampler's, for all members at once, with the
 sampler interface's per-chunk pieces: the members share the snapshot count and stride
 (``signature``), their equilibration may differ (a first trajectory next to later ones); each
-chunk gives every unfinished member the same step budget (``segments.ChunkPacer``: the
-group's measured MD steps per second per state point, about the smallest of the members'
-``simulator.chunk_seconds``). After each chunk, per member: the overflow rule
+chunk gives every unfinished member the same step budget (``segments.ChunkPacer``: about
+the smallest of the members' ``simulator.chunk_seconds`` at the group's measured MD steps per
+second of one state point's trajectory). After each chunk, per member: the overflow rule
 (``ChunkedSampler.overflow_rule``: the members that overflowed are re-allocated with more room
 and only they recompute the chunk, in one more call), the stability check, and the counters;
 then the monitor (the members' ``sampler.monitor``) is called once for the group: ``source``
 is the group (``label``: the members' labels joined by "+"), the progress that of the member
-furthest from the end, and ``segments()`` gives every member's segment (done ones included),
-so a stop at a chunk boundary checkpoints them all and a resumed run continues each one where
-it stopped (``restore_segment`` on each member's sampler; the next ``sample`` takes them up).
+furthest from the end, and ``segments()`` gives the segment of every member still stable
+(finished ones included), so a stop at a chunk boundary checkpoints them all and a resumed run
+continues each one where it stopped (``restore_segment`` on each member's sampler; the next
+``sample`` of the group takes them up). An unstable member is left out: it is sampled afresh
+after a resume (and fails the same way).
 
 The compiled program depends on every state point's list capacities (static shapes), not on
 the counts, so it is compiled once per run and again only after a re-allocation, as in the
