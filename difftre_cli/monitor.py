@@ -2,9 +2,14 @@
 sampler.py): show progress, estimate the cost once, checkpoint the trajectory in progress
 when ``trainer.checkpoint_seconds`` have passed, and stop on a signal.
 
+The chunks are those of one sampler or of a ``parallel.StateGroup`` (several state points
+sampled together, ``trainer.state_parallel=devices``): a group reports once per chunk, with
+the progress of its member furthest from the end and all its members' segments.
+
 A checkpoint written here holds the loop's state at the start of the update in progress (the
-parameters have not moved yet) plus the segment in progress; resuming from it continues that
-trajectory at the step where it stopped, bit-identical to an uninterrupted run on CPU.
+parameters have not moved yet) plus the segments in progress (segments.py); resuming from it
+continues those trajectories at the step where they stopped, bit-identical to an
+uninterrupted run on CPU.
 """
 from __future__ import annotations
 
@@ -67,9 +72,9 @@ class CostEstimate:
 
 
 class TrainingMonitor:
-    """``sampler.Monitor`` of :class:`train.Trainer`: ``checkpoint(segment)`` writes the loop's
-    checkpoint with a segment (a tuple (label, tree, info)), ``last_checkpoint()`` is the time
-    of the last one written."""
+    """``sampler.Monitor`` of :class:`train.Trainer`: ``checkpoint(segments)`` writes the loop's
+    checkpoint with the segments in progress (a list of parts (tree, info), segments.py),
+    ``last_checkpoint()`` is the time of the last one written."""
 
     def __init__(self, progress: TrainingProgress, stop: GracefulStop, estimate: CostEstimate,
                  checkpoint: Callable, last_checkpoint: Callable[[], float], checkpoint_seconds: float,
@@ -78,22 +83,21 @@ class TrainingMonitor:
         self.checkpoint, self.last_checkpoint = checkpoint, last_checkpoint
         self.checkpoint_seconds, self.run_dir, self.update = checkpoint_seconds, run_dir, update
 
-    def chunk_done(self, sampler, segment, prog, rate: float) -> None:
+    def chunk_done(self, source, segments, prog, rate: float) -> None:
         if not self.estimate.done and rate == rate:
-            self.estimate.report(sampler, prog, rate)
+            self.estimate.report(source, prog, rate)
         eta = self.progress.run_eta()
         if eta is None and rate == rate:
-            eta = self.estimate.seconds(sampler, prog, rate)[2]
-        self.progress.trajectory(sampler.label, prog.steps_done, prog.steps_total, rate, eta)
+            eta = self.estimate.seconds(source, prog, rate)[2]
+        self.progress.trajectory(source.label, prog.steps_done, prog.steps_total, rate, eta)
         if prog.done:   # the update finishes it; the loop checkpoints and stops after the update
             return
         due = time.perf_counter() - self.last_checkpoint() > self.checkpoint_seconds
         if not (due or self.stop.requested):
             return
-        tree, info = sampler.segment_checkpoint(segment, prog)
-        self.checkpoint((sampler.label, tree, info))
+        self.checkpoint(segments())
         where = (f"during update {self.update()}, at step {prog.steps_done} of {prog.steps_total} of its "
-                 f"{sampler.label + ' ' if sampler.label else ''}trajectory")
+                 f"{source.label + ' ' if source.label else ''}trajectory")
         log.info("checkpoint %s", where)
         if self.stop.requested:
             self.progress.close()
@@ -108,7 +112,7 @@ class EvaluationMonitor:
         self.progress = TrainingProgress(None)
         self.total, self.label, self.offset = total_steps, label, 0
 
-    def chunk_done(self, sampler, segment, prog, rate: float) -> None:
+    def chunk_done(self, source, segments, prog, rate: float) -> None:
         self.progress.trajectory(self.label, self.offset + prog.steps_done, self.total, rate, None)
 
     def close(self) -> None:

@@ -1,36 +1,52 @@
-"""Sampling segments of several state points in one compiled call, spread over JAX devices.
+"""Sampling segments of several state points together, chunk by chunk, spread over JAX devices.
 
 A :class:`StateGroup` holds the samplers (simulate.py) of state points whose simulations have
 the same shapes: the same particle number, integrator-state layout and kept-snapshot count
 (``group_state_points`` finds them). ``StateGroup.sample`` runs the segments of any subset of
-them as ONE ``jax.jit(jax.shard_map(...))`` call over a 1-D device mesh (axis ``state``):
+them together, in chunks like ``ChunkedSampler.run`` (sampler.py): each chunk is ONE call of
+one ``jax.jit(jax.shard_map(...))`` program over a 1-D device mesh (axis ``state``):
 
 * every state point has a fixed *slot*; slot ``s`` lives on device ``s // per_device``,
   state point ``k`` of the group on device ``k mod D`` (D = min(group size, devices)), so
   each device holds ``per_device = ceil(group size / D)`` slots; unused slots are idle;
 * inside each shard a sequential ``lax.map`` walks the device's slots and a ``lax.switch``
   on the slot's state index runs that state point's own, unmodified chunk program
-  (sampler.py, over the whole segment in one call, with its own box, temperature, species and
-  neighbour-list capacities) — or nothing, for an idle slot. No ``vmap``: it would turn the
-  neighbour list's conditional rebuild into a rebuild on every step (3-5x slower);
+  (``ChunkedSampler._chunk_impl``, with its own box, temperature, species and neighbour-list
+  capacities) with the slot's own traced counts (equilibration steps, snapshot intervals,
+  first row, stride) and snapshot buffers — or nothing, for an idle slot (a state point not
+  sampled, or whose segment is done). No ``vmap``: it would turn the neighbour list's
+  conditional rebuild into a rebuild on every step (3-5x slower);
 * neighbour lists travel between the host and the shards padded to the group's largest
   capacity (padding value N, JAX MD's dense format) and are cut back to the state point's
   own capacity inside its branch, so each state point computes exactly what its sequential
-  ``Sampler.sample`` computes (tested bit-for-bit on CPU);
-* overflow: after each call every sampled state point's list is checked; those that
-  overflowed are re-allocated with more room (the sampler interface's rule,
-  ``sampler.grown_extra``: 8, 16, 32 … extra slots, from the segment's starting positions) and only they
-  are recomputed, in one more batched call, up to ``simulator.max_retries`` times.
+  ``Sampler.sample`` computes (tested bit-for-bit on CPU).
 
-The compiled program depends on every state point's list capacities (static shapes), so it is
-compiled once per run and again only after a re-allocation, as in the sequential sampler.
-Outputs stay on the device that computed them (a state point's trajectory, features and
-gradient then live on its device; learn/multistate.py).
+The host loop (:meth:`StateGroup.sample`) is the sampler's, for all members at once, with the
+sampler interface's per-chunk pieces: the members share the snapshot count and stride
+(``signature``), their equilibration may differ (a first trajectory next to later ones); each
+chunk gives every unfinished member the same step budget (``segments.ChunkPacer``: about
+the smallest of the members' ``simulator.chunk_seconds`` at the group's measured MD steps per
+second of one state point's trajectory). After each chunk, per member: the overflow rule
+(``ChunkedSampler.overflow_rule``: the members that overflowed are re-allocated with more room
+and only they recompute the chunk, in one more call), the stability check, and the counters;
+then the monitor (the members' ``sampler.monitor``) is called once for the group: ``source``
+is the group (``label``: the members' labels joined by "+"), the progress that of the member
+furthest from the end, and ``segments()`` gives the segment of every member still stable
+(finished ones included), so a stop at a chunk boundary checkpoints them all and a resumed run
+continues each one where it stopped (``restore_segment`` on each member's sampler; the next
+``sample`` of the group takes them up). An unstable member is left out: it is sampled afresh
+after a resume (and fails the same way).
+
+The compiled program depends on every state point's list capacities (static shapes), not on
+the counts, so it is compiled once per run and again only after a re-allocation, as in the
+sequential sampler. Outputs stay on the device that computed them (a state point's trajectory,
+features and gradient then live on its device; learn/multistate.py).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Sequence
 
 import jax
@@ -40,7 +56,8 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .neighbors import NeighborList
-from .sampler import SampleResult, SegmentProgress, grown_extra
+from .sampler import SampleResult
+from .segments import ChunkPacer, Segment
 from .simulate import Sampler
 
 log = logging.getLogger("difftre")
@@ -84,18 +101,10 @@ def signature(sampler, params, state, nbrs):
         return str(treedef), tuple(("nbrs", x.idx.shape[0], x.reference_position.shape, str(x.idx.dtype))
                                    if _is_list(x) else (tuple(x.shape), str(x.dtype)) for x in leaves)
 
-    out = jax.eval_shape(lambda p, s, nb, n: _segment(sampler, p, s, nb, n), params, state, nbrs,
-                         jnp.asarray(0, jnp.int32))
-    return (cfg.n_snapshots, cfg.every, cfg.max_retries, shapes(params), shapes(state), shapes(nbrs), shapes(out))
-
-
-def _segment(sampler, params, state, nbrs, n_eq):
-    """A whole segment (equilibration + every snapshot) as one call of the sampler's chunk
-    program: (state, nbrs, capacity overflow, (positions, energies, kT), kT at the end)."""
-    cfg = sampler.cfg
     i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
-    return sampler._chunk_impl(params, state, nbrs, sampler._buffers(params, state, nbrs, cfg.n_snapshots), n_eq,
-                               i32(cfg.n_snapshots), i32(0), i32(cfg.every))
+    out = jax.eval_shape(lambda p, s, nb, b: sampler._chunk_impl(p, s, nb, b, i32(0), i32(1), i32(0), i32(1)),
+                         params, state, nbrs, sampler._buffers(params, state, nbrs, cfg.n_snapshots))
+    return (cfg.n_snapshots, cfg.every, cfg.max_retries, shapes(params), shapes(state), shapes(nbrs), shapes(out))
 
 
 def group_state_points(signatures: Sequence) -> list[list[int]]:
@@ -128,8 +137,9 @@ class StateGroup:
         self.sharded = NamedSharding(self.mesh, P(AXIS))
         self.replicated = NamedSharding(self.mesh, P())
         self.slot = [(k % self.n_devices) * self.per_device + k // self.n_devices for k in range(n)]
-        cfg = self.samplers[0].cfg
-        self.n_snapshots, self.every, self.max_retries = cfg.n_snapshots, cfg.every, cfg.max_retries
+        self.cfg = self.samplers[0].cfg   # the monitor's view (equal snapshot count and stride)
+        self.label = ""                   # the members sampled in the current call, for the monitor
+        self.pacer = ChunkPacer(min(s.cfg.chunk_seconds for s in self.samplers))
         self._programs: dict = {}
         self.trace_count = 0
 
@@ -139,7 +149,7 @@ class StateGroup:
 
     # -- the compiled program ------------------------------------------------------------
     def _program(self, caps: tuple):
-        """One jit(shard_map) call for the given per-state list capacities (static)."""
+        """One jit(shard_map) chunk call for the given per-state list capacities (static)."""
         if caps in self._programs:
             return self._programs[caps]
         m_max = max(c[0] for c in caps)
@@ -147,27 +157,29 @@ class StateGroup:
         def branch(k):
             sampler = self.samplers[k]
 
-            def run(params, state, nbrs, n_eq):
-                new_state, new_nbrs, *rest = _segment(sampler, params, state, _own(nbrs, caps[k]), n_eq)
-                return (new_state, _transport(new_nbrs, m_max), *rest)
+            def run(params, counts, state, nbrs, buffers):
+                st, nb, *rest = sampler._chunk_impl(params, state, _own(nbrs, caps[k]), buffers, *counts)
+                return (st, _transport(nb, m_max), *rest)
             return run
 
         branches = [branch(k) for k in range(len(self.samplers))]
 
-        def body(params, index, n_eq, state, nbrs):
+        def body(params, index, counts, state, nbrs, buffers):
             self.trace_count += 1
 
             def one(x):
-                i, n, st, nb = x
-                shapes = jax.eval_shape(branches[0], params, st, nb, n)
+                i, c, st, nb, bufs = x
+                counts = tuple(c[j] for j in range(4))   # n_eq, n_rec, start, every
+                kT = jax.eval_shape(branches[0], params, counts, st, nb, bufs)[4]
 
-                def idle(params, st, nb, n):
-                    return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
-                return lax.switch(i, [*branches, idle], params, st, nb, n)
-            return lax.map(one, (index, n_eq, state, nbrs))
+                def idle(params, counts, st, nb, bufs):
+                    return st, nb, jnp.asarray(False), bufs, jnp.zeros(kT.shape, kT.dtype)
+                return lax.switch(i, [*branches, idle], params, counts, st, nb, bufs)
+            return lax.map(one, (index, counts, state, nbrs, buffers))
 
-        prog = jax.jit(jax.shard_map(body, mesh=self.mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS), P(AXIS)),
-                                     out_specs=P(AXIS), check_vma=False))
+        spec = P(AXIS)
+        prog = jax.jit(jax.shard_map(body, mesh=self.mesh, in_specs=(P(), spec, spec, spec, spec, spec),
+                                     out_specs=spec, check_vma=False))
         self._programs[caps] = prog
         return prog
 
@@ -199,25 +211,25 @@ class StateGroup:
         return out
 
     def _run(self, params, jobs: dict, lists: list) -> dict:
-        """Segments of ``jobs`` {k: (state, nbrs, n_eq)} in one call; ``lists``: every state
-        point's current list (their capacities fix the program). Returns {k: outputs}."""
+        """One chunk of the members ``jobs`` {k: (counts, segment)} in one call (``params``
+        replicated over the mesh); ``lists``: every member's current list (their capacities
+        fix the program; a job's segment carries its own). Returns {k: chunk outputs}."""
         caps = tuple(_caps(nb) for nb in lists)
         m_max = max(c[0] for c in caps)
         prog = self._program(caps)
-        inputs = {self.slot[k]: (st, _transport(nb, m_max), jnp.asarray(n_eq, jnp.int32))
-                  for k, (st, nb, n_eq) in jobs.items()}
+        inputs = {self.slot[k]: (np.asarray(counts, np.int32), seg.state, _transport(seg.nbrs, m_max),
+                                 (seg.positions, seg.energies, seg.kT)) for k, (counts, seg) in jobs.items()}
         idle = jax.tree_util.tree_map(jnp.zeros_like, next(iter(inputs.values())))
         per_slot = [inputs.get(s, idle) for s in range(self.n_slots)]
         index = np.full(self.n_slots, len(self.samplers), np.int32)   # the idle branch
         for k in jobs:
             index[self.slot[k]] = k
-        st, nb, n_eq = self._stack(per_slot)
-        out = prog(jax.device_put(params, self.replicated), jax.device_put(index, self.sharded), n_eq, st, nb)
+        out = prog(params, jax.device_put(index, self.sharded), *self._stack(per_slot))
         by_slot = self._unstack(out, [self.slot[k] for k in jobs])
         res = {}
         for k in jobs:
-            new_state, new_nbrs, *rest = by_slot[self.slot[k]]
-            res[k] = (new_state, _own(new_nbrs, _caps(lists[k])), *rest)
+            st, nb, *rest = by_slot[self.slot[k]]
+            res[k] = (st, _own(nb, _caps(lists[k])), *rest)
         return res
 
     # -- sampling ------------------------------------------------------------------------
@@ -225,31 +237,66 @@ class StateGroup:
                which: Sequence[int]) -> dict[int, SampleResult]:
         """Segments (equilibration + production) of the group's state points ``which`` from
         ``states``/``nbrs`` (every state point's current ones), with the first-trajectory
-        equilibration where ``firsts[k]``: {k: SampleResult}, each as ``Sampler.sample`` gives it."""
-        lists = list(nbrs)
-        n_eq = {k: (self.samplers[k].cfg.first_equilibration_steps if firsts[k] else
-                    self.samplers[k].cfg.equilibration_steps) for k in which}
-        pending, done = list(which), {}
-        for attempt in range(self.max_retries + 1):
-            outs = self._run(params, {k: (states[k], lists[k], n_eq[k]) for k in pending}, lists)
-            retry = []
-            for k in pending:
+        equilibration where ``firsts[k]``, in chunks (module doc): {k: SampleResult}, each
+        as ``Sampler.sample`` gives it. Continues restored segments of the same lengths."""
+        if not which:
+            return {}
+        segs, progs = {}, {}
+        for k in which:
+            cfg = self.samplers[k].cfg
+            n_eq = cfg.first_equilibration_steps if firsts[k] else cfg.equilibration_steps
+            segs[k], progs[k] = self.samplers[k].start_segment(params, states[k], nbrs[k], n_eq, cfg.n_snapshots,
+                                                               cfg.every)
+        lists = [segs[k].nbrs if k in segs else nb for k, nb in enumerate(nbrs)]
+        self.label = "+".join(self.samplers[k].label for k in which)
+        monitor = self.samplers[which[0]].monitor
+        if self.trace_count == 0:
+            log.info("compiling the batched MD chunk program of %s (once per run)", self.label)
+        rep = jax.device_put(params, self.replicated)
+        results: dict[int, SampleResult] = {}
+        while any(not progs[k].done for k in which if k not in results):
+            running = [k for k in which if k not in results and not progs[k].done]
+            for k, (seg, failed) in self._chunk(rep, segs, progs, running, lists).items():
+                segs[k] = seg
+                if failed:
+                    results[k] = self.samplers[k].result(states[k], nbrs[k], seg, progs[k], False, failed)
+            live = [k for k in which if k not in results]
+            if monitor is not None and live:
+                furthest = max((progs[k] for k in live), key=lambda p: p.steps_total - p.steps_done)
+                parts = lambda: [self.samplers[k].segment_checkpoint(segs[k], progs[k]) for k in live]  # noqa: E731
+                monitor.chunk_done(self, parts, furthest, self.pacer.rate or float("nan"))
+        for k in which:
+            if k not in results:
+                results[k] = self.samplers[k].result(states[k], nbrs[k], segs[k], progs[k], True, "")
+        return {k: results[k] for k in which}
+
+    def _chunk(self, params, segs: dict, progs: dict, members: list[int], lists: list) -> dict:
+        """One chunk of the unfinished ``members`` with the same step budget, under the
+        overflow rule per member (only those that overflowed are re-allocated and recompute
+        it), then each one's stability check and counters. Returns {k: (segment after the
+        chunk, or the one before it on failure; why it failed or "")}; updates ``lists``."""
+        budget = self.pacer.budget(progs[members[0]].every)
+        plans = {k: progs[k].plan(budget) for k in members}
+        t0, traces = time.perf_counter(), self.trace_count
+        starts, out, attempt = {k: segs[k] for k in members}, {}, 0
+        while starts:   # the first call runs every member, each later one those that overflowed
+            res = self._run(params, {k: ((*plans[k], progs[k].recorded, progs[k].every), seg)
+                                     for k, seg in starts.items()}, lists)
+            for k, seg in list(starts.items()):
                 sampler = self.samplers[k]
-                new_state, new_nbrs, full, buffers, kT_end = outs[k]
-                assert not bool(full), "graph capacities are not grown in a batched call (see signature)"
-                overflowed = bool(new_nbrs.did_buffer_overflow)
-                if not overflowed or attempt == self.max_retries:
-                    done[k] = sampler.finish_whole(states[k], lists[k], new_state, new_nbrs, buffers, kT_end,
-                                                   SegmentProgress(n_eq[k], self.n_snapshots, self.every, retries=attempt),
-                                                   overflowed)
+                st, nb, full, buffers, kT_end = res[k]
+                ok, grown = sampler.overflow_rule(seg, seg.nbrs, nb, full, attempt, progs[k])
+                if grown is not None:
+                    starts[k] = seg._replace(nbrs=grown)
+                    lists[k] = grown
                     continue
-                # the re-allocation rule of the sampler interface (sampler.py), state point by state point
-                extra = grown_extra(attempt)
-                log.info("neighbour list overflowed (capacity %d); re-allocating with %d extra slots and "
-                         "recomputing the segment", int(lists[k].idx.shape[1]), extra)
-                lists[k] = sampler.neighbor_fn.allocate(states[k].position, extra_capacity=extra)
-                retry.append(k)
-            pending = retry
-            if not pending:
-                break
-        return {k: done[k] for k in which}
+                del starts[k]
+                out[k] = (Segment(st, nb, *buffers), kT_end, "") if ok else (segs[k], None, sampler.overflow_reason())
+            attempt += 1
+        self.pacer.measured(max(n_e + n_r * progs[k].every for k, (n_e, n_r) in plans.items()),
+                            time.perf_counter() - t0, self.trace_count != traces)
+        ends = {}
+        for k, (seg, kT_end, failed) in out.items():
+            ends[k] = (seg, failed or self.samplers[k].chunk_end(seg, progs[k], *plans[k], kT_end))
+            lists[k] = seg.nbrs
+        return ends

@@ -14,9 +14,12 @@ the same whatever the chunk boundaries (bit-identical on CPU, tests/test_chunks.
 Cases of the interface (subclasses provide one MD step and one observation):
 particles in a periodic box with neighbour lists and graph capacities (``simulate.Sampler``,
 general/strained boxes through the potential, ``potentials/manybody.py``), and independent
-particles in a 1-D external field (``onebody.OneBodySampler``).
+particles in a 1-D external field (``onebody.OneBodySampler``). ``parallel.StateGroup`` runs
+the chunk programs of several samplers together, one call per chunk over JAX devices, with the
+per-chunk pieces of this module (progress, pacing, overflow rule, stability check, result,
+segment checkpoints), so both loops follow the same rules.
 
-One overflow rule (:meth:`ChunkedSampler._run_chunk`): after each chunk the neighbour list's
+One overflow rule (:meth:`ChunkedSampler.overflow_rule`): after each chunk the neighbour list's
 overflow flag and the potential's own capacity flag are checked; on overflow the capacity grows
 (:func:`grown_extra`) and the chunk is recomputed from its starting state, at most
 ``simulator.max_retries`` times, after which the segment counts as unstable.
@@ -25,19 +28,20 @@ One kinetic-temperature convention: kT = Σ p²/m / (N·d), JAX MD's ``quantity.
 (the degrees of freedom its thermostats use; Langevin dynamics conserves no momentum).
 
 A *monitor* (``sampler.monitor``; progress display, signals, checkpoints of the training loop)
-is called after every chunk with the segment in progress. It may checkpoint it
-(:meth:`ChunkedSampler.segment_checkpoint`) and stop the run by raising; a later process
-restores it (:meth:`ChunkedSampler.restore_segment`) and the next ``sample`` call from the same
-starting state continues that segment where it stopped.
+is called after every chunk (:class:`Monitor`) with the progress and a callable giving the
+segments in progress as checkpoint parts (:meth:`ChunkedSampler.segment_checkpoint`; one for a
+sampler, one per state point for a group). It may checkpoint them and stop the run by raising;
+a later process restores each (:meth:`ChunkedSampler.restore_segment`) and the next ``sample``
+call from the same starting state continues that segment where it stopped. The segment
+bookkeeping (counters, chunk plan, pacing, the checkpoint format) is in segments.py.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +52,7 @@ from jax_md import quantity
 from . import neighbors
 from .checks import choice, number
 from .errors import UserError
+from .segments import ChunkPacer, Segment, SegmentProgress
 
 log = logging.getLogger("difftre")
 
@@ -80,53 +85,14 @@ class SampleResult(NamedTuple):
     reason: str = ""  # why not ok: non-finite energies/positions, hot, overflow that would not stop
 
 
-class Segment(NamedTuple):
-    """A trajectory in progress (device arrays): the integrator state and neighbour list after
-    the steps done so far, and the snapshot buffers (rows beyond the recorded ones are zero)."""
-
-    state: Any
-    nbrs: Any
-    positions: Any
-    energies: Any
-    kT: Any
-
-
-@dataclass
-class SegmentProgress:
-    """Host-side counters of a segment."""
-
-    n_eq: int
-    n_snapshots: int
-    every: int
-    eq_done: int = 0
-    recorded: int = 0
-    retries: int = 0
-
-    @property
-    def steps_total(self) -> int:
-        return self.n_eq + self.n_snapshots * self.every
-
-    @property
-    def steps_done(self) -> int:
-        return self.eq_done + self.recorded * self.every
-
-    @property
-    def done(self) -> bool:
-        return self.eq_done >= self.n_eq and self.recorded >= self.n_snapshots
-
-    def plan(self, budget: int) -> tuple[int, int]:
-        """(equilibration steps, snapshot intervals) of the next chunk of about ``budget`` steps."""
-        n_e = min(self.n_eq - self.eq_done, budget)
-        n_r = min(self.n_snapshots - self.recorded, max(0, budget - n_e) // self.every)
-        if n_e == 0 and n_r == 0:
-            n_r = 1
-        return n_e, n_r
-
-
 class Monitor(Protocol):
-    """Called after every chunk; may raise to stop (after checkpointing the segment)."""
+    """Called after every chunk of a sampler (``source``: the sampler) or of a
+    ``parallel.StateGroup`` (``source``: the group, its state points' chunks done together).
+    ``source.label`` and ``source.cfg`` describe it; ``progress`` is the segment's (a group's:
+    that of its member furthest from the end); ``segments()`` gives every segment of the call
+    as checkpoint parts (segments.py). It may checkpoint them and stop the run by raising."""
 
-    def chunk_done(self, sampler: "ChunkedSampler", segment: Segment, progress: SegmentProgress,
+    def chunk_done(self, source, segments: Callable[[], list[tuple[Segment, dict]]], progress: SegmentProgress,
                    steps_per_s: float) -> None: ...
 
 
@@ -207,7 +173,6 @@ class ChunkedSampler:
     monitor: Monitor | None = None
     label: str = ""            # the state point this sampler belongs to ("" for a single one)
     pending: tuple | None = None
-    _rate: float | None = None  # measured MD steps per second of wall time
 
     # -- what a case provides (jit-traceable unless said otherwise) -----------------------
     def init(self, key, params, positions=None):   # -> (state, nbrs)  (host)
@@ -273,63 +238,84 @@ class ChunkedSampler:
     def run(self, params, state, nbrs, n_eq: int, n_snapshots: int, every: int) -> SampleResult:
         """``n_eq`` equilibration steps then ``n_snapshots`` snapshots ``every`` steps apart,
         in chunks (module doc); continues a restored segment of the same lengths."""
+        seg, prog = self.start_segment(params, state, nbrs, n_eq, n_snapshots, every)
+        if self.trace_count == 0:
+            log.info("compiling the MD chunk program (once per run; a graph network takes a while)")
+        pacer = self.pacer
+        while not prog.done:
+            n_e, n_r = prog.plan(pacer.budget(prog.every))
+            t0, traces = time.perf_counter(), self.trace_count
+            seg, kT_end, failed = self._run_chunk(params, seg, prog, n_e, n_r)
+            if failed:
+                return self.result(state, nbrs, seg, prog, False, failed)
+            pacer.measured(n_e + n_r * prog.every, time.perf_counter() - t0, self.trace_count != traces)
+            unstable = self.chunk_end(seg, prog, n_e, n_r, kT_end)
+            if unstable:
+                return self.result(state, nbrs, seg, prog, False, unstable)
+            if self.monitor is not None:
+                self.monitor.chunk_done(self, lambda seg=seg: [self.segment_checkpoint(seg, prog)], prog,
+                                        pacer.rate or float("nan"))
+        return self.result(state, nbrs, seg, prog, True, "")
+
+    @property
+    def pacer(self) -> ChunkPacer:
+        """This sampler's chunk sizes (segments.py), kept from one segment to the next."""
+        if "_pacer" not in self.__dict__:
+            self._pacer = ChunkPacer(self.cfg.chunk_seconds)
+        return self._pacer
+
+    def start_segment(self, params, state, nbrs, n_eq: int, n_snapshots: int, every: int):
+        """(segment, progress) of a segment of these lengths from ``state``: the restored
+        segment in progress if it has them, else a fresh one."""
         self._prepare(state.position, nbrs)
         prog = SegmentProgress(int(n_eq), int(n_snapshots), int(every))
         seg = self._take_pending(prog)
         if seg is None:
-            seg = Segment(state, nbrs, *self._buffers(params, state, nbrs, prog.n_snapshots))
-        else:
-            prog = self.pending_progress
-        if self.trace_count == 0:
-            log.info("compiling the MD chunk program (once per run; a graph network takes a while)")
-        while not prog.done:
-            n_e, n_r = prog.plan(self._budget(prog))
-            t0, traces = time.perf_counter(), self.trace_count
-            seg, kT_end, failed = self._run_chunk(params, seg, prog, n_e, n_r)
-            if failed:
-                return self._result(state, nbrs, seg, prog, False, failed)
-            wall = time.perf_counter() - t0
-            if self.trace_count == traces and wall > 0:   # a chunk that compiled says nothing of the rate
-                rate = (n_e + n_r * prog.every) / wall
-                self._rate = rate if self._rate is None else 0.5 * (self._rate + rate)
-            unstable = self._unstable(seg, prog, n_r, kT_end)
-            prog.eq_done += n_e
-            prog.recorded += n_r
-            if unstable:
-                return self._result(state, nbrs, seg, prog, False, unstable)
-            if self.monitor is not None:
-                self.monitor.chunk_done(self, seg, prog, self._rate or float("nan"))
-        return self._result(state, nbrs, seg, prog, True, "")
-
-    def _budget(self, prog: SegmentProgress) -> int:
-        """MD steps in the next chunk: small until the step time is measured, then about
-        ``chunk_seconds`` worth (growing at most 8x from one chunk to the next)."""
-        if self._rate is None:
-            self._last_budget = max(1, min(prog.every, 20))
-        else:
-            want = max(1, int(self.cfg.chunk_seconds * self._rate))
-            self._last_budget = min(want, 8 * getattr(self, "_last_budget", 1))
-        return self._last_budget
+            return Segment(state, nbrs, *self._buffers(params, state, nbrs, prog.n_snapshots)), prog
+        return seg, self.pending_progress
 
     def _run_chunk(self, params, seg: Segment, prog: SegmentProgress, n_e: int, n_r: int):
-        """One chunk under the overflow rule: on overflow grow the capacity and recompute the
-        chunk from its starting state. Returns (segment, kT at its end, failure reason or "")."""
+        """One chunk under the overflow rule (:meth:`overflow_rule`). Returns (segment, kT at
+        its end, failure reason or "")."""
         nbrs = seg.nbrs
         for attempt in range(self.cfg.max_retries + 1):
             st, nb, full, buffers, kT_end = self._chunk(
                 params, seg.state, nbrs, (seg.positions, seg.energies, seg.kT), jnp.asarray(n_e, jnp.int32),
                 jnp.asarray(n_r, jnp.int32), jnp.asarray(prog.recorded, jnp.int32), jnp.asarray(prog.every, jnp.int32))
-            list_full = nb is not None and bool(nb.did_buffer_overflow)
-            graph_full = bool(full)
-            if not (list_full or graph_full):
+            ok, nbrs = self.overflow_rule(seg, nbrs, nb, full, attempt, prog)
+            if ok:
                 return Segment(st, nb, *buffers), kT_end, ""
-            if attempt == self.cfg.max_retries:
+            if nbrs is None:
                 break
-            prog.retries += 1
-            nbrs = self._grow(seg.state, nbrs, attempt, list_full, graph_full)
+        return seg, None, self.overflow_reason()
+
+    def overflow_rule(self, seg: Segment, nbrs, out_nbrs, full, attempt: int, prog: SegmentProgress):
+        """The one overflow rule, after the ``attempt``-th (0-based) computation of a chunk
+        from ``seg`` with the list ``nbrs``, which gave the list ``out_nbrs`` and the capacity
+        flag ``full``: (True, None) if nothing overflowed; (False, grown list) to recompute
+        the chunk with (``prog.retries`` counted); (False, None) after ``max_retries``
+        re-allocations (the segment then counts as unstable)."""
+        list_full = out_nbrs is not None and bool(out_nbrs.did_buffer_overflow)
+        graph_full = bool(full)
+        if not (list_full or graph_full):
+            return True, None
+        if attempt == self.cfg.max_retries:
+            return False, None
+        prog.retries += 1
+        return False, self._grow(seg.state, nbrs, attempt, list_full, graph_full)
+
+    def overflow_reason(self) -> str:
         # A list that keeps overflowing while its capacity grows means particles pile up: the
         # segment is not trustworthy, so it counts as an unstable simulation.
-        return seg, None, f"neighbour list or graph still overflowing after {self.cfg.max_retries} re-allocations"
+        return f"neighbour list or graph still overflowing after {self.cfg.max_retries} re-allocations"
+
+    def chunk_end(self, seg: Segment, prog: SegmentProgress, n_e: int, n_r: int, kT_end) -> str:
+        """Counts a chunk of ``n_e`` steps and ``n_r`` snapshots just run (``seg``: after it)
+        into ``prog``; returns why it is unstable, or ""."""
+        unstable = self._unstable(seg, prog, n_r, kT_end)
+        prog.eq_done += n_e
+        prog.recorded += n_r
+        return unstable
 
     def _unstable(self, seg: Segment, prog: SegmentProgress, n_r: int, kT_end) -> str:
         """Why the chunk just run is unstable, or "": non-finite positions or energies, or a mean
@@ -345,47 +331,35 @@ class ChunkedSampler:
             return f"kinetic temperature above {self.cfg.max_kT_factor:g} x the thermostat's"
         return ""
 
-    def _result(self, state, nbrs, seg: Segment, prog: SegmentProgress, ok: bool, reason: str) -> SampleResult:
+    def result(self, state, nbrs, seg: Segment, prog: SegmentProgress, ok: bool, reason: str) -> SampleResult:
+        """The result of a segment from ``state``/``nbrs`` (returned unchanged if not ok)."""
         steps = prog.n_eq + prog.every * (1 + np.arange(prog.n_snapshots))
         traj = Trajectory(seg.positions, seg.energies, seg.kT, steps)
         if not ok:
             return SampleResult(traj, state, nbrs, False, prog.retries, reason)
         return SampleResult(traj, seg.state, seg.nbrs, True, prog.retries, "")
 
-    def finish_whole(self, state, nbrs, new_state, new_nbrs, buffers, kT_end, prog: SegmentProgress,
-                     overflowed: bool) -> SampleResult:
-        """The result of a segment run as one call (``parallel.StateGroup``) from ``state``."""
-        seg = Segment(new_state, new_nbrs, *buffers)
-        if overflowed:
-            return self._result(state, nbrs, seg, prog, False,
-                                f"neighbour list or graph still overflowing after {self.cfg.max_retries} re-allocations")
-        reason = self._unstable(seg, prog, prog.n_snapshots, kT_end)
-        prog.eq_done, prog.recorded = prog.n_eq, prog.n_snapshots
-        return self._result(state, nbrs, seg, prog, not reason, reason)
-
-    # -- segments in checkpoints -------------------------------------------------------------
-    def segment_checkpoint(self, seg: Segment, prog: SegmentProgress) -> tuple[Segment, str]:
-        """The segment as a checkpoint tree and its counters (JSON) to restore it with."""
+    # -- segments in checkpoints (segments.py) ---------------------------------------------
+    def segment_checkpoint(self, seg: Segment, prog: SegmentProgress) -> tuple[Segment, dict]:
+        """The segment as a checkpoint part: its tree and its counters (JSON-able) to restore it with."""
         info = {"label": self.label, "n_eq": prog.n_eq, "n_snapshots": prog.n_snapshots, "every": prog.every,
                 "eq_done": prog.eq_done, "recorded": prog.recorded, "retries": prog.retries}
         if seg.nbrs is not None:
             info["neighbor_capacities"] = neighbors.capacities(seg.nbrs)
-        return seg, json.dumps(info)
+        return seg, info
 
-    def segment_template(self, info: str, params) -> Segment:
+    def segment_template(self, info: dict, params) -> Segment:
         """A tree shaped like the checkpointed segment described by ``info``."""
-        d = json.loads(info)
         state, nbrs = self.init(jax.random.PRNGKey(0), params)
         if nbrs is not None:
-            nbrs = neighbors.placeholder(nbrs.idx.shape[0], d["neighbor_capacities"], nbrs.reference_position.dtype)
-        return Segment(state, nbrs, *self._buffers(params, state, nbrs, int(d["n_snapshots"])))
+            nbrs = neighbors.placeholder(nbrs.idx.shape[0], info["neighbor_capacities"], nbrs.reference_position.dtype)
+        return Segment(state, nbrs, *self._buffers(params, state, nbrs, int(info["n_snapshots"])))
 
-    def restore_segment(self, seg: Segment, info: str) -> None:
+    def restore_segment(self, seg: Segment, info: dict) -> None:
         """The next ``run`` of the same lengths continues ``seg`` instead of starting afresh."""
-        d = json.loads(info)
         self.pending = seg
-        self.pending_progress = SegmentProgress(int(d["n_eq"]), int(d["n_snapshots"]), int(d["every"]),
-                                                int(d["eq_done"]), int(d["recorded"]), int(d["retries"]))
+        self.pending_progress = SegmentProgress(*(int(info[k]) for k in (
+            "n_eq", "n_snapshots", "every", "eq_done", "recorded", "retries")))
 
     def _take_pending(self, prog: SegmentProgress) -> Segment | None:
         seg, self.pending = self.pending, None
@@ -397,5 +371,6 @@ class ChunkedSampler:
                         "(%d + %d x %d): starting it afresh", p.n_eq, p.n_snapshots, p.every,
                         prog.n_eq, prog.n_snapshots, prog.every)
             return None
-        log.info("continuing the checkpointed trajectory at step %d of %d", p.steps_done, p.steps_total)
+        log.info("continuing the checkpointed trajectory%s at step %d of %d",
+                 f" of {self.label}" if self.label else "", p.steps_done, p.steps_total)
         return seg

@@ -16,7 +16,6 @@ accepts or rejects it, keeps the metrics, checkpoints, and stops gracefully on s
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from .interrupt import GracefulStop
 from .learn.difftre import DiffTReRegime
 from .monitor import CostEstimate, TrainingMonitor
 from .progress import TrainingProgress
+from .segments import pack, unpack
 from .store import RunStore, versions
 
 log = logging.getLogger("difftre")
@@ -87,12 +87,12 @@ class Trainer:
         self._versions = versions()
 
     # ----------------------------------------------------------------------------------
-    def _checkpoint(self, update, params, opt_state, last_good, lr_scale, failures, rows, segment=None):
-        """The loop's state after ``update`` updates; ``segment`` (label, tree, info): a
-        trajectory in progress during the next update (monitor.py)."""
+    def _checkpoint(self, update, params, opt_state, last_good, lr_scale, failures, rows, segments=None):
+        """The loop's state after ``update`` updates; ``segments`` [(tree, info)]: the
+        trajectories in progress during the next update (monitor.py, segments.py)."""
         trees, attrs = self.regime.checkpoint()
-        if segment is not None:
-            _, trees["segment"], attrs["segment"] = segment
+        if segments:
+            trees["segment"], attrs["segment"] = pack(segments)
         self.store.write_checkpoint(
             update=update,
             trees={"params": params, "opt_state": opt_state, "last_good_params": last_good[0],
@@ -108,13 +108,15 @@ class Trainer:
             attrs = self.store.checkpoint_attrs()
             templates = {"params": params, "opt_state": opt_state, "last_good_params": params,
                          "last_good_opt_state": opt_state, **self.regime.templates(attrs)}
-            segment = attrs.get("segment")
-            if segment:   # stopped inside a trajectory: its sampler continues it (sampler.py)
-                sampler = self.samplers[json.loads(segment)["label"]]
-                templates["segment"] = sampler.segment_template(segment, params)
+            # stopped inside trajectories: their samplers continue them (sampler.py, segments.py)
+            infos = unpack(attrs["segment"]) if attrs.get("segment") else []
+            if infos:
+                templates["segment"] = {d["label"]: self.samplers[d["label"]].segment_template(d, params)
+                                        for d in infos}
             update, trees, attrs, rows = self.store.read_checkpoint(templates)
-            if segment:
-                sampler.restore_segment(trees.pop("segment"), segment)
+            for d in infos:
+                self.samplers[d["label"]].restore_segment(trees["segment"][d["label"]], d)
+            trees.pop("segment", None)
         except (OSError, KeyError, ValueError) as exc:
             raise UserError(f"cannot resume from {self.store.checkpoint_path}: {exc}",
                             "resume with the run's own config (only trainer.updates and similar loop settings may "
@@ -159,7 +161,7 @@ class Trainer:
         loop = {}
         monitor = TrainingMonitor(
             prog, stop, CostEstimate(self.cfg, self.n_updates, start, len(self.samplers)),
-            checkpoint=lambda segment: self._checkpoint(*loop["state"], segment=segment),
+            checkpoint=lambda segments: self._checkpoint(*loop["state"], segments=segments),
             last_checkpoint=lambda: self._t_checkpoint, checkpoint_seconds=self.checkpoint_seconds,
             run_dir=self.run_dir, update=lambda: loop["state"][0])
         for sampler in self.samplers.values():

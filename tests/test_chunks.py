@@ -22,8 +22,8 @@ from omegaconf import OmegaConf
 from difftre_cli import potentials
 from difftre_cli.onebody import OneBodySampler, build_line_system
 from difftre_cli.potentials import external
-from difftre_cli.sampler import SegmentProgress
 from difftre_cli.sampler import SamplerConfig
+from difftre_cli.segments import SegmentProgress, pack, unpack
 from difftre_cli.simulate import Sampler
 from difftre_cli.store import load_pytree, save_pytree
 from difftre_cli.system import build_system
@@ -52,10 +52,10 @@ class Recorder:
     def __init__(self, stop_after=None):
         self.chunks, self.stop_after, self.saved = [], stop_after, None
 
-    def chunk_done(self, sampler, segment, prog, rate):
+    def chunk_done(self, sampler, segments, prog, rate):
         self.chunks.append((prog.eq_done, prog.recorded))
         if self.stop_after is not None and len(self.chunks) == self.stop_after:
-            self.saved = sampler.segment_checkpoint(segment, prog)
+            [self.saved] = segments()
             raise KeyboardInterrupt
 
 
@@ -95,21 +95,26 @@ def test_chunked_trajectory_is_bit_identical_to_one_call_and_compiles_once(make)
 
 
 def test_segment_stopped_checkpointed_and_restored_continues_bit_for_bit(tmp_path):
+    """Written as train.py writes it (segments.pack), and in the earlier one-segment format (the
+    tree itself, the info as a JSON object); both read as train.py reads them."""
     sampler, params = _box_sampler(dataclasses.replace(CFG, chunk_seconds=1e-9))
     state, nbrs = sampler.init(jax.random.PRNGKey(4), params)
     ref = sampler.sample(params, state, nbrs, first=True)
-    for stop_after, in_production in ((3, False), (62, True)):   # one step or interval per chunk
+    # one step or snapshot interval per chunk: stopped in the equilibration, then in the production
+    for stop_after, in_production, old_format in ((3, False, True), (62, True, False)):
         sampler.monitor = Recorder(stop_after)
         with pytest.raises(KeyboardInterrupt):
             sampler.sample(params, state, nbrs, first=True)
         tree, info = sampler.monitor.saved
-        assert (json.loads(info)["recorded"] > 0) == in_production
+        assert (info["recorded"] > 0) == in_production
+        tree, attr = (tree, json.dumps(info)) if old_format else pack([(tree, info)])
         with h5py.File(tmp_path / f"seg{stop_after}.h5", "w") as f:
             save_pytree(f.create_group("segment"), tree)
         fresh, _ = _box_sampler(dataclasses.replace(CFG, chunk_seconds=10.0))   # another process, other chunks
+        [info] = unpack(attr)
         with h5py.File(tmp_path / f"seg{stop_after}.h5", "r") as f:
-            loaded = load_pytree(f["segment"], fresh.segment_template(info, params))
-        fresh.restore_segment(loaded, info)
+            loaded = load_pytree(f["segment"], {"": fresh.segment_template(info, params)})
+        fresh.restore_segment(loaded[""], info)
         res = fresh.sample(params, state, nbrs, first=True)
         assert res.ok
         _same((res.trajectory, res.state), (ref.trajectory, ref.state))

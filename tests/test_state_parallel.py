@@ -1,21 +1,28 @@
 """trainer.state_parallel=devices: the sampling segments of state points with the same shapes run
-as one jit(shard_map) call over JAX devices (difftre_cli/parallel.py, learn/multistate.py).
+together, each chunk one jit(shard_map) call over JAX devices (difftre_cli/parallel.py,
+learn/multistate.py).
 
 The CLI runs force two CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=2, which
 must be set before JAX starts, hence subprocesses) and check that a devices run equals the
-sequential run bit-for-bit (metrics and every checkpointed array), that it resumes bit-for-bit,
-and that a state point of another particle number falls back to sequential sampling with a
-log line. The in-process tests (one device: the batched program's per-device sequential map)
-check the neighbour-list overflow path against Sampler.sample (two state points of different
-densities, i.e. boxes, sharing one device: the per-device sequential map), the grouping and the
-config errors.
+sequential run bit-for-bit (metrics and every checkpointed array), that it resumes bit-for-bit
+from an update boundary and from a SIGTERM inside the batched first trajectories (both state
+points' segments checkpointed and continued), and that a state point of another particle
+number falls back to sequential sampling with a log line. A subprocess (two fake devices, three
+state points: two slots per device, one idle) checks the chunked group sampling against
+Sampler.sample bit-for-bit (one step per chunk, traced once) and a group stopped between
+chunks, checkpointed, restored in fresh samplers and continued. The in-process tests (one
+device: the batched program's per-device sequential map) check the neighbour-list overflow
+path against Sampler.sample (two state points of different densities, i.e. boxes, sharing one
+device), the grouping and the config errors.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -122,16 +129,38 @@ def first_runs(tmp_path_factory):
             proc.wait()
 
 
+def _sigterm_at_first_progress(proc) -> tuple[int, str]:
+    """SIGTERM as soon as the batched first trajectories report their first chunk."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "T10+T12 trajectory: step" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, _ = proc.communicate(timeout=400)
+    return proc.returncode, "".join(lines) + out
+
+
 @pytest.fixture(scope="module")
 def runs(first_runs):
-    """sequential (3 updates), devices (3 updates), devices 1 update + resumed to 3."""
+    """sequential (3 updates), devices (3 updates), devices 1 update + resumed to 3, and
+    devices stopped by SIGTERM inside the first (batched) trajectories + resumed to 3."""
     tmp, procs = first_runs
     logs = {name: _finish(proc) for name, proc in procs.items()}
-    # these two find everything compiled by the first two (persistent cache)
+    # these find everything compiled by the first two (persistent cache)
     straight = _start([*RUN, "trainer.state_parallel=devices", "trainer.updates=3"], tmp, tmp / "devices")
     resumed = subprocess.Popen(_cmd([f"resume={tmp / 'resumed'}", "trainer.updates=3"]), cwd=tmp,
                                env=_env(tmp / "jax-cache"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # one step per chunk: hundreds of chunk boundaries left in the trajectory when the signal lands
+    stopped = _start([*RUN, "trainer.state_parallel=devices", "trainer.updates=3", "simulator.chunk_seconds=1e-9"],
+                     tmp, tmp / "stopped")
+    logs["stopped_rc"], logs["stopped"] = _sigterm_at_first_progress(stopped)
+    logs["stopped_checkpoint"] = _checkpoint(tmp / "stopped") if logs["stopped_rc"] == 143 else None
+    continued = subprocess.Popen(_cmd([f"resume={tmp / 'stopped'}", "simulator.chunk_seconds=5"]), cwd=tmp,
+                                 env=_env(tmp / "jax-cache"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
     logs["devices"], logs["resumed"] = _finish(straight), _finish(resumed)
+    logs["continued"] = _finish(continued)
     return tmp, logs
 
 
@@ -173,6 +202,102 @@ def test_grouping_and_overflow_in_one_state_point_recomputed_as_sequentially():
     assert group.trace_count == 2    # initial capacities, then after the re-allocation
 
 
+# -- chunked group sampling on two fake devices (a subprocess: XLA_FLAGS before JAX starts) ------
+GROUP_STATES = "states={T10: {system: {kT: 1.0}}, D60: {system: {density: 0.6, kT: 1.2}}, T12: {system: {kT: 1.2}}}"
+GROUP_LENGTHS = ["simulator.first_equilibration_steps=57", "simulator.equilibration_steps=23",
+                 "simulator.production_steps=60", "simulator.every=5"]
+
+
+class _Stopper:
+    """A monitor that counts the chunks and, after ``stop_after`` of them, keeps the segments
+    in progress as the training loop's checkpoint would and stops the run."""
+
+    def __init__(self, stop_after=None):
+        self.chunks, self.stop_after, self.saved = 0, stop_after, None
+
+    def chunk_done(self, source, segments, prog, rate):
+        self.chunks += 1
+        if self.chunks == self.stop_after:
+            self.saved = segments()
+            raise KeyboardInterrupt
+
+
+def _group_samplers(chunk_seconds: float):
+    cfg = _compose(["config=tiny", GROUP_STATES, *GROUP_LENGTHS, f"simulator.chunk_seconds={chunk_seconds}"])
+    states = assemble.build_states(cfg)
+    for name, c in states:
+        c.sampler.label = name
+    return [c.sampler for _, c in states], states[0][1].potential.init(jax.random.PRNGKey(0))
+
+
+def _same_results(a, b):
+    assert a.ok and b.ok and a.retries == b.retries
+    for x, y in zip(jax.tree_util.tree_leaves((a.trajectory, a.state, a.neighbor)),
+                    jax.tree_util.tree_leaves((b.trajectory, b.state, b.neighbor))):
+        assert np.asarray(x).dtype == np.asarray(y).dtype and np.asarray(x).tobytes() == np.asarray(y).tobytes()
+
+
+def _group_chunks_main(tmp: Path):
+    """Runs in the subprocess of test_chunked_group_sampling_on_two_devices."""
+    from difftre_cli.segments import pack, unpack
+    from difftre_cli.store import load_pytree, save_pytree
+    assert len(jax.devices()) == 2
+    samplers, params = _group_samplers(1e-9)   # one step or snapshot interval per chunk
+    init = [s.init(k, params) for s, k in zip(samplers, jax.random.split(jax.random.PRNGKey(2), 3))]
+    sim, nbrs = [st for st, _ in init], [nb for _, nb in init]
+    firsts = [True, False, True]   # first and later equilibration lengths in one group
+    group = StateGroup(samplers)
+    assert group.n_slots == 4 and group.per_device == 2
+    counter = _Stopper()
+    for s in samplers:
+        s.monitor = counter
+    batched = group.sample(params, sim, nbrs, firsts, [0, 1, 2])
+    assert counter.chunks > 50 and group.trace_count == 1, (counter.chunks, group.trace_count)
+    later = group.sample(params, [batched[k].state for k in range(3)], [batched[k].neighbor for k in range(3)],
+                         [False] * 3, [0, 2])   # a subset (idle slots), another equilibration length
+    assert group.trace_count == 1
+    for s in samplers:
+        s.monitor = None
+    for k, first in enumerate(firsts):
+        _same_results(batched[k], samplers[k].sample(params, sim[k], nbrs[k], first=first))
+    for k in (0, 2):
+        _same_results(later[k], samplers[k].sample(params, batched[k].state, batched[k].neighbor))
+    # stopped after 40 chunks (D60's shorter segment done, the others still equilibrating),
+    # checkpointed, restored in fresh samplers that run other chunks: the same results
+    stopper = _Stopper(stop_after=40)
+    for s in samplers:
+        s.monitor = stopper
+    with pytest.raises(KeyboardInterrupt):
+        StateGroup(samplers).sample(params, sim, nbrs, firsts, [0, 1, 2])
+    trees, attr = pack(stopper.saved)
+    infos = unpack(attr)
+    assert [d["label"] for d in infos] == ["T10", "D60", "T12"]
+    assert infos[1]["recorded"] == infos[1]["n_snapshots"] and 0 < infos[0]["eq_done"] < infos[0]["n_eq"]
+    with h5py.File(tmp / "segments.h5", "w") as f:
+        save_pytree(f.create_group("segment"), trees)
+    fresh, _ = _group_samplers(10.0)
+    with h5py.File(tmp / "segments.h5", "r") as f:
+        loaded = load_pytree(f["segment"], {d["label"]: s.segment_template(d, params) for s, d in zip(fresh, infos)})
+    for s, d in zip(fresh, infos):
+        s.restore_segment(loaded[d["label"]], d)
+    resumed = StateGroup(fresh).sample(params, sim, nbrs, firsts, [0, 1, 2])
+    for k in range(3):
+        _same_results(resumed[k], batched[k])
+    print("group chunks: ok")
+
+
+def test_chunked_group_sampling_on_two_devices(tmp_path):
+    """Three state points (N = 108; two densities, two equilibration lengths) on two fake CPU
+    devices, one step or snapshot interval per chunk: every result equals Sampler.sample's
+    bit-for-bit, the group program is traced once; stopped between chunks, checkpointed and
+    restored, the group continues to the same results."""
+    env = _env(tmp_path / "jax-cache")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    out = subprocess.run([sys.executable, __file__, "group-chunks", str(tmp_path)], env=env, cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert out.returncode == 0 and "group chunks: ok" in out.stdout, out.stdout[-6000:]
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["trainer=ibi", "model=table", "+trainer.state_parallel=devices"],
      "trainer.state_parallel=devices is implemented for trainer=difftre only"),
@@ -204,6 +329,22 @@ def test_devices_run_resumes_bit_for_bit(runs):
     _assert_same_run(tmp / "devices", tmp / "resumed", 3)
 
 
+def test_devices_run_stopped_inside_batched_trajectories_resumes_bit_for_bit(runs):
+    """SIGTERM between two chunks of the batched first trajectories of T10 and T12: exit 143,
+    both segments in the checkpoint; the resumed run (other chunk sizes) continues both and
+    equals the uninterrupted devices run."""
+    tmp, logs = runs
+    assert logs["stopped_rc"] == 143, logs["stopped"][-4000:]
+    assert "Traceback" not in logs["stopped"]
+    attrs = logs["stopped_checkpoint"]["attrs"]
+    infos = json.loads(attrs["segment"])
+    assert attrs["update"] == 0 and [d["label"] for d in infos] == ["T10", "T12"]
+    assert all(0 < d["eq_done"] < d["n_eq"] for d in infos), infos   # both stopped mid-equilibration
+    for name in ("T10", "T12"):
+        assert f"continuing the checkpointed trajectory of {name} at step" in logs["continued"]
+    _assert_same_run(tmp / "devices", tmp / "stopped", 3)
+
+
 def test_other_particle_number_falls_back_to_sequential_with_a_log_line(runs):
     tmp, logs = runs
     line = next(ln for ln in (tmp / "devices" / "train.log").read_text().splitlines() if "N256" in ln)
@@ -211,3 +352,7 @@ def test_other_particle_number_falls_back_to_sequential_with_a_log_line(runs):
     assert "N = 256" in line and "system.n_particles" in line   # cause and fix
     # …and the run is still the sequential one (test above), N256's trajectories included
     assert len(list((tmp / "devices" / "trajectories").glob("N256_ref_*.h5"))) >= 1
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["group-chunks"]:
+    _group_chunks_main(Path(sys.argv[2]))

@@ -16,9 +16,10 @@ sum of their gradients. Per update:
 * ``sequential`` (default): one compiled sampler call per state point, one after another on
   the default device. State points may differ in anything a state point can override.
 * ``devices``: state points with the same particle number (and therefore the same segment
-  shapes; temperature, density, composition may differ) are sampled in ONE
-  ``jit(shard_map)`` call over the JAX devices, one state point per device, or several per
-  device one after another (parallel.py). The trajectories, features, gradients (step 2)
+  shapes; temperature, density, composition may differ) are sampled together, each chunk of
+  their segments ONE ``jit(shard_map)`` call over the JAX devices, one state point per
+  device, or several per device one after another (parallel.py; progress, signals and
+  mid-trajectory checkpoints between chunks, as with ``sequential``). The trajectories, features, gradients (step 2)
   and N_eff of such a state point then stay on its device; the per-state gradients are
   dispatched to their devices together (so they can overlap) and summed on the default device. A state point whose particle
   number no other one shares is sampled on its own, as with ``sequential``, and a warning
@@ -175,7 +176,8 @@ class MultiStateDiffTReRegime:
         """Resample the state points ``ks`` (in order): {k: stable} and the wall time. With
         ``stop_at_failure`` the state points after the first unstable one are left as they
         were (not in the result). state_parallel=devices samples each batched group's members
-        in one call first, then keeps (stores, featurizes) the segments in the same order."""
+        together first (one call per chunk), then keeps (stores, featurizes) the segments in the
+        same order."""
         t0 = time.perf_counter()
         batched = {}
         for group, members in self.groups:

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Wall time of one sampling segment of two state points: one after another on one device
-(trainer.state_parallel=sequential) vs one jit(shard_map) call spread over two devices
-(trainer.state_parallel=devices, difftre_cli/parallel.py), measured in the same process.
+(trainer.state_parallel=sequential) vs together over two devices, each chunk one
+jit(shard_map) call (trainer.state_parallel=devices, difftre_cli/parallel.py), measured in the
+same process; both chunked by the preset's simulator.chunk_seconds.
 
 On CPU the two devices are faked with XLA_FLAGS=--xla_force_host_platform_device_count=2,
 set here before JAX is imported; the sequential segments run on the first of them. Default
