@@ -131,7 +131,12 @@ def load_pytree(group: h5py.Group, template: Any) -> Any:
         like_arr = np.asarray(like)
         if arr.shape != like_arr.shape:
             raise ValueError(f"checkpoint leaf {i} has shape {arr.shape}, expected {like_arr.shape}")
-        out.append(jax.numpy.asarray(arr, dtype=like_arr.dtype))
+        if getattr(like, "weak_type", False):
+            # a weakly typed leaf (e.g. a Python-float scalar of an integrator state) stays weak:
+            # a strong one changes the compiled program's signature, i.e. a recompile on resume
+            out.append(jax.numpy.full_like(like, arr))
+        else:
+            out.append(jax.numpy.asarray(arr, dtype=like_arr.dtype))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 

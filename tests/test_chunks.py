@@ -64,6 +64,10 @@ def _same(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def _signature(tree):
+    return [(x.shape, x.dtype, bool(getattr(x, "weak_type", False))) for x in jax.tree_util.tree_leaves(tree)]
+
+
 def _whole(sampler, params, state, nbrs):
     """The unchunked trajectory: one call of the chunk program over every step."""
     cfg = sampler.cfg
@@ -105,15 +109,18 @@ def test_segment_stopped_checkpointed_and_restored_continues_bit_for_bit(tmp_pat
         sampler.monitor = Recorder(stop_after)
         with pytest.raises(KeyboardInterrupt):
             sampler.sample(params, state, nbrs, first=True)
-        tree, info = sampler.monitor.saved
+        saved, info = sampler.monitor.saved
         assert (info["recorded"] > 0) == in_production
-        tree, attr = (tree, json.dumps(info)) if old_format else pack([(tree, info)])
+        tree, attr = (saved, json.dumps(info)) if old_format else pack([(saved, info)])
         with h5py.File(tmp_path / f"seg{stop_after}.h5", "w") as f:
             save_pytree(f.create_group("segment"), tree)
         fresh, _ = _box_sampler(dataclasses.replace(CFG, chunk_seconds=10.0))   # another process, other chunks
         [info] = unpack(attr)
         with h5py.File(tmp_path / f"seg{stop_after}.h5", "r") as f:
             loaded = load_pytree(f["segment"], {"": fresh.segment_template(info, params)})
+        # the same program signature (shapes, dtypes, weak types: a weakly typed scalar of the
+        # integrator state read back as a strong one would compile a second program on resume)
+        assert _signature(loaded[""]) == _signature(saved)
         fresh.restore_segment(loaded[""], info)
         res = fresh.sample(params, state, nbrs, first=True)
         assert res.ok
