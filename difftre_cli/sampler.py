@@ -8,8 +8,10 @@ equilibration steps and snapshot intervals that are *arguments* (dynamic loop bo
 compilation serves every chunk size, the first equilibration, later trajectories and
 ``evaluate``. Chunks are sized from the measured step time to about ``simulator.chunk_seconds``
 of wall time, so progress is reported, signals are served and checkpoints are written between
-them. The chunking never changes the numbers: the per-step computation and the carried state are
-the same whatever the chunk boundaries (bit-identical on CPU, tests/test_chunks.py).
+them. The chunking does not change the numbers: the per-step computation and the carried state
+are the same whatever the chunk boundaries (bit-identical on CPU, tests/test_chunks.py). The one
+exception is a capacity re-allocation: the grown list is built at the overflowing chunk's
+starting positions, so where that chunk began shows in the (equally valid) continuation.
 
 Cases of the interface (subclasses provide one MD step and one observation):
 particles in a periodic box with neighbour lists and graph capacities (``simulate.Sampler``,
