@@ -18,7 +18,7 @@ traced once per run.
   (norm 10^5x) (scripts/bench/direct_ad_gradient.py); hence ``trainer.steps: 50``.
 * ``trainer.checkpoint: true`` wraps every MD step in ``jax.checkpoint`` (rematerialisation):
   the backward pass recomputes each step instead of storing its intermediates, so memory
-  holds only the T states (measured faster and ~8x lighter than no remat, DESIGN.md).
+  holds only the T states (measured faster and ~8x lighter than no remat on 2 CPU cores).
 * Neighbour lists (one at the potential's cutoff, one at the observables' reach, both with
   the simulator's skin) are updated inside the unrolled segment; their overflow flags are
   checked after the call and, on overflow, the lists are re-allocated with more room and the

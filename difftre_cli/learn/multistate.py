@@ -34,7 +34,7 @@ keeps its own capacity and overflow handling, and the state points' results are 
 identical, so a run may be resumed in either mode.
 
 Not ``vmap``: JAX MD's conditional neighbour-list rebuild becomes an every-step rebuild under
-``vmap`` (3–5× slower, DESIGN.md).
+``vmap`` (3–5× slower, measured on 2 CPU cores).
 
 Metrics: ``loss`` is the total; ``loss_<state>_<target>`` per state point and target;
 ``n_eff`` is the smallest N_eff over the state points and ``n_eff_<state>`` each one;
