@@ -16,7 +16,8 @@ XLA 0.10 logs two ERROR lines for every executable it loads from the cache on CP
 machine feature +prefer-no-gather is not supported ...", openxla/xla#44565, jax-ml/jax#38445:
 LLVM tuning flags mistaken for missing CPU features; the executable loads and runs). With the
 cache on, :func:`prepare_environment` therefore sets ``TF_CPP_MIN_LOG_LEVEL=3`` (XLA's C++ log
-threshold) unless the user set it; it must run before JAX is imported, which is why this module
+threshold) unless the user set it (to anything but JAX's own default, 1); it must run before
+JAX is imported, which is why this module
 imports JAX only inside :func:`configure`.
 """
 from __future__ import annotations
@@ -63,8 +64,10 @@ def enable_compilation_cache() -> Path | None:
 
 def prepare_environment() -> None:
     """Process environment for XLA, before JAX is imported (module doc)."""
-    if cache_dir() is not None:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # "1" is what ``import jax`` sets when the variable is unset, so a process started from
+    # Python that imported JAX (a notebook, a test, a launcher) passes it on: treat it as unset
+    if cache_dir() is not None and os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1") == "1":
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 
 
 def configure(precision: str) -> None:
