@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.raiseExceptions = False   # a full disk must not turn log writes into tracebacks
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE.format(presets=", ".join(presets()), groups=", ".join(groups())))
+        try:
+            print(USAGE.format(presets=", ".join(presets()), groups=", ".join(groups())), flush=True)
+        except BrokenPipeError:   # `difftre --help | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     cmd, rest = argv[0], argv[1:]
     prepare_environment()

@@ -266,3 +266,16 @@ def test_hydra_flags_keep_their_values():
                                          "optimizer.lr=0.01,0.02", "--info", "defaults", "--cfg=all"])
     assert flags == ["--cfg", "job", "-p", "system", "--multirun", "--info", "defaults", "--cfg=all"]
     assert overrides == ["config=tiny", "seed=1", "optimizer.lr=0.01,0.02"]
+
+
+def test_help_into_a_closed_pipe_is_not_a_traceback(tmp_path):
+    """`difftre --help | head -1`: the reader is gone before the help is written (closed here
+    right after the start; the CLI needs far longer than that to import)."""
+    exe = shutil.which("difftre")
+    cmd = [exe] if exe else [sys.executable, "-m", "difftre_cli.cli"]
+    proc = subprocess.Popen([*cmd, "--help"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
