@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .config import CONFIG_DIR, groups, presets
 from .config_errors import config_errors
+from .errors import UserError
 from .jax_setup import configure, prepare_environment
 
 log = logging.getLogger("difftre")
@@ -75,8 +76,6 @@ def _precompose(overrides: list[str]):
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
-
-    from .errors import UserError
     try:
         with config_errors(composing=True):
             parsed = OverridesParser.create().parse_overrides(overrides)
@@ -151,7 +150,6 @@ def train_command(rest: list[str]) -> int:
     if not any(f in ("--help", "-h", "--hydra-help", "--info") for f in flags):
         cfg = _precompose(overrides)
         from .config import validate
-        from .errors import UserError
         multirun = any(f in ("--multirun", "-m") for f in flags)
         try:
             with config_errors(cfg=cfg):
@@ -171,7 +169,6 @@ def _check_output_dir(cfg, multirun: bool) -> None:
     """The run (or sweep) directory must be creatable before Hydra makes it: the missing part of
     the path is created and removed again, so a read-only or virtual file system (/proc, /sys), a
     path through a file or a missing permission stops here, with nothing left behind."""
-    from .errors import UserError
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     target = Path(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)).expanduser().absolute()
     fix = f"choose a writable location, e.g. {key}=runs/my_run"
@@ -224,7 +221,6 @@ def _hydra_train():
         from hydra.core.hydra_config import HydraConfig
 
         from .config import validate
-        from .errors import UserError
         from .interrupt import GracefulStop, Interrupted
         run_dir = HydraConfig.get().runtime.output_dir
         try:
@@ -251,7 +247,6 @@ def _auto_resume(cfg, run_dir: Path) -> bool:
     """A run directory that already holds a checkpoint of the same config is continued: this is
     how a requeued SLURM job (or a rerun with the same hydra.run.dir) picks up its work. A
     checkpoint of a different config is never overwritten."""
-    from .errors import UserError
     from .store import RunStore
     store = RunStore(run_dir)
     if not store.has_checkpoint():
@@ -328,7 +323,6 @@ def _evaluate_one(run: Path, overrides: list[str]) -> None:
     except (OmegaConfBaseException, ValueError) as exc:
         fail(f"bad override: {str(exc).splitlines()[0]}\n  fix: use existing keys, e.g. evaluate.production_steps=20000")
     from .config import validate
-    from .errors import UserError
     try:
         with config_errors(cfg=cfg):
             validate(cfg)
@@ -357,7 +351,6 @@ def compare_command(rest: list[str]) -> int:
     for run in runs:
         _run_dir_ok(run)
     from .compare import compare
-    from .errors import UserError
     try:
         compare(runs, out)
     except UserError as exc:
