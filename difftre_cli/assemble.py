@@ -1,5 +1,6 @@
 """Build every part of a run from a validated config: system, potential, observables,
-targets, sampler, optimiser and learner. Used by ``train`` and ``evaluate`` alike."""
+targets, sampler, optimiser, the observable engine and the DiffTRe learner on it. Used by
+``train`` and ``evaluate`` alike."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +8,8 @@ from typing import Any
 
 from . import observables as observables_mod
 from . import optim, potentials, targets as targets_mod
-from .learn import TRAINERS
+from .learn.difftre import DiffTRe
+from .observables.engine import ObservableEngine
 from .onebody import OneBodySampler, build_line_system, is_one_body_system
 from .sampler import sampler_config
 from .simulate import Sampler
@@ -22,7 +24,8 @@ class Components:
     targets: dict
     sampler: Sampler
     optimizer: Any
-    learner: Any
+    engine: ObservableEngine
+    learner: DiffTRe       # the DiffTRe loss and step on these targets (difftre regimes, comparisons)
     ctx: observables_mod.Context
     ground_truth: Any
 
@@ -43,15 +46,15 @@ def build(cfg) -> Components:
     ctx = (observables_mod.Context(1, system.volume, system.kT) if one_body else
            observables_mod.Context(system.n_particles, system.volume, system.kT, tuple(names), system.counts,
                                    system.species if len(names) > 1 else None))
-    learner = TRAINERS[cfg.trainer.kind](potential, obs, tgts, ctx, optimizer, system.box_size, 1.0 / system.kT,
-                                         precondition=cfg.trainer.get("precondition", "none"),
-                                         fisher_damping=float(cfg.trainer.get("fisher_damping", 1e-3)))
+    engine = ObservableEngine(potential, obs, ctx, system.box_size, 1.0 / system.kT)
+    learner = DiffTRe(engine, tgts, optimizer, precondition=cfg.trainer.get("precondition", "none"),
+                      fisher_damping=float(cfg.trainer.get("fisher_damping", 1e-3)))
     if len(names) > 1:
         from .potentials import mixture
         truth = mixture.ground_truth(cfg.get("ground_truth"), cutoff, names)
     else:
         truth = potentials.ground_truth(cfg.get("ground_truth"), cutoff)
-    return Components(system, potential, obs, tgts, sampler, optimizer, learner, ctx, truth)
+    return Components(system, potential, obs, tgts, sampler, optimizer, engine, learner, ctx, truth)
 
 
 def build_states(cfg) -> list[tuple[str, Components]]:

@@ -6,7 +6,7 @@ Used by the double-well study (config=double_well; Thaler & Zavadlav, Nat. Commu
 ``space.free()``) and no neighbour list; N particles are simply N independent copies of one
 particle, integrated in parallel. Every kept snapshot therefore holds N independent samples
 of the one-particle distribution, and the sampler records per-particle reference energies
-(S, N) so that the DiffTRe learner can reweight each (snapshot, particle) state on its own.
+(S, N) so that the observable engine can reweight each (snapshot, particle) state on its own.
 
 Units: those of ``system.units`` (the preset: dimensionless x, energies in k_B T with kT = 1,
 mass 1, time in the matching reduced unit).

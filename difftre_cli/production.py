@@ -59,8 +59,8 @@ def production_run(c, params, eq_steps: int, steps: int, every: int, seed: int, 
                                 "the learned potential is not stable at this state point; train longer or lower "
                                 "simulator.dt")
             state, nbrs = res.state, res.neighbor
-            feats = c.learner.featurize(res.trajectory)
-            vals = c.learner.snapshot_observables_jit(params, feats)
+            feats = c.engine.featurize(res.trajectory)
+            vals = c.engine.snapshot_observables_jit(params, feats)
             # pytrees of per-snapshot pieces for observables with ``combine``
             parts.append({k: jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64).sum(0), v)
                           for k, v in vals.items()})
@@ -74,8 +74,7 @@ def production_run(c, params, eq_steps: int, steps: int, every: int, seed: int, 
 
     def finish(sums, count):
         means = {k: jax.tree_util.tree_map(lambda x: x / count, v) for k, v in sums.items()}
-        if hasattr(c.learner, "combine"):   # functions of averages (stress-fluctuation stiffness)
-            means = c.learner.combine(means)
+        means = c.engine.combine(means)   # functions of averages (stress-fluctuation stiffness)
         return {k: np.asarray(v, np.float64) for k, v in means.items()}
 
     means = finish(total, n)

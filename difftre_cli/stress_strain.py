@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .errors import UserError
+from .observables.engine import ObservableEngine
 from .production import production_run
 
 MODES = {"e1": 0, "e4": 3}          # Voigt component strained: uniaxial xx, shear yz (engineering)
@@ -97,14 +98,13 @@ def strain_matrix(e) -> np.ndarray:
 
 def strained(c, eps):
     """The run's components for its crystal strained by ε (3, 3): the strained potential, a
-    ``stress`` observable (Voigt) and a learner whose volume is Ω(ε)."""
-    from .learn.difftre import DiffTRe
+    ``stress`` observable (Voigt) and an observable engine whose volume is Ω(ε)."""
     from .observables.mechanical import Stress
     pot = c.potential.strained(eps)
     ctx = replace(c.ctx, volume=float(c.ctx.volume * np.linalg.det(np.eye(3) + np.asarray(eps, float))))
     obs = {"stress": Stress(name="stress", form="voigt")}
-    learner = DiffTRe(pot, obs, {}, ctx, c.optimizer, c.system.box_size, 1.0 / float(c.system.kT))
-    return replace(c, potential=pot, observables=obs, targets={}, learner=learner, ctx=ctx)
+    engine = ObservableEngine(pot, obs, ctx, c.system.box_size, 1.0 / float(c.system.kT))
+    return replace(c, potential=pot, observables=obs, targets={}, engine=engine, learner=None, ctx=ctx)
 
 
 def fit_slope(strains, values, errors, degree: int) -> tuple[float, float]:

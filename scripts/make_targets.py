@@ -79,10 +79,10 @@ def main():
         res = c.sampler.sample(params, state, nbrs, first=(seg == 0))
         assert res.ok, "reference simulation became unstable"
         state, nbrs = res.state, res.neighbor
-        feats = c.learner.featurize(res.trajectory)
+        feats = c.engine.featurize(res.trajectory)
         rdfs.append({k: np.asarray(v).mean(0) for k, v in feats.static.items() if k in rdf_names})
         if "pressure" in c.observables:
-            pressures.append(float(np.asarray(c.learner.snapshot_observables_jit(params, feats)["pressure"]).mean()))
+            pressures.append(float(np.asarray(c.engine.snapshot_observables_jit(params, feats)["pressure"]).mean()))
         kts.append(float(np.mean(res.trajectory.kT)))
         if (seg + 1) % 20 == 0:
             print(f"segment {seg + 1}/{args.segments}  {time.perf_counter() - t0:.0f}s", file=sys.stderr)

@@ -10,13 +10,12 @@ from functools import lru_cache, partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from omegaconf import OmegaConf
 
 from difftre_cli import neighbors, observables, potentials, targets, units
 from difftre_cli.errors import UserError
-from difftre_cli.learn.difftre import DiffTRe
+from difftre_cli.observables.engine import ObservableEngine
 from difftre_cli.observables import Context
 from difftre_cli.observables.adf import ADF, smooth_cutoff
 from difftre_cli.observables.tetrahedral import TetrahedralQ
@@ -250,8 +249,8 @@ def test_difftre_features_carry_positions_and_list_to_the_observables():
                                               "q": {"kind": "tetrahedral_q", "reach": 1.2},
                                               "rdf": {"kind": "rdf", "r_max": 1.5, "n_bins": 30}}))
     ctx = Context(n, box ** 3, 1.0)
-    learner = DiffTRe(potential, obs, {}, ctx, optax.sgd(1e-3), box, 1.0)
-    feats = learner.featurize(Trajectory(pos, np.zeros(s), np.ones(s), np.arange(s)))
+    engine = ObservableEngine(potential, obs, ctx, box, 1.0)
+    feats = engine.featurize(Trajectory(pos, np.zeros(s), np.ones(s), np.arange(s)))
     assert feats.static["adf"].shape == (s, 30) and feats.static["q"].shape == (s,)
     for i in range(s):
         q = quantities(pos[i], box, 1.2)

@@ -1,9 +1,9 @@
 """Diamond: the Stillinger–Weber prior under DimeNet++ (potentials/sw_prior.py), stress and
-stiffness as DiffTRe observables (observables/mechanical.py, learn/difftre.py) and the preset.
+stiffness as DiffTRe observables (observables/mechanical.py, observables/engine.py) and the preset.
 
 * the SW prior in the many-body wrapper (sparse and dense format) equals classical.py's SW
   (JAX MD's ``stillinger_weber``) on the same configuration;
-* the learner's per-snapshot Born terms equal ``stress.born_terms`` of JAX MD's SW on a
+* the engine's per-snapshot Born terms equal ``stress.born_terms`` of JAX MD's SW on a
   ``periodic_general`` space with fractional coordinates (an independent strain path);
 * at θ = θ_ref the reweighted stress-fluctuation C equals the direct (unweighted) one computed
   with forward-over-reverse Born terms of the plain-autodiff network;
@@ -65,8 +65,8 @@ class _Traj:
 
 def _features(c, params, positions):
     """Features with U_ref = U_θ(params) on every snapshot (θ_ref = params)."""
-    feats = c.learner.featurize(_Traj(positions, jnp.zeros(positions.shape[0], positions.dtype)))
-    u, _ = c.learner.snapshot_energies(params, feats.r)
+    feats = c.engine.featurize(_Traj(positions, jnp.zeros(positions.shape[0], positions.dtype)))
+    u, _ = c.engine.snapshot_energies(params, feats.r)
     return feats._replace(u_ref=u)
 
 
@@ -87,7 +87,7 @@ def test_sw_prior_equals_classical_sw(double_precision):
     params = pot.init(jax.random.PRNGKey(0))          # the network's output layer starts at zero
     disp, _ = space.periodic(c.system.box_size)
     ref_fn = _classical_sw(c).energy_fn(disp, {})
-    nbr_fn = c.learner.energy_nbr_fn
+    nbr_fn = c.engine.energy_nbr_fn
     for R in _snapshots(c, 2, amplitude=0.01):
         idx = nbr_fn.allocate(R).idx
         sparse = pot.fit_capacity(R, idx)
@@ -112,7 +112,7 @@ def test_born_terms_equal_jax_md_periodic_general(double_precision):
     params = pot.init(jax.random.PRNGKey(0))
     positions = _snapshots(c, 2)
     feats = _features(c, params, positions)
-    q = c.learner.snapshot_quantities(params, feats.r)
+    q = c.engine.snapshot_quantities(params, feats.r)
     L = c.system.box_size
     box = L * jnp.eye(3)
     disp, _ = space.periodic_general(box, fractional_coordinates=True)
@@ -134,7 +134,7 @@ def test_reweighted_stiffness_at_reference_equals_direct(double_precision):
     params = _noisy(pot.init(jax.random.PRNGKey(0)), 0.3)
     positions = _snapshots(c, 3)
     feats = _features(c, params, positions)
-    preds, w = c.learner.predict(params, feats)
+    preds, w = c.engine.predict(params, feats)
     np.testing.assert_allclose(np.asarray(w), 1.0 / 3.0, rtol=1e-12)
     # direct: forward-over-reverse Born terms of the plain-autodiff network, plain averages
     plain = dataclasses.replace(pot, model=dataclasses.replace(pot.model, custom_gradients=False))
@@ -150,7 +150,7 @@ def test_reweighted_stiffness_at_reference_equals_direct(double_precision):
     n, V, kT = c.system.n_particles, c.system.volume, c.system.kT
     C = stiff_mod.reweighted_stiffness(jnp.full(3, 1.0 / 3.0), sB, CB, n, V, kT)
     # the network matters: C differs from the prior's alone
-    assert float(jnp.max(jnp.abs(CB - c.learner.snapshot_quantities(
+    assert float(jnp.max(jnp.abs(CB - c.engine.snapshot_quantities(
         pot.init(jax.random.PRNGKey(0)), feats.r)["born_stiffness"]))) > 1.0
     iu = np.triu_indices(6)
     np.testing.assert_allclose(np.asarray(preds["stiffness"]), np.asarray(C)[iu], rtol=1e-7, atol=1e-3)
@@ -193,7 +193,7 @@ def test_diamond_preset_composes():
     from difftre_cli.units import GPA_PER_KJ_MOL_NM3
     np.testing.assert_allclose(c.targets["stiffness"].value * GPA_PER_KJ_MOL_NM3, [1079.0, 124.0, 578.0])
     assert c.targets["stress"].value.shape == (9,) and not np.any(c.targets["stress"].value)
-    assert c.learner.needs == {"born_stress", "born_stiffness"}
+    assert c.engine.needs == {"born_stress", "born_stiffness"}
     from difftre_cli.system import min_image_distance
     d, _, _ = min_image_distance(c.system.positions, c.system.box_size)
     assert d == pytest.approx(np.sqrt(3) / 4 * c.system.box_size / 5)   # the C–C bond

@@ -118,22 +118,22 @@ def prior_trajectory():
 
 def test_reweighted_density_at_reference_is_plain_average(prior_trajectory):
     c, params, traj = prior_trajectory
-    feats = c.learner.featurize(traj)
+    feats = c.engine.featurize(traj)
     s, n = traj.positions.shape[:2]
     assert feats.r.shape == (s * n, 1, 1) and feats.u_ref.shape == (s * n,)   # one state per (snapshot, particle)
-    preds, w = c.learner.predict(params, feats)
+    preds, w = c.engine.predict(params, feats)
     plain = np.asarray(feats.static["density"]).mean(0)
     np.testing.assert_allclose(np.asarray(preds["density"]), plain, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(plain, np.asarray(c.observables["density"].profile(traj.positions)), rtol=1e-4, atol=1e-5)
     assert float(jnp.exp(-jnp.sum(w * jnp.log(w)))) == pytest.approx(s * n, rel=1e-3)
     # u + const: every state's energy shifts alike, the weights do not change
     shifted = {"model": {"knot_values": params["model"]["knot_values"] + 3.0}}
-    preds2, w2 = c.learner.predict(shifted, feats)
+    preds2, w2 = c.engine.predict(shifted, feats)
     np.testing.assert_allclose(np.asarray(w2), np.asarray(w), rtol=1e-4)
     # a real change of u does change the prediction (the identity above can fail)
     knots = params["model"]["knot_values"]
     tilted = {"model": {"knot_values": knots + 2.0 * jnp.linspace(-1, 1, knots.size)}}
-    preds3, _ = c.learner.predict(tilted, feats)
+    preds3, _ = c.engine.predict(tilted, feats)
     assert np.max(np.abs(np.asarray(preds3["density"]) - plain)) > 0.1
 
 

@@ -82,7 +82,7 @@ def test_non_finite_gradient_keeps_old_parameters(tmp_path):
     opt = c.optimizer.init(params)
     state, nbrs = c.sampler.init(jax.random.PRNGKey(1), params)
     res = c.sampler.sample(params, state, nbrs, first=True)
-    feats = c.learner.featurize(res.trajectory)
+    feats = c.engine.featurize(res.trajectory)
     bad = feats._replace(u_ref=feats.u_ref.at[0].set(np.nan))
     new_params, _, aux = c.learner.step(params, opt, bad)
     assert not bool(aux.finite)

@@ -5,7 +5,7 @@ sampled on a sparse graph whose capacities are measured and grown on overflow.
   uniform-strain virial is the finite difference of a scaled box;
 * a sampling segment with graph capacities too small for it is detected, the capacities grown
   and the segment recomputed: the trajectory equals one sampled with ample room;
-* the learner's stored graphs: overflow grows them, the features do not change;
+* the observable engine's stored graphs: overflow grows them, the features do not change;
 * a few DiffTRe updates of a small `config=water` run end to end (loss finite, N_eff ≤ S).
 """
 from __future__ import annotations
@@ -63,9 +63,9 @@ def test_dense_and_sparse_features_give_the_same_energy_and_virial(melted):
     pot = c.sampler.potential
     assert pot.sparse and pot.max_triplets > 0
     dense = dataclasses.replace(pot, max_edges=None, max_triplets=None)
-    nbrs = c.learner.energy_nbr_fn.allocate(res.trajectory.positions[-1])
+    nbrs = c.engine.energy_nbr_fn.allocate(res.trajectory.positions[-1])
     for R in res.trajectory.positions[-2:]:
-        nb = c.learner.energy_nbr_fn.rebuild(R, nbrs)
+        nb = c.engine.energy_nbr_fn.rebuild(R, nbrs)
         fd, fs = dense.features_on_list(R, nb.idx, pot.box_size), pot.features_on_list(R, nb.idx, pot.box_size)
         (ud, wd), (us, ws) = (jax.value_and_grad(lambda s, p=p, f=f: p.energy_from_features(params, f, s))(1.0)
                               for p, f in ((dense, fd), (pot, fs)))
@@ -85,7 +85,7 @@ def test_virial_is_the_derivative_of_a_scaled_box(melted, double_precision):
     params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float64), params)
     pot = c.sampler.potential
     R = jnp.asarray(res.trajectory.positions[-1], jnp.float64)
-    nb = c.learner.energy_nbr_fn.allocate(R)
+    nb = c.engine.energy_nbr_fn.allocate(R)
     f = pot.features_on_list(R, nb.idx, pot.box_size)
     w = jax.grad(lambda s: pot.energy_from_features(params, f, s))(1.0)
     h = 1e-5
@@ -120,15 +120,15 @@ def test_state_by_state_backward_equals_autodiff(melted):
     """The learner's gradient for networks accumulates per-state VJPs (bounded memory); it must
     equal plain autodiff through a vmap over the states."""
     c, params, res = melted
-    learner = c.learner
-    feats = learner.featurize(res.trajectory)
-    fitted = learner.potential
+    engine, learner = c.engine, c.learner
+    feats = engine.featurize(res.trajectory)
+    fitted = engine.potential
     grads = []
     for batch in (3, None):
-        learner._set_potential(dataclasses.replace(fitted, snapshot_batch=batch))
+        engine._set_potential(dataclasses.replace(fitted, snapshot_batch=batch))
         (loss, _), g = jax.jit(jax.value_and_grad(learner.loss, has_aux=True))(params, feats)
         grads.append((float(loss), g))
-    learner._set_potential(fitted)
+    engine._set_potential(fitted)
     (l1, g1), (l2, g2) = grads
     assert l1 == pytest.approx(l2, rel=1e-5)
     flat1, flat2 = (np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(g)]) for g in (g1, g2))
@@ -139,18 +139,18 @@ def test_state_by_state_backward_equals_autodiff(melted):
 @pytest.mark.slow
 def test_learner_grows_its_stored_graphs(melted, caplog):
     c, params, res = melted
-    learner = c.learner
-    feats = learner.featurize(res.trajectory)
-    assert learner.potential.sparse
-    u0, _ = learner.snapshot_energies(params, feats.r)
-    fitted = learner.potential
-    learner._set_potential(dataclasses.replace(fitted, max_edges=fitted.max_edges // 2,
+    engine = c.engine
+    feats = engine.featurize(res.trajectory)
+    assert engine.potential.sparse
+    u0, _ = engine.snapshot_energies(params, feats.r)
+    fitted = engine.potential
+    engine._set_potential(dataclasses.replace(fitted, max_edges=fitted.max_edges // 2,
                                                max_triplets=fitted.max_triplets // 2))
     with caplog.at_level(logging.INFO, logger="difftre"):
-        feats2 = learner.featurize(res.trajectory)
+        feats2 = engine.featurize(res.trajectory)
     assert "feature graph capacities grown" in caplog.text
-    assert not bool(learner.potential.features_overflow(feats2.r))
-    u1, _ = learner.snapshot_energies(params, feats2.r)
+    assert not bool(engine.potential.features_overflow(feats2.r))
+    u1, _ = engine.snapshot_energies(params, feats2.r)
     np.testing.assert_allclose(np.asarray(u1), np.asarray(u0), rtol=1e-5)
 
 

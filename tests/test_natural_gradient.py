@@ -31,7 +31,7 @@ def test_fisher_step_direction_and_length():
     params = {"model": {"knot_values": 0.05 * jax.random.normal(key, params["model"]["knot_values"].shape)}}
     state, nbrs = c.sampler.init(jax.random.PRNGKey(1), params)
     res = c.sampler.sample(params, state, nbrs, first=True)
-    feats = c.learner.featurize(res.trajectory)
+    feats = c.engine.featurize(res.trajectory)
     opt_state = c.optimizer.init(params)
     new_params, _, aux = c.learner.step(params, opt_state, feats)
     assert bool(aux.finite)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-import optax
 import pytest
 from omegaconf import OmegaConf
 from scipy.special import erf
 
 from difftre_cli import observables, potentials
-from difftre_cli.learn.difftre import DiffTRe
+from difftre_cli.observables.engine import ObservableEngine
 from difftre_cli.observables import Context
 from difftre_cli.observables.pressure import Pressure
 from difftre_cli.observables.rdf import RDF
@@ -26,9 +25,9 @@ def _trajectory(positions, energies=None):
     return Trajectory(positions, energies, np.ones(s, np.float32), np.arange(s))
 
 
-def _learner(potential, obs, n, box, kT):
+def _engine(potential, obs, n, box, kT):
     ctx = Context(n, box ** 3, kT)
-    return DiffTRe(potential, obs, {}, ctx, optax.sgd(1e-3), box, 1.0 / kT), ctx
+    return ObservableEngine(potential, obs, ctx, box, 1.0 / kT), ctx
 
 
 def _pair_distances(R, box):
@@ -49,10 +48,10 @@ def test_ideal_gas_rdf_is_one_and_pressure_is_rho_kT():
     obs = observables.build(OmegaConf.create({"rdf": {"kind": "rdf", "r_min": 0.0, "r_max": 3.0, "n_bins": 30,
                                                       "sigma": 0.1},
                                               "pressure": {"kind": "pressure"}}))
-    learner, ctx = _learner(potential, obs, n, box, kT)
-    feats = learner.featurize(_trajectory(positions))
+    engine, ctx = _engine(potential, obs, n, box, kT)
+    feats = engine.featurize(_trajectory(positions))
     params = potential.init(jax.random.PRNGKey(0))
-    preds, w = learner.predict(params, feats)
+    preds, w = engine.predict(params, feats)
     rdf = obs["rdf"]
     g = np.asarray(preds["rdf"])
     sel = (rdf.grid >= 1.0) & (rdf.grid <= 2.5)
@@ -60,7 +59,7 @@ def test_ideal_gas_rdf_is_one_and_pressure_is_rho_kT():
     np.testing.assert_allclose(g[sel], 1.0, atol=0.04)
     assert g[sel].mean() == pytest.approx(1.0, abs=0.01)
     # the pressure of the ideal gas is exactly ρ k_B T, in every snapshot
-    per_snapshot = learner.snapshot_observables(params, feats)["pressure"]
+    per_snapshot = engine.snapshot_observables(params, feats)["pressure"]
     np.testing.assert_allclose(np.asarray(per_snapshot), n * kT / box ** 3, rtol=1e-6)
     assert float(preds["pressure"]) == pytest.approx(n * kT / box ** 3, rel=1e-6)
     np.testing.assert_allclose(np.asarray(w), 1.0 / s, rtol=1e-6)
@@ -81,9 +80,9 @@ def test_virial_pressure_equals_explicit_pair_sum(density):
     potential = potentials.build(OmegaConf.create({"kind": "lj", "epsilon": 1.0, "sigma": 1.0}),
                                  OmegaConf.create({"kind": "none"}), cutoff)
     obs = {"pressure": Pressure("pressure")}
-    learner, ctx = _learner(potential, obs, n, box, kT)
-    feats = learner.featurize(_trajectory(positions))
-    got = np.asarray(learner.snapshot_observables({}, feats)["pressure"], np.float64)
+    engine, ctx = _engine(potential, obs, n, box, kT)
+    feats = engine.featurize(_trajectory(positions))
+    got = np.asarray(engine.snapshot_observables({}, feats)["pressure"], np.float64)
     volume = box ** 3
     for k in range(3):
         r = _pair_distances(positions[k], box)
@@ -114,9 +113,9 @@ def test_rdf_integral_counts_neighbours(lj_liquid):
     system, potential, traj = lj_liquid
     n, box = system.n_particles, system.box_size
     rdf = RDF(name="rdf", r_min=0.0, r_max=2.5, n_bins=250, sigma=0.02)
-    learner, ctx = _learner(potential, {"rdf": rdf}, n, box, system.kT)
-    feats = learner.featurize(traj)
-    g = np.asarray(learner.predict({}, feats)[0]["rdf"], np.float64)
+    engine, ctx = _engine(potential, {"rdf": rdf}, n, box, system.kT)
+    feats = engine.featurize(traj)
+    g = np.asarray(engine.predict({}, feats)[0]["rdf"], np.float64)
     assert g.max() > 2.0                           # a liquid's first peak, not an ideal gas
     dr = rdf.grid[1] - rdf.grid[0]
     # (N−1)/V: the RDF is normalised by the number of *other* particles

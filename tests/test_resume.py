@@ -100,13 +100,14 @@ def test_update_compiled_once(tmp_path, single_precision):
     assert sum(1 for r in rows if not r["reused"]) >= 2     # at least one resample after the first
     counts = trainer.c.learner.trace_count
     assert counts["step"] == 1, counts
+    counts = trainer.c.engine.trace_count
     assert 1 <= counts["featurize"] <= 2, counts
     assert np.all(np.isfinite([r["loss"] for r in rows]))
 
 
 def test_recorded_feature_capacities_reproduce_features_exactly():
-    """A learner restored with a checkpoint's feature-list capacities featurizes a trajectory
-    bit-identically to the learner that wrote the checkpoint, even though it would have
+    """An observable engine restored with a checkpoint's feature-list capacities featurizes a trajectory
+    bit-identically to the engine that wrote the checkpoint, even though it would have
     allocated its lists from a different snapshot."""
     import jax
     from hydra import compose, initialize_config_dir
@@ -122,10 +123,10 @@ def test_recorded_feature_capacities_reproduce_features_exactly():
     traj = first.trajectory
     later = c.sampler.sample(params, first.state, first.neighbor).trajectory
     assert not np.array_equal(np.asarray(traj.positions), np.asarray(later.positions))
-    c.learner.featurize(traj)                       # allocates from this trajectory
-    feats = c.learner.featurize(later)
-    attrs = c.learner.capacity_attrs()
-    fresh = assemble.build(cfg).learner
+    c.engine.featurize(traj)                       # allocates from this trajectory
+    feats = c.engine.featurize(later)
+    attrs = c.engine.capacity_attrs()
+    fresh = assemble.build(cfg).engine
     fresh.set_capacity(attrs)
     again = fresh.featurize(later)
     np.testing.assert_array_equal(np.asarray(again.r), np.asarray(feats.r))

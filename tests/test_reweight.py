@@ -8,12 +8,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from omegaconf import OmegaConf
 
 from difftre_cli import potentials, reweight
-from difftre_cli.learn.difftre import DiffTRe
+from difftre_cli.observables.engine import ObservableEngine
 from difftre_cli.observables import Context
 from difftre_cli.observables.pressure import Pressure
 from difftre_cli.observables.rdf import RDF
@@ -117,9 +116,9 @@ def lj_spline_run():
     assert res.ok
     obs = {"rdf": RDF(name="rdf", r_min=0.0, r_max=2.4, n_bins=48, sigma=0.05), "pressure": Pressure("pressure")}
     ctx = Context(system.n_particles, system.volume, system.kT)
-    learner = DiffTRe(potential, obs, {}, ctx, optax.sgd(1e-3), system.box_size, 1.0 / system.kT)
-    feats = learner.featurize(res.trajectory)
-    return dict(system=system, potential=potential, params=params, traj=res.trajectory, learner=learner,
+    engine = ObservableEngine(potential, obs, ctx, system.box_size, 1.0 / system.kT)
+    feats = engine.featurize(res.trajectory)
+    return dict(system=system, potential=potential, params=params, traj=res.trajectory, engine=engine,
                 feats=feats, ctx=ctx)
 
 
@@ -147,16 +146,16 @@ def _all_pairs(potential, box):
 
 def test_reference_energies_reproduced_from_stored_distances(lj_spline_run):
     run = lj_spline_run
-    learner, feats, params = run["learner"], run["feats"], run["params"]
+    engine, feats, params = run["engine"], run["feats"], run["params"]
     u_ref = np.asarray(run["traj"].energies, np.float64)
     assert u_ref.shape == (60,) and np.all(u_ref < 0)
-    u, _ = jax.jit(learner.snapshot_energies)(params, feats.r)
+    u, _ = jax.jit(engine.snapshot_energies)(params, feats.r)
     np.testing.assert_allclose(np.asarray(u, np.float64), u_ref, rtol=1e-5)
     # ... and both equal a brute-force all-pairs sum over the stored positions
     energy, _ = _all_pairs(run["potential"], run["system"].box_size)
     u_bf = jax.jit(jax.vmap(energy, (None, 0)))(params, jnp.asarray(run["traj"].positions))
     np.testing.assert_allclose(np.asarray(u_bf, np.float64), u_ref, rtol=1e-5)
-    predict = jax.jit(learner.predict)
+    predict = jax.jit(engine.predict)
     _, w = predict(params, feats)
     np.testing.assert_allclose(np.asarray(w), 1.0 / 60, rtol=5e-3)
     n_eff = float(reweight.effective_sample_size(w))
@@ -169,16 +168,16 @@ def test_reference_energies_reproduced_from_stored_distances(lj_spline_run):
 
 def test_reweighted_gradient_equals_fluctuation_formula(lj_spline_run):
     run = lj_spline_run
-    learner, feats, params, system = run["learner"], run["feats"], run["params"], run["system"]
+    engine, feats, params, system = run["engine"], run["feats"], run["params"], run["system"]
     beta = 1.0 / system.kT
     energy, pressure = _all_pairs(run["potential"], system.box_size)
     n, volume, kT = system.n_particles, system.volume, system.kT
-    rdf = learner.observables["rdf"]
+    rdf = engine.observables["rdf"]
     b = int(np.argmin(np.abs(rdf.grid - 1.1)))     # an RDF bin at the first peak
 
     @jax.jit
     def per_snapshot(params, positions):
-        """U, ∂U/∂θ, P, ∂P/∂θ of every snapshot, independently of the learner."""
+        """U, ∂U/∂θ, P, ∂P/∂θ of every snapshot, independently of the engine."""
         def one(R):
             u, du = jax.value_and_grad(energy)(params, R)
             p, dp = jax.value_and_grad(pressure)(params, R, n, volume, kT)
@@ -187,9 +186,9 @@ def test_reweighted_gradient_equals_fluctuation_formula(lj_spline_run):
 
     @jax.jit
     def reweighted_grads(params):
-        g_p = jax.grad(lambda p: learner.predict(p, feats)[0]["pressure"])(params)
-        g_g = jax.grad(lambda p: learner.predict(p, feats)[0]["rdf"][b])(params)
-        return g_p["model"]["knot_values"], g_g["model"]["knot_values"], learner.predict(params, feats)[0]
+        g_p = jax.grad(lambda p: engine.predict(p, feats)[0]["pressure"])(params)
+        g_g = jax.grad(lambda p: engine.predict(p, feats)[0]["rdf"][b])(params)
+        return g_p["model"]["knot_values"], g_g["model"]["knot_values"], engine.predict(params, feats)[0]
 
     U, dU, P, dP = (np.asarray(x, np.float64) for x in per_snapshot(params, jnp.asarray(run["traj"].positions)))
     g_p, g_g, preds = (jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), x)

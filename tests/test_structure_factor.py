@@ -11,7 +11,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -19,7 +18,7 @@ from omegaconf import OmegaConf
 from difftre_cli import potentials
 from difftre_cli.config import validate
 from difftre_cli.errors import UserError
-from difftre_cli.learn.difftre import DiffTRe
+from difftre_cli.observables.engine import ObservableEngine
 from difftre_cli.observables import Context, build
 from difftre_cli.observables.rdf import RDF
 from difftre_cli.observables.structure_factor import StructureFactor, wave_vectors
@@ -73,7 +72,7 @@ N_KNOTS, CUTOFF = 10, 2.5
 @pytest.fixture(scope="module")
 def lj_run():
     """500 LJ particles (ρ = 0.5, kT = 1.5) + a small spline correction θ_ref ≠ 0, sampled with
-    Langevin at θ_ref; RDF (fine bins, σ = 0.01) and S(k) of every snapshot from the learner."""
+    Langevin at θ_ref; RDF (fine bins, σ = 0.01) and S(k) of every snapshot from the engine."""
     system = build_system(OmegaConf.create({"units": "lj", "n_particles": N, "density": RHO, "kT": KT,
                                             "mass": 1.0, "lattice": "fcc"}))
     potential = potentials.build(OmegaConf.create({"kind": "lj", "epsilon": 1.0, "sigma": 1.0}),
@@ -90,9 +89,9 @@ def lj_run():
                       sigma=0.01),
            "sk": StructureFactor("sk", k_max=8.0, n_bins=28, k_min=1.0)}
     ctx = Context(system.n_particles, system.volume, system.kT)
-    learner = DiffTRe(potential, obs, {}, ctx, optax.sgd(1e-3), system.box_size, 1.0 / system.kT)
-    feats = learner.featurize(res.trajectory)
-    return dict(system=system, params=params, learner=learner, feats=feats)
+    engine = ObservableEngine(potential, obs, ctx, system.box_size, 1.0 / system.kT)
+    feats = engine.featurize(res.trajectory)
+    return dict(system=system, params=params, engine=engine, feats=feats)
 
 
 def test_structure_factor_is_fourier_transform_of_rdf(lj_run):
@@ -105,8 +104,8 @@ def test_structure_factor_is_fourier_transform_of_rdf(lj_run):
     of S (100 correlated snapshots) is ≲ 0.01 per bin (measured), so 0.05 is ~4 standard errors
     plus the truncation; small k (< 3.5) is not compared (truncation and finite-size errors,
     and few wave vectors per bin)."""
-    sysm, learner, feats = lj_run["system"], lj_run["learner"], lj_run["feats"]
-    rdf, sk = learner.observables["rdf"], learner.observables["sk"]
+    sysm, engine, feats = lj_run["system"], lj_run["engine"], lj_run["feats"]
+    rdf, sk = engine.observables["rdf"], engine.observables["sk"]
     g = np.asarray(feats.static["rdf"], np.float64).mean(0)
     s = np.asarray(feats.static["sk"], np.float64)
     s_mean, s_err = s.mean(0), s.std(0, ddof=1) / np.sqrt(len(s))
@@ -127,14 +126,14 @@ def test_structure_factor_is_fourier_transform_of_rdf(lj_run):
 
 
 def test_reweighted_gradient_equals_fluctuation_formula(lj_run):
-    learner, feats, params = lj_run["learner"], lj_run["feats"], lj_run["params"]
+    engine, feats, params = lj_run["engine"], lj_run["feats"], lj_run["params"]
     beta = 1.0 / lj_run["system"].kT
     s = np.asarray(feats.static["sk"], np.float64)                      # (S, n_bins), fixed by positions
-    dU = jax.jit(jax.jacrev(lambda p: learner.snapshot_energies(p, feats.r)[0]))(params)
+    dU = jax.jit(jax.jacrev(lambda p: engine.snapshot_energies(p, feats.r)[0]))(params)
     dU = np.asarray(dU["model"]["knot_values"], np.float64)             # (S, n_knots)
-    jac = jax.jit(jax.jacrev(lambda p: learner.predict(p, feats)[0]["sk"]))(params)
+    jac = jax.jit(jax.jacrev(lambda p: engine.predict(p, feats)[0]["sk"]))(params)
     jac = np.asarray(jac["model"]["knot_values"], np.float64)           # (n_bins, n_knots)
-    value = np.asarray(jax.jit(learner.predict)(params, feats)[0]["sk"], np.float64)
+    value = np.asarray(jax.jit(engine.predict)(params, feats)[0]["sk"], np.float64)
     np.testing.assert_allclose(value, s.mean(0), rtol=1e-4)             # uniform weights at θ_ref
     expect = -beta * (np.einsum("sb,sk->bk", s, dU) / len(s) - np.outer(s.mean(0), dU.mean(0)))
     scale = np.abs(expect).max()

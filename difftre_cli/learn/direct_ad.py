@@ -101,7 +101,7 @@ class DirectAD:
     def snapshot_values(self, params, R, nb_e, nb_o) -> dict:
         q = {}
         if self.needs_r:   # distances (and species-pair codes of mixtures) on the observables' list
-            q.update(self.c.learner.list_quantities(R, nb_o.idx))
+            q.update(self.c.engine.list_quantities(R, nb_o.idx))
         if self.needs_energy:
             feats = self.c.potential.features_on_list(R, nb_e.idx, self.box)
             q["energy"], q["virial"] = jax.value_and_grad(

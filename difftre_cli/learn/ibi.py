@@ -148,8 +148,8 @@ class IBI:
 
 def trajectory_means(c, params, trajectory) -> dict:
     """Unweighted mean over a trajectory's snapshots of every observable (numpy, float64)."""
-    feats = c.learner.featurize(trajectory)
-    vals = c.learner.snapshot_observables_jit(params, feats)
+    feats = c.engine.featurize(trajectory)
+    vals = c.engine.snapshot_observables_jit(params, feats)
     return {k: np.asarray(v, np.float64).mean(0) for k, v in vals.items()}
 
 
@@ -198,7 +198,7 @@ class IBIRegime:
         from .. import neighbors
         return ({"sim_state": self.state, "neighbor": self.nbrs},
                 {"n_trajectories": self.n_traj, "neighbor_capacities": json.dumps(neighbors.capacities(self.nbrs)),
-                 **self.c.learner.capacity_attrs()})
+                 **self.c.engine.capacity_attrs()})
 
     def templates(self, attrs):
         import json
@@ -210,7 +210,7 @@ class IBIRegime:
 
     def restore(self, trees, attrs):
         self.state, self.nbrs = trees["sim_state"], trees["neighbor"]
-        self.c.learner.set_capacity(attrs)
+        self.c.engine.set_capacity(attrs)
         self.n_traj = int(attrs["n_trajectories"])
 
     def rejected(self):

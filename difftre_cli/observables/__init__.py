@@ -13,14 +13,14 @@ An observable is a small frozen dataclass with
 - ``check_box(box)`` (optional): raises a UserError if the observable cannot work in a cubic
   box of that side (run by config validation; e.g. S(k) bins without a wave vector).
 
-Optional, for θ-dependent observables of mechanics (DiffTRe learner only, learn/difftre.py):
+Optional, for θ-dependent observables of mechanics (the engine, engine.py, computes them):
 
-- ``needs``: per-snapshot strain derivatives the learner must add to ``quantities``, from
+- ``needs``: per-snapshot strain derivatives the engine must add to ``quantities``, from
   ``born_stress`` ((6,) σ^B = (1/Ω) ∂U_θ/∂e) and ``born_stiffness`` ((6, 6) C^B = (1/Ω)
   ∂²U_θ/∂e∂e), e the Voigt Lagrangian strain at 0 (observables/mechanical.py); they need a
   potential whose ``energy_from_features`` takes a general ``strain`` (the many-body ones);
 - ``combine(ctx, averages) -> value``: the observable is a function of averages rather than
-  an average. ``snapshot`` then returns a pytree of per-snapshot pieces, the learner reweights
+  an average. ``snapshot`` then returns a pytree of per-snapshot pieces, the engine reweights
   every leaf separately and ``combine`` maps the averages to the value (e.g. the
   stress-fluctuation stiffness from ⟨C^B⟩, ⟨σ^B⟩, ⟨σ^B σ^B⟩); without it the value is the
   average of ``snapshot``;
@@ -28,6 +28,7 @@ Optional, for θ-dependent observables of mechanics (DiffTRe learner only, learn
   mapping name → number, a list, or one number for all).
 
 The registry :data:`OBSERVABLES` maps the name used in ``observables/*.yaml`` to a builder.
+:mod:`.engine` computes them from trajectories (featurize once, reweight per parameter set).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Stress and elastic stiffness of a crystal at constant strain (NVT) as DiffTRe observables.
 
-Both depend on θ through the Born terms of every stored snapshot, which the learner computes
-from the potential's strain argument (learn/difftre.py, ``needs``):
+Both depend on θ through the Born terms of every stored snapshot, which the observable engine
+computes from the potential's strain argument (observables/engine.py, ``needs``):
 
     σ^B_i = (1/Ω) ∂U_θ/∂e,   C^B_i = (1/Ω) ∂²U_θ/∂e∂e   at e = 0,
 
@@ -10,7 +10,7 @@ F = I + η − η²/2 (:func:`.stress.deformation`), Ω the box volume. Conventi
 Voigt order xx, yy, zz, yz, xz, xy) are those of :mod:`.stress`.
 
 Observables built from averages (the ``combine`` protocol of :mod:`difftre_cli.observables`):
-``snapshot`` returns per-snapshot pieces, the learner reweights each piece, ``combine`` maps the
+``snapshot`` returns per-snapshot pieces, the engine reweights each piece, ``combine`` maps the
 averages to the value:
 
 - ``stress``: ⟨σ⟩ = ⟨σ^B⟩ − (N k_B T / Ω) I (momenta integrated analytically at the thermostat

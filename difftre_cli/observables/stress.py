@@ -26,7 +26,7 @@ Stress
 the virial valid for many-body and neural-network potentials under periodic boundaries, written
 for column lattice vectors; with row vectors it reads −FᵀR + (∂U/∂h)ᵀ h). For a pair potential
 both reduce to −(1/Ω) Σ_{i<j} r_ij ⊗ f_ij, the textbook pair virial. :func:`born_stress` computes
-σ_conf as a gradient with respect to the six strain components, which is what the learner uses.
+σ_conf as a gradient with respect to the six strain components, which is what the observable engine uses.
 
 Born terms and the strain measure
 ---------------------------------
@@ -39,8 +39,8 @@ Mol. Simul. 43, 1413 (2017)); for a pair potential it is (1/Ω) Σ (φ'' − φ'
 ``measure="linear"`` (F = I + ε, as in ``elastic.affine_voigt``) gives the same σ^B and a C^B
 that differs by terms linear in the stress; the two agree at zero stress only.
 
-Protocol for the DiffTRe learner (see :mod:`.stiffness` for the ensemble side)
--------------------------------------------------------------------------------
+Protocol for the observable engine (see :mod:`.stiffness` for the ensemble side)
+---------------------------------------------------------------------------------
 For every stored snapshot i (fractional positions ``frac_i`` in the box ``h`` of the NVT run)
 and the current parameters θ::
 

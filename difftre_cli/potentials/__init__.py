@@ -67,8 +67,8 @@ class PairPotential(ListKernels):
         r_safe = jnp.where(mask, r, 0.5 * self.cutoff) * scale  # clean before scaling: no inf*0
         return 0.5 * jnp.sum(jnp.where(mask, self.pair(params, r_safe), 0.0))
 
-    # The DiffTRe learner's protocol (learn/difftre.py): the θ-independent features of a pair
-    # potential are the distances on the learner's neighbour lists.
+    # The observable engine's protocol (observables/engine.py): the θ-independent features of a
+    # pair potential are the distances on the engine's neighbour lists.
     energy_from_features = energy_from_distances
     one_body = False
 

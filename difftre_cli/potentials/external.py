@@ -6,7 +6,7 @@ from their density profile. Energies are in the system's energy unit (k_B T = 1 
 preset), x in its length unit (dimensionless there).
 
 :class:`ExternalPotential` combines a fixed prior u_prior(x) with a learnable model u_θ(x)
-and implements the DiffTRe learner's protocol (learn/difftre.py): ``one_body = True``,
+and implements the observable engine's protocol (observables/engine.py): ``one_body = True``,
 ``features(positions)`` (the coordinates: θ-independent) and
 ``energy_from_features(params, x, scale)``. For sampling it provides per-particle energies
 and forces; no neighbour list is involved.

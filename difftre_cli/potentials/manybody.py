@@ -20,9 +20,9 @@ honest through three optional hooks that any potential may provide:
   the sampler checks it at every position where it evaluated a force, and on overflow
   grows the capacities (``grow_capacity``) and recomputes the segment, exactly as for the
   neighbour list: never a silently truncated graph;
-- ``features_overflow(feats) -> bool``: the same for the learner's stored graphs.
+- ``features_overflow(feats) -> bool``: the same for the observable engine's stored graphs.
 
-The DiffTRe learner's protocol (learn/difftre.py):
+The observable engine's protocol (observables/engine.py):
 
 - θ-independent features of a stored state are its positions and its graph ``(R, graph)``
   (or ``(R, idx)`` without capacities); U_θ is re-evaluated from them at every update;

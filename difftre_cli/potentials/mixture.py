@@ -124,7 +124,7 @@ class MixturePairPotential(ListKernels):
             u = jnp.where(code == k, self.pair_by_name(params, name, r), u)
         return u
 
-    # -- the DiffTRe learner's protocol ------------------------------------------------
+    # -- the observable engine's protocol (observables/engine.py) -----------------------
     def features_on_list(self, R, idx, box_size):
         """θ-independent energy features of one state: (distances (N, M), pair codes (N, M))."""
         return distances_on_list(R, idx, box_size), codes_on_list(self._species(), idx, self.table)

@@ -75,7 +75,7 @@ def main(argv=None):
         res = c.sampler.sample(params, state, nbrs, first=(i == 0))
         assert res.ok, res.reason
         state, nbrs = res.state, res.neighbor
-        feats = c.learner.featurize(res.trajectory)
+        feats = c.engine.featurize(res.trajectory)
         loss, losses, pred, n_eff, g = c.learner.grad(params, feats)
         refs.append(np.asarray(ravel_pytree(g)[0]))
         preds.append(pred)

@@ -93,7 +93,7 @@ def main():
     cfg = compose(["config=double_well", "model=mlp_1d", "seed=0"])
     validate(cfg)
     c = assemble.build(cfg)
-    learner, pot = c.learner, c.potential
+    learner, engine, pot = c.learner, c.engine, c.potential
     obs = c.observables["density"]
     target = jnp.asarray(c.targets["density"].value)
     gamma = float(c.targets["density"].gamma)
@@ -138,9 +138,9 @@ def main():
         t_sample_first, t_sample, res = timed(lambda: sampler.sample(params, state, None, first=True),
                                               repeats=repeats if time_it else 0)
         assert res.ok, res.reason
-        feats = jax.block_until_ready(learner.featurize(res.trajectory))    # compiles for this shape
+        feats = jax.block_until_ready(engine.featurize(res.trajectory))    # compiles for this shape
         t0 = time.perf_counter()
-        feats = jax.block_until_ready(learner.featurize(res.trajectory))
+        feats = jax.block_until_ready(engine.featurize(res.trajectory))
         t_feat = time.perf_counter() - t0
         direct = make_direct(sampler, n_states, n_eq)
         reps = repeats if time_it else 0
@@ -193,7 +193,7 @@ def main():
     one_step = jax.jit(jax.grad(lambda p, st: jnp.sum(samp_b.step_fn(st, p).momentum ** 2)))
     _, t_step_b, _ = timed(one_step, params, state_b, repeats=max(repeats, 3))
     res_b = samp_b.sample(params, state_b, None, first=True)
-    feats_b = learner.featurize(res_b.trajectory)
+    feats_b = engine.featurize(res_b.trajectory)
     _, t_states_b, _ = timed(difftre_grad, params, feats_b, repeats=max(repeats, 3))
     G = t_step_b / t_states_b
     n_eq_ratio = 0.1

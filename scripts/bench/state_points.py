@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     # the per-state DiffTRe gradients on those trajectories: one after another on the first
     # device vs each on the device that sampled it (dispatched together, as learn/multistate.py does)
     learners = [c.learner for _, c in states]
-    feats = {m: [lr.featurize(r.trajectory) for lr, r in zip(learners, outs[m])] for m in outs}
+    feats = {m: [c.engine.featurize(r.trajectory) for (_, c), r in zip(states, outs[m])] for m in outs}
     on = {"sequential": [None, None], "devices": [group.device(0), group.device(1)]}
 
     def grads(mode):

@@ -59,7 +59,7 @@ def measure(name, overrides, repeats):
     jax.block_until_ready(res.trajectory.positions)
     first_sample = time.perf_counter() - t0
     t0 = time.perf_counter()
-    feats = c.learner.featurize(res.trajectory)
+    feats = c.engine.featurize(res.trajectory)
     jax.block_until_ready(feats.r)
     first_feat = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -85,14 +85,14 @@ def measure(name, overrides, repeats):
         r2 = c.sampler.sample(params, state, nbrs)
         jax.block_until_ready(r2.trajectory.positions)
         sampling.append(time.perf_counter() - t0)
-        f2 = c.learner.featurize(r2.trajectory)
+        f2 = c.engine.featurize(r2.trajectory)
         p2, o2, aux = c.learner.step(params, opt_state, f2)
         jax.block_until_ready(p2)
         resampled.append(time.perf_counter() - t0)
         state, nbrs = r2.state, r2.neighbor
         # naive reference: featurize (distances + RDF from positions) in every update
         t0 = time.perf_counter()
-        f3 = c.learner.featurize(r2.trajectory)
+        f3 = c.engine.featurize(r2.trajectory)
         p3, o3, aux = c.learner.step(params, opt_state, f3)
         jax.block_until_ready(p3)
         naive.append(time.perf_counter() - t0)
