@@ -15,7 +15,8 @@ from scipy.special import spherical_jn as scipy_jn
 
 from difftre_cli import neighbors
 from difftre_cli.errors import UserError
-from difftre_cli.potentials import gnn
+from difftre_cli.potentials import dimenet_basis, gnn
+from difftre_cli.potentials.graph import sparse_capacity, sparse_graph
 
 CUTOFF = 0.5
 # Small enough to compile fast; two blocks so that messages travel between blocks.
@@ -80,7 +81,7 @@ def _idx(R, box, skin=0.05, width=M):
 
 
 def _graph(R, idx, box, cutoff=CUTOFF):
-    graph, overflow = gnn.sparse_graph(idx, R, box, cutoff, MAX_EDGES, MAX_TRIPLETS)
+    graph, overflow = sparse_graph(idx, R, box, cutoff, MAX_EDGES, MAX_TRIPLETS)
     assert not bool(overflow)
     return graph
 
@@ -119,9 +120,9 @@ def test_spherical_bessel_matches_scipy_in_float32_and_float64(double_precision)
     x = np.linspace(0.0, 40.0, 8001)
     for l in range(11):                                   # num_spherical ≤ 11 is allowed
         ref = scipy_jn(l, x)
-        err64 = np.abs(np.asarray(gnn.spherical_jn(l, jnp.asarray(x))) - ref).max()
-        err32 = np.abs(np.asarray(gnn.spherical_jn(l, jnp.asarray(x, jnp.float32))) - ref).max()
-        d = jax.vmap(jax.grad(lambda t, l=l: gnn.spherical_jn(l, t)))(jnp.asarray(x))
+        err64 = np.abs(np.asarray(dimenet_basis.spherical_jn(l, jnp.asarray(x))) - ref).max()
+        err32 = np.abs(np.asarray(dimenet_basis.spherical_jn(l, jnp.asarray(x, jnp.float32))) - ref).max()
+        d = jax.vmap(jax.grad(lambda t, l=l: dimenet_basis.spherical_jn(l, t)))(jnp.asarray(x))
         derr = np.abs(np.asarray(d) - scipy_jn(l, x, derivative=True)).max()
         assert err64 < 1e-10 and derr < 1e-9, (l, err64, derr)
         assert err32 < 1e-6, (l, err32)
@@ -129,7 +130,7 @@ def test_spherical_bessel_matches_scipy_in_float32_and_float64(double_precision)
 
 
 def test_bessel_roots_are_roots_and_the_radial_basis_is_orthonormal(double_precision):
-    z = gnn.bessel_roots(7, 6)
+    z = dimenet_basis.bessel_roots(7, 6)
     for l in range(7):
         assert np.all(np.diff(z[l]) > 0) and z[l, 0] > l
         np.testing.assert_allclose(scipy_jn(l, z[l]), 0.0, atol=1e-12)
@@ -138,8 +139,8 @@ def test_bessel_roots_are_roots_and_the_radial_basis_is_orthonormal(double_preci
     x = np.linspace(0.0, 1.0, 20001)
     phi = np.sqrt(2.0) / np.abs(scipy_jn(np.arange(1, 8)[:, None], z)) * scipy_jn(
         np.arange(7)[None, :, None], z[None] * x[:, None, None])                   # (x, l, n)
-    basis = np.asarray(gnn.spherical_radial_basis(jnp.asarray(x), 7, 6, 5))
-    u = np.asarray(gnn.envelope(jnp.asarray(x), 5))
+    basis = np.asarray(dimenet_basis.spherical_radial_basis(jnp.asarray(x), 7, 6, 5))
+    u = np.asarray(dimenet_basis.envelope(jnp.asarray(x), 5))
     np.testing.assert_allclose(basis, phi * u[:, None, None], atol=1e-10)
     w = np.full_like(x, x[1] - x[0]) * x * x
     w[[0, -1]] *= 0.5
@@ -148,7 +149,7 @@ def test_bessel_roots_are_roots_and_the_radial_basis_is_orthonormal(double_preci
 
 
 def test_envelope_vanishes_smoothly_at_the_cutoff(double_precision):
-    u = lambda x: gnn.envelope(x, 5)  # noqa: E731
+    u = lambda x: dimenet_basis.envelope(x, 5)  # noqa: E731
     one = jnp.asarray(1.0)
     assert float(u(jnp.asarray(0.0))) == 1.0
     for f in (u, jax.grad(u), jax.grad(jax.grad(u))):
@@ -342,8 +343,8 @@ def test_sparse_graph_reports_overflow(single_precision):
     box = _box(1.5)
     R = jnp.asarray(_lattice(1.5, seed=17), jnp.float32)
     idx = _idx(R, box)
-    n_e, n_t = gnn.sparse_capacity(idx, R, box, CUTOFF, multiplier=1.0)
-    graph, overflow = gnn.sparse_graph(idx, R, box, CUTOFF, n_e, n_t)
+    n_e, n_t = sparse_capacity(idx, R, box, CUTOFF, multiplier=1.0)
+    graph, overflow = sparse_graph(idx, R, box, CUTOFF, n_e, n_t)
     assert not bool(overflow)
     assert (int(graph.n_edges), int(graph.n_triplets)) == (n_e, n_t)
     assert int(jnp.sum(graph.senders < N)) == n_e and int(jnp.sum(graph.ji < n_e)) == n_t
@@ -353,7 +354,7 @@ def test_sparse_graph_reports_overflow(single_precision):
     assert np.all(r[kj] == s[ji]) and np.all(s[kj] != r[ji])
     assert np.all(np.diff(ji) >= 0) and np.all(np.diff(r) >= 0)
     for e, t in ((n_e - 1, n_t), (n_e, n_t - 1)):
-        graph, overflow = gnn.sparse_graph(idx, R, box, CUTOFF, e, t)
+        graph, overflow = sparse_graph(idx, R, box, CUTOFF, e, t)
         assert bool(overflow)
         assert (int(graph.n_edges), int(graph.n_triplets)) == (n_e, n_t)   # what was needed
 

@@ -1,12 +1,12 @@
 """Many-body potential U(R) = Σ_pairs u_prior(r_ij) + U_θ(R) with a graph network U_θ
-(DimeNet++, potentials/gnn.py).
+(DimeNet++, potentials/gnn.py; its graph layer potentials/graph.py).
 
 Two graph formats, same values (tests/test_gnn.py):
 
 - dense: the network runs on the dense neighbour list (N, M); every list slot and every
   (slot, slot) pair is computed, padding included. Used while no capacity is set.
 - sparse: the pairs closer than the cutoff as an edge list, their angles as a triplet list
-  (:func:`gnn.sparse_graph`), with fixed capacities ``max_edges``/``max_triplets`` measured on
+  (:func:`graph.sparse_graph`), with fixed capacities ``max_edges``/``max_triplets`` measured on
   a configuration (:meth:`ManyBodyPotential.fit_capacity`). Coarse-grained water (N = 901,
   cutoff 0.5 nm) has ~16 neighbours per molecule within the cutoff but ~45 list slots
   (cutoff + skin, capacity margin): the sparse graph has ~7x fewer triplets and the force
@@ -57,6 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import gnn
+from .graph import SparseGraph, graph_counts, sparse_capacity, sparse_graph
 
 
 def _strain(scale, strain, dtype, fixed=None):
@@ -136,7 +137,7 @@ class ManyBodyPotential:
         """Capacities for the graph of the configuration R (dense list ``idx``) × the multiplier."""
         if self.graph_format == "dense":
             return self
-        ne, nt = gnn.sparse_capacity(idx, R, self.box_size, self.list_cutoff, self.capacity_multiplier)
+        ne, nt = sparse_capacity(idx, R, self.box_size, self.list_cutoff, self.capacity_multiplier)
         return replace(self, max_edges=ne, max_triplets=nt)
 
     def grow_capacity(self) -> "ManyBodyPotential":
@@ -145,13 +146,13 @@ class ManyBodyPotential:
 
     def graph(self, R, idx):
         """(SparseGraph, overflow) of the pairs of ``idx`` closer than the cutoff at R."""
-        return gnn.sparse_graph(idx, R, self.box_size, self.list_cutoff, self.max_edges, self.max_triplets)
+        return sparse_graph(idx, R, self.box_size, self.list_cutoff, self.max_edges, self.max_triplets)
 
     def capacity_overflow(self, R, idx):
         if not self.sparse:
             return jnp.asarray(False)
         # counts only: the force call builds the graph itself, at the same positions
-        n_edges, n_triplets = gnn.graph_counts(idx, R, self.box_size, self.list_cutoff)
+        n_edges, n_triplets = graph_counts(idx, R, self.box_size, self.list_cutoff)
         return (n_edges > self.max_edges) | (n_triplets > self.max_triplets)
 
     def features_overflow(self, feats):
@@ -178,7 +179,7 @@ class ManyBodyPotential:
         box, n = self.box_size, R.shape[0]
         eps = _strain(scale, strain, R.dtype, self.deformation)
         species = None if self.species is None else jnp.asarray(self.species)
-        if isinstance(g, gnn.SparseGraph):
+        if isinstance(g, SparseGraph):
             valid = (g.senders < n) & (g.receivers < n)
             u_prior = self._prior_energy(_edge_vectors(R, g.senders, g.receivers, box), valid, eps)
             return u_prior + self.model.energy_sparse(params["model"], R, g, box, species, eps)

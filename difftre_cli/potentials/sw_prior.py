@@ -16,7 +16,7 @@ silicon's (``classical.SW_PARAMS``); ε (energy unit) and σ (length unit) must 
 Cutoffs. SW reaches a σ (0.252 nm for diamond), further than the network may (0.2 nm: each
 carbon sees its four bonds). The neighbour lists are built at the larger of the two
 (:attr:`ManyBodyPotential.cutoff`); the network's edge/triplet graph at its own cutoff (it masks
-d ≥ that cutoff exactly, potentials/gnn.py) and SW's neighbour table at a σ (its kernels vanish
+d ≥ that cutoff exactly, potentials/graph.py) and SW's neighbour table at a σ (its kernels vanish
 beyond), see :class:`SWManyBodyPotential`. Under a strain
 (``energy_from_features(..., strain=ε)``) every displacement d becomes (I + ε) d in both parts,
 so strain derivatives (virial, Born stress and stiffness) include the prior.
@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax_md import energy as jmd_energy
 
-from . import gnn
+from .graph import sparse_capacity, sparse_graph
 from .manybody import ManyBodyPotential, _dense_vectors, _strain
 
 DIMENSIONLESS = ("a", "lam", "gamma", "A", "B")
@@ -127,7 +127,7 @@ class SWManyBodyPotential(ManyBodyPotential):
         if self.graph_format == "dense":
             return self
         reach = self.strain_reach
-        ne, nt = gnn.sparse_capacity(idx, R, self.box_size, self.model.cutoff * reach, self.capacity_multiplier)
+        ne, nt = sparse_capacity(idx, R, self.box_size, self.model.cutoff * reach, self.capacity_multiplier)
         n = R.shape[0]
         d = _dense_vectors(jnp.asarray(R), jnp.asarray(idx), self.box_size)
         near = (jnp.asarray(idx) < n) & (jnp.sum(d * d, -1) < (1.1 * self.sw.cutoff * reach) ** 2)
@@ -138,7 +138,7 @@ class SWManyBodyPotential(ManyBodyPotential):
         return replace(super().grow_capacity(), sw_slots=math.ceil(1.25 * self.sw_slots) + 1)
 
     def graph(self, R, idx):
-        return gnn.sparse_graph(idx, R, self.box_size, self.model.cutoff * self.strain_reach, self.max_edges,
+        return sparse_graph(idx, R, self.box_size, self.model.cutoff * self.strain_reach, self.max_edges,
                                 self.max_triplets)
 
     def table(self, R, idx):
