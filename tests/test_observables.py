@@ -140,3 +140,24 @@ def test_rdf_integral_counts_neighbours(lj_liquid):
         # the brute-force count, up to the smoothing (which matters only on the steep
         # rising edge of the first peak, ≈ σ²/2 · dn/dr there)
         assert cumulative[b] == pytest.approx(raw[R], rel=0.03 if R < 1.1 else 0.004), R
+
+
+def test_registry_is_collected_from_the_modules_and_covers_every_yaml():
+    """Each observables/*.py module lists its kinds in ``KINDS``; the registry is their union
+    (adding an observable is one module + one YAML), and every YAML's kind is in it."""
+    import importlib
+    import pkgutil
+    from pathlib import Path
+
+    from difftre_cli.observables import OBSERVABLES
+
+    pkg = importlib.import_module("difftre_cli.observables")
+    declared = {}
+    for info in pkgutil.iter_modules(pkg.__path__):
+        declared.update(vars(importlib.import_module(f"difftre_cli.observables.{info.name}")).get("KINDS", {}))
+    assert declared == OBSERVABLES and len(OBSERVABLES) >= 9
+    for cls in OBSERVABLES.values():
+        assert callable(cls.from_config) and callable(cls.snapshot)
+    for yaml in (Path(__file__).parents[1] / "configs" / "observables").glob("*.yaml"):
+        for name, sub in OmegaConf.load(yaml).items():
+            assert sub.get("kind", name) in OBSERVABLES, (yaml.name, name)

@@ -27,23 +27,20 @@ Optional, for θ-dependent observables of mechanics (the engine, engine.py, comp
 - ``components``: names of the entries of a vector value (a target may then give ``value`` as a
   mapping name → number, a list, or one number for all).
 
-The registry :data:`OBSERVABLES` maps the name used in ``observables/*.yaml`` to a builder.
+The registry :data:`OBSERVABLES` maps the ``kind`` used in ``observables/*.yaml`` to the class
+(``from_config(name, cfg)`` builds it); it is collected from the ``KINDS`` mapping of every module
+of this package, so adding an observable is one module and one YAML.
 :mod:`.engine` computes them from trajectories (featurize once, reweight per parameter set).
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..checks import mapping
 from ..errors import UserError
-from .adf import ADF
-from .density import Density
-from .energy import PotentialEnergy
-from .mechanical import Stiffness, Stress
-from .pressure import Pressure
-from .rdf import RDF
-from .structure_factor import StructureFactor
-from .tetrahedral import TetrahedralQ
 
 
 @dataclass(frozen=True)
@@ -64,16 +61,24 @@ class Context:
         return self.species_names.index(name)
 
 
-OBSERVABLES = {"rdf": RDF.from_config, "pressure": Pressure.from_config, "energy": PotentialEnergy.from_config,
-               "density": Density.from_config, "adf": ADF.from_config,
-               "tetrahedral_q": TetrahedralQ.from_config, "stress": Stress.from_config,
-               "stiffness": Stiffness.from_config, "structure_factor": StructureFactor.from_config}
+def _collect() -> dict:
+    """kind -> observable class, from the ``KINDS`` of every module of this package: a new
+    observable is one module (with its ``KINDS``) and one ``observables/*.yaml``."""
+    found = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for kind, cls in vars(module).get("KINDS", {}).items():
+            if kind in found:
+                raise RuntimeError(f"observable kind {kind!r} defined twice ({found[kind]} and {cls})")
+            found[kind] = cls
+    return found
+
+
+OBSERVABLES = _collect()
 
 
 def build(cfg) -> dict:
     """Observables from the ``observables`` config group: a mapping name -> settings with ``kind``."""
-    from ..checks import mapping
-
     out = {}
     for name, sub in (cfg or {}).items():
         mapping(sub, f"observables.{name}", f"observables.{name}={{kind: rdf, r_max: 3.0, n_bins: 150}}")
@@ -81,7 +86,7 @@ def build(cfg) -> dict:
         if kind not in OBSERVABLES:
             raise UserError(f"observables.{name}.kind: unknown observable {kind!r}",
                             f"use one of {sorted(OBSERVABLES)}")
-        out[name] = OBSERVABLES[kind](name, sub)
+        out[name] = OBSERVABLES[kind].from_config(name, sub)
     if not out:
         raise UserError("no observables configured", "select an observables group, e.g. observables=rdf")
     return out

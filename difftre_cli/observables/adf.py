@@ -160,3 +160,7 @@ class ADF:
         total = jnp.sum(smooth) * (np.pi / self.n_bins)
         p = smooth / jnp.where(total > 0, total, 1.0)
         return jnp.where(truncated, jnp.nan, p)
+
+
+#: the ``kind`` names of ``observables/*.yaml`` this module provides (collected by observables/__init__.py)
+KINDS = {"adf": ADF}

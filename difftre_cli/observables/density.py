@@ -66,3 +66,7 @@ class Density:
         p /= np.trapezoid(p, x)
         kern = np.exp(-0.5 * ((self.grid[:, None] - x[None, :]) / self.sigma) ** 2) / (np.sqrt(2 * np.pi) * self.sigma)
         return (self.x_max - self.x_min) * np.trapezoid(kern * p[None, :], x, axis=1)
+
+
+#: the ``kind`` names of ``observables/*.yaml`` this module provides (collected by observables/__init__.py)
+KINDS = {"density": Density}

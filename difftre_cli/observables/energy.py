@@ -17,3 +17,7 @@ class PotentialEnergy:
 
     def snapshot(self, ctx, q):
         return q["energy"] / ctx.n_particles
+
+
+#: the ``kind`` names of ``observables/*.yaml`` this module provides (collected by observables/__init__.py)
+KINDS = {"energy": PotentialEnergy}

@@ -132,3 +132,6 @@ def cubic_moduli(c11, c12, c44) -> dict:
             "shear_c44": c44, "bulk": bulk, "shear_voigt": gv, "shear_reuss": gr, "shear_hill": gh,
             "young_hill": 9.0 * bulk * gh / (3.0 * bulk + gh), "poisson_hill": (3.0 * bulk - 2.0 * gh) / (2.0 * (3.0 * bulk + gh))}
 
+
+#: the ``kind`` names of ``observables/*.yaml`` this module provides (collected by observables/__init__.py)
+KINDS = {"stress": Stress, "stiffness": Stiffness}

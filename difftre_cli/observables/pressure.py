@@ -22,3 +22,7 @@ class Pressure:
 
     def snapshot(self, ctx, q):
         return ctx.n_particles * ctx.kT / ctx.volume - q["virial"] / (3.0 * ctx.volume)
+
+
+#: the ``kind`` names of ``observables/*.yaml`` this module provides (collected by observables/__init__.py)
+KINDS = {"pressure": Pressure}

@@ -99,4 +99,5 @@ class RDF:
         return density_sum * jnp.asarray(norm, r.dtype)
 
 
-
+#: the ``kind`` names of ``observables/*.yaml`` this module provides (collected by observables/__init__.py)
+KINDS = {"rdf": RDF}

@@ -116,3 +116,7 @@ class StructureFactor:
         s_k = (rho_r.reshape(-1)[flat] ** 2 + rho_i.reshape(-1)[flat] ** 2) / R.shape[0]   # (K,)
         sums = jax.ops.segment_sum(s_k, jnp.asarray(b), num_segments=self.n_bins)
         return sums / jnp.asarray(counts, R.dtype)
+
+
+#: the ``kind`` names of ``observables/*.yaml`` this module provides (collected by observables/__init__.py)
+KINDS = {"structure_factor": StructureFactor}

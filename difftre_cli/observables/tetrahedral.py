@@ -61,3 +61,7 @@ class TetrahedralQ:
     def snapshot(self, ctx, q):
         qi, ok = self.per_particle(q)
         return jnp.sum(qi) / jnp.maximum(jnp.sum(ok), 1)
+
+
+#: the ``kind`` names of ``observables/*.yaml`` this module provides (collected by observables/__init__.py)
+KINDS = {"tetrahedral_q": TetrahedralQ}
