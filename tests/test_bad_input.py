@@ -28,7 +28,7 @@ N, RHO = 108, 0.7                       # config=tiny
 L = (N / RHO) ** (1.0 / 3.0)            # its box edge (σ): half box 2.68, tiny's RDF reaches 2.56
 STRUCT = ["system.structure_unit=sigma", "system.n_particles=null", "system.density=null"]
 REAL = ["system.units=real", "system.kT=null", "system.temperature=300"]
-PRESSURE = ["observables=rdf_pressure", "targets=lj_liquid_rdf_pressure"]
+PRESSURE = ["observables=[rdf,pressure]", "targets=[lj_liquid_rdf,lj_liquid_pressure]"]
 
 
 def _atoms(symbols=f"Ar{N}", positions=None, cell=(L, L, L), pbc=True):
@@ -186,7 +186,7 @@ CASES = [
     pytest.param(["observables.rdf.n_bins=1"], ["observables.rdf.n_bins"], id="rdf-n-bins"),
     pytest.param(["observables.rdf.sigma=-0.1"], ["observables.rdf.sigma"], id="rdf-sigma-negative"),
     # targets
-    pytest.param(["targets=lj_liquid_rdf_pressure"], ["targets.pressure", "no observable"],
+    pytest.param(["targets=[lj_liquid_rdf,lj_liquid_pressure]"], ["targets.pressure", "no observable"],
                  id="target-observable-not-configured"),
     pytest.param(["+targets.rdf.observable=adf"], ["targets.rdf", "adf"], id="target-observable-unknown"),
     pytest.param(["targets.rdf.gamma=-1"], ["targets.rdf.gamma"], id="target-gamma-negative"),
