@@ -14,6 +14,7 @@ from .config import CONFIG_DIR, groups, presets
 from .config_errors import config_errors
 from .errors import UserError
 from .jax_setup import configure, prepare_environment
+from .legacy import check_overrides, translate_config, translate_overrides
 
 log = logging.getLogger("difftre")
 
@@ -116,6 +117,7 @@ def _resume_overrides(rest: list[str]) -> list[str]:
     import yaml
     old = [o for o in (yaml.safe_load(saved.read_text()) or [])
            if not o.startswith(("resume=", "hydra.run.dir="))]
+    old = translate_overrides(old, str(saved))   # written by an older version: today's names
     new = [a for a in rest if not a.startswith("resume=")]
     return old + new + [f"resume={path.resolve()}", f"hydra.run.dir={path.resolve()}"]
 
@@ -145,6 +147,10 @@ def _split_flags(rest: list[str]) -> tuple[list[str], list[str]]:
 
 
 def train_command(rest: list[str]) -> int:
+    try:
+        check_overrides(rest)   # an old key or option name: say the new one
+    except UserError as exc:
+        fail(str(exc))
     rest = _resume_overrides(rest)
     flags, overrides = _split_flags(rest)
     if not any(f in ("--help", "-h", "--hydra-help", "--info") for f in flags):
@@ -253,7 +259,7 @@ def _auto_resume(cfg, run_dir: Path) -> bool:
         return False
     from omegaconf import OmegaConf
     try:
-        saved = OmegaConf.create(store.saved_config() or "{}")
+        saved = translate_config(OmegaConf.create(store.saved_config() or "{}"), str(store.checkpoint_path))
     except Exception as exc:  # noqa: BLE001 - unreadable file: say so, do not touch it
         raise UserError(f"{store.checkpoint_path} exists but cannot be read ({exc})",
                         "choose another hydra.run.dir; the existing file is left untouched") from None
@@ -310,7 +316,11 @@ def _evaluate_one(run: Path, overrides: list[str]) -> None:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    try:
+        check_overrides(overrides)
+    except UserError as exc:
+        fail(str(exc))
+    cfg = translate_config(OmegaConf.load(run / ".hydra" / "config.yaml"), str(run / ".hydra" / "config.yaml"))
     # evaluate keys introduced after older runs were trained get today's defaults, so they can be set
     ev = cfg.get("evaluate")
     if ev is not None and cfg.get("trainer", {}).get("kind") != "static":

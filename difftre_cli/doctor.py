@@ -72,7 +72,7 @@ def _check_energy_and_nve():
     import numpy as np
     from omegaconf import OmegaConf
     system, pot, Sampler, sampler_config = _lj_liquid()
-    scfg = sampler_config(OmegaConf.create({"integrator": "nve", "dt": 0.002, "equilibration_steps": 0,
+    scfg = sampler_config(OmegaConf.create({"kind": "nve", "dt": 0.002, "equilibration_steps": 0,
                                             "first_equilibration_steps": 0, "production_steps": 400, "every": 20}))
     sampler = Sampler(pot, system, scfg)
     params = pot.init(jax.random.PRNGKey(0))

@@ -72,7 +72,7 @@ def build_line_system(cfg) -> LineSystem:
 
 def _check_integrator(cfg: SamplerConfig) -> None:
     if cfg.integrator != "langevin":
-        raise UserError(f"simulator.integrator={cfg.integrator!r} is not available for system.kind={KIND}",
+        raise UserError(f"simulator.kind={cfg.integrator!r} is not available for system.kind={KIND}",
                         "use simulator=langevin (independent particles need a thermostat of their own)")
 
 

@@ -1,6 +1,6 @@
 """Optax optimiser from the ``optimizer`` config group.
 
-Keys: ``name`` (adam | sgd), ``lr``, ``b1``, ``b2``, ``schedule`` (constant | exponential),
+Keys: ``kind`` (adam | sgd), ``lr``, ``b1``, ``b2``, ``schedule`` (constant | exponential),
 ``decay_to`` (final lr as a fraction of ``lr`` after ``trainer.updates``), ``clip_norm``.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ def build(cfg, n_updates: int) -> optax.GradientTransformation:
     from .checks import choice, number
 
     P = "optimizer"
-    name = choice(cfg, "name", ("adam", "sgd"), prefix=P, default="adam", what="optimiser")
+    name = choice(cfg, "kind", ("adam", "sgd"), prefix=P, default="adam", what="optimiser")
     lr = number(cfg, "lr", prefix=P, lo=0.0, lo_open=True, required=False, default=1e-3, example="0.003")
     schedule_kind = choice(cfg, "schedule", ("constant", "exponential"), prefix=P, default="constant",
                            what="schedule")

@@ -111,7 +111,7 @@ def kinetic_temperature(state) -> Any:
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    integrator: str = "langevin"      # langevin | nose_hoover | nve
+    integrator: str = "langevin"      # langevin | nose_hoover | nve (config key simulator.kind)
     dt: float = 0.005
     gamma: float = 1.0                # Langevin friction (1/time)
     chain_length: int = 3             # Nosé–Hoover chain length
@@ -133,12 +133,12 @@ class SamplerConfig:
 
 def sampler_config(cfg) -> SamplerConfig:
     """:class:`SamplerConfig` from the ``simulator`` config group, every key range-checked."""
-    fields = SamplerConfig.__dataclass_fields__
-    unknown = sorted(k for k in cfg if k not in fields and k != "kind")
+    keys = ["kind"] + [k for k in SamplerConfig.__dataclass_fields__ if k != "integrator"]   # kind: the integrator
+    unknown = sorted(k for k in cfg if k not in keys)
     if unknown:
-        raise UserError(f"simulator: unknown key(s) {unknown}", f"valid keys: {sorted(fields)}")
+        raise UserError(f"simulator: unknown key(s) {unknown}", f"valid keys: {sorted(keys)}")
     P, d = "simulator", SamplerConfig()
-    kw = {"integrator": choice(cfg, "integrator", ("langevin", "nose_hoover", "nve"), prefix=P,
+    kw = {"integrator": choice(cfg, "kind", ("langevin", "nose_hoover", "nve"), prefix=P,
                                default=d.integrator, what="integrator")}
 
     def num(key, example, **bounds):

@@ -5,15 +5,15 @@ Runs the true Lennard-Jones fluid (ε = σ = 1, rc = 2.5, shifted) at the state 
 preset (default `lj`: N = 1000, ρ = 0.5, kT = 1.5, Langevin, dt = 0.005; override with
 system.density=… system.kT=…) for many independent segments and writes the averaged RDF,
 computed with exactly the observable definition and grid of the preset, with its provenance
-in the header. With observables=rdf_pressure it also prints the mean virial pressure; with
-observables=rdf_sk it also computes the static structure factor S(k) (``--only`` picks the
+in the header. With 'observables=[rdf,pressure]' it also prints the mean virial pressure; with
+'observables=[rdf,sk]' it also computes the static structure factor S(k) (``--only`` picks the
 observables written, ``--out`` a file, or a template with ``{name}`` for several):
 
     python scripts/make_targets.py --segments 40 --only sk --out configs/targets/data/lj_sk_rho0.50_kT1.50.txt \
-        observables=rdf_sk
+        'observables=[rdf,sk]'
 
     python scripts/make_targets.py --segments 100 --out configs/targets/data/lj_rdf_rho0.50_kT1.50.txt \
-        system.density=0.5 system.kT=1.5 observables=rdf_pressure
+        system.density=0.5 system.kT=1.5 'observables=[rdf,pressure]'
     python scripts/make_targets.py --segments 150 --out configs/targets/data/lj_rdf_rho0.70_kT1.00.txt \
         system.density=0.7 system.kT=1.0
 

@@ -19,9 +19,9 @@ Model and protocol (defaults):
   kinetic term. Reported as mean ± standard error from block averages (``--blocks``).
 
 Coarse-graining: every molecule maps to its oxygen. The RDF, ADF and q of the oxygens are
-computed with difftre's own observables, built from ``--observables`` (default
-configs/observables/water.yaml), so target and learned model use identical definitions
-(grid, smoothing, cutoff weights).
+computed with difftre's own observables, built from ``--observables`` (default: the
+observables of ``config=water``, composed as ``difftre train config=water`` does), so target and
+learned model use identical definitions (grid, smoothing, cutoff weights).
 
 Output (HDF5, the format of ``difftre_cli.targets.read_xy`` with a group per target):
     /rdf/x (nm), /rdf/y, /rdf/y_err          O–O g(r); x_unit attribute "nm"
@@ -58,7 +58,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "configs/targets/data/water_spce_296K.h5"
-DEFAULT_OBS = ROOT / "configs/observables/water.yaml"
 #: g/mol, H2O with IUPAC standard atomic weights (as OpenMM's element table)
 WATER_MOLAR_MASS = 18.01528
 AVOGADRO = 6.02214076e23
@@ -205,9 +204,16 @@ def log(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------
-def analyse(traj: dict, observables_file: Path, chunk: int = 50) -> dict:
+def water_observables():
+    """The observables of config=water (the preset's list of observables and its RDF grid)."""
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        return compose(config_name="train", overrides=["config=water"]).observables
+
+
+def analyse(traj: dict, observables_file: Path | None, chunk: int = 50) -> dict:
     """Per-snapshot values of the configured θ-independent observables (difftre's own
-    definitions) for the oxygen trajectory."""
+    definitions; None: those of config=water) for the oxygen trajectory."""
     import jax
     import jax.numpy as jnp
     from omegaconf import OmegaConf
@@ -219,7 +225,8 @@ def analyse(traj: dict, observables_file: Path, chunk: int = 50) -> dict:
 
     meta = traj["meta"]
     box, n = float(meta["box_nm"]), int(meta["n_molecules"])
-    obs = {k: o for k, o in obs_mod.build(OmegaConf.load(observables_file)).items() if not o.depends_on_params}
+    obs_cfg = water_observables() if observables_file is None else OmegaConf.load(observables_file)
+    obs = {k: o for k, o in obs_mod.build(obs_cfg).items() if not o.depends_on_params}
     ctx = obs_mod.Context(n_particles=n, volume=box ** 3, kT=units.KB_KJ_PER_MOL_K * float(meta["temperature_K"]))
     reach = max(o.reach for o in obs.values())
     if reach > 0.5 * box:
@@ -342,7 +349,8 @@ def parse(argv=None):
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--platform", default="CPU", help="OpenMM platform (CPU, CUDA, OpenCL, Reference)")
     ap.add_argument("--threads", type=int, default=2, help="CPU platform threads (0: OpenMM's default)")
-    ap.add_argument("--observables", type=Path, default=DEFAULT_OBS, help="difftre observables config (YAML)")
+    ap.add_argument("--observables", type=Path, default=None,
+                    help="difftre observables config (YAML); default: the observables of config=water")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--save-trajectory", type=Path, help="also write the oxygen trajectory (.npz)")
     ap.add_argument("--from-trajectory", type=Path, help="skip the simulation, analyse this .npz")
@@ -363,7 +371,7 @@ def main(argv=None) -> dict:
         if args.save_trajectory:
             save_trajectory(args.save_trajectory, traj)
     ana = analyse(traj, args.observables)
-    ana["observables_file"] = args.observables
+    ana["observables_file"] = args.observables or "config=water"
     summary = write_h5(args.out, traj, ana, args.blocks, command)
     log(json.dumps({"out": str(args.out), "speed_steps_per_s": traj["meta"]["speed_steps_per_s"], **summary},
                    indent=1))

@@ -28,7 +28,7 @@ N, RHO = 108, 0.7                       # config=tiny
 L = (N / RHO) ** (1.0 / 3.0)            # its box edge (σ): half box 2.68, tiny's RDF reaches 2.56
 STRUCT = ["system.structure_unit=sigma", "system.n_particles=null", "system.density=null"]
 REAL = ["system.units=real", "system.kT=null", "system.temperature=300"]
-PRESSURE = ["observables=rdf_pressure", "targets=lj_liquid_rdf_pressure"]
+PRESSURE = ["observables=[rdf,pressure]", "targets=[lj_liquid_rdf,lj_liquid_pressure]"]
 
 
 def _atoms(symbols=f"Ar{N}", positions=None, cell=(L, L, L), pbc=True):
@@ -167,7 +167,9 @@ CASES = [
     pytest.param(["model=mlp", "model.hidden=abc"], ["model.hidden", "abc"], id="mlp-hidden-string"),
     pytest.param(["model=mlp", "model.n_basis=0"], ["model.n_basis"], id="mlp-n-basis"),
     # simulator
-    pytest.param(["simulator.integrator=verlet"], ["simulator.integrator", "verlet"], id="integrator"),
+    pytest.param(["simulator.kind=verlet"], ["simulator.kind", "verlet"], id="integrator"),
+    pytest.param(["simulator.integrator=nve"], ["simulator.integrator", "renamed to simulator.kind"],
+                 id="integrator-old-key"),
     pytest.param(["simulator.gamma=0"], ["simulator.gamma"], id="langevin-gamma"),
     pytest.param(["simulator=nose_hoover", "simulator.chain_length=0"], ["simulator.chain_length"], id="nh-chain"),
     pytest.param(["simulator=nose_hoover", "simulator.tau_steps=-1"], ["simulator.tau_steps"], id="nh-tau"),
@@ -186,7 +188,7 @@ CASES = [
     pytest.param(["observables.rdf.n_bins=1"], ["observables.rdf.n_bins"], id="rdf-n-bins"),
     pytest.param(["observables.rdf.sigma=-0.1"], ["observables.rdf.sigma"], id="rdf-sigma-negative"),
     # targets
-    pytest.param(["targets=lj_liquid_rdf_pressure"], ["targets.pressure", "no observable"],
+    pytest.param(["targets=[lj_liquid_rdf,lj_liquid_pressure]"], ["targets.pressure", "no observable"],
                  id="target-observable-not-configured"),
     pytest.param(["+targets.rdf.observable=adf"], ["targets.rdf", "adf"], id="target-observable-unknown"),
     pytest.param(["targets.rdf.gamma=-1"], ["targets.rdf.gamma"], id="target-gamma-negative"),
@@ -215,7 +217,8 @@ CASES = [
     pytest.param(["targets.rdf.file=text.h5"], ["targets.rdf.file", "text.h5", "HDF5"], id="h5-not-hdf5"),
     pytest.param(["targets.rdf.file=noxy.h5"], ["targets.rdf.file", "noxy.h5", "'x'"], id="h5-no-datasets"),
     # optimizer
-    pytest.param(["optimizer.name=rmsprop"], ["optimizer.name", "rmsprop"], id="optimizer-name"),
+    pytest.param(["optimizer.kind=rmsprop"], ["optimizer.kind", "rmsprop"], id="optimizer-kind"),
+    pytest.param(["optimizer.name=sgd"], ["optimizer.name", "renamed to optimizer.kind"], id="optimizer-old-key"),
     pytest.param(["optimizer.lr=abc"], ["optimizer.lr", "abc"], id="optimizer-lr-string"),
     pytest.param(["optimizer.b1=1.0"], ["optimizer.b1"], id="adam-b1-one"),
     pytest.param(["optimizer.b2=-0.1"], ["optimizer.b2"], id="adam-b2-negative"),

@@ -117,10 +117,14 @@ def test_evaluate_tiny_end_to_end(trained):
     from omegaconf import OmegaConf
     saved = OmegaConf.load(run / ".hydra" / "config.yaml")
     del saved.evaluate["chunk_steps"]
+    # ... and one saved before the dispatch keys were renamed (simulator.integrator, optimizer.name)
+    saved.simulator.integrator, saved.optimizer.name = saved.simulator.pop("kind"), saved.optimizer.pop("kind")
     OmegaConf.save(saved, run / ".hydra" / "config.yaml")
     ev = difftre(["evaluate", f"run={run}", "evaluate.production_steps=200", "evaluate.chunk_steps=100"], cwd=cwd)
     assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr[-3000:]
     assert "Traceback" not in ev.stdout + ev.stderr
+    assert "simulator.integrator (renamed since this run was trained) read as simulator.kind" in ev.stderr
+    assert "optimizer.name (renamed since this run was trained) read as optimizer.kind" in ev.stderr
     out = json.loads((run / "evaluation.json").read_text())
     rdf = out["targets"]["rdf"]
     assert math.isfinite(rdf["rmse"]) and rdf["rmse"] >= 0

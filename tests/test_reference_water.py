@@ -52,7 +52,7 @@ def _check_file(path: Path, obs: dict):
 
 def test_committed_water_targets_match_the_water_configs():
     assert TARGET_FILE.stat().st_size < 200_000
-    obs = observables.build(OmegaConf.load(ROOT / "configs/observables/water.yaml"))
+    obs = observables.build(_script().water_observables())
     assert set(obs) == {"rdf", "adf", "pressure", "q"}
     attrs, r, g, p = _check_file(TARGET_FILE, obs)
     assert attrs["n_molecules"] == 901 and attrs["box_nm"] == 3.0 and attrs["temperature_K"] == 296.15
@@ -71,7 +71,7 @@ def test_committed_water_targets_match_the_water_configs():
 
 def test_adf_target_in_degrees_equals_the_file_in_radians(tmp_path):
     """A user's own ADF file in degrees gives the same target as the committed one in rad."""
-    obs = observables.build(OmegaConf.load(ROOT / "configs/observables/water.yaml"))
+    obs = observables.build(_script().water_observables())
     with h5py.File(TARGET_FILE, "r") as f:
         x, y = f["adf/x"][()], f["adf/y"][()]
     text = tmp_path / "adf_deg.csv"

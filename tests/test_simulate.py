@@ -105,8 +105,8 @@ def test_neighbour_list_overflow_is_recomputed():
 
 def test_sampler_config_validation():
     assert sampler_config({"kind": "langevin", "dt": 0.002}).dt == 0.002
-    for bad in ({"dt": 0.0}, {"integrator": "verlet"}, {"every": 0}, {"production_steps": 5, "every": 10},
-                {"equilibration_steps": -1}, {"tau": 1.0},
+    for bad in ({"dt": 0.0}, {"kind": "verlet"}, {"every": 0}, {"production_steps": 5, "every": 10},
+                {"equilibration_steps": -1}, {"tau": 1.0}, {"integrator": "langevin"},   # the old name of kind
                 # fewer slots than the measured occupancy would silently drop neighbours
                 {"capacity_multiplier": 0.5}):
         with pytest.raises(UserError):

@@ -284,7 +284,7 @@ def test_force_constant_fit_recovers_perturbed_parameters(tmp_path, monkeypatch)
     (["classical.learnable=[epsilon,foo]"], "no parameter 'foo'"),
     (["classical.learnable=[p]"], "hard-coded"),
     (["classical.params.q=1"], "hard-codes"),
-    (["optimizer.name=rmsprop"], "unknown optimiser"),
+    (["optimizer.kind=rmsprop"], "unknown optimiser"),
     (["classical.params.sigma=-2.0"], "must be > 0"),
     (["precision=single"], "precision=double"),
     (["system.lattice_constant=3.0"], "too small for the cutoff"),

@@ -150,7 +150,7 @@ def _compose(*overrides):
 
 def test_yaml_composes_and_bad_settings_name_the_key(monkeypatch):
     monkeypatch.chdir(ROOT)
-    cfg = _compose("config=lj", "observables=rdf_sk", "targets=lj_rdf_sk")
+    cfg = _compose("config=lj", "observables=[rdf,sk]", "targets=[lj_rdf,lj_sk]")
     validate(cfg)
     from difftre_cli import targets
     obs = build(cfg.observables)
@@ -163,8 +163,8 @@ def test_yaml_composes_and_bad_settings_name_the_key(monkeypatch):
                      ("observables.sk.k_min=0.0", "observables.sk"),      # (0, 0.2] has no vector
                      ("observables.sk.k_min=9.0", "observables.sk.k_max")]:
         with pytest.raises(UserError) as exc:
-            validate(_compose("config=lj", "observables=rdf_sk", "targets=lj_rdf_sk", bad))
+            validate(_compose("config=lj", "observables=[rdf,sk]", "targets=[lj_rdf,lj_sk]", bad))
         assert key in str(exc.value), str(exc.value)
     assert 2 * math.pi / box < 0.5
     with pytest.raises(UserError, match="targets.sk.x_unit"):            # a length is not a wave number
-        validate(_compose("config=lj", "observables=rdf_sk", "targets=lj_rdf_sk", "targets.sk.x_unit=sigma"))
+        validate(_compose("config=lj", "observables=[rdf,sk]", "targets=[lj_rdf,lj_sk]", "targets.sk.x_unit=sigma"))

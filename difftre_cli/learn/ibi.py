@@ -91,7 +91,8 @@ class IBI:
                     self.pressure_target = t
             if self.pressure_target is None:
                 raise UserError("trainer.pressure_correction=true needs a pressure target",
-                                "use observables=rdf_pressure with a targets group that has a pressure value")
+                                "add a pressure observable and target, e.g. 'observables=[rdf,pressure]' "
+                                "'targets=[lj_liquid_rdf,lj_liquid_pressure]'")
         grid = np.asarray(self.rdf.grid, np.float64)
         if grid[0] > model.r_min or grid[-1] < model.cutoff:
             raise UserError(f"observables.{self.rdf.name}: the RDF grid [{grid[0]:.3g}, {grid[-1]:.3g}] must cover "

@@ -124,9 +124,9 @@ def build_targets(cfg_targets, potential, n_atoms: int) -> dict[str, StaticTarge
 
 
 def _optimizer_name(cfg) -> str:
-    name = OmegaConf.select(cfg, "optimizer.name")
+    name = OmegaConf.select(cfg, "optimizer.kind")
     if name not in OPTIMIZERS:
-        raise UserError(f"optimizer.name: unknown optimiser {name!r} for trainer=static",
+        raise UserError(f"optimizer.kind: unknown optimiser {name!r} for trainer=static",
                         f"use one of {list(OPTIMIZERS)} (optimizer=bfgs, optimizer=adam, ...)")
     return name
 

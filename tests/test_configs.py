@@ -1,0 +1,93 @@
+"""The config tree itself: presets that extend others, ground_truth as a group, one dispatch key
+(`kind`), observables and targets composed from one-per-file options, trainer=static presets
+without the MD groups. Compose (+ validate) only; nothing is compiled or trained."""
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from difftre_cli.config import CONFIG_DIR, presets, validate
+
+RDF = {"kind": "rdf", "r_min": 0.0, "r_max": 3.0, "n_bins": 150, "sigma": 0.02}
+
+
+def _compose(*overrides) -> dict:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="train", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+def _cfg(*overrides):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def test_observables_and_targets_compose_from_lists():
+    """observables=[rdf,pressure] is what the former rdf_pressure option held, and the target
+    lists give the former lj_liquid_rdf_pressure / lj_rdf_sk files' content."""
+    cfg = _compose("config=lj", "observables=[rdf,pressure]", "targets=[lj_liquid_rdf,lj_liquid_pressure]")
+    assert cfg["observables"] == {"rdf": RDF, "pressure": {"kind": "pressure"}}
+    assert cfg["targets"] == {
+        "rdf": {"file": "configs/targets/data/lj_rdf_rho0.70_kT1.00.txt", "x_unit": "sigma", "gamma": 1.0},
+        "pressure": {"value": 0.527, "unit": "reduced", "gamma": 0.1}}
+    cfg = _compose("config=lj", "observables=[rdf,sk]", "targets=[lj_rdf,lj_sk]")
+    assert cfg["observables"]["sk"] == {"kind": "structure_factor", "k_min": 0.4, "k_max": 8.0, "n_bins": 38}
+    assert cfg["targets"]["sk"] == {"file": "configs/targets/data/lj_sk_rho0.50_kT1.50.txt", "x_unit": "1/sigma",
+                                    "gamma": 1.0}
+    assert list(_compose("config=diamond")["observables"]) == ["stress", "stiffness"]
+    water = _compose("config=water")["observables"]
+    assert list(water) == ["rdf", "adf", "pressure", "q"]
+    assert water["rdf"] == {**RDF, "r_max": 1.0, "n_bins": 300, "sigma": None}   # the preset's grid
+
+
+def test_lj_ibi_is_lj_with_another_trainer_and_model():
+    lj, ibi = _compose("config=lj"), _compose("config=lj_ibi")
+    assert ibi["trainer"]["kind"] == "ibi" and ibi["trainer"]["updates"] == 60
+    assert ibi["model"]["kind"] == "table" and ibi["model"]["n_points"] == 69
+    for key in ("system", "prior", "simulator", "observables", "targets", "optimizer", "ground_truth", "evaluate"):
+        assert ibi[key] == lj[key], key
+    assert ibi["name"] == "${hydra:runtime.choices.config}"
+    direct = _compose("config=lj_direct_ad")
+    assert direct["trainer"]["kind"] == "direct_ad" and direct["optimizer"]["kind"] == "adam"
+    assert direct["optimizer"]["lr"] == 0.02 and direct["optimizer"]["clip_norm"] == 1.0
+    for key in ("system", "prior", "model", "observables", "targets", "ground_truth"):
+        assert direct[key] == lj[key], key
+    # the command line still picks the last word: an override on top of an extending preset
+    assert _compose("config=lj_ibi", "trainer=difftre")["trainer"]["kind"] == "difftre"
+
+
+def test_preset_name_is_the_selected_preset_not_the_one_it_extends():
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="train", overrides=["config=lj_ibi"], return_hydra_config=True)
+    assert cfg.hydra.runtime.choices.config == "lj_ibi"
+
+
+def test_ground_truth_group():
+    assert _compose("config=water")["ground_truth"] is None              # none: null, read as absent
+    assert _compose("config=lj")["ground_truth"] == {"kind": "lj", "epsilon": 1.0, "sigma": 1.0, "cutoff": 2.5}
+    assert _compose("config=water", "ground_truth=lj", "ground_truth.epsilon=2.0")["ground_truth"]["epsilon"] == 2.0
+    assert _compose("config=tiny", "ground_truth=none")["ground_truth"] is None
+    assert _compose("config=double_well")["ground_truth"]["kind"] == "double_well"
+    mix = _compose("config=lj_mixture")["ground_truth"]
+    assert mix["kind"] == "lj" and mix["pairs"]["B-B"] == {"sigma": 1.1}
+
+
+def test_static_presets_compose_no_md_groups():
+    for name in ("si_sw_elastic", "si_edip_elastic", "si_sw_phonons"):
+        cfg = _compose(f"config={name}")
+        assert not {"prior", "model", "simulator", "observables"} & set(cfg), name
+        assert cfg["trainer"]["kind"] == "static" and cfg["optimizer"]["kind"] == "bfgs"
+    edip, phonons = _compose("config=si_edip_elastic"), _compose("config=si_sw_phonons")
+    assert edip["classical"]["kind"] == "edip" and edip["classical"]["learnable"] == ["A", "lam"]
+    assert list(phonons["targets"]) == ["fc"] and phonons["system"]["replicate"] == [2, 2, 2]
+
+
+@pytest.mark.parametrize("preset", presets())
+def test_every_preset_dispatches_on_kind_and_validates(preset):
+    cfg = _cfg(f"config={preset}")
+    for group in ("simulator", "optimizer", "trainer", "model", "prior"):
+        node = cfg.get(group)
+        if node is not None:
+            assert "kind" in node and "integrator" not in node and "name" not in node, (preset, group)
+    validate(cfg)
