@@ -153,6 +153,10 @@ class StaticRegime:
         return {}
 
     def restore(self, trees: dict, attrs: dict) -> None:
+        if "opt_state" not in trees:   # written by run_static, the static fit's own loop before the shared one
+            raise UserError(f"{self.store.checkpoint_path} holds a static fit of an earlier difftre version "
+                            "(no optimiser state); it cannot be resumed",
+                            "start a new run (its fitted parameters as classical.params); difftre evaluate reads it")
         self.it = int(trees["opt_state"]["it"])
         self._good_it = int(trees["last_good_opt_state"]["it"]) if "last_good_opt_state" in trees else self.it
         self.converged, self.message = bool(attrs.get("converged", False)), str(attrs.get("message", ""))
