@@ -8,7 +8,8 @@ from typing import Any
 
 from . import observables as observables_mod
 from . import optim, potentials, targets as targets_mod
-from .learn.difftre import DiffTRe
+from .errors import UserError
+from .learn.registry import trainer_kind
 from .observables.engine import ObservableEngine
 from .onebody import OneBodySampler, build_line_system, is_one_body_system
 from .sampler import sampler_config
@@ -31,6 +32,10 @@ class Components:
 
 
 def build(cfg) -> Components:
+    learner_cls = trainer_kind(cfg.trainer.kind).learner
+    if learner_cls is None:   # e.g. trainer=static: its regime builds what it needs from the config
+        raise UserError(f"trainer.kind={cfg.trainer.kind} trains without MD components",
+                        "run it through `difftre train` / `difftre evaluate`")
     one_body = is_one_body_system(cfg.system)   # independent particles on a line (double well)
     system = build_line_system(cfg.system) if one_body else build_system(cfg.system)
     cutoff = float(cfg.model.get("cutoff", cfg.system.get("cutoff", 2.5)))
@@ -47,8 +52,8 @@ def build(cfg) -> Components:
            observables_mod.Context(system.n_particles, system.volume, system.kT, tuple(names), system.counts,
                                    system.species if len(names) > 1 else None))
     engine = ObservableEngine(potential, obs, ctx, system.box_size, 1.0 / system.kT)
-    learner = DiffTRe(engine, tgts, optimizer, precondition=cfg.trainer.get("precondition", "none"),
-                      fisher_damping=float(cfg.trainer.get("fisher_damping", 1e-3)))
+    learner = learner_cls(engine, tgts, optimizer, precondition=cfg.trainer.get("precondition", "none"),
+                          fisher_damping=float(cfg.trainer.get("fisher_damping", 1e-3)))
     if len(names) > 1:
         from .potentials import mixture
         truth = mixture.ground_truth(cfg.get("ground_truth"), cutoff, names)

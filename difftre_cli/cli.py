@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import CONFIG_DIR, groups, presets
+from .config import CONFIG_DIR, evaluate_defaults, groups, presets
 from .config_errors import config_errors
 from .errors import UserError
 from .jax_setup import configure, prepare_environment
@@ -321,12 +321,7 @@ def _evaluate_one(run: Path, overrides: list[str]) -> None:
     except UserError as exc:
         fail(str(exc))
     cfg = translate_config(OmegaConf.load(run / ".hydra" / "config.yaml"), str(run / ".hydra" / "config.yaml"))
-    # evaluate keys introduced after older runs were trained get today's defaults, so they can be set
-    ev = cfg.get("evaluate")
-    if ev is not None and cfg.get("trainer", {}).get("kind") != "static":
-        for key, default in OmegaConf.load(CONFIG_DIR / "evaluate" / "default.yaml").items():
-            if key not in ev:
-                ev[key] = default
+    evaluate_defaults(cfg)   # evaluate keys introduced after older runs were trained, so they can be set
     try:
         OmegaConf.set_struct(cfg, True)
         cfg.merge_with_dotlist(overrides)

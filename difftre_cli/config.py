@@ -37,16 +37,50 @@ def _get(cfg: DictConfig, key: str):
     return OmegaConf.select(cfg, key, default=None)
 
 
+def _registry():
+    """The trainer registry (learn/registry.py). It imports every learning regime (JAX, JAX MD):
+    imported when a config is checked, not with this module, so that ``difftre --help`` stays quick."""
+    from .learn import registry
+    return registry
+
+
+def trainer_kind(cfg: DictConfig):
+    """The trainer registry's entry of ``cfg``'s ``trainer.kind`` (UserError if unknown)."""
+    if not isinstance(_get(cfg, "trainer"), DictConfig):
+        raise UserError("config group 'trainer' is missing", "select one, e.g. trainer=difftre")
+    return _registry().trainer_kind(_get(cfg, "trainer.kind"))
+
+
+def evaluate_defaults(cfg: DictConfig) -> None:
+    """Give a trained run's ``evaluate`` section today's defaults for keys introduced after it was
+    trained (MD trainers: configs/evaluate/default.yaml), so that they can be overridden."""
+    ev = cfg.get("evaluate")
+    if ev is None or not isinstance(_get(cfg, "trainer"), DictConfig):
+        return
+    try:
+        md = trainer_kind(cfg).md
+    except UserError:   # validate() reports it
+        return
+    if md:
+        for key, default in OmegaConf.load(CONFIG_DIR / "evaluate" / "default.yaml").items():
+            if key not in ev:
+                ev[key] = default
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise UserError for the first problem found in ``cfg`` (each state point's config in
     turn when ``states`` lists several, see states.py)."""
     if is_multistate(cfg):
-        if _get(cfg, "trainer.kind") == "static":
-            raise UserError("states (several state points) are not supported by trainer=static",
+        kind, name = trainer_kind(cfg), _get(cfg, "trainer.kind")
+        if kind.multistate is None:
+            raise UserError(f"states (several state points) are not supported by trainer={name}",
                             "fit one structure per run (states=null)")
-        if _get(cfg, "trainer.state_parallel") == "devices" and _get(cfg, "trainer.kind") != "difftre":
-            raise UserError(f"trainer.state_parallel=devices is implemented for trainer=difftre only, not "
-                            f"trainer={_get(cfg, 'trainer.kind')}", "set trainer.state_parallel=sequential")
+        mode = _get(cfg, "trainer.state_parallel")
+        able = [k for k, v in _registry().TRAINERS.items() if mode in v.state_parallel]
+        if mode not in kind.state_parallel and able:
+            able = " / ".join(able)
+            raise UserError(f"trainer.state_parallel={mode} is implemented for trainer={able} only, not "
+                            f"trainer={name}", "set trainer.state_parallel=sequential")
         if _get(cfg, "trainer.precondition") == "fisher":
             raise UserError("trainer.precondition=fisher is not supported with several state points (states)",
                             "use trainer.precondition=none with optimizer=adam")
@@ -91,9 +125,11 @@ def _validate_one(cfg: DictConfig) -> None:
     overlapping start positions).
     """
     _unknown_keys(cfg)
-    if _get(cfg, "trainer.kind") == "static":  # 0 K fits of classical potentials: own checks
-        from .learn.static import validate_static
-        return validate_static(cfg)
+    kind = trainer_kind(cfg)
+    if kind.validate is not None:   # a trainer with checks of its own (trainer=static: 0 K fits, no MD)
+        kind.validate(cfg)
+        _validate_loop(cfg.trainer)
+        return
 
     for g in GROUPS:
         if _get(cfg, g) is None:
@@ -144,17 +180,22 @@ def _validate_one(cfg: DictConfig) -> None:
     _cross_checks(cfg, system, cutoff, obs)
 
 
-def _validate_trainer(tc) -> int:
-    """The trainer's keys (no builder of its own here: the learner reads them); its updates."""
-    from .learn import TRAINERS
+def _validate_loop(tc) -> int:
+    """The keys the training loop (train.py) reads, whatever the trainer; its updates."""
     T = "trainer"
-    choice(tc, "kind", sorted(TRAINERS), prefix=T, what="trainer")
     updates = number(tc, "updates", prefix=T, integer=True, lo=1, example="300")
-    number(tc, "reweight_ratio", prefix=T, lo=0.0, hi=1.0, required=False, example="0.9")
     number(tc, "checkpoint_every", prefix=T, integer=True, lo=1, required=False, example="10")
     number(tc, "checkpoint_seconds", prefix=T, lo=0.0, lo_open=True, required=False, example="600")
     number(tc, "max_failures", prefix=T, integer=True, lo=1, required=False, example="5")
     number(tc, "lr_reduction", prefix=T, lo=0.0, lo_open=True, hi=1.0, required=False, example="0.5")
+    return updates
+
+
+def _validate_trainer(tc) -> int:
+    """The MD trainers' keys (no builder of its own here: the learner reads them); its updates."""
+    T = "trainer"
+    updates = _validate_loop(tc)
+    number(tc, "reweight_ratio", prefix=T, lo=0.0, hi=1.0, required=False, example="0.9")
     choice(tc, "precondition", ("none", "fisher"), prefix=T, default="none", what="preconditioner")
     # several state points (states): sequential | devices (learn/multistate.py); no effect on one state point
     choice(tc, "state_parallel", ("sequential", "devices"), prefix=T, default="sequential", what="mode")

@@ -13,7 +13,10 @@ import numpy as np
 
 from . import assemble
 from .errors import UserError
+from .evaluate_static import evaluate_static
+from .learn.registry import trainer_kind
 from .production import production_run
+from .states import is_multistate
 from .store import RunStore
 
 log = logging.getLogger("difftre")
@@ -25,12 +28,14 @@ def _load_params(store: RunStore, template):
 
 
 def evaluate(cfg, run_dir) -> dict:
-    """Evaluate a run. With several state points (``states``) each one gets its own production
-    run; their targets and observables are reported as ``<state>_<name>``."""
-    if cfg.trainer.kind == "static":
-        from .evaluate_static import evaluate_static
-        return evaluate_static(cfg, run_dir)
-    from .states import is_multistate
+    """Evaluate a run with its trainer's evaluator (the trainer registry, learn/registry.py)."""
+    return EVALUATORS[trainer_kind(cfg.trainer.kind).evaluator](cfg, run_dir)
+
+
+def evaluate_md(cfg, run_dir) -> dict:
+    """Evaluate a run of an MD trainer: a production run with the final parameters. With
+    several state points (``states``) each one gets its own production run; their targets and
+    observables are reported as ``<state>_<name>``."""
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     states = assemble.build_states(cfg) if is_multistate(cfg) else [("", assemble.build(cfg))]
@@ -293,3 +298,7 @@ def _summary(out: dict) -> None:
     t.add_row("snapshots", str(out["snapshots"]))
     t.add_row("wall time [s]", f"{out['wall_time_s']:.1f}")
     Console().print(t)
+
+
+#: the evaluators that trainer kinds name (learn/registry.py: TrainerKind.evaluator)
+EVALUATORS = {"md": evaluate_md, "static": evaluate_static}

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import units
-from .learn.static import build_problem, load_params
+from . import phonons, units
+from .crystal import STRUCTURES, Crystal
+from .learn.static import build_problem, load_params, use_neighbor_list
+from .observables.elastic import bulk_modulus, periodic_energy, voigt_to_mandel
+from .potentials.classical import fixed_neighbor_list
 from .store import RunStore
 
 log = logging.getLogger("difftre")
@@ -22,7 +25,6 @@ NOTATION = ("C_voigt: Voigt notation, engineering shear strains e4 = 2 eps_yz et
 
 
 def _props_summary(p) -> dict:
-    from .observables.elastic import bulk_modulus
     base = {"stress_voigt_GPa": np.asarray(p["stress"]).tolist(), "energy_per_atom_eV": float(p["energy_per_atom"]),
             "residual_force_eV_per_A": float(p["residual_force"]), "cell_A": np.asarray(p["box"]).tolist()}
     if "C_voigt" not in p:   # no elastic target: the elastic tensor was not computed
@@ -41,11 +43,10 @@ def evaluate_static(cfg, run_dir) -> dict:
     prob = build_problem(cfg)
     store = RunStore(run_dir)
     fitted, iterations, attrs, rows = load_params(store, prob)
-    x_fit = np.array([fitted[k] for k in prob.x_names]) / prob.theta0
+    x_fit = prob.x_of(fitted)
     x_init = np.ones_like(x_fit)
-    loss_fn = prob._fns["loss"]
-    l_fit, (t_fit, p_fit) = loss_fn(x_fit)
-    l_ini, (t_ini, p_ini) = loss_fn(x_init)
+    l_fit, (t_fit, p_fit) = prob.loss_and_props(x_fit)
+    l_ini, (t_ini, p_ini) = prob.loss_and_props(x_init)
     pot = prob.potential
     out = {"run": str(run_dir), "trainer": "static", "potential": pot.kind,
            "units": {**units.METAL.to_dict(), "moduli": "GPa", "force_constants": "eV/angstrom^2"},
@@ -61,7 +62,6 @@ def evaluate_static(cfg, run_dir) -> dict:
         d = {"kind": t.kind, "gamma": t.gamma, "power": t.power, "source": t.source,
              "loss_initial": float(t_ini[name]), "loss_fitted": float(t_fit[name])}
         if t.kind == "elastic":
-            from .observables.elastic import voigt_to_mandel
             d.update({"notation_of_loss": t.notation, "C_voigt_GPa": np.asarray(t.value).tolist(),
                       "C_mandel_GPa": np.asarray(voigt_to_mandel(t.value)).tolist(),
                       "C11": float(t.value[0, 0]), "C12": float(t.value[0, 1]), "C44": float(t.value[3, 3])})
@@ -75,7 +75,7 @@ def evaluate_static(cfg, run_dir) -> dict:
     plots = [_plot_convergence(run_dir, rows, prob)]
     land = ev.get("landscape", {}) or {}
     if land.get("enabled", True) and len(prob.x_names) >= 2:
-        out["landscape"], png = _landscape(run_dir, prob, rows, land)
+        out["landscape"], png = _landscape(run_dir, prob, rows, x_fit, land)
         plots.append(png)
     ph_cfg = ev.get("phonons", {}) or {}
     if ph_cfg.get("enabled", False):
@@ -110,15 +110,14 @@ def _plot_convergence(run_dir, rows, prob):
     return p
 
 
-def _landscape(run_dir, prob, rows, cfg):
-    """Loss on a grid over two learnable parameters (the others at their fitted values)."""
+def _landscape(run_dir, prob, rows, x_fit, cfg):
+    """Loss on a grid over two learnable parameters (the others at their fitted values ``x_fit``)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = list(cfg.get("params") or prob.x_names[:2])
     idx = [prob.x_names.index(n) for n in names]
     path = np.array([[r[f"param_{n}"] for n in names] for r in rows])
-    x_fit = np.array([rows[-1][f"param_{k}"] for k in prob.x_names]) / prob.theta0
     npts, margin = int(cfg.get("points", 21)), float(cfg.get("margin", 0.25))
     axes = []
     for j in range(2):
@@ -131,7 +130,7 @@ def _landscape(run_dir, prob, rows, cfg):
             x = x_fit.copy()
             x[idx[0]] = va / prob.theta0[idx[0]]
             x[idx[1]] = vb / prob.theta0[idx[1]]
-            L[b, a] = float(prob._fns["loss"](x)[0])
+            L[b, a] = float(prob.loss_and_props(x)[0])
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     cs = ax.contourf(axes[0], axes[1], np.log10(np.maximum(L, 1e-12)), levels=30, cmap="viridis")
     fig.colorbar(cs, label="log10 loss")
@@ -150,13 +149,10 @@ def _landscape(run_dir, prob, rows, cfg):
 
 
 def cfg_structure(prob) -> str:
-    from .crystal import STRUCTURES
     return next((k for k, v in STRUCTURES.items() if np.array_equal(v, prob.crystal.unit_cell_frac)), "")
 
 
 def _phonons(run_dir, prob, fitted, p_fit, cfg):
-    from . import phonons
-    from .observables.elastic import periodic_energy
     cr = prob.crystal
     n_unit = cr.unit_cell_frac.shape[0]
     reps = np.asarray(cr.replicate, float)
@@ -166,9 +162,6 @@ def _phonons(run_dir, prob, fitted, p_fit, cfg):
     ph = phonons.make_phonopy(unit_frac, unit_cell, cr.symbol, cr.mass, cr.replicate,
                               primitive_matrix="F" if cfg_structure(prob) == "diamond" else "auto")
     pot = prob.potential
-    from .crystal import Crystal
-    from .learn.static import use_neighbor_list
-    from .potentials.classical import fixed_neighbor_list
 
     def builder(cell, frac):
         sc = Crystal(np.asarray(frac), np.asarray(cell), cr.symbol, cr.mass, unit_frac, unit_cell, cr.replicate)

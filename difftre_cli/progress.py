@@ -79,15 +79,16 @@ class TrainingProgress:
     def update(self, row: dict, n_reused: int) -> None:
         done = int(row["update"]) + 1
         self.done = done
+        # N_eff and reuse: trainers that sample (the 0 K fit has neither)
+        sampled = f"  N_eff {row['n_eff']:.1f}  reused {n_reused}" if "n_eff" in row else ""
         if self._progress is not None:
-            self._progress.update(self._task, completed=done,
-                                  info=f"loss {row['loss']:.4g}  N_eff {row['n_eff']:.1f}  reused {n_reused}")
+            self._progress.update(self._task, completed=done, info=f"loss {row['loss']:.4g}{sampled}")
         elif done % self.every == 0 or done == self.total or done == self.start + 1:
             elapsed = time.perf_counter() - self.t0
             rate = elapsed / max(done - self.start, 1)
             eta = rate * (self.total - done)
-            print(f"update {done}/{self.total}  loss {row['loss']:.5g}  N_eff {row['n_eff']:.1f}  "
-                  f"reused {n_reused}  elapsed {elapsed:.0f}s  ETA {eta:.0f}s", file=sys.stderr, flush=True)
+            print(f"update {done}/{self.total}  loss {row['loss']:.5g}{sampled}  "
+                  f"elapsed {elapsed:.0f}s  ETA {eta:.0f}s", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._progress is not None:
@@ -105,8 +106,10 @@ class TrainingProgress:
         for k in last:
             if k.startswith("loss_"):
                 table.add_row(k, f"{first[k]:.4g} → {last[k]:.4g}")
-        table.add_row("resampled trajectories", str(sum(1 for r in rows if not r["reused"])))
-        table.add_row("wall time \\[s]", f"{sum(r['update_time'] + r['sample_time'] for r in rows):.1f}")
+        if "reused" in last:
+            table.add_row("resampled trajectories", str(sum(1 for r in rows if not r["reused"])))
+        if "update_time" in last:
+            table.add_row("wall time \\[s]", f"{sum(r['update_time'] + r['sample_time'] for r in rows):.1f}")
         for k, v in extra.items():
             table.add_row(k, str(v))
         Console(stderr=not self.console.is_terminal).print(table)

@@ -12,7 +12,12 @@ accepts or rejects it, keeps the metrics, checkpoints, and stops gracefully on s
 * every ``trainer.checkpoint_every`` updates, every ``trainer.checkpoint_seconds`` of wall
   time, at the end and on SIGTERM/SIGINT/SIGUSR2 the whole state is checkpointed atomically
   (``store.RunStore``). A killed run resumes from its last checkpoint and, with the same
-  seed, repeats the lost updates bit-for-bit on CPU.
+  seed, repeats the lost updates bit-for-bit on CPU;
+* a regime that has finished (``Proposal.done``: the 0 K fit converged) ends the loop as
+  ``trainer.updates`` would, with a checkpoint that says so (resuming it does nothing).
+
+Which regime runs is ``trainer.kind``'s entry in the trainer registry (learn/registry.py):
+the MD trainers get the components ``assemble`` builds, ``trainer=static`` its config alone.
 """
 from __future__ import annotations
 
@@ -26,57 +31,49 @@ from omegaconf import OmegaConf
 from . import assemble
 from .errors import UserError
 from .interrupt import GracefulStop
-from .learn.difftre import DiffTReRegime
+from .learn.registry import trainer_kind
 from .monitor import CostEstimate, TrainingMonitor
 from .progress import TrainingProgress
 from .segments import pack, unpack
+from .states import is_multistate
 from .store import RunStore, versions
 
 log = logging.getLogger("difftre")
 
 
-def make_regime(c, store, cfg):
-    kind = cfg.trainer.kind
-    from .learn.boltzmann import INIT_FROM
-    if cfg.trainer.get("init_from") not in (None, *INIT_FROM):
-        raise UserError(f"trainer.init_from: unknown {cfg.trainer.init_from!r}", f"use one of {list(INIT_FROM)}")
-    if kind == "difftre":
-        return DiffTReRegime(c, store, float(cfg.trainer.get("reweight_ratio", 0.9)), cfg.trainer.get("init_from"))
-    if kind == "direct_ad":
-        from .learn.direct_ad import DirectADRegime
-        return DirectADRegime(c, store, cfg.trainer)
-    if kind == "ibi":
-        from .learn.ibi import IBIRegime
-        return IBIRegime(c, store, cfg.trainer)
-    raise UserError(f"trainer.kind: unknown trainer {kind!r}", "use trainer=difftre, direct_ad or ibi")
-
-
 class Trainer:
+    """The loop over one regime (learn/registry.py maps ``trainer.kind`` to it).
+
+    A regime provides ``init(key) -> (params, opt_state)``, ``propose(params, opt_state,
+    lr_scale) -> Proposal``, ``checkpoint() -> (trees, attrs)``, ``templates(attrs)``,
+    ``restore(trees, attrs)`` and ``rejected()``; optionally ``final(params, opt_state)`` (a
+    metrics row of the final parameters when the loop stops at ``trainer.updates``),
+    ``close()`` (called whenever the loop ends), ``summary(rows, params)`` (rows of the
+    summary table), ``result(params)`` (entries of the returned dict), ``trajectory_names()``
+    and ``failure_hint`` (the fix named when failures stop the run)."""
+
     def __init__(self, cfg, run_dir: str | Path, quiet: bool | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.store = RunStore(self.run_dir)
-        from .states import is_multistate
-        if is_multistate(cfg):   # several state points, shared parameters
-            from .learn import multistate
+        kind = trainer_kind(cfg.trainer.kind)
+        self.c, self.samplers = None, {}
+        if not kind.md:   # trains without MD components (trainer=static): the regime builds its own
+            self.regime = kind.regime(cfg, self.store, None)
+        elif is_multistate(cfg):   # several state points, shared parameters
+            if kind.multistate is None:
+                raise UserError(f"states (several state points) are not supported by trainer={cfg.trainer.kind}",
+                                "train one state point per run (states=null)")
             states = assemble.build_states(cfg)
             self.c = states[0][1]
-            self.samplers = {}
             for name, c in states:
                 c.sampler.label = name
                 self.samplers[name] = c.sampler
-            if cfg.trainer.kind == "direct_ad":
-                self.regime = multistate.MultiStateDirectADRegime(states, self.store, cfg.trainer)
-            elif cfg.trainer.kind == "ibi":
-                self.regime = multistate.MultiStateIBIRegime(states, self.store, cfg.trainer)
-            else:
-                self.regime = multistate.MultiStateDiffTReRegime(
-                    states, self.store, float(cfg.trainer.get("reweight_ratio", 0.9)), cfg.trainer.get("init_from"),
-                    state_parallel=cfg.trainer.get("state_parallel", "sequential"))
+            self.regime = kind.multistate(cfg, self.store, states)
         else:
             self.c = assemble.build(cfg)
             self.samplers = {"": self.c.sampler}
-            self.regime = make_regime(self.c, self.store, cfg)
+            self.regime = kind.regime(cfg, self.store, self.c)
         self.quiet = quiet
         tc = cfg.trainer
         self.n_updates = int(tc.updates)
@@ -87,12 +84,16 @@ class Trainer:
         self._versions = versions()
 
     # ----------------------------------------------------------------------------------
-    def _checkpoint(self, update, params, opt_state, last_good, lr_scale, failures, rows, segments=None):
+    def _checkpoint(self, update, params, opt_state, last_good, lr_scale, failures, rows, segments=None,
+                    done: str | None = None):
         """The loop's state after ``update`` updates; ``segments`` [(tree, info)]: the
-        trajectories in progress during the next update (monitor.py, segments.py)."""
+        trajectories in progress during the next update (monitor.py, segments.py); ``done``:
+        why the regime finished (a resume then has nothing to do)."""
         trees, attrs = self.regime.checkpoint()
         if segments:
             trees["segment"], attrs["segment"] = pack(segments)
+        if done:
+            attrs["done"] = done
         self.store.write_checkpoint(
             update=update,
             trees={"params": params, "opt_state": opt_state, "last_good_params": last_good[0],
@@ -133,8 +134,9 @@ class Trainer:
 
     def _run(self, resume: bool, stop: GracefulStop) -> dict:
         self.store.prepare()
-        log.info("initialising the parameters and the simulation (neighbour lists, graph capacities); the "
-                 "trajectory's progress follows once its chunk program is compiled")
+        if self.samplers:
+            log.info("initialising the parameters and the simulation (neighbour lists, graph capacities); the "
+                     "trajectory's progress follows once its chunk program is compiled")
         params, opt_state = self.regime.init(jax.random.PRNGKey(int(self.cfg.seed)))
         start, lr_scale, failures, rows = 0, 1.0, 0, []
         last_good = (params, opt_state)
@@ -145,75 +147,112 @@ class Trainer:
             lr_scale, failures = float(attrs["lr_scale"]), int(attrs["failures"])
             if failures >= self.max_failures:   # the run had stopped on failures: the user changed something
                 failures = 0
-            rows = rows[:start]
             log.info("resumed from %s at update %d", self.store.checkpoint_path, start)
+            if attrs.get("done") or start >= self.n_updates:
+                why = (f"the run had finished ({attrs['done']})" if attrs.get("done") else
+                       f"the run already has {start} of trainer.updates={self.n_updates} updates")
+                log.info("nothing to do: %s", why)
+                self.store.rewrite_metrics_csv(rows)
+                return self._result(rows, params, attrs.get("done"))
+            rows = rows[:start]   # (a regime's final row, see final(), comes back when the run ends again)
         elif resume:
             log.info("no complete checkpoint in %s yet: starting from update 0", self.run_dir)
         self.store.rewrite_metrics_csv(rows)
-        if start >= self.n_updates:
-            log.info("nothing to do: the run already has %d of trainer.updates=%d updates", start, self.n_updates)
-            return {"rows": rows, "params": params}
-
-        prog = TrainingProgress(self.n_updates, start, quiet=self.quiet)
-        n_reused = sum(1 for r in rows if r.get("reused"))
+        state = {"update": start, "params": params, "opt_state": opt_state, "last_good": last_good,
+                 "lr_scale": lr_scale, "failures": failures, "rows": rows}
         t_run = self._t_checkpoint = time.perf_counter()
-        update = start
-        loop = {}
+        try:
+            done = self._loop(state, stop)
+        finally:
+            close = getattr(self.regime, "close", None)
+            if close is not None:
+                close()
+        summary = getattr(self.regime, "summary", None)
+        extra = summary(rows, state["params"]) if summary is not None else {}
+        self.prog.summary(rows, {**extra, "run directory": str(self.run_dir),
+                                 "total wall [s]": f"{time.perf_counter() - t_run:.1f}"})
+        return self._result(rows, state["params"], done)
+
+    def _result(self, rows, params, done) -> dict:
+        result = getattr(self.regime, "result", None)
+        return {"rows": rows, "params": params, "done": done, **(result(params) if result is not None else {})}
+
+    def _loop(self, st: dict, stop: GracefulStop) -> str | None:
+        """Updates until ``trainer.updates``, a stop signal, too many failures or the regime's
+        ``done``; ``st`` is the loop's state (updated in place). Returns ``done``."""
+        rows = st["rows"]
+        prog = self.prog = TrainingProgress(self.n_updates, st["update"], quiet=self.quiet)
+        n_reused = sum(1 for r in rows if r.get("reused"))
+
+        def checkpoint(segments=None, done=None):
+            self._checkpoint(st["update"], st["params"], st["opt_state"], st["last_good"], st["lr_scale"],
+                             st["failures"], rows, segments=segments, done=done)
         monitor = TrainingMonitor(
-            prog, stop, CostEstimate(self.cfg, self.n_updates, start, len(self.samplers)),
-            checkpoint=lambda segments: self._checkpoint(*loop["state"], segments=segments),
-            last_checkpoint=lambda: self._t_checkpoint, checkpoint_seconds=self.checkpoint_seconds,
-            run_dir=self.run_dir, update=lambda: loop["state"][0])
+            prog, stop, CostEstimate(self.cfg, self.n_updates, st["update"], len(self.samplers)),
+            checkpoint=checkpoint, last_checkpoint=lambda: self._t_checkpoint,
+            checkpoint_seconds=self.checkpoint_seconds, run_dir=self.run_dir, update=lambda: st["update"])
         for sampler in self.samplers.values():
             sampler.monitor = monitor
         try:
-            while update < self.n_updates:
-                loop["state"] = (update, params, opt_state, last_good, lr_scale, failures, rows)
+            while st["update"] < self.n_updates:
                 if stop.requested:   # arrived before the first update (compilation, first sampling)
-                    self._checkpoint(update, params, opt_state, last_good, lr_scale, failures, rows)
+                    checkpoint()
                     prog.close()
-                    stop.finish(self.run_dir, update)
-                prop = self.regime.propose(params, opt_state, lr_scale)
-                if prop.event:
-                    failures += 1
-                    lr_scale *= self.lr_reduction
-                    params, opt_state = last_good
-                    self.regime.rejected()
-                    log.warning("update %d rejected (%s): parameters rolled back, learning-rate scale now %.3g "
-                                "(%d consecutive failures)", update, prop.event, lr_scale, failures)
-                else:
-                    if prop.fresh_sample:   # a stable new simulation ends a run of failures
-                        failures = 0
-                    last_good = (params, opt_state)
-                    params, opt_state = prop.params, prop.opt_state
-                row = {"update": update, **prop.fields, "lr_scale": lr_scale, "event": prop.event or "ok"}
-                rows.append(row)
-                self.store.append_metrics_csv(row)
+                    stop.finish(self.run_dir, st["update"])
+                prop = self.regime.propose(st["params"], st["opt_state"], st["lr_scale"])
+                self._decide(st, prop)
+                row = {"update": st["update"], **prop.fields, "lr_scale": st["lr_scale"], "event": prop.event or "ok"}
+                self._add_row(rows, row)
                 n_reused += int(row.get("reused", 0))
                 prog.update(row, n_reused)
-                update += 1
-                if failures >= self.max_failures:
-                    self._checkpoint(update, params, opt_state, last_good, lr_scale, failures, rows)
-                    raise UserError(f"{failures} consecutive unstable updates; stopped with the last good "
+                st["update"] += 1
+                if st["failures"] >= self.max_failures:
+                    checkpoint()
+                    hint = getattr(self.regime, "failure_hint", "lower optimizer.lr or simulator.dt")
+                    raise UserError(f"{st['failures']} consecutive unstable updates; stopped with the last good "
                                     f"checkpoint in {self.store.checkpoint_path}",
-                                    "lower optimizer.lr or simulator.dt, then resume=" + str(self.run_dir))
-                due = (update % self.checkpoint_every == 0 or update == self.n_updates
+                                    f"{hint}, then resume={self.run_dir}")
+                done = None if prop.event else prop.done
+                final = getattr(self.regime, "final", None)
+                if done is None and st["update"] == self.n_updates and final is not None:
+                    self._add_row(rows, {"update": st["update"], **final(st["params"], st["opt_state"]),
+                                         "lr_scale": st["lr_scale"], "event": "ok"})
+                due = (done or st["update"] % self.checkpoint_every == 0 or st["update"] == self.n_updates
                        or time.perf_counter() - self._t_checkpoint > self.checkpoint_seconds)
                 if due or stop.requested:
-                    self._checkpoint(update, params, opt_state, last_good, lr_scale, failures, rows)
-                if stop.requested and update < self.n_updates:
+                    checkpoint(done=done)
+                if done:
+                    return done
+                if stop.requested and st["update"] < self.n_updates:
                     prog.close()
-                    stop.finish(self.run_dir, update)
+                    stop.finish(self.run_dir, st["update"])
         finally:
             prog.close()
             for sampler in self.samplers.values():
                 sampler.monitor = None
-        prog.summary(rows, {"run directory": str(self.run_dir), "total wall [s]": f"{time.perf_counter() - t_run:.1f}"})
-        return {"rows": rows, "params": params}
+        return None
+
+    def _decide(self, st: dict, prop) -> None:
+        """Accept the proposal, or roll back to the last good parameters and lower the step."""
+        if prop.event:
+            st["failures"] += 1
+            st["lr_scale"] *= self.lr_reduction
+            st["params"], st["opt_state"] = st["last_good"]
+            self.regime.rejected()
+            log.warning("update %d rejected (%s): parameters rolled back, learning-rate scale now %.3g "
+                        "(%d consecutive failures)", st["update"], prop.event, st["lr_scale"], st["failures"])
+        else:
+            if prop.fresh_sample:   # a stable new simulation ends a run of failures
+                st["failures"] = 0
+            st["last_good"] = (st["params"], st["opt_state"])
+            st["params"], st["opt_state"] = prop.params, prop.opt_state
+
+    def _add_row(self, rows: list, row: dict) -> None:
+        rows.append(row)
+        self.store.append_metrics_csv(row)
 
 
 def train(cfg, run_dir, resume: bool = False, quiet: bool | None = None, stop: GracefulStop | None = None) -> dict:
-    if cfg.trainer.kind == "static":  # 0 K property fit of a classical potential: no MD
-        from .learn.static import run_static
-        return run_static(cfg, run_dir, resume=resume, quiet=quiet, stop=stop)
+    """Train with the regime of ``trainer.kind``; returns rows, params, done (why the regime
+    finished, or None) and the regime's own ``result`` entries."""
     return Trainer(cfg, run_dir, quiet=quiet).run(resume=resume, stop=stop)

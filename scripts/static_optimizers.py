@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Every optimiser of ``trainer=static`` on both elastic presets: a table of the fitted parameters,
 C11 / C12 / C44 (GPa, Voigt), final loss, iterations (loss evaluations), converged flag and wall
-time (compile time in brackets), as the runs report them (``run_static``).
+time (compile time in brackets), as the runs report them (``train.train``, the shared loop).
 
 Also checks why SW (ε, λ) and EDIP (A, λ) end at the same C: both are nearest-neighbour models in
 diamond whose pair force vanishes at a = 5.43 Å (zero stress), so at fixed geometry their C depend
@@ -45,9 +45,9 @@ def ratio_curve(preset, np, scales=(0.4, 0.6, 0.8, 1.0, 1.25, 1.6, 2.0, 2.5)):
     for s in scales:
         x = np.ones(len(prob.x_names))
         x[i_lam] = s
-        C = np.asarray(prob._fns["props"](prob.learn_of(jnp.asarray(x)))["C_voigt"])
+        C = np.asarray(prob.props(prob.learn_of(jnp.asarray(x)))["C_voigt"])
         out.append((C[0, 1] / C[0, 0], C[3, 3] / C[0, 0]))
-    stress = np.asarray(prob._fns["props"](prob.learn_of(jnp.ones(len(prob.x_names))))["stress"])
+    stress = np.asarray(prob.props(prob.learn_of(jnp.ones(len(prob.x_names))))["stress"])
     print(f"{preset}: stress at the start parameters (a = 5.43 Å) {np.round(stress, 3)} GPa", flush=True)
     return np.array(out).T
 
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     jax.config.update("jax_enable_x64", True)
     import numpy as np
 
-    from difftre_cli.learn.static import run_static
+    from difftre_cli.train import train
     curves = {}
     print(f"{'preset':16s} {'optimiser':12s} {'parameters':34s} {'C11':>8s} {'C12':>8s} {'C44':>8s} "
           f"{'loss':>10s} {'|grad|':>8s} {'iter (fev)':>11s} {'conv':>5s} {'wall s (compile)':>17s}", flush=True)
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
             cfg = compose([f"config={preset}", f"optimizer={opt}", f"trainer.updates={args.updates}"])
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
-                out = run_static(cfg, tmp, quiet=True)
+                out = train(cfg, tmp, quiet=True)
                 wall = time.perf_counter() - t0
             last = out["rows"][-1]
             par = " ".join(f"{k}={v:.6g}" for k, v in out["params"].items())

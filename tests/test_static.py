@@ -238,17 +238,19 @@ def _compose(overrides):
 
 def test_force_constant_fit_recovers_perturbed_parameters(tmp_path, monkeypatch):
     """Synthetic target: the Hessian of SW with ε = 2.0 eV, λ = 24.0 (the si_sw_phonons target) on
-    the 8-atom cell; BFGS from the published values recovers both parameters. The fit is stopped
-    by a SIGTERM after its third loss evaluation (graceful stop: checkpoint, Interrupted) and
-    resumed from the checkpoint."""
+    the 8-atom cell; BFGS from the published values recovers both parameters. The fit runs in the
+    shared training loop; it is stopped by a SIGTERM after its third loss evaluation (graceful
+    stop: the SciPy worker leaves, checkpoint, Interrupted) and resumed from the checkpoint."""
     import csv
     import os
     import signal
+    import threading
 
     from difftre_cli.interrupt import Interrupted
-    from difftre_cli.learn import static
+    from difftre_cli.learn import static_regime
+    from difftre_cli.train import train
     cfg = _compose(["config=si_sw_phonons", "system.replicate=[1,1,1]", "trainer.updates=60"])
-    call = static._Evaluator.__call__
+    call = static_regime.Evaluator.__call__
     count = {"n": 0}
 
     def term_after_three(self, x):
@@ -256,28 +258,119 @@ def test_force_constant_fit_recovers_perturbed_parameters(tmp_path, monkeypatch)
         if count["n"] == 3:
             os.kill(os.getpid(), signal.SIGTERM)
         return call(self, x)
-    monkeypatch.setattr(static._Evaluator, "__call__", term_after_three)
+    monkeypatch.setattr(static_regime.Evaluator, "__call__", term_after_three)
     with pytest.raises(Interrupted) as exc:
-        static.run_static(cfg, tmp_path, quiet=True)
+        train(cfg, tmp_path, quiet=True)
     assert exc.value.exit_code == 128 + signal.SIGTERM
-    monkeypatch.setattr(static._Evaluator, "__call__", call)
+    assert not [t for t in threading.enumerate() if t.name == "scipy-minimize"]   # the worker left
+    monkeypatch.setattr(static_regime.Evaluator, "__call__", call)
     from difftre_cli.store import RunStore
     store = RunStore(tmp_path)
     assert store.has_checkpoint() and not (tmp_path / "difftre.h5.tmp").exists()
     stopped_at = exc.value.update
     assert stopped_at >= 1
 
-    out = static.run_static(cfg, tmp_path, resume=True, quiet=True)
-    assert out["converged"] and out["iterations"] > stopped_at
+    out = train(cfg, tmp_path, resume=True, quiet=True)
+    assert out["converged"] and out["done"] and out["iterations"] > stopped_at
     assert out["params"]["epsilon"] == pytest.approx(2.0, rel=1e-6)
     assert out["params"]["lam"] == pytest.approx(24.0, rel=1e-6)
     assert out["rows"][-1]["loss"] < 1e-8 * out["rows"][0]["loss"]
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert [int(r["update"]) for r in rows] == list(range(out["iterations"] + 1)) and "param_epsilon" in rows[0]
+    assert float(rows[-1]["param_lam"]) == out["params"]["lam"]      # the last row: the fitted parameters
     # resume of a finished fit restarts nothing and keeps the result
-    again = static.run_static(cfg, tmp_path, resume=True, quiet=True)
-    assert again["message"] == "already finished"
-    assert again["params"]["lam"] == pytest.approx(out["params"]["lam"], rel=1e-12)
+    again = train(cfg, tmp_path, resume=True, quiet=True)
+    assert again["done"] == out["done"] and again["converged"] and again["iterations"] == out["iterations"]
+    assert again["params"]["lam"] == out["params"]["lam"]
+    assert len(list(csv.DictReader(open(tmp_path / "metrics.csv")))) == len(rows)
+
+
+@pytest.mark.slow
+def test_lbfgs_fit_stopped_and_resumed_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    """Optax L-BFGS: its state (line search included) is the loop's opt_state, so a fit stopped
+    by SIGTERM and resumed ends with the same metrics and checkpoint as an uninterrupted one,
+    bit-for-bit (CPU)."""
+    import os
+    import signal
+
+    import h5py
+
+    from difftre_cli.interrupt import Interrupted
+    from difftre_cli.learn import static_regime
+    from difftre_cli.train import train
+    cfg = _compose(["config=si_sw_elastic", "optimizer=lbfgs", "trainer.checkpoint_every=1"])
+    ref = train(cfg, tmp_path / "ref", quiet=True)
+    call = static_regime.Evaluator.__call__
+    count = {"n": 0}
+
+    def term_after_four(self, x):
+        count["n"] += 1
+        if count["n"] == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return call(self, x)
+    monkeypatch.setattr(static_regime.Evaluator, "__call__", term_after_four)
+    with pytest.raises(Interrupted):
+        train(cfg, tmp_path / "run", quiet=True)
+    monkeypatch.setattr(static_regime.Evaluator, "__call__", call)
+    out = train(cfg, tmp_path / "run", resume=True, quiet=True)
+    assert out["converged"] and out["params"] == ref["params"] and out["iterations"] == ref["iterations"]
+    skip = {"time"}
+    assert [{k: v for k, v in r.items() if k not in skip} for r in out["rows"]] == \
+           [{k: v for k, v in r.items() if k not in skip} for r in ref["rows"]]
+    with h5py.File(tmp_path / "ref" / "difftre.h5") as fa, h5py.File(tmp_path / "run" / "difftre.h5") as fb:
+        for tree in ("params", "opt_state", "last_good_params", "last_good_opt_state"):
+            ga, gb = fa["checkpoint"][tree], fb["checkpoint"][tree]
+            assert ga.attrs["n_leaves"] == gb.attrs["n_leaves"]
+            for i in range(int(ga.attrs["n_leaves"])):
+                np.testing.assert_array_equal(ga[f"leaf_{i:05d}"][()], gb[f"leaf_{i:05d}"][()])
+
+
+def test_stepped_scipy_gives_scipys_iterates_and_result():
+    """SciPy in a worker thread, one iteration per advance(): the same iterates, result and
+    function evaluations as one plain minimize() call; close() ends a worker mid-way."""
+    from scipy.optimize import minimize, rosen, rosen_der
+
+    from difftre_cli.learn.scipy_steps import SteppedMinimize
+    x0 = np.array([-1.2, 1.0, 0.7])
+    for method, jac in (("BFGS", rosen_der), ("Nelder-Mead", None)):
+        ref = []
+
+        def record(intermediate_result):   # SciPy passes its OptimizeResult to a parameter of this name
+            ref.append(np.array(intermediate_result.x))
+        res = minimize(rosen, x0, jac=jac, method=method, callback=record, options={"maxiter": 40})
+        w = SteppedMinimize(lambda x, cb: minimize(rosen, x, jac=jac, method=method, callback=cb,
+                                                   options={"maxiter": 40}), x0)
+        steps = []
+        while True:
+            kind, value = w.advance()
+            if kind == "done":
+                break
+            steps.append(value)
+            assert w.at(value)
+        assert len(steps) == len(ref) and all(np.array_equal(a, b) for a, b in zip(steps, ref))
+        assert np.array_equal(value.x, res.x) and value.nfev == res.nfev and value.message == res.message
+        assert w.advance()[0] == "done"
+    w = SteppedMinimize(lambda x, cb: minimize(rosen, x, jac=rosen_der, method="BFGS", callback=cb), x0)
+    w.advance()
+    w.advance()
+    w.close()
+    assert not w._thread.is_alive() and w.result is None
+
+
+def test_optimizer_state_with_infinities_is_checkpointable():
+    """Optax's L-BFGS state starts with infinite values (its line search); the regime keeps it
+    as finite arrays plus codes and restores it exactly (dtypes and weak types included)."""
+    import optax
+
+    from difftre_cli.learn.static_regime import decode_state, encode_state
+    state = optax.lbfgs().init(jnp.ones(2))
+    enc = encode_state(state)
+    assert all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree_util.tree_leaves(enc["values"]))
+    back = decode_state(enc, state)
+    for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(back)):
+        assert a.dtype == b.dtype and a.weak_type == b.weak_type
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert np.isinf(np.asarray(back[-1].value))
 
 
 @pytest.mark.parametrize("override, match", [
@@ -311,9 +404,9 @@ def test_elastic_presets_converge_end_to_end(tmp_path, preset, optimizer):
     import json
 
     from difftre_cli.evaluate import evaluate
-    from difftre_cli.learn.static import run_static
+    from difftre_cli.train import train
     cfg = _compose([f"config={preset}", f"optimizer={optimizer}", "evaluate.landscape.points=7"])
-    out = run_static(cfg, tmp_path, quiet=True)
+    out = train(cfg, tmp_path, quiet=True)
     # two parameters cannot reach the DFT tensor (README): converged means stationary, not zero loss
     assert out["converged"] and out["rows"][-1]["grad_norm"] < 1e-3
     assert out["rows"][-1]["loss"] < 0.6 * out["rows"][0]["loss"]          # SW 79.9 → 22.56, EDIP 38.5 → 22.55
@@ -331,9 +424,9 @@ def test_phonon_preset_recovers_parameters_and_writes_dispersion(tmp_path):
     import json
 
     from difftre_cli.evaluate import evaluate
-    from difftre_cli.learn.static import run_static
+    from difftre_cli.train import train
     cfg = _compose(["config=si_sw_phonons"])
-    out = run_static(cfg, tmp_path, quiet=True)
+    out = train(cfg, tmp_path, quiet=True)
     assert out["converged"]
     assert out["params"]["epsilon"] == pytest.approx(2.0, rel=1e-7)
     assert out["params"]["lam"] == pytest.approx(24.0, rel=1e-7)
@@ -353,10 +446,10 @@ def test_multi_objective_loss_is_the_weighted_sum_of_its_terms(tmp_path):
     γ_C·‖ΔC‖ + γ_H·‖ΔH‖² with the weights from the config."""
     import csv
 
-    from difftre_cli.learn.static import run_static
+    from difftre_cli.train import train
     cfg = _compose(["config=si_sw_elastic", "targets=[si_dft_elastic,si_sw_force_constants]",
                     "targets.elastic.gamma=1.0", "targets.fc.gamma=0.5", "trainer.updates=3"])
-    run_static(cfg, tmp_path, quiet=True)
+    train(cfg, tmp_path, quiet=True)
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert len(rows) >= 2
     for r in rows:

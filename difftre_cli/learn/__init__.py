@@ -1,8 +1,4 @@
-"""Learning regimes. Each trainer kind (config group ``trainer``) maps to the learner class
-that ``assemble`` builds: DiffTRe's learner also featurizes trajectories and computes their
-observables for ``evaluate``, IBI and the trainer comparison, so every kind uses it; the
-update itself is the regime that ``train.make_regime`` picks (difftre.py, direct_ad.py, ibi.py)."""
-from .difftre import DiffTRe
-from .static import StaticFit
-
-TRAINERS = {"difftre": DiffTRe, "direct_ad": DiffTRe, "ibi": DiffTRe, "static": StaticFit}
+"""Learning regimes: one update of the shared outer loop (train.Trainer) at a time — DiffTRe
+(difftre.py), direct AD (direct_ad.py), IBI (ibi.py), several state points (multistate.py) and
+the 0 K fit (static.py, static_regime.py). registry.py maps each ``trainer.kind`` to its regime,
+config checks and evaluator."""

@@ -135,6 +135,8 @@ class Proposal(NamedTuple):
     fields: dict         # metrics columns of this regime (same keys every update; NaN when failed)
     event: str           # "" if the update can be accepted, else why not ("unstable_simulation", ...)
     fresh_sample: bool   # a new, stable simulation was run (ends a run of failures)
+    done: str | None = None   # the regime has finished (e.g. converged), why: the loop accepts this
+                              # proposal, checkpoints and ends as at trainer.updates
 
 
 class DiffTReRegime:

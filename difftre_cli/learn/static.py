@@ -1,46 +1,38 @@
-"""``trainer=static``: fit a classical potential to zero-temperature properties (no MD).
+"""``trainer=static``: the problem of fitting a classical potential to zero-temperature
+properties (no MD) — targets, config checks and the compiled loss.
 
 Inner loop (differentiable end to end, one jit-compiled function of the learnable parameters):
 relax the crystal (FIRE + implicit derivative), then the relaxed-ion elastic tensor and/or the
-force constants (:mod:`difftre_cli.observables.elastic`). Outer loop: a weighted sum of
-Frobenius distances to the targets, minimised by Optax (Adam, SGD, L-BFGS) or SciPy (BFGS, CG
-with JAX gradients; Nelder–Mead without). The optimisation variables are the learnable
-parameters divided by their start values, x = θ/θ₀, so that one step size suits ε ≈ 2 eV and
-λ ≈ 21 alike; every reported value is θ in metal units.
+force constants (:mod:`difftre_cli.observables.elastic`). The loss is a weighted sum of
+Frobenius distances to the targets. The optimisation variables are the learnable parameters
+divided by their start values, x = θ/θ₀, so that one step size suits ε ≈ 2 eV and λ ≈ 21 alike;
+every reported value is θ in metal units.
 
-Each iteration writes a metrics row (loss, per-target loss, gradient norm, parameters, C11,
-C12, C44 in GPa, Voigt); checkpoints hold the learnable parameters as the ``params`` pytree of
-the usual HDF5 run store. ``resume=PATH`` continues from the last checkpointed parameters with a
-fresh optimiser state (BFGS curvature and Adam moments are rebuilt; a fit takes seconds).
+The outer loop is the shared training loop (``train.Trainer``) driving
+:class:`learn.static_regime.StaticRegime`, one optimiser iteration per update.
 """
 from __future__ import annotations
 
-import logging
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from omegaconf import OmegaConf
 
+from .. import units
+from ..crystal import build_crystal, check_minimum_image
 from ..errors import UserError
-from ..store import RunStore, versions
-
-log = logging.getLogger("difftre")
+from ..observables import elastic
+from ..observables.elastic import RelaxOptions, cubic_voigt
+from ..potentials.classical import ClassicalPotential, build_classical, fixed_neighbor_list
 
 OPTAX_OPTIMIZERS = ("adam", "sgd", "lbfgs")
 SCIPY_OPTIMIZERS = {"bfgs": "BFGS", "cg": "CG", "nelder-mead": "Nelder-Mead"}
 OPTIMIZERS = OPTAX_OPTIMIZERS + tuple(SCIPY_OPTIMIZERS)
 TARGET_KINDS = ("elastic", "force_constants")
-
-
-class StaticFit:
-    """Registry entry for ``trainer.kind=static`` (see :func:`run_static`); the MD assembly
-    (``assemble.build``) is not used by this trainer."""
-
-    def __init__(self, *args, **kwargs):
-        raise UserError("trainer.kind=static has no MD learner", "run it through `difftre train` (run_static)")
 
 
 # ------------------------------------------------------------------------------------------
@@ -65,8 +57,6 @@ def _num(v, key, example, positive=True, allow_zero=False):
 
 
 def build_targets(cfg_targets, potential, n_atoms: int) -> dict[str, StaticTarget]:
-    from .. import units
-    from ..observables.elastic import cubic_voigt
     if not cfg_targets:
         raise UserError("no targets: trainer=static needs at least one", "select targets=si_dft_elastic")
     out = {}
@@ -123,7 +113,7 @@ def build_targets(cfg_targets, potential, n_atoms: int) -> dict[str, StaticTarge
     return out
 
 
-def _optimizer_name(cfg) -> str:
+def optimizer_name(cfg) -> str:
     name = OmegaConf.select(cfg, "optimizer.kind")
     if name not in OPTIMIZERS:
         raise UserError(f"optimizer.kind: unknown optimiser {name!r} for trainer=static",
@@ -133,8 +123,6 @@ def _optimizer_name(cfg) -> str:
 
 def validate_static(cfg) -> None:
     """Config checks for ``trainer.kind=static`` (jax-free; called by ``config.validate``)."""
-    from ..crystal import build_crystal, check_minimum_image
-    from ..potentials.classical import build_classical
     sel = lambda k: OmegaConf.select(cfg, k, default=None)  # noqa: E731
     for g in ("system", "classical", "targets", "optimizer", "trainer"):
         if sel(g) is None:
@@ -150,8 +138,8 @@ def validate_static(cfg) -> None:
     pot = build_classical(sel("classical"))
     check_minimum_image(crystal.frac, crystal.cell, float(pot.cutoff()))
     build_targets(sel("targets"), pot, crystal.n_atoms)
-    name = _optimizer_name(cfg)
-    if name in ("adam", "sgd", "lbfgs"):
+    name = optimizer_name(cfg)
+    if name in OPTAX_OPTIMIZERS:
         _num(sel("optimizer.lr"), "optimizer.lr", "0.02")
     for key, ex, integer in (("trainer.updates", "100", True), ("trainer.checkpoint_every", "10", True),
                              ("trainer.patience", "5", True), ("trainer.relax.max_steps", "2000", True),
@@ -174,29 +162,92 @@ def validate_static(cfg) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-@dataclass
 class StaticProblem:
-    """Everything the static fit needs, with jit-compiled property and loss functions.
+    """Everything the static fit needs, with jit-compiled property and loss functions of x = θ/θ₀.
 
     ``props(learn)`` → dict with C_voigt (GPa, relaxed-ion), C_mandel, stress (GPa, Voigt),
     energy per atom (eV), residual force (eV/Å), and H (eV/Å², (N,3,N,3)) when a target needs it.
+    ``loss_and_props(x)`` → (loss, (per-target terms, props)); ``value_and_grad(x)`` → that and
+    d loss/dx (forward mode); ``loss_value(x)``: the loss alone, reverse-differentiable with the
+    forward-mode gradient (for Optax's line search). Built by :func:`build_problem`.
     """
 
-    potential: object
-    crystal: object
-    relax_opts: object
-    targets: dict
-    need_fc: bool
-    need_elastic: bool
-    x_names: tuple
-    theta0: np.ndarray
-    _fns: dict = field(default_factory=dict)
+    def __init__(self, potential, crystal, relax_opts, targets: dict):
+        self.potential, self.crystal, self.relax_opts, self.targets = potential, crystal, relax_opts, targets
+        self.need_fc = any(t.kind == "force_constants" for t in targets.values())
+        self.need_elastic = any(t.kind == "elastic" for t in targets.values())
+        self.x_names = tuple(potential.learnable)
+        self.theta0 = np.array([potential.values[k] for k in self.x_names], float)
+        props = _property_fn(potential, crystal, relax_opts, self.need_fc, self.need_elastic)
+        self.target_values = self._target_values()
+        self.props = jax.jit(props)
+        self.loss_and_props = jax.jit(lambda x: self._loss_and_props(props, x))
+        self.value_and_grad = jax.jit(lambda x: _value_and_grad(lambda z: self._loss_and_props(props, z), x))
+        self.loss_value = _reverse_differentiable(lambda z: self._loss_and_props(props, z)[0],
+                                                  lambda z: _value_and_grad(lambda y: self._loss_and_props(props, y), z))
 
     def learn_of(self, x):
         return {k: x[i] * self.theta0[i] for i, k in enumerate(self.x_names)}
 
     def params_of(self, x) -> dict:
         return {k: float(x[i] * self.theta0[i]) for i, k in enumerate(self.x_names)}
+
+    def x_of(self, params: dict) -> np.ndarray:
+        """x = θ/θ₀ of the learnable parameters ``params`` (config names → values)."""
+        return np.array([float(params[k]) for k in self.x_names]) / self.theta0
+
+    def _target_values(self) -> dict:
+        """Target tensors; force-constant targets given as parameters: the same pipeline with those."""
+        tvals = {}
+        for name, t in self.targets.items():
+            if t.kind == "force_constants" and t.from_params is not None:
+                vals = dict(self.potential.values)
+                vals.update(t.from_params)
+                ref = ClassicalPotential(self.potential.kind, vals, ())
+                f = _property_fn(ref, self.crystal, self.relax_opts, True, False)
+                tvals[name] = jax.jit(f)({})["H"]
+            else:
+                tvals[name] = jnp.asarray(t.value)
+        return tvals
+
+    def _loss_and_props(self, props, x):
+        p = props(self.learn_of(x))
+        terms = {}
+        for name, t in self.targets.items():
+            if t.kind == "elastic":
+                diff = p["C_voigt"] - self.target_values[name]
+                if t.notation == "mandel":
+                    diff = elastic.voigt_to_mandel(diff)
+            else:
+                diff = p["H"] - self.target_values[name]
+            terms[name] = jnp.sqrt(jnp.sum(diff ** 2)) ** t.power
+        loss = sum(self.targets[n].gamma * v for n, v in terms.items())
+        return loss, (terms, p)
+
+
+def _value_and_grad(loss_and_props, x):
+    """((loss, aux), d loss/dx) in forward mode: one tangent per learnable parameter (a handful)
+    through relaxation, Hessian and solve; compiles faster than reverse mode through the same graph."""
+    def f(z):
+        loss, aux = loss_and_props(z)
+        return loss, (loss, aux)
+    g, (loss, aux) = jax.jacfwd(f, has_aux=True)(x)
+    return (loss, aux), g
+
+
+def _reverse_differentiable(loss, value_and_grad):
+    """The loss as a function that reverse mode (Optax's line search calls jax.value_and_grad)
+    differentiates with the forward-mode gradient."""
+    @jax.custom_vjp
+    def loss_value(x):
+        return loss(x)
+
+    def loss_value_fwd(x):
+        (value, _), g = value_and_grad(x)
+        return value, g
+
+    loss_value.defvjp(loss_value_fwd, lambda g, ct: (ct * g,))
+    return loss_value
 
 
 def use_neighbor_list(potential, crystal) -> bool:
@@ -208,11 +259,6 @@ def use_neighbor_list(potential, crystal) -> bool:
 def _property_fn(potential, crystal, relax_opts, need_fc: bool, need_elastic: bool = True):
     """A pure function learn-dict → properties (see :class:`StaticProblem`); the elastic tensor
     only when ``need_elastic``, the force constants only when ``need_fc``."""
-    import jax.numpy as jnp
-
-    from .. import units
-    from ..observables import elastic
-    from ..potentials.classical import fixed_neighbor_list
     frac0 = jnp.asarray(crystal.frac)
     cell0 = jnp.asarray(crystal.cell)
     # supercells: a neighbour list fixed at the reference structure (N·K² triplets instead of N³);
@@ -240,311 +286,18 @@ def _property_fn(potential, crystal, relax_opts, need_fc: bool, need_elastic: bo
 
 
 def build_problem(cfg) -> StaticProblem:
-    from ..crystal import build_crystal
-    from ..observables.elastic import RelaxOptions
-    from ..potentials.classical import build_classical
     crystal = build_crystal(cfg.system)
     pot = build_classical(cfg.get("classical"))
     targets = build_targets(cfg.targets, pot, crystal.n_atoms)
     r = cfg.trainer.get("relax", {}) or {}
     relax_opts = RelaxOptions(cell=bool(r.get("cell", False)), max_steps=int(r.get("max_steps", 2000)),
                               force_tol=float(r.get("force_tol", 1e-6)))
-    need_fc = any(t.kind == "force_constants" for t in targets.values())
-    theta0 = np.array([pot.values[k] for k in pot.learnable], float)
-    need_elastic = any(t.kind == "elastic" for t in targets.values())
-    prob = StaticProblem(pot, crystal, relax_opts, targets, need_fc, need_elastic, pot.learnable, theta0)
-    _compile(prob)
-    return prob
-
-
-def _compile(prob: StaticProblem) -> None:
-    import jax
-    import jax.numpy as jnp
-
-    from ..potentials.classical import ClassicalPotential
-    props = _property_fn(prob.potential, prob.crystal, prob.relax_opts, prob.need_fc, prob.need_elastic)
-    # force-constant targets given as parameters: the same pipeline with those parameters
-    tvals = {}
-    for name, t in prob.targets.items():
-        if t.kind == "force_constants":
-            if t.from_params is not None:
-                vals = dict(prob.potential.values)
-                vals.update(t.from_params)
-                ref = ClassicalPotential(prob.potential.kind, vals, ())
-                f = _property_fn(ref, prob.crystal, prob.relax_opts, True, False)
-                tvals[name] = jax.jit(f)({})["H"]
-            else:
-                tvals[name] = jnp.asarray(t.value)
-        else:
-            tvals[name] = jnp.asarray(t.value)
-
-    def loss_and_props(x):
-        p = props(prob.learn_of(x))
-        terms = {}
-        for name, t in prob.targets.items():
-            if t.kind == "elastic":
-                diff = p["C_voigt"] - tvals[name]
-                if t.notation == "mandel":
-                    from ..observables.elastic import voigt_to_mandel
-                    diff = voigt_to_mandel(diff)
-            else:
-                diff = p["H"] - tvals[name]
-            terms[name] = jnp.sqrt(jnp.sum(diff ** 2)) ** t.power
-        loss = sum(prob.targets[n].gamma * v for n, v in terms.items())
-        return loss, (terms, p)
-
-    def value_and_grad(x):
-        # forward mode: one tangent per learnable parameter (a handful) through relaxation,
-        # Hessian and solve; compiles faster than reverse mode through the same graph.
-        def f(z):
-            loss, aux = loss_and_props(z)
-            return loss, (loss, aux)
-        g, (loss, aux) = jax.jacfwd(f, has_aux=True)(x)
-        return (loss, aux), g
-
-    # the loss as a function that reverse mode (Optax's line search calls jax.value_and_grad)
-    # differentiates with the forward-mode gradient above
-    @jax.custom_vjp
-    def loss_value(x):
-        return loss_and_props(x)[0]
-
-    def loss_value_fwd(x):
-        (loss, _), g = value_and_grad(x)
-        return loss, g
-
-    loss_value.defvjp(loss_value_fwd, lambda g, ct: (ct * g,))
-
-    prob._fns["loss_value"] = loss_value
-    prob._fns["props"] = jax.jit(lambda learn: props(learn))
-    prob._fns["loss"] = jax.jit(loss_and_props)
-    prob._fns["value_and_grad"] = jax.jit(value_and_grad)
-    prob._fns["targets"] = tvals
-
-
-# ------------------------------------------------------------------------------------------
-def _row(prob: StaticProblem, it: int, x, loss, terms, p, gnorm, n_fev: int, t0: float, event="ok") -> dict:
-    row = {"update": it, "loss": float(loss)}
-    for name in prob.targets:
-        row[f"loss_{name}"] = float(terms[name])
-    row["grad_norm"] = float(gnorm)
-    for k, v in prob.params_of(np.asarray(x)).items():
-        row[f"param_{k}"] = v
-    C = np.asarray(p["C_voigt"]) if "C_voigt" in p else np.full((6, 6), np.nan)
-    row.update({"C11": float(C[0, 0]), "C12": float(C[0, 1]), "C44": float(C[3, 3]), "n_fev": int(n_fev),
-                "time": time.perf_counter() - t0, "event": event})
-    return row
-
-
-class _StopRequested(Exception):
-    """Raised from the iteration callback when a stop signal arrived (leaves SciPy's loop)."""
-
-
-class _Evaluator:
-    """Loss (and gradient) of x = θ/θ₀ with a small cache, for SciPy's fun/jac/callback."""
-
-    def __init__(self, prob: StaticProblem, with_grad: bool):
-        self.prob, self.with_grad, self.cache, self.n_fev = prob, with_grad, {}, 0
-
-    def __call__(self, x):
-        import jax.numpy as jnp
-        key = np.asarray(x, float).tobytes()
-        if key not in self.cache:
-            self.n_fev += 1
-            xj = jnp.asarray(x, jnp.float64)
-            if self.with_grad:
-                (loss, (terms, p)), g = self.prob._fns["value_and_grad"](xj)
-            else:
-                (loss, (terms, p)), g = self.prob._fns["loss"](xj), None
-            if len(self.cache) > 64:
-                self.cache.clear()
-            self.cache[key] = (float(loss), None if g is None else np.asarray(g, float), terms, p)
-        return self.cache[key]
-
-
-def _checkpoint(store, prob, cfg, x, it, rows, attrs):
-    import jax.numpy as jnp
-
-    params = {k: jnp.asarray(v) for k, v in prob.params_of(np.asarray(x)).items()}
-    store.write_checkpoint(update=it, trees={"params": params}, attrs={"kind": "static", **attrs}, metrics=rows,
-                           n_trajectories=0, config_yaml=OmegaConf.to_yaml(cfg), versions=versions())
+    return StaticProblem(pot, crystal, relax_opts, targets)
 
 
 def load_params(store, prob: StaticProblem):
-    """Fitted parameters (config names → float), checkpoint attrs and metrics rows of a static run."""
-    import jax.numpy as jnp
+    """Fitted parameters (config names → float), iterations, checkpoint attrs and metrics rows of
+    a static run."""
     template = {k: jnp.asarray(v) for k, v in prob.potential.initial().items()}
     update, trees, attrs, rows = store.read_checkpoint({"params": template})
-    return {k: float(v) for k, v in trees["params"].items()}, update, attrs, rows
-
-
-def _resume(store, prob: StaticProblem, name: str, max_it: int):
-    """(x, iteration, metrics rows, the result if the checkpointed fit had finished, else None)."""
-    if not store.has_checkpoint():
-        raise UserError(f"resume: no checkpoint {store.checkpoint_path}", "point resume= at a run directory that holds difftre.h5")
-    params, start, attrs, rows = load_params(store, prob)
-    x = np.array([params[k] for k in prob.x_names]) / prob.theta0
-    rows = rows[: start + 1]
-    log.info("resumed static fit at iteration %d (fresh %s state)", start, name)
-    finished = None
-    if attrs.get("converged", False) or start >= max_it:
-        log.info("the checkpointed fit has already finished: nothing to do")
-        store.rewrite_metrics_csv(rows)
-        finished = {"rows": rows, "params": params, "iterations": start, "converged": bool(attrs.get("converged")),
-                    "optimizer": name, "message": "already finished", "wall_s": 0.0}
-    return x, start, rows, finished
-
-
-def run_static(cfg, run_dir, resume: bool = False, quiet: bool | None = None, stop=None) -> dict:
-    """The outer loop of ``trainer=static``; returns rows, fitted parameters and a summary."""
-    validate_static(cfg)
-    t_start = time.perf_counter()
-    store = RunStore(run_dir)
-    prob = build_problem(cfg)
-    name = _optimizer_name(cfg)
-    tc = cfg.trainer
-    max_it = int(tc.get("updates", 100))
-    every = int(tc.get("checkpoint_every", 10))
-
-    x = np.ones(len(prob.x_names))
-    start, rows = 0, []
-    if resume:
-        x, start, rows, finished = _resume(store, prob, name, max_it)
-        if finished is not None:
-            return finished
-    store.rewrite_metrics_csv(rows)
-
-    ev = _Evaluator(prob, with_grad=name != "nelder-mead")
-    t_compile = time.perf_counter()
-    loss, g, terms, p = ev(x)
-    compile_s = time.perf_counter() - t_compile
-    t0 = time.perf_counter() - (rows[-1]["time"] if rows else 0.0)
-    if not rows:
-        rows.append(_row(prob, 0, x, loss, terms, p, np.nan if g is None else np.linalg.norm(g), ev.n_fev, t0, "start"))
-        store.append_metrics_csv(rows[-1])
-    state = {"it": start, "x": x, "converged": False, "message": ""}
-
-    def record(xk):
-        loss, g, terms, p = ev(xk)
-        state["it"] += 1
-        state["x"] = np.array(xk, float)
-        rows.append(_row(prob, state["it"], xk, loss, terms, p, np.nan if g is None else np.linalg.norm(g), ev.n_fev, t0))
-        store.append_metrics_csv(rows[-1])
-        if not quiet:
-            log.info("iteration %d  loss %.6g  %s", state["it"], loss,
-                     "  ".join(f"{k}={v:.6g}" for k, v in prob.params_of(np.asarray(xk)).items()))
-        if state["it"] % every == 0:
-            _checkpoint(store, prob, cfg, xk, state["it"], rows, {"optimizer": name, "converged": False})
-        if stop.requested:          # SIGTERM / SIGINT: leave the optimiser, checkpoint, stop
-            raise _StopRequested
-        return loss, g
-
-    if not np.isfinite(loss):
-        raise UserError(f"the loss is not finite at the start parameters {prob.params_of(x)}",
-                        "check classical.params and the structure (system.lattice_constant)")
-    import contextlib
-
-    from ..interrupt import GracefulStop
-    # the CLI already turned SIGTERM/SIGINT into stop requests (even during compilation): reuse them
-    guard = contextlib.nullcontext(stop) if stop is not None else GracefulStop()
-    stop = guard.enter_result if stop is not None else guard
-    try:
-        with guard:
-            remaining = max_it - start
-            if name in SCIPY_OPTIMIZERS:
-                _minimize_scipy(name, ev, record, x, remaining, tc, state)
-            else:
-                _minimize_optax(name, prob, ev, record, x, remaining, cfg, state)
-    except _StopRequested:
-        _checkpoint(store, prob, cfg, state["x"], state["it"], rows,
-                    {"optimizer": name, "converged": False, "message": "stopped by a signal"})
-        stop.finish(run_dir, state["it"])
-    wall = time.perf_counter() - t_start
-    _checkpoint(store, prob, cfg, state["x"], state["it"], rows,
-                {"optimizer": name, "converged": state["converged"], "message": state["message"],
-                 "n_fev": ev.n_fev, "wall_s": wall, "compile_s": compile_s})
-    params = prob.params_of(state["x"])
-    out = {"rows": rows, "params": params, "iterations": state["it"], "converged": state["converged"],
-           "message": state["message"], "optimizer": name, "wall_s": wall, "compile_s": compile_s, "n_fev": ev.n_fev}
-    if not quiet:
-        _summary(out, rows[-1], run_dir)
-    return out
-
-
-def _minimize_scipy(name, ev, record, x, remaining: int, tc, state: dict) -> None:
-    """SciPy's minimiser ``name`` from ``x``; ``record`` is called per iteration (and stops it)."""
-    from scipy.optimize import minimize   # SciPy: only the SciPy optimisers need it
-
-    def callback(intermediate_result):
-        record(intermediate_result.x)
-    opts = {"maxiter": remaining}
-    if name == "nelder-mead":
-        opts.update({"xatol": float(tc.get("xatol", 1e-8)), "fatol": float(tc.get("ftol", 1e-10))})
-        res = minimize(lambda z: ev(z)[0], x, method="Nelder-Mead", callback=callback, options=opts)
-    else:
-        opts["gtol"] = float(tc.get("gtol", 1e-4))
-        res = minimize(lambda z: ev(z)[0], x, jac=lambda z: ev(z)[1], method=SCIPY_OPTIMIZERS[name],
-                       callback=callback, options=opts)
-    state["converged"] = bool(res.success)
-    state["message"] = str(res.message)
-    if not np.array_equal(np.asarray(res.x, float), state["x"]):   # final point not reported by the callback
-        record(res.x)
-
-
-def _minimize_optax(name, prob, ev, record, x, remaining: int, cfg, state: dict) -> None:
-    """Optax's L-BFGS (one compiled update, line search included) or a first-order optimiser
-    (optimizer group) from ``x``, until the gradient norm is below ``trainer.gtol``, the loss is
-    flat for ``trainer.patience`` iterations, or ``remaining`` iterations are done."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from .. import optim
-    tc = cfg.trainer
-    gtol, ftol, patience = float(tc.get("gtol", 1e-4)), float(tc.get("ftol", 1e-10)), int(tc.get("patience", 5))
-    if name == "lbfgs":
-        opt = optax.lbfgs(learning_rate=float(cfg.optimizer.get("lr", 1.0)),
-                          memory_size=int(cfg.optimizer.get("memory_size", 10)))
-        lbfgs_update = jax.jit(lambda g, s, z, v: opt.update(g, s, z, value=v, grad=g,
-                                                             value_fn=prob._fns["loss_value"]))
-    else:
-        opt = optim.build(cfg.optimizer, int(tc.get("updates", 100)))
-    xj = jnp.asarray(x)
-    opt_state = opt.init(xj)
-    prev, flat = float(ev(x)[0]), 0
-    for _ in range(remaining):
-        lval, gval, _, _ = ev(np.asarray(xj))
-        if np.linalg.norm(gval) < gtol:
-            state["converged"], state["message"] = True, f"gradient norm below trainer.gtol={gtol}"
-            return
-        if name == "lbfgs":
-            updates, opt_state = lbfgs_update(jnp.asarray(gval), opt_state, xj, jnp.asarray(lval))
-        else:
-            updates, opt_state = opt.update(jnp.asarray(gval), opt_state, xj)
-        xj = optax.apply_updates(xj, updates)
-        new, _ = record(np.asarray(xj))
-        if not np.isfinite(new):
-            raise UserError(f"the loss became non-finite at iteration {state['it']}",
-                            "lower optimizer.lr or use optimizer=bfgs")
-        flat = flat + 1 if abs(prev - new) < ftol * max(1.0, abs(new)) else 0
-        prev = new
-        if flat >= patience:
-            state["converged"], state["message"] = True, f"loss changed by < trainer.ftol for {patience} iterations"
-            return
-    state["message"] = f"reached trainer.updates={int(tc.get('updates', 100))} iterations"
-
-
-def _summary(out, last, run_dir) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    t = Table(title=f"difftre static fit — {run_dir}")
-    t.add_column("quantity")
-    t.add_column("value", justify="right")
-    t.add_row("optimiser", out["optimizer"])
-    t.add_row("iterations (loss evaluations)", f"{out['iterations']} ({out['n_fev']})")
-    t.add_row("converged", f"{out['converged']} — {out['message']}")
-    for k, v in out["params"].items():
-        t.add_row(f"fitted {k}", f"{v:.8g}")
-    t.add_row("C11 / C12 / C44 [GPa, Voigt]", f"{last['C11']:.4f} / {last['C12']:.4f} / {last['C44']:.4f}")
-    t.add_row("final loss", f"{last['loss']:.6g}")
-    t.add_row("wall time, s (compile)", f"{out['wall_s']:.1f} ({out['compile_s']:.1f})")
-    Console().print(t)
+    return {k: float(v) for k, v in trees["params"].items()}, int(attrs.get("iterations", update)), attrs, rows

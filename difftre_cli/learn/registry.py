@@ -1,0 +1,106 @@
+"""The trainer registry: one table from ``trainer.kind`` to everything the program needs for it.
+
+Each :class:`TrainerKind` names
+
+* ``regime`` / ``multistate``: the learning regime that ``train.Trainer`` (the one outer loop:
+  metrics, checkpoints, rollback, signals, resume) drives, for one state point and for several
+  (``states``; None: not supported, a config error);
+* ``learner``: what ``assemble.build`` makes of the MD components (system, potential,
+  observables, sampler) for this kind; None for a kind that trains without MD (``static``): the
+  loop then assembles nothing and hands the regime the config alone;
+* ``validate``: the kind's own config checks, run by ``config.validate`` instead of its MD
+  checks (None: the MD checks);
+* ``evaluator``: the key of ``evaluate.EVALUATORS`` that ``difftre evaluate`` runs ("md": a
+  production run with the final parameters; "static": the 0 K properties);
+* ``state_parallel``: the ``trainer.state_parallel`` modes it implements.
+
+Adding a trainer: a regime class in ``learn/`` (init, propose → :class:`difftre.Proposal`,
+checkpoint, templates, restore, rejected; optional final, close, summary, result,
+trajectory_names, failure_hint — see ``train.Trainer``), its keys in configs/trainer/KIND.yaml,
+and one entry here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import UserError
+from .boltzmann import INIT_FROM
+from .difftre import DiffTRe, DiffTReRegime
+from .direct_ad import DirectADRegime
+from .ibi import IBIRegime
+from .multistate import MultiStateDiffTReRegime, MultiStateDirectADRegime, MultiStateIBIRegime
+from .static import validate_static
+from .static_regime import StaticRegime
+
+
+@dataclass(frozen=True)
+class TrainerKind:
+    regime: Callable                   # (cfg, store, components) -> regime of one state point
+    multistate: Callable | None        # (cfg, store, [(name, components)]) -> regime; None: one state point only
+    learner: type | None               # assemble.build's learner; None: no MD components
+    validate: Callable | None = None   # (cfg) -> None, raising UserError; None: config.py's MD checks
+    evaluator: str = "md"              # evaluate.EVALUATORS key
+    state_parallel: tuple = ("sequential",)
+
+    @property
+    def md(self) -> bool:
+        """Whether the kind trains on MD components (assemble.build, samplers, production evaluation)."""
+        return self.learner is not None
+
+
+def _init_from(tc):
+    init_from = tc.get("init_from")
+    if init_from not in (None, *INIT_FROM):
+        raise UserError(f"trainer.init_from: unknown {init_from!r}", f"use one of {list(INIT_FROM)}")
+    return init_from
+
+
+def _difftre(cfg, store, c):
+    return DiffTReRegime(c, store, float(cfg.trainer.get("reweight_ratio", 0.9)), _init_from(cfg.trainer))
+
+
+def _difftre_states(cfg, store, states):
+    return MultiStateDiffTReRegime(states, store, float(cfg.trainer.get("reweight_ratio", 0.9)),
+                                   _init_from(cfg.trainer),
+                                   state_parallel=cfg.trainer.get("state_parallel", "sequential"))
+
+
+def _direct_ad(cfg, store, c):
+    _init_from(cfg.trainer)
+    return DirectADRegime(c, store, cfg.trainer)
+
+
+def _direct_ad_states(cfg, store, states):
+    _init_from(cfg.trainer)
+    return MultiStateDirectADRegime(states, store, cfg.trainer)
+
+
+def _ibi(cfg, store, c):
+    _init_from(cfg.trainer)
+    return IBIRegime(c, store, cfg.trainer)
+
+
+def _ibi_states(cfg, store, states):
+    _init_from(cfg.trainer)
+    return MultiStateIBIRegime(states, store, cfg.trainer)
+
+
+def _static(cfg, store, c):
+    return StaticRegime(cfg, store)
+
+
+TRAINERS: dict[str, TrainerKind] = {
+    "difftre": TrainerKind(_difftre, _difftre_states, DiffTRe, state_parallel=("sequential", "devices")),
+    "direct_ad": TrainerKind(_direct_ad, _direct_ad_states, DiffTRe),
+    "ibi": TrainerKind(_ibi, _ibi_states, DiffTRe),
+    "static": TrainerKind(_static, None, None, validate=validate_static, evaluator="static"),
+}
+
+
+def trainer_kind(kind) -> TrainerKind:
+    """The registry entry of ``trainer.kind`` (UserError naming the known kinds otherwise)."""
+    if not isinstance(kind, str) or kind not in TRAINERS:
+        raise UserError(f"trainer.kind: unknown trainer {kind!r}",
+                        f"use one of {', '.join(TRAINERS)} (trainer=NAME)")
+    return TRAINERS[kind]
