@@ -26,7 +26,7 @@ class Components:
     sampler: Sampler
     optimizer: Any
     engine: ObservableEngine
-    learner: DiffTRe       # the DiffTRe loss and step on these targets (difftre regimes, comparisons)
+    learner: Any           # the registry's learner on the engine (DiffTRe: loss and step on these targets)
     ctx: observables_mod.Context
     ground_truth: Any
 
