@@ -17,7 +17,13 @@ import math
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
 from .errors import UserError
+from .plots import plt
 
 
 def _load(run: Path) -> dict:
@@ -32,7 +38,6 @@ def _load(run: Path) -> dict:
     if (run / "metrics.csv").is_file():
         with open(run / "metrics.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
-    from omegaconf import OmegaConf
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml") if (run / ".hydra" / "config.yaml").is_file() else None
     return {"run": str(run), "evaluation": evaluation, "rows": rows, "cfg": cfg}
 
@@ -73,9 +78,6 @@ def _pair_curves(pot: dict) -> dict:
 
 def _plot(items: list[dict], path: Path) -> dict:
     """Write the overlay figure; returns {panel title: number of curves drawn} (for tests)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     targets = sorted({k for it in items for k, d in it["evaluation"].get("targets", {}).items() if d.get("grid")})
     pairs = list(dict.fromkeys(k for it in items for k in _pair_curves(it["evaluation"].get("potential", {}))))
     n = len(targets) + len(pairs) + 1
@@ -169,9 +171,6 @@ def _rows(table: list[dict]) -> list[tuple[str, list[str]]]:
 def _print(table: list[dict], out_dir: Path) -> None:
     """One row per run; with more than 3 targets (several state points, partial RDFs) one row
     per metric and one column per run instead, so that it stays readable."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
     t = Table(title=escape(f"difftre compare — {out_dir}"))
     rows = [(escape(k), [escape(c) for c in cells]) for k, cells in _rows(table)]   # "[s]" is not markup
     names = [escape(Path(r["run"]).name) for r in table]

@@ -14,16 +14,27 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import sys
 import time
+from importlib import metadata
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from . import potentials
 from .jax_setup import CACHE_ENV, cache_dir
+from .sampler import sampler_config
+from .simulate import Sampler
 from .store import versions
+from .system import build_system
 
 
 def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
     table = Table(title=title, show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
@@ -33,9 +44,6 @@ def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
 
 
 def _check_reductions():
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
     rng = np.random.default_rng(0)
     a = rng.uniform(0.0, 1.0, size=(8, 100_000)).astype(np.float32)
     x = rng.uniform(0.0, 1.0, size=(100_000,)).astype(np.float32)
@@ -52,26 +60,16 @@ def _check_reductions():
 
 
 def _lj_liquid():
-    from omegaconf import OmegaConf
-
-    from . import potentials
-    from .sampler import sampler_config
-    from .simulate import Sampler
-    from .system import build_system
     sys_cfg = OmegaConf.create({"units": "lj", "n_particles": 108, "density": 0.7, "kT": 1.0, "mass": 1.0,
                                 "lattice": "fcc"})
     system = build_system(sys_cfg)
     pot = potentials.build(OmegaConf.create({"kind": "lj", "sigma": 1.0, "epsilon": 1.0}),
                            OmegaConf.create({"kind": "none"}), 2.5)
-    return system, pot, Sampler, sampler_config
+    return system, pot
 
 
 def _check_energy_and_nve():
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from omegaconf import OmegaConf
-    system, pot, Sampler, sampler_config = _lj_liquid()
+    system, pot = _lj_liquid()
     scfg = sampler_config(OmegaConf.create({"kind": "nve", "dt": 0.002, "equilibration_steps": 0,
                                             "first_equilibration_steps": 0, "production_steps": 400, "every": 20}))
     sampler = Sampler(pot, system, scfg)
@@ -103,7 +101,7 @@ def _check_energy_and_nve():
     nve_ok = bool(res.ok and res2.ok and drift < 1e-3 and np.all(np.isfinite(total)))
     return (e_ok, f"{u_nb:.5f} vs all pairs {u_ref:.5f} ε"), \
         (nve_ok, f"finite={res.ok and res2.ok}, max |ΔE|/N {drift:.1e} ε (limit 1e-3); "
-                 f"{rate:.0f} steps/s after a {t_first:.1f} s first call (compile)"), jnp
+                 f"{rate:.0f} steps/s after a {t_first:.1f} s first call (compile)")
 
 
 def doctor(args: list[str]) -> int:
@@ -111,19 +109,14 @@ def doctor(args: list[str]) -> int:
         print(__doc__)
         return 0
     if any(a.startswith("precision=") for a in args):
-        import jax
         jax.config.update("jax_enable_x64", args[-1].split("=", 1)[1] == "double")
-    import jax
-
     v = versions()
     rows = [(k, str(val)) for k, val in v.items()]
     for extra in ("ase", "phonopy", "MDAnalysis", "openmm", "submitit", "hydra-submitit-launcher"):
-        from importlib import metadata
         try:
             rows.append((extra, metadata.version(extra)))
         except metadata.PackageNotFoundError:
             rows.append((extra, "not installed (optional)"))
-    import shutil
     rows.append(("lammps (lmp)", shutil.which("lmp") or "not found (optional, benchmarks only)"))
     _print_table("difftre doctor — versions", rows)
     devices = jax.devices()
@@ -142,7 +135,7 @@ def doctor(args: list[str]) -> int:
     except Exception as exc:  # noqa: BLE001 - doctor reports every failure, it does not stop
         checks.append(("float32 reductions (jax-ml/jax#39103)", False, repr(exc)))
     try:
-        e, n, _ = _check_energy_and_nve()
+        e, n = _check_energy_and_nve()
         checks.append(("LJ energy on the neighbour list", *e))
         checks.append(("tiny simulation (108 LJ particles, 400 NVE steps)", *n))
     except Exception as exc:  # noqa: BLE001

@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax_md import partition
 import numpy as np
 
 __all__ = ["NeighborList", "NeighborFns", "make_neighbor_fn", "pair_forces_and_energy",
@@ -39,7 +40,6 @@ class NeighborList:
     @property
     def format(self):
         """JAX MD's list format (always Dense), for code that checks ``neighbor.format``."""
-        from jax_md import partition
         return partition.NeighborListFormat.Dense
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import optax
 
+from .checks import choice, number
+
 
 def build(cfg, n_updates: int) -> optax.GradientTransformation:
-    from .checks import choice, number
 
     P = "optimizer"
     name = choice(cfg, "kind", ("adam", "sgd"), prefix=P, default="adam", what="optimiser")

@@ -9,8 +9,14 @@ default unit conversion gives THz).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from .observables.elastic import force_constants
+from .plots import plt
 
 #: high-symmetry path of the fcc Brillouin zone, in the primitive reciprocal basis
 FCC_PATH = [("Γ", [0.0, 0.0, 0.0]), ("X", [0.5, 0.0, 0.5]), ("W", [0.5, 0.25, 0.75]), ("K", [0.375, 0.375, 0.75]),
@@ -33,7 +39,7 @@ class PhononResult:
 def make_phonopy(unit_frac, unit_cell, symbol: str, mass: float, reps, primitive_matrix="auto"):
     """A Phonopy object for the unit cell (columns of ``unit_cell`` are lattice vectors, Å);
     ``primitive_matrix`` as phonopy takes it ("F" for the fcc primitive cell of diamond)."""
-    from phonopy import Phonopy
+    from phonopy import Phonopy   # phonopy: heavy, only for phonon dispersions
     from phonopy.structure.atoms import PhonopyAtoms
     atoms = PhonopyAtoms(symbols=[symbol] * len(unit_frac), cell=np.asarray(unit_cell).T,
                          scaled_positions=np.asarray(unit_frac), masses=[mass] * len(unit_frac))
@@ -46,10 +52,7 @@ def supercell_force_constants(ph, energy_builder) -> np.ndarray:
     ``energy_builder(cell, frac)`` returns a JAX energy ``E(frac)`` for a periodic cell whose
     columns are lattice vectors (``frac``, the supercell's fractional coordinates, lets the builder
     make a neighbour list)."""
-    import jax
-    import jax.numpy as jnp
 
-    from .observables.elastic import force_constants
     sc = ph.supercell
     cell = jnp.asarray(sc.cell.T)
     frac = jnp.asarray(sc.scaled_positions)
@@ -59,7 +62,7 @@ def supercell_force_constants(ph, energy_builder) -> np.ndarray:
 
 
 def analyse(ph, fc: np.ndarray, mesh=(16, 16, 16), band_points: int = 51) -> PhononResult:
-    from phonopy.phonon.band_structure import get_band_qpoints_and_path_connections
+    from phonopy.phonon.band_structure import get_band_qpoints_and_path_connections   # phonopy: heavy, optional use
     ph.force_constants = fc
     path = [[q for _, q in FCC_PATH]]
     labels = [name for name, _ in FCC_PATH]
@@ -82,10 +85,6 @@ def analyse(ph, fc: np.ndarray, mesh=(16, 16, 16), band_points: int = 51) -> Pho
 def write(result: PhononResult, run_dir, prefix: str = "phonon") -> list:
     """``phonon_bands.csv`` (segment, distance, one column per band, THz), ``phonon_dos.csv``
     (frequency THz, DOS states/THz per primitive cell) and ``phonons.png``."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from pathlib import Path
     run_dir = Path(run_dir)
     n_bands = result.frequencies[0].shape[1]
     rows = [np.column_stack([np.full(len(d), s), d, f]) for s, (d, f) in enumerate(zip(result.distances, result.frequencies))]

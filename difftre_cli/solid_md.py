@@ -46,6 +46,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax_md import partition, simulate, space
 
 from . import units
 
@@ -92,7 +93,6 @@ class SolidMD:
     STEP_MARGIN = 0.1
 
     def __init__(self, potential, box, mass: float, settings: MDSettings, learn: dict | None = None):
-        from jax_md import partition, space
         if not potential.neighbor_list_ok():
             raise ValueError("SolidMD needs a potential whose neighbour-list kernel is usable (SW, fixed cutoff)")
         self.potential, self.settings, self.mass = potential, settings, float(mass)
@@ -132,7 +132,6 @@ class SolidMD:
 
     def integrator(self):
         """JAX MD's ``nvt_langevin`` (init, step) for the current cutoff capacity."""
-        from jax_md import simulate
         key = ("integrator", self.cutoff_capacity)
         if key not in self._compiled:
             s = self.settings

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from .checks import mapping
 from .errors import UserError
 
 STATE_KEYS = ("system", "targets")
@@ -30,7 +31,6 @@ def is_multistate(cfg) -> bool:
 
 def state_configs(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
     """[(name, the full single-state config of that state point)], in config order."""
-    from .checks import mapping
 
     states = cfg.get("states")
     mapping(states, "states", "states={xA25: {system: {species: {A: 0.25, B: 0.75}}}}")

@@ -31,6 +31,8 @@ import jax
 import numpy as np
 
 from . import __version__
+from .errors import UserError
+from .sampler import Trajectory
 
 CHECKPOINT_FILE = "difftre.h5"
 METRICS_FILE = "metrics.csv"
@@ -60,7 +62,6 @@ def versions() -> dict:
 def _writing(tmp: Path | None, what: str, run_dir: Path):
     """Turn a full disk (or quota, file-size limit, read-only mount) during a write into a
     UserError, removing the partial ``.tmp`` file; the previous complete file stays."""
-    from .errors import UserError
     try:
         yield
     except OSError as exc:
@@ -175,7 +176,6 @@ class RunStore:
         steps = np.asarray(traj.step, np.int64)
         times = steps * float(dt)
         real = unit_system.name == "real"
-        from . import __version__
         buf = io.BytesIO()
         with h5py.File(buf, "w") as f:
             h5 = f.create_group("h5md")
@@ -220,7 +220,6 @@ class RunStore:
         return final
 
     def read_trajectory(self, index: int, state: str = ""):
-        from .sampler import Trajectory
         with h5py.File(self.traj_dir / f"{self.trajectory_name(index, state)}.h5", "r") as f:
             return Trajectory(f["particles/all/position/value"][()], f["observables/reference_energy/value"][()],
                               f["observables/kinetic_temperature/value"][()], f["particles/all/position/step"][()])

@@ -5,8 +5,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from . import units as units_mod
+from .checks import choice, input_file, mapping, number
 from .errors import UserError
 
 
@@ -78,11 +80,9 @@ def read_structure(path, fmt: str | None, unit: str | None, unit_system, key: st
     """Read positions and the periodic box with ``ase.io.read`` (last frame; format from the
     extension unless ``fmt``), convert lengths with ``unit`` (see units.structure_length_factor)
     and check them: atoms present, finite coordinates, one species, a periodic cubic cell."""
-    from .checks import input_file
-
     p = input_file(path, key, what="structure file", example="start.xyz")
     factor = units_mod.structure_length_factor(unit, unit_system)
-    import ase.io
+    import ase.io   # ase: heavy, only for structure files (system.structure)
     from ase.io.formats import UnknownFileTypeError
 
     try:
@@ -145,7 +145,6 @@ def read_structure(path, fmt: str | None, unit: str | None, unit_system, key: st
 
 def min_image_distance(positions: np.ndarray, box_size: float) -> tuple[float, int, int]:
     """Smallest minimum-image distance between two particles, and the pair (i, j)."""
-    from scipy.spatial import cKDTree
 
     pos = np.mod(np.asarray(positions, dtype=float), box_size)
     pos = np.where(pos >= box_size, 0.0, pos)
@@ -163,7 +162,6 @@ def species_from_config(spec, n: int, prefix: str = "system") -> tuple[tuple, np
     remainder). Particles are assigned to lattice sites by a fixed random permutation (seed 0),
     so the initial structure is mixed and the same for every run. ``None`` means one species.
     """
-    from .checks import mapping
 
     if spec is None:
         return ("X",), np.zeros(n, dtype=np.int32)
@@ -202,7 +200,6 @@ def build_system(cfg) -> System:
     sets the box) or else from a ``lattice`` filling the box set by ``density`` or
     ``box_size``. Every problem is a :class:`UserError` naming the ``system.*`` key.
     """
-    from .checks import choice, number
 
     unit_system = units_mod.get(cfg.get("units", "lj"))
     units_mod.check_thermal(unit_system, cfg.get("kT"), cfg.get("temperature"))

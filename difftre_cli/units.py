@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .errors import UserError
+
 #: Boltzmann constant in kJ mol⁻¹ K⁻¹ (CODATA 2018, × N_A).
 KB_KJ_PER_MOL_K = 0.0083144626
 #: 1 kJ mol⁻¹ nm⁻³ expressed in bar (1 bar = 1/16.6054 kJ mol⁻¹ nm⁻³).
@@ -73,7 +75,6 @@ MODULUS_TO_EV_A3 = {"GPa": 1.0 / GPA_PER_EV_A3, "eV/angstrom^3": 1.0, "eV/A^3": 
 
 def modulus_factor(unit: str) -> float:
     """Factor converting a stress or elastic modulus in ``unit`` to eV Å⁻³ (metal units)."""
-    from .errors import UserError
 
     if unit not in MODULUS_TO_EV_A3:
         raise UserError(f"unknown modulus unit {unit!r}", f"use one of {sorted(MODULUS_TO_EV_A3)}")
@@ -81,7 +82,6 @@ def modulus_factor(unit: str) -> float:
 
 
 def get(name: str) -> UnitSystem:
-    from .errors import UserError
 
     if name not in SYSTEMS:
         raise UserError(f"system.units: unknown unit system {name!r}",
@@ -91,7 +91,6 @@ def get(name: str) -> UnitSystem:
 
 def length_factor(unit: str, system: UnitSystem) -> float:
     """Factor that converts a length in ``unit`` to the system's length unit."""
-    from .errors import UserError
 
     if system.name == "lj":
         if unit in ("sigma", "lj", "reduced"):
@@ -105,7 +104,6 @@ def length_factor(unit: str, system: UnitSystem) -> float:
 
 def angle_factor(unit: str) -> float:
     """Factor that converts an angle in ``unit`` to radians."""
-    from .errors import UserError
 
     if unit not in ANGLE_TO_RAD:
         raise UserError(f"unknown angle unit {unit!r}", "use rad or deg")
@@ -114,7 +112,6 @@ def angle_factor(unit: str) -> float:
 
 def _factor(quantity: str, unit: str, system: UnitSystem, reduced: tuple, table: dict, reduced_fix: str) -> float:
     """``table[unit]`` in real units; 1 for the reduced names in LJ units; else a UserError."""
-    from .errors import UserError
 
     if system.name == "lj":
         if unit in reduced:
@@ -149,7 +146,6 @@ def structure_length_factor(unit: str | None, system: UnitSystem) -> float:
     """Factor converting lengths read from a structure file (``system.structure_unit``) to the
     system's length unit. ase returns Å for the formats it reads, so ``None`` means Å in real
     units; reduced LJ units have no conversion from Å: the file's unit must be declared σ."""
-    from .errors import UserError
 
     if system.name == "lj":
         if unit in LJ_LENGTH_NAMES:
@@ -170,7 +166,6 @@ def structure_length_factor(unit: str | None, system: UnitSystem) -> float:
 def check_thermal(system: UnitSystem, kT, temperature) -> None:
     """The rule :func:`kT_of` relies on: reduced units take ``system.kT`` (in ε), real units
     take ``system.temperature`` (in K); giving the other one is an error, not silently ignored."""
-    from .errors import UserError
 
     if system.name == "lj":
         if temperature is not None:

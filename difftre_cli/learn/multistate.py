@@ -49,9 +49,12 @@ import time
 import jax
 import jax.numpy as jnp
 
+from .. import parallel
 from ..errors import UserError
 from .boltzmann import initial_params
 from .difftre import DiffTReRegime, Proposal, apply_update
+from .direct_ad import DirectADRegime
+from .ibi import IBIRegime, target_losses
 
 log = logging.getLogger("difftre")
 
@@ -113,7 +116,6 @@ class MultiStateDiffTReRegime:
     def _make_groups(self, params):
         """Batch the state points whose segments have equal shapes (parallel.py); the others
         are sampled one after another, as with state_parallel=sequential (logged)."""
-        from .. import parallel
         self.groups, self.home = [], {}
         sigs = [parallel.signature(sub.c.sampler, params, sub.state, sub.nbrs) for sub in self.subs]
         n_dev = len(jax.local_devices())
@@ -290,7 +292,6 @@ class MultiStateDirectADRegime(MultiStateDiffTReRegime):
     only when every segment was stable and the step finite."""
 
     def __init__(self, states: list, store, tcfg):
-        from .direct_ad import DirectADRegime
         self._setup(states, store, tcfg.get("init_from", None), lambda c, st: DirectADRegime(c, st, tcfg))
         self._apply = jax.jit(lambda p, o, g, loss, s, ok: apply_update(self.optimizer, p, o, g, loss, s, ok=ok))
 
@@ -348,7 +349,6 @@ class MultiStateIBIRegime(MultiStateDiffTReRegime):
     Δu_s = α k_B T_s ln(g_s / g_target,s) (mixtures: per species pair, from its partial RDF)."""
 
     def __init__(self, states: list, store, tcfg):
-        from .ibi import IBIRegime
         self._setup(states, store, tcfg.get("init_from", None), lambda c, st: IBIRegime(c, st, tcfg))
 
     def init(self, key):
@@ -359,7 +359,6 @@ class MultiStateIBIRegime(MultiStateDiffTReRegime):
         return params, ()
 
     def propose(self, params, opt_state, lr_scale: float) -> Proposal:
-        from .ibi import target_losses
         nan = float("nan")
         t0 = time.perf_counter()
         means = [sub.sample_means(params) for sub in self.subs]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax_md import elasticity, minimize, space
 
 #: Voigt index → Cartesian index pair.
 VOIGT_PAIRS = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
@@ -73,7 +74,6 @@ def bulk_modulus(Cv):
 def periodic_energy(make_energy, cell):
     """``E(frac, box=..., perturbation=...)`` on JAX MD's general periodic space with
     fractional coordinates; ``make_energy(displacement)`` builds the JAX MD energy."""
-    from jax_md import space
     disp, _ = space.periodic_general(cell, fractional_coordinates=True)
     return make_energy(disp)
 
@@ -137,7 +137,6 @@ def relaxed_voigt(energy_fn, frac, cell, with_force_constants: bool = False):
 def relaxed_voigt_jaxmd(energy_fn, frac, cell, cg_tol: float = 1e-10):
     """The same relaxed-ion tensor by JAX MD's ``athermal_moduli`` (CG on the tethered Hessian),
     converted to Voigt notation: an independent implementation, used by the tests as a check."""
-    from jax_md import elasticity
     C = elasticity.athermal_moduli(energy_fn, cg_tol=cg_tol)(frac, cell)
     return tensor_to_voigt(C)
 
@@ -180,7 +179,6 @@ def relax(energy_of_box, frac0, cell0, opts: RelaxOptions, params):
     reference positions in the reference cell, then (with ``opts.cell``) two rows holding the
     Voigt strain e times L = V^(1/3), so that every component of z is a length in Å.
     """
-    from jax_md import minimize, space
 
     n = frac0.shape[0]
     dtype = frac0.dtype
