@@ -5,11 +5,10 @@ example): ideal-gas particles on a line in u(x) = k_B T [a (x − c)^6 − b (x 
 from their density profile. Energies are in the system's energy unit (k_B T = 1 in the
 preset), x in its length unit (dimensionless there).
 
-:class:`ExternalPotential` combines a fixed prior u_prior(x) with a learnable model u_θ(x)
-and implements the observable engine's protocol (observables/engine.py): ``one_body = True``,
-``features(positions)`` (the coordinates: θ-independent) and
-``energy_from_features(params, x, scale)``. For sampling it provides per-particle energies
-and forces; no neighbour list is involved.
+:class:`ExternalPotential` combines a fixed prior u_prior(x) with a learnable model u_θ(x); it
+is a :class:`~.protocol.OneBodyPotential`: ``features(positions)`` (the coordinates:
+θ-independent) and ``energy_from_features(params, x, scale)`` for the observable engine,
+per-particle energies and forces for the sampler; no neighbour list is involved.
 
 Priors (elementwise ``u(x)``): ``harmonic_1d`` λ (x − x0)², ``double_well`` (the true
 potential of the study, for targets and evaluation), ``none``.
@@ -28,6 +27,7 @@ import numpy as np
 
 from ..errors import UserError
 from .pair import ScalarMLP, cubic_uniform, spline_second_derivative_map
+from .protocol import OneBodyPotential
 
 
 # -- priors / ground truth ---------------------------------------------------------------
@@ -131,13 +131,11 @@ def build_model(cfg):
 
 # -- the potential -----------------------------------------------------------------------
 @dataclass(frozen=True)
-class ExternalPotential:
+class ExternalPotential(OneBodyPotential):
     """u(x) = u_prior(x) + u_θ(x) per particle; U(R) = Σ_n u(x_n). Positions R: (N, 1)."""
 
     prior: Callable
     model: object | None
-    one_body = True
-    cutoff = 0.0          # no pair interactions: nothing to look up on a neighbour list
 
     def init(self, key):
         return {"model": self.model.init(key)} if self.model is not None else {}
@@ -149,7 +147,13 @@ class ExternalPotential:
             out = out + self.model(params["model"], x)
         return out
 
-    # DiffTRe protocol -------------------------------------------------------------------
+    def x_range(self) -> tuple[float, float]:
+        """Where u(x) is learnt: the spline's knot interval; [0, 1] for a model without one."""
+        if isinstance(self.model, Spline1D):
+            return self.model.x_min, self.model.x_max
+        return 0.0, 1.0
+
+    # the observable engine's side of the protocol ------------------------------------------
     def features(self, positions):
         """θ-independent features of snapshots (..., N, 1): the coordinates themselves."""
         return positions

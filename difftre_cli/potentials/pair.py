@@ -7,7 +7,9 @@ frozen dataclass with
 - ``__call__(params, r) -> u`` elementwise on distances of any shape.
 
 All vanish at (and beyond) the cutoff; the spline, the cubic table and the MLP with zero
-slope, so forces are continuous.
+slope, so forces are continuous. They derive from :class:`PairModel`, which declares the one
+optional part: a temperature-dependent model (``temperature_dependent``) is bound to a state
+point's kT by ``at_kT``.
 
 The cubic spline on a uniform grid (:func:`spline_second_derivative_map`, :func:`cubic_uniform`)
 and the MLP of one variable (:class:`ScalarMLP`) are also those of the one-body models u(x)
@@ -16,6 +18,7 @@ and the MLP of one variable (:class:`ScalarMLP`) are also those of the one-body 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -54,8 +57,18 @@ def spline_second_derivative_map(h: np.ndarray, right: str = "clamped") -> np.nd
     return np.linalg.solve(a, b)
 
 
+class PairModel:
+    """Base of the learnable pair models: ``init(key)``, ``__call__(params, r)`` and ``cutoff``;
+    declared optional part: ``temperature_dependent`` (then ``at_kT(kT)`` binds a state's kT)."""
+
+    temperature_dependent: ClassVar[bool] = False
+
+    def at_kT(self, kT: float) -> "PairModel":
+        return self
+
+
 @dataclass(frozen=True)
-class SplinePair:
+class SplinePair(PairModel):
     """Cubic spline through ``n_knots`` equidistant knots on [r_min, cutoff].
 
     The learnable parameters are the knot values except the last, which is fixed at 0 so
@@ -105,7 +118,7 @@ def cubic_uniform(y, m, x0: float, h: float, x):
 
 
 @dataclass(frozen=True)
-class TablePair:
+class TablePair(PairModel):
     """Tabulated pair potential: values u_k at ``n_points`` equidistant points r_k on [r_min, cutoff].
 
     The parameters are the table (all values but the last, which is fixed at u(cutoff) = 0;
@@ -194,7 +207,7 @@ class ScalarMLP(nn.Module):
 
 
 @dataclass(frozen=True)
-class MLPPair:
+class MLPPair(PairModel):
     """Multilayer perceptron on Gaussian radial-basis features of r, times a cosine envelope."""
 
     cutoff: float
@@ -214,7 +227,7 @@ class MLPPair:
 
 
 @dataclass(frozen=True)
-class ThermalPair:
+class ThermalPair(PairModel):
     """Temperature-dependent pair model u(r, T) = u₁(r) − k_B T u₂(r) with two learnable pair
     models (parameters ``{"u1": …, "u2": …}``). u₂ acts like an entropy of the pair: the
     model transfers between temperatures when the effective interaction's free-energy
@@ -223,6 +236,7 @@ class ThermalPair:
     u1: object
     u2: object
     kT: float | None = None
+    temperature_dependent = True
 
     @property
     def cutoff(self) -> float:

@@ -26,7 +26,6 @@ orders appear, hence the ½), the SW table of the sparse format or the dense lis
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, replace
 
@@ -36,6 +35,7 @@ from jax_md import energy as jmd_energy
 
 from .graph import sparse_capacity, sparse_graph
 from .manybody import ManyBodyPotential, _dense_vectors, _strain
+from .manybody import build as build_many_body
 
 DIMENSIONLESS = ("a", "lam", "gamma", "A", "B")
 
@@ -186,7 +186,6 @@ def build(prior_cfg, model_cfg, model_cutoff: float) -> SWManyBodyPotential:
     DimeNet++ ``model`` group."""
     from ..checks import number
     from ..errors import UserError
-    from . import manybody
     from .classical import SW_HARD_CODED, SW_PARAMS
 
     if model_cfg.get("kind") != "dimenet":
@@ -207,5 +206,4 @@ def build(prior_cfg, model_cfg, model_cutoff: float) -> SWManyBodyPotential:
         kw[k] = number(prior_cfg, k, prefix="prior", lo=0.0, lo_open=True, required=False,
                        default=SW_PARAMS[k][0], example=str(SW_PARAMS[k][0]))
     sw = StillingerWeber(**kw)
-    base = manybody.build(sw.pair, model_cfg, max(float(model_cutoff), sw.cutoff))
-    return SWManyBodyPotential(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, sw=sw)
+    return build_many_body(sw.pair, model_cfg, max(float(model_cutoff), sw.cutoff), cls=SWManyBodyPotential, sw=sw)
