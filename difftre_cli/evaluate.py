@@ -79,10 +79,10 @@ def _state_results(out: dict, c, means: dict, rows, prefix: str, errors: dict | 
         out["observables"][prefix + name] = {"grid": None if obs.grid is None else np.asarray(obs.grid).tolist(),
                                              "value": np.asarray(means[name]).tolist(),
                                              "error": None if errors is None else np.asarray(errors[name]).tolist()}
-        if getattr(obs, "unit_kind", None) == "pressure" and c.system.units.name == "real":
+        if obs.unit_kind == "pressure" and c.system.units.name == "real":
             from .units import BAR_PER_KJ_MOL_NM3
             out["observables"][prefix + name]["value_bar"] = float(means[name]) * BAR_PER_KJ_MOL_NM3
-        if getattr(obs, "unit_kind", None) == "stress" and c.system.units.name == "real":
+        if obs.unit_kind == "stress" and c.system.units.name == "real":
             _stress_results(out["observables"][prefix + name], obs, np.asarray(means[name]),
                             None if errors is None else np.asarray(errors[name]))
     for name, t in c.targets.items():
@@ -91,22 +91,22 @@ def _state_results(out: dict, c, means: dict, rows, prefix: str, errors: dict | 
         start = None
         if rows and f"loss_{prefix}{name}" in rows[0] and t.gamma > 0:
             start = float(np.sqrt(rows[0][f"loss_{prefix}{name}"] / t.gamma))
-        if getattr(c.observables[t.observable], "unit_kind", None) == "pressure" and c.system.units.name == "real":
+        if c.observables[t.observable].unit_kind == "pressure" and c.system.units.name == "real":
             from .units import BAR_PER_KJ_MOL_NM3   # |ΔP| in bar next to the internal-unit RMSE
             extra = {"error_bar": rmse * BAR_PER_KJ_MOL_NM3,
                      "error_bar_at_start": None if start is None else start * BAR_PER_KJ_MOL_NM3}
         else:
             extra = {}
         grid = c.observables[t.observable].grid
-        angle = getattr(c.observables[t.observable], "unit_kind", None) == "angle"
-        wavenumber = getattr(c.observables[t.observable], "unit_kind", None) == "inverse_length"   # S(k)
+        angle = c.observables[t.observable].unit_kind == "angle"
+        wavenumber = c.observables[t.observable].unit_kind == "inverse_length"   # S(k)
         out["targets"][prefix + name] = {"rmse": rmse, "rmse_at_start": start, "source": t.source,
                                          "grid": None if grid is None else np.asarray(grid).tolist(),
                                          "grid_unit": "rad" if angle else ("1/" if wavenumber else "")
                                          + c.system.units.length,
                                          "observable": pred.tolist(), "target": np.asarray(t.value).tolist(),
                                          "rdf_deviation_D": _rdf_D(c, t, pred), **extra}
-        comps = getattr(c.observables[t.observable], "components", None)
+        comps = c.observables[t.observable].components
         if comps:
             out["targets"][prefix + name]["components"] = list(comps)
 

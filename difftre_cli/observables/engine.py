@@ -117,12 +117,12 @@ class ObservableEngine:
         self.ctx = ctx
         self.beta = beta
         # per-snapshot strain derivatives the θ-dependent observables ask for (observables/__init__.py)
-        self.needs = frozenset(q for o in observables.values() if o.depends_on_params for q in getattr(o, "needs", ()))
+        self.needs = frozenset(q for o in observables.values() if o.depends_on_params for q in o.needs)
         unknown = self.needs - set(BORN)
         if unknown:
             raise ValueError(f"observables need unknown per-snapshot quantities {sorted(unknown)}")
         if self.needs and not potential.takes_strain:
-            names = [k for k, o in observables.items() if getattr(o, "needs", ())]
+            names = [k for k, o in observables.items() if o.needs]
             raise UserError(f"observables {names} need strain derivatives of the energy, which this potential "
                             "(a pair potential) does not provide",
                             "use a many-body potential (model=dimenet), or drop stress/stiffness observables")
@@ -135,7 +135,7 @@ class ObservableEngine:
             return
         self.box = float(box_size)
         list_cutoff = potential.list_cutoff   # strained crystals list further out: manybody.py
-        reach = max([list_cutoff] + [getattr(o, "reach", 0.0) for o in observables.values()])
+        reach = max([list_cutoff] + [o.reach for o in observables.values()])
         if reach > 0.5 * self.box:
             raise UserError(f"observable range {reach:.3g} exceeds half the box ({0.5 * self.box:.3g})",
                             "use more particles (system.n_particles) or a smaller r_max")
@@ -305,8 +305,8 @@ class ObservableEngine:
     def combine(self, averages: dict) -> dict:
         """Observables' values from their (weighted) per-snapshot averages: ``combine`` for
         observables that are functions of averages, the average itself otherwise."""
-        return {name: self.observables[name].combine(self.ctx, v) if hasattr(self.observables[name], "combine")
-                else v for name, v in averages.items()}
+        return {name: v if self.observables[name].combine is None else self.observables[name].combine(self.ctx, v)
+                for name, v in averages.items()}
 
     def predict(self, params, feats: Features):
         """Reweighted averages ⟨O⟩ at ``params`` and the weights."""
