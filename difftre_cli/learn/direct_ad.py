@@ -93,6 +93,7 @@ class DirectAD:
         self.max_kT = sampler.cfg.max_kT_factor * float(c.system.kT)
         self.trace_count = 0
         self._step = jax.jit(self._step_impl)
+        self._grad = jax.jit(self._grad_impl)
 
     # ----------------------------------------------------------------------------------
     def allocate_obs_list(self, R, extra: int = 0):
@@ -158,8 +159,6 @@ class DirectAD:
         return loss, aux, grads
 
     def grad(self, params, state, nb_e, nb_o):
-        if not hasattr(self, "_grad"):
-            self._grad = jax.jit(self._grad_impl)
         return self._grad(params, state, nb_e, nb_o)
 
     def step(self, params, opt_state, state, nb_e, nb_o, lr_scale=1.0):
