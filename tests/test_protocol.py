@@ -1,8 +1,8 @@
 """The potential protocol (potentials/protocol.py) and the observable protocol (observables/base.py).
 
-Every potential the config builders can produce from the presets (each model × prior the
-``model`` and ``prior`` groups offer, on the systems of the presets) is built the way ``assemble``
-builds it and checked: it is a Potential of exactly one kind, and every declared capability
+Every potential the config builders can produce from the presets (every preset's model × prior,
+every model and every prior of the ``model`` and ``prior`` groups, on the presets' systems) is
+built the way ``assemble`` builds it and checked: it is a Potential of exactly one kind, and every declared capability
 agrees with what the potential does (``takes_strain`` iff ``energy_from_features`` takes a
 ``strain``, ``can_strain`` iff ``strained`` works, ``temperature_dependent`` iff ``bind`` binds a
 kT, pair terms that add up to the energy, …). No MD: a start configuration at most.
