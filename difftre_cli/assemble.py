@@ -12,6 +12,7 @@ from .errors import UserError
 from .learn.registry import trainer_kind
 from .observables.engine import ObservableEngine
 from .onebody import OneBodySampler, build_line_system, is_one_body_system
+from .potentials.protocol import Potential
 from .sampler import sampler_config
 from .simulate import Sampler
 from .system import System, build_system
@@ -20,7 +21,7 @@ from .system import System, build_system
 @dataclass
 class Components:
     system: System
-    potential: Any
+    potential: Potential
     observables: dict
     targets: dict
     sampler: Sampler
@@ -39,10 +40,8 @@ def build(cfg) -> Components:
     one_body = is_one_body_system(cfg.system)   # independent particles on a line (double well)
     system = build_line_system(cfg.system) if one_body else build_system(cfg.system)
     cutoff = float(cfg.model.get("cutoff", cfg.system.get("cutoff", 2.5)))
-    names = getattr(system, "species_names", ("X",))
-    potential = potentials.build(cfg.prior, cfg.model, cutoff, names)
-    if hasattr(potential, "bind"):   # species and kT of this state point
-        potential = potential.bind(system)
+    names = system.species_names
+    potential = potentials.build(cfg.prior, cfg.model, cutoff, names).bind(system)   # species, kT of this state
     obs = observables_mod.build(cfg.observables)
     tgts = targets_mod.build(cfg.targets, obs, system.units)
     sampler = (OneBodySampler if one_body else Sampler)(potential, system, sampler_config(cfg.simulator))

@@ -160,9 +160,8 @@ def _validate_one(cfg: DictConfig) -> None:
     potentials.build(cfg.prior, cfg.model, cutoff, system.species_names)
     sampler_config(cfg.simulator)
     obs = observables.build(cfg.observables)
-    for o in obs.values():   # e.g. structure_factor: a wave vector of this box in every bin (before targets)
-        if hasattr(o, "check_box"):
-            o.check_box(system.box_size)
+    for o in obs.values():   # reach within half the box; structure_factor: a wave vector in every bin
+        o.check_box(system.box_size)
     targets.build(cfg.targets, obs, system.units)
     optim.build(cfg.optimizer, updates)
     if len(system.species_names) > 1:
@@ -171,13 +170,13 @@ def _validate_one(cfg: DictConfig) -> None:
     else:
         potentials.ground_truth(_get(cfg, "ground_truth"), cutoff)
     for name, o in obs.items():   # partial RDFs name species of the system
-        for sp in getattr(o, "pair", None) or ():
+        for sp in o.pair or ():
             if sp not in system.species_names:
                 raise UserError(f"observables.{name}.pair: no species {sp!r} in the system "
                                 f"(system.species: {list(system.species_names)})",
                                 "name species as in system.species")
 
-    _cross_checks(cfg, system, cutoff, obs)
+    _cross_checks(cfg, system, cutoff)
 
 
 def _validate_loop(tc) -> int:
@@ -233,23 +232,13 @@ def _validate_evaluate(cfg: DictConfig) -> None:
                             "use model=dimenet, or set evaluate.stress_strain=null")
 
 
-def _cross_checks(cfg: DictConfig, system, cutoff: float, obs: dict) -> None:
-    """Checks across groups: cutoff and observable reach against the box, overlapping atoms."""
+def _cross_checks(cfg: DictConfig, system, cutoff: float) -> None:
+    """Checks across groups: cutoff against the box (observables check their reach themselves,
+    ``check_box``), overlapping atoms."""
     half = 0.5 * system.box_size
     if cutoff >= half:
         raise UserError(f"model.cutoff={cutoff:g} is not below half the box ({half:.4g})",
                         "use more particles (system.n_particles) or a smaller cutoff")
-    for name, o in obs.items():
-        reach = getattr(o, "reach", None)
-        if reach is not None and reach > half and not hasattr(o, "r_max"):   # adf, tetrahedral_q
-            raise UserError(f"observables.{name} needs neighbours up to {reach:.4g} (its reach), beyond half the box "
-                            f"({half:.4g})", f"lower observables.{name}.r_cut / reach, or use more particles "
-                            "(system.n_particles)")
-        if reach is not None and reach > half:
-            raise UserError(f"observables.{name}.r_max={o.r_max:g} (plus 4 sigma of smoothing: {reach:.4g}) "
-                            f"exceeds half the box ({half:.4g}); the minimum-image RDF is undefined beyond it",
-                            f"lower observables.{name}.r_max below {half - 4 * o.sigma:.3g}, or use more particles "
-                            "(system.n_particles)")
     if _get(cfg, "system.structure") is not None:
         d, i, j = min_image_distance(system.positions, system.box_size)
         if d < 0.1 * cutoff:

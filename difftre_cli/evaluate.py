@@ -65,7 +65,7 @@ def evaluate_md(cfg, run_dir) -> dict:
     if len(kTs) > 1:
         out["mean_kinetic_kT_per_state"] = kTs
     out["potential"] = potential_curve(c, params, cfg)
-    if len(states) > 1 and hasattr(c.potential.model, "at_kT"):   # u(r, T): the curve at each state's kT
+    if len(states) > 1 and c.potential.temperature_dependent:   # u(r, T): the curve at each state's kT
         out["potential_per_state"] = {state: {"kT": float(c_s.system.kT), **potential_curve(c_s, params, cfg)}
                                       for state, c_s in states}
     out["wall_time_s"] = time.perf_counter() - t0
@@ -84,10 +84,10 @@ def _state_results(out: dict, c, means: dict, rows, prefix: str, errors: dict | 
         out["observables"][prefix + name] = {"grid": None if obs.grid is None else np.asarray(obs.grid).tolist(),
                                              "value": np.asarray(means[name]).tolist(),
                                              "error": None if errors is None else np.asarray(errors[name]).tolist()}
-        if getattr(obs, "unit_kind", None) == "pressure" and c.system.units.name == "real":
+        if obs.unit_kind == "pressure" and c.system.units.name == "real":
             from .units import BAR_PER_KJ_MOL_NM3
             out["observables"][prefix + name]["value_bar"] = float(means[name]) * BAR_PER_KJ_MOL_NM3
-        if getattr(obs, "unit_kind", None) == "stress" and c.system.units.name == "real":
+        if obs.unit_kind == "stress" and c.system.units.name == "real":
             _stress_results(out["observables"][prefix + name], obs, np.asarray(means[name]),
                             None if errors is None else np.asarray(errors[name]))
     for name, t in c.targets.items():
@@ -96,22 +96,22 @@ def _state_results(out: dict, c, means: dict, rows, prefix: str, errors: dict | 
         start = None
         if rows and f"loss_{prefix}{name}" in rows[0] and t.gamma > 0:
             start = float(np.sqrt(rows[0][f"loss_{prefix}{name}"] / t.gamma))
-        if getattr(c.observables[t.observable], "unit_kind", None) == "pressure" and c.system.units.name == "real":
+        if c.observables[t.observable].unit_kind == "pressure" and c.system.units.name == "real":
             from .units import BAR_PER_KJ_MOL_NM3   # |ΔP| in bar next to the internal-unit RMSE
             extra = {"error_bar": rmse * BAR_PER_KJ_MOL_NM3,
                      "error_bar_at_start": None if start is None else start * BAR_PER_KJ_MOL_NM3}
         else:
             extra = {}
         grid = c.observables[t.observable].grid
-        angle = getattr(c.observables[t.observable], "unit_kind", None) == "angle"
-        wavenumber = getattr(c.observables[t.observable], "unit_kind", None) == "inverse_length"   # S(k)
+        angle = c.observables[t.observable].unit_kind == "angle"
+        wavenumber = c.observables[t.observable].unit_kind == "inverse_length"   # S(k)
         out["targets"][prefix + name] = {"rmse": rmse, "rmse_at_start": start, "source": t.source,
                                          "grid": None if grid is None else np.asarray(grid).tolist(),
                                          "grid_unit": "rad" if angle else ("1/" if wavenumber else "")
                                          + c.system.units.length,
                                          "observable": pred.tolist(), "target": np.asarray(t.value).tolist(),
                                          "rdf_deviation_D": _rdf_D(c, t, pred), **extra}
-        comps = getattr(c.observables[t.observable], "components", None)
+        comps = c.observables[t.observable].components
         if comps:
             out["targets"][prefix + name]["components"] = list(comps)
 
@@ -157,16 +157,16 @@ def potential_curve(c, params, cfg) -> dict:
     species pair under ``pairs``; ``delta`` and ``max_abs_error`` are then the sum and the
     maximum over the pairs."""
     pot = c.potential
-    if getattr(pot, "one_body", False):
+    if pot.one_body:
         return external_curve(c, params)
-    if not hasattr(pot, "pair") and not hasattr(pot, "pairs"):   # many-body network: no pair curve
+    terms = pot.pair_terms()
+    if not terms:   # many-body network: no pair curve
         return {"kind": "many_body"}
-    if hasattr(pot, "pairs"):   # mixture: per species pair
+    if terms[0].key is not None:   # mixture: per species pair
         curves = {}
-        for k, (name, _, _) in enumerate(pot.pairs):
-            truth = None if c.ground_truth is None else c.ground_truth[name]
-            curves[name] = _pair_curve(lambda r, n=name: pot.pair_by_name(params, n, r), pot.priors[k], truth,
-                                       pot.cutoff, cfg)
+        for t in terms:
+            truth = None if c.ground_truth is None else c.ground_truth[t.key]
+            curves[t.key] = _pair_curve(lambda r, u=t.u: u(params, r), t.prior, truth, pot.cutoff, cfg)
         res = {"pairs": curves}
         if c.ground_truth is not None:
             res["delta"] = float(sum(v["delta"] for v in curves.values()))
@@ -174,7 +174,8 @@ def potential_curve(c, params, cfg) -> dict:
             res["error_range"] = next(iter(curves.values()))["error_range"]
             res["delta_range"] = next(iter(curves.values()))["delta_range"]
         return res
-    return _pair_curve(lambda r: pot.pair(params, r), pot.prior, c.ground_truth, pot.cutoff, cfg)
+    (t,) = terms
+    return _pair_curve(lambda r: t.u(params, r), t.prior, c.ground_truth, pot.cutoff, cfg)
 
 
 def _pair_curve(u_fn, prior_fn, ground_truth, cutoff: float, cfg) -> dict:
@@ -217,7 +218,7 @@ def external_curve(c, params, n: int = 400, threshold: float = 0.01) -> dict:
         lo, hi = obs.x_min, obs.x_max
     else:
         target, obs = None, None
-        lo, hi = getattr(pot.model, "x_min", 0.0), getattr(pot.model, "x_max", 1.0)
+        lo, hi = pot.x_range()
     x = np.linspace(lo, hi, n)
     total = np.asarray(pot.u(params, jnp.asarray(x)), float)
     prior = np.asarray(pot.prior(jnp.asarray(x)), float)

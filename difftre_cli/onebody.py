@@ -51,6 +51,7 @@ class LineSystem:
     species: np.ndarray
     box_size: None = None
     dimension: int = 1
+    species_names: tuple = ("X",)
 
     @property
     def volume(self) -> float:
@@ -86,7 +87,7 @@ class OneBodySampler(ChunkedSampler):
 
     def __init__(self, potential, system: LineSystem, cfg: SamplerConfig):
         _check_integrator(cfg)
-        if not getattr(potential, "one_body", False):
+        if not potential.one_body:
             raise UserError(f"system.kind={KIND} needs a one-body potential",
                             "use prior=harmonic_1d (or double_well) and model=spline_1d (or mlp_1d)")
         self.potential = potential

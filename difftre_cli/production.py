@@ -84,5 +84,5 @@ def production_run(c, params, eq_steps: int, steps: int, every: int, seed: int, 
         loo = [finish(jax.tree_util.tree_map(lambda a, b: a - b, total, p), n - m) for p, m in zip(parts, counts)]
         errors = {name: np.sqrt((k - 1) / k * np.sum([(x[name] - np.mean([y[name] for y in loo], 0)) ** 2
                                                       for x in loo], 0)) for name in means}
-    pos = None if getattr(state, "position", None) is None else np.asarray(state.position)
+    pos = np.asarray(state.position)
     return Production(means, errors, n, float(np.mean(kts)), pos, sum(sizes))

@@ -175,6 +175,7 @@ class ChunkedSampler:
     monitor: Monitor | None = None
     label: str = ""            # the state point this sampler belongs to ("" for a single one)
     pending: tuple | None = None
+    trace_count: int = 0       # traces of the chunk program (kept across re-compilations)
 
     # -- what a case provides (jit-traceable unless said otherwise) -----------------------
     def init(self, key, params, positions=None):   # -> (state, nbrs)  (host)
@@ -194,7 +195,6 @@ class ChunkedSampler:
 
     # -- the compiled chunk -----------------------------------------------------------------
     def _compile(self) -> None:
-        self.trace_count = getattr(self, "trace_count", 0)
         self._chunk = jax.jit(self._chunk_impl)
 
     def _chunk_impl(self, params, state, nbrs, buffers, n_eq, n_rec, start, every):
@@ -222,10 +222,9 @@ class ChunkedSampler:
 
     def _buffers(self, params, state, nbrs, n_snapshots: int):
         key = (state.position.shape, state.position.dtype)
-        shapes = getattr(self, "_energy_shapes", {})
+        shapes = self.__dict__.setdefault("_energy_shapes", {})
         if key not in shapes:   # tracing the observation costs milliseconds: once per shape
             shapes[key] = jax.eval_shape(self._observe, params, state, nbrs)[2]
-            self._energy_shapes = shapes
         u = shapes[key]
         return (jnp.zeros((n_snapshots, *state.position.shape), state.position.dtype),
                 jnp.zeros((n_snapshots, *u.shape), u.dtype), jnp.zeros((n_snapshots,), state.position.dtype))

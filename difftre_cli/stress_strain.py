@@ -158,7 +158,7 @@ def run(c, params, s: Settings, seed: int, main, log=None) -> dict:
     from .observables.mechanical import Stiffness, Stress
     from .observables.stiffness import stress_strain_moduli
 
-    if not hasattr(c.potential, "strained"):
+    if not c.potential.can_strain:
         raise UserError("evaluate.stress_strain needs a many-body potential (model=dimenet) that can be strained",
                         "remove evaluate.stress_strain, or use model=dimenet")
     to_gpa, unit = _stress_unit(c.system.units)

@@ -169,7 +169,7 @@ def build(cfg, observables: dict, unit_system) -> dict[str, Target]:
                             f"add it to the observables group or set {key}.observable to one of {sorted(observables)}")
         obs = observables[obs_name]
         gamma = number(t, "gamma", prefix=key, lo=0.0, required=False, default=1.0, example="1.0")
-        if obs.grid is None and getattr(obs, "components", None):
+        if obs.grid is None and obs.components:
             out[name] = _vector_target(name, obs_name, obs, t, key, gamma, unit_system)
             continue
         if obs.grid is None:

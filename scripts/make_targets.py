@@ -52,6 +52,7 @@ def main():
 
     import jax
     from difftre_cli import __version__, assemble
+    from difftre_cli.observables.structure_factor import StructureFactor
 
     # The true potential is the LJ prior with no learnable model; targets are not needed (every
     # RDF / S(k) observable gets a placeholder target so that the components can be built).
@@ -96,7 +97,7 @@ def main():
         g = stack.mean(0)
         err = stack.std(0, ddof=1) / np.sqrt(len(stack))
         obs = c.observables[name]
-        sk = not hasattr(obs, "pair")
+        sk = isinstance(obs, StructureFactor)
         what = ("static structure factor S(k)" if sk else "radial distribution function g(r)"
                 if obs.pair is None else f"partial RDF g_{'-'.join(obs.pair)}(r)")
         how = (f"S(k) = |Σ_j exp(ik·r_j)|²/N over k = 2πn/L, shell-averaged on {obs.n_bins} bins of |k| in "

@@ -240,7 +240,7 @@ def analyse(traj: dict, observables_file: Path | None, chunk: int = 50) -> dict:
         vals = {k: o.snapshot(ctx, q) for k, o in obs.items()}
         for k, o in obs.items():      # diagnostics: neighbours in reach, particles with a q_i
             vals[f"{k}:max_in_reach"] = jnp.max(jnp.sum(q["r"] < o.reach, axis=1))
-            if hasattr(o, "per_particle"):
+            if isinstance(o, obs_mod.TetrahedralQ):   # per-particle q_i: which particles have 4 neighbours
                 vals[f"{k}:coverage"] = jnp.mean(o.per_particle(q)[1])
         return nb, vals
 

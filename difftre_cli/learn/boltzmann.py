@@ -57,16 +57,17 @@ def boltzmann_inversion(c, params, g_min: float = 1e-3, smoothness: float = 1e-4
         raise UserError("trainer.init_from=boltzmann_inversion needs a model linear in its parameters",
                         "use model=spline or model=table (or trainer.init_from=zeros)")
     pot = c.potential
-    if hasattr(pot, "pairs"):   # mixture: each pair's model from its own partial RDF
+    terms = pot.pair_terms()
+    if terms[0].key is not None:   # mixture: each pair's model from its own partial RDF
         fitted = {}
-        for k, (name, a, b) in enumerate(pot.pairs):
-            target, obs = rdf_target(c, (pot.species_names[a], pot.species_names[b]))
-            fitted[name] = _fit(model, pot.priors[k], pot.cutoff, target, obs, float(c.system.kT),
-                                params["model"][name], g_min, smoothness)
+        for t in terms:
+            target, obs = rdf_target(c, t.species)
+            fitted[t.key] = _fit(model, t.prior, pot.cutoff, target, obs, float(c.system.kT),
+                                 params["model"][t.key], g_min, smoothness)
         return {**params, "model": fitted}
     target, obs = rdf_target(c)
-    return {**params, "model": _fit(model, pot.prior, pot.cutoff, target, obs, float(c.system.kT), params["model"],
-                                    g_min, smoothness)}
+    return {**params, "model": _fit(model, terms[0].prior, pot.cutoff, target, obs, float(c.system.kT),
+                                    params["model"], g_min, smoothness)}
 
 
 def _fit(model, prior, cutoff, target, obs, kT, model_params, g_min, smoothness):

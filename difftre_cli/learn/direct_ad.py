@@ -78,11 +78,11 @@ class DirectAD:
         self.box = float(c.system.box_size)
         self.energy_nbr_fn = sampler.neighbor_fn
         self.md_step = sampler._step          # the configured JAX MD integrator's apply function
-        reach = max([0.0] + [getattr(o, "reach", 0.0) for o in c.observables.values()])
+        reach = max([0.0] + [o.reach for o in c.observables.values()])
         if reach > 0.5 * self.box:   # (a skin beyond half the box is harmless: minimum-image distances)
             raise UserError(f"observable range {reach:.3g} exceeds half the box ({0.5 * self.box:.3g})",
                             "use more particles (system.n_particles) or a smaller r_max")
-        born = [k for k, o in c.observables.items() if getattr(o, "needs", ()) or hasattr(o, "combine")]
+        born = [k for k, o in c.observables.items() if o.needs or o.combine is not None]
         if born:
             raise UserError(f"observables {born} (Born terms, functions of averages) are only supported by "
                             "trainer=difftre", "use trainer=difftre, or drop them for trainer=direct_ad")
@@ -93,6 +93,7 @@ class DirectAD:
         self.max_kT = sampler.cfg.max_kT_factor * float(c.system.kT)
         self.trace_count = 0
         self._step = jax.jit(self._step_impl)
+        self._grad = jax.jit(self._grad_impl)
 
     # ----------------------------------------------------------------------------------
     def allocate_obs_list(self, R, extra: int = 0):
@@ -158,8 +159,6 @@ class DirectAD:
         return loss, aux, grads
 
     def grad(self, params, state, nb_e, nb_o):
-        if not hasattr(self, "_grad"):
-            self._grad = jax.jit(self._grad_impl)
         return self._grad(params, state, nb_e, nb_o)
 
     def step(self, params, opt_state, state, nb_e, nb_o, lr_scale=1.0):

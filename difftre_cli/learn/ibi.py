@@ -178,10 +178,9 @@ class IBIRegime:
     def __init__(self, components, store, tcfg):
         self.c = components
         self.store = store
-        pot = components.potential
         # (parameter key of the table, IBI of its RDF): one channel, or one per species pair
-        self.channels = ([(name, IBI(components, tcfg, pair=(pot.species_names[a], pot.species_names[b])))
-                          for name, a, b in pot.pairs] if hasattr(pot, "pairs") else [(None, IBI(components, tcfg))])
+        self.channels = [(t.key, IBI(components, tcfg, pair=t.species)) for t in components.potential.pair_terms()] \
+            or [(None, IBI(components, tcfg))]   # not a pair potential: IBI refuses it
         self.ibi = self.channels[0][1]
         self.init_from = tcfg.get("init_from", None)
         self.state = self.nbrs = None

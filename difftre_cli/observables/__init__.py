@@ -1,30 +1,34 @@
 """Observables: per-snapshot quantities whose reweighted averages are compared with targets.
 
-An observable is a small frozen dataclass with
+An observable is a small frozen dataclass derived from :class:`.base.Observable`, which
+declares every optional part below with its default (callers read them; nothing is probed) and
+has
 
-- ``name`` and ``grid`` (None for scalars),
+- ``name``, ``unit_kind`` and ``grid`` (None for scalars),
 - ``depends_on_params``: False if the snapshot value is fixed by the positions alone (then it
   is computed once per reference trajectory, not once per update),
 - ``snapshot(ctx, quantities) -> value`` with ``quantities`` the per-snapshot inputs
   (pair systems: ``r`` distances (N, M) on a dense neighbour list, +inf for padding, ``R``
   positions (N, 3), ``idx`` that list (N, M) padded with N, ``box`` the cubic box side;
   one-body systems: coordinates ``x``; for θ-dependent observables ``energy`` and ``virial``),
-- ``reach`` (pair systems, θ-independent): the neighbour-list cutoff the observable needs;
-- ``check_box(box)`` (optional): raises a UserError if the observable cannot work in a cubic
-  box of that side (run by config validation; e.g. S(k) bins without a wave vector).
+- ``reach`` (pair systems, θ-independent; default 0): the neighbour-list cutoff the observable
+  needs; ``pair`` (default None): the species pair of a partial RDF;
+- ``check_box(box)``: raises a UserError if the observable cannot work in a cubic box of that
+  side (run by config validation; by default: a reach beyond half the box; e.g. S(k) bins
+  without a wave vector).
 
 Optional, for θ-dependent observables of mechanics (the engine, engine.py, computes them):
 
-- ``needs``: per-snapshot strain derivatives the engine must add to ``quantities``, from
+- ``needs`` (default ()): per-snapshot strain derivatives the engine must add to ``quantities``, from
   ``born_stress`` ((6,) σ^B = (1/Ω) ∂U_θ/∂e) and ``born_stiffness`` ((6, 6) C^B = (1/Ω)
   ∂²U_θ/∂e∂e), e the Voigt Lagrangian strain at 0 (observables/mechanical.py); they need a
-  potential whose ``energy_from_features`` takes a general ``strain`` (the many-body ones);
-- ``combine(ctx, averages) -> value``: the observable is a function of averages rather than
+  potential that declares ``takes_strain`` (the many-body ones; potentials/protocol.py);
+- ``combine(ctx, averages) -> value`` (default None): the observable is a function of averages rather than
   an average. ``snapshot`` then returns a pytree of per-snapshot pieces, the engine reweights
   every leaf separately and ``combine`` maps the averages to the value (e.g. the
   stress-fluctuation stiffness from ⟨C^B⟩, ⟨σ^B⟩, ⟨σ^B σ^B⟩); without it the value is the
   average of ``snapshot``;
-- ``components``: names of the entries of a vector value (a target may then give ``value`` as a
+- ``components`` (default None): names of the entries of a vector value (a target may then give ``value`` as a
   mapping name → number, a list, or one number for all).
 
 The registry :data:`OBSERVABLES` maps the ``kind`` used in ``observables/*.yaml`` to the class

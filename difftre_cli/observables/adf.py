@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import UserError
+from .base import Observable
 
 #: Φ(−5) ≈ 2.9e−7: the smooth cutoff is treated as zero beyond r_cut + CDF_REACH · w.
 CDF_REACH = 5.0
@@ -84,7 +85,7 @@ def smooth_cutoff(r, r_cut: float, width: float):
 
 
 @dataclass(frozen=True)
-class ADF:
+class ADF(Observable):
     name: str
     r_cut: float
     n_bins: int = 150

@@ -15,10 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import UserError
+from .base import Observable
 
 
 @dataclass(frozen=True)
-class Density:
+class Density(Observable):
     name: str
     x_min: float
     x_max: float

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .base import Observable
+
 
 @dataclass(frozen=True)
-class PotentialEnergy:
+class PotentialEnergy(Observable):
     name: str
     depends_on_params: bool = True
     grid: None = None

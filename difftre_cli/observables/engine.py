@@ -21,21 +21,22 @@ terms: σ^B = (1/Ω) ∂U_θ/∂e and, if asked for, C^B = (1/Ω) ∂²U_θ/∂e
 Lagrangian strain, d ↦ F(e) d), by reverse-over-reverse autodiff of ``energy_from_features(...,
 strain=F(e) − I)`` (DimeNet++'s hand-written triplet backward has no forward mode).
 
-The potential's side of the protocol:
+The potential's side is the protocol of potentials/protocol.py:
     ``energy_from_features(params, feats, scale=1.0[, strain=None]) -> U`` of one state from its
     stored features (``scale`` s: uniform strain, d/ds at 1 is the virial; ``strain`` a general
-    (3, 3) ε, d ↦ (I + ε) d, needed by observables with Born terms);
-    ``one_body`` (optional, default False): True for a sum of single-particle terms in an
-    external field, U = Σ_n u_θ(x_n). Such a potential also provides ``features(positions)``
-    (θ-independent, here the coordinates), no neighbour list is needed, and — because
-    non-interacting particles are independent samples of the one-particle Boltzmann
-    distribution — every (snapshot, particle) pair is reweighted as a state of its own, with its
-    own reference energy (the sampler then records per-particle energies, shape (S, N)).
+    (3, 3) ε, d ↦ (I + ε) d, for potentials that declare ``takes_strain``, needed by observables
+    with Born terms); ``features_on_list`` and ``list_cutoff`` of a box potential, the capacity
+    hooks of a ``GraphCapacity`` one, ``snapshot_batch``;
+    ``one_body``: a sum of single-particle terms in an external field, U = Σ_n u_θ(x_n). Such a
+    potential provides ``features(positions)`` (θ-independent, here the coordinates), no
+    neighbour list is needed, and — because non-interacting particles are independent samples
+    of the one-particle Boltzmann distribution — every (snapshot, particle) pair is reweighted
+    as a state of its own, with its own reference energy (the sampler then records per-particle
+    energies, shape (S, N)).
 """
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import logging
 from typing import Any, NamedTuple
@@ -58,14 +59,6 @@ FEATURE_RETRIES = 6
 BORN = ("born_stress", "born_stiffness")
 
 log = logging.getLogger("difftre")
-
-
-def _takes_strain(potential) -> bool:
-    """Whether ``potential.energy_from_features`` accepts a general ``strain``."""
-    try:
-        return "strain" in inspect.signature(potential.energy_from_features).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 class Features(NamedTuple):
@@ -124,25 +117,25 @@ class ObservableEngine:
         self.ctx = ctx
         self.beta = beta
         # per-snapshot strain derivatives the θ-dependent observables ask for (observables/__init__.py)
-        self.needs = frozenset(q for o in observables.values() if o.depends_on_params for q in getattr(o, "needs", ()))
+        self.needs = frozenset(q for o in observables.values() if o.depends_on_params for q in o.needs)
         unknown = self.needs - set(BORN)
         if unknown:
             raise ValueError(f"observables need unknown per-snapshot quantities {sorted(unknown)}")
-        if self.needs and not _takes_strain(potential):
-            names = [k for k, o in observables.items() if getattr(o, "needs", ())]
+        if self.needs and not potential.takes_strain:
+            names = [k for k, o in observables.items() if o.needs]
             raise UserError(f"observables {names} need strain derivatives of the energy, which this potential "
                             "(a pair potential) does not provide",
                             "use a many-body potential (model=dimenet), or drop stress/stiffness observables")
         self._lists = None
         self.trace_count = {"featurize": 0}
         self.snapshot_observables_jit = jax.jit(self.snapshot_observables)
-        self.one_body = bool(getattr(potential, "one_body", False))
+        self.one_body = potential.one_body
         if self.one_body:   # independent particles in an external field: no box, no neighbour lists
             self._featurize = jax.jit(self._featurize_one_body)
             return
         self.box = float(box_size)
         list_cutoff = potential.list_cutoff   # strained crystals list further out: manybody.py
-        reach = max([list_cutoff] + [getattr(o, "reach", 0.0) for o in observables.values()])
+        reach = max([list_cutoff] + [o.reach for o in observables.values()])
         if reach > 0.5 * self.box:
             raise UserError(f"observable range {reach:.3g} exceeds half the box ({0.5 * self.box:.3g})",
                             "use more particles (system.n_particles) or a smaller r_max")
@@ -258,7 +251,7 @@ class ObservableEngine:
     def over_states(self, fn, feats):
         """``fn`` of every stored state: vectorised (``vmap``), or ``snapshot_batch`` states at a
         time (``lax.map``) for potentials whose per-state intermediates are large (networks)."""
-        batch = getattr(self.potential, "snapshot_batch", None)
+        batch = self.potential.snapshot_batch
         return lax.map(fn, feats, batch_size=batch) if batch else jax.vmap(fn)(feats)
 
     def snapshot_energies(self, params, r):
@@ -272,7 +265,7 @@ class ObservableEngine:
     def _per_state(self, one, params, r):
         """``one(params, r_s)`` of every stored state: vectorised (``vmap``) for cheap potentials;
         ``snapshot_batch`` states at a time with a state-by-state backward for networks."""
-        batch = getattr(self.potential, "snapshot_batch", None)
+        batch = self.potential.snapshot_batch
         if batch:
             return _per_state_bounded(one, batch)(params, r)
         return jax.vmap(lambda r_s: one(params, r_s))(r)
@@ -312,8 +305,8 @@ class ObservableEngine:
     def combine(self, averages: dict) -> dict:
         """Observables' values from their (weighted) per-snapshot averages: ``combine`` for
         observables that are functions of averages, the average itself otherwise."""
-        return {name: self.observables[name].combine(self.ctx, v) if hasattr(self.observables[name], "combine")
-                else v for name, v in averages.items()}
+        return {name: v if self.observables[name].combine is None else self.observables[name].combine(self.ctx, v)
+                for name, v in averages.items()}
 
     def predict(self, params, feats: Features):
         """Reweighted averages ⟨O⟩ at ``params`` and the weights."""

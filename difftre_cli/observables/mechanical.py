@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import UserError
 from . import stiffness as stiff
+from .base import Observable
 from .stress import voigt_to_tensor_stress
 
 VOIGT_NAMES = ("xx", "yy", "zz", "yz", "xz", "xy")
@@ -50,7 +51,7 @@ def _form(cfg, name, forms):
 
 
 @dataclass(frozen=True)
-class Stress:
+class Stress(Observable):
     """Mean stress tensor (tension positive) from reweighted Born stresses."""
 
     name: str
@@ -77,7 +78,7 @@ class Stress:
 
 
 @dataclass(frozen=True)
-class Stiffness:
+class Stiffness(Observable):
     """Isothermal stiffness by the stress-fluctuation formula from reweighted Born terms."""
 
     name: str

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .base import Observable
+
 
 @dataclass(frozen=True)
-class Pressure:
+class Pressure(Observable):
     name: str
     depends_on_params: bool = True
     grid: None = None

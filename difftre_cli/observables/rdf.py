@@ -18,10 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import UserError
+from .base import Observable
 
 
 @dataclass(frozen=True)
-class RDF:
+class RDF(Observable):
     name: str
     r_min: float
     r_max: float
@@ -75,6 +76,14 @@ class RDF:
     def reach(self) -> float:
         """Largest pair distance that contributes."""
         return float(self.fine[-1])
+
+    def check_box(self, box: float):
+        half = 0.5 * box
+        if self.reach > half:
+            raise UserError(f"observables.{self.name}.r_max={self.r_max:g} (plus 4 sigma of smoothing: "
+                            f"{self.reach:.4g}) exceeds half the box ({half:.4g}); the minimum-image RDF is undefined "
+                            f"beyond it", f"lower observables.{self.name}.r_max below {half - 4 * self.sigma:.3g}, "
+                            "or use more particles (system.n_particles)")
 
     def snapshot(self, ctx, q):
         r = q["r"]

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import UserError
+from .base import Observable
 
 
 @functools.lru_cache(maxsize=8)
@@ -47,7 +48,7 @@ def wave_vectors(k_min: float, k_max: float, n_bins: int, box: float):
 
 
 @dataclass(frozen=True)
-class StructureFactor:
+class StructureFactor(Observable):
     name: str
     k_max: float
     n_bins: int

@@ -23,10 +23,11 @@ import numpy as np
 
 from ..errors import UserError
 from .adf import nearest_vectors, pair_cosines
+from .base import Observable
 
 
 @dataclass(frozen=True)
-class TetrahedralQ:
+class TetrahedralQ(Observable):
     name: str
     reach: float = 0.45
     depends_on_params: bool = False

@@ -1,7 +1,8 @@
 """Potential energy = prior + learnable model (Δ-learning).
 
-:class:`PairPotential` combines a fixed prior u_prior(r) with a learnable pair model
-u_θ(r). It provides the two views the rest of the engine needs:
+Every potential implements the protocol of :mod:`.protocol` (what the samplers and the
+observable engine may ask of it). :class:`PairPotential` combines a fixed prior u_prior(r)
+with a learnable pair model u_θ(r). It provides the two views the rest of the engine needs:
 
 - for sampling, a gather-only force function on a dense neighbour list;
 - for reweighting, the energy of stored snapshots from their pair distances, which do not
@@ -16,18 +17,12 @@ import jax.numpy as jnp
 
 from .. import neighbors
 from . import pair, priors
+from .protocol import BoxPotential, PairTerm
 
 
-class ListKernels:
+class ListKernels(BoxPotential):
     """Sampler-side functions of a pair potential on a dense neighbour list; the class defines
     ``_on_list(box_size, kernel)`` (the pair function each entry of the list uses)."""
-
-    has_graph_capacity = False   # no capacities of its own beyond the neighbour list's
-
-    @property
-    def list_cutoff(self) -> float:
-        """Radius of the neighbour lists the sampler builds for it."""
-        return self.cutoff
 
     def force_fn(self, box_size: float):
         """``force(R, neighbor, params) -> (N, 3)`` forces, gather-only over the dense list."""
@@ -67,20 +62,26 @@ class PairPotential(ListKernels):
         r_safe = jnp.where(mask, r, 0.5 * self.cutoff) * scale  # clean before scaling: no inf*0
         return 0.5 * jnp.sum(jnp.where(mask, self.pair(params, r_safe), 0.0))
 
-    # The observable engine's protocol (observables/engine.py): the θ-independent features of a
-    # pair potential are the distances on the engine's neighbour lists.
+    # The observable engine's side of the protocol (protocol.py): the θ-independent features of
+    # a pair potential are the distances on the engine's neighbour lists.
     energy_from_features = energy_from_distances
-    one_body = False
 
     def features_on_list(self, R, idx, box_size):
         """θ-independent energy features of one state: distances (N, M) on a dense list."""
         return distances_on_list(R, idx, box_size)
 
+    @property
+    def temperature_dependent(self) -> bool:
+        return self.model is not None and self.model.temperature_dependent
+
     def bind(self, system) -> "PairPotential":
         """The potential at one state point: a temperature-dependent model gets the system's kT."""
-        if hasattr(self.model, "at_kT"):
+        if self.temperature_dependent:
             return replace(self, model=self.model.at_kT(system.kT))
         return self
+
+    def pair_terms(self) -> tuple[PairTerm, ...]:
+        return (PairTerm(None, None, self.prior, self.pair),)
 
     def _on_list(self, box_size: float, kernel):
         def fn(R, neighbor, params, **unused):

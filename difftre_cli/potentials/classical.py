@@ -14,6 +14,10 @@ JAX MD hard-codes p = 4, q = 0 and cos θ₀ = −1/3 (the silicon values); they
 config as fixed parameters and a different value is refused. The reduced cutoff ``a`` is passed
 as JAX MD's ``cutoff = a σ``, so ``a`` and ``σ`` may both be learned.
 
+:class:`StillingerWeber` is the package's one Stillinger–Weber: these parameters and JAX MD's
+implementation, used here on all pairs (or a fixed neighbour list) of a crystal cell and by the
+SW prior under a graph network (sw_prior.py) on its neighbour tables, with the same kernels.
+
 EDIP (Bazant, Kaxiras & Justo, PRB 56, 8542 (1997); Justo et al., PRB 58, 2539 (1998)): every
 parameter is a keyword of ``jax_md.energy.edip``; ``a`` is its ``cutoff`` and ``Q0`` its ``Q_0``.
 
@@ -65,6 +69,58 @@ EDIP_PARAMS: dict[str, tuple[float, str, str | None]] = {
     "u4": (0.66, "1", "u4"),
 }
 EDIP_HARD_CODED: tuple[str, ...] = ()
+
+@dataclass(frozen=True)
+class StillingerWeber:
+    """Stillinger–Weber with the parameters of :data:`SW_PARAMS` (ε energy, σ length, the rest
+    dimensionless; floats or tracers) evaluated by JAX MD: :meth:`energy_fn` is its all-pairs (or
+    neighbour-list) energy, :meth:`pair` and :meth:`angle` its two- and three-body kernels
+    (``energy._sw_radial_interaction``, ``energy._sw_angle_interaction``: p = 4, q = 0,
+    cos θ₀ = −1/3) for a caller that sums them on a graph of its own (sw_prior.py)."""
+
+    epsilon: float = SW_PARAMS["epsilon"][0]
+    sigma: float = SW_PARAMS["sigma"][0]
+    a: float = SW_PARAMS["a"][0]
+    lam: float = SW_PARAMS["lam"][0]
+    gamma: float = SW_PARAMS["gamma"][0]
+    A: float = SW_PARAMS["A"][0]
+    B: float = SW_PARAMS["B"][0]
+
+    @classmethod
+    def from_values(cls, values: dict) -> "StillingerWeber":
+        """From a mapping of every SW parameter (config names; the hard-coded ones are ignored)."""
+        return cls(**{k: values[k] for k in SW_PARAMS if k not in SW_HARD_CODED})
+
+    @property
+    def cutoff(self):
+        return self.a * self.sigma
+
+    def energy_fn(self, displacement, neighbor=None) -> Callable:
+        """``E(R, **kwargs)``: JAX MD's ``stillinger_weber`` over all pairs and triplets or, with
+        ``neighbor`` (a dense JAX MD list in fractional coordinates, :func:`fixed_neighbor_list`),
+        ``stillinger_weber_neighbor_list`` on it."""
+        from jax_md import energy
+        kw = {"epsilon": self.epsilon, "sigma": self.sigma, "lam": self.lam, "gamma": self.gamma, "A": self.A,
+              "B": self.B}
+        if neighbor is None:
+            return energy.stillinger_weber(displacement, cutoff=self.cutoff, **kw)
+        _, e = energy.stillinger_weber_neighbor_list(displacement, 1.0, cutoff=self.cutoff, disable_cell_list=True,
+                                                     fractional_coordinates=True, **kw)
+        return lambda R, **kwargs: e(R, neighbor, **kwargs)
+
+    def pair(self, r):
+        """ε A φ₂(r), elementwise (a sum over directed pairs takes ½ of it)."""
+        from jax_md import energy
+        return self.epsilon * self.A * energy._sw_radial_interaction(self.sigma, self.B, self.cutoff, r)
+
+    def angle(self, v1, v2):
+        """ε λ φ₃ for the bond vectors v1, v2 (…, 3) from a centre to two of its neighbours."""
+        import jax
+        from jax_md import energy
+        fn = jax.vmap(lambda x, y: energy._sw_angle_interaction(self.gamma, self.sigma, self.cutoff, x, y))
+        shape = v1.shape[:-1]
+        return self.epsilon * self.lam * fn(v1.reshape(-1, 3), v2.reshape(-1, 3)).reshape(shape)
+
 
 KINDS = {"sw": (SW_PARAMS, SW_HARD_CODED), "edip": (EDIP_PARAMS, EDIP_HARD_CODED)}
 #: parameters that must stay positive (lengths, energy scales, exponents that JAX MD raises to powers)
@@ -119,14 +175,9 @@ class ClassicalPotential:
         p = self.full(learn)
         d = safe_displacement(displacement, self.cutoff(learn))
         if self.kind == "sw":
-            kw = {v[2]: p[k] for k, v in SW_PARAMS.items() if v[2] is not None}
-            if neighbor is not None:
-                if not self.neighbor_list_ok():
-                    raise ValueError("a fixed neighbour list needs SW with a fixed cutoff")
-                _, e = energy.stillinger_weber_neighbor_list(d, 1.0, cutoff=p["a"] * p["sigma"], disable_cell_list=True,
-                                                             fractional_coordinates=True, **kw)
-                return lambda R, **kwargs: e(R, neighbor, **kwargs)
-            return energy.stillinger_weber(d, cutoff=p["a"] * p["sigma"], **kw)
+            if neighbor is not None and not self.neighbor_list_ok():
+                raise ValueError("a fixed neighbour list needs SW with a fixed cutoff")
+            return StillingerWeber.from_values(p).energy_fn(d, neighbor)
         kw = {v[2]: p[k] for k, v in EDIP_PARAMS.items()}
         return energy.edip(d, **kw)
 

@@ -5,28 +5,29 @@ example): ideal-gas particles on a line in u(x) = k_B T [a (x − c)^6 − b (x 
 from their density profile. Energies are in the system's energy unit (k_B T = 1 in the
 preset), x in its length unit (dimensionless there).
 
-:class:`ExternalPotential` combines a fixed prior u_prior(x) with a learnable model u_θ(x)
-and implements the observable engine's protocol (observables/engine.py): ``one_body = True``,
-``features(positions)`` (the coordinates: θ-independent) and
-``energy_from_features(params, x, scale)``. For sampling it provides per-particle energies
-and forces; no neighbour list is involved.
+:class:`ExternalPotential` combines a fixed prior u_prior(x) with a learnable model u_θ(x); it
+is a :class:`~.protocol.OneBodyPotential`: ``features(positions)`` (the coordinates:
+θ-independent) and ``energy_from_features(params, x, scale)`` for the observable engine,
+per-particle energies and forces for the sampler; no neighbour list is involved.
 
 Priors (elementwise ``u(x)``): ``harmonic_1d`` λ (x − x0)², ``double_well`` (the true
 potential of the study, for targets and evaluation), ``none``.
 Models (``init(key)``, ``__call__(params, x)``): ``spline_1d`` (natural cubic spline with
-learnable knot values on [x_min, x_max], constant outside), ``mlp_1d`` (Flax MLP on x).
+learnable knot values on [x_min, x_max], constant outside), ``mlp_1d`` (Flax MLP on x). Both are
+the pair models' implementations in one variable (pair.py: the uniform cubic spline, ScalarMLP).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..errors import UserError
+from .pair import ScalarMLP, cubic_uniform, spline_second_derivative_map
+from .protocol import OneBodyPotential
 
 
 # -- priors / ground truth ---------------------------------------------------------------
@@ -60,19 +61,6 @@ def build_prior(cfg) -> Callable:
 
 
 # -- models ------------------------------------------------------------------------------
-def natural_spline_second_derivatives(n_knots: int, h: float) -> np.ndarray:
-    """Matrix C with M = C y: second derivatives at equidistant knots (spacing h) of the cubic
-    spline through the values y with natural ends (M_0 = M_{K−1} = 0)."""
-    k = n_knots
-    a = np.zeros((k, k))
-    b = np.zeros((k, k))
-    a[0, 0] = a[-1, -1] = 1.0
-    for i in range(1, k - 1):
-        a[i, i - 1], a[i, i], a[i, i + 1] = h / 6.0, 2.0 * h / 3.0, h / 6.0
-        b[i, i - 1], b[i, i], b[i, i + 1] = 1.0 / h, -2.0 / h, 1.0 / h
-    return np.linalg.solve(a, b)
-
-
 @dataclass(frozen=True)
 class Spline1D:
     """Natural cubic spline through ``n_knots`` equidistant knots on [x_min, x_max] with learnable
@@ -90,7 +78,7 @@ class Spline1D:
                             "e.g. model.x_min=0.0 model.x_max=1.0")
         if self.n_knots < 4:
             raise UserError(f"model.n_knots must be >= 4; got {self.n_knots}", "use e.g. model.n_knots=30")
-        object.__setattr__(self, "m_map", natural_spline_second_derivatives(self.n_knots, self.h))
+        object.__setattr__(self, "m_map", spline_second_derivative_map(np.full(self.n_knots - 1, self.h), "natural"))
 
     @property
     def h(self) -> float:
@@ -103,23 +91,7 @@ class Spline1D:
     def __call__(self, params, x):
         y = params["knot_values"]
         m = jnp.asarray(self.m_map, y.dtype) @ y
-        h = self.h
-        xc = jnp.clip(x, self.x_min, self.x_max)
-        idx = jnp.clip(jnp.floor((xc - self.x_min) / h).astype(jnp.int32), 0, self.n_knots - 2)
-        t = (xc - (self.x_min + idx * h)) / h
-        s = 1.0 - t
-        return s * y[idx] + t * y[idx + 1] + ((s ** 3 - s) * m[idx] + (t ** 3 - t) * m[idx + 1]) * (h * h / 6.0)
-
-
-class _MLP(nn.Module):
-    hidden: tuple[int, ...]
-
-    @nn.compact
-    def __call__(self, x):
-        h = x[..., None]
-        for size in self.hidden:
-            h = nn.swish(nn.Dense(size)(h))
-        return nn.Dense(1, kernel_init=nn.initializers.zeros)(h)[..., 0]
+        return cubic_uniform(y, m, self.x_min, self.h, jnp.clip(x, self.x_min, self.x_max))
 
 
 @dataclass(frozen=True)
@@ -129,12 +101,16 @@ class MLP1D:
     hidden: tuple = (100, 100)
     x_center: float = 0.5
 
+    @property
+    def module(self) -> ScalarMLP:
+        return ScalarMLP(tuple(int(h) for h in self.hidden))
+
     def init(self, key):
-        return _MLP(tuple(int(h) for h in self.hidden)).init(key, jnp.zeros((1,)))
+        return self.module.init(key, jnp.zeros((1,)))
 
     def __call__(self, params, x):
         flat = x.reshape(-1) - self.x_center
-        return _MLP(tuple(int(h) for h in self.hidden)).apply(params, flat).reshape(x.shape)
+        return self.module.apply(params, flat).reshape(x.shape)
 
 
 MODELS = ("spline_1d", "mlp_1d", "none")
@@ -155,13 +131,11 @@ def build_model(cfg):
 
 # -- the potential -----------------------------------------------------------------------
 @dataclass(frozen=True)
-class ExternalPotential:
+class ExternalPotential(OneBodyPotential):
     """u(x) = u_prior(x) + u_θ(x) per particle; U(R) = Σ_n u(x_n). Positions R: (N, 1)."""
 
     prior: Callable
     model: object | None
-    one_body = True
-    cutoff = 0.0          # no pair interactions: nothing to look up on a neighbour list
 
     def init(self, key):
         return {"model": self.model.init(key)} if self.model is not None else {}
@@ -173,7 +147,13 @@ class ExternalPotential:
             out = out + self.model(params["model"], x)
         return out
 
-    # DiffTRe protocol -------------------------------------------------------------------
+    def x_range(self) -> tuple[float, float]:
+        """Where u(x) is learnt: the spline's knot interval; [0, 1] for a model without one."""
+        if isinstance(self.model, Spline1D):
+            return self.model.x_min, self.model.x_max
+        return 0.0, 1.0
+
+    # the observable engine's side of the protocol ------------------------------------------
     def features(self, positions):
         """θ-independent features of snapshots (..., N, 1): the coordinates themselves."""
         return positions

@@ -12,8 +12,9 @@ Two graph formats, same values (tests/test_gnn.py):
   (cutoff + skin, capacity margin): the sparse graph has ~7x fewer triplets and the force
   call is ~3.5x faster on CPU (README, water section).
 
-Capacities are shapes, so they live on the (immutable) potential; the engine keeps them
-honest through three optional hooks that any potential may provide:
+Capacities are shapes, so they live on the (immutable) potential; the sampler and the engine
+keep them honest through the hooks of a :class:`~.protocol.GraphCapacity` potential
+(``has_graph_capacity``):
 
 - ``fit_capacity(R, idx) -> potential``: capacities measured at R (× ``capacity_multiplier``);
 - ``capacity_overflow(R, idx) -> bool``: jit-able, True when the graph at R would not fit;
@@ -22,7 +23,7 @@ honest through three optional hooks that any potential may provide:
   neighbour list: never a silently truncated graph;
 - ``features_overflow(feats) -> bool``: the same for the observable engine's stored graphs.
 
-The observable engine's protocol (observables/engine.py):
+The observable engine's side of the protocol (protocol.py; ``takes_strain``, ``snapshot_batch``):
 
 - θ-independent features of a stored state are its positions and its graph ``(R, graph)``
   (or ``(R, idx)`` without capacities); U_θ is re-evaluated from them at every update;
@@ -36,7 +37,7 @@ The observable engine's protocol (observables/engine.py):
 Forces for the sampler are −∇_R U by autodiff.
 
 A crystal at a fixed finite strain ε (the stress–strain curve, stress_strain.py) is simulated in
-*reference* coordinates: :meth:`ManyBodyPotential.strained` gives the potential
+*reference* coordinates: :meth:`ManyBodyPotential.strained` (``can_strain``) gives the potential
 U_ε(R) = U((I + ε) R, (I + ε) h), i.e. every minimum-image displacement of the cubic reference box
 becomes (I + ε) d before anything is computed from it. Positions sampled from exp(−βU_ε) are the
 strained crystal's configurations mapped back by (I + ε)⁻¹ (a constant Jacobian), so the cubic
@@ -58,6 +59,7 @@ import numpy as np
 
 from . import gnn
 from .graph import SparseGraph, graph_counts, sparse_capacity, sparse_graph
+from .protocol import GraphCapacity
 
 
 def _strain(scale, strain, dtype, fixed=None):
@@ -90,7 +92,7 @@ def _dense_vectors(R, idx, box):
 
 
 @dataclass(frozen=True)
-class ManyBodyPotential:
+class ManyBodyPotential(GraphCapacity):
     prior: Callable          # pair prior u(r), elementwise
     model: object            # GNNModel
     cutoff: float
@@ -103,8 +105,8 @@ class ManyBodyPotential:
     graph_format: str = "sparse"          # "dense": never fit capacities (checks, benchmarks)
     deformation: tuple | None = None      # fixed strain ε of the box, (3, 3) nested tuples (module doc)
     strain_reach: float = 1.0             # lists and graphs at cutoff × this (module doc)
-    one_body = False
-    has_graph_capacity = True   # fit_capacity / capacity_overflow / grow_capacity (module doc)
+    takes_strain = True      # energy_from_features(..., strain=ε): Born terms (module doc)
+    can_strain = True        # strained(ε): the crystal under a fixed strain (module doc)
 
     @property
     def list_cutoff(self) -> float:
@@ -125,7 +127,7 @@ class ManyBodyPotential:
         return {"model": self.model.init(key)}
 
     def bind(self, system) -> "ManyBodyPotential":
-        species = np.asarray(system.species, np.int32) if len(getattr(system, "species_names", ("X",))) > 1 else None
+        species = np.asarray(system.species, np.int32) if len(system.species_names) > 1 else None
         return replace(self, box_size=float(system.box_size), species=species)
 
     # -- sparse-graph capacities ----------------------------------------------------------
@@ -201,7 +203,9 @@ class ManyBodyPotential:
         return force
 
 
-def build(prior_fn, model_cfg, cutoff: float) -> ManyBodyPotential:
+def build(prior_fn, model_cfg, cutoff: float, cls=ManyBodyPotential, **fields) -> ManyBodyPotential:
+    """The many-body potential (``cls``: ManyBodyPotential or a subclass taking ``fields`` too) with
+    a DimeNet++ ``model`` group over the pair prior ``prior_fn``."""
     from ..checks import choice, number
     batch = number(model_cfg, "snapshot_batch", prefix="model", integer=True, lo=1, required=False, default=8,
                    example="8")
@@ -211,5 +215,5 @@ def build(prior_fn, model_cfg, cutoff: float) -> ManyBodyPotential:
                           what="graph format")
     own = ("snapshot_batch", "capacity_multiplier", "graph_format")
     model = gnn.build({k: v for k, v in model_cfg.items() if k not in own})
-    return ManyBodyPotential(prior=prior_fn, model=model, cutoff=float(cutoff), snapshot_batch=batch,
-                             capacity_multiplier=float(mult), graph_format=graph_format)
+    return cls(prior=prior_fn, model=model, cutoff=float(cutoff), snapshot_batch=batch,
+               capacity_multiplier=float(mult), graph_format=graph_format, **fields)

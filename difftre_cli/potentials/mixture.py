@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import UserError
 from . import ListKernels, distances_on_list
+from .protocol import PairTerm
 
 
 def pair_names(species_names) -> list[tuple[str, int, int]]:
@@ -84,7 +85,6 @@ class MixturePairPotential(ListKernels):
     model: object | None     # the same model class for every pair; parameters per pair
     cutoff: float
     species: np.ndarray | None = None
-    one_body = False
 
     @property
     def pairs(self) -> list[tuple[str, int, int]]:
@@ -105,8 +105,18 @@ class MixturePairPotential(ListKernels):
         if tuple(system.species_names) != tuple(self.species_names):
             raise UserError(f"system.species {list(system.species_names)} differs from the potential's species "
                             f"{list(self.species_names)}", "give every state point the same species names")
-        model = self.model.at_kT(system.kT) if hasattr(self.model, "at_kT") else self.model
+        model = self.model.at_kT(system.kT) if self.temperature_dependent else self.model
         return replace(self, species=np.asarray(system.species, np.int32), model=model)
+
+    @property
+    def temperature_dependent(self) -> bool:
+        return self.model is not None and self.model.temperature_dependent
+
+    def pair_terms(self) -> tuple[PairTerm, ...]:
+        names = self.species_names
+        return tuple(PairTerm(name, (names[a], names[b]), self.priors[k],
+                              lambda params, r, name=name: self.pair_by_name(params, name, r))
+                     for k, (name, a, b) in enumerate(self.pairs))
 
     # -- pair functions ----------------------------------------------------------------
     def pair_by_name(self, params, name: str, r):
@@ -124,7 +134,7 @@ class MixturePairPotential(ListKernels):
             u = jnp.where(code == k, self.pair_by_name(params, name, r), u)
         return u
 
-    # -- the observable engine's protocol (observables/engine.py) -----------------------
+    # -- the observable engine's side of the protocol (protocol.py) -----------------------
     def features_on_list(self, R, idx, box_size):
         """θ-independent energy features of one state: (distances (N, M), pair codes (N, M))."""
         return distances_on_list(R, idx, box_size), codes_on_list(self._species(), idx, self.table)

@@ -7,11 +7,18 @@ frozen dataclass with
 - ``__call__(params, r) -> u`` elementwise on distances of any shape.
 
 All vanish at (and beyond) the cutoff; the spline, the cubic table and the MLP with zero
-slope, so forces are continuous.
+slope, so forces are continuous. They derive from :class:`PairModel`, which declares the one
+optional part: a temperature-dependent model (``temperature_dependent``) is bound to a state
+point's kT by ``at_kT``.
+
+The cubic spline on a uniform grid (:func:`spline_second_derivative_map`, :func:`cubic_uniform`)
+and the MLP of one variable (:class:`ScalarMLP`) are also those of the one-body models u(x)
+(external.py): a spline in one variable is the same whether the variable is r or x.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -21,11 +28,13 @@ import numpy as np
 from ..errors import UserError
 
 
-def _spline_second_derivative_map(knots: np.ndarray) -> np.ndarray:
-    """Matrix C with M = C y: second derivatives of the cubic spline through (knots, y)
-    with a natural left end (M_0 = 0) and a clamped right end (u'(r_cut) = 0)."""
-    k = len(knots)
-    h = np.diff(knots)
+def spline_second_derivative_map(h: np.ndarray, right: str = "clamped") -> np.ndarray:
+    """Matrix C with M = C y: second derivatives at the knots of the cubic spline through the
+    values y, with spacings ``h`` (K − 1,) between K knots, a natural left end (M_0 = 0) and a
+    ``right`` end that is ``"clamped"`` (u' = 0 at the last knot: a pair model at its cutoff) or
+    ``"natural"`` (M_{K−1} = 0)."""
+    h = np.asarray(h, float)
+    k = len(h) + 1
     a = np.zeros((k, k))
     b = np.zeros((k, k))
     a[0, 0] = 1.0
@@ -36,15 +45,30 @@ def _spline_second_derivative_map(knots: np.ndarray) -> np.ndarray:
         b[i, i - 1] = 1.0 / h[i - 1]
         b[i, i] = -1.0 / h[i - 1] - 1.0 / h[i]
         b[i, i + 1] = 1.0 / h[i]
-    a[-1, -2] = h[-1] / 6.0
-    a[-1, -1] = h[-1] / 3.0
-    b[-1, -2] = 1.0 / h[-1]
-    b[-1, -1] = -1.0 / h[-1]
+    if right == "clamped":
+        a[-1, -2] = h[-1] / 6.0
+        a[-1, -1] = h[-1] / 3.0
+        b[-1, -2] = 1.0 / h[-1]
+        b[-1, -1] = -1.0 / h[-1]
+    elif right == "natural":
+        a[-1, -1] = 1.0
+    else:
+        raise ValueError(f"unknown spline end condition {right!r}")
     return np.linalg.solve(a, b)
 
 
+class PairModel:
+    """Base of the learnable pair models: ``init(key)``, ``__call__(params, r)`` and ``cutoff``;
+    declared optional part: ``temperature_dependent`` (then ``at_kT(kT)`` binds a state's kT)."""
+
+    temperature_dependent: ClassVar[bool] = False
+
+    def at_kT(self, kT: float) -> "PairModel":
+        return self
+
+
 @dataclass(frozen=True)
-class SplinePair:
+class SplinePair(PairModel):
     """Cubic spline through ``n_knots`` equidistant knots on [r_min, cutoff].
 
     The learnable parameters are the knot values except the last, which is fixed at 0 so
@@ -66,7 +90,7 @@ class SplinePair:
             raise UserError(f"model.n_knots must be >= 4; got {self.n_knots}", "use e.g. model.n_knots=40")
         knots = np.linspace(self.r_min, self.cutoff, self.n_knots)
         object.__setattr__(self, "knots", knots)
-        object.__setattr__(self, "m_map", _spline_second_derivative_map(knots))
+        object.__setattr__(self, "m_map", spline_second_derivative_map(np.diff(knots)))
 
     def init(self, key):
         del key
@@ -76,7 +100,7 @@ class SplinePair:
         y = jnp.concatenate([params["knot_values"], jnp.zeros(1, params["knot_values"].dtype)])
         m = jnp.asarray(self.m_map, y.dtype) @ y
         h = (self.cutoff - self.r_min) / (self.n_knots - 1)
-        u = _cubic_uniform(y, m, self.r_min, h, jnp.clip(r, self.r_min, self.cutoff))
+        u = cubic_uniform(y, m, self.r_min, h, jnp.clip(r, self.r_min, self.cutoff))
         return jnp.where(r < self.cutoff, u, 0.0)
 
 
@@ -86,7 +110,7 @@ def _segment(x, x0: float, h: float, n: int):
     return idx, (x - (x0 + idx * h)) / h
 
 
-def _cubic_uniform(y, m, x0: float, h: float, x):
+def cubic_uniform(y, m, x0: float, h: float, x):
     """Cubic spline through values ``y`` with second derivatives ``m`` on the uniform grid x0 + k h."""
     idx, b = _segment(x, x0, h, y.shape[0])
     a = 1.0 - b
@@ -94,7 +118,7 @@ def _cubic_uniform(y, m, x0: float, h: float, x):
 
 
 @dataclass(frozen=True)
-class TablePair:
+class TablePair(PairModel):
     """Tabulated pair potential: values u_k at ``n_points`` equidistant points r_k on [r_min, cutoff].
 
     The parameters are the table (all values but the last, which is fixed at u(cutoff) = 0;
@@ -123,7 +147,7 @@ class TablePair:
             raise UserError(f"model.interpolation: unknown {self.interpolation!r}", "use cubic or linear")
         grid = np.linspace(self.r_min, self.cutoff, self.n_points)
         object.__setattr__(self, "grid", grid)
-        object.__setattr__(self, "m_map", _spline_second_derivative_map(grid))
+        object.__setattr__(self, "m_map", spline_second_derivative_map(np.diff(grid)))
 
     @property
     def spacing(self) -> float:
@@ -143,7 +167,7 @@ class TablePair:
         x = jnp.clip(r, self.r_min, self.cutoff)
         if self.interpolation == "cubic":
             m = jnp.asarray(self.m_map, y.dtype) @ y
-            u = _cubic_uniform(y, m, self.r_min, h, x)
+            u = cubic_uniform(y, m, self.r_min, h, x)
             slope0 = (y[1] - y[0]) / h - h * m[1] / 6.0          # u'(r_min) with m[0] = 0
         else:
             idx, b = _segment(x, self.r_min, h, self.n_points)
@@ -153,27 +177,37 @@ class TablePair:
         return jnp.where(r < self.cutoff, jnp.where(r < self.r_min, below, u), 0.0)
 
 
-class _RadialMLP(nn.Module):
+class ScalarMLP(nn.Module):
+    """u(x) elementwise on inputs of any shape (flattened by the caller): the features of x, swish
+    ``hidden`` layers and a zero-initialised linear output (u = 0 at initialisation).
+
+    Features: x itself (``n_basis`` = 0), or ``n_basis`` Gaussian radial-basis functions of x on
+    [0, ``cutoff``]; with a ``cutoff`` the output is multiplied by the cosine envelope
+    ½ (cos(π x / cutoff) + 1), whose value and slope vanish at the cutoff."""
+
     hidden: tuple[int, ...]
-    n_basis: int
-    cutoff: float
+    n_basis: int = 0
+    cutoff: float | None = None
 
     @nn.compact
-    def __call__(self, r):
-        centres = jnp.linspace(0.0, self.cutoff, self.n_basis)
-        width = self.cutoff / self.n_basis
-        feats = jnp.exp(-0.5 * ((r[..., None] - centres) / width) ** 2)
-        x = feats
+    def __call__(self, x):
+        if self.n_basis:
+            centres = jnp.linspace(0.0, self.cutoff, self.n_basis)
+            width = self.cutoff / self.n_basis
+            h = jnp.exp(-0.5 * ((x[..., None] - centres) / width) ** 2)
+        else:
+            h = x[..., None]
         for size in self.hidden:
-            x = nn.swish(nn.Dense(size)(x))
-        out = nn.Dense(1, kernel_init=nn.initializers.zeros)(x)[..., 0]
-        # Smooth envelope: value and slope vanish at the cutoff.
-        envelope = 0.5 * (jnp.cos(jnp.pi * jnp.clip(r / self.cutoff, 0.0, 1.0)) + 1.0)
+            h = nn.swish(nn.Dense(size)(h))
+        out = nn.Dense(1, kernel_init=nn.initializers.zeros)(h)[..., 0]
+        if self.cutoff is None:
+            return out
+        envelope = 0.5 * (jnp.cos(jnp.pi * jnp.clip(x / self.cutoff, 0.0, 1.0)) + 1.0)
         return out * envelope
 
 
 @dataclass(frozen=True)
-class MLPPair:
+class MLPPair(PairModel):
     """Multilayer perceptron on Gaussian radial-basis features of r, times a cosine envelope."""
 
     cutoff: float
@@ -181,8 +215,8 @@ class MLPPair:
     n_basis: int = 32
 
     @property
-    def module(self) -> _RadialMLP:
-        return _RadialMLP(tuple(int(h) for h in self.hidden), int(self.n_basis), float(self.cutoff))
+    def module(self) -> ScalarMLP:
+        return ScalarMLP(tuple(int(h) for h in self.hidden), int(self.n_basis), float(self.cutoff))
 
     def init(self, key):
         return self.module.init(key, jnp.ones((1,)))
@@ -193,7 +227,7 @@ class MLPPair:
 
 
 @dataclass(frozen=True)
-class ThermalPair:
+class ThermalPair(PairModel):
     """Temperature-dependent pair model u(r, T) = u₁(r) − k_B T u₂(r) with two learnable pair
     models (parameters ``{"u1": …, "u2": …}``). u₂ acts like an entropy of the pair: the
     model transfers between temperatures when the effective interaction's free-energy
@@ -202,6 +236,7 @@ class ThermalPair:
     u1: object
     u2: object
     kT: float | None = None
+    temperature_dependent = True
 
     @property
     def cutoff(self) -> float:

@@ -6,10 +6,11 @@ Stillinger & Weber, PRB 31, 5262 (1985), in the form of ``jax_md.energy.stilling
     φ₂(r) = (B (r/σ)^-4 − 1) exp(1/(r/σ − a))
     φ₃    = exp(γ/(r_ij/σ − a) + γ/(r_ik/σ − a)) (cos θ_jik + 1/3)²
 
-The two pieces are JAX MD's own kernels (``energy._sw_radial_interaction`` and
-``energy._sw_angle_interaction``, p = 4, q = 0, cos θ₀ = −1/3 hard-coded there), applied to the
-many-body potential's stored graph instead of all N² pairs; tests/test_diamond.py checks the sum
-against ``jax_md.energy.stillinger_weber`` itself. The dimensionless parameters default to
+The SW is the package's one, :class:`.classical.StillingerWeber` (that of the 0 K fits): its
+two pieces are JAX MD's own kernels (``energy._sw_radial_interaction`` and
+``energy._sw_angle_interaction``, p = 4, q = 0, cos θ₀ = −1/3 hard-coded there), here applied to
+the many-body potential's stored graph instead of all N² pairs; tests/test_diamond.py checks the
+sum against ``jax_md.energy.stillinger_weber`` itself. The dimensionless parameters default to
 silicon's (``classical.SW_PARAMS``); ε (energy unit) and σ (length unit) must be given, e.g.
 ε = 200 kJ/mol and σ = 0.14 nm for the DiffTRe diamond prior.
 
@@ -26,58 +27,32 @@ orders appear, hence the ½), the SW table of the sparse format or the dense lis
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, replace
 
 import jax
 import jax.numpy as jnp
-from jax_md import energy as jmd_energy
 
+from .classical import SW_HARD_CODED, SW_PARAMS, StillingerWeber
 from .graph import sparse_capacity, sparse_graph
 from .manybody import ManyBodyPotential, _dense_vectors, _strain
+from .manybody import build as build_many_body
 
 DIMENSIONLESS = ("a", "lam", "gamma", "A", "B")
 
 
-@dataclass(frozen=True)
-class StillingerWeber:
-    """SW energy pieces in the caller's units (``epsilon`` energy, ``sigma`` length)."""
-
-    epsilon: float
-    sigma: float
-    a: float = 1.80
-    lam: float = 21.0
-    gamma: float = 1.20
-    A: float = 7.049556277
-    B: float = 0.6022245584
-
-    @property
-    def cutoff(self) -> float:
-        return self.a * self.sigma
-
-    def pair(self, r):
-        """ε A φ₂(r), elementwise: the pair prior (the wrapper sums ½ Σ over directed pairs)."""
-        return self.epsilon * self.A * jmd_energy._sw_radial_interaction(self.sigma, self.B, self.cutoff, r)
-
-    def _angle(self, v1, v2):
-        """ε λ φ₃ for the bond vectors (…, 3) from the centre to its two neighbours."""
-        fn = jax.vmap(lambda x, y: jmd_energy._sw_angle_interaction(self.gamma, self.sigma, self.cutoff, x, y))
-        shape = v1.shape[:-1]
-        return self.epsilon * self.lam * fn(v1.reshape(-1, 3), v2.reshape(-1, 3)).reshape(shape)
-
-    def three_body(self, R, idx, box, eps):
-        """½ Σ_i Σ_{a≠b} ε λ φ₃ over the slots (a, b) of every atom i of a neighbour list or table
-        ``idx`` (N, K), padded with N; displacements mapped by (I + ε)."""
-        n, m = idx.shape
-        valid = idx < n
-        far = jnp.zeros(3, R.dtype).at[0].set(2.0 * self.cutoff)
-        d = _dense_vectors(R, idx, box)                                   # x_j − x_i at slot (i, a)
-        d = jnp.where(valid[..., None], d + d @ eps.T, far)
-        v1 = jnp.broadcast_to(d[:, :, None, :], (n, m, m, 3))
-        v2 = jnp.broadcast_to(d[:, None, :, :], (n, m, m, 3))
-        off = ~jnp.eye(m, dtype=bool)[None]
-        return 0.5 * jnp.sum(jnp.where(off & valid[:, :, None] & valid[:, None, :], self._angle(v1, v2), 0.0))
+def three_body(sw: StillingerWeber, R, idx, box, eps):
+    """½ Σ_i Σ_{a≠b} ε λ φ₃ over the slots (a, b) of every atom i of a neighbour list or table
+    ``idx`` (N, K), padded with N; displacements mapped by (I + ε)."""
+    n, m = idx.shape
+    valid = idx < n
+    far = jnp.zeros(3, R.dtype).at[0].set(2.0 * sw.cutoff)
+    d = _dense_vectors(R, idx, box)                                   # x_j − x_i at slot (i, a)
+    d = jnp.where(valid[..., None], d + d @ eps.T, far)
+    v1 = jnp.broadcast_to(d[:, :, None, :], (n, m, m, 3))
+    v2 = jnp.broadcast_to(d[:, None, :, :], (n, m, m, 3))
+    off = ~jnp.eye(m, dtype=bool)[None]
+    return 0.5 * jnp.sum(jnp.where(off & valid[:, :, None] & valid[:, None, :], sw.angle(v1, v2), 0.0))
 
 
 @dataclass
@@ -167,7 +142,7 @@ class SWManyBodyPotential(ManyBodyPotential):
         """SW two- and three-body energy on a dense list or table ``idx`` (N, K)."""
         n = R.shape[0]
         two = self._prior_energy(_dense_vectors(R, idx, self.box_size), idx < n, eps)
-        return two + self.sw.three_body(R, idx, self.box_size, eps)
+        return two + three_body(self.sw, R, idx, self.box_size, eps)
 
     def energy_from_features(self, params, feats, scale=1.0, strain=None):
         R = feats[0]
@@ -186,8 +161,6 @@ def build(prior_cfg, model_cfg, model_cutoff: float) -> SWManyBodyPotential:
     DimeNet++ ``model`` group."""
     from ..checks import number
     from ..errors import UserError
-    from . import manybody
-    from .classical import SW_HARD_CODED, SW_PARAMS
 
     if model_cfg.get("kind") != "dimenet":
         raise UserError(f"prior.kind=stillinger_weber is a many-body prior for model=dimenet, got model.kind="
@@ -207,5 +180,4 @@ def build(prior_cfg, model_cfg, model_cutoff: float) -> SWManyBodyPotential:
         kw[k] = number(prior_cfg, k, prefix="prior", lo=0.0, lo_open=True, required=False,
                        default=SW_PARAMS[k][0], example=str(SW_PARAMS[k][0]))
     sw = StillingerWeber(**kw)
-    base = manybody.build(sw.pair, model_cfg, max(float(model_cutoff), sw.cutoff))
-    return SWManyBodyPotential(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, sw=sw)
+    return build_many_body(sw.pair, model_cfg, max(float(model_cutoff), sw.cutoff), cls=SWManyBodyPotential, sw=sw)

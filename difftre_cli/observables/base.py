@@ -1,0 +1,39 @@
+"""What an observable is (the protocol described in observables/__init__.py): the required parts
+are abstract or annotated, the optional ones declared here with their defaults, so callers read
+them instead of probing for attributes."""
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable, ClassVar
+
+from ..errors import UserError
+
+
+class Observable(abc.ABC):
+    """Base of every observable (a small frozen dataclass; see observables/__init__.py)."""
+
+    # required data (dataclass fields of every observable)
+    name: str
+    depends_on_params: bool
+    unit_kind: str          # what its values (or its grid) are: length, angle, pressure, stress, energy, …
+
+    # declared optional parts, with their defaults
+    grid: Any = None                        # bin centres of a function-valued observable; None: a scalar/vector
+    reach: float = 0.0                      # neighbour-list radius it needs (pair systems)
+    pair: tuple | None = None               # (species a, species b) of a partial observable; None: all pairs
+    needs: tuple = ()                       # per-snapshot strain derivatives ("born_stress", "born_stiffness")
+    components: tuple | None = None         # names of the entries of a vector value
+    combine: ClassVar[Callable | None] = None   # combine(ctx, averages) -> value: a function of averages
+
+    @abc.abstractmethod
+    def snapshot(self, ctx, q):
+        """The per-snapshot value (or the pieces ``combine`` takes) from the quantities ``q``."""
+
+    def check_box(self, box: float):
+        """Raise a UserError if the observable cannot work in a cubic box of side ``box`` (run by
+        config validation): by default, if it needs neighbours beyond half the box."""
+        half = 0.5 * box
+        if self.reach > half:
+            raise UserError(f"observables.{self.name} needs neighbours up to {self.reach:.4g} (its reach), beyond "
+                            f"half the box ({half:.4g})", f"lower observables.{self.name}.r_cut / reach, or use "
+                            "more particles (system.n_particles)")
