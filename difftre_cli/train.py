@@ -101,7 +101,7 @@ class Trainer:
             attrs={"lr_scale": lr_scale, "failures": failures, **attrs},
             metrics=rows, n_trajectories=int(attrs.get("n_trajectories", 0)),
             config_yaml=OmegaConf.to_yaml(self.cfg), versions=self._versions,
-            trajectory_names=getattr(self.regime, "trajectory_names", lambda: None)())
+            trajectory_names=self.regime.trajectory_names())
         self._t_checkpoint = time.perf_counter()
 
     def _resume(self, params, opt_state):
@@ -164,18 +164,14 @@ class Trainer:
         try:
             done = self._loop(state, stop)
         finally:
-            close = getattr(self.regime, "close", None)
-            if close is not None:
-                close()
-        summary = getattr(self.regime, "summary", None)
-        extra = summary(rows, state["params"]) if summary is not None else {}
+            self.regime.close()
+        extra = self.regime.summary(rows, state["params"])
         self.prog.summary(rows, {**extra, "run directory": str(self.run_dir),
                                  "total wall [s]": f"{time.perf_counter() - t_run:.1f}"})
         return self._result(rows, state["params"], done)
 
     def _result(self, rows, params, done) -> dict:
-        result = getattr(self.regime, "result", None)
-        return {"rows": rows, "params": params, "done": done, **(result(params) if result is not None else {})}
+        return {"rows": rows, "params": params, "done": done, **self.regime.result(params)}
 
     def _loop(self, st: dict, stop: GracefulStop) -> str | None:
         """Updates until ``trainer.updates``, a stop signal, too many failures or the regime's
@@ -208,15 +204,15 @@ class Trainer:
                 st["update"] += 1
                 if st["failures"] >= self.max_failures:
                     checkpoint()
-                    hint = getattr(self.regime, "failure_hint", "lower optimizer.lr or simulator.dt")
+                    hint = self.regime.failure_hint
                     raise UserError(f"{st['failures']} consecutive unstable updates; stopped with the last good "
                                     f"checkpoint in {self.store.checkpoint_path}",
                                     f"{hint}, then resume={self.run_dir}")
                 done = None if prop.event else prop.done
-                final = getattr(self.regime, "final", None)
-                if done is None and st["update"] == self.n_updates and final is not None:
-                    self._add_row(rows, {"update": st["update"], **final(st["params"], st["opt_state"]),
-                                         "lr_scale": st["lr_scale"], "event": "ok"})
+                final = self.regime.final(st["params"], st["opt_state"]) \
+                    if done is None and st["update"] == self.n_updates else None
+                if final is not None:
+                    self._add_row(rows, {"update": st["update"], **final, "lr_scale": st["lr_scale"], "event": "ok"})
                 due = (done or st["update"] % self.checkpoint_every == 0 or st["update"] == self.n_updates
                        or time.perf_counter() - self._t_checkpoint > self.checkpoint_seconds)
                 if due or stop.requested:

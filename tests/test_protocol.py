@@ -155,3 +155,21 @@ def test_every_preset_observable_satisfies_the_protocol(group):
         assert (obs.combine is not None) == ("combine" in type(obs).__dict__)
         assert obs.components is None or (obs.grid is None and len(obs.components) > 0)
         assert obs.pair is None or len(obs.pair) == 2
+
+
+def test_every_registered_regime_implements_the_regime_protocol():
+    """Each trainer kind's regimes derive from learn.regime.Regime with nothing abstract left
+    (the loop calls the optional hooks unconditionally)."""
+    import inspect
+
+    from difftre_cli.learn.regime import Regime
+    from difftre_cli.learn.registry import TRAINERS
+
+    for kind, entry in TRAINERS.items():
+        for factory in (entry.regime, entry.multistate):
+            if factory is None:
+                continue
+            classes = {obj for obj in inspect.getclosurevars(factory).globals.values() if inspect.isclass(obj)}
+            assert classes, kind
+            for cls in classes:
+                assert issubclass(cls, Regime) and not inspect.isabstract(cls), (kind, cls)

@@ -29,6 +29,7 @@ from .. import neighbors, reweight
 from ..errors import UserError
 from ..observables.engine import Features, ObservableEngine
 from .boltzmann import initial_params
+from .regime import Proposal, Regime
 
 log = logging.getLogger("difftre")
 
@@ -127,19 +128,7 @@ def apply_update(optimizer, params, opt_state, grads, loss, lr_scale, ok=True):
 
 
 # ======================================================================================
-class Proposal(NamedTuple):
-    """What one update of a learning regime proposes to the outer loop (train.py)."""
-
-    params: Any
-    opt_state: Any
-    fields: dict         # metrics columns of this regime (same keys every update; NaN when failed)
-    event: str           # "" if the update can be accepted, else why not ("unstable_simulation", ...)
-    fresh_sample: bool   # a new, stable simulation was run (ends a run of failures)
-    done: str | None = None   # the regime has finished (e.g. converged), why: the loop accepts this
-                              # proposal, checkpoints and ends as at trainer.updates
-
-
-class DiffTReRegime:
+class DiffTReRegime(Regime):
     """DiffTRe's update for the outer loop: resample when N_eff falls below ``ratio · S``
     (or no trajectory exists yet), then one reweighted gradient step.
 

@@ -49,7 +49,8 @@ from .. import neighbors
 from ..errors import UserError
 from ..sampler import grown_extra
 from .boltzmann import initial_params
-from .difftre import Proposal, apply_update
+from .difftre import apply_update
+from .regime import Proposal, Regime
 
 log = logging.getLogger("difftre")
 
@@ -167,7 +168,7 @@ class DirectAD:
 
 
 # ======================================================================================
-class DirectADRegime:
+class DirectADRegime(Regime):
     """Backpropagation through the simulation for the outer loop (see the module docstring)."""
 
     def __init__(self, components, store, tcfg):

@@ -45,7 +45,7 @@ from ..errors import UserError
 from ..observables.pressure import Pressure
 from ..potentials.pair import TablePair
 from .boltzmann import _core_filled, initial_params, rdf_target
-from .difftre import Proposal
+from .regime import Proposal, Regime
 
 log = logging.getLogger("difftre")
 
@@ -170,7 +170,7 @@ def _with_table(params, pair, table):
     return {**params, "model": {**params["model"], pair: {**params["model"][pair], "table": table}}}
 
 
-class IBIRegime:
+class IBIRegime(Regime):
     """IBI's update for the outer loop: sample a fresh trajectory with the current table
     (continuing the simulation state), measure g_t (and P), apply the IBI correction.
     Mixtures: one table per species pair, each corrected with its own partial RDF."""

@@ -52,9 +52,10 @@ import jax.numpy as jnp
 from .. import parallel
 from ..errors import UserError
 from .boltzmann import initial_params
-from .difftre import DiffTReRegime, Proposal, apply_update
+from .difftre import DiffTReRegime, apply_update
 from .direct_ad import DirectADRegime
 from .ibi import IBIRegime, target_losses
+from .regime import Proposal, Regime
 
 log = logging.getLogger("difftre")
 
@@ -75,7 +76,7 @@ class StateStore:
         return self.store.read_trajectory(index, state=self.state)
 
 
-class MultiStateDiffTReRegime:
+class MultiStateDiffTReRegime(Regime):
     def __init__(self, states: list, store, ratio: float, init_from: str | None = None,
                  state_parallel: str = "sequential"):
         self._setup(states, store, init_from, lambda c, st: DiffTReRegime(c, st, ratio, init_from))

@@ -14,10 +14,10 @@ Each :class:`TrainerKind` names
   production run with the final parameters; "static": the 0 K properties);
 * ``state_parallel``: the ``trainer.state_parallel`` modes it implements.
 
-Adding a trainer: a regime class in ``learn/`` (init, propose → :class:`difftre.Proposal`,
-checkpoint, templates, restore, rejected; optional final, close, summary, result,
-trajectory_names, failure_hint — see ``train.Trainer``), its keys in configs/trainer/KIND.yaml,
-and one entry here.
+Adding a trainer: a :class:`regime.Regime` subclass in ``learn/`` (its abstract methods: init,
+propose → :class:`regime.Proposal`, checkpoint, templates, restore, rejected; the hooks with
+defaults: final, close, summary, result, trajectory_names, failure_hint), its keys in
+configs/trainer/KIND.yaml, and one entry here.
 """
 from __future__ import annotations
 

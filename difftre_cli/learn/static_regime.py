@@ -31,7 +31,7 @@ from scipy.optimize import minimize
 
 from .. import optim
 from ..errors import UserError
-from .difftre import Proposal
+from .regime import Proposal, Regime
 from .scipy_steps import SteppedMinimize
 from .static import OPTAX_OPTIMIZERS, SCIPY_OPTIMIZERS, build_problem, optimizer_name
 
@@ -91,7 +91,7 @@ def decode_state(encoded, like):
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-class StaticRegime:
+class StaticRegime(Regime):
     """The 0 K fit as a learning regime of ``train.Trainer`` (see the module docstring)."""
 
     def __init__(self, cfg, store):
