@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import CONFIG_DIR, groups, presets
+from .config import CONFIG_DIR, groups, presets, validate
 from .config_errors import config_errors
 from .errors import UserError
 from .jax_setup import configure, prepare_environment
@@ -157,7 +157,6 @@ def train_command(rest: list[str]) -> int:
     flags, overrides = _split_flags(rest)
     if not any(f in ("--help", "-h", "--hydra-help", "--info") for f in flags):
         cfg = _precompose(overrides)
-        from .config import validate
         multirun = any(f in ("--multirun", "-m") for f in flags)
         try:
             with config_errors(cfg=cfg):
@@ -228,7 +227,6 @@ def _hydra_train():
     def task(cfg) -> None:
         from hydra.core.hydra_config import HydraConfig
 
-        from .config import validate
         from .interrupt import GracefulStop, Interrupted
         run_dir = HydraConfig.get().runtime.output_dir
         try:
@@ -342,7 +340,6 @@ def evaluate_command(rest: list[str]) -> int:
 
 def _compose_run(run: Path, overrides: list[str]):
     """The run's config with the overrides, validated as train validates its config."""
-    from .config import validate
     try:
         cfg = compose_run(run, overrides)
         with config_errors(cfg=cfg):
