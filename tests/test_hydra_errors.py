@@ -221,3 +221,20 @@ def test_config_errors_keeps_internal_errors(error):
     with pytest.raises(type(error)):
         with config_errors(cfg=OmegaConf.create({})):
             raise error
+
+
+def test_evaluate_defaults_follow_the_trainer_kind(in_tmp, capsys):
+    """A trainer=static run gets today's configs/evaluate/static.yaml under its saved config
+    (the trainer registry's evaluator), not the MD production-run keys."""
+    run = in_tmp / "static_run"
+    cfg = cli._precompose(["config=si_sw_elastic"])
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    job.evaluate = {"landscape": {"points": 5}}          # saved before the phonons section existed
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(job, run / ".hydra" / "config.yaml")
+    (run / "difftre.h5").write_bytes(b"")
+    assert cli.main(["evaluate", f"run={run}", "--cfg", "job", "evaluate.phonons.band_points=11"]) == 0
+    ev = OmegaConf.create(capsys.readouterr().out).evaluate
+    assert ev.landscape.points == 5 and ev.landscape.enabled is True    # saved value over the default
+    assert ev.phonons.enabled is False and ev.phonons.band_points == 11
+    assert "production_steps" not in ev
