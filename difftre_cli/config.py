@@ -54,7 +54,7 @@ def trainer_kind(cfg: DictConfig):
 #: the trainer registry's evaluator -> its evaluate defaults, configs/evaluate/NAME.yaml
 EVALUATE_DEFAULTS = {"md": "default", "static": "static"}
 #: evaluate keys read with a default of the code's when absent (they have none in the YAML)
-EVALUATE_OPTIONAL = ("potential_r_min", "potential_error_range")
+EVALUATE_OPTIONAL = ("potential_r_min", "potential_error_range", "delta_range")
 
 
 def evaluate_defaults_name(cfg: DictConfig) -> str | None:
