@@ -4,8 +4,8 @@ The trainer registry's evaluator name (learn/registry.py: ``TrainerKind.evaluato
 how the run is loaded at its final parameters and its section set (evaluate_base.py):
 
 * ``md`` (evaluate_md.py): ``observables`` — a long production run, observables with jackknife
-  errors, targets; ``stress_strain`` — ``evaluate.stress_strain`` not null; ``potential`` — the
-  learned potential against the ground truth;
+  errors, targets; ``stress_strain`` — ``evaluate.stress_strain`` not null; ``temperature`` —
+  the mean kinetic kT; ``potential`` — the learned potential against the ground truth;
 * ``static`` (evaluate_static.py): ``static`` — the 0 K properties (elastic constants, force
   constants) at the start and fitted parameters; ``landscape`` — ``evaluate.landscape.enabled``;
   ``phonons`` — ``evaluate.phonons.enabled`` (phonopy).

@@ -1,8 +1,8 @@
 """The sections of ``difftre evaluate`` for a run of an MD trainer (difftre, direct_ad, ibi):
 ``observables`` (the production run(s) with the final parameters: observables with jackknife
-errors, targets), ``stress_strain`` (``evaluate.stress_strain``: strained runs of a crystal) and
-``potential`` (the learned potential against the ground truth); the report writes the plots
-and the summary table. With several state points (``states``) each one gets its own production
+errors, targets), ``stress_strain`` (``evaluate.stress_strain``: strained runs of a crystal),
+``temperature`` (the mean kinetic kT) and ``potential`` (the learned potential against the
+ground truth); the report writes the plots and the summary table. With several state points (``states``) each one gets its own production
 run; their targets and observables are reported as ``<state>_<name>``."""
 from __future__ import annotations
 
@@ -45,20 +45,24 @@ def load(cfg, run_dir) -> MDRun:
 
 def observables(r: MDRun, out: dict) -> None:
     """The production run of each state point: observables (jackknife errors over the chunks of
-    ``evaluate.chunk_steps``), targets and their RMSE, the mean kinetic temperature."""
+    ``evaluate.chunk_steps``), targets and their RMSE."""
     cfg, c = r.cfg, r.states[0][1]
     ev = evaluate_section(cfg)
     eq, steps, every = int(ev.get("equilibration_steps", 5000)), int(ev.get("production_steps", 20000)), int(ev.get("every", 20))
     out.update({"run": str(r.run_dir), "production_steps": steps, "snapshots": 0, "units": c.system.units.to_dict(),
                 "targets": {}, "observables": {}})
-    kTs = {}
     for state, c_s in r.states:
         r.runs[state] = run = production_run(c_s, r.params, eq, steps, every, seed=int(cfg.seed) + 1,
                                              chunk=int(ev.get("chunk_steps", 2000)))
-        kTs[state] = run.kT
         out["snapshots"] += run.n
         out["production_steps"] = run.steps
         _state_results(out, c_s, run.means, r.rows, f"{state}_" if state else "", run.errors)
+
+
+def temperature(r: MDRun, out: dict) -> None:
+    """The mean kinetic temperature of the production run(s) (after stress_strain: the key order
+    of evaluation.json is kept as it was)."""
+    kTs = {state: run.kT for state, run in r.runs.items()}
     out["mean_kinetic_kT"] = kTs[""] if "" in kTs else float(np.mean(list(kTs.values())))
     if len(kTs) > 1:
         out["mean_kinetic_kT_per_state"] = kTs
@@ -319,4 +323,5 @@ def _summary(out: dict) -> None:
 #: the MD trainers' evaluator (learn/registry.py: TrainerKind.evaluator "md")
 MD = Evaluator(load, (Section("observables", always, observables),
                       Section("stress_strain", _stress_strain_on, _stress_strain),
+                      Section("temperature", always, temperature),
                       Section("potential", always, potential)), report)

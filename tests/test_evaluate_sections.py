@@ -19,11 +19,11 @@ def test_every_trainer_names_an_evaluator():
 
 
 def test_md_sections_follow_the_config():
-    assert _on("md", {"production_steps": 100, "stress_strain": None}) == ["observables", "potential"]
-    assert _on("md", {"stress_strain": True}) == ["observables", "stress_strain", "potential"]
-    assert _on("md", {"stress_strain": {"strains": [0.01, 0.02]}}) == ["observables", "stress_strain", "potential"]
-    assert _on("md", {"stress_strain": False}) == ["observables", "potential"]
-    assert _on("md", None) == ["observables", "potential"]
+    assert _on("md", {"production_steps": 100, "stress_strain": None}) == ["observables", "temperature", "potential"]
+    assert _on("md", {"stress_strain": True}) == ["observables", "stress_strain", "temperature", "potential"]
+    assert _on("md", {"stress_strain": {"strains": [0.01, 0.02]}}) == ["observables", "stress_strain", "temperature", "potential"]
+    assert _on("md", {"stress_strain": False}) == ["observables", "temperature", "potential"]
+    assert _on("md", None) == ["observables", "temperature", "potential"]
 
 
 def test_static_sections_follow_the_config():
