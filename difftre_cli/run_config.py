@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import CONFIG_DIR, evaluate_defaults_name
 from .config_errors import config_errors
+from .errors import UserError
 from .legacy import check_overrides, translate_config
 
 #: the ConfigStore name of the run's saved config while it is composed
@@ -46,12 +47,18 @@ def compose_run(run: Path, overrides: list[str]) -> DictConfig:
     defaults = evaluate_defaults_name(saved)
     node = {"defaults": ([{"evaluate": defaults}] if defaults else []) + ["_self_"],
             **OmegaConf.to_container(saved, resolve=False)}
-    with config_errors(composing=True):
-        ConfigStore.instance().store(name=RUN_CONFIG, node=node)
-        GlobalHydra.instance().clear()
-        try:
-            with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-                cfg = compose(config_name=RUN_CONFIG, overrides=list(overrides))
-        finally:
+    try:
+        with config_errors(composing=True):
+            ConfigStore.instance().store(name=RUN_CONFIG, node=node)
             GlobalHydra.instance().clear()
+            try:
+                with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+                    cfg = compose(config_name=RUN_CONFIG, overrides=list(overrides))
+            finally:
+                GlobalHydra.instance().clear()
+    except UserError as exc:
+        if "defaults list" in str(exc):   # group=OPTION / ~group: the run's groups were composed in training
+            raise UserError(str(exc).split("\n")[0], "a trained run's config groups are fixed: override their keys "
+                            "(e.g. model.cutoff=2.5, ~model.KEY), or train a new run with another option") from None
+        raise
     return cfg

@@ -238,3 +238,12 @@ def test_evaluate_defaults_follow_the_trainer_kind(in_tmp, capsys):
     assert ev.landscape.points == 5 and ev.landscape.enabled is True    # saved value over the default
     assert ev.phonons.enabled is False and ev.phonons.band_points == 11
     assert "production_steps" not in ev
+
+
+@pytest.mark.parametrize("override", ["model=nnp", "~model"])
+def test_evaluate_cannot_swap_a_trained_group(fake_run, capsys, override):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["evaluate", f"run={fake_run}", override])
+    cap = capsys.readouterr()
+    assert_user_error(exc.value.code, cap.out, cap.err, "model")
+    assert "config groups are fixed" in cap.err
