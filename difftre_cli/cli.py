@@ -10,11 +10,12 @@ import os
 import sys
 from pathlib import Path
 
-from .config import CONFIG_DIR, evaluate_defaults, groups, presets
+from .config import CONFIG_DIR, groups, presets, validate
 from .config_errors import config_errors
 from .errors import UserError
 from .jax_setup import configure, prepare_environment
 from .legacy import check_overrides, translate_config, translate_overrides
+from .run_config import compose_run
 
 log = logging.getLogger("difftre")
 
@@ -26,9 +27,10 @@ commands:
   train      [config=NAME] [group=option ...] [key=value ...] [--multirun] [--cfg job]
              train a model; runs go under runs/<config>/<timestamp>/ (hydra.run.dir=PATH to choose)
              resume=PATH continues a stopped run from its last checkpoint
-  evaluate   [run=PATH] [evaluate.production_steps=N ...]
+  evaluate   [run=PATH] [evaluate.production_steps=N ...] [--cfg job]
              long production run with the final parameters (default: the latest run);
              writes evaluation.json and PNG plots into the run directory
+             the run's saved config, overridden as for train (difftre evaluate --help)
              several run=… evaluate each, then compare them (as `compare`)
   compare    run=A run=B [...] [out=DIR]
              evaluated runs side by side: one table (RMSE, Δ, D, wall time) and one overlay plot
@@ -155,7 +157,6 @@ def train_command(rest: list[str]) -> int:
     flags, overrides = _split_flags(rest)
     if not any(f in ("--help", "-h", "--hydra-help", "--info") for f in flags):
         cfg = _precompose(overrides)
-        from .config import validate
         multirun = any(f in ("--multirun", "-m") for f in flags)
         try:
             with config_errors(cfg=cfg):
@@ -226,7 +227,6 @@ def _hydra_train():
     def task(cfg) -> None:
         from hydra.core.hydra_config import HydraConfig
 
-        from .config import validate
         from .interrupt import GracefulStop, Interrupted
         run_dir = HydraConfig.get().runtime.output_dir
         try:
@@ -284,20 +284,40 @@ def _run_dir_ok(run: Path) -> None:
              "  fix: give the directory that `difftre train` printed")
 
 
+EVALUATE_USAGE = """usage: difftre evaluate [run=PATH ...] [out=DIR] [overrides ...] [--cfg job] [--help]
+
+Evaluate trained runs with their final parameters (default: the latest run under runs/).
+The config is composed by Hydra as for train: the run's saved .hydra/config.yaml over today's
+evaluate defaults for its trainer kind (configs/evaluate/), then the overrides in Hydra's
+grammar (key=value, +key=value, ++key=value, ~key); unknown keys are errors, as for train.
+  run=PATH   a run directory (several: evaluate each, then compare them, into out=DIR)
+  --cfg job  print the composed config of each run and run nothing
+e.g. difftre evaluate run=runs/lj/2026-01-01_12-00-00 evaluate.production_steps=20000
+"""
+
+
 def evaluate_command(rest: list[str]) -> int:
-    runs, overrides, out = [], [], None
-    for a in rest:
+    runs, overrides, out, show = [], [], None, False
+    i = 0
+    while i < len(rest):
+        a = rest[i]
+        if a in ("-h", "--help"):
+            print(EVALUATE_USAGE, end="", flush=True)
+            return 0
+        if a in ("--cfg", "-c"):
+            if i + 1 >= len(rest) or rest[i + 1] != "job":
+                fail(f"{a} takes job for evaluate (the composed config of the run)\n  fix: use --cfg job")
+            show, i = True, i + 2
+            continue
         if a.startswith("run="):
             runs.append(Path(a.split("=", 1)[1]).expanduser())
         elif a.startswith("out="):
             out = Path(a.split("=", 1)[1]).expanduser()
         elif a.startswith("-"):
-            fail(f"unknown option {a!r} for evaluate; use run=PATH and key=value overrides")
-        elif a.startswith(("+", "~")):
-            fail(f"{a}: evaluate cannot add (+) or delete (~) keys of a trained run's config\n"
-                 f"  fix: override existing keys only, e.g. evaluate.production_steps=20000")
+            fail(f"unknown option {a!r} for evaluate; use run=PATH, key=value overrides, --cfg job or --help")
         else:
             overrides.append(a)
+        i += 1
     if not runs:
         run = latest_run()
         if run is None:
@@ -305,6 +325,12 @@ def evaluate_command(rest: list[str]) -> int:
         runs = [run]
     for run in runs:
         _run_dir_ok(run)
+    if show:
+        from omegaconf import OmegaConf
+        for run in runs:
+            cfg = _compose_run(run, overrides)
+            print(f"# difftre evaluate run={run}\n{OmegaConf.to_yaml(cfg)}", end="", flush=True)
+        return 0
     for run in runs:
         _evaluate_one(run, overrides)
     if len(runs) > 1:
@@ -312,25 +338,21 @@ def evaluate_command(rest: list[str]) -> int:
     return 0
 
 
-def _evaluate_one(run: Path, overrides: list[str]) -> None:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
+def _compose_run(run: Path, overrides: list[str]):
+    """The run's config with the overrides, validated as train validates its config."""
     try:
-        check_overrides(overrides)
-    except UserError as exc:
-        fail(str(exc))
-    cfg = translate_config(OmegaConf.load(run / ".hydra" / "config.yaml"), str(run / ".hydra" / "config.yaml"))
-    evaluate_defaults(cfg)   # evaluate keys introduced after older runs were trained, so they can be set
-    try:
-        OmegaConf.set_struct(cfg, True)
-        cfg.merge_with_dotlist(overrides)
-    except (OmegaConfBaseException, ValueError) as exc:
-        fail(f"bad override: {str(exc).splitlines()[0]}\n  fix: use existing keys, e.g. evaluate.production_steps=20000")
-    from .config import validate
-    try:
+        cfg = compose_run(run, overrides)
         with config_errors(cfg=cfg):
             validate(cfg)
+    except UserError as exc:
+        fail(str(exc))
+    return cfg
+
+
+def _evaluate_one(run: Path, overrides: list[str]) -> None:
+    cfg = _compose_run(run, overrides)
+    try:
+        with config_errors(cfg=cfg):
             _set_precision(cfg.precision)
             logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s",
                                 handlers=[logging.FileHandler(run / "evaluate.log"), logging.StreamHandler()],

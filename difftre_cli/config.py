@@ -51,20 +51,23 @@ def trainer_kind(cfg: DictConfig):
     return _registry().trainer_kind(_get(cfg, "trainer.kind"))
 
 
-def evaluate_defaults(cfg: DictConfig) -> None:
-    """Give a trained run's ``evaluate`` section today's defaults for keys introduced after it was
-    trained (MD trainers: configs/evaluate/default.yaml), so that they can be overridden."""
-    ev = cfg.get("evaluate")
-    if ev is None or not isinstance(_get(cfg, "trainer"), DictConfig):
-        return
+#: the trainer registry's evaluator -> its evaluate defaults, configs/evaluate/NAME.yaml
+EVALUATE_DEFAULTS = {"md": "default", "static": "static"}
+#: evaluate keys read with a default of the code's when absent (they have none in the YAML)
+EVALUATE_OPTIONAL = ("potential_r_min", "potential_error_range", "delta_range")
+
+
+def evaluate_defaults_name(cfg: DictConfig) -> str | None:
+    """The evaluate defaults (configs/evaluate/NAME.yaml) that ``difftre evaluate`` composes
+    under a trained run's config, so that keys introduced after it was trained exist and can be
+    overridden: the trainer registry's evaluator of the run's kind. None if the run has no
+    evaluate section or an unknown trainer (validate() reports that)."""
+    if cfg.get("evaluate") is None or not isinstance(_get(cfg, "trainer"), DictConfig):
+        return None
     try:
-        md = trainer_kind(cfg).md
-    except UserError:   # validate() reports it
-        return
-    if md:
-        for key, default in OmegaConf.load(CONFIG_DIR / "evaluate" / "default.yaml").items():
-            if key not in ev:
-                ev[key] = default
+        return EVALUATE_DEFAULTS.get(trainer_kind(cfg).evaluator)
+    except UserError:
+        return None
 
 
 def validate(cfg: DictConfig) -> None:
@@ -101,6 +104,15 @@ def _unknown_keys(cfg: DictConfig) -> None:
         raise UserError(f"unknown top-level key(s) {', '.join(unknown)}",
                         f"remove them; the top-level keys are {', '.join(TOP_LEVEL[:-1])} and the groups "
                         f"{', '.join(GROUPS)}")
+    ev = _get(cfg, "evaluate")
+    if isinstance(ev, DictConfig):   # the keys of every configs/evaluate/*.yaml (one evaluator's are ignored by another)
+        known = set(EVALUATE_OPTIONAL)
+        for schema in sorted((CONFIG_DIR / "evaluate").glob("*.yaml")):
+            known |= {str(k) for k in OmegaConf.load(schema)}
+        unknown = sorted(str(k) for k in ev if k not in known)
+        if unknown:
+            raise UserError(f"evaluate: unknown key(s) {', '.join(unknown)} (no evaluation reads them)",
+                            f"remove them; the evaluate keys are {', '.join(sorted(known))}")
     kind = _get(cfg, "trainer.kind")
     if not isinstance(_get(cfg, "trainer"), DictConfig):
         return   # checked below

@@ -3,15 +3,16 @@
 optimisation path, and (``evaluate.phonons.enabled``) phonon dispersion and DOS via phonopy."""
 from __future__ import annotations
 
-import json
 import logging
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from . import phonons, units
 from .crystal import STRUCTURES, Crystal
+from .evaluate_base import Evaluator, Section, always, evaluate_section
 from .learn.static import build_problem, load_params, use_neighbor_list
 from .observables.elastic import bulk_modulus, periodic_energy, voigt_to_mandel
 from .potentials.classical import fixed_neighbor_list
@@ -37,27 +38,46 @@ def _props_summary(p) -> dict:
             "cell_A": np.asarray(p["box"]).tolist()}
 
 
-def evaluate_static(cfg, run_dir) -> dict:
-    run_dir = Path(run_dir)
-    t0 = time.perf_counter()
+@dataclass
+class StaticRun:
+    """A ``trainer=static`` run at its fitted parameters (``x_fit``, ``p_fit``: set by the static section)."""
+    cfg: Any
+    run_dir: Path
+    prob: Any
+    fitted: dict
+    iterations: int
+    attrs: dict
+    rows: list
+    x_fit: Any = None
+    p_fit: Any = None
+    plots: list = field(default_factory=list)   # the files written, listed in evaluation.json
+
+
+def load(cfg, run_dir) -> StaticRun:
     prob = build_problem(cfg)
-    store = RunStore(run_dir)
-    fitted, iterations, attrs, rows = load_params(store, prob)
+    fitted, iterations, attrs, rows = load_params(RunStore(run_dir), prob)
+    return StaticRun(cfg, Path(run_dir), prob, fitted, iterations, attrs, rows)
+
+
+def static(r: StaticRun, out: dict) -> None:
+    """The 0 K properties (elastic constants, stress, energy) and each target's loss at the start
+    and fitted parameters; the convergence plot."""
+    prob, fitted, attrs = r.prob, r.fitted, r.attrs
     x_fit = prob.x_of(fitted)
     x_init = np.ones_like(x_fit)
     l_fit, (t_fit, p_fit) = prob.loss_and_props(x_fit)
     l_ini, (t_ini, p_ini) = prob.loss_and_props(x_init)
     pot = prob.potential
-    out = {"run": str(run_dir), "trainer": "static", "potential": pot.kind,
-           "units": {**units.METAL.to_dict(), "moduli": "GPa", "force_constants": "eV/angstrom^2"},
-           "notation": NOTATION, "optimizer": attrs.get("optimizer"), "iterations": int(iterations),
-           "converged": bool(attrs.get("converged", False)), "message": str(attrs.get("message", "")),
-           "loss_evaluations": int(attrs.get("n_fev", 0)), "fit_wall_time_s": float(attrs.get("wall_s", float("nan"))),
-           "parameters": {"learnable": list(pot.learnable), "fitted": pot.full(fitted), "initial": dict(pot.values),
-                          "units": pot.units()},
-           "loss": {"initial": float(l_ini), "fitted": float(l_fit)},
-           "properties": {"fitted": _props_summary(p_fit), "initial": _props_summary(p_ini)},
-           "targets": {}}
+    out.update({"run": str(r.run_dir), "trainer": "static", "potential": pot.kind,
+                "units": {**units.METAL.to_dict(), "moduli": "GPa", "force_constants": "eV/angstrom^2"},
+                "notation": NOTATION, "optimizer": attrs.get("optimizer"), "iterations": int(r.iterations),
+                "converged": bool(attrs.get("converged", False)), "message": str(attrs.get("message", "")),
+                "loss_evaluations": int(attrs.get("n_fev", 0)), "fit_wall_time_s": float(attrs.get("wall_s", float("nan"))),
+                "parameters": {"learnable": list(pot.learnable), "fitted": pot.full(fitted), "initial": dict(pot.values),
+                               "units": pot.units()},
+                "loss": {"initial": float(l_ini), "fitted": float(l_fit)},
+                "properties": {"fitted": _props_summary(p_fit), "initial": _props_summary(p_ini)},
+                "targets": {}})
     for name, t in prob.targets.items():
         d = {"kind": t.kind, "gamma": t.gamma, "power": t.power, "source": t.source,
              "loss_initial": float(t_ini[name]), "loss_fitted": float(t_fit[name])}
@@ -71,22 +91,39 @@ def evaluate_static(cfg, run_dir) -> dict:
                                   "relative_error": abs(fitted[k] - v) / abs(v)}
                               for k, v in t.from_params.items() if k in fitted}
         out["targets"][name] = d
-    ev = cfg.get("evaluate", {}) or {}
-    plots = [_plot_convergence(run_dir, rows, prob)]
-    land = ev.get("landscape", {}) or {}
-    if land.get("enabled", True) and len(prob.x_names) >= 2:
-        out["landscape"], png = _landscape(run_dir, prob, rows, x_fit, land)
-        plots.append(png)
-    ph_cfg = ev.get("phonons", {}) or {}
-    if ph_cfg.get("enabled", False):
-        out["phonons"], files = _phonons(run_dir, prob, fitted, p_fit, ph_cfg)
-        plots += files
-    out["files"] = [p.name for p in plots]
-    out["wall_time_s"] = time.perf_counter() - t0
-    with open(run_dir / "evaluation.json", "w") as fh:
-        json.dump(out, fh, indent=1)
+    r.x_fit, r.p_fit = x_fit, p_fit
+    r.plots.append(_plot_convergence(r.run_dir, r.rows, prob))
+
+
+def _landscape_on(cfg) -> bool:
+    return bool((evaluate_section(cfg).get("landscape", {}) or {}).get("enabled", True))
+
+
+def landscape(r: StaticRun, out: dict) -> None:
+    """The loss on a grid over two learnable parameters, with the optimisation path."""
+    if len(r.prob.x_names) >= 2:
+        land = evaluate_section(r.cfg).get("landscape", {}) or {}
+        out["landscape"], png = _landscape(r.run_dir, r.prob, r.rows, r.x_fit, land)
+        r.plots.append(png)
+
+
+def _phonons_on(cfg) -> bool:
+    return bool((evaluate_section(cfg).get("phonons", {}) or {}).get("enabled", False))
+
+
+def phonons_section(r: StaticRun, out: dict) -> None:
+    """Phonon dispersion and DOS at the fitted parameters (phonopy)."""
+    ph_cfg = evaluate_section(r.cfg).get("phonons", {}) or {}
+    out["phonons"], written = _phonons(r.run_dir, r.prob, r.fitted, r.p_fit, ph_cfg)
+    r.plots += written
+
+
+def files(r: StaticRun, out: dict) -> None:
+    out["files"] = [p.name for p in r.plots]
+
+
+def report(r: StaticRun, out: dict) -> None:
     _summary(out)
-    return out
 
 
 def _plot_convergence(run_dir, rows, prob):
@@ -193,3 +230,8 @@ def _summary(out: dict) -> None:
     if "phonons" in out:
         t.add_row("max phonon frequency (THz)", "", f"{out['phonons']['max_frequency_THz']:.3f}")
     Console().print(t)
+
+
+#: the ``trainer=static`` evaluator (learn/registry.py: TrainerKind.evaluator "static")
+STATIC = Evaluator(load, (Section("static", always, static), Section("landscape", _landscape_on, landscape),
+                          Section("phonons", _phonons_on, phonons_section), Section("files", always, files)), report)

@@ -120,6 +120,10 @@ def test_evaluate_tiny_end_to_end(trained):
     # ... and one saved before the dispatch keys were renamed (simulator.integrator, optimizer.name)
     saved.simulator.integrator, saved.optimizer.name = saved.simulator.pop("kind"), saved.optimizer.pop("kind")
     OmegaConf.save(saved, run / ".hydra" / "config.yaml")
+    shown = difftre(["evaluate", f"run={run}", "--cfg", "job", "evaluate.production_steps=200"], cwd=cwd)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "production_steps: 200" in shown.stdout and "chunk_steps: 2000" in shown.stdout   # today's default
+    assert not (run / "evaluate.log").exists() and not (run / "evaluation.json").exists()
     ev = difftre(["evaluate", f"run={run}", "evaluate.production_steps=200", "evaluate.chunk_steps=100"], cwd=cwd)
     assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr[-3000:]
     assert "Traceback" not in ev.stdout + ev.stderr

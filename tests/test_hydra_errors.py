@@ -149,8 +149,15 @@ def fake_run(in_tmp):
 @pytest.mark.parametrize("overrides, needles", [
     pytest.param(["evaluate.production_steps=${oops}"], ["evaluate.production_steps=${oops}"], id="interpolation"),
     pytest.param(["evaluate.every=${oc.env:DIFFTRE_TEST_UNSET_VARIABLE}"], ["evaluate.every"], id="env-unset"),
-    pytest.param(["+evaluate.foo=1"], ["+evaluate.foo=1"], id="append-key"),
-    pytest.param(["evaluate.nope=1"], ["nope"], id="unknown-key"),
+    pytest.param(["+evaluate.foo=1"], ["evaluate", "foo"], id="append-key"),      # appended, then validate
+    pytest.param(["+foo=1"], ["unknown top-level key", "foo"], id="append-top-level"),
+    pytest.param(["evaluate.nope=1"], ["nope"], id="unknown-key"),               # Hydra: not in the config
+    pytest.param(["evaluate.production_steps=-5"], ["evaluate.production_steps"], id="bad-value"),
+    pytest.param(["~model"], ["model"], id="delete-group"),
+    pytest.param(["evaluate.every=[1"], ["cannot parse overrides"], id="grammar"),
+    pytest.param(["model=nnp"], ["model"], id="group-option"),                  # a trained run's groups are fixed
+    pytest.param(["evaluate.production_steps=1,2"], ["evaluate.production_steps"], id="sweep"),
+    pytest.param(["simulator.integrator=langevin"], ["simulator.kind"], id="old-name"),
 ])
 def test_evaluate_hydra_error(fake_run, capsys, overrides, needles):
     before = sorted(p.name for p in fake_run.iterdir())
@@ -159,6 +166,43 @@ def test_evaluate_hydra_error(fake_run, capsys, overrides, needles):
     cap = capsys.readouterr()
     assert_user_error(exc.value.code, cap.out, cap.err, *needles)
     assert sorted(p.name for p in fake_run.iterdir()) == before
+
+
+@pytest.mark.parametrize("extra", [[], ["--cfg", "job"]], ids=["evaluate", "cfg-job"])
+def test_evaluate_cfg_job_reports_what_evaluate_would(fake_run, capsys, extra):
+    """``--cfg job`` validates like evaluate (and like train's ``--cfg job``) before printing."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["evaluate", f"run={fake_run}", *extra, "+evaluate.foo=1"])
+    cap = capsys.readouterr()
+    assert_user_error(exc.value.code, cap.out, cap.err, "foo")
+
+
+def test_evaluate_cfg_job_prints_the_composed_config(fake_run, capsys):
+    """The saved config over today's evaluate defaults (a key it lacks comes back), then the
+    overrides in train's grammar: null, a list appended with +, a quoted string, a deletion."""
+    saved = OmegaConf.load(fake_run / ".hydra" / "config.yaml")
+    del saved.evaluate["chunk_steps"]                       # a run trained before chunk_steps existed
+    OmegaConf.save(saved, fake_run / ".hydra" / "config.yaml")
+    before = {p.name: p.read_bytes() for p in (fake_run / ".hydra").iterdir()}
+    assert cli.main(["evaluate", f"run={fake_run}", "--cfg", "job", "evaluate.production_steps=1000",
+                     "evaluate.stress_strain=null", "+evaluate.potential_error_range=[1.0,2.0]",
+                     "name='my run'", "~evaluate.equilibration_steps", "states=null"]) == 0
+    out = capsys.readouterr().out
+    cfg = OmegaConf.create(out)
+    assert cfg.evaluate.production_steps == 1000 and cfg.evaluate.stress_strain is None
+    assert list(cfg.evaluate.potential_error_range) == [1.0, 2.0]
+    assert cfg.evaluate.chunk_steps == 2000                 # configs/evaluate/default.yaml
+    assert "equilibration_steps" not in cfg.evaluate
+    assert cfg.name == "my run" and cfg.trainer.kind == saved.trainer.kind
+    assert cfg.model == saved.model and cfg.targets == saved.targets
+    assert {p.name: p.read_bytes() for p in (fake_run / ".hydra").iterdir()} == before   # nothing written
+    assert not (fake_run / "evaluate.log").exists() and not (fake_run / "evaluation.json").exists()
+
+
+def test_evaluate_help(capsys):
+    assert cli.main(["evaluate", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--cfg job" in out and "run=PATH" in out and "+key=value" in out
 
 
 # -- the translation itself --------------------------------------------------------------------
@@ -177,3 +221,29 @@ def test_config_errors_keeps_internal_errors(error):
     with pytest.raises(type(error)):
         with config_errors(cfg=OmegaConf.create({})):
             raise error
+
+
+def test_evaluate_defaults_follow_the_trainer_kind(in_tmp, capsys):
+    """A trainer=static run gets today's configs/evaluate/static.yaml under its saved config
+    (the trainer registry's evaluator), not the MD production-run keys."""
+    run = in_tmp / "static_run"
+    cfg = cli._precompose(["config=si_sw_elastic"])
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    job.evaluate = {"landscape": {"points": 5}}          # saved before the phonons section existed
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(job, run / ".hydra" / "config.yaml")
+    (run / "difftre.h5").write_bytes(b"")
+    assert cli.main(["evaluate", f"run={run}", "--cfg", "job", "evaluate.phonons.band_points=11"]) == 0
+    ev = OmegaConf.create(capsys.readouterr().out).evaluate
+    assert ev.landscape.points == 5 and ev.landscape.enabled is True    # saved value over the default
+    assert ev.phonons.enabled is False and ev.phonons.band_points == 11
+    assert "production_steps" not in ev
+
+
+@pytest.mark.parametrize("override", ["model=nnp", "~model"])
+def test_evaluate_cannot_swap_a_trained_group(fake_run, capsys, override):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["evaluate", f"run={fake_run}", override])
+    cap = capsys.readouterr()
+    assert_user_error(exc.value.code, cap.out, cap.err, "model")
+    assert "config groups are fixed" in cap.err

@@ -13,6 +13,7 @@ from difftre_cli import cli
 from difftre_cli.config import CONFIG_DIR, validate
 from difftre_cli.legacy import check_overrides, translate_config, translate_overrides
 from difftre_cli.errors import UserError
+from difftre_cli.run_config import compose_run
 
 
 def _compose(*overrides):
@@ -43,6 +44,19 @@ def test_old_saved_config_is_translated_and_validates(tmp_path, caplog):
     assert translate_config(states, "x").states.a.simulator == {"kind": "nve"}
     assert translate_config(OmegaConf.create({"simulator": {"kind": "nve"}}), "x").simulator == {"kind": "nve"}
 
+
+
+def test_evaluate_composes_an_old_saved_config_with_todays_names(tmp_path):
+    """`difftre evaluate` translates the saved config before Hydra composes it: today's names
+    can be overridden, and the old ones are gone."""
+    cfg = _compose("config=tiny")
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(_old_style(cfg)))
+    composed = compose_run(run, ["simulator.kind=langevin", "optimizer.lr=0.02"])
+    assert composed.simulator.kind == "langevin" and "integrator" not in composed.simulator
+    assert composed.optimizer.lr == 0.02 and "name" not in composed.optimizer
+    validate(composed)
 
 def test_auto_resume_accepts_a_checkpoint_written_with_the_old_names(tmp_path):
     """hydra.run.dir holding a checkpoint of the same config (a requeued job): same config,

@@ -10,8 +10,10 @@ Each :class:`TrainerKind` names
   loop then assembles nothing and hands the regime the config alone;
 * ``validate``: the kind's own config checks, run by ``config.validate`` instead of its MD
   checks (None: the MD checks);
-* ``evaluator``: the key of ``evaluate.EVALUATORS`` that ``difftre evaluate`` runs ("md": a
-  production run with the final parameters; "static": the 0 K properties);
+* ``evaluator``: the key of ``evaluate.EVALUATORS``, the section set that ``difftre evaluate``
+  runs ("md": a production run with the final parameters, stress–strain, the potential;
+  "static": the 0 K properties, landscape, phonons) and, through ``config.EVALUATE_DEFAULTS``,
+  the evaluate defaults composed under a trained run's config (configs/evaluate/);
 * ``state_parallel``: the ``trainer.state_parallel`` modes it implements.
 
 Adding a trainer: a :class:`regime.Regime` subclass in ``learn/`` (its abstract methods: init,
