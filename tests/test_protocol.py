@@ -169,7 +169,8 @@ def test_every_registered_regime_implements_the_regime_protocol():
         for factory in (entry.regime, entry.multistate):
             if factory is None:
                 continue
-            classes = {obj for obj in inspect.getclosurevars(factory).globals.values() if inspect.isclass(obj)}
+            refs = inspect.getclosurevars(factory)
+            classes = {obj for obj in (*refs.globals.values(), *refs.nonlocals.values()) if inspect.isclass(obj)}
             assert classes, kind
             for cls in classes:
                 assert issubclass(cls, Regime) and not inspect.isabstract(cls), (kind, cls)

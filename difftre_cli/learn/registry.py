@@ -68,24 +68,13 @@ def _difftre_states(cfg, store, states):
                                    state_parallel=cfg.trainer.get("state_parallel", "sequential"))
 
 
-def _direct_ad(cfg, store, c):
-    _init_from(cfg.trainer)
-    return DirectADRegime(c, store, cfg.trainer)
-
-
-def _direct_ad_states(cfg, store, states):
-    _init_from(cfg.trainer)
-    return MultiStateDirectADRegime(states, store, cfg.trainer)
-
-
-def _ibi(cfg, store, c):
-    _init_from(cfg.trainer)
-    return IBIRegime(c, store, cfg.trainer)
-
-
-def _ibi_states(cfg, store, states):
-    _init_from(cfg.trainer)
-    return MultiStateIBIRegime(states, store, cfg.trainer)
+def _on_trainer_cfg(cls):
+    """``(cfg, store, components) -> cls(components, store, cfg.trainer)`` after checking
+    ``trainer.init_from`` (direct AD and IBI, one state point or several)."""
+    def make(cfg, store, c):
+        _init_from(cfg.trainer)
+        return cls(c, store, cfg.trainer)
+    return make
 
 
 def _static(cfg, store, c):
@@ -94,8 +83,8 @@ def _static(cfg, store, c):
 
 TRAINERS: dict[str, TrainerKind] = {
     "difftre": TrainerKind(_difftre, _difftre_states, DiffTRe, state_parallel=("sequential", "devices")),
-    "direct_ad": TrainerKind(_direct_ad, _direct_ad_states, DiffTRe),
-    "ibi": TrainerKind(_ibi, _ibi_states, DiffTRe),
+    "direct_ad": TrainerKind(_on_trainer_cfg(DirectADRegime), _on_trainer_cfg(MultiStateDirectADRegime), DiffTRe),
+    "ibi": TrainerKind(_on_trainer_cfg(IBIRegime), _on_trainer_cfg(MultiStateIBIRegime), DiffTRe),
     "static": TrainerKind(_static, None, None, validate=validate_static, evaluator="static"),
 }
 
