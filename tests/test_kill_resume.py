@@ -21,9 +21,11 @@ import numpy as np
 import pytest
 
 RUN = ["config=tiny", "seed=3", "trainer.updates=8", "trainer.checkpoint_every=1"]
-# long trajectories in short chunks, checkpointed inside them every 0.3 s: kills land mid-trajectory
-RUN_MID_TRAJECTORY = ["config=tiny", "seed=4", "trainer.updates=5", "trainer.checkpoint_every=1",
-                      "simulator.first_equilibration_steps=8000", "simulator.equilibration_steps=3000",
+# long trajectories in short chunks, checkpointed inside them every 0.3 s: kills land mid-trajectory.
+# Later trajectories must also last well over 0.3 s on a fast machine (3000 steps took 0.25 s and a
+# CI run finished before any later mid-trajectory checkpoint), hence 15000 equilibration steps.
+RUN_MID_TRAJECTORY = ["config=tiny", "seed=4", "trainer.updates=4", "trainer.checkpoint_every=1",
+                      "simulator.first_equilibration_steps=8000", "simulator.equilibration_steps=15000",
                       "simulator.chunk_seconds=0.05", "trainer.checkpoint_seconds=0.3",
                       "trainer.reweight_ratio=1.0"]   # every update resamples: later trajectories too
 OTHER_TRAINERS = {
