@@ -7,14 +7,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import observables as observables_mod
-from . import optim, potentials, targets as targets_mod
+from . import optim, potentials
+from . import targets as targets_mod
 from .errors import UserError
 from .learn.registry import trainer_kind
 from .observables.engine import ObservableEngine
 from .onebody import OneBodySampler, build_line_system, is_one_body_system
+from .potentials import mixture
 from .potentials.protocol import Potential
 from .sampler import sampler_config
 from .simulate import Sampler
+from .states import state_configs
 from .system import System, build_system
 
 
@@ -54,7 +57,6 @@ def build(cfg) -> Components:
     learner = learner_cls(engine, tgts, optimizer, precondition=cfg.trainer.get("precondition", "none"),
                           fisher_damping=float(cfg.trainer.get("fisher_damping", 1e-3)))
     if len(names) > 1:
-        from .potentials import mixture
         truth = mixture.ground_truth(cfg.get("ground_truth"), cutoff, names)
     else:
         truth = potentials.ground_truth(cfg.get("ground_truth"), cutoff)
@@ -63,5 +65,4 @@ def build(cfg) -> Components:
 
 def build_states(cfg) -> list[tuple[str, Components]]:
     """[(state name, Components)] for a config with ``states`` (see states.py)."""
-    from .states import state_configs
     return [(name, build(sub)) for name, sub in state_configs(cfg)]

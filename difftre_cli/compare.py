@@ -8,6 +8,10 @@ deviation D = 4πρ ∫ r² (g − g_ref)² dr. The figure overlays the observab
 targets, the learned potentials with the truth, and the loss against training wall time.
 Outputs: ``comparison.json`` and ``comparison.png`` in ``out=DIR`` (default
 ``runs/compare/<timestamp>``).
+
+The same comparison is an evaluate section (:data:`COMPARISON`): ``evaluate.compare_with=[RUN,
+...]`` compares the run being evaluated with those evaluated runs each time it is evaluated,
+into ``<run>/comparison/``, and adds the table to its ``evaluation.json``.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import UserError
+from .evaluate_base import Section, evaluate_section
 from .plots import plt
 
 
@@ -137,8 +142,13 @@ def _label(it: dict) -> str:
 
 
 def compare(runs: list[Path], out_dir: Path | None = None) -> dict:
-    items = [_load(Path(r)) for r in runs]
     out_dir = Path(out_dir) if out_dir else Path("runs") / "compare" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    return compare_items([_load(Path(r)) for r in runs], out_dir)
+
+
+def compare_items(items: list[dict], out_dir: Path) -> dict:
+    """The table, ``comparison.json``, ``comparison.png`` and the printed table of ``items``
+    (each as :func:`_load` gives it) in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = [summarize(it) for it in items]
     (out_dir / "comparison.json").write_text(json.dumps({"runs": table}, indent=1))
@@ -190,3 +200,38 @@ def _print(table: list[dict], out_dir: Path) -> None:
     if not console.is_terminal:
         console = Console(width=200)
     console.print(t)
+
+
+# ------------------------------------------------------------------------------------------
+# the evaluate section
+def check_compare_with(value) -> list[Path]:
+    """``evaluate.compare_with``: a list of evaluated run directories (UserError naming the entry)."""
+    fix = "set evaluate.compare_with=[runs/lj/2026-01-01_12-00-00] (evaluated runs) or []"
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise UserError(f"evaluate.compare_with must be a list of run directories, got {value!r}", fix)
+    runs = []
+    for i, entry in enumerate(value):
+        run = Path(str(entry)).expanduser()
+        if not (run / "evaluation.json").is_file():
+            raise UserError(f"evaluate.compare_with[{i}]={entry}: not an evaluated run (no evaluation.json)",
+                            f"evaluate it first (difftre evaluate run={entry}), or remove it from the list")
+        runs.append(run)
+    return runs
+
+
+def _comparison_on(cfg) -> bool:
+    return bool(evaluate_section(cfg).get("compare_with"))
+
+
+def _comparison(r, out: dict) -> None:
+    """This run (its results so far, ``out``) beside ``evaluate.compare_with``'s evaluated runs."""
+    this = {"run": str(r.run_dir), "evaluation": out, "rows": r.rows, "cfg": r.cfg}
+    others = [_load(run) for run in check_compare_with(evaluate_section(r.cfg).get("compare_with"))]
+    result = compare_items([this, *others], Path(r.run_dir) / "comparison")
+    out["comparison"] = {"runs": result["runs"], "dir": "comparison"}
+
+
+#: the comparison section of every evaluator (last: it compares what the others computed)
+COMPARISON = Section("comparison", _comparison_on, _comparison)

@@ -5,17 +5,21 @@ config (structure, targets) are opened and checked here too, so that a bad run f
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from . import observables, onebody, optim, potentials, targets
 from .checks import choice, mapping, number
+from .compare import check_compare_with
+from .config_files import CONFIG_DIR
 from .errors import UserError
+from .learn import registry
+from .potentials import external, mixture
+from .sampler import sampler_config
 from .states import is_multistate, state_configs
+from .stress_strain import settings as stress_strain_settings
 from .system import build_system, min_image_distance
 
 GROUPS = ("system", "prior", "model", "simulator", "observables", "targets", "optimizer", "trainer")
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 #: top-level keys besides the groups (configs/train.yaml)
 TOP_LEVEL = ("name", "seed", "precision", "resume", "ground_truth", "states", "reduced_overrides", "evaluate",
              "classical", "hydra")   # classical: the potential of trainer=static presets
@@ -25,30 +29,15 @@ TOP_LEVEL = ("name", "seed", "precision", "resume", "ground_truth", "states", "r
 LOOP_KEYS = ("kind", "updates", "checkpoint_every", "checkpoint_seconds", "max_failures", "lr_reduction", "init_from")
 
 
-def presets() -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / "config").glob("*.yaml"))
-
-
-def groups() -> list[str]:
-    return sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "config")
-
-
 def _get(cfg: DictConfig, key: str):
     return OmegaConf.select(cfg, key, default=None)
-
-
-def _registry():
-    """The trainer registry (learn/registry.py). It imports every learning regime (JAX, JAX MD):
-    imported when a config is checked, not with this module, so that ``difftre --help`` stays quick."""
-    from .learn import registry
-    return registry
 
 
 def trainer_kind(cfg: DictConfig):
     """The trainer registry's entry of ``cfg``'s ``trainer.kind`` (UserError if unknown)."""
     if not isinstance(_get(cfg, "trainer"), DictConfig):
         raise UserError("config group 'trainer' is missing", "select one, e.g. trainer=difftre")
-    return _registry().trainer_kind(_get(cfg, "trainer.kind"))
+    return registry.trainer_kind(_get(cfg, "trainer.kind"))
 
 
 #: the trainer registry's evaluator -> its evaluate defaults, configs/evaluate/NAME.yaml
@@ -79,7 +68,7 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(f"states (several state points) are not supported by trainer={name}",
                             "fit one structure per run (states=null)")
         mode = _get(cfg, "trainer.state_parallel")
-        able = [k for k, v in _registry().TRAINERS.items() if mode in v.state_parallel]
+        able = [k for k, v in registry.TRAINERS.items() if mode in v.state_parallel]
         if mode not in kind.state_parallel and able:
             able = " / ".join(able)
             raise UserError(f"trainer.state_parallel={mode} is implemented for trainer={able} only, not "
@@ -153,20 +142,16 @@ def _validate_one(cfg: DictConfig) -> None:
 
     # system first: it reads the structure file and needs no JAX (fails in a second). One-body
     # systems (system.kind=ideal_gas_1d, particles on a line, no box) are checked in onebody.py.
-    from . import onebody
     one_body = onebody.is_one_body_system(cfg.system)
     system = None if one_body else build_system(cfg.system)
 
     updates = _validate_trainer(cfg.trainer)
     _validate_evaluate(cfg)
 
-    if onebody.validate(cfg):
+    if _validate_one_body(cfg):
         return
 
     # Build the cheap, jax-free parts group by group; this opens and checks every file.
-    from . import observables, optim, potentials, targets
-    from .sampler import sampler_config
-
     cutoff = number(cfg.model, "cutoff", prefix="model", lo=0.0, lo_open=True, required=False, default=2.5,
                     example="2.5")
     potentials.build(cfg.prior, cfg.model, cutoff, system.species_names)
@@ -177,7 +162,6 @@ def _validate_one(cfg: DictConfig) -> None:
     targets.build(cfg.targets, obs, system.units)
     optim.build(cfg.optimizer, updates)
     if len(system.species_names) > 1:
-        from .potentials import mixture
         mixture.ground_truth(_get(cfg, "ground_truth"), cutoff, system.species_names)
     else:
         potentials.ground_truth(_get(cfg, "ground_truth"), cutoff)
@@ -236,7 +220,7 @@ def _validate_evaluate(cfg: DictConfig) -> None:
             if not ok:
                 raise UserError(f"evaluate.potential_error_range must be two numbers 0 < a < b, got {rng!r}",
                                 "set evaluate.potential_error_range=[0.95,2.5]")
-        from .stress_strain import settings as stress_strain_settings
+        check_compare_with(ev.get("compare_with"))
         if stress_strain_settings(ev) is not None and _get(cfg, "model") is not None \
                 and cfg.model.get("kind") != "dimenet":
             raise UserError("evaluate.stress_strain strains a crystal under a many-body potential; "
@@ -258,3 +242,30 @@ def _cross_checks(cfg: DictConfig, system, cutoff: float) -> None:
                             f"{d:.4g} {system.units.length} apart, closer than 0.1 × model.cutoff "
                             f"({0.1 * cutoff:.4g}): overlapping particles make the first MD step explode",
                             "remove duplicate atoms or relax the structure (e.g. a short energy minimisation)")
+
+
+def _validate_one_body(cfg) -> bool:
+    """Checks of the parts that differ for one-body systems; True if ``cfg`` is one (then the
+    periodic-box checks do not apply), False otherwise. Raises UserError on a mismatch."""
+    one_body_potential = external.is_external(cfg.prior, cfg.model)
+    if not onebody.is_one_body_system(cfg.system):
+        if one_body_potential:
+            raise UserError(f"prior.kind={cfg.prior.get('kind')!r} / model.kind={cfg.model.get('kind')!r} is a "
+                            f"one-body potential but system.kind is not {onebody.KIND}",
+                            f"use system=double_well (system.kind={onebody.KIND}) or a pair prior/model")
+        return False
+    if not one_body_potential:
+        raise UserError(f"system.kind={onebody.KIND} needs a one-body potential (got prior.kind={cfg.prior.get('kind')!r}, "
+                        f"model.kind={cfg.model.get('kind')!r})",
+                        "use prior=harmonic_1d (or double_well) and model=spline_1d (or mlp_1d)")
+    system = onebody.build_line_system(cfg.system)
+    obs = observables.build(cfg.observables)
+    bad = sorted(n for n, o in obs.items() if type(o).__name__ not in ("Density", "PotentialEnergy"))
+    if bad:
+        raise UserError(f"observables {bad} are not defined for system.kind={onebody.KIND}",
+                        "use observables=density (density profile; energy is allowed too)")
+    targets.build(cfg.targets, obs, system.units)
+    external.build(cfg.prior, cfg.model)
+    onebody.check_integrator(sampler_config(cfg.simulator))
+    optim.build(cfg.optimizer, int(cfg.trainer.updates))
+    return True

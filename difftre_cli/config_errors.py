@@ -13,7 +13,7 @@ from hydra.errors import HydraException, OverrideParseException
 from omegaconf import OmegaConf
 from omegaconf.errors import GrammarParseError, InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
 
-from .config import presets
+from .config_files import presets
 from .errors import UserError
 
 _FIX_KEY = ("check the key or option name (difftre --help lists presets and groups; "

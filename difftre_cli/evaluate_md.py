@@ -17,10 +17,16 @@ import numpy as np
 
 from . import assemble, stress_strain
 from .errors import UserError
+from .compare import COMPARISON
 from .evaluate_base import Evaluator, Section, always, evaluate_section
+from .observables.density import Density
+from .observables.mechanical import cubic_moduli
+from .observables.rdf import RDF
+from .plots import plot_all
 from .production import production_run
 from .states import is_multistate
 from .store import RunStore
+from .units import BAR_PER_KJ_MOL_NM3, GPA_PER_KJ_MOL_NM3
 
 log = logging.getLogger("difftre")
 
@@ -92,7 +98,6 @@ def potential(r: MDRun, out: dict) -> None:
 
 
 def report(r: MDRun, out: dict) -> None:
-    from .plots import plot_all
     plot_all(r.run_dir, out, r.rows)
     _summary(out)
 
@@ -105,7 +110,6 @@ def _state_results(out: dict, c, means: dict, rows, prefix: str, errors: dict | 
                                              "value": np.asarray(means[name]).tolist(),
                                              "error": None if errors is None else np.asarray(errors[name]).tolist()}
         if obs.unit_kind == "pressure" and c.system.units.name == "real":
-            from .units import BAR_PER_KJ_MOL_NM3
             out["observables"][prefix + name]["value_bar"] = float(means[name]) * BAR_PER_KJ_MOL_NM3
         if obs.unit_kind == "stress" and c.system.units.name == "real":
             _stress_results(out["observables"][prefix + name], obs, np.asarray(means[name]),
@@ -117,7 +121,6 @@ def _state_results(out: dict, c, means: dict, rows, prefix: str, errors: dict | 
         if rows and f"loss_{prefix}{name}" in rows[0] and t.gamma > 0:
             start = float(np.sqrt(rows[0][f"loss_{prefix}{name}"] / t.gamma))
         if c.observables[t.observable].unit_kind == "pressure" and c.system.units.name == "real":
-            from .units import BAR_PER_KJ_MOL_NM3   # |ΔP| in bar next to the internal-unit RMSE
             extra = {"error_bar": rmse * BAR_PER_KJ_MOL_NM3,
                      "error_bar_at_start": None if start is None else start * BAR_PER_KJ_MOL_NM3}
         else:
@@ -140,19 +143,16 @@ def _stress_results(entry: dict, obs, value, error=None) -> None:
     """Stress / stiffness in GPa by component (± standard error) and, for cubic stiffness
     constants, the moduli derived from them (observables.mechanical.cubic_moduli states the
     formulas)."""
-    from .units import GPA_PER_KJ_MOL_NM3
     gpa = value * GPA_PER_KJ_MOL_NM3
     entry["components"] = list(obs.components)
     entry["value_GPa"] = dict(zip(obs.components, gpa.tolist()))
     if error is not None:
         entry["error_GPa"] = dict(zip(obs.components, (error * GPA_PER_KJ_MOL_NM3).tolist()))
     if tuple(obs.components) == ("C11", "C12", "C44"):
-        from .observables.mechanical import cubic_moduli
         entry["moduli_GPa"] = cubic_moduli(*gpa)   # poisson_* are ratios
 
 
 def _rdf_D(c, t, pred):
-    from .observables.rdf import RDF
     obs = c.observables[t.observable]
     if not isinstance(obs, RDF):
         return None
@@ -162,7 +162,6 @@ def _rdf_D(c, t, pred):
 def rdf_deviation(obs, g, g_ref, density: float, r_c: float) -> float | None:
     """D = 4πρ ∫_0^{r_c} r² (g(r) − g_ref(r))² dr (trapezoid on the observable's grid), the RDF
     deviation of the literature on learning pair potentials from RDFs; None for non-RDFs."""
-    from .observables.rdf import RDF
     if not isinstance(obs, RDF):
         return None
     r = np.asarray(obs.grid, float)
@@ -229,7 +228,6 @@ def external_curve(c, params, n: int = 400, threshold: float = 0.01) -> dict:
     constant (u is defined up to one): the target-density-weighted mean of u − u_true there.
     Also reported: the deviation with the constant that minimises it (``max_abs_error_minimax``)
     and in the well-sampled core (target density > 10 % of its maximum)."""
-    from .observables.density import Density
     dens = [(t, c.observables[t.observable]) for t in c.targets.values()
             if isinstance(c.observables[t.observable], Density)]
     pot = c.potential
@@ -325,4 +323,4 @@ def _summary(out: dict) -> None:
 MD = Evaluator(load, (Section("observables", always, observables),
                       Section("stress_strain", _stress_strain_on, _stress_strain),
                       Section("temperature", always, temperature),
-                      Section("potential", always, potential)), report)
+                      Section("potential", always, potential), COMPARISON), report)

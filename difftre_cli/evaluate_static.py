@@ -12,6 +12,7 @@ import numpy as np
 
 from . import phonons, units
 from .crystal import STRUCTURES, Crystal
+from .compare import COMPARISON
 from .evaluate_base import Evaluator, Section, always, evaluate_section
 from .learn.static import build_problem, load_params, use_neighbor_list
 from .observables.elastic import bulk_modulus, periodic_energy, voigt_to_mandel
@@ -234,4 +235,4 @@ def _summary(out: dict) -> None:
 
 #: the ``trainer=static`` evaluator (learn/registry.py: TrainerKind.evaluator "static")
 STATIC = Evaluator(load, (Section("static", always, static), Section("landscape", _landscape_on, landscape),
-                          Section("phonons", _phonons_on, phonons_section), Section("files", always, files)), report)
+                          Section("phonons", _phonons_on, phonons_section), Section("files", always, files), COMPARISON), report)

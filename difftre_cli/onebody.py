@@ -71,7 +71,7 @@ def build_line_system(cfg) -> LineSystem:
                       species=np.zeros(n, np.int32))
 
 
-def _check_integrator(cfg: SamplerConfig) -> None:
+def check_integrator(cfg: SamplerConfig) -> None:
     if cfg.integrator != "langevin":
         raise UserError(f"simulator.kind={cfg.integrator!r} is not available for system.kind={KIND}",
                         "use simulator=langevin (independent particles need a thermostat of their own)")
@@ -86,7 +86,7 @@ class OneBodySampler(ChunkedSampler):
     """
 
     def __init__(self, potential, system: LineSystem, cfg: SamplerConfig):
-        _check_integrator(cfg)
+        check_integrator(cfg)
         if not potential.one_body:
             raise UserError(f"system.kind={KIND} needs a one-body potential",
                             "use prior=harmonic_1d (or double_well) and model=spline_1d (or mlp_1d)")
@@ -119,32 +119,3 @@ class OneBodySampler(ChunkedSampler):
         return nb, jnp.asarray(False), self.potential.per_particle_energy(params, st.position)
 
 
-def validate(cfg) -> bool:
-    """Checks of the parts that differ for one-body systems; True if ``cfg`` is one (then the
-    periodic-box checks do not apply), False otherwise. Raises UserError on a mismatch."""
-    from . import observables, optim, targets
-    from .potentials import external
-    from .sampler import sampler_config
-
-    one_body_potential = external.is_external(cfg.prior, cfg.model)
-    if not is_one_body_system(cfg.system):
-        if one_body_potential:
-            raise UserError(f"prior.kind={cfg.prior.get('kind')!r} / model.kind={cfg.model.get('kind')!r} is a "
-                            f"one-body potential but system.kind is not {KIND}",
-                            f"use system=double_well (system.kind={KIND}) or a pair prior/model")
-        return False
-    if not one_body_potential:
-        raise UserError(f"system.kind={KIND} needs a one-body potential (got prior.kind={cfg.prior.get('kind')!r}, "
-                        f"model.kind={cfg.model.get('kind')!r})",
-                        "use prior=harmonic_1d (or double_well) and model=spline_1d (or mlp_1d)")
-    system = build_line_system(cfg.system)
-    obs = observables.build(cfg.observables)
-    bad = sorted(n for n, o in obs.items() if type(o).__name__ not in ("Density", "PotentialEnergy"))
-    if bad:
-        raise UserError(f"observables {bad} are not defined for system.kind={KIND}",
-                        "use observables=density (density profile; energy is allowed too)")
-    targets.build(cfg.targets, obs, system.units)
-    external.build(cfg.prior, cfg.model)
-    _check_integrator(sampler_config(cfg.simulator))
-    optim.build(cfg.optimizer, int(cfg.trainer.updates))
-    return True

@@ -30,9 +30,15 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .checks import number
 from .errors import UserError
+from .observables.elastic import strain_matrix as voigt_strain
 from .observables.engine import ObservableEngine
+from .observables.mechanical import Stiffness, Stress
+from .observables.stiffness import stress_strain_moduli
+from .observables.stress import tensor_to_voigt_stress
 from .production import production_run
+from .units import stress_factor
 
 MODES = {"e1": 0, "e4": 3}          # Voigt component strained: uniaxial xx, shear yz (engineering)
 KEYS = ("strains", "equilibration_steps", "production_steps", "every", "fit_degree", "blocks")
@@ -51,7 +57,6 @@ class Settings:
 def settings(ev) -> Settings | None:
     """``evaluate.stress_strain``: null/false (off), true (defaults) or a mapping of
     :class:`Settings` fields."""
-    from .checks import number
     raw = ev.get("stress_strain") if ev is not None else None
     if raw is None or raw is False:
         return None
@@ -92,14 +97,12 @@ def strain_matrix(e) -> np.ndarray:
     """Symmetric 3×3 strain of a Voigt vector (engineering shears): ``elastic.strain_matrix``."""
     import jax.numpy as jnp
 
-    from .observables.elastic import strain_matrix as voigt_strain
     return np.asarray(voigt_strain(jnp.asarray(e, dtype=float)), float)
 
 
 def strained(c, eps):
     """The run's components for its crystal strained by ε (3, 3): the strained potential, a
     ``stress`` observable (Voigt) and an observable engine whose volume is Ω(ε)."""
-    from .observables.mechanical import Stress
     pot = c.potential.strained(eps)
     ctx = replace(c.ctx, volume=float(c.ctx.volume * np.linalg.det(np.eye(3) + np.asarray(eps, float))))
     obs = {"stress": Stress(name="stress", form="voigt")}
@@ -122,7 +125,6 @@ def fit_slope(strains, values, errors, degree: int) -> tuple[float, float]:
 
 def _voigt_stress(obs, value, error):
     """(Voigt value, Voigt error) of a ``stress`` observable in either form."""
-    from .observables.stress import tensor_to_voigt_stress
     value, error = np.asarray(value, float), np.asarray(error, float)
     if obs.form == "voigt":
         return value, error
@@ -155,9 +157,6 @@ def _pick(obs_type, observables):
 def run(c, params, s: Settings, seed: int, main, log=None) -> dict:
     """The stress–strain curve and its comparison with the fluctuation stiffness; ``main`` is the
     unstrained evaluation run (production.Production) of the components ``c``."""
-    from .observables.mechanical import Stiffness, Stress
-    from .observables.stiffness import stress_strain_moduli
-
     if not c.potential.can_strain:
         raise UserError("evaluate.stress_strain needs a many-body potential (model=dimenet) that can be strained",
                         "remove evaluate.stress_strain, or use model=dimenet")
@@ -215,7 +214,6 @@ def run(c, params, s: Settings, seed: int, main, log=None) -> dict:
 
 def _stress_unit(units) -> tuple[float, str]:
     """(factor from the internal stress unit, its name): GPa where the system has one."""
-    from .units import stress_factor
     if units.name in ("real", "metal"):
         return 1.0 / stress_factor("GPa", units), "GPa"
     return 1.0, f"{units.energy}/{units.length}^3"

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import units
+from .checks import input_file, mapping, number
 from .errors import UserError
 
 
@@ -31,8 +32,6 @@ class Target:
 def resolve_path(path: str, key: str) -> Path:
     """A relative path is looked up in the working directory, then in the project root; the
     result is an existing, non-empty regular file (else a UserError naming ``key``)."""
-    from .checks import input_file
-
     return input_file(path, key, what="target file", example="/path/to/target.txt")
 
 
@@ -156,8 +155,6 @@ def on_grid(x, y, grid, key: str, path) -> np.ndarray:
 
 
 def build(cfg, observables: dict, unit_system) -> dict[str, Target]:
-    from .checks import mapping, number
-
     out = {}
     for name, t in (cfg or {}).items():
         key = f"targets.{name}"

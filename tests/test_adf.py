@@ -274,13 +274,13 @@ def test_angle_target_files_in_rad_or_deg(tmp_path, x_unit, scale, sep):
 
 
 def test_validation_names_an_adf_reaching_beyond_half_the_box():
-    from difftre_cli import cli
+    from difftre_cli import commands
     from difftre_cli.config import validate
 
-    cfg = cli._precompose(["config=tiny", "+observables.adf={kind: adf, r_cut: 1.2}",
-                           "+observables.q={kind: tetrahedral_q, reach: 1.5}"])
+    cfg = commands._precompose(["config=tiny", "+observables.adf={kind: adf, r_cut: 1.2}",
+                                "+observables.q={kind: tetrahedral_q, reach: 1.5}"])
     validate(cfg)                                        # 108 LJ particles: half the box is ~2.7 σ
-    cfg = cli._precompose(["config=tiny", "+observables.adf={kind: adf, r_cut: 3.0}"])
+    cfg = commands._precompose(["config=tiny", "+observables.adf={kind: adf, r_cut: 3.0}"])
     with pytest.raises(UserError, match=r"observables.adf needs neighbours up to 3.23.*half the box") as exc:
         validate(cfg)
     assert "observables.adf.r_cut" in exc.value.fix

@@ -19,7 +19,7 @@ import pytest
 from ase import Atoms
 from ase.io import write as ase_write
 
-from difftre_cli import cli
+from difftre_cli import cli, commands
 from difftre_cli.config import validate
 from difftre_cli.system import build_system, lattice_positions
 
@@ -293,7 +293,7 @@ def at_inputs(inputs, monkeypatch):
     def reached():
         raise AssertionError("validation passed: the bad input reached Hydra")
 
-    monkeypatch.setattr(cli, "_hydra_train", reached)
+    monkeypatch.setattr(commands, "_hydra_train", reached)
     before = _tree(inputs)
     yield inputs
     assert _tree(inputs) == before
@@ -334,7 +334,7 @@ def test_bad_input_subprocess(inputs, tmp_path, overrides, needles):
 
 # -- the good paths next to the bad ones --------------------------------------------------------
 def _compose(overrides):
-    return cli._precompose(["config=tiny", *overrides])
+    return commands._precompose(["config=tiny", *overrides])
 
 
 def test_structure_file_sets_positions_box_and_count(at_inputs):

@@ -16,8 +16,8 @@ import h5py
 import numpy as np
 import pytest
 
-from difftre_cli import cli
-from difftre_cli.config import presets
+from difftre_cli import cli, commands
+from difftre_cli.config_files import presets
 
 METRIC_COLUMNS = ["update", "loss", "loss_rdf", "n_eff", "reused", "sample_time", "update_time", "grad_norm"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -113,7 +113,7 @@ def test_evaluate_tiny_end_to_end(trained):
     cwd, run, proc = trained
     if proc.returncode != 0:
         pytest.skip("training failed (reported by test_train_tiny_end_to_end)")
-    # a run trained before evaluate.chunk_steps existed still takes it (cli._evaluate_one)
+    # a run trained before evaluate.chunk_steps existed still takes it (commands._evaluate_one)
     from omegaconf import OmegaConf
     saved = OmegaConf.load(run / ".hydra" / "config.yaml")
     del saved.evaluate["chunk_steps"]
@@ -223,7 +223,7 @@ def in_tmp(tmp_path, monkeypatch):
     def reached():
         raise AssertionError("validation passed: the bad input reached Hydra")
 
-    monkeypatch.setattr(cli, "_hydra_train", reached)
+    monkeypatch.setattr(commands, "_hydra_train", reached)
     return tmp_path
 
 
@@ -270,7 +270,7 @@ def test_bad_input_subprocess(tmp_path, args, needles):
 
 
 def test_hydra_flags_keep_their_values():
-    flags, overrides = cli._split_flags(["config=tiny", "--cfg", "job", "seed=1", "-p", "system", "--multirun",
+    flags, overrides = commands._split_flags(["config=tiny", "--cfg", "job", "seed=1", "-p", "system", "--multirun",
                                          "optimizer.lr=0.01,0.02", "--info", "defaults", "--cfg=all"])
     assert flags == ["--cfg", "job", "-p", "system", "--multirun", "--info", "defaults", "--cfg=all"]
     assert overrides == ["config=tiny", "seed=1", "optimizer.lr=0.01,0.02"]

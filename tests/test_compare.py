@@ -4,11 +4,15 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from difftre_cli import cli
+from difftre_cli.compare import COMPARISON, check_compare_with
+from difftre_cli.errors import UserError
 from difftre_cli.evaluate import rdf_deviation
 from difftre_cli.observables.rdf import RDF
 
@@ -68,6 +72,37 @@ def test_compare_needs_evaluated_runs(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["compare", f"run={tmp_path / 'a'}"])
     assert exc.value.code == 2
+
+
+def test_comparison_section_puts_the_run_being_evaluated_beside_the_listed_runs(tmp_path, capsys):
+    """evaluate.compare_with: the section compares this run's results (not yet written) with
+    evaluated runs, into <run>/comparison/, and adds the table to its evaluation.json."""
+    _fake_run(tmp_path / "a", "ibi", 0.03, [1.0, 0.8])
+    this = tmp_path / "this"
+    this.mkdir()
+    cfg = OmegaConf.create({"trainer": {"kind": "difftre"}, "evaluate": {"compare_with": [str(tmp_path / "a")]}})
+    grid = np.linspace(0, 3, 30).tolist()
+    out = {"targets": {"rdf": {"rmse": 0.01, "grid": grid, "observable": [1.0] * 30, "target": [1.01] * 30}}}
+    rows = [{"update": "0", "loss": "0.5", "sample_time": "2.0", "update_time": "1.0"}]
+    assert COMPARISON.on(cfg)
+    COMPARISON.run(SimpleNamespace(cfg=cfg, run_dir=this, rows=rows), out)
+    table = out["comparison"]["runs"]
+    assert [r["trainer"] for r in table] == ["difftre", "ibi"]
+    assert [r["rmse"]["rdf"] for r in table] == [0.01, 0.03]
+    assert table[0]["train_wall_s"] == pytest.approx(3.0) and table[1]["final_loss"] == 0.8
+    assert json.loads((this / "comparison" / "comparison.json").read_text())["runs"][0]["run"] == str(this)
+    assert (this / "comparison" / "comparison.png").stat().st_size > 10_000
+    assert not COMPARISON.on(OmegaConf.create({"evaluate": {"compare_with": []}}))
+
+
+def test_compare_with_names_a_run_that_was_not_evaluated(tmp_path):
+    (tmp_path / "b").mkdir()
+    with pytest.raises(UserError, match=r"evaluate.compare_with\[0\]=.*no evaluation.json"):
+        check_compare_with([str(tmp_path / "b")])
+    with pytest.raises(UserError, match="must be a list"):
+        check_compare_with("runs/a")
+    _fake_run(tmp_path / "a", "ibi", 0.03, [1.0])
+    assert check_compare_with([str(tmp_path / "a")]) == [tmp_path / "a"]
 
 
 def _fake_mixture_run(d: Path, trainer: str, rmse: float):

@@ -7,7 +7,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from difftre_cli.config import CONFIG_DIR, presets, validate
+from difftre_cli.config import validate
+from difftre_cli.config_files import CONFIG_DIR, presets
 
 RDF = {"kind": "rdf", "r_min": 0.0, "r_max": 3.0, "n_bins": 150, "sigma": 0.02}
 

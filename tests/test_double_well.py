@@ -16,7 +16,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from difftre_cli import assemble
-from difftre_cli.cli import CONFIG_DIR
+from difftre_cli.config_files import CONFIG_DIR
 from difftre_cli.config import validate
 from difftre_cli.errors import UserError
 from difftre_cli.observables.density import Density

@@ -32,3 +32,9 @@ def test_static_sections_follow_the_config():
         ["static", "phonons", "files"]
     assert _on("static", OmegaConf.to_container(OmegaConf.load("configs/evaluate/static.yaml"))) == \
         ["static", "landscape", "files"]
+
+
+def test_the_comparison_section_is_on_when_compare_with_lists_runs():
+    assert _on("md", {"compare_with": ["runs/a"]}) == ["observables", "temperature", "potential", "comparison"]
+    assert _on("md", {"compare_with": []}) == ["observables", "temperature", "potential"]
+    assert _on("static", {"compare_with": ["runs/a"]}) == ["static", "landscape", "files", "comparison"]

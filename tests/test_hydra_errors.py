@@ -16,7 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError
 
-from difftre_cli import cli
+from difftre_cli import cli, commands
 from difftre_cli.config_errors import config_errors
 from difftre_cli.errors import UserError
 
@@ -45,7 +45,7 @@ def in_tmp(tmp_path, monkeypatch):
     def reached():
         raise AssertionError("the bad input reached Hydra's job launcher")
 
-    monkeypatch.setattr(cli, "_hydra_train", reached)
+    monkeypatch.setattr(commands, "_hydra_train", reached)
     yield tmp_path
     assert not (tmp_path / "runs").exists() and not (tmp_path / "outputs").exists()
 
@@ -126,10 +126,10 @@ def test_hydra_error_subprocess(tmp_path, overrides, needles):
 def test_default_run_dir_resolves_before_hydra(in_tmp):
     """runs/${name}/${now:...} needs ${hydra:...}: it resolves in the early checks (it raised
     'HydraConfig was not set' before), and the probe of the directory leaves nothing behind."""
-    cfg = cli._precompose(["config=tiny"])
+    cfg = commands._precompose(["config=tiny"])
     assert str(cfg.hydra.run.dir).startswith("runs/tiny/")
-    cli._check_output_dir(cfg, multirun=False)
-    cli._check_output_dir(cfg, multirun=True)
+    commands._check_output_dir(cfg, multirun=False)
+    commands._check_output_dir(cfg, multirun=True)
     assert not (in_tmp / "runs").exists()
 
 
@@ -138,7 +138,7 @@ def test_default_run_dir_resolves_before_hydra(in_tmp):
 def fake_run(in_tmp):
     """A run directory as `difftre train` leaves it, as far as evaluate reads it before any work."""
     run = in_tmp / "run"
-    cfg = cli._precompose(["config=tiny"])
+    cfg = commands._precompose(["config=tiny"])
     job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     (run / ".hydra").mkdir(parents=True)
     OmegaConf.save(job, run / ".hydra" / "config.yaml")   # unresolved, as Hydra saves it
@@ -227,7 +227,7 @@ def test_evaluate_defaults_follow_the_trainer_kind(in_tmp, capsys):
     """A trainer=static run gets today's configs/evaluate/static.yaml under its saved config
     (the trainer registry's evaluator), not the MD production-run keys."""
     run = in_tmp / "static_run"
-    cfg = cli._precompose(["config=si_sw_elastic"])
+    cfg = commands._precompose(["config=si_sw_elastic"])
     job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     job.evaluate = {"landscape": {"points": 5}}          # saved before the phonons section existed
     (run / ".hydra").mkdir(parents=True)

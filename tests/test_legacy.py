@@ -9,8 +9,9 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from difftre_cli import cli
-from difftre_cli.config import CONFIG_DIR, validate
+from difftre_cli import cli, commands
+from difftre_cli.config import validate
+from difftre_cli.config_files import CONFIG_DIR
 from difftre_cli.legacy import check_overrides, translate_config, translate_overrides
 from difftre_cli.errors import UserError
 from difftre_cli.run_config import compose_run
@@ -64,10 +65,10 @@ def test_auto_resume_accepts_a_checkpoint_written_with_the_old_names(tmp_path):
     cfg = _compose("config=tiny")
     with h5py.File(tmp_path / "difftre.h5", "w") as f:
         f.attrs["config"] = yaml.safe_dump(_old_style(cfg))
-    assert cli._auto_resume(cfg, tmp_path) is True
+    assert commands._auto_resume(cfg, tmp_path) is True
     other = _compose("config=tiny", "simulator.kind=nose_hoover")
     with pytest.raises(UserError, match="different config"):
-        cli._auto_resume(other, tmp_path)
+        commands._auto_resume(other, tmp_path)
 
 
 def test_resume_replays_old_overrides_with_todays_names(tmp_path):
@@ -75,7 +76,7 @@ def test_resume_replays_old_overrides_with_todays_names(tmp_path):
     (tmp_path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
         ["config=lj", "simulator.integrator=nose_hoover", "optimizer.name=adam", "observables=rdf_pressure",
          "targets=lj_liquid_rdf_pressure", "trainer.updates=5"]))
-    replayed = cli._resume_overrides([f"resume={tmp_path}"])
+    replayed = commands._resume_overrides([f"resume={tmp_path}"])
     assert replayed[:6] == ["config=lj", "simulator.kind=nose_hoover", "optimizer.kind=adam",
                             "observables=[rdf,pressure]", "targets=[lj_liquid_rdf,lj_liquid_pressure]",
                             "trainer.updates=5"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from difftre_cli.cli import CONFIG_DIR
+from difftre_cli.config_files import CONFIG_DIR
 
 # The exponential learning-rate schedule decays over trainer.updates, so a run trained with
 # updates=3 and then extended to 6 follows a different schedule than one trained with

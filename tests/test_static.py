@@ -230,7 +230,7 @@ def _compose(overrides):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from difftre_cli.cli import CONFIG_DIR
+    from difftre_cli.config_files import CONFIG_DIR
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         return compose(config_name="train", overrides=overrides)

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import neighbors
 from ..errors import UserError
 from ..observables.pressure import Pressure
 from ..potentials.pair import TablePair
@@ -195,7 +196,6 @@ class IBIRegime(Regime):
     def checkpoint(self):
         import json
 
-        from .. import neighbors
         return ({"sim_state": self.state, "neighbor": self.nbrs},
                 {"n_trajectories": self.n_traj, "neighbor_capacities": json.dumps(neighbors.capacities(self.nbrs)),
                  **self.c.engine.capacity_attrs()})
@@ -203,7 +203,6 @@ class IBIRegime(Regime):
     def templates(self, attrs):
         import json
 
-        from .. import neighbors
         nbrs = neighbors.placeholder(self.nbrs.idx.shape[0], json.loads(attrs["neighbor_capacities"]),
                                      self.nbrs.reference_position.dtype)
         return {"sim_state": self.state, "neighbor": nbrs}

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..checks import number
 from ..errors import UserError
 from .base import Observable
 
@@ -101,8 +102,6 @@ class ADF(Observable):
 
     @classmethod
     def from_config(cls, name, cfg):
-        from ..checks import number
-
         P = f"observables.{name}"
         r_cut = number(cfg, "r_cut", prefix=P, lo=0.0, lo_open=True, example="0.318")
         n_bins = number(cfg, "n_bins", prefix=P, integer=True, lo=2, required=False, default=150, example="150")

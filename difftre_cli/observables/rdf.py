@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import jax.numpy as jnp
 import numpy as np
 
+from ..checks import number
 from ..errors import UserError
 from .base import Observable
 
@@ -37,8 +38,6 @@ class RDF(Observable):
 
     @classmethod
     def from_config(cls, name, cfg):
-        from ..checks import number
-
         P = f"observables.{name}"
         r_min = number(cfg, "r_min", prefix=P, lo=0.0, required=False, default=0.0, example="0.0")
         r_max = number(cfg, "r_max", prefix=P, lo=0.0, lo_open=True, example="3.0")

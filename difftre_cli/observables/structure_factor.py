@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..checks import number
 from ..errors import UserError
 from .base import Observable
 
@@ -60,8 +61,6 @@ class StructureFactor(Observable):
 
     @classmethod
     def from_config(cls, name, cfg):
-        from ..checks import number
-
         P = f"observables.{name}"
         k_min = number(cfg, "k_min", prefix=P, lo=0.0, required=False, default=0.0, example="1.0")
         k_max = number(cfg, "k_max", prefix=P, lo=0.0, lo_open=True, example="8.0")

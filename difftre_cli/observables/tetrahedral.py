@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import jax.numpy as jnp
 import numpy as np
 
+from ..checks import number
 from ..errors import UserError
 from .adf import nearest_vectors, pair_cosines
 from .base import Observable
@@ -37,8 +38,6 @@ class TetrahedralQ(Observable):
 
     @classmethod
     def from_config(cls, name, cfg):
-        from ..checks import number
-
         reach = number(cfg, "reach", prefix=f"observables.{name}", lo=0.0, lo_open=True, required=False,
                        default=0.45, example="0.45")
         return cls(name=name, reach=reach)
