@@ -17,7 +17,7 @@ import sys
 
 from .config_files import groups, presets
 from .errors import fail
-from .jax_setup import prepare_environment
+from .jax_setup import cache_library_imports, prepare_environment
 
 COMMANDS = ("train", "evaluate", "compare", "doctor")
 
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if cmd not in COMMANDS:
         fail(f"unknown command {cmd!r}; use train, evaluate, compare or doctor (difftre --help)")
     prepare_environment()
+    cache_library_imports()
     from . import commands   # JAX and all that uses it: only after prepare_environment() (module doc)
     return commands.run(cmd, rest)
 
