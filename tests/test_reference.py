@@ -125,6 +125,23 @@ def write_dump(d: Path, pos, frc, box=L_A, name="w.lammpstrj", force_factor=1.0 
     return d / name
 
 
+def write_data(d: Path, x):
+    """A LAMMPS data file through MDAnalysis: types 1 (O) and 2 (H), masses, O–H bonds."""
+    u = MDA.Universe.empty(3 * N_MOL, n_residues=N_MOL, atom_resindex=np.repeat(np.arange(N_MOL), 3), trajectory=True)
+    u.add_TopologyAttr("type", ["1", "2", "2"] * N_MOL)
+    u.add_TopologyAttr("masses", np.tile(MASSES, N_MOL))
+    u.add_TopologyAttr("charges", np.zeros(3 * N_MOL))
+    for attr in ("angles", "dihedrals", "impropers"):
+        u.add_TopologyAttr(attr, [])
+    bonds = [(3 * m, 3 * m + k) for m in range(N_MOL) for k in (1, 2)]
+    u.add_bonds(bonds, types=["1"] * len(bonds))
+    u.atoms.positions, u.dimensions = x, [L_A, L_A, L_A, 90, 90, 90]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        u.atoms.write(d / "w.data")
+    return d / "w.data"
+
+
 def ref_cfg(file, **kw):
     mapping = kw.pop("mapping", {"beads": {"W": "resname SOL"}, "per": "residue", "center": "mass"})
     return {"file": str(file), "mapping": mapping, **kw}
@@ -253,6 +270,18 @@ def test_h5md_without_units_needs_declared_units(tmp_path, data):
     np.testing.assert_allclose(m.energies, energies, rtol=1e-9)   # the observable's own unit attribute
 
 
+def test_lammps_dump_with_data_file_one_bead_per_molecule(files, data):
+    """Molecules from the data file's bonds, masses from its Masses section: per=molecule is
+    the same map as per=residue of the GROMACS files."""
+    unwrapped, wrapped, forces, _ = data
+    topo = write_data(files["dir"], wrapped[0])
+    cfg = ref_cfg(files["dump"], topology=str(topo), units="real",
+                  mapping={"beads": {"W": "all"}, "per": "molecule", "center": "mass"})
+    m = reference.open_reference(cfg, units.REAL, box=0.1 * L_A, n_particles=N_MOL).load()
+    np.testing.assert_allclose(m.positions, 0.1 * _com(unwrapped, L_A), atol=3e-6)
+    np.testing.assert_allclose(m.forces, 10.0 * forces.reshape(N_FRAMES, N_MOL, 3, 3).sum(axis=2), rtol=1e-5, atol=2e-3)
+
+
 def test_lammps_dump_in_lj_units_from_the_projects_lattice(tmp_path):
     """An LJ snapshot (σ, ε): read as it is into reduced units; one bead per atom of type 1."""
     n, L = 32, 3.2
@@ -343,7 +372,7 @@ BAD = [
     pytest.param({"file": "w.lammpstrj", "units": "real", "mapping": {"beads": {"O": "type 1"}, "per": "selection"}},
                  {}, ["reference.mapping.center=mass", "no masses"], id="dump-masses-unknown"),
     pytest.param({"file": "w.trr", **GRO, "mapping": dict(COM, per="molecule")}, {},
-                 ["reference.mapping.per=molecule", "fragment"], id="molecule-without-bonds"),
+                 ["reference.mapping.per=molecule", "no bonds"], id="molecule-without-bonds"),
     pytest.param({"file": "bigbox.trr", "topology": "bigbox.gro"}, {"box": 0.1 * L_A},
                  ["reference.file", "box", "system.box_size"], id="box-mismatch"),
     pytest.param({"file": "tilted.extxyz", "mapping": OXYGEN_XYZ}, {}, ["reference.file", "orthorhombic"], id="tilted-box"),

@@ -21,10 +21,6 @@ import numpy as np
 from ..errors import UserError
 from .settings import BeadMap
 
-#: MDAnalysis ``AtomGroup.split`` level of each ``per``
-SPLIT_LEVEL = {"residue": "residue", "molecule": "fragment", "atom": "atom"}
-
-
 @dataclass(frozen=True)
 class CGMap:
     """``atoms`` (A,): atom indices bead by bead, each bead's contiguous from ``offsets[b]``;
@@ -91,12 +87,15 @@ def _bead_groups(universe, name: str, selection: str, per: str) -> list:
                         "check names against the topology (reference.topology); e.g. 'resname SOL' or 'name OW'")
     if per == "selection":
         return [ag]
-    try:
-        parts = ag.split(SPLIT_LEVEL[per])
-    except Exception as exc:  # NoDataError: no bonds (molecule) in this topology
-        raise UserError(f"reference.mapping.per={per}: the topology has no {SPLIT_LEVEL[per]}s ({exc})",
-                        "give a topology with bonds (reference.topology: a .tpr, .psf or LAMMPS data file), "
-                        "or use reference.mapping.per=residue") from None
+    if per == "molecule":
+        try:
+            fragments = ag.fragments
+        except AttributeError as exc:  # NoDataError: no bonds in this topology
+            raise UserError(f"reference.mapping.per=molecule: the topology has no bonds to find molecules by ({exc})",
+                            "give a topology with bonds (reference.topology: a .tpr, .psf or LAMMPS data file), "
+                            "or use reference.mapping.per=residue") from None
+        return [f.intersection(ag) for f in fragments]   # a molecule's selected atoms
+    parts = ag.split(per)
     if per == "residue" and len(parts) == 1 and len(universe.residues) == 1 and len(ag) > 1:
         raise UserError(f"{key}: reference.mapping.per=residue but the reference has no residues "
                         "(all atoms in one)", "give reference.topology (e.g. a .gro or .pdb with residues) "
