@@ -160,7 +160,7 @@ def data():
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, data):
     d = tmp_path_factory.mktemp("reference")
-    unwrapped, wrapped, forces, energies = data
+    _, wrapped, forces, energies = data
     trr, gro = write_gro_trr(d, wrapped, forces)
     return {"dir": d, "trr": trr, "gro": gro, "h5md": write_h5md(d, wrapped, forces, energies),
             "extxyz": write_extxyz(d, wrapped, forces, energies), "dump": write_dump(d, wrapped, forces)}
@@ -321,7 +321,8 @@ def test_streaming_yields_the_frames_loading_gives(files, monkeypatch):
         ref = reference.open_reference(cfg, units.REAL)
         sizes = []
         real_read = read.Trajectory.read
-        monkeypatch.setattr(read.Trajectory, "read", lambda self, idx: (sizes.append(len(idx)), real_read(self, idx))[1])
+        monkeypatch.setattr(read.Trajectory, "read",
+                            lambda self, idx, sizes=sizes, real=real_read: (sizes.append(len(idx)), real(self, idx))[1])
         parts = list(ref.batches("train"))
         monkeypatch.undo()
         assert sizes and max(sizes) <= 2, sizes                   # never more than a batch read at once
@@ -341,6 +342,12 @@ def bad(files, data):
     (d / "garbage.trr").write_bytes(bytes(range(256)) * 4)
     (d / "notes.txt").write_text("not a trajectory\n")
     write_gro_trr(d, wrapped, forces, box=1.1 * L_A, name="bigbox")
+    lines = files["extxyz"].read_text().splitlines()
+    (d / "truncated.extxyz").write_text("\n".join(lines[:-4]) + "\n")           # the last frame cut short
+    (d / "truncated.trr").write_bytes(files["trr"].read_bytes()[:-200])
+    lines = files["dump"].read_text().splitlines()
+    lines[3 * (9 + 3 * N_MOL) + 12] = "7 1 0.5 abc 0.5 0.0 0.0 0.0"                 # frame 3 damaged
+    (d / "damaged.lammpstrj").write_text("\n".join(lines) + "\n")
     write_extxyz(d, wrapped, forces, energies, name="noforces.extxyz", forces=False)
     write_extxyz(d, wrapped, forces, energies, name="tilted.extxyz", cell=[[L_A, 0, 0], [3, L_A, 0], [0, 0, L_A]])
     return d
@@ -351,6 +358,14 @@ BAD = [
     pytest.param({"file": "missing.trr", **GRO}, {}, ["reference.file", "not found"], id="missing-file"),
     pytest.param({"file": "notes.txt"}, {}, ["reference.file", "format"], id="unknown-extension"),
     pytest.param({"file": "garbage.trr", **GRO}, {}, ["reference.file", "cannot read"], id="unreadable"),
+    pytest.param({"file": "truncated.extxyz", "mapping": OXYGEN_XYZ}, {}, ["reference.file", "truncated"],
+                 id="truncated-extxyz"),
+    pytest.param({"file": "truncated.trr", **GRO}, {}, ["reference.file", "truncated.trr"], id="truncated-trr"),
+    pytest.param({"file": "damaged.lammpstrj", "units": "real", "mapping": {"beads": {"O": "type 1"}, "per": "atom"}},
+                 {}, ["reference.file", "frames", "damaged.lammpstrj"], id="damaged-dump"),
+    pytest.param({"file": "w.trr", "topology": "notes.txt"}, {}, ["reference.file", "notes.txt"], id="bad-topology"),
+    pytest.param({"file": "w.extxyz", "topology": "notes.txt"}, {}, ["reference.topology", "notes.txt"],
+                 id="bad-topology-extxyz"),
     pytest.param({"file": "w.extxyz", "format": "pdb"}, {}, ["reference.format", "pdb"], id="unknown-format"),
     pytest.param({"file": "w.trr"}, {}, ["reference.topology", "TRR"], id="trr-without-topology"),
     pytest.param({"file": "w.lammpstrj", "mapping": OXYGEN}, {}, ["reference.units", "LAMMPS dump"],

@@ -24,7 +24,7 @@ from .mapping import CGMap, build
 from .read import Trajectory, open_trajectory
 from .settings import ReferenceSettings, is_set, parse
 
-__all__ = ["MappedFrames", "Reference", "open_reference", "check", "is_set"]
+__all__ = ["MappedFrames", "Reference", "check", "is_set", "open_reference"]
 
 #: relative tolerance of the reference box against the system's (float32 files, unit conversions)
 BOX_RTOL = 1e-4

@@ -22,7 +22,7 @@ def split(indices: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, 
     ``round(fraction · n)`` frames (at least one if ``fraction`` > 0) are drawn at random by a
     generator seeded with ``seed``: the same seed gives the same split."""
     n = len(indices)
-    n_val = 0 if fraction == 0 else max(1, int(round(fraction * n)))
+    n_val = 0 if fraction == 0 else max(1, round(fraction * n))
     if n_val >= n:
         raise UserError(f"reference.validation_fraction={fraction} leaves no training frame "
                         f"({n} frames selected by reference.start/stop/stride)",

@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import UserError
 from .settings import BeadMap
 
+
 @dataclass(frozen=True)
 class CGMap:
     """``atoms`` (A,): atom indices bead by bead, each bead's contiguous from ``offsets[b]``;
@@ -79,7 +80,7 @@ def _bead_groups(universe, name: str, selection: str, per: str) -> list:
         raise UserError(f"{key}: the selection {selection!r} needs an atom property the reference's topology lacks "
                         f"({exc})", "give reference.topology (a .gro, .tpr, .pdb or LAMMPS data file of the same atoms), "
                         "or select by name, type or index") from None
-    except Exception as exc:  # MDAnalysis's SelectionError / ValueError on a user's selection string
+    except Exception as exc:  # noqa: BLE001 - MDAnalysis's SelectionError / ValueError on a user's selection string
         raise UserError(f"{key}: MDAnalysis cannot parse the selection {selection!r} ({exc})",
                         "write an MDAnalysis selection, e.g. 'resname SOL', 'name OW', 'type 1', 'index 0:2'") from None
     if len(ag) == 0:

@@ -31,8 +31,8 @@ H5MD_ENERGY_UNITS = {"kJ mol-1": "kJ/mol", "kJ/mol": "kJ/mol", "kcal mol-1": "kc
 
 #: MDAnalysis warnings that say nothing to a difftre user: a dump has no time step (times are not
 #: used); masses guessed from LAMMPS types are 1.0 (discarded below: centre-of-mass beads then
-#: ask for a topology with masses)
-QUIET = ("Reader has no dt information", "Guessed all Masses to 1.0")
+#: ask for a topology with masses); a seek in a damaged TRR (the read fails next, see _damaged)
+QUIET = ("Reader has no dt information", "Guessed all Masses to 1.0", "seek failed")
 
 
 @contextlib.contextmanager
@@ -108,14 +108,15 @@ class Trajectory:
     def n_frames(self) -> int:
         """Number of frames in the file (an extended-XYZ file is parsed once to count them)."""
         if self._n_frames is None:
-            self._n_frames = sum(1 for _ in _ase_io().iread(str(self.settings.file), index=":", format="extxyz"))
+            with _damaged(self.settings, "counting the frames"):
+                self._n_frames = sum(1 for _ in _ase_io().iread(str(self.settings.file), index=":", format="extxyz"))
         return self._n_frames
 
     def read(self, indices) -> AtomFrames:
         """The frames ``indices`` (ascending), converted to the run's units."""
         idx = np.asarray(indices, dtype=int)
-        raw = _read_ase(self, idx) if self.settings.format == "extxyz" else _read_mda(self, idx)
-        pos, frc, eng, box = raw
+        with _damaged(self.settings, f"reading frames {idx.min()}-{idx.max()}"):
+            pos, frc, eng, box = _read_ase(self, idx) if self.settings.format == "extxyz" else _read_mda(self, idx)
         fl, _, ff = self.factors
         return AtomFrames(pos * fl, None if frc is None else frc * ff,
                           None if eng is None else eng * self.energy_factor, box * fl, idx)
@@ -128,12 +129,29 @@ def open_trajectory(s: ReferenceSettings, system: units.UnitSystem) -> Trajector
     return _open_mda(s, system)
 
 
-def _unreadable(s: ReferenceSettings, exc: Exception, what: str = "") -> UserError:
-    fmt = s.format if not what else what
-    return UserError(f"reference.file: cannot read {s.file} as {fmt} "
-                     f"({type(exc).__name__}: {str(exc).strip() or 'no detail'})",
+def _unreadable(s: ReferenceSettings, exc: Exception, topology_only: bool = False) -> UserError:
+    detail = f"{type(exc).__name__}: {str(exc).strip() or 'no detail'}"
+    if topology_only:
+        return UserError(f"reference.topology: cannot read {s.topology} ({detail})",
+                         "give a topology MDAnalysis reads (.gro, .tpr, .pdb, .psf, LAMMPS .data) of the same atoms")
+    with_topology = "" if s.topology is None else f" with reference.topology {s.topology}"
+    return UserError(f"reference.file: cannot read {s.file} as {s.format}{with_topology} ({detail})",
                      "check that the file is complete and of the format reference.format names "
                      f"(now {s.format}); reference.topology must describe the same atoms, in order")
+
+
+@contextlib.contextmanager
+def _damaged(s: ReferenceSettings, doing: str):
+    """A reader failing in the middle of a file (truncated, damaged) is bad input too."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a third-party reader on a user's file: any failure is bad input
+        raise UserError(f"reference.file: {doing} of {s.file} failed ({type(exc).__name__}: "
+                        f"{str(exc).strip() or 'no detail'})",
+                        "the file is damaged or truncated: regenerate it, or stop before the damage "
+                        "(reference.stop)") from None
 
 
 def _open_mda(s: ReferenceSettings, system: units.UnitSystem) -> Trajectory:
@@ -150,7 +168,7 @@ def _open_mda(s: ReferenceSettings, system: units.UnitSystem) -> Trajectory:
                 u = mda.Universe(str(s.topology), str(s.file), **kwargs)
             else:
                 u = mda.Universe(str(s.file), topology_format="MINIMAL" if s.format == "h5md" else fmt, **kwargs)
-        except Exception as exc:  # a third-party reader on a user's file: any failure is bad input
+        except Exception as exc:  # noqa: BLE001 - a third-party reader on a user's file: any failure is bad input
             error = _unreadable(s, exc)
             if s.format == "h5md" and not declared and "units" in str(exc):
                 error = UserError(f"reference.units is missing: the H5MD file {s.file.name} declares no units",
@@ -226,14 +244,14 @@ def _orthorhombic(dims, frame: int, s: ReferenceSettings) -> np.ndarray:
 def _open_ase(s: ReferenceSettings, system: units.UnitSystem) -> Trajectory:
     try:
         first = _ase_io().read(str(s.file), index=0, format="extxyz")
-    except Exception as exc:  # a third-party reader on a user's file: any failure is bad input
+    except Exception as exc:  # noqa: BLE001 - a third-party reader on a user's file: any failure is bad input
         raise _unreadable(s, exc) from None
     mda = _mdanalysis()
     if s.topology is not None:
         try:
             u = mda.Universe(str(s.topology))
-        except Exception as exc:  # as above
-            raise _unreadable(s, exc, "a topology") from None
+        except Exception as exc:  # noqa: BLE001 - as above
+            raise _unreadable(s, exc, topology_only=True) from None
         if len(u.atoms) != len(first):
             raise UserError(f"reference.topology: {s.topology.name} has {len(u.atoms)} atoms, the trajectory "
                             f"{s.file.name} {len(first)}", "give the topology of the same system, atoms in the same order")
