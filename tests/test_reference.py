@@ -312,26 +312,48 @@ def test_stride_and_split_are_reproducible_and_disjoint():
     assert len(frames.split(idx, 0.0, seed=0)[1]) == 0
 
 
-def test_streaming_yields_the_frames_loading_gives(files, monkeypatch):
-    for key, extra in (("trr", {"topology": str(files["gro"])}), ("extxyz", {}), ("dump", {"units": "real"})):
-        mapping = {"trr": OXYGEN, "extxyz": OXYGEN_XYZ,
-                   "dump": {"beads": {"O": "type 1"}, "per": "atom"}}[key]
-        cfg = ref_cfg(files[key], mapping=mapping, stride=1, start=1, validation_fraction=0.34, split_seed=3,
-                      batch_frames=2, **extra)
-        ref = reference.open_reference(cfg, units.REAL)
-        sizes = []
-        real_read = read.Trajectory.read
-        monkeypatch.setattr(read.Trajectory, "read",
-                            lambda self, idx, sizes=sizes, real=real_read: (sizes.append(len(idx)), real(self, idx))[1])
-        parts = list(ref.batches("train"))
-        monkeypatch.undo()
-        assert sizes and max(sizes) <= 2, sizes                   # never more than a batch read at once
-        full = ref.load("train")
-        np.testing.assert_array_equal(np.concatenate([p.indices for p in parts]), full.indices)
-        for attr in ("positions", "forces", "boxes"):
-            np.testing.assert_array_equal(np.concatenate([getattr(p, attr) for p in parts]), getattr(full, attr))
-        assert len(ref.split["validation"]) == 2 and not set(ref.split["validation"]) & set(full.indices)
-        assert sorted([*full.indices, *ref.split["validation"]]) == list(range(1, N_FRAMES))
+class _Counting:
+    """Trajectory.read and ase.io.iread wrapped to record how many frames each read asks for
+    and how many passes over an extended-XYZ file start."""
+
+    def __init__(self):
+        self.sizes, self.passes = [], 0
+        self.real_read, self.real_ase = read.Trajectory.read, read._ase_io()
+
+    def read(self, trajectory, idx):
+        self.sizes.append(len(idx))
+        return self.real_read(trajectory, idx)
+
+    def iread(self, *args, **kwargs):
+        self.passes += 1
+        return self.real_ase.iread(*args, **kwargs)
+
+
+STREAMED = {"trr": ({"topology": "w.gro"}, OXYGEN), "extxyz": ({}, OXYGEN_XYZ),
+            "dump": ({"units": "real"}, {"beads": {"O": "type 1"}, "per": "atom"})}
+
+
+@pytest.mark.parametrize("key", list(STREAMED))
+def test_streaming_yields_the_frames_loading_gives(files, monkeypatch, key):
+    monkeypatch.chdir(files["dir"])
+    extra, mapping = STREAMED[key]
+    cfg = ref_cfg(files[key], mapping=mapping, stride=1, start=1, validation_fraction=0.34, split_seed=3,
+                  batch_frames=2, **extra)
+    ref = reference.open_reference(cfg, units.REAL)
+    assert len(ref.split["train"]) == 4                          # (counting the frames: a pass of its own)
+    count = _Counting()
+    monkeypatch.setattr(read.Trajectory, "read", lambda self, idx: count.read(self, idx))
+    monkeypatch.setattr(read, "_ase_io", lambda: count)
+    parts = list(ref.batches("train"))
+    monkeypatch.undo()
+    assert count.sizes == [2, 2], count.sizes                     # never more than a batch read at once
+    assert count.passes == (1 if key == "extxyz" else 0)          # extended XYZ: one pass for all batches
+    full = ref.load("train")
+    np.testing.assert_array_equal(np.concatenate([p.indices for p in parts]), full.indices)
+    for attr in ("positions", "forces", "boxes"):
+        np.testing.assert_array_equal(np.concatenate([getattr(p, attr) for p in parts]), getattr(full, attr))
+    assert len(ref.split["validation"]) == 2 and not set(ref.split["validation"]) & set(full.indices)
+    assert sorted([*full.indices, *ref.split["validation"]]) == list(range(1, N_FRAMES))
 
 
 # -- bad input: UserError naming the key, with a fix ---------------------------------------------------

@@ -99,6 +99,7 @@ class Trajectory:
     has_forces: bool
     energy_factor: float | None   # None: no energies in the file (or of unknown unit)
     _n_frames: int | None = field(default=None, repr=False)
+    _cursor: tuple | None = field(default=None, repr=False)   # extended XYZ: (next frame, ase's iterator)
 
     @property
     def n_atoms(self) -> int:
@@ -268,13 +269,28 @@ def _open_ase(s: ReferenceSettings, system: units.UnitSystem) -> Trajectory:
     return Trajectory(s, u, factors, "forces" in results, energy)
 
 
+def _ase_frames(t: Trajectory, first: int, last: int):
+    """(i, atoms) for the frames first ≤ i ≤ last of an extended-XYZ file. A pass over the file
+    continues where the previous call stopped unless that was beyond ``first``: batches
+    streamed in order parse the file once."""
+    nxt, it = t._cursor if t._cursor is not None else (0, None)
+    if it is None or nxt > first:
+        nxt, it = 0, iter(_ase_io().iread(str(t.settings.file), index=":", format="extxyz"))
+    t._cursor = None
+    while nxt <= last:
+        atoms = next(it, None)
+        if atoms is None:
+            return
+        i, nxt = nxt, nxt + 1
+        t._cursor = (nxt, it)
+        if i >= first:
+            yield i, atoms
+
+
 def _read_ase(t: Trajectory, idx: np.ndarray):
     wanted = {int(i): k for k, i in enumerate(idx)}
-    last = int(idx.max()) if len(idx) else -1
     pos, frc, eng, box = [None] * len(idx), [None] * len(idx), [None] * len(idx), [None] * len(idx)
-    for i, atoms in enumerate(_ase_io().iread(str(t.settings.file), index=":", format="extxyz")):
-        if i > last:
-            break
+    for i, atoms in _ase_frames(t, int(idx.min()), int(idx.max())):
         if i not in wanted:
             continue
         k = wanted[i]
