@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from . import observables, onebody, optim, potentials, targets
+from . import observables, onebody, optim, potentials, reference, targets
 from .checks import choice, mapping, number
 from .compare import check_compare_with
 from .config_files import CONFIG_DIR
@@ -22,7 +22,7 @@ from .system import build_system, min_image_distance
 GROUPS = ("system", "prior", "model", "simulator", "observables", "targets", "optimizer", "trainer")
 #: top-level keys besides the groups (configs/train.yaml)
 TOP_LEVEL = ("name", "seed", "precision", "resume", "ground_truth", "states", "reduced_overrides", "evaluate",
-             "classical", "hydra")   # classical: the potential of trainer=static presets
+             "classical", "reference", "hydra")   # classical: the potential of trainer=static presets
 #: trainer keys the training loop (train.py) reads whatever the kind; a kind's own keys are those
 #: of its YAML, configs/trainer/KIND.yaml (the YAML is the schema: adding a key is adding it there).
 #: A key of another kind is ignored (a preset's trainer settings survive ``trainer=OTHER``).
@@ -173,6 +173,8 @@ def _validate_one(cfg: DictConfig) -> None:
                                 "name species as in system.species")
 
     _cross_checks(cfg, system, cutoff)
+    # reference data of a finer simulation (reference=none: null): readable, mapped onto this system
+    reference.check(_get(cfg, "reference"), system.units, box=system.box_size, n_particles=system.n_particles)
 
 
 def _validate_loop(tc) -> int:

@@ -163,6 +163,41 @@ def structure_length_factor(unit: str | None, system: UnitSystem) -> float:
     return LENGTH_TO_NM[unit]
 
 
+#: The (length, energy) units of the numbers a trajectory reader returns (reference data,
+#: difftre_cli/reference/): MDAnalysis converts every format it knows to Å and kJ/mol (forces
+#: kJ mol⁻¹ Å⁻¹); ase reads extended XYZ as Å and eV.
+MDANALYSIS_UNITS = ("angstrom", "kJ/mol")
+ASE_UNITS = ("angstrom", "eV")
+#: Unit styles a file without units of its own declares (``reference.units``): the LAMMPS
+#: styles of a dump (``units real`` Å / kcal mol⁻¹, ``metal`` Å / eV, ``lj`` σ / ε) and
+#: GROMACS's nm / kJ mol⁻¹ (an H5MD file without unit attributes).
+TRAJECTORY_STYLES = {"real": ("angstrom", "kcal/mol"), "metal": ("angstrom", "eV"), "lj": ("sigma", "epsilon"),
+                     "gromacs": ("nm", "kJ/mol")}
+
+
+def trajectory_factors(length: str, energy: str, system: UnitSystem) -> tuple[float, float, float]:
+    """Factors converting a trajectory's lengths, energies and forces (energy/length), given in
+    ``length`` and ``energy`` (names of LENGTH_TO_NM / ENERGY_TO_KJ_MOL, or ``sigma``/``epsilon``),
+    to ``system``'s units. Reduced LJ units convert only from σ and ε (factor 1): there is no
+    conversion from Å to σ; σ and ε do not convert to physical units either."""
+
+    reduced = length == "sigma" and energy == "epsilon"
+    if system.name == "lj" or reduced:
+        if system.name == "lj" and reduced:
+            return 1.0, 1.0, 1.0
+        have = "σ and ε" if reduced else f"{length} and {energy}"
+        raise UserError(f"the reference trajectory is in {have} but the run uses system.units={system.name}: "
+                        "there is no conversion between reduced LJ units and physical units",
+                        "run in the trajectory's unit system (system.units=lj for an LJ-unit file, real or "
+                        "metal for a file in physical units)")
+    if length not in LENGTH_TO_NM or energy not in ENERGY_TO_KJ_MOL:
+        raise UserError(f"unknown trajectory units {length!r} / {energy!r}",
+                        f"lengths in one of {sorted(LENGTH_TO_NM)}, energies in one of {sorted(ENERGY_TO_KJ_MOL)}")
+    f_length = LENGTH_TO_NM[length] / LENGTH_TO_NM[system.length]
+    f_energy = ENERGY_TO_KJ_MOL[energy] / ENERGY_TO_KJ_MOL[system.energy]
+    return f_length, f_energy, f_energy / f_length
+
+
 def check_thermal(system: UnitSystem, kT, temperature) -> None:
     """The rule :func:`kT_of` relies on: reduced units take ``system.kT`` (in ε), real units
     take ``system.temperature`` (in K); giving the other one is an error, not silently ignored."""
