@@ -202,8 +202,10 @@ def _collect() -> dict:
             continue
         module = importlib.import_module(f"{package}.{info.name}")
         for kind, cls in vars(module).get("KINDS", {}).items():
-            if kind in found or kind == "none":
-                raise RuntimeError(f"pair model kind {kind!r} defined twice ({found.get(kind)} and {cls})")
+            if kind == "none":
+                raise RuntimeError(f"pair model kind 'none' is reserved (no learnable model): {cls}")
+            if kind in found:
+                raise RuntimeError(f"pair model kind {kind!r} defined twice ({found[kind]} and {cls})")
             if not (isinstance(cls, type) and issubclass(cls, PairModel)):
                 raise RuntimeError(f"pair model kind {kind!r}: {cls} does not derive from base.PairModel")
             found[kind] = cls
