@@ -97,6 +97,36 @@ def test_spline_bad_settings_raise_user_error():
         pair.build({"kind": "gaussian_process"}, CUTOFF)
 
 
+@pytest.mark.parametrize("cfg, message", [
+    ({"kind": "spline", "r_min": 2.6}, r"model.r_min must be a number in \(0, 2.5\), got 2.6"),
+    ({"kind": "spline", "n_knots": 3}, "model.n_knots must be an integer >= 4, got 3"),
+    ({"kind": "table", "n_points": 4.5}, "model.n_points must be an integer >= 4, got 4.5"),
+    ({"kind": "table", "interpolation": "quadratic"}, "model.interpolation: unknown interpolation 'quadratic'"),
+    ({"kind": "mlp", "hidden": [32, 0]}, r"model.hidden must be a list of integers >= 1, got \[32, 0\]"),
+    ({"kind": "mlp", "n_basis": 0}, "model.n_basis must be an integer >= 1, got 0"),
+    ({"kind": "thermal", "u1": 3}, "model.u1 must be a group of keys, got 3"),
+    ({"kind": "thermal", "u1": {"kind": "spline"}, "u2": {"kind": "none"}},
+     "model.u2.kind must be spline, table or mlp, got 'none'"),
+    ({"kind": "thermal", "u1": {"kind": "spline"}, "u2": {"kind": "table", "n_points": 2}},
+     "model.u2.n_points must be an integer >= 4, got 2"),
+], ids=lambda v: v["kind"] if isinstance(v, dict) else None)
+def test_each_pair_model_checks_its_own_keys(cfg, message):
+    with pytest.raises(UserError, match=message) as err:
+        pair.build(OmegaConf.create(cfg), CUTOFF)
+    assert err.value.fix
+
+
+def test_thermal_combines_any_two_registered_models():
+    model = pair.build(OmegaConf.create({"kind": "thermal", "u1": {"kind": "mlp", "hidden": [4], "n_basis": 6},
+                                         "u2": {"kind": "table", "r_min": 0.9, "n_points": 8}}), CUTOFF)
+    assert isinstance(model, pair.ThermalPair) and model.temperature_dependent
+    assert model.u1 == pair.MODELS["mlp"](cutoff=CUTOFF, hidden=(4,), n_basis=6)
+    assert model.u2 == pair.TablePair(r_min=0.9, cutoff=CUTOFF, n_points=8)
+    params = model.init(jax.random.PRNGKey(0))
+    r = jnp.linspace(0.5, 3.0, 11)
+    assert model.at_kT(1.3)(params, r).shape == r.shape
+
+
 # ---------------------------------------------------------------------------------------
 # MLP
 # ---------------------------------------------------------------------------------------

@@ -6,6 +6,10 @@ built the way ``assemble`` builds it and checked: it is a Potential of exactly o
 agrees with what the potential does (``takes_strain`` iff ``energy_from_features`` takes a
 ``strain``, ``can_strain`` iff ``strained`` works, ``temperature_dependent`` iff ``bind`` binds a
 kT, pair terms that add up to the energy, …). No MD: a start configuration at most.
+
+The ``model`` and ``prior`` groups: every YAML names a registered kind and builds, every
+registered pair model and pair prior has a YAML (so the protocol test above covers it), and an
+unknown kind is a user error that lists the registered ones.
 """
 from __future__ import annotations
 
@@ -17,19 +21,32 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from difftre_cli import observables as observables_mod
 from difftre_cli import potentials
 from difftre_cli.observables.base import Observable
 from difftre_cli.observables.engine import BORN
+from difftre_cli.errors import UserError
 from difftre_cli.onebody import build_line_system, is_one_body_system
+from difftre_cli.potentials import pair, priors
+from difftre_cli.potentials.base import PairModel
 from difftre_cli.potentials.pair import ThermalPair
 from difftre_cli.potentials.protocol import BoxPotential, GraphCapacity, OneBodyPotential, PairTerm, Potential
 from difftre_cli.system import build_system
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-PAIR_MODELS = ("spline", "table", "mlp", "thermal", "none")
-PAIR_PRIORS = ("repulsive", "lj", "harmonic", "none")
+
+
+def _group(name: str) -> dict:
+    """{option: its config mapping} of the config group ``configs/<name>/``."""
+    return {p.stem: OmegaConf.load(p) for p in sorted((CONFIGS / name).glob("*.yaml"))}
+
+
+MODEL_YAMLS, PRIOR_YAMLS = _group("model"), _group("prior")
+# the options of the groups that make a PairPotential: every registered pair model and pair prior
+PAIR_MODELS = tuple(m for m, cfg in MODEL_YAMLS.items() if cfg.get("kind") in (*pair.MODELS, "none"))
+PAIR_PRIORS = tuple(p for p, cfg in PRIOR_YAMLS.items() if cfg.get("kind") in priors.PRIORS)
 SMALL_LJ = ["system.n_particles=256"]    # the preset's density (all pairs by hand below)
 SMALL_WATER = ["system.n_particles=64", "system.box_size=1.2415", "system.lattice=sc"]
 SMALL_NET = ["model.embed_size=8", "model.out_embed_size=8", "model.int_emb_size=4", "model.num_blocks=1",
@@ -174,3 +191,71 @@ def test_every_registered_regime_implements_the_regime_protocol():
             assert classes, kind
             for cls in classes:
                 assert issubclass(cls, Regime) and not inspect.isabstract(cls), (kind, cls)
+
+
+# ---------------------------------------------------------------------------------------
+# the model and prior registries
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(MODEL_YAMLS))
+def test_every_model_yaml_names_a_registered_kind_and_builds(name):
+    cfg = MODEL_YAMLS[name]
+    assert cfg.kind in potentials.MODEL_KINDS, f"configs/model/{name}.yaml: kind {cfg.kind!r} is not registered"
+    pot = potentials.build(OmegaConf.create({"kind": "none"}), cfg, float(cfg.get("cutoff", 2.5)))
+    assert isinstance(pot, Potential)
+    if cfg.kind in pair.MODELS:   # the registry's class, from its own from_config
+        assert type(pot.model) is pair.MODELS[cfg.kind] and pot.model.cutoff == cfg.cutoff
+    elif cfg.kind == "none":
+        assert pot.model is None
+
+
+@pytest.mark.parametrize("name", sorted(PRIOR_YAMLS))
+def test_every_prior_yaml_names_a_registered_kind_and_builds(name):
+    cfg = PRIOR_YAMLS[name]
+    assert cfg.kind in potentials.PRIOR_KINDS, f"configs/prior/{name}.yaml: kind {cfg.kind!r} is not registered"
+    # the many-body Stillinger–Weber prior exists under the graph network only (sw_prior.py)
+    model = MODEL_YAMLS["dimenet"] if cfg.kind == "stillinger_weber" else OmegaConf.create({"kind": "none"})
+    pot = potentials.build(cfg, model, float(model.get("cutoff", 2.5)))
+    assert isinstance(pot, Potential)
+    if cfg.kind in priors.PRIORS:
+        assert float(pot.prior(jnp.float32(pot.cutoff))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_every_registered_pair_model_and_prior_has_a_yaml():
+    """A new pair model or pair prior comes with its YAML, so the protocol test covers it."""
+    assert set(pair.MODELS) <= {cfg.kind for cfg in MODEL_YAMLS.values()}
+    assert set(priors.PRIORS) <= {cfg.kind for cfg in PRIOR_YAMLS.values()}
+    for kind, cls in pair.MODELS.items():
+        assert issubclass(cls, PairModel) and not inspect.isabstract(cls), kind
+
+
+def _listed(err) -> list[str]:
+    """The kinds a choice error offers: 'use one of a, b, c (e.g. ...)'."""
+    return err.value.fix.split("use one of ", 1)[1].split(" (e.g.", 1)[0].split(", ")
+
+
+def test_an_unknown_kind_lists_the_registered_kinds():
+    lj, none = OmegaConf.create({"kind": "lj"}), OmegaConf.create({"kind": "none"})
+    with pytest.raises(UserError, match="model.kind: unknown model 'gaussian_process'") as err:
+        pair.build(OmegaConf.create({"kind": "gaussian_process"}), 2.5)
+    assert _listed(err) == [*pair.MODELS, "none"]
+    with pytest.raises(UserError, match="model.kind: unknown model 'gaussian_process'") as err:
+        potentials.build(lj, OmegaConf.create({"kind": "gaussian_process"}), 2.5)
+    assert _listed(err) == list(potentials.MODEL_KINDS)
+    assert {"dimenet", "spline_1d", "mlp_1d", "none", *pair.MODELS} == set(potentials.MODEL_KINDS)
+    with pytest.raises(UserError, match="prior.kind: unknown prior 'morse'") as err:
+        potentials.build(OmegaConf.create({"kind": "morse"}), none, 2.5)
+    assert _listed(err) == list(potentials.PRIOR_KINDS)
+    assert {"stillinger_weber", "harmonic_1d", "double_well", *priors.PRIORS} == set(potentials.PRIOR_KINDS)
+    # the parts of the composite u1 − kT u2: every temperature-independent registered model
+    parts = [k for k, cls in pair.MODELS.items() if not cls.temperature_dependent]
+    assert "thermal" not in parts and {"spline", "table", "mlp"} <= set(parts)
+    with pytest.raises(UserError, match=f"model.u1.kind must be {', '.join(parts[:-1])} or {parts[-1]}, "
+                                        "got 'thermal'"):
+        pair.build(OmegaConf.create({"kind": "thermal", "u1": {"kind": "thermal"}, "u2": {"kind": "spline"}}), 2.5)
+
+
+def test_a_kind_registered_twice_is_refused(monkeypatch):
+    """pair.py collects the KINDS of every pair_*.py module; one kind in two places is an error."""
+    monkeypatch.setitem(pair.KINDS, "mlp", pair.SplinePair)   # pair_mlp.py registers mlp too
+    with pytest.raises(RuntimeError, match="'mlp' defined twice"):
+        pair._collect()

@@ -1,151 +1,57 @@
-"""Potential energy = prior + learnable model (Δ-learning).
+"""Potential energy = prior + learnable model (Δ-learning): :func:`build` makes the potential the
+``prior`` and ``model`` config groups describe.
 
 Every potential implements the protocol of :mod:`.protocol` (what the samplers and the
-observable engine may ask of it). :class:`PairPotential` combines a fixed prior u_prior(r)
-with a learnable pair model u_θ(r). It provides the two views the rest of the engine needs:
+observable engine may ask of it). Which potential a config gets:
 
-- for sampling, a gather-only force function on a dense neighbour list;
-- for reweighting, the energy of stored snapshots from their pair distances, which do not
-  depend on θ and are therefore computed once per reference trajectory.
+- a one-body prior or model (``harmonic_1d``, ``spline_1d``, …): :mod:`.external`, u(x) per particle;
+- ``prior.kind=stillinger_weber``: the many-body SW prior under DimeNet++ (:mod:`.sw_prior`);
+- ``model.kind=dimenet``: a pair prior under DimeNet++ (:mod:`.manybody`);
+- several species: one prior and one pair model per species pair (:mod:`.mixture`);
+- otherwise :class:`.pairwise.PairPotential`: a pair prior (:mod:`.priors`) plus a learnable pair
+  model (:mod:`.pair`, whose registry ``pair.MODELS`` names the pair-model kinds; a new pair
+  model is one module and one YAML, see pair.py).
+
+:data:`MODEL_KINDS` and :data:`PRIOR_KINDS` are every ``kind`` of the two groups; an unknown one
+is a UserError that lists them.
+
+Known true potentials for evaluation: :func:`.truth.ground_truth`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Callable
+from ..checks import choice, mapping
+from ..errors import UserError
+from . import external, manybody, mixture, pair, priors, sw_prior
+from .pairwise import ListKernels, PairPotential, distances_on_list
+from .truth import ground_truth
 
-import jax.numpy as jnp
+__all__ = ["build", "ground_truth", "MODEL_KINDS", "PRIOR_KINDS", "ListKernels", "PairPotential",
+           "distances_on_list"]
 
-from .. import neighbors
-from . import pair, priors
-from .protocol import BoxPotential, PairTerm
-
-
-class ListKernels(BoxPotential):
-    """Sampler-side functions of a pair potential on a dense neighbour list; the class defines
-    ``_on_list(box_size, kernel)`` (the pair function each entry of the list uses)."""
-
-    def force_fn(self, box_size: float):
-        """``force(R, neighbor, params) -> (N, 3)`` forces, gather-only over the dense list."""
-        forces_and_energy = self._on_list(box_size, neighbors.pair_forces_and_energy)
-        return lambda R, neighbor, params, **kw: forces_and_energy(R, neighbor, params)[0]
-
-    def energy_fn(self, box_size: float):
-        """``energy(R, neighbor, params) -> scalar`` on a dense neighbour list."""
-        return self._on_list(box_size, neighbors.pair_energy)
-
-
-@dataclass(frozen=True)
-class PairPotential(ListKernels):
-    """u(r) = u_prior(r) + u_θ(r) for r < cutoff, zero beyond."""
-
-    prior: Callable
-    model: object | None
-    cutoff: float
-
-    def init(self, key):
-        return {"model": self.model.init(key)} if self.model is not None else {}
-
-    def pair(self, params, r):
-        """Total pair energy u(r), elementwise."""
-        u = self.prior(r)
-        if self.model is not None:
-            u = u + self.model(params["model"], r)
-        return u
-
-    def energy_from_distances(self, params, r, scale=1.0):
-        """Energy ½ Σ_ij u(s·r_ij) over a dense full list of distances ``r`` (any shape).
-
-        Entries ≥ cutoff (padding included) contribute nothing. ``scale`` s is a uniform
-        strain factor; d/ds at s = 1 gives the virial (see observables.pressure).
-        """
-        mask = r < self.cutoff
-        r_safe = jnp.where(mask, r, 0.5 * self.cutoff) * scale  # clean before scaling: no inf*0
-        return 0.5 * jnp.sum(jnp.where(mask, self.pair(params, r_safe), 0.0))
-
-    # The observable engine's side of the protocol (protocol.py): the θ-independent features of
-    # a pair potential are the distances on the engine's neighbour lists.
-    energy_from_features = energy_from_distances
-
-    def features_on_list(self, R, idx, box_size):
-        """θ-independent energy features of one state: distances (N, M) on a dense list."""
-        return distances_on_list(R, idx, box_size)
-
-    @property
-    def temperature_dependent(self) -> bool:
-        return self.model is not None and self.model.temperature_dependent
-
-    def bind(self, system) -> "PairPotential":
-        """The potential at one state point: a temperature-dependent model gets the system's kT."""
-        if self.temperature_dependent:
-            return replace(self, model=self.model.at_kT(system.kT))
-        return self
-
-    def pair_terms(self) -> tuple[PairTerm, ...]:
-        return (PairTerm(None, None, self.prior, self.pair),)
-
-    def _on_list(self, box_size: float, kernel):
-        def fn(R, neighbor, params, **unused):
-            return kernel(lambda r: self.pair(params, r), R, neighbor.idx, box_size, self.cutoff)
-        return fn
+#: every ``model.kind``: the pair models' registry, none, the graph network, the one-body models
+MODEL_KINDS = (*pair.MODELS, "none", "dimenet", *(k for k in external.MODELS if k != "none"))
+#: every ``prior.kind``: the pair priors, the many-body SW prior, the one-body priors
+PRIOR_KINDS = (*priors.PRIORS, "stillinger_weber", *(k for k in external.PRIORS if k != "none_1d"))
 
 
 def build(prior_cfg, model_cfg, cutoff: float, species_names=("X",)):
-    from ..checks import mapping
-    from ..errors import UserError
-    from . import external
-
+    """The potential of the ``prior`` and ``model`` config mappings (see the module docstring)."""
     mapping(prior_cfg, "prior", "prior=repulsive (or prior.kind=...)")
     mapping(model_cfg, "model", "model=spline (or model.kind=...)")
     if external.is_external(prior_cfg, model_cfg):   # one-body potential in an external field (1-D)
         return external.build(prior_cfg, model_cfg)
+    choice(prior_cfg, "kind", PRIOR_KINDS, prefix="prior", default="none", what="prior")
+    if model_cfg.get("kind") is not None:   # no kind: no learnable model
+        choice(model_cfg, "kind", MODEL_KINDS, prefix="model", what="model")
     if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not cutoff > 0:
         raise UserError(f"model.cutoff must be a number > 0, got {cutoff!r}", "set model.cutoff=2.5")
     if prior_cfg.get("kind") == "stillinger_weber":   # many-body prior (three-body terms) under DimeNet++
-        from . import sw_prior
         return sw_prior.build(prior_cfg, model_cfg, cutoff)
     if model_cfg.get("kind") == "dimenet":   # many-body graph network on top of a pair prior
-        from . import manybody
         return manybody.build(priors.build(prior_cfg, cutoff), model_cfg, cutoff)
     if len(species_names) > 1:   # one prior and one model per species pair
-        from . import mixture
         return mixture.build(prior_cfg, model_cfg, cutoff, species_names)
     if prior_cfg.get("pairs") is not None:
         raise UserError("prior.pairs is set but the system has one species", "remove prior.pairs or set system.species")
     return PairPotential(prior=priors.build(prior_cfg, cutoff), model=pair.build(model_cfg, cutoff),
                          cutoff=float(cutoff))
-
-
-def ground_truth(cfg, cutoff_default: float):
-    """Known true pair potential (u(r), cutoff) from a config like {kind: lj, epsilon:, sigma:, cutoff:};
-    for a one-body kind (e.g. double_well) (u(x), None); or None."""
-    from ..checks import mapping, number
-
-    if cfg is None:
-        return None
-    mapping(cfg, "ground_truth", "ground_truth: {kind: lj, epsilon: 1.0, sigma: 1.0, cutoff: 2.5}")
-    if cfg.get("kind") in (None, "none"):
-        return None
-    from . import external
-    if cfg.get("kind") in external.PRIORS:   # a known one-body potential u(x): (u, None)
-        return external.build_prior(cfg), None
-    kwargs = dict(cfg)
-    kwargs.pop("cutoff", None)
-    cutoff = number(cfg, "cutoff", prefix="ground_truth", lo=0.0, lo_open=True, required=False,
-                    default=float(cutoff_default), example="2.5")
-    return priors.build(kwargs, cutoff, prefix="ground_truth"), cutoff
-
-
-def distances_on_list(R, idx, box_size):
-    """Minimum-image distances (N, M) between each particle and its dense-list neighbours.
-
-    Padded slots (idx == N) get +inf so that every cutoff mask excludes them.
-    """
-    n = R.shape[0]
-    d = R[:, None, :] - R[jnp.minimum(idx, n - 1)]
-    d = d - box_size * jnp.round(d / box_size)
-    r2 = jnp.sum(d * d, axis=-1)
-    valid = idx < n
-    r = jnp.sqrt(jnp.where(valid, r2, 1.0))
-    return jnp.where(valid, r, jnp.inf)
-
-

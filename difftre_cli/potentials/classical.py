@@ -32,6 +32,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import jax
+import jax.numpy as jnp
+from jax_md import energy, partition, space
+
 from ..errors import UserError
 
 # name: (default, unit, JAX MD keyword or None when JAX MD hard-codes it)
@@ -99,7 +103,6 @@ class StillingerWeber:
         """``E(R, **kwargs)``: JAX MD's ``stillinger_weber`` over all pairs and triplets or, with
         ``neighbor`` (a dense JAX MD list in fractional coordinates, :func:`fixed_neighbor_list`),
         ``stillinger_weber_neighbor_list`` on it."""
-        from jax_md import energy
         kw = {"epsilon": self.epsilon, "sigma": self.sigma, "lam": self.lam, "gamma": self.gamma, "A": self.A,
               "B": self.B}
         if neighbor is None:
@@ -110,13 +113,10 @@ class StillingerWeber:
 
     def pair(self, r):
         """ε A φ₂(r), elementwise (a sum over directed pairs takes ½ of it)."""
-        from jax_md import energy
         return self.epsilon * self.A * energy._sw_radial_interaction(self.sigma, self.B, self.cutoff, r)
 
     def angle(self, v1, v2):
         """ε λ φ₃ for the bond vectors v1, v2 (…, 3) from a centre to two of its neighbours."""
-        import jax
-        from jax_md import energy
         fn = jax.vmap(lambda x, y: energy._sw_angle_interaction(self.gamma, self.sigma, self.cutoff, x, y))
         shape = v1.shape[:-1]
         return self.epsilon * self.lam * fn(v1.reshape(-1, 3), v2.reshape(-1, 3)).reshape(shape)
@@ -171,7 +171,6 @@ class ClassicalPotential:
         All pairs and all triplets (``jax_md.energy.stillinger_weber`` / ``edip``) by default;
         with ``neighbor`` (a dense JAX MD neighbour list, SW only) the list kernel
         ``stillinger_weber_neighbor_list``: N·K² instead of N³ triplets for supercells."""
-        from jax_md import energy
         p = self.full(learn)
         d = safe_displacement(displacement, self.cutoff(learn))
         if self.kind == "sw":
@@ -185,8 +184,6 @@ class ClassicalPotential:
 def safe_displacement(displacement, cutoff):
     """Wrap a JAX MD displacement so that a zero displacement (an atom with itself) reads as
     2·cutoff along x: outside every cutoff, so masked terms stay finite under autodiff."""
-    import jax.numpy as jnp
-
     def d(Ra, Rb, **kwargs):
         dR = displacement(Ra, Rb, **kwargs)
         self_pair = jnp.sum(dR * dR) == 0
@@ -200,8 +197,6 @@ def fixed_neighbor_list(potential: "ClassicalPotential", frac, cell, skin: float
     ``cell`` (fractional coordinates, columns of ``cell`` are lattice vectors), built once outside
     jit. It stays valid while no atom moves by more than skin/2 (relaxations of a crystal, small
     strains). Cell-list free: every pair is tested once, which suits cells of a few hundred atoms."""
-    import jax.numpy as jnp
-    from jax_md import partition, space
     disp, _ = space.periodic_general(jnp.asarray(cell), fractional_coordinates=True)
     fn = partition.neighbor_list(disp, jnp.asarray(cell), float(potential.cutoff()), dr_threshold=skin,
                                  fractional_coordinates=True, disable_cell_list=True,

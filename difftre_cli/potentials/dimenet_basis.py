@@ -17,6 +17,8 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
+from scipy.optimize import brentq
+from scipy.special import spherical_jn as scipy_spherical_jn
 
 __all__ = ["bessel_roots", "spherical_jn", "legendre", "envelope", "spherical_radial_basis",
            "angular_basis"]
@@ -35,13 +37,11 @@ def bessel_roots(num_spherical: int, num_radial: int) -> np.ndarray:
     Roots of j_l and j_{l+1} interlace (z_{l,n} < z_{l+1,n} < z_{l,n+1}), so each root of j_l
     is bracketed by consecutive roots of j_{l-1}, starting from z_0n = nπ.
     """
-    from scipy.optimize import brentq
-    from scipy.special import spherical_jn as jn
 
     prev = np.pi * np.arange(1, num_radial + num_spherical + 1, dtype=np.float64)
     rows = [prev[:num_radial]]
     for l in range(1, num_spherical):
-        prev = np.array([brentq(lambda z: jn(l, z), a, b, xtol=1e-14, rtol=1e-15, maxiter=200)
+        prev = np.array([brentq(lambda z: scipy_spherical_jn(l, z), a, b, xtol=1e-14, rtol=1e-15, maxiter=200)
                          for a, b in zip(prev[:-1], prev[1:])])
         rows.append(prev[:num_radial])
     return np.stack(rows)
@@ -102,10 +102,8 @@ def envelope(x, exponent: int):
 
 def spherical_radial_basis(x, num_spherical: int, num_radial: int, exponent: int):
     """(…, L, Nr): √2/|j_{l+1}(z_ln)| j_l(z_ln x) u(x) for edges at reduced distance x ∈ (0, 1]."""
-    from scipy.special import spherical_jn as jn
-
     z = bessel_roots(num_spherical, num_radial)
-    norm = np.sqrt(2.0) / np.abs(jn(np.arange(1, num_spherical + 1)[:, None], z))
+    norm = np.sqrt(2.0) / np.abs(scipy_spherical_jn(np.arange(1, num_spherical + 1)[:, None], z))
     jl = jnp.stack([spherical_jn(l, x[..., None] * jnp.asarray(z[l], x.dtype))
                     for l in range(num_spherical)], axis=-2)                 # (…, L, Nr)
     return jl * jnp.asarray(norm, x.dtype) * envelope(x, exponent)[..., None, None]

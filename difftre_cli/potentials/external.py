@@ -14,7 +14,7 @@ Priors (elementwise ``u(x)``): ``harmonic_1d`` λ (x − x0)², ``double_well`` 
 potential of the study, for targets and evaluation), ``none``.
 Models (``init(key)``, ``__call__(params, x)``): ``spline_1d`` (natural cubic spline with
 learnable knot values on [x_min, x_max], constant outside), ``mlp_1d`` (Flax MLP on x). Both are
-the pair models' implementations in one variable (pair.py: the uniform cubic spline, ScalarMLP).
+the pair models' implementations in one variable (base.py: the uniform cubic spline, ScalarMLP).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import UserError
-from .pair import ScalarMLP, cubic_uniform, spline_second_derivative_map
+from .base import ScalarMLP, cubic_uniform, spline_second_derivative_map
 from .protocol import OneBodyPotential
 
 

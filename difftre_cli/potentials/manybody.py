@@ -57,6 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..checks import choice, number
 from . import gnn
 from .graph import SparseGraph, graph_counts, sparse_capacity, sparse_graph
 from .protocol import GraphCapacity
@@ -206,7 +207,6 @@ class ManyBodyPotential(GraphCapacity):
 def build(prior_fn, model_cfg, cutoff: float, cls=ManyBodyPotential, **fields) -> ManyBodyPotential:
     """The many-body potential (``cls``: ManyBodyPotential or a subclass taking ``fields`` too) with
     a DimeNet++ ``model`` group over the pair prior ``prior_fn``."""
-    from ..checks import choice, number
     batch = number(model_cfg, "snapshot_batch", prefix="model", integer=True, lo=1, required=False, default=8,
                    example="8")
     mult = number(model_cfg, "capacity_multiplier", prefix="model", lo=1.0, required=False, default=1.25,

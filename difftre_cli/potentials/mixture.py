@@ -17,12 +17,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..checks import mapping
 from ..errors import UserError
-from . import ListKernels, distances_on_list
+from . import pair, priors
+from .pairwise import ListKernels, distances_on_list
 from .protocol import PairTerm
+from .truth import ground_truth as single
 
 
 def pair_names(species_names) -> list[tuple[str, int, int]]:
@@ -51,8 +55,6 @@ def codes_on_list(species, idx, table):
 
 def per_pair_configs(cfg, pairs: list[tuple[str, int, int]], key: str) -> dict:
     """{pair name: mapping} from a prior/ground-truth mapping with optional ``pairs`` overrides."""
-    from ..checks import mapping
-
     base = {k: v for k, v in cfg.items() if k != "pairs"}
     over = cfg.get("pairs") or {}
     mapping(over, f"{key}.pairs", f"{key}.pairs={{A-A: {{sigma: 0.9}}}}")
@@ -95,7 +97,6 @@ class MixturePairPotential(ListKernels):
         return pair_code_table(len(self.species_names))
 
     def init(self, key):
-        import jax
         if self.model is None:
             return {}
         keys = jax.random.split(key, len(self.pairs))
@@ -160,8 +161,6 @@ class MixturePairPotential(ListKernels):
 
 
 def build(prior_cfg, model_cfg, cutoff: float, species_names) -> MixturePairPotential:
-    from . import pair, priors
-
     pairs = pair_names(species_names)
     cfgs = per_pair_configs(prior_cfg, pairs, "prior")
     prior_fns = tuple(priors.build(cfgs[name], cutoff, prefix=f"prior.pairs.{name}") for name, _, _ in pairs)
@@ -171,8 +170,6 @@ def build(prior_cfg, model_cfg, cutoff: float, species_names) -> MixturePairPote
 
 def ground_truth(cfg, cutoff_default: float, species_names) -> dict | None:
     """{pair name: (u(r), cutoff)} of a known true mixture potential, or None."""
-    from . import ground_truth as single
-
     if cfg is None or cfg.get("kind") in (None, "none"):
         return None
     pairs = pair_names(species_names)

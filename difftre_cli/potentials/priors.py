@@ -9,6 +9,7 @@ from typing import Callable
 
 import jax.numpy as jnp
 
+from ..checks import choice, number
 from ..errors import UserError
 
 PairFn = Callable[[jnp.ndarray], jnp.ndarray]
@@ -74,8 +75,6 @@ def build(cfg, cutoff: float, prefix: str = "prior") -> PairFn:
     ``prefix`` is the config key the mapping came from (``prior`` or ``ground_truth``), used
     in error messages.
     """
-    from ..checks import choice, number
-
     kind = choice(cfg, "kind", list(PRIORS), prefix=prefix, default="none", what="prior")
     kwargs = {k: v for k, v in cfg.items() if k != "kind"}
     for key in kwargs:

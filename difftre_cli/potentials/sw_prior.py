@@ -33,6 +33,8 @@ from dataclasses import dataclass, replace
 import jax
 import jax.numpy as jnp
 
+from ..checks import number
+from ..errors import UserError
 from .classical import SW_HARD_CODED, SW_PARAMS, StillingerWeber
 from .graph import sparse_capacity, sparse_graph
 from .manybody import ManyBodyPotential, _dense_vectors, _strain
@@ -159,9 +161,6 @@ class SWManyBodyPotential(ManyBodyPotential):
 def build(prior_cfg, model_cfg, model_cutoff: float) -> SWManyBodyPotential:
     """From ``prior: {kind: stillinger_weber, epsilon:, sigma:, [a, lam, gamma, A, B]}`` and a
     DimeNet++ ``model`` group."""
-    from ..checks import number
-    from ..errors import UserError
-
     if model_cfg.get("kind") != "dimenet":
         raise UserError(f"prior.kind=stillinger_weber is a many-body prior for model=dimenet, got model.kind="
                         f"{model_cfg.get('kind')!r}", "select model=dimenet (or another prior)")
