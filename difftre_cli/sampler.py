@@ -15,8 +15,10 @@ starting positions, so where that chunk began shows in the (equally valid) conti
 
 Cases of the interface (subclasses provide one MD step and one observation):
 particles in a periodic box with neighbour lists and graph capacities (``simulate.Sampler``,
-general/strained boxes through the potential, ``potentials/manybody.py``), and independent
-particles in a 1-D external field (``onebody.OneBodySampler``). ``parallel.StateGroup`` runs
+strained crystals through the potential, ``potentials/manybody.py``), crystals in a general
+(sheared, strained) periodic box in fractional coordinates whose potential keeps only the pairs
+inside its cutoff, at a capacity of its own (``solid_md.SolidMD``), and independent particles in
+a 1-D external field (``onebody.OneBodySampler``). ``parallel.StateGroup`` runs
 the chunk programs of several samplers together, one call per chunk over JAX devices, with the
 per-chunk pieces of this module (progress, pacing, overflow rule, stability check, result,
 segment checkpoints), so both loops follow the same rules.
@@ -67,9 +69,10 @@ warnings.filterwarnings("ignore", message="Explicitly requested dtype float64 re
 class Trajectory(NamedTuple):
     """Kept snapshots of one reference trajectory.
 
-    positions: (S, N, d) in the system's length unit; energies: U_ref in its energy unit, (S,)
-    (one-body systems: (S, N) per particle); kT: (S,) kinetic temperature (energy unit);
-    step: (S,) MD step index.
+    positions: (S, N, d) in the system's length unit (general boxes: fractional); energies: the
+    per-snapshot records of ``_observe``, U_ref in its energy unit, (S,) (one-body systems:
+    (S, N) per particle; ``solid_md.SolidMD``: a dict of arrays, U_ref under "energy" and its
+    observer's outputs); kT: (S,) kinetic temperature (energy unit); step: (S,) MD step index.
     """
 
     positions: Any
@@ -184,7 +187,8 @@ class ChunkedSampler:
     def _advance(self, params, state, nbrs):        # one MD step -> (state, nbrs, capacity overflow)
         raise NotImplementedError
 
-    def _observe(self, params, state, nbrs):        # at a snapshot -> (nbrs, capacity overflow, U_ref)
+    def _observe(self, params, state, nbrs):        # at a snapshot -> (nbrs, capacity overflow, record)
+        # record: U_ref, or a pytree of arrays (stacked along a leading snapshot axis)
         raise NotImplementedError
 
     def _prepare(self, positions, nbrs) -> None:    # host, before a segment (e.g. fit graph capacities)
@@ -214,8 +218,8 @@ class ChunkedSampler:
             st, nb, full = lax.fori_loop(0, every, step, (st, nb, full))
             nb, f, u = self._observe(params, st, nb)
             row = start + j
-            return st, nb, full | f, (P.at[row].set(st.position), U.at[row].set(u),
-                                      K.at[row].set(kinetic_temperature(st)))
+            U = jax.tree_util.tree_map(lambda b, v: b.at[row].set(v), U, u)
+            return st, nb, full | f, (P.at[row].set(st.position), U, K.at[row].set(kinetic_temperature(st)))
 
         st, nb, full, buffers = lax.fori_loop(0, n_rec, interval, (*carry, buffers))
         return st, nb, full, buffers, kinetic_temperature(st)
@@ -225,9 +229,9 @@ class ChunkedSampler:
         shapes = self.__dict__.setdefault("_energy_shapes", {})
         if key not in shapes:   # tracing the observation costs milliseconds: once per shape
             shapes[key] = jax.eval_shape(self._observe, params, state, nbrs)[2]
-        u = shapes[key]
+        records = jax.tree_util.tree_map(lambda u: jnp.zeros((n_snapshots, *u.shape), u.dtype), shapes[key])
         return (jnp.zeros((n_snapshots, *state.position.shape), state.position.dtype),
-                jnp.zeros((n_snapshots, *u.shape), u.dtype), jnp.zeros((n_snapshots,), state.position.dtype))
+                records, jnp.zeros((n_snapshots,), state.position.dtype))
 
     # -- the host loop ---------------------------------------------------------------------
     def sample(self, params, state, nbrs, first: bool = False) -> SampleResult:
@@ -324,8 +328,8 @@ class ChunkedSampler:
         thermostat's (energies can stay finite in float32 while particles fly apart)."""
         rows = slice(prog.recorded, prog.recorded + n_r)
         pos = np.asarray(seg.positions[rows]) if n_r else np.asarray(seg.state.position)
-        u = np.asarray(seg.energies[rows]) if n_r else np.zeros(1)
-        if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(u))):
+        u = [np.asarray(x[rows]) for x in jax.tree_util.tree_leaves(seg.energies)] if n_r else []
+        if not (np.all(np.isfinite(pos)) and all(np.all(np.isfinite(x)) for x in u)):
             return "non-finite energies or positions"
         kT = float(np.mean(np.asarray(seg.kT[rows]))) if n_r else float(kT_end)
         if not kT < self.cfg.max_kT_factor * float(self.system.kT):

@@ -1,4 +1,5 @@
-"""Finite-temperature MD of a crystal in a general (possibly sheared) periodic box, with JAX MD.
+"""Finite-temperature MD of a crystal in a general (possibly sheared) periodic box, with JAX MD:
+the case of the sampler interface (sampler.py) for general boxes in fractional coordinates.
 
 For the classical many-body potentials of :mod:`.potentials.classical` (SW silicon, metal units:
 Å, eV, amu) at constant strain (NVT): JAX MD's ``space.periodic_general`` with fractional
@@ -9,7 +10,8 @@ ergodicity problems of a Nosé–Hoover thermostat on a nearly harmonic crystal)
 
 JAX MD works in the unit system of its inputs: with Å, eV and amu its time unit is
 sqrt(amu Å² / eV) = ``units.METAL_TIME_UNIT_FS`` ≈ 10.18 fs, so dt and the friction are converted
-here; momenta are Cartesian (amu Å per that time unit), positions fractional.
+here (:class:`MDSettings`); momenta are Cartesian (amu Å per that time unit), positions
+fractional (so are the trajectory's positions), kT in eV.
 
 Neighbours, two levels. A dense skin list (radius cutoff + skin + ``STEP_MARGIN``, rebuilt by
 JAX MD when an atom has moved skin/2) and, at every energy evaluation, its compaction to the pairs
@@ -18,15 +20,20 @@ the skin list holds 16+ neighbours but only ~4 bonded ones are inside SW's cutof
 three-body kernel costs slots², so this is ~10× fewer triplets; it is exact (SW and all its
 derivatives vanish at the cutoff).
 
-Sampling is done in jit-compiled segments (``lax.scan`` over snapshots, ``fori_loop`` over the
-MD steps between snapshots). After each segment both levels are checked: JAX MD's overflow flag
-of the skin list, and the largest number of neighbours inside the cutoff seen at any step against
-``cutoff_capacity``. On either overflow the capacity is raised (the skin list re-allocated at the
-segment's *starting* positions), the starting forces are recomputed and the whole segment is
-recomputed from its saved starting state (same random numbers), so a result is never computed
-with an incomplete list. Capacities grow on every retry and the retries are capped (then a
-``RuntimeError``). Everything that depends on a capacity (the energy, JAX MD's jit-compiled
-integrator, the segment) is built per capacity, never read from mutable state at trace time.
+Both levels are capacities under the sampler's one overflow rule
+(``ChunkedSampler.overflow_rule``): the skin list's is JAX MD's overflow flag, and
+``cutoff_capacity`` is the potential's own capacity flag, raised when more neighbours than that
+are inside the cutoff at a position where a step evaluated its forces (checked after every
+step, so every force carried in a state was computed from a complete list). On overflow the
+capacity grows (the skin list re-allocated at the chunk's starting positions, or
+``cutoff_capacity`` raised and the chunk program rebuilt for it) and the chunk is recomputed from
+its starting state (same random numbers), so a result is never computed with an incomplete list;
+at most ``max_retries`` times per chunk, after which the result is not ``ok``. The cutoff
+capacity is first fitted to the starting configuration in :meth:`SolidMD.init`, before the
+initial forces are computed, as ``simulate.Sampler`` fits graph capacities.
+
+Kinetic temperature: the sampler's convention kT = Σ p²/m / (N·d) with d = 3: Langevin dynamics
+does not conserve the total momentum, so all 3N momenta are thermalised.
 
 Friction: the default γ = 50 ps⁻¹ is strong on purpose. Langevin dynamics samples the canonical
 distribution for any γ; the shear-stress fluctuations of diamond are dominated by the zone-centre
@@ -34,14 +41,17 @@ optical (Raman) mode, which a weak friction leaves ringing for picoseconds (σ_y
 oscillating with its 64 fs period), while γ ≈ 50 ps⁻¹ decorrelates it within ~40 fs and still
 leaves the slowest acoustic mode of a 3×3×3 cell relaxing in ~0.1 ps.
 
-``observe(frac, momentum, neighbor) -> pytree`` is called once per snapshot inside the compiled
-segment (e.g. Born terms and kinetic stress, or just the positions for later reweighting); its
-outputs are stacked along a leading snapshot axis.
+``observe(md, frac, momentum, neighbor, params) -> dict`` (optional; ``md`` the sampler, whose
+``energy`` has the current cutoff capacity) is called at every snapshot inside the compiled
+chunk (e.g. Born terms and kinetic stress); its outputs are stacked along a leading snapshot
+axis in the trajectory's records (``SampleResult.trajectory.energies``, with the reference
+energy U_ref under "energy").
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +59,9 @@ import numpy as np
 from jax_md import partition, simulate, space
 
 from . import units
+from .sampler import ChunkedSampler, SamplerConfig, grown_extra
+
+log = logging.getLogger("difftre")
 
 
 @dataclass(frozen=True)
@@ -59,9 +72,14 @@ class MDSettings:
     skin: float = 0.5                    # neighbour-list skin, Å (rebuild after a move of skin/2)
     capacity_multiplier: float = 1.3     # neighbour-list slots per atom relative to the densest row
     cutoff_capacity: int = 8             # slots per atom for the neighbours inside the cutoff (see module doc)
-    max_retries: int = 4                 # re-allocations of an overflowing list per segment
+    max_retries: int = 4                 # re-allocations of an overflowing list per chunk
     steps_per_snapshot: int = 10
-    snapshots_per_segment: int = 100
+    chunk_seconds: float = 5.0           # wall time of one compiled chunk (sampler.py)
+
+    def __post_init__(self):
+        # the list allocated at the start must hold every pair there: the initial forces use it
+        if not self.capacity_multiplier >= 1.0:
+            raise ValueError(f"capacity_multiplier={self.capacity_multiplier} must be >= 1")
 
     @property
     def kT(self) -> float:
@@ -77,82 +95,84 @@ class MDSettings:
         """Friction in the inverse of JAX MD's metal time unit."""
         return self.friction_per_ps * units.METAL_TIME_UNIT_FS * 1e-3
 
+    def sampler_config(self) -> SamplerConfig:
+        """The sampler interface's settings, in JAX MD's metal units."""
+        return SamplerConfig(integrator="langevin", dt=self.dt, gamma=self.gamma, every=self.steps_per_snapshot,
+                             skin=self.skin, capacity_multiplier=self.capacity_multiplier,
+                             max_retries=self.max_retries, chunk_seconds=self.chunk_seconds)
 
-class MDState(NamedTuple):
-    md: Any            # JAX MD's NVTLangevinState (position: fractional, momentum: Cartesian)
-    neighbor: Any      # JAX MD dense neighbour list
+
+@dataclass(frozen=True)
+class CrystalSystem:
+    """What the sampler interface reads of the system: kT (eV), mass (amu), the box (3, 3) Å."""
+
+    kT: float
+    mass: float
+    box: Any
+    dimension: int = 3
 
 
-class SolidMD:
+class SolidMD(ChunkedSampler):
     """NVT MD of ``potential`` (a :class:`~.potentials.classical.ClassicalPotential`, SW) in the
-    box ``box`` (3, 3) Å, columns are lattice vectors; ``mass`` in amu; ``learn`` the values of
-    learnable parameters to sample with (θ of a DiffTRe update; the cutoff must stay fixed)."""
+    box ``box`` (3, 3) Å, columns are lattice vectors; ``mass`` in amu; ``observe`` see the module
+    doc. The sampler interface's calls: ``init(key, params, frac) -> (state, nbrs)`` and
+    ``run(params, state, nbrs, n_eq, n_snapshots, every) -> SampleResult``, ``params`` the values
+    of learnable parameters to sample with (θ of a DiffTRe update; the cutoff must stay fixed)."""
 
-    #: Å added to the list radius: the list is updated after each step, so the step's forces are
+    #: Å added to the list radius: the list is updated before each step, so the step's forces are
     #: evaluated up to one step's displacement (≪ 0.1 Å) past the rebuild criterion (skin/2).
     STEP_MARGIN = 0.1
 
-    def __init__(self, potential, box, mass: float, settings: MDSettings, learn: dict | None = None):
+    def __init__(self, potential, box, mass: float, settings: MDSettings, observe: Callable | None = None):
         if not potential.neighbor_list_ok():
             raise ValueError("SolidMD needs a potential whose neighbour-list kernel is usable (SW, fixed cutoff)")
-        self.potential, self.settings, self.mass = potential, settings, float(mass)
+        self.potential, self.settings, self.mass, self.observe = potential, settings, float(mass), observe
+        self.cfg = settings.sampler_config()
         self.box = jnp.asarray(box)
+        self.system = CrystalSystem(settings.kT, self.mass, self.box)
         self.volume = float(abs(np.linalg.det(np.asarray(box))))
         self.displacement, self.shift = space.periodic_general(self.box, fractional_coordinates=True)
-        learn = dict(learn or {})
-        disp = self.displacement
-
-        self.cutoff = float(potential.cutoff(learn))
+        self.cutoff = float(potential.cutoff())
         self.cutoff_capacity = int(settings.cutoff_capacity)
-        self._learn = learn
-        self._neighbor_fn = partition.neighbor_list(
-            disp, self.box, float(potential.cutoff(learn)) + self.STEP_MARGIN, dr_threshold=settings.skin,
+        self.neighbor_fn = partition.neighbor_list(
+            self.displacement, self.box, self.cutoff + self.STEP_MARGIN, dr_threshold=settings.skin,
             capacity_multiplier=settings.capacity_multiplier, disable_cell_list=True,
             fractional_coordinates=True, format=partition.NeighborListFormat.Dense)
-        self._compiled: dict = {}
-        self._extra = 0              # extra list slots, grown on every overflow and kept
-        self.reallocations = 0
+        self.grown = {"list": 0, "cutoff": 0}     # re-allocations of each capacity so far
+        self._fit_capacity = True
+        self._count = jax.jit(lambda frac, nb: jnp.max(jnp.sum(self._inside(frac, nb)[0], axis=1)))
+        self._bind()
+
+    def _bind(self) -> None:
+        """Energy, integrator and the compiled chunk for the current ``cutoff_capacity`` (a shape)."""
+        s = self.settings
+        self._init, self._step = simulate.nvt_langevin(self.energy_with(self.cutoff_capacity), self.shift, s.dt, s.kT,
+                                                       gamma=s.gamma)
+        self._init_jit = jax.jit(lambda k, x, nb, p: self._init(k, x, mass=self.mass, neighbor=nb, params=p))
+        self._compile()
 
     # --------------------------------------------------------------------------------------
     def energy_with(self, capacity: int) -> Callable:
-        """``E(frac, neighbor, **kwargs)`` in eV on the pairs inside the cutoff, ``capacity`` slots
-        per atom (fixed in the closure: JAX MD's integrators are jit-compiled functions whose traces
-        are cached by argument shapes, so a capacity read at trace time would go stale)."""
-        pot, disp, learn = self.potential, self.displacement, self._learn
+        """``E(frac, neighbor, params=None, **kwargs)`` in eV on the pairs inside the cutoff,
+        ``capacity`` slots per atom (fixed in the closure: a shape)."""
+        pot, disp = self.potential, self.displacement
 
-        def energy(frac, neighbor, **kwargs):
+        def energy(frac, neighbor, params=None, **kwargs):
             inner, _ = self.within_cutoff(frac, neighbor, capacity)
-            return pot.energy_fn(disp, learn, neighbor=inner)(frac, **kwargs)
+            return pot.energy_fn(disp, params or {}, neighbor=inner)(frac, **kwargs)
         return energy
 
     @property
     def energy(self) -> Callable:
-        """The energy with the current cutoff capacity (for observers; they are traced per capacity)."""
+        """The energy with the current cutoff capacity (observers are traced per capacity)."""
         return self.energy_with(self.cutoff_capacity)
 
-    def integrator(self):
-        """JAX MD's ``nvt_langevin`` (init, step) for the current cutoff capacity."""
-        key = ("integrator", self.cutoff_capacity)
-        if key not in self._compiled:
-            s = self.settings
-            self._compiled[key] = simulate.nvt_langevin(self.energy_with(self.cutoff_capacity), self.shift, s.dt, s.kT,
-                                                        gamma=s.gamma)
-        return self._compiled[key]
-
-    def init(self, key, frac, extra_capacity: int = 0) -> MDState:
-        """Maxwell–Boltzmann momenta at the set temperature, list allocated at ``frac``."""
-        frac = jnp.asarray(frac)
-        nbrs = self._neighbor_fn.allocate(frac, extra_capacity=max(extra_capacity, self._extra))
-        init_fn = self.integrator()[0]
-        init = self._cached("init", nbrs, lambda: jax.jit(lambda k, x, nb: init_fn(k, x, mass=self.mass, neighbor=nb)))
-        return MDState(init(key, frac, nbrs), nbrs)
-
-    def _cached(self, name, neighbor, build):
-        """A jit-compiled function per list shape and cutoff capacity (both are read at trace time)."""
-        key = (name, int(neighbor.idx.shape[1]), self.cutoff_capacity)
-        if key not in self._compiled:
-            self._compiled[key] = build()
-        return self._compiled[key]
+    def _inside(self, frac, neighbor):
+        """(mask (N, M) of the list's pairs inside the cutoff, their squared distances)."""
+        x = jax.lax.stop_gradient(frac)
+        dR = jax.vmap(lambda a, bs: jax.vmap(lambda b: self.displacement(a, b))(bs))(x, x[neighbor.idx])
+        r2 = jnp.sum(dR * dR, axis=-1)
+        return (neighbor.idx < frac.shape[0]) & (r2 < self.cutoff ** 2), r2
 
     def within_cutoff(self, frac, neighbor, capacity: int | None = None):
         """The list reduced to the pairs inside the cutoff: ``(list with idx (N, capacity), n_max)``.
@@ -165,100 +185,63 @@ class SolidMD:
         largest number of neighbours inside the cutoff: the list is incomplete when it exceeds
         ``capacity``."""
         k = self.cutoff_capacity if capacity is None else capacity
-        n = frac.shape[0]
-        x = jax.lax.stop_gradient(frac)
-        dR = jax.vmap(lambda a, bs: jax.vmap(lambda b: self.displacement(a, b))(bs))(x, x[neighbor.idx])
-        r2 = jnp.sum(dR * dR, axis=-1)
-        inside = (neighbor.idx < n) & (r2 < self.cutoff ** 2)
+        inside, r2 = self._inside(frac, neighbor)
         _, order = jax.lax.top_k(jnp.where(inside, -r2, -jnp.inf), k)
-        idx = jnp.where(jnp.take_along_axis(inside, order, axis=1), jnp.take_along_axis(neighbor.idx, order, axis=1), n)
+        idx = jnp.where(jnp.take_along_axis(inside, order, axis=1), jnp.take_along_axis(neighbor.idx, order, axis=1),
+                        frac.shape[0])
         return neighbor.set(idx=idx), jnp.max(jnp.sum(inside, axis=1))
 
-    def kinetic_temperature(self, momentum) -> float:
-        """2 K / (3 N k_B) in K: Langevin dynamics does not conserve the total momentum, so all
-        3N momenta are thermalised."""
-        n = momentum.shape[0]
-        return float(jnp.sum(momentum ** 2) / self.mass / (3 * n) / units.KB_EV_PER_K)
+    # -- the sampler interface --------------------------------------------------------------
+    def init(self, key, params, positions=None):
+        """Maxwell–Boltzmann momenta at the set temperature, the list allocated at ``positions``
+        (fractional, (N, 3)); the cutoff capacity fitted there before the forces are computed."""
+        if positions is None:
+            raise ValueError("SolidMD.init needs the starting fractional positions")
+        frac = jnp.asarray(positions)
+        nbrs = self.neighbor_fn.allocate(frac)
+        self._prepare(frac, nbrs)
+        return self._init_jit(key, frac, nbrs, params), nbrs
 
-    def _segment_fn(self, observe, n_snapshots: int, every: int, capacity: int):
-        key = (id(observe), n_snapshots, every, capacity, self.cutoff_capacity)
-        if key in self._compiled:
-            return self._compiled[key]
-        step = self.integrator()[1]
+    def _prepare(self, positions, nbrs) -> None:
+        if self._fit_capacity:   # once, on the first configuration
+            self._fit_capacity = False
+            n_max = int(self._count(positions, nbrs))
+            if n_max > self.cutoff_capacity:
+                self.cutoff_capacity = n_max
+                self._bind()
+                log.info("cutoff capacity fitted to the starting configuration: %d", n_max)
 
-        def advance(carry):
-            def body(_, c):
-                md, nb, n_max = c
-                md = step(md, neighbor=nb)
-                nb = nb.update(md.position)
-                # the step's forces (and an observation) used these positions
-                return md, nb, jnp.maximum(n_max, self.within_cutoff(md.position, nb)[1])
-            return jax.lax.fori_loop(0, every, body, carry)
+    def _advance(self, params, st, nb):
+        nb = nb.update(st.position)
+        st = self._step(st, neighbor=nb, params=params)
+        # the step evaluated its forces at the new st.position with this list (complete there by
+        # STEP_MARGIN unless it overflowed): were all pairs inside the cutoff kept?
+        return st, nb, self._count(st.position, nb) > self.cutoff_capacity
 
-        @jax.jit
-        def segment(md, nb):
-            def one(c, _):
-                c = advance(c)
-                out = observe(c[0].position, c[0].momentum, c[1]) if observe is not None else None
-                return c, out
-            n0 = self.within_cutoff(md.position, nb)[1]
-            (md, nb, n_max), out = jax.lax.scan(one, (md, nb, n0), None, length=n_snapshots)
-            return md, nb, n_max, out
+    def _observe(self, params, st, nb):
+        record = {"energy": self.energy(st.position, nb, params)}
+        if self.observe is not None:
+            record.update(self.observe(self, st.position, st.momentum, nb, params))
+        return nb, jnp.asarray(False), record
 
-        self._compiled[key] = segment
-        return segment
+    def _grow(self, state, nbrs, attempt: int, list_full: bool, graph_full: bool):
+        if graph_full:
+            self.grown["cutoff"] += 1
+            self.cutoff_capacity += grown_extra(attempt) // 2
+            log.info("more neighbours inside the cutoff than its capacity; growing it to %d and recomputing "
+                     "the chunk", self.cutoff_capacity)
+            self._bind()
+        if list_full:
+            self.grown["list"] += 1
+            old, extra = int(nbrs.idx.shape[1]), grown_extra(attempt)
+            new = self.neighbor_fn.allocate(state.position, extra_capacity=extra)
+            if int(new.idx.shape[1]) <= old:   # allocated at a sparser configuration: still grow
+                new = self.neighbor_fn.allocate(state.position, extra_capacity=extra + old + 1 - int(new.idx.shape[1]))
+            log.info("neighbour list overflowed (capacity %d); re-allocated with %d slots and recomputing the chunk",
+                     old, int(new.idx.shape[1]))
+            nbrs = new
+        return nbrs
 
-    def _run_segment(self, state: MDState, observe, n_snapshots: int, every: int):
-        start = state
-        for _ in range(self.settings.max_retries + 1):
-            seg = self._segment_fn(observe, n_snapshots, every, int(start.neighbor.idx.shape[1]))
-            md, nb, n_max, out = seg(start.md, start.neighbor)
-            list_over, cutoff_over = bool(nb.did_buffer_overflow), int(n_max) > self.cutoff_capacity
-            if not list_over and not cutoff_over:
-                return MDState(md, nb), out
-            self.reallocations += 1
-            if cutoff_over:                        # more slots for the neighbours inside the cutoff
-                self.cutoff_capacity = max(int(n_max) + 2, self.cutoff_capacity + 2)
-            if list_over:
-                # a bigger list, built at the segment's starting positions; the whole segment is
-                # recomputed from its saved starting state
-                old = int(start.neighbor.idx.shape[1])
-                self._extra = max(4, 2 * self._extra)
-                nb_new = self._neighbor_fn.allocate(start.md.position, extra_capacity=self._extra)
-                while ((int(nb_new.idx.shape[1]) <= old or bool(nb_new.did_buffer_overflow))
-                       and int(nb_new.idx.shape[1]) < start.md.position.shape[0]):
-                    self._extra *= 2
-                    nb_new = self._neighbor_fn.allocate(start.md.position, extra_capacity=self._extra)
-                start = MDState(start.md, nb_new)
-            # the starting forces may come from an overflowing list (only possible right after
-            # init): recompute them with the new capacities
-            start = MDState(start.md.set(force=self._force(start.md.position, start.neighbor)), start.neighbor)
-        raise RuntimeError(f"neighbour list still overflows after {self.settings.max_retries} re-allocations "
-                           f"(capacity {int(start.neighbor.idx.shape[1])}, {self.cutoff_capacity} inside the "
-                           "cutoff); the crystal has probably melted or the skin is too small")
-
-    def _force(self, frac, neighbor):
-        energy = self.energy
-        force = self._cached("force", neighbor, lambda: jax.jit(lambda x, nb: -jax.grad(energy)(x, nb)))
-        return force(frac, neighbor)
-
-    def run(self, state: MDState, n_snapshots: int, observe: Callable | None = None):
-        """``n_snapshots`` snapshots ``steps_per_snapshot`` steps apart; returns the final state and
-        the stacked ``observe`` outputs (None without an observer)."""
-        s = self.settings
-        outs = []
-        done = 0
-        while done < n_snapshots:
-            k = min(s.snapshots_per_segment, n_snapshots - done)
-            state, out = self._run_segment(state, observe, k, s.steps_per_snapshot)
-            outs.append(out)
-            done += k
-        if observe is None:
-            return state, None
-        return state, jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *outs)
-
-    def equilibrate(self, state: MDState, steps: int) -> MDState:
-        """``steps`` MD steps without observations (rounded up to whole snapshots)."""
-        every = self.settings.steps_per_snapshot
-        state, _ = self.run(state, -(-steps // every), None)
-        return state
+    def step_fn(self, state, nbrs, params):
+        """One Langevin step, without the list update (the script measures its cost)."""
+        return self._step(state, neighbor=nbrs, params=params)

@@ -2,9 +2,10 @@
 """Finite-temperature elastic constants of Stillinger–Weber silicon by the stress-fluctuation
 method, checked against the 0 K relaxed-ion values and against stress–strain slopes.
 
-1. For each temperature: NVT Langevin MD (difftre_cli.solid_md, JAX MD) of the n×n×n diamond
-   supercell at the 0 K lattice constant; every ``--every`` steps the Born stress and Born
-   stiffness (difftre_cli.observables.stress.born_terms) and the kinetic stress are recorded;
+1. For each temperature: NVT Langevin MD (difftre_cli.solid_md.SolidMD, JAX MD; the sampler
+   interface's case for general boxes) of the n×n×n diamond supercell at the 0 K lattice
+   constant; every ``--every`` steps the Born stress and Born stiffness
+   (difftre_cli.observables.stress.born_terms) and the kinetic stress are recorded;
    C = ⟨C^B⟩ − Ωβ Cov(σ^B) + kinetic term (observables.stiffness), errors by a jackknife over
    ``--blocks`` contiguous blocks. The 0 K row is elastic.relaxed_voigt of the unit cell.
 2. At ``--strain-temperature``: the box is strained h → (I + ε) h by ±δ (uniaxial e1 and shear
@@ -121,27 +122,29 @@ def main(argv=None):
     result["zero_kelvin"] = dict(zip(("C11", "C12", "C44"), map(float, stiffness.cubic_constants(C0))))
 
     def settings(T):
-        return MDSettings(temperature=T, dt_fs=args.dt_fs, friction_per_ps=args.friction,
-                          steps_per_snapshot=args.every, snapshots_per_segment=min(100, n_snap(args.production_ps)))
+        return MDSettings(temperature=T, dt_fs=args.dt_fs, friction_per_ps=args.friction, steps_per_snapshot=args.every)
 
     def n_snap(ps):
         return max(1, int(round(ps * 1000 / args.dt_fs / args.every)))
 
-    def born_observer(md):
-        V = md.volume
+    def n_steps(ps):
+        return int(ps * 1000 / args.dt_fs)
 
-        def observe(frac, p, nb):
-            sB, CB = stress.born_terms(stress.energy_of_strain_fractional(md.energy, frac, neighbor=nb), V)
-            return dict(sB=sB, CB=CB, sK=stress.kinetic_stress(p, md.mass, V), p2=jnp.sum(p * p) / md.mass)
-        return observe
+    def born_observer(md, frac, p, nb, params):
+        u = stress.energy_of_strain_fractional(md.energy, frac, neighbor=nb, params=params)
+        sB, CB = stress.born_terms(u, md.volume)
+        return dict(sB=sB, CB=CB, sK=stress.kinetic_stress(p, md.mass, md.volume))
 
-    def stress_observer(md):
-        V = md.volume
+    def stress_observer(md, frac, p, nb, params):
+        u = stress.energy_of_strain_fractional(md.energy, frac, neighbor=nb, params=params)
+        return dict(s=stress.born_stress(u, md.volume) + stress.kinetic_stress(p, md.mass, md.volume))
 
-        def observe(frac, p, nb):
-            sB = stress.born_stress(stress.energy_of_strain_fractional(md.energy, frac, neighbor=nb), V)
-            return dict(s=sB + stress.kinetic_stress(p, md.mass, V))
-        return observe
+    def sample(md, key, frac, eq_ps, ps):
+        """Equilibration then production through the sampler interface (one segment)."""
+        res = md.run({}, *md.init(key, {}, frac), n_steps(eq_ps), n_snap(ps), args.every)
+        if not res.ok:
+            raise SystemExit(f"MD at T = {md.settings.temperature:g} K failed: {res.reason}")
+        return res
 
     # ---- temperature series ------------------------------------------------------------------
     key = jax.random.PRNGKey(args.seed)
@@ -149,11 +152,11 @@ def main(argv=None):
     for T in args.temperatures:
         key, sub = jax.random.split(key)
         t0 = time.time()
-        md = SolidMD(pot, box0, MASS, settings(T))
-        st = md.equilibrate(md.init(sub, frac0), int(args.equilibration_ps * 1000 / args.dt_fs))
-        st, out = md.run(st, n_snap(args.production_ps), born_observer(md))
-        states[T] = st
-        out = {k: np.asarray(v) for k, v in out.items()}
+        md = SolidMD(pot, box0, MASS, settings(T), observe=born_observer)
+        res = sample(md, sub, frac0, args.equilibration_ps, args.production_ps)
+        states[T] = res
+        out = {k: np.asarray(v) for k, v in res.trajectory.energies.items()}
+        out["kT"] = np.asarray(res.trajectory.kT)
         arrays[T] = out
         V, kT = md.volume, md.settings.kT
 
@@ -175,7 +178,7 @@ def main(argv=None):
         pa, pae = jackknife(parts, (out["sB"], out["CB"]), args.blocks)
         s, se = jackknife(mean_stress, (out["sB"], out["sK"]), args.blocks)
         kin = np.array(stiffness.cubic_constants(stiffness.kinetic_stiffness(n, V, kT))) * G
-        row = {"T": T, "T_kinetic": float(out["p2"].mean() / (3 * n) / units.KB_EV_PER_K),
+        row = {"T": T, "T_kinetic": float(out["kT"].mean() / units.KB_EV_PER_K),   # kT = Σp²/m/(3N)
                "snapshots": int(len(out["sB"])), "ps": args.production_ps,
                "C11": float(c[0]), "C12": float(c[1]), "C44": float(c[2]),
                "C11_err": float(ce[0]), "C12_err": float(ce[1]), "C44_err": float(ce[2]),
@@ -183,8 +186,8 @@ def main(argv=None):
                "fluctuation": pa[3:].tolist(), "fluctuation_err": pae[3:].tolist(), "kinetic": kin.tolist(),
                "stress": s.tolist(), "stress_err": se.tolist(),
                "pressure": float(-s[:3].mean()), "pressure_err": float(np.sqrt(np.mean(se[:3] ** 2) / 3)),
-               "wall_s": time.time() - t0, "reallocations": md.reallocations, "cutoff_capacity": md.cutoff_capacity,
-               "list_capacity": int(st.neighbor.idx.shape[1])}
+               "wall_s": time.time() - t0, "reallocations": res.retries, "cutoff_capacity": md.cutoff_capacity,
+               "list_capacity": int(res.neighbor.idx.shape[1])}
         series.append(row)
         print(f"T = {T:6.1f} K (kinetic {row['T_kinetic']:6.1f} K, {row['snapshots']} snapshots, "
               f"{row['wall_s']:.0f} s): "
@@ -194,11 +197,11 @@ def main(argv=None):
         _save(args.out, result, arrays)
 
     # ---- cost of the Born terms per snapshot, on the last equilibrated state ------------------------
-    obs = jax.jit(born_observer(md))
-    step = md.integrator()[1]
-    sfn = jax.jit(lambda s, nb: step(s, neighbor=nb))
-    jax.block_until_ready(obs(st.md.position, st.md.momentum, st.neighbor))
-    jax.block_until_ready(sfn(st.md, st.neighbor))
+    obs = jax.jit(lambda x, p, nb: born_observer(md, x, p, nb, {}))
+    sfn = jax.jit(lambda s, nb: md.step_fn(s, nb, {}))
+    st, nb = res.state, res.neighbor
+    jax.block_until_ready(obs(st.position, st.momentum, nb))
+    jax.block_until_ready(sfn(st, nb))
 
     def best(f, *a, reps=20):
         ts = []
@@ -208,9 +211,9 @@ def main(argv=None):
             ts.append(time.perf_counter() - t)
         return float(np.median(ts))
     result["cost_ms"] = {"T": float(args.temperatures[-1]), "cutoff_capacity": md.cutoff_capacity,
-                         "list_capacity": int(st.neighbor.idx.shape[1]),
-                         "born_terms_per_snapshot": 1e3 * best(obs, st.md.position, st.md.momentum, st.neighbor),
-                         "md_step": 1e3 * best(sfn, st.md, st.neighbor)}
+                         "list_capacity": int(nb.idx.shape[1]),
+                         "born_terms_per_snapshot": 1e3 * best(obs, st.position, st.momentum, nb),
+                         "md_step": 1e3 * best(sfn, st, nb)}
     print(f"N = {n}, T = {args.temperatures[-1]:g} K: Born terms {result['cost_ms']['born_terms_per_snapshot']:.2f} ms "
           f"per snapshot, MD step {result['cost_ms']['md_step']:.2f} ms (median of 20, float64, this machine's load)")
     _save(args.out, result, arrays)
@@ -232,14 +235,13 @@ def main(argv=None):
                     box = (np.eye(3) + np.asarray(elastic.strain_matrix(jnp.asarray(e)))) @ box0
                     key, sub = jax.random.split(key)
                     t0 = time.time()
-                    md = SolidMD(pot, box, MASS, settings(Ts))
-                    st0 = md.init(sub, states[Ts].md.position)
-                    st = md.equilibrate(st0, int(args.strain_equilibration_ps * 1000 / args.dt_fs))
-                    st, out = md.run(st, n_snap(args.strain_ps), stress_observer(md))
-                    sm, sme = jackknife(lambda s: s.mean(0) * G, (np.asarray(out["s"]),), args.blocks)
+                    md = SolidMD(pot, box, MASS, settings(Ts), observe=stress_observer)
+                    res = sample(md, sub, states[Ts].state.position, args.strain_equilibration_ps, args.strain_ps)
+                    sm, sme = jackknife(lambda s: s.mean(0) * G, (np.asarray(res.trajectory.energies["s"]),),
+                                        args.blocks)
                     points[comp].append((sign * d, sm, sme))
                     runs.append({"component": comp, "strain": sign * d, "stress": sm.tolist(), "stress_err": sme.tolist(),
-                                 "wall_s": time.time() - t0, "reallocations": md.reallocations,
+                                 "wall_s": time.time() - t0, "reallocations": res.retries,
                                  "cutoff_capacity": md.cutoff_capacity})
                     print(f"  {comp} = {sign * d:+.4f}: σ = {np.round(sm, 3).tolist()} ± {np.round(sme, 3).tolist()} GPa "
                           f"({time.time() - t0:.0f} s)", flush=True)

@@ -310,36 +310,62 @@ def test_reweighted_stiffness_at_reference_and_its_parameter_gradient():
 
 
 # ---------------------------------------------------------------------------------------------
-def _md(**kw):
+def _md(observe=None, **kw):
     from difftre_cli.solid_md import MDSettings, SolidMD
     frac, cell = supercell(DIAMOND_BASIS, np.eye(3) * A0, (2, 2, 2))
     box = (np.eye(3) + np.asarray(elastic.strain_matrix(jnp.array([0.01, 0, 0, 0.02, 0, 0])))) @ cell
-    s = dict(temperature=500.0, steps_per_snapshot=5, snapshots_per_segment=4)
+    s = dict(temperature=500.0, steps_per_snapshot=5)
     s.update(kw)
-    return SolidMD(_sw(), box, 28.0855, MDSettings(**s)), jnp.asarray(frac)
+    return SolidMD(_sw(), box, 28.0855, MDSettings(**s), observe=observe), jnp.asarray(frac)
 
 
 def test_solid_md_neighbor_overflow_is_recomputed_not_ignored():
-    """A sheared-box SW run started with too small a neighbour list and too few slots for the
-    bonded neighbours re-allocates and recomputes: its trajectory and observations equal those of
-    a run with ample capacities; the compacted energy equals the full-list SW energy."""
-    def observe(frac, p, nb):
-        return {"frac": frac, "p": p}
-    small, frac = _md(capacity_multiplier=0.8, cutoff_capacity=3)
-    big, _ = _md(capacity_multiplier=2.0, cutoff_capacity=12)
+    """A sheared-box SW run through the sampler interface, handed a skin list too small for its
+    starting configuration (allocated for another one; a 0.02 Å skin puts the list radius inside
+    the second-neighbour shell, so the occupancy keeps changing) and too few slots for the
+    neighbours inside the cutoff: the sampler's overflow rule detects both capacities
+    overflowing, grows them and recomputes the chunk, and the trajectory, its records and kinetic
+    temperatures equal those of a run with ample capacities; kT follows the sampler's convention
+    Σp²/m/(3N); the compacted energy equals the full-list SW energy."""
+    def observe(md, frac, p, nb, params):
+        return {"p": p}
+    small, lattice = _md(observe, capacity_multiplier=1.0, skin=0.02, cutoff_capacity=3)
+    big, _ = _md(observe, capacity_multiplier=2.0, cutoff_capacity=12)
+    rng = np.random.default_rng(0)
+    frac, other = (lattice + rng.normal(scale=s / (2 * A0), size=lattice.shape) for s in (0.03, 0.1))   # Å off the lattice
     key = jax.random.PRNGKey(7)
-    s1, o1 = small.run(small.init(key, frac), 8, observe)
-    s2, o2 = big.run(big.init(key, frac), 8, observe)
-    assert small.reallocations >= 1 and big.reallocations == 0
-    assert s1.neighbor.idx.shape[1] > small._neighbor_fn.allocate(frac).idx.shape[1]   # the list grew
+    overflows = []
+    rule = small.overflow_rule
+
+    def recording_rule(seg, nbrs, out_nbrs, full, attempt, prog):
+        ok, grown = rule(seg, nbrs, out_nbrs, full, attempt, prog)
+        if not ok:
+            overflows.append((bool(out_nbrs.did_buffer_overflow), bool(full)))
+        return ok, grown
+    small.overflow_rule = recording_rule
+    st, nb = small.init(key, {}, frac)
+    nb0 = small.neighbor_fn.allocate(other)
+    assert nb0.idx.shape[1] < nb.idx.shape[1]
+    r1 = small.run({}, st, nb0, 0, 8, 5)
+    r2 = big.run({}, *big.init(key, {}, frac), 0, 8, 5)
+    assert r1.ok and r2.ok
+    assert any(lst for lst, _ in overflows) and any(cap for _, cap in overflows)   # both capacities overflowed
+    assert r1.retries == len(overflows) and small.grown["list"] >= 1 and small.grown["cutoff"] >= 1
+    assert r2.retries == 0 and big.grown == {"list": 0, "cutoff": 0}
+    assert r1.neighbor.idx.shape[1] > nb0.idx.shape[1]                              # the list grew
     assert small.cutoff_capacity > 3
-    np.testing.assert_allclose(o1["frac"], o2["frac"], rtol=0, atol=1e-10)
-    np.testing.assert_allclose(o1["p"], o2["p"], rtol=0, atol=1e-10)
+    t1, t2 = r1.trajectory, r2.trajectory
+    np.testing.assert_allclose(t1.positions, t2.positions, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(t1.energies["p"], t2.energies["p"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(t1.energies["energy"], t2.energies["energy"], rtol=1e-12)
+    np.testing.assert_allclose(t1.kT, t2.kT, rtol=1e-12)
+    p = np.asarray(t1.energies["p"])
+    np.testing.assert_allclose(t1.kT, np.sum(p ** 2, axis=(1, 2)) / 28.0855 / (3 * p.shape[1]), rtol=1e-12)
 
     # compaction is exact, strain derivatives included
     from jax_md import partition
-    x = s2.md.position
-    nb_full = big._neighbor_fn.allocate(x)
+    x = r2.state.position
+    nb_full = big.neighbor_fn.allocate(x)
     e_full = big.potential.energy_fn(big.displacement, {}, neighbor=nb_full)
     e1, e2, (inner, n_max) = jax.jit(lambda: (big.energy(x, nb_full), e_full(x), big.within_cutoff(x, nb_full)))()
     assert float(e1) == pytest.approx(float(e2), rel=1e-12)
