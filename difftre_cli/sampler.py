@@ -23,10 +23,12 @@ the chunk programs of several samplers together, one call per chunk over JAX dev
 per-chunk pieces of this module (progress, pacing, overflow rule, stability check, result,
 segment checkpoints), so both loops follow the same rules.
 
-One overflow rule (:meth:`ChunkedSampler.overflow_rule`): after each chunk the neighbour list's
-overflow flag and the potential's own capacity flag are checked; on overflow the capacity grows
-(:func:`grown_extra`) and the chunk is recomputed from its starting state, at most
-``simulator.max_retries`` times, after which the segment counts as unstable.
+One overflow rule (:func:`overflow_decision`, :func:`recompute_on_overflow`): after each chunk
+the neighbour list's overflow flag and the potential's own capacity flag are checked; on
+overflow the capacity grows (:func:`grown_extra`) and the chunk is recomputed from its starting
+state, at most ``simulator.max_retries`` times, after which the segment counts as unstable. The
+same two functions serve the group's per-member chunks (:meth:`ChunkedSampler.overflow_rule`),
+direct AD's differentiable segment and the observable engine's featurisation.
 
 One kinetic-temperature convention: kT = Σ p²/m / (N·d), JAX MD's ``quantity.temperature``
 (the degrees of freedom its thermostats use; Langevin dynamics conserves no momentum).
@@ -105,6 +107,34 @@ def grown_extra(attempt: int) -> int:
     """Extra neighbour-list slots per particle on the ``attempt``-th re-allocation (0-based):
     8, 16, 32, … A list re-allocated at the same size can overflow again forever."""
     return 8 * 2 ** attempt
+
+
+def overflow_decision(list_full: bool, capacity_full: bool, attempt: int, max_retries: int) -> str:
+    """The one overflow rule's decision after the ``attempt``-th (0-based) computation of a
+    piece of work (an MD chunk, a differentiable segment, a trajectory's features): "ok" if
+    neither the neighbour list nor a capacity of the potential overflowed; "grow" (the caller
+    grows what overflowed, :func:`grown_extra` for lists, and recomputes the piece from its
+    saved start); "give_up" after ``max_retries`` re-allocations (the work counts as unstable)."""
+    if not (list_full or capacity_full):
+        return "ok"
+    return "give_up" if attempt >= max_retries else "grow"
+
+
+def recompute_on_overflow(compute: Callable[[], Any], flags: Callable[[Any], tuple[bool, bool]],
+                          grow: Callable[[int, bool, bool], None], max_retries: int) -> tuple[Any, bool]:
+    """The one overflow rule as a loop: ``out = compute()``; ``flags(out)`` gives (list overflowed,
+    capacity overflowed); on "grow" (:func:`overflow_decision`) ``grow(attempt, list_full,
+    capacity_full)`` enlarges what overflowed and the work is computed again from the same start.
+    Returns (the last result, whether it fits)."""
+    attempt = 0
+    while True:
+        out = compute()
+        list_full, capacity_full = flags(out)
+        decision = overflow_decision(list_full, capacity_full, attempt, max_retries)
+        if decision != "grow":
+            return out, decision == "ok"
+        grow(attempt, list_full, capacity_full)
+        attempt += 1
 
 
 def kinetic_temperature(state) -> Any:
@@ -282,16 +312,22 @@ class ChunkedSampler:
     def _run_chunk(self, params, seg: Segment, prog: SegmentProgress, n_e: int, n_r: int):
         """One chunk under the overflow rule (:meth:`overflow_rule`). Returns (segment, kT at
         its end, failure reason or "")."""
-        nbrs = seg.nbrs
-        for attempt in range(self.cfg.max_retries + 1):
-            st, nb, full, buffers, kT_end = self._chunk(
-                params, seg.state, nbrs, (seg.positions, seg.energies, seg.kT), jnp.asarray(n_e, jnp.int32),
-                jnp.asarray(n_r, jnp.int32), jnp.asarray(prog.recorded, jnp.int32), jnp.asarray(prog.every, jnp.int32))
-            ok, nbrs = self.overflow_rule(seg, nbrs, nb, full, attempt, prog)
-            if ok:
-                return Segment(st, nb, *buffers), kT_end, ""
-            if nbrs is None:
-                break
+        lists = [seg.nbrs]
+
+        def compute():
+            return self._chunk(params, seg.state, lists[0], (seg.positions, seg.energies, seg.kT),
+                               jnp.asarray(n_e, jnp.int32), jnp.asarray(n_r, jnp.int32),
+                               jnp.asarray(prog.recorded, jnp.int32), jnp.asarray(prog.every, jnp.int32))
+
+        def grow(attempt, list_full, graph_full):
+            prog.retries += 1
+            lists[0] = self._grow(seg.state, lists[0], attempt, list_full, graph_full)
+
+        (st, nb, full, buffers, kT_end), ok = recompute_on_overflow(
+            compute, lambda out: (bool(out[1].did_buffer_overflow) if out[1] is not None else False, bool(out[2])),
+            grow, self.cfg.max_retries)
+        if ok:
+            return Segment(st, nb, *buffers), kT_end, ""
         return seg, None, self.overflow_reason()
 
     def overflow_rule(self, seg: Segment, nbrs, out_nbrs, full, attempt: int, prog: SegmentProgress):
@@ -302,10 +338,9 @@ class ChunkedSampler:
         re-allocations (the segment then counts as unstable)."""
         list_full = out_nbrs is not None and bool(out_nbrs.did_buffer_overflow)
         graph_full = bool(full)
-        if not (list_full or graph_full):
-            return True, None
-        if attempt == self.cfg.max_retries:
-            return False, None
+        decision = overflow_decision(list_full, graph_full, attempt, self.cfg.max_retries)
+        if decision != "grow":
+            return decision == "ok", None
         prog.retries += 1
         return False, self._grow(seg.state, nbrs, attempt, list_full, graph_full)
 

@@ -212,3 +212,22 @@ def test_sigterm_inside_a_long_trajectory_stops_in_seconds_and_resumes_bit_for_b
 def test_sigterm_inside_a_minute_long_trajectory(tmp_path):
     """The issue's short version: a first trajectory of over 60 s, SIGTERM 60 s into it."""
     _sigterm_inside_first_trajectory(tmp_path, eq_steps=120000, after_s=60.0)
+
+
+def test_the_one_overflow_rule_grows_what_overflowed_and_gives_up_after_max_retries():
+    """sampler.recompute_on_overflow is the loop every piece of work uses (MD chunks, direct AD's
+    segment, the engine's features): recompute after each growth, at most max_retries growths."""
+    from difftre_cli.sampler import overflow_decision, recompute_on_overflow
+    assert overflow_decision(False, False, 0, 3) == "ok"
+    assert overflow_decision(True, False, 2, 3) == "grow" and overflow_decision(False, True, 3, 3) == "give_up"
+    room, grown = [1], []
+
+    def grow(attempt, list_full, capacity_full):
+        grown.append((attempt, list_full, capacity_full))
+        room[0] *= 2
+
+    out, ok = recompute_on_overflow(lambda: room[0], lambda need: (need < 4, need < 8), grow, max_retries=5)
+    assert ok and out == 8 and grown == [(0, True, True), (1, True, True), (2, False, True)]
+    room[0], grown[:] = 1, []
+    out, ok = recompute_on_overflow(lambda: room[0], lambda need: (need < 100, False), grow, max_retries=2)
+    assert not ok and out == 4 and [g[0] for g in grown] == [0, 1]

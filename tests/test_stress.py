@@ -335,14 +335,12 @@ def test_solid_md_neighbor_overflow_is_recomputed_not_ignored():
     frac, other = (lattice + rng.normal(scale=s / (2 * A0), size=lattice.shape) for s in (0.03, 0.1))   # Å off the lattice
     key = jax.random.PRNGKey(7)
     overflows = []
-    rule = small.overflow_rule
+    grow = small._grow
 
-    def recording_rule(seg, nbrs, out_nbrs, full, attempt, prog):
-        ok, grown = rule(seg, nbrs, out_nbrs, full, attempt, prog)
-        if not ok:
-            overflows.append((bool(out_nbrs.did_buffer_overflow), bool(full)))
-        return ok, grown
-    small.overflow_rule = recording_rule
+    def recording_grow(state, nbrs, attempt, list_full, graph_full):   # called by the one overflow rule
+        overflows.append((list_full, graph_full))
+        return grow(state, nbrs, attempt, list_full, graph_full)
+    small._grow = recording_grow
     st, nb = small.init(key, {}, frac)
     nb0 = small.neighbor_fn.allocate(other)
     assert nb0.idx.shape[1] < nb.idx.shape[1]

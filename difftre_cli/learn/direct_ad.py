@@ -47,7 +47,7 @@ from jax import lax
 
 from .. import neighbors
 from ..errors import UserError
-from ..sampler import grown_extra
+from ..sampler import grown_extra, recompute_on_overflow
 from .boltzmann import initial_params
 from .difftre import apply_update
 from .regime import Proposal, Regime
@@ -228,18 +228,19 @@ class DirectADRegime(Regime):
         """``call(nb_e, nb_o)`` (an unrolled segment from the current state); on neighbour-list
         overflow (``overflowed(out)``) re-allocate both lists with more room and recompute, at
         most ``simulator.max_retries`` times. Returns (out, the lists used)."""
-        nb_e, nb_o = self.nbrs, self.obs_nbrs
-        max_retries = self.c.sampler.cfg.max_retries
-        for attempt in range(max_retries + 1):
-            out = jax.block_until_ready(call(nb_e, nb_o))
-            if not bool(overflowed(out)) or attempt == max_retries:
-                break
+        lists = [self.nbrs, self.obs_nbrs]
+
+        def grow(attempt, list_full, capacity_full):
             extra = grown_extra(attempt)   # the sampler interface's growth rule
             log.info("neighbour list overflowed in the unrolled segment; re-allocating (+%d slots) and recomputing",
                      extra)
-            nb_e = self.c.sampler.neighbor_fn.allocate(self.state.position, extra_capacity=extra)
-            nb_o = self.ad.allocate_obs_list(self.state.position, extra)
-        return out, nb_e, nb_o
+            lists[:] = [self.c.sampler.neighbor_fn.allocate(self.state.position, extra_capacity=extra),
+                        self.ad.allocate_obs_list(self.state.position, extra)]
+
+        out, _ = recompute_on_overflow(lambda: jax.block_until_ready(call(*lists)),
+                                       lambda out: (bool(overflowed(out)), False), grow,
+                                       self.c.sampler.cfg.max_retries)
+        return out, lists[0], lists[1]
 
     def propose(self, params, opt_state, lr_scale: float) -> Proposal:
         c = self.c

@@ -49,10 +49,10 @@ from jax import lax
 from .. import neighbors, reweight
 from ..errors import UserError
 from ..potentials import distances_on_list
-from ..sampler import grown_extra
+from ..sampler import grown_extra, recompute_on_overflow
 from .stress import deformation
 
-#: re-allocations of the feature lists before a trajectory counts as unstable
+#: computations of a trajectory's features (the first and its re-allocations) before it counts as unstable
 FEATURE_RETRIES = 6
 
 #: the per-snapshot strain derivatives an observable may ask for with ``needs``
@@ -227,19 +227,26 @@ class ObservableEngine:
             # a graph network's edge/triplet capacities, measured on the last snapshot
             idx = self.energy_nbr_fn.allocate(positions[-1]).idx
             self._set_potential(self.potential.fit_capacity(positions[-1], idx))
-        for attempt in range(FEATURE_RETRIES):   # the sampler's overflow rule (sampler.py)
-            feats, (overflow, graph_full) = self._featurize(positions, self._lists, jnp.asarray(trajectory.energies))
-            if not bool(overflow) and not bool(graph_full):
-                return feats
-            if bool(overflow):
-                self._lists = self._allocate(positions, grow=grown_extra(attempt))
-                log.info("feature neighbour lists re-allocated (capacities %s)",
-                         {k: nb.max_occupancy for k, nb in self._lists.items()})
-            if bool(graph_full):
-                self._set_potential(self.potential.grow_capacity())
-                log.info("feature graph capacities grown to %d edges, %d triplets",
-                         self.potential.max_edges, self.potential.max_triplets)
-        raise UserError("the feature neighbour list kept overflowing", "the system is probably unstable")
+        energies = jnp.asarray(trajectory.energies)
+        (feats, _), ok = recompute_on_overflow(   # the sampler's overflow rule (sampler.py)
+            lambda: self._featurize(positions, self._lists, energies),
+            lambda out: (bool(out[1][0]), bool(out[1][1])),
+            lambda attempt, list_full, graph_full: self._grow(positions, attempt, list_full, graph_full),
+            FEATURE_RETRIES - 1)
+        if not ok:
+            raise UserError("the feature neighbour list kept overflowing", "the system is probably unstable")
+        return feats
+
+    def _grow(self, positions, attempt: int, list_full: bool, graph_full: bool) -> None:
+        """More room for what overflowed while featurising (the sampler's growth rule)."""
+        if list_full:
+            self._lists = self._allocate(positions, grow=grown_extra(attempt))
+            log.info("feature neighbour lists re-allocated (capacities %s)",
+                     {k: nb.max_occupancy for k, nb in self._lists.items()})
+        if graph_full:
+            self._set_potential(self.potential.grow_capacity())
+            log.info("feature graph capacities grown to %d edges, %d triplets",
+                     self.potential.max_edges, self.potential.max_triplets)
 
     def _set_potential(self, potential):
         """A potential with other capacities (same values): the features are re-traced, the
