@@ -21,7 +21,7 @@ from .. import units
 from ..errors import UserError
 from . import frames as frames_mod
 from .mapping import CGMap, build
-from .read import Trajectory, open_trajectory
+from .read import Frames, Trajectory, open_trajectory
 from .settings import ReferenceSettings, is_set, parse
 
 __all__ = ["MappedFrames", "Reference", "check", "is_set", "open_reference"]
@@ -30,18 +30,8 @@ __all__ = ["MappedFrames", "Reference", "check", "is_set", "open_reference"]
 BOX_RTOL = 1e-4
 
 
-@dataclass
-class MappedFrames:
-    """Coarse-grained frames in the run's units: ``positions`` (F, B, 3) in [0, box), ``forces``
-    (F, B, 3) mapped forces (None if the file has none), ``energies`` (F,) the fine-grained total
-    potential energy (None if the file has none), ``boxes`` (F, 3), ``indices`` (F,) frame
-    numbers in the file."""
-
-    positions: np.ndarray
-    forces: np.ndarray | None
-    energies: np.ndarray | None
-    boxes: np.ndarray
-    indices: np.ndarray
+#: mapped frames: bead positions in [0, box) and mapped forces (read.Frames of beads)
+MappedFrames = Frames
 
 
 @dataclass

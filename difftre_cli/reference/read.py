@@ -76,10 +76,11 @@ def _ase_io():
 
 
 @dataclass
-class AtomFrames:
-    """Atom frames in the run's units: ``positions``/``forces`` (F, N, 3), ``energies`` (F,)
-    (total potential energy; None if the file has none), ``boxes`` (F, 3) edges of the
-    orthorhombic box, ``indices`` (F,) frame numbers in the file."""
+class Frames:
+    """Frames in the run's units, of atoms (as read) or of beads (mapped): ``positions``/
+    ``forces`` (F, N, 3) (forces None if the file has none; of beads: the mapped forces),
+    ``energies`` (F,) the fine-grained total potential energy (None if the file has none),
+    ``boxes`` (F, 3) edges of the orthorhombic box, ``indices`` (F,) frame numbers in the file."""
 
     positions: np.ndarray
     forces: np.ndarray | None
@@ -113,13 +114,13 @@ class Trajectory:
                 self._n_frames = sum(1 for _ in _ase_io().iread(str(self.settings.file), index=":", format="extxyz"))
         return self._n_frames
 
-    def read(self, indices) -> AtomFrames:
+    def read(self, indices) -> Frames:
         """The frames ``indices`` (ascending), converted to the run's units."""
         idx = np.asarray(indices, dtype=int)
         with _damaged(self.settings, f"reading frames {idx.min()}-{idx.max()}"):
             pos, frc, eng, box = _read_ase(self, idx) if self.settings.format == "extxyz" else _read_mda(self, idx)
         fl, _, ff = self.factors
-        return AtomFrames(pos * fl, None if frc is None else frc * ff,
+        return Frames(pos * fl, None if frc is None else frc * ff,
                           None if eng is None else eng * self.energy_factor, box * fl, idx)
 
 
