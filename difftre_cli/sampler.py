@@ -23,9 +23,9 @@ the chunk programs of several samplers together, one call per chunk over JAX dev
 per-chunk pieces of this module (progress, pacing, overflow rule, stability check, result,
 segment checkpoints), so both loops follow the same rules.
 
-One overflow rule (:func:`overflow_decision`, :func:`recompute_on_overflow`): after each chunk
+One overflow rule (overflow.py: ``overflow_decision``, ``recompute_on_overflow``): after each chunk
 the neighbour list's overflow flag and the potential's own capacity flag are checked; on
-overflow the capacity grows (:func:`grown_extra`) and the chunk is recomputed from its starting
+overflow the capacity grows (``grown_extra``) and the chunk is recomputed from its starting
 state, at most ``simulator.max_retries`` times, after which the segment counts as unstable. The
 same two functions serve the group's per-member chunks (:meth:`ChunkedSampler.overflow_rule`),
 direct AD's differentiable segment and the observable engine's featurisation.
@@ -58,6 +58,7 @@ from jax_md import quantity
 from . import neighbors
 from .checks import choice, number
 from .errors import UserError
+from .overflow import overflow_decision, recompute_on_overflow
 from .segments import ChunkPacer, Segment, SegmentProgress
 
 log = logging.getLogger("difftre")
@@ -101,40 +102,6 @@ class Monitor(Protocol):
 
     def chunk_done(self, source, segments: Callable[[], list[tuple[Segment, dict]]], progress: SegmentProgress,
                    steps_per_s: float) -> None: ...
-
-
-def grown_extra(attempt: int) -> int:
-    """Extra neighbour-list slots per particle on the ``attempt``-th re-allocation (0-based):
-    8, 16, 32, … A list re-allocated at the same size can overflow again forever."""
-    return 8 * 2 ** attempt
-
-
-def overflow_decision(list_full: bool, capacity_full: bool, attempt: int, max_retries: int) -> str:
-    """The one overflow rule's decision after the ``attempt``-th (0-based) computation of a
-    piece of work (an MD chunk, a differentiable segment, a trajectory's features): "ok" if
-    neither the neighbour list nor a capacity of the potential overflowed; "grow" (the caller
-    grows what overflowed, :func:`grown_extra` for lists, and recomputes the piece from its
-    saved start); "give_up" after ``max_retries`` re-allocations (the work counts as unstable)."""
-    if not (list_full or capacity_full):
-        return "ok"
-    return "give_up" if attempt >= max_retries else "grow"
-
-
-def recompute_on_overflow(compute: Callable[[], Any], flags: Callable[[Any], tuple[bool, bool]],
-                          grow: Callable[[int, bool, bool], None], max_retries: int) -> tuple[Any, bool]:
-    """The one overflow rule as a loop: ``out = compute()``; ``flags(out)`` gives (list overflowed,
-    capacity overflowed); on "grow" (:func:`overflow_decision`) ``grow(attempt, list_full,
-    capacity_full)`` enlarges what overflowed and the work is computed again from the same start.
-    Returns (the last result, whether it fits)."""
-    attempt = 0
-    while True:
-        out = compute()
-        list_full, capacity_full = flags(out)
-        decision = overflow_decision(list_full, capacity_full, attempt, max_retries)
-        if decision != "grow":
-            return out, decision == "ok"
-        grow(attempt, list_full, capacity_full)
-        attempt += 1
 
 
 def kinetic_temperature(state) -> Any:

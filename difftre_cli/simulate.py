@@ -17,7 +17,8 @@ from jax_md import simulate as jmd_simulate
 from jax_md import space
 
 from . import neighbors
-from .sampler import ChunkedSampler, SamplerConfig, grown_extra
+from .overflow import grown_extra
+from .sampler import ChunkedSampler, SamplerConfig
 
 log = logging.getLogger("difftre")
 

@@ -59,7 +59,8 @@ import numpy as np
 from jax_md import partition, simulate, space
 
 from . import units
-from .sampler import ChunkedSampler, SamplerConfig, grown_extra
+from .overflow import grown_extra
+from .sampler import ChunkedSampler, SamplerConfig
 
 log = logging.getLogger("difftre")
 

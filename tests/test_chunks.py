@@ -217,7 +217,7 @@ def test_sigterm_inside_a_minute_long_trajectory(tmp_path):
 def test_the_one_overflow_rule_grows_what_overflowed_and_gives_up_after_max_retries():
     """sampler.recompute_on_overflow is the loop every piece of work uses (MD chunks, direct AD's
     segment, the engine's features): recompute after each growth, at most max_retries growths."""
-    from difftre_cli.sampler import overflow_decision, recompute_on_overflow
+    from difftre_cli.overflow import overflow_decision, recompute_on_overflow
     assert overflow_decision(False, False, 0, 3) == "ok"
     assert overflow_decision(True, False, 2, 3) == "grow" and overflow_decision(False, True, 3, 3) == "give_up"
     room, grown = [1], []

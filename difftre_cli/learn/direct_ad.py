@@ -47,7 +47,7 @@ from jax import lax
 
 from .. import neighbors
 from ..errors import UserError
-from ..sampler import grown_extra, recompute_on_overflow
+from ..overflow import grown_extra, recompute_on_overflow
 from .boltzmann import initial_params
 from .difftre import apply_update
 from .regime import Proposal, Regime

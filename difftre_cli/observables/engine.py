@@ -49,7 +49,7 @@ from jax import lax
 from .. import neighbors, reweight
 from ..errors import UserError
 from ..potentials import distances_on_list
-from ..sampler import grown_extra, recompute_on_overflow
+from ..overflow import grown_extra, recompute_on_overflow
 from .stress import deformation
 
 #: computations of a trajectory's features (the first and its re-allocations) before it counts as unstable
