@@ -145,7 +145,7 @@ def _validate_one(cfg: DictConfig) -> None:
     one_body = onebody.is_one_body_system(cfg.system)
     system = None if one_body else build_system(cfg.system)
 
-    updates = _validate_trainer(cfg.trainer)
+    updates = _validate_trainer(cfg.trainer, own_keys=kind.keys)
     _validate_evaluate(cfg)
 
     if _validate_one_body(cfg):
@@ -174,7 +174,12 @@ def _validate_one(cfg: DictConfig) -> None:
 
     _cross_checks(cfg, system, cutoff)
     # reference data of a finer simulation (reference=none: null): readable, mapped onto this system
-    reference.check(_get(cfg, "reference"), system.units, box=system.box_size, n_particles=system.n_particles)
+    if kind.reference and not reference.is_set(_get(cfg, "reference")):
+        raise UserError(f"trainer={cfg.trainer.kind} learns from a reference trajectory, and reference is none",
+                        "select one and point it at your file: reference=lammps_dump reference.file=PATH "
+                        "(or reference=water_trr, or an H5MD / extended-XYZ file)")
+    reference.check(_get(cfg, "reference"), system.units, box=system.box_size, n_particles=system.n_particles,
+                    require_forces=kind.reference == "forces")
 
 
 def _validate_loop(tc) -> int:
@@ -188,10 +193,14 @@ def _validate_loop(tc) -> int:
     return updates
 
 
-def _validate_trainer(tc) -> int:
-    """The MD trainers' keys (no builder of its own here: the learner reads them); its updates."""
+def _validate_trainer(tc, own_keys=None) -> int:
+    """The MD trainers' keys (no builder of its own here: the learner reads them), or a kind's
+    own key checks (``own_keys``, the registry's ``keys``); its updates."""
     T = "trainer"
     updates = _validate_loop(tc)
+    if own_keys is not None:
+        own_keys(tc, updates)
+        return updates
     number(tc, "reweight_ratio", prefix=T, lo=0.0, hi=1.0, required=False, example="0.9")
     choice(tc, "precondition", ("none", "fisher"), prefix=T, default="none", what="preconditioner")
     # several state points (states): sequential | devices (learn/multistate.py); no effect on one state point

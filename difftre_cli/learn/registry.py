@@ -14,7 +14,10 @@ Each :class:`TrainerKind` names
   runs ("md": a production run with the final parameters, stress–strain, the potential;
   "static": the 0 K properties, landscape, phonons) and, through ``config.EVALUATE_DEFAULTS``,
   the evaluate defaults composed under a trained run's config (configs/evaluate/);
-* ``state_parallel``: the ``trainer.state_parallel`` modes it implements.
+* ``state_parallel``: the ``trainer.state_parallel`` modes it implements;
+* ``keys``: the kind's own trainer keys, checked by ``config.validate`` besides the MD checks;
+* ``reference``: what it needs of the ``reference`` group (reference/): "forces" (a trajectory
+  with forces), "positions", or None (not used).
 
 Adding a trainer: a :class:`regime.Regime` subclass in ``learn/`` (its abstract methods: init,
 propose → :class:`regime.Proposal`, checkpoint, templates, restore, rejected; the hooks with
@@ -30,8 +33,15 @@ from ..errors import UserError
 from .boltzmann import INIT_FROM
 from .difftre import DiffTRe, DiffTReRegime
 from .direct_ad import DirectADRegime
+from .force_matching import ForceMatching
+from .force_matching_regime import ForceMatchingRegime
+from .force_matching_regime import validate_keys as force_matching_keys
 from .ibi import IBIRegime
-from .multistate import MultiStateDiffTReRegime, MultiStateDirectADRegime, MultiStateIBIRegime
+from .multistate import (
+    MultiStateDiffTReRegime,
+    MultiStateDirectADRegime,
+    MultiStateIBIRegime,
+)
 from .static import validate_static
 from .static_regime import StaticRegime
 
@@ -44,6 +54,8 @@ class TrainerKind:
     validate: Callable | None = None   # (cfg) -> None, raising UserError; None: config.py's MD checks
     evaluator: str = "md"              # evaluate.EVALUATORS key
     state_parallel: tuple = ("sequential",)
+    keys: Callable | None = None       # (trainer cfg, updates) -> None, raising UserError
+    reference: str | None = None       # "forces" | "positions" | None
 
     @property
     def md(self) -> bool:
@@ -77,6 +89,10 @@ def _on_trainer_cfg(cls):
     return make
 
 
+def _force_matching(cfg, store, c):
+    return ForceMatchingRegime(c, store, cfg)
+
+
 def _static(cfg, store, c):
     return StaticRegime(cfg, store)
 
@@ -85,6 +101,8 @@ TRAINERS: dict[str, TrainerKind] = {
     "difftre": TrainerKind(_difftre, _difftre_states, DiffTRe, state_parallel=("sequential", "devices")),
     "direct_ad": TrainerKind(_on_trainer_cfg(DirectADRegime), _on_trainer_cfg(MultiStateDirectADRegime), DiffTRe),
     "ibi": TrainerKind(_on_trainer_cfg(IBIRegime), _on_trainer_cfg(MultiStateIBIRegime), DiffTRe),
+    "force_matching": TrainerKind(_force_matching, None, ForceMatching, keys=force_matching_keys,
+                                  reference="forces"),
     "static": TrainerKind(_static, None, None, validate=validate_static, evaluator="static"),
 }
 

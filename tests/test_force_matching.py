@@ -1,0 +1,178 @@
+"""trainer=force_matching (learn/force_matching.py, learn/force_matching_regime.py).
+
+* recovery: force matching on noise-free forces of an LJ fluid made by the project's own
+  sampler recovers the pair potential (max |u − u_LJ| on [0.95, 2.5] within 0.02 ε);
+* the loss's Gauss–Newton matrix is JᵀJ: for a spline (forces linear in the knots) one
+  undamped Gauss–Newton step from any start lands on the least-squares optimum of the batch;
+* data parallel: a batch split over two (fake CPU) devices gives the parameters one device
+  gives, up to summation order;
+* the run loop: early stopping keeps the parameters of the best validation loss; a run
+  stopped after two epochs and resumed is bit-identical to an uninterrupted one;
+* bad input ends with exit 2 and a fix line: no reference, a reference without forces.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import cli_env, difftre_train_cmd
+from hydra import compose, initialize_config_dir
+
+from difftre_cli import assemble, evaluate_md
+from difftre_cli.learn.force_matching_regime import ForceMatchingRegime
+from difftre_cli.reference.write import write_extxyz
+from difftre_cli.store import RunStore
+from difftre_cli.train import train
+
+ROOT = Path(__file__).resolve().parent.parent
+N = 256   # ρ = 0.5: box 8 σ, more than twice the cutoff
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _cfg(overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        return compose(config_name="train", overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def lj_file(tmp_path_factory):
+    """30 frames of the true LJ fluid (N = 256, ρ = 0.5, kT = 1.5) with noise-free forces."""
+    cfg = _cfg(["config=lj", f"system.n_particles={N}"])
+    pos, frc, eng, box = _script("reference_lj").lj_frames(cfg, n_frames=30, every=50, equilibration=2000, seed=7)
+    return write_extxyz(tmp_path_factory.mktemp("lj") / "lj.extxyz", pos, frc, eng, box)
+
+
+def _fm(lj_file, *extra):
+    ref = [] if "reference=none" in extra else [f"reference.file={lj_file}"]
+    return ["config=lj_fm", f"system.n_particles={N}", *ref, *extra]
+
+
+def test_force_matching_recovers_the_lj_pair_potential(lj_file, tmp_path):
+    cfg = _cfg(_fm(lj_file, "trainer.epochs=8", "trainer.patience=null"))
+    out = train(cfg, tmp_path / "run", quiet=True)
+    c = assemble.build(cfg)
+    curve = evaluate_md.potential_curve(c, out["params"], cfg)
+    assert curve["error_range"] == [0.95, 2.5]
+    assert curve["max_abs_error"] < 0.02, curve["max_abs_error"]
+    rows = out["rows"]
+    assert rows[-1]["force_rmse_validation"] < 0.05 * rows[0]["force_rmse_validation"]
+
+
+def test_gauss_newton_step_is_the_least_squares_solution(lj_file, tmp_path, double_precision):
+    """Forces are linear in a spline's knot values: one unit Gauss–Newton step on a batch from
+    any parameters gives the batch's least-squares optimum (independent of the start) for every
+    knot the batch's pair distances constrain (the innermost knots, below the closest contact,
+    have no curvature and stay where they start: compared is u(r) on [0.95, 2.5])."""
+    cfg = _cfg(_fm(lj_file, "trainer.damping=1e-12", "optimizer.lr=1.0", "optimizer.schedule=constant",
+                   "trainer.batch_size=4", "precision=double"))
+    reg = ForceMatchingRegime(assemble.build(cfg), RunStore(tmp_path), cfg)
+    params, opt = reg.init(jax.random.PRNGKey(0))
+    batch = reg._batch("train", np.arange(4))
+    ends = []
+    P = reg.learner.gauss_newton(params, batch)
+    for start in (params, jax.tree_util.tree_map(lambda x: x + 0.3, params)):
+        np.testing.assert_allclose(np.asarray(reg.learner.gauss_newton(start, batch)), np.asarray(P), rtol=1e-9)
+        new, _, out = reg.learner.step(start, reg.learner.optimizer.init(start), batch, 1.0, P)
+        ends.append(new)
+        assert bool(out.finite)
+    # the same pair potential (knot values may differ by a constant the spline's u(rc) = 0 removes)
+    (term,) = reg.c.potential.pair_terms()
+    r = jnp.linspace(0.95, 2.5, 300)
+    np.testing.assert_allclose(np.asarray(term.u(ends[0], r)), np.asarray(term.u(ends[1], r)), atol=1e-7)
+    # and the gradient vanishes there
+    _, _, out = reg.learner.step(ends[0], reg.learner.optimizer.init(ends[0]), batch, 1.0)
+    assert float(out.grad_norm) < 1e-6 * float(reg.learner.step(params, opt, batch, 1.0)[2].grad_norm)
+
+
+def test_early_stopping_keeps_the_best_parameters(lj_file, tmp_path):
+    """A step far too large makes the validation loss worse after the first epochs; the run
+    stops after `patience` epochs and returns the parameters of the best validation loss."""
+    cfg = _cfg(_fm(lj_file, "trainer.epochs=30", "trainer.patience=2", "optimizer.lr=1.9",
+                   "optimizer.schedule=constant"))
+    out = train(cfg, tmp_path / "run", quiet=True)
+    assert out["done"] and out["done"].startswith("early stopping")
+    rows = out["rows"]
+    assert len(rows) < 30 and rows[-1]["epochs_since_best"] == 2
+    best = min(r["loss_validation"] for r in rows)
+    reg = ForceMatchingRegime(assemble.build(cfg), RunStore(tmp_path / "x"), cfg)
+    reg.init(jax.random.PRNGKey(0))
+    assert reg._validation(out["params"])["loss_validation"] == pytest.approx(best, rel=1e-5)
+
+
+def test_resume_is_bit_identical(lj_file, tmp_path):
+    """(A constant learning rate: an exponential schedule spans trainer.updates, which differs
+    between the two runs here.)"""
+    base = _fm(lj_file, "trainer.batch_size=7", "trainer.patience=null", "optimizer.schedule=constant")
+    straight = train(_cfg(base + ["trainer.epochs=4"]), tmp_path / "a", quiet=True)
+    train(_cfg(base + ["trainer.epochs=2"]), tmp_path / "b", quiet=True)
+    resumed = train(_cfg(base + ["trainer.epochs=4"]), tmp_path / "b", resume=True, quiet=True)
+    for x, y in zip(jax.tree_util.tree_leaves(straight["params"]), jax.tree_util.tree_leaves(resumed["params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert [r["loss"] for r in straight["rows"]] == [r["loss"] for r in resumed["rows"]]
+
+
+DEVICES = """
+import json, sys
+import jax, numpy as np
+from hydra import compose, initialize_config_dir
+from difftre_cli import assemble
+from difftre_cli.learn.force_matching_regime import ForceMatchingRegime
+from difftre_cli.store import RunStore
+assert jax.device_count() == 2, jax.devices()
+out = {}
+for devices in (1, 2):
+    with initialize_config_dir(config_dir=sys.argv[1], version_base=None):
+        cfg = compose(config_name="train", overrides=sys.argv[3:] + [f"trainer.devices={devices}"])
+    reg = ForceMatchingRegime(assemble.build(cfg), RunStore(sys.argv[2]), cfg)
+    params, opt = reg.init(jax.random.PRNGKey(0))
+    for _ in range(2):
+        prop = reg.propose(params, opt, 1.0)
+        params, opt = prop.params, prop.opt_state
+    out[devices] = [np.asarray(x).ravel().tolist() for x in jax.tree_util.tree_leaves(params)]
+    out[f"loss{devices}"] = prop.fields["loss_validation"]
+print(json.dumps(out))
+"""
+
+
+def test_two_devices_give_the_parameters_of_one(lj_file, tmp_path):
+    env = cli_env()
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+    args = [str(ROOT / "configs"), str(tmp_path), *_fm(lj_file, "trainer.batch_size=6", "trainer.precondition=none",
+                                                      "optimizer=adam")]
+    res = subprocess.run([sys.executable, "-c", DEVICES, *args], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(out["2"], out["1"], rtol=1e-5, atol=1e-6)
+    assert out["loss2"] == pytest.approx(out["loss1"], rel=1e-5)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["reference=none"], "learns from a reference trajectory"),
+    (["NOFORCES"], "has no forces"),
+])
+def test_bad_reference_is_exit_2(lj_file, tmp_path, extra, needle):
+    if extra == ["NOFORCES"]:
+        no_forces = tmp_path / "noforces.extxyz"
+        text = lj_file.read_text().replace(":forces:R:3", "")
+        lines = [ln if len(ln.split()) != 7 else " ".join(ln.split()[:4]) for ln in text.splitlines()]
+        no_forces.write_text("\n".join(lines) + "\n")
+        extra = [f"reference.file={no_forces}"]
+    res = subprocess.run(difftre_train_cmd([*_fm(lj_file, *extra), f"hydra.run.dir={tmp_path / 'run'}"]),
+                         env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert needle in res.stderr and "fix:" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "run" / "difftre.h5").exists()
