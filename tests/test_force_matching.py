@@ -68,7 +68,7 @@ def test_force_matching_recovers_the_lj_pair_potential(lj_file, tmp_path):
     assert curve["error_range"] == [0.95, 2.5]
     assert curve["max_abs_error"] < 0.02, curve["max_abs_error"]
     rows = out["rows"]
-    assert rows[-1]["force_rmse_validation"] < 0.05 * rows[0]["force_rmse_validation"]
+    assert rows[-1]["force_rmse_validation"] < 0.01 * rows[0]["force_rmse"]   # (the first: at the zero model)
 
 
 def test_gauss_newton_step_is_the_least_squares_solution(lj_file, tmp_path, double_precision):
@@ -98,9 +98,9 @@ def test_gauss_newton_step_is_the_least_squares_solution(lj_file, tmp_path, doub
 
 
 def test_early_stopping_keeps_the_best_parameters(lj_file, tmp_path):
-    """A step far too large makes the validation loss worse after the first epochs; the run
+    """A step 2.5 times the Newton step makes the validation loss grow after the first epoch; the run
     stops after `patience` epochs and returns the parameters of the best validation loss."""
-    cfg = _cfg(_fm(lj_file, "trainer.epochs=30", "trainer.patience=2", "optimizer.lr=1.9",
+    cfg = _cfg(_fm(lj_file, "trainer.epochs=30", "trainer.patience=2", "optimizer.lr=2.5",
                    "optimizer.schedule=constant"))
     out = train(cfg, tmp_path / "run", quiet=True)
     assert out["done"] and out["done"].startswith("early stopping")

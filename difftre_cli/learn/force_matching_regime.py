@@ -61,7 +61,7 @@ class ForceMatchingRegime(Regime):
         tc = cfg.trainer
         self.store = store
         self.seed = int(cfg.seed)
-        self.batch_size = int(tc.batch_size)
+        self.batch_size = int(tc.batch_size)   # at most the training frames (below)
         self.patience = None if tc.get("patience") is None else int(tc.patience)
         self.min_delta = float(tc.get("min_delta", 0.0) or 0.0)
         self.ref = reference.open_reference(cfg.reference, c.system.units, box=c.system.box_size,
@@ -69,6 +69,7 @@ class ForceMatchingRegime(Regime):
         self.energy_weight = float(tc.get("energy_weight", 0.0) or 0.0)
         self.learner = c.learner
         self.n_train = len(self.ref.split["train"])
+        self.batch_size = min(self.batch_size, self.n_train)
         self.n_batches = math.ceil(self.n_train / self.batch_size)
         devices = tc.get("devices", "all")
         n_dev = len(jax.devices()) if devices == "all" else int(devices)
