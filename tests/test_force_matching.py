@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,15 +61,63 @@ def _fm(lj_file, *extra):
     return ["config=lj_fm", f"system.n_particles={N}", *ref, *extra]
 
 
-def test_force_matching_recovers_the_lj_pair_potential(lj_file, tmp_path):
+def _fit(cfg, run_dir):
+    """(train()'s result, the pair curve of evaluate) of a force-matching run."""
+    out = train(cfg, run_dir, quiet=True)
+    return out, evaluate_md.potential_curve(assemble.build(cfg), out["params"], cfg)
+
+
+@pytest.fixture(scope="module")
+def own_fit(lj_file, tmp_path_factory):
     cfg = _cfg(_fm(lj_file, "trainer.epochs=8", "trainer.patience=null"))
-    out = train(cfg, tmp_path / "run", quiet=True)
-    c = assemble.build(cfg)
-    curve = evaluate_md.potential_curve(c, out["params"], cfg)
+    return _fit(cfg, tmp_path_factory.mktemp("fm") / "run")
+
+
+def test_force_matching_recovers_the_lj_pair_potential(own_fit):
+    out, curve = own_fit
     assert curve["error_range"] == [0.95, 2.5]
     assert curve["max_abs_error"] < 0.02, curve["max_abs_error"]
     rows = out["rows"]
     assert rows[-1]["force_rmse_validation"] < 0.01 * rows[0]["force_rmse"]   # (the first: at the zero model)
+
+
+LAMMPS_LJ = """units lj
+atom_style atomic
+lattice fcc 0.5
+region box block 0 4 0 4 0 4
+create_box 1 box
+create_atoms 1 box
+mass 1 1.0
+velocity all create 1.5 4928459 loop geom
+pair_style lj/cut 2.5
+pair_modify shift yes
+pair_coeff 1 1 1.0 1.0 2.5
+neighbor 0.3 bin
+fix 1 all nvt temp 1.5 1.5 0.5
+timestep 0.005
+run 2000
+dump 1 all custom 50 traj.lammpstrj id type x y z fx fy fz
+dump_modify 1 sort id
+run 1500
+"""
+
+
+@pytest.mark.skipif(shutil.which("lmp") is None, reason="LAMMPS (lmp) is not installed; .ci/run installs it")
+def test_lammps_dump_gives_the_answer_of_the_own_trajectory(own_fit, tmp_path):
+    """The same LJ fluid (N = 256, ρ = 0.5, kT = 1.5) run by LAMMPS, dumped with forces and read
+    through reference=lammps_dump, gives the pair potential the project's own trajectory gives.
+    (Nosé–Hoover: `fix langevin` adds its friction and noise to the forces a dump writes.)"""
+    (tmp_path / "in.lj").write_text(LAMMPS_LJ)
+    subprocess.run(["lmp", "-in", "in.lj", "-log", "none", "-screen", "none"], cwd=tmp_path, check=True, timeout=300)
+    cfg = _cfg(["config=lj_fm", f"system.n_particles={N}", "reference=lammps_dump",
+                f"reference.file={tmp_path / 'traj.lammpstrj'}", "reference.units=lj",
+                "trainer.epochs=8", "trainer.patience=null"])
+    _, curve = _fit(cfg, tmp_path / "run")
+    assert curve["max_abs_error"] < 0.02, curve["max_abs_error"]
+    r = np.asarray(curve["r"])
+    sel = (r >= 0.95) & (r <= 2.5)
+    own = np.asarray(own_fit[1]["total"])
+    assert np.max(np.abs(np.asarray(curve["total"])[sel] - own[sel])) < 0.02
 
 
 def test_gauss_newton_step_is_the_least_squares_solution(lj_file, tmp_path, double_precision):
