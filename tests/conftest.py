@@ -59,3 +59,25 @@ def cli_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env["JAX_PLATFORMS"] = "cpu"
     return env
+
+
+@pytest.fixture(scope="session")
+def lj_reference(tmp_path_factory):
+    """(extended-XYZ file, N): 30 frames of the true LJ fluid (N = 256, ρ = 0.5, kT = 1.5, 50
+    steps apart) with noise-free forces, made by scripts/reference_lj.py's ``lj_frames`` with
+    the project's own sampler: the reference of the bottom-up trainers' tests."""
+    import importlib.util
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from difftre_cli.reference.write import write_extxyz
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("reference_lj", root / "scripts" / "reference_lj.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    n = 256   # ρ = 0.5: box 8 σ, more than twice the cutoff
+    with initialize_config_dir(config_dir=str(root / "configs"), version_base=None):
+        cfg = compose(config_name="train", overrides=["config=lj", f"system.n_particles={n}"])
+    pos, frc, eng, box = mod.lj_frames(cfg, n_frames=30, every=50, equilibration=2000, seed=7)
+    return write_extxyz(tmp_path_factory.mktemp("lj") / "lj.extxyz", pos, frc, eng, box), n

@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -28,19 +27,11 @@ from hydra import compose, initialize_config_dir
 
 from difftre_cli import assemble, evaluate_md
 from difftre_cli.learn.force_matching_regime import ForceMatchingRegime
-from difftre_cli.reference.write import write_extxyz
 from difftre_cli.store import RunStore
 from difftre_cli.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 256   # ρ = 0.5: box 8 σ, more than twice the cutoff
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _cfg(overrides):
@@ -49,11 +40,8 @@ def _cfg(overrides):
 
 
 @pytest.fixture(scope="module")
-def lj_file(tmp_path_factory):
-    """30 frames of the true LJ fluid (N = 256, ρ = 0.5, kT = 1.5) with noise-free forces."""
-    cfg = _cfg(["config=lj", f"system.n_particles={N}"])
-    pos, frc, eng, box = _script("reference_lj").lj_frames(cfg, n_frames=30, every=50, equilibration=2000, seed=7)
-    return write_extxyz(tmp_path_factory.mktemp("lj") / "lj.extxyz", pos, frc, eng, box)
+def lj_file(lj_reference):
+    return lj_reference[0]
 
 
 def _fm(lj_file, *extra):

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from .. import reference
 from ..errors import UserError
 from .boltzmann import INIT_FROM
 from .difftre import DiffTRe, DiffTReRegime
@@ -42,6 +43,7 @@ from .multistate import (
     MultiStateDirectADRegime,
     MultiStateIBIRegime,
 )
+from .relative_entropy import RelativeEntropy
 from .static import validate_static
 from .static_regime import StaticRegime
 
@@ -89,6 +91,15 @@ def _on_trainer_cfg(cls):
     return make
 
 
+def _relative_entropy(cfg, store, c):
+    """DiffTRe's regime (trajectory reuse while N_eff allows) on the relative-entropy learner,
+    given the mapped reference frames (the training set of the ``reference`` group)."""
+    ref = reference.open_reference(cfg.reference, c.system.units, box=c.system.box_size,
+                                   n_particles=c.system.n_particles)
+    c.learner.set_reference(ref.load("train").positions)
+    return _difftre(cfg, store, c)
+
+
 def _force_matching(cfg, store, c):
     return ForceMatchingRegime(c, store, cfg)
 
@@ -103,6 +114,7 @@ TRAINERS: dict[str, TrainerKind] = {
     "ibi": TrainerKind(_on_trainer_cfg(IBIRegime), _on_trainer_cfg(MultiStateIBIRegime), DiffTRe),
     "force_matching": TrainerKind(_force_matching, None, ForceMatching, keys=force_matching_keys,
                                   reference="forces"),
+    "relative_entropy": TrainerKind(_relative_entropy, None, RelativeEntropy, reference="positions"),
     "static": TrainerKind(_static, None, None, validate=validate_static, evaluator="static"),
 }
 

@@ -1,0 +1,113 @@
+"""trainer=relative_entropy (learn/relative_entropy.py).
+
+* the gradient is β(⟨∂U/∂θ⟩_ref − ⟨∂U/∂θ⟩_θ) with the model average reweighted from the CG
+  trajectory, computed here independently from per-state Jacobians; it is also the derivative
+  of the objective the learner reports (central finite differences, float64);
+* with the CG trajectory itself as the reference the gradient at the sampling parameters is
+  zero (the two ensembles are the same);
+* a short run trains (the loss falls on a reused trajectory), and without a reference it is a
+  config error (exit 2).
+"""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from jax.flatten_util import ravel_pytree
+
+from conftest import cli_env, difftre_train_cmd
+from difftre_cli import assemble, reference
+from difftre_cli.train import train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cfg(lj_reference, *extra):
+    file, n = lj_reference
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        return compose(config_name="train", overrides=[
+            "config=lj_re", f"system.n_particles={n}", f"reference.file={file}", "simulator.production_steps=200",
+            "simulator.every=10", "simulator.first_equilibration_steps=500", *extra])
+
+
+@pytest.fixture(scope="module")
+def setup(lj_reference):
+    """Components in float64, the reference set, one CG trajectory's features at θ₀ and a θ ≠ θ₀."""
+    with jax.enable_x64(True):
+        cfg = _cfg(lj_reference, "precision=double")
+        c = assemble.build(cfg)
+        ref = reference.open_reference(cfg.reference, c.system.units, box=c.system.box_size,
+                                       n_particles=c.system.n_particles)
+        c.learner.set_reference(ref.load("train").positions)
+        key = jax.random.PRNGKey(0)
+        p0 = c.potential.init(key)
+        state, nbrs = c.sampler.init(key, p0)
+        res = c.sampler.sample(p0, state, nbrs, first=True)
+        assert res.ok
+        feats = c.engine.featurize(res.trajectory)
+        flat, unravel = ravel_pytree(p0)
+        theta = unravel(flat + 0.05 * jnp.sin(jnp.arange(flat.size)))
+        yield c, feats, res.trajectory, p0, theta
+
+
+def _per_state_grads(c, params, r):
+    """(S, K) ∂U/∂θ of every stored state and U (S,)."""
+    flat, unravel = ravel_pytree(params)
+    energy = lambda th, r_s: c.engine.energy(unravel(th), r_s)  # noqa: E731
+    return jax.vmap(lambda r_s: jax.grad(energy)(flat, r_s))(r), jax.vmap(lambda r_s: energy(flat, r_s))(r)
+
+
+def test_gradient_is_the_difference_of_the_two_averages(setup):
+    c, feats, _, _, theta = setup
+    with jax.enable_x64(True):
+        L = c.learner
+        (_, _), grads = jax.value_and_grad(L.objective, has_aux=True)(theta, feats, L.ref_feats)
+        g = np.asarray(ravel_pytree(grads)[0])
+        dref, _ = _per_state_grads(c, theta, L.ref_feats.r)
+        dmod, u = _per_state_grads(c, theta, feats.r)
+        logw = -c.engine.beta * (np.asarray(u) - np.asarray(feats.u_ref))
+        w = np.exp(logw - logw.max())
+        w /= w.sum()
+        expected = c.engine.beta * (np.asarray(dref).mean(0) - w @ np.asarray(dmod))
+        np.testing.assert_allclose(g, expected, rtol=1e-8, atol=1e-10 * np.abs(expected).max())
+        # ... and the derivative of the reported objective (central differences along g)
+        flat, unravel = ravel_pytree(theta)
+        d = g / np.linalg.norm(g)
+        h = 1e-4
+        f = lambda t: float(L.objective(unravel(flat + t * d), feats, L.ref_feats)[0])  # noqa: E731
+        assert (f(h) - f(-h)) / (2 * h) == pytest.approx(float(g @ d), rel=1e-6)
+
+
+def test_gradient_vanishes_when_the_reference_is_the_model_ensemble(setup):
+    c, feats, traj, p0, _ = setup
+    with jax.enable_x64(True):
+        L = c.learner
+        own = type(L)(c.engine, c.targets, c.optimizer)
+        own.set_reference(traj.positions)
+        (_, _), grads = jax.value_and_grad(own.objective, has_aux=True)(p0, feats, own.ref_feats)
+        g = np.asarray(ravel_pytree(grads)[0])
+        scale = c.engine.beta * np.abs(np.asarray(_per_state_grads(c, p0, feats.r)[0])).mean(0).max()
+        assert np.abs(g).max() < 1e-10 * scale
+
+
+def test_a_short_run_reuses_trajectories_and_lowers_the_objective(lj_reference, tmp_path):
+    out = train(_cfg(lj_reference, "trainer.updates=6", "optimizer.lr=0.3"), tmp_path / "run", quiet=True)
+    rows = out["rows"]
+    assert len(rows) == 6 and all(r["event"] == "ok" for r in rows)
+    reused = [i for i, r in enumerate(rows) if r["reused"]]
+    assert reused, "no update reused its trajectory"
+    i = reused[0]   # on one trajectory, the objective of the proposed step is lower
+    assert rows[i]["loss"] < rows[i - 1]["loss"]
+
+
+def test_no_reference_is_exit_2(lj_reference, tmp_path):
+    res = subprocess.run(difftre_train_cmd(["config=lj_re", "system.n_particles=256", "reference=none",
+                                            f"hydra.run.dir={tmp_path / 'run'}"]),
+                         env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "learns from a reference trajectory" in res.stderr and "fix:" in res.stderr
