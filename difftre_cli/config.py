@@ -13,6 +13,7 @@ from .compare import check_compare_with
 from .config_files import CONFIG_DIR
 from .errors import UserError
 from .learn import registry
+from .learn.boltzmann import check_init_from
 from .potentials import external, mixture
 from .sampler import sampler_config
 from .states import is_multistate, state_configs
@@ -190,6 +191,7 @@ def _validate_loop(tc) -> int:
     number(tc, "checkpoint_seconds", prefix=T, lo=0.0, lo_open=True, required=False, example="600")
     number(tc, "max_failures", prefix=T, integer=True, lo=1, required=False, example="5")
     number(tc, "lr_reduction", prefix=T, lo=0.0, lo_open=True, hi=1.0, required=False, example="0.5")
+    check_init_from(tc.get("init_from"))
     return updates
 
 

@@ -26,6 +26,8 @@ from conftest import cli_env, difftre_train_cmd
 from hydra import compose, initialize_config_dir
 
 from difftre_cli import assemble, evaluate_md
+from difftre_cli.errors import UserError
+from difftre_cli.learn.boltzmann import initial_params
 from difftre_cli.learn.force_matching_regime import ForceMatchingRegime
 from difftre_cli.store import RunStore
 from difftre_cli.train import train
@@ -166,6 +168,8 @@ import json, sys
 import jax, numpy as np
 from hydra import compose, initialize_config_dir
 from difftre_cli import assemble
+from difftre_cli.errors import UserError
+from difftre_cli.learn.boltzmann import initial_params
 from difftre_cli.learn.force_matching_regime import ForceMatchingRegime
 from difftre_cli.store import RunStore
 assert jax.device_count() == 2, jax.devices()
@@ -213,3 +217,19 @@ def test_bad_reference_is_exit_2(lj_file, tmp_path, extra, needle):
     assert needle in res.stderr and "fix:" in res.stderr
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "run" / "difftre.h5").exists()
+
+
+def test_init_from_run_starts_from_that_runs_parameters(lj_file, tmp_path):
+    """trainer.init_from=run:PATH (any trainer): the initial parameters are PATH's last
+    checkpoint's, exactly; a model of another shape is a UserError naming the mismatch."""
+    first = train(_cfg(_fm(lj_file, "trainer.epochs=1")), tmp_path / "a", quiet=True)
+    warm = f"trainer.init_from=run:{tmp_path / 'a'}"
+    for cfg in (_cfg(_fm(lj_file, warm)),   # force matching again, and DiffTRe fine-tuning
+                _cfg(["config=lj", f"system.n_particles={N}", "model.n_knots=45", "model.r_min=0.75", warm])):
+        c = assemble.build(cfg)
+        params = initial_params(c, jax.random.PRNGKey(3), cfg.trainer.init_from)
+        for x, y in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(first["params"])):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    cfg = _cfg(_fm(lj_file, "model.n_knots=20", f"trainer.init_from=run:{tmp_path / 'a'}"))
+    with pytest.raises(UserError, match="do not fit this model"):
+        initial_params(assemble.build(cfg), jax.random.PRNGKey(3), cfg.trainer.init_from)

@@ -11,6 +11,7 @@ deterministic linear solve.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -20,10 +21,38 @@ from jax.flatten_util import ravel_pytree
 from ..errors import UserError
 from ..observables.rdf import RDF
 from ..potentials.pair import SplinePair, TablePair
+from ..store import CHECKPOINT_FILE, RunStore
 
 log = logging.getLogger("difftre")
 
 INIT_FROM = ("zeros", "boltzmann_inversion")
+#: ``trainer.init_from=run:PATH``: the parameters of another run's last checkpoint
+RUN_PREFIX = "run:"
+
+
+def check_init_from(init_from) -> None:
+    """``trainer.init_from``: None, one of :data:`INIT_FROM`, or ``run:PATH`` of a run directory
+    with a checkpoint (UserError otherwise). Cheap: no JAX, no model."""
+    if init_from is None or init_from in INIT_FROM:
+        return
+    if isinstance(init_from, str) and init_from.startswith(RUN_PREFIX):
+        path = Path(init_from[len(RUN_PREFIX):]).expanduser()
+        if not (path / CHECKPOINT_FILE).is_file():
+            raise UserError(f"trainer.init_from={init_from}: no checkpoint {path / CHECKPOINT_FILE}",
+                            "give the directory of a run that has written a checkpoint (trainer.init_from=run:PATH)")
+        return
+    raise UserError(f"trainer.init_from: unknown {init_from!r}",
+                    f"use one of {list(INIT_FROM)} or run:PATH (another run's parameters)")
+
+
+def params_of_run(path, template):
+    """The parameters of the last checkpoint of the run in ``path``, shaped like ``template``."""
+    try:
+        _, trees, _, _ = RunStore(Path(path).expanduser()).read_checkpoint({"params": template})
+        return trees["params"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise UserError(f"trainer.init_from=run:{path}: its parameters do not fit this model ({exc})",
+                        "start from a run with the same model and prior groups (and keys)") from None
 
 
 def rdf_target(c, pair: tuple | None = None):
@@ -96,12 +125,13 @@ def _fit(model, prior, cutoff, target, obs, kT, model_params, g_min, smoothness)
 
 
 def initial_params(c, key, init_from: str | None = None):
-    """The run's initial parameters: the model's own initialisation (``zeros``) or a
-    Boltzmann inversion of the RDF target."""
+    """The run's initial parameters: the model's own initialisation (``zeros``), a Boltzmann
+    inversion of the RDF target, or another run's (``run:PATH``: warm start, fine-tuning)."""
     params = c.potential.init(key)
     init_from = init_from or "zeros"
-    if init_from not in INIT_FROM:
-        raise UserError(f"trainer.init_from: unknown {init_from!r}", f"use one of {list(INIT_FROM)}")
+    check_init_from(init_from)
+    if init_from.startswith(RUN_PREFIX):
+        return params_of_run(init_from[len(RUN_PREFIX):], params)
     if init_from == "boltzmann_inversion":
         params = boltzmann_inversion(c, params)
     return params

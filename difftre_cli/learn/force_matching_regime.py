@@ -48,7 +48,6 @@ def validate_keys(tc, updates: int) -> None:
     devices = tc.get("devices", "all")
     if devices != "all":
         number(tc, "devices", prefix=T, integer=True, lo=1, example="2")
-    choice(tc, "init_from", ("zeros",), prefix=T, default="zeros", what="initial model")
 
 
 class ForceMatchingRegime(Regime):
@@ -67,6 +66,7 @@ class ForceMatchingRegime(Regime):
         self.ref = reference.open_reference(cfg.reference, c.system.units, box=c.system.box_size,
                                             n_particles=c.system.n_particles, require_forces=True)
         self.energy_weight = float(tc.get("energy_weight", 0.0) or 0.0)
+        self.init_from = tc.get("init_from")
         self.learner = c.learner
         self.n_train = len(self.ref.split["train"])
         self.batch_size = min(self.batch_size, self.n_train)
@@ -115,7 +115,7 @@ class ForceMatchingRegime(Regime):
 
     # -- state ---------------------------------------------------------------------------------
     def init(self, key):
-        params = initial_params(self.c, key, "zeros")
+        params = initial_params(self.c, key, self.init_from)
         self.learner.prepare(self._first_frames().positions[0])
         self.best_params = params
         return params, self.learner.optimizer.init(params)

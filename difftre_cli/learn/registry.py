@@ -31,7 +31,7 @@ from typing import Callable
 
 from .. import reference
 from ..errors import UserError
-from .boltzmann import INIT_FROM
+from .boltzmann import check_init_from
 from .difftre import DiffTRe, DiffTReRegime
 from .direct_ad import DirectADRegime
 from .force_matching import ForceMatching
@@ -67,8 +67,7 @@ class TrainerKind:
 
 def _init_from(tc):
     init_from = tc.get("init_from")
-    if init_from not in (None, *INIT_FROM):
-        raise UserError(f"trainer.init_from: unknown {init_from!r}", f"use one of {list(INIT_FROM)}")
+    check_init_from(init_from)
     return init_from
 
 

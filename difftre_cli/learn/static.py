@@ -27,7 +27,11 @@ from ..crystal import build_crystal, check_minimum_image
 from ..errors import UserError
 from ..observables import elastic
 from ..observables.elastic import RelaxOptions, cubic_voigt
-from ..potentials.classical import ClassicalPotential, build_classical, fixed_neighbor_list
+from ..potentials.classical import (
+    ClassicalPotential,
+    build_classical,
+    fixed_neighbor_list,
+)
 
 OPTAX_OPTIMIZERS = ("adam", "sgd", "lbfgs")
 SCIPY_OPTIMIZERS = {"bfgs": "BFGS", "cg": "CG", "nelder-mead": "Nelder-Mead"}
