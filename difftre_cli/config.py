@@ -16,6 +16,7 @@ from .learn import registry
 from .learn.boltzmann import check_init_from
 from .potentials import external, mixture
 from .sampler import sampler_config
+from .stages import is_staged, stage_configs
 from .states import is_multistate, state_configs
 from .stress_strain import settings as stress_strain_settings
 from .system import build_system, min_image_distance
@@ -23,7 +24,7 @@ from .system import build_system, min_image_distance
 GROUPS = ("system", "prior", "model", "simulator", "observables", "targets", "optimizer", "trainer")
 #: top-level keys besides the groups (configs/train.yaml)
 TOP_LEVEL = ("name", "seed", "precision", "resume", "ground_truth", "states", "reduced_overrides", "evaluate",
-             "classical", "reference", "hydra")   # classical: the potential of trainer=static presets
+             "classical", "reference", "hydra", "stages")   # classical: the potential of trainer=static presets
 #: trainer keys the training loop (train.py) reads whatever the kind; a kind's own keys are those
 #: of its YAML, configs/trainer/KIND.yaml (the YAML is the schema: adding a key is adding it there).
 #: A key of another kind is ignored (a preset's trainer settings survive ``trainer=OTHER``).
@@ -62,7 +63,12 @@ def evaluate_defaults_name(cfg: DictConfig) -> str | None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise UserError for the first problem found in ``cfg`` (each state point's config in
-    turn when ``states`` lists several, see states.py)."""
+    turn when ``states`` lists several, see states.py; each stage's when ``stages`` does, see
+    stages.py)."""
+    if is_staged(cfg):
+        for _, sub in stage_configs(cfg):
+            validate(sub)
+        return
     if is_multistate(cfg):
         kind, name = trainer_kind(cfg), _get(cfg, "trainer.kind")
         if kind.multistate is None:

@@ -300,8 +300,8 @@ class RunStore:
         tmp = path.with_suffix(".csv.tmp")
         with _writing(tmp, METRICS_FILE, self.dir):
             with open(tmp, "w", newline="") as fh:
-                if rows:
-                    w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                if rows:   # columns: every row's keys in first-seen order (stages differ in theirs)
+                    w = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
                     w.writeheader()
                     w.writerows(rows)
             os.replace(tmp, path)

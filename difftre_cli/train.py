@@ -21,6 +21,7 @@ the MD trainers get the components ``assemble`` builds, ``trainer=static`` its c
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ from .learn.registry import trainer_kind
 from .monitor import CostEstimate, TrainingMonitor
 from .progress import TrainingProgress
 from .segments import pack, unpack
+from .stages import is_staged, stage_configs
 from .states import is_multistate
 from .store import RunStore, versions
 
@@ -249,6 +251,26 @@ class Trainer:
 
 
 def train(cfg, run_dir, resume: bool = False, quiet: bool | None = None, stop: GracefulStop | None = None) -> dict:
-    """Train with the regime of ``trainer.kind``; returns rows, params, done (why the regime
-    finished, or None) and the regime's own ``result`` entries."""
+    """Train with the regime of ``trainer.kind`` (or the stages of ``stages``, see stages.py);
+    returns rows, params, done (why the regime finished, or None) and the regime's own
+    ``result`` entries (staged: the last stage's, with every stage's rows)."""
+    if is_staged(cfg):
+        return train_stages(cfg, run_dir, resume=resume, quiet=quiet, stop=stop)
     return Trainer(cfg, run_dir, quiet=quiet).run(resume=resume, stop=stop)
+
+
+def train_stages(cfg, run_dir, resume: bool = False, quiet: bool | None = None,
+                 stop: GracefulStop | None = None) -> dict:
+    """The stages of ``cfg`` one after another, each a run of its own in RUN/stageK_TRAINER/
+    starting from the previous stage's parameters. A stage with a checkpoint is resumed (a
+    finished one has nothing to do); RUN/metrics.csv gets every stage's rows with ``stage``."""
+    run_dir = Path(run_dir)
+    rows, result = [], None
+    with GracefulStop() if stop is None else contextlib.nullcontext(stop) as stop:
+        for name, sub in stage_configs(cfg, run_dir):
+            sub_dir = run_dir / name
+            log.info("stage %s in %s", name, sub_dir)
+            result = Trainer(sub, sub_dir, quiet=quiet).run(resume=RunStore(sub_dir).has_checkpoint(), stop=stop)
+            rows += [{"stage": name, **r} for r in result["rows"]]
+            RunStore(run_dir).rewrite_metrics_csv(rows)
+    return {**result, "rows": rows}
