@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from difftre_cli import assemble, train as train_mod
+from difftre_cli import assemble
+from difftre_cli import train as train_mod
 from difftre_cli.config import validate
 from difftre_cli.errors import UserError
 from difftre_cli.interrupt import GracefulStop, Interrupted
