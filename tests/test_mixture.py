@@ -186,11 +186,13 @@ def _leaves(tree):
 # each on 2 cores) with -m slow
 @pytest.mark.parametrize("trainer", ["difftre", pytest.param("ibi", marks=pytest.mark.slow),
                                      pytest.param("direct_ad", marks=pytest.mark.slow)])
-def test_every_trainer_runs_on_the_mixture_and_resumes_exactly(tmp_path, trainer):
+def test_every_trainer_runs_on_the_mixture_and_resumes_exactly(tmp_path, trainer, persistent_compilation_cache):
     """2 updates of each trainer on three state points of the binary mixture: per-state metrics
     and trajectories, finite losses, moved parameters; 1 update + resume + 1 update gives the
     same parameters and metrics as 2 straight (the multi-state checkpoint holds every state
-    point's simulation)."""
+    point's simulation). The later runs load the first one's compiled programs (persistent
+    cache, as a resumed `difftre train` does): three compilations of the same programs would
+    dominate the test."""
     from difftre_cli.train import Trainer
 
     extra = {"difftre": [], "ibi": ["trainer=ibi", "model=table", "model.r_min=0.7", "model.cutoff=2.0", "model.n_points=27"],
