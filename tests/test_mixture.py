@@ -124,10 +124,12 @@ def test_state_points_bind_their_own_temperature_and_composition():
     assert cs["xA25"].ctx.counts == (27, 81)
 
 
-def test_multistate_loss_and_gradient_are_sums_over_single_state_runs():
+def test_multistate_loss_and_gradient_are_sums_over_single_state_runs(persistent_compilation_cache):
     """The multi-state regime's loss and gradient equal the sums over separately configured
     single-state runs (states=null with the state point's system and targets) on the same
-    trajectories; the update is one optimiser step with the summed gradient."""
+    trajectories; the update is one optimiser step with the summed gradient. The single-state
+    runs load the programs they share with the multi-state run (featurisation, per-state
+    gradient) from the persistent cache instead of compiling them again."""
     from difftre_cli.learn.multistate import MultiStateDiffTReRegime
     from difftre_cli.store import RunStore
 
