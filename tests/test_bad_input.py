@@ -247,12 +247,18 @@ CASES = [
     pytest.param(["ground_truth.sigma=-1"], ["ground_truth.sigma"], id="ground-truth-sigma"),
 ]
 
+# Every case here is also in CASES (in process, same message checks); the subprocess adds what a
+# user sees from the console (exit code, stderr, no traceback). One case per reader stays in the
+# default suite (structure file, text target, HDF5 target, config check); the others, the same
+# reader's other errors, run with -m slow (~10 s each: a process importing JAX).
 SUBPROCESS_CASES = [
-    pytest.param(["system.structure=nofile.xyz", *STRUCT], ["system.structure", "nofile.xyz"], id="structure-missing"),
+    pytest.param(["system.structure=nofile.xyz", *STRUCT], ["system.structure", "nofile.xyz"], id="structure-missing",
+                 marks=pytest.mark.slow),
     pytest.param(["system.structure=truncated.xyz", *STRUCT], ["system.structure", "truncated.xyz"],
                  id="structure-truncated"),
     pytest.param(["system.structure=start.xyz", "system.structure_unit=sigma", "system.n_particles=200",
-                  "system.density=null"], ["system.n_particles", "108"], id="structure-n-particles-differ"),
+                  "system.density=null"], ["system.n_particles", "108"], id="structure-n-particles-differ",
+                 marks=pytest.mark.slow),
     pytest.param(["targets.rdf.file=ragged.txt"], ["targets.rdf.file", "ragged.txt"], id="target-truncated"),
     pytest.param(["targets.rdf.file=text.h5"], ["targets.rdf.file", "HDF5"], id="h5-not-hdf5"),
     pytest.param(["system.units=real"], ["system.kT"], id="kT-in-real-units"),

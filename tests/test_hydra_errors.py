@@ -113,7 +113,9 @@ def _subprocess(args, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("overrides, needles", [
     pytest.param(["system.kT=${does.not.exist}"], ["system.kT", "does.not.exist"], id="interpolation"),
     pytest.param(["hydra.run.dir=/proc/difftre_test_run"], ["/proc/difftre_test_run"], id="run-dir-proc"),
-    pytest.param(["hydra.run.dir=/sys/difftre_test_run"], ["/sys/difftre_test_run"], id="run-dir-sys"),
+    # the same unwritable-run-directory check as /proc (both also in process, above): -m slow
+    pytest.param(["hydra.run.dir=/sys/difftre_test_run"], ["/sys/difftre_test_run"], id="run-dir-sys",
+                 marks=pytest.mark.slow),
     pytest.param(["hydra.run.dir=${oops}"], ["hydra.run.dir", "oops"], id="run-dir-interpolation"),
 ])
 def test_hydra_error_subprocess(tmp_path, overrides, needles):

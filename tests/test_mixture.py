@@ -124,10 +124,12 @@ def test_state_points_bind_their_own_temperature_and_composition():
     assert cs["xA25"].ctx.counts == (27, 81)
 
 
-def test_multistate_loss_and_gradient_are_sums_over_single_state_runs():
+def test_multistate_loss_and_gradient_are_sums_over_single_state_runs(persistent_compilation_cache):
     """The multi-state regime's loss and gradient equal the sums over separately configured
     single-state runs (states=null with the state point's system and targets) on the same
-    trajectories; the update is one optimiser step with the summed gradient."""
+    trajectories; the update is one optimiser step with the summed gradient. The single-state
+    runs load the programs they share with the multi-state run (featurisation, per-state
+    gradient) from the persistent cache instead of compiling them again."""
     from difftre_cli.learn.multistate import MultiStateDiffTReRegime
     from difftre_cli.store import RunStore
 
@@ -186,11 +188,13 @@ def _leaves(tree):
 # each on 2 cores) with -m slow
 @pytest.mark.parametrize("trainer", ["difftre", pytest.param("ibi", marks=pytest.mark.slow),
                                      pytest.param("direct_ad", marks=pytest.mark.slow)])
-def test_every_trainer_runs_on_the_mixture_and_resumes_exactly(tmp_path, trainer):
+def test_every_trainer_runs_on_the_mixture_and_resumes_exactly(tmp_path, trainer, persistent_compilation_cache):
     """2 updates of each trainer on three state points of the binary mixture: per-state metrics
     and trajectories, finite losses, moved parameters; 1 update + resume + 1 update gives the
     same parameters and metrics as 2 straight (the multi-state checkpoint holds every state
-    point's simulation)."""
+    point's simulation). The later runs load the first one's compiled programs (persistent
+    cache, as a resumed `difftre train` does): three compilations of the same programs would
+    dominate the test."""
     from difftre_cli.train import Trainer
 
     extra = {"difftre": [], "ibi": ["trainer=ibi", "model=table", "model.r_min=0.7", "model.cutoff=2.0", "model.n_points=27"],

@@ -236,11 +236,13 @@ def _compose(overrides):
         return compose(config_name="train", overrides=overrides)
 
 
-def test_force_constant_fit_recovers_perturbed_parameters(tmp_path, monkeypatch):
+def test_force_constant_fit_recovers_perturbed_parameters(tmp_path, monkeypatch, persistent_compilation_cache):
     """Synthetic target: the Hessian of SW with ε = 2.0 eV, λ = 24.0 (the si_sw_phonons target) on
     the 8-atom cell; BFGS from the published values recovers both parameters. The fit runs in the
     shared training loop; it is stopped by a SIGTERM after its third loss evaluation (graceful
-    stop: the SciPy worker leaves, checkpoint, Interrupted) and resumed from the checkpoint."""
+    stop: the SciPy worker leaves, checkpoint, Interrupted) and resumed from the checkpoint. The
+    resumed fits load the first one's compiled programs (persistent cache), as a resumed
+    `difftre train` does."""
     import csv
     import os
     import signal
