@@ -20,20 +20,16 @@ def _session_compilation_cache(tmp_path_factory):
         os.environ.pop("DIFFTRE_COMPILATION_CACHE", None)
 
 
-@pytest.fixture
-def persistent_compilation_cache(tmp_path_factory):
-    """JAX's persistent compilation cache in this (test) process, in a fresh directory of its
-    own, for a test that builds the same programs several times (e.g. a run and its resumed
-    continuation): the later builds load the executables instead of compiling them, as a
-    resumed `difftre train` does (jax_setup.py). Only for speed: a loaded executable is the one
-    a fresh compilation gives. The previous settings are restored afterwards."""
+@contextlib.contextmanager
+def _cache_in_process(directory: str):
+    """JAX's persistent compilation cache in this (test) process, in ``directory``; the previous
+    settings are restored afterwards."""
     import jax
     from jax._src import compilation_cache as cc
     keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
             "jax_persistent_cache_min_entry_size_bytes")
     old = {k: getattr(jax.config, k) for k in keys}
-    new = (str(tmp_path_factory.mktemp("xla_cache_in_process")), 0.0, 0)
-    for k, v in zip(keys, new):
+    for k, v in zip(keys, (directory, 0.0, 0)):
         jax.config.update(k, v)
     cc.reset_cache()
     try:
@@ -42,6 +38,24 @@ def persistent_compilation_cache(tmp_path_factory):
         for k, v in old.items():
             jax.config.update(k, v)
         cc.reset_cache()
+
+
+@pytest.fixture
+def persistent_compilation_cache(tmp_path_factory):
+    """JAX's persistent compilation cache in this (test) process, in a fresh directory of its
+    own, for a test that builds the same programs several times (e.g. a run and its resumed
+    continuation): the later builds load the executables instead of compiling them, as a
+    resumed `difftre train` does (jax_setup.py). Only for speed: a loaded executable is the one
+    a fresh compilation gives. The previous settings are restored afterwards."""
+    with _cache_in_process(str(tmp_path_factory.mktemp("xla_cache_in_process"))):
+        yield
+
+
+@pytest.fixture(scope="module")
+def module_compilation_cache(tmp_path_factory):
+    """The same for every test of a module (a module whose tests train the same small configs)."""
+    with _cache_in_process(str(tmp_path_factory.mktemp("xla_cache_module"))):
+        yield
 
 
 @contextlib.contextmanager

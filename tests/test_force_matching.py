@@ -26,6 +26,7 @@ from conftest import cli_env, difftre_train_cmd
 from hydra import compose, initialize_config_dir
 
 from difftre_cli import assemble, evaluate_md
+from difftre_cli.config import validate
 from difftre_cli.errors import UserError
 from difftre_cli.learn.boltzmann import initial_params
 from difftre_cli.learn.force_matching_regime import ForceMatchingRegime
@@ -35,6 +36,12 @@ from difftre_cli.train import train
 ROOT = Path(__file__).resolve().parent.parent
 N = 256   # ρ = 0.5: box 8 σ, more than twice the cutoff
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compiled_once(module_compilation_cache):
+    """The tests here train the same small configs several times: compile each program once."""
+    yield
 
 def _cfg(overrides):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
@@ -47,7 +54,8 @@ def lj_file(lj_reference):
 
 
 def _fm(lj_file, *extra):
-    ref = [] if "reference=none" in extra else [f"reference.file={lj_file}"]
+    ref = [] if "reference=none" in extra or any(e.startswith("reference.file=") for e in extra) \
+        else [f"reference.file={lj_file}"]
     return ["config=lj_fm", f"system.n_particles={N}", *ref, *extra]
 
 
@@ -168,6 +176,7 @@ import json, sys
 import jax, numpy as np
 from hydra import compose, initialize_config_dir
 from difftre_cli import assemble
+from difftre_cli.config import validate
 from difftre_cli.errors import UserError
 from difftre_cli.learn.boltzmann import initial_params
 from difftre_cli.learn.force_matching_regime import ForceMatchingRegime
@@ -200,21 +209,22 @@ def test_two_devices_give_the_parameters_of_one(lj_file, tmp_path):
     assert out["loss2"] == pytest.approx(out["loss1"], rel=1e-5)
 
 
-@pytest.mark.parametrize("extra, needle", [
-    (["reference=none"], "learns from a reference trajectory"),
-    (["NOFORCES"], "has no forces"),
-])
-def test_bad_reference_is_exit_2(lj_file, tmp_path, extra, needle):
-    if extra == ["NOFORCES"]:
-        no_forces = tmp_path / "noforces.extxyz"
-        text = lj_file.read_text().replace(":forces:R:3", "")
-        lines = [ln if len(ln.split()) != 7 else " ".join(ln.split()[:4]) for ln in text.splitlines()]
-        no_forces.write_text("\n".join(lines) + "\n")
-        extra = [f"reference.file={no_forces}"]
-    res = subprocess.run(difftre_train_cmd([*_fm(lj_file, *extra), f"hydra.run.dir={tmp_path / 'run'}"]),
+def test_no_reference_is_a_config_error(lj_file):
+    with pytest.raises(UserError, match="learns from a reference trajectory"):
+        validate(_cfg(_fm(lj_file, "reference=none")))
+
+
+def test_reference_without_forces_is_exit_2(lj_file, tmp_path):
+    """Through the CLI: exit 2, the cause and a fix, no traceback, no checkpoint."""
+    no_forces = tmp_path / "noforces.extxyz"
+    text = lj_file.read_text().replace(":forces:R:3", "")
+    lines = [ln if len(ln.split()) != 7 else " ".join(ln.split()[:4]) for ln in text.splitlines()]
+    no_forces.write_text("\n".join(lines) + "\n")
+    res = subprocess.run(difftre_train_cmd([*_fm(lj_file, f"reference.file={no_forces}"),
+                                            f"hydra.run.dir={tmp_path / 'run'}"]),
                          env=cli_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 2, res.stderr[-2000:]
-    assert needle in res.stderr and "fix:" in res.stderr
+    assert "has no forces" in res.stderr and "fix:" in res.stderr
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "run" / "difftre.h5").exists()
 

@@ -30,6 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 STAGES = "stages=[{trainer: force_matching, epochs: 2}, {trainer: difftre, updates: 3, optimizer: sgd, targets: [rdf]}]"
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _compiled_once(module_compilation_cache):
+    """The tests here train the same small configs several times: compile each program once."""
+    yield
+
 def _cfg(lj_reference, *extra):
     file, n = lj_reference
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
