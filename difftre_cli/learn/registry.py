@@ -96,7 +96,7 @@ def _relative_entropy(cfg, store, c):
     ref = reference.open_reference(cfg.reference, c.system.units, box=c.system.box_size,
                                    n_particles=c.system.n_particles)
     c.learner.set_reference(ref.load("train").positions)
-    return _difftre(cfg, store, c)
+    return DiffTReRegime(c, store, float(cfg.trainer.get("reweight_ratio", 0.9)), _init_from(cfg.trainer))
 
 
 def _force_matching(cfg, store, c):
