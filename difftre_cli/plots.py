@@ -40,9 +40,16 @@ def plot_all(run_dir: Path, ev: dict, rows: list[dict]) -> list[Path]:
         upd = [r["update"] for r in rows]
         axes[0].semilogy(upd, [r["loss"] for r in rows])
         axes[0].set_title("loss")
-        axes[1].plot(upd, [r["n_eff"] for r in rows])
-        axes[1].set_title("N_eff")
-        axes[2].plot(upd, [r["update_time"] + r["sample_time"] for r in rows])
+        # the reweighting trainers log N_eff and sampling/update times; force matching its
+        # validation loss and epoch time (columns differ by trainer: plot what the rows have)
+        middle = next((k for k in ("n_eff", "loss_validation") if k in rows[0]), None)
+        if middle:
+            axes[1].plot(upd, [r[middle] for r in rows])
+            axes[1].set_title({"n_eff": "N_eff", "loss_validation": "validation loss"}[middle])
+        if "epoch_time" in rows[0]:
+            axes[2].plot(upd, [r["epoch_time"] for r in rows])
+        elif "update_time" in rows[0]:
+            axes[2].plot(upd, [r["update_time"] + r.get("sample_time", 0.0) for r in rows])
         axes[2].set_title("wall time per update [s]")
         for a in axes:
             a.set_xlabel("update")

@@ -30,6 +30,7 @@ from difftre_cli.config import validate
 from difftre_cli.errors import UserError
 from difftre_cli.learn.boltzmann import initial_params
 from difftre_cli.learn.force_matching_regime import ForceMatchingRegime
+from difftre_cli.plots import plot_all
 from difftre_cli.store import RunStore
 from difftre_cli.train import train
 
@@ -180,6 +181,7 @@ from difftre_cli.config import validate
 from difftre_cli.errors import UserError
 from difftre_cli.learn.boltzmann import initial_params
 from difftre_cli.learn.force_matching_regime import ForceMatchingRegime
+from difftre_cli.plots import plot_all
 from difftre_cli.store import RunStore
 assert jax.device_count() == 2, jax.devices()
 out = {}
@@ -243,3 +245,12 @@ def test_init_from_run_starts_from_that_runs_parameters(lj_file, tmp_path):
     cfg = _cfg(_fm(lj_file, "model.n_knots=20", f"trainer.init_from=run:{tmp_path / 'a'}"))
     with pytest.raises(UserError, match="do not fit this model"):
         initial_params(assemble.build(cfg), jax.random.PRNGKey(3), cfg.trainer.init_from)
+
+
+def test_evaluation_plots_a_force_matching_run(tmp_path):
+    """`difftre evaluate` plots the training curves of any trainer's rows (force matching logs
+    no N_eff and no sampling time: it plots the validation loss and the epoch time)."""
+    rows = [{"update": i, "loss": 1.0 / (i + 1), "loss_validation": 0.5 / (i + 1), "epoch_time": 2.0}
+            for i in range(3)]
+    paths = plot_all(tmp_path, {"targets": {}, "potential": {"kind": "many_body"}}, rows)
+    assert (tmp_path / "training.png") in paths and (tmp_path / "training.png").stat().st_size > 0
