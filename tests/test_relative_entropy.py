@@ -117,3 +117,15 @@ def test_no_reference_is_a_config_error(lj_reference):
         cfg = compose(config_name="train", overrides=["config=lj_re", f"system.n_particles={n}", "reference=none"])
     with pytest.raises(UserError, match="learns from a reference trajectory"):
         validate(cfg)
+
+
+def test_resume_is_bit_identical(lj_reference, tmp_path):
+    """Stopped after 2 updates and resumed to 5 = 5 straight (a constant learning rate: an
+    exponential schedule spans trainer.updates, which differs between the two runs)."""
+    extra = ("optimizer.schedule=constant", "optimizer.lr=0.3")
+    straight = train(_cfg(lj_reference, *extra, "trainer.updates=5"), tmp_path / "a", quiet=True)
+    train(_cfg(lj_reference, *extra, "trainer.updates=2"), tmp_path / "b", quiet=True)
+    resumed = train(_cfg(lj_reference, *extra, "trainer.updates=5"), tmp_path / "b", resume=True, quiet=True)
+    for x, y in zip(jax.tree_util.tree_leaves(straight["params"]), jax.tree_util.tree_leaves(resumed["params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert [r["loss"] for r in straight["rows"]] == [r["loss"] for r in resumed["rows"]]
