@@ -58,7 +58,8 @@ def setup(lj_reference):
         feats = c.engine.featurize(res.trajectory)
         flat, unravel = ravel_pytree(p0)
         theta = unravel(flat + 0.05 * jnp.sin(jnp.arange(flat.size)))
-        yield c, feats, res.trajectory, p0, theta
+    # (returned, not yielded inside the context: x64 must not leak into the module's other tests)
+    return c, feats, res.trajectory, p0, theta
 
 
 def _per_state_grads(c, params, r):
