@@ -63,16 +63,21 @@ class DiffTRe:
         self.grad = jax.jit(self._grad_impl)
         self.n_eff = jax.jit(engine.n_eff)
 
+    def target_losses(self, preds) -> dict:
+        """γ · MSE of every target against the predicted observables."""
+        return {name: t.gamma * jnp.mean((preds[t.observable] - jnp.asarray(t.value)) ** 2)
+                for name, t in self.targets.items()}
+
     def loss(self, params, feats: Features):
         preds, w = self.engine.predict(params, feats)
-        losses = {name: t.gamma * jnp.mean((preds[t.observable] - jnp.asarray(t.value)) ** 2)
-                  for name, t in self.targets.items()}
+        losses = self.target_losses(preds)
         total = sum(losses.values())
         return total, (losses, preds, reweight.effective_sample_size(w))
 
-    def _step_impl(self, params, opt_state, feats, lr_scale):
+    def _step_impl(self, params, opt_state, feats, lr_scale, *extra):
+        """One update; ``extra``: further arguments of a subclass's ``loss`` (e.g. reference data)."""
         self.trace_count["step"] += 1
-        (loss, (losses, preds, n_eff)), grads = jax.value_and_grad(self.loss, has_aux=True)(params, feats)
+        (loss, (losses, preds, n_eff)), grads = jax.value_and_grad(self.loss, has_aux=True)(params, feats, *extra)
         if self.precondition == "fisher":
             grads = self._natural_gradient(params, feats, grads)
         new_params, new_opt_state, gnorm, finite = apply_update(self.optimizer, params, opt_state, grads, loss,

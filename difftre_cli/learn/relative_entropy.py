@@ -29,7 +29,7 @@ from jax.scipy.special import logsumexp
 from .. import reweight
 from ..observables.engine import Features
 from ..sampler import Trajectory
-from .difftre import DiffTRe, StepAux, apply_update
+from .difftre import DiffTRe
 
 
 class RelativeEntropy(DiffTRe):
@@ -53,19 +53,9 @@ class RelativeEntropy(DiffTRe):
         log_w = -beta * (u_model - feats.u_ref)
         total = beta * jnp.mean(u_ref_frames) + logsumexp(log_w) - jnp.log(log_w.shape[0])
         preds, w = jax.lax.stop_gradient(self.engine.predict(params, feats))
-        losses = {name: t.gamma * jnp.mean((preds[t.observable] - jnp.asarray(t.value)) ** 2)
-                  for name, t in self.targets.items()}
-        return total, (losses, preds, reweight.effective_sample_size(w))
+        return total, (self.target_losses(preds), preds, reweight.effective_sample_size(w))
 
-    def _step_impl(self, params, opt_state, feats, lr_scale, ref):
-        self.trace_count["step"] += 1
-        (loss, (losses, preds, n_eff)), grads = jax.value_and_grad(self.objective, has_aux=True)(params, feats, ref)
-        if self.precondition == "fisher":
-            grads = self._natural_gradient(params, feats, grads)
-        new_params, new_opt_state, gnorm, finite = apply_update(self.optimizer, params, opt_state, grads, loss,
-                                                                lr_scale)
-        return new_params, new_opt_state, StepAux(loss, losses, preds, n_eff, self.engine.n_eff(new_params, feats),
-                                                  gnorm, finite)
+    loss = objective   # what DiffTRe's compiled step differentiates (the reference features as extra argument)
 
     def step(self, params, opt_state, feats, lr_scale=1.0):
         if self.ref_feats is None:
