@@ -82,9 +82,10 @@ def int_list(cfg, key: str, *, prefix: str, lo: int = 1, example: str = "[32, 32
     return tuple(out)
 
 
-def input_file(path, key: str, *, what: str = "file", example: str = "/path/to/file") -> Path:
+def input_file(path, key: str, *, what: str = "file", example: str = "/path/to/file", make: str | None = None) -> Path:
     """Resolve a path named by config key ``key``: relative paths are looked up in the working
-    directory, then in the project root. The result is an existing, non-empty regular file."""
+    directory, then in the project root. The result is an existing, non-empty regular file.
+    ``make``: the command that creates a missing file (the fix then names it)."""
     p = Path(str(path)).expanduser()
     candidates = [p] if p.is_absolute() else [Path.cwd() / p, PROJECT_ROOT / p]
     for c in candidates:
@@ -104,4 +105,4 @@ def input_file(path, key: str, *, what: str = "file", example: str = "/path/to/f
                 raise UserError(f"{key}: {what} {c} is empty", f"give a file with data, e.g. {key}={example}")
             return c
     raise UserError(f"{key}: {what} {str(path)!r} not found (looked in {', '.join(str(c.parent) for c in candidates)})",
-                    f"give an existing file, e.g. {key}={example}")
+                    f"make it first: {make}" if make else f"give an existing file, e.g. {key}={example}")

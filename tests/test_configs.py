@@ -3,12 +3,14 @@
 without the MD groups. Compose (+ validate) only; nothing is compiled or trained."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from difftre_cli.config import validate
 from difftre_cli.config_files import CONFIG_DIR, presets
+from difftre_cli.reference.write import write_extxyz
 
 RDF = {"kind": "rdf", "r_min": 0.0, "r_max": 3.0, "n_bins": 150, "sigma": 0.02}
 
@@ -84,9 +86,25 @@ def test_static_presets_compose_no_md_groups():
     assert list(phonons["targets"]) == ["fc"] and phonons["system"]["replicate"] == [2, 2, 2]
 
 
+def _stand_in_reference(cfg, directory) -> str:
+    """A two-frame extended-XYZ file with the preset's bead count and box, standing in for a
+    reference trajectory the preset names but a fresh checkout lacks (runs/ is not tracked):
+    validation opens it and checks its beads and box."""
+    n, rho = int(cfg.system.n_particles), float(cfg.system.density)
+    box = (n / rho) ** (1.0 / 3.0)
+    rng = np.random.default_rng(0)
+    return str(write_extxyz(directory / "ref.extxyz", rng.uniform(0, box, (2, n, 3)), rng.normal(size=(2, n, 3)),
+                            np.zeros(2), box))
+
+
 @pytest.mark.parametrize("preset", presets())
-def test_every_preset_dispatches_on_kind_and_validates(preset):
+def test_every_preset_dispatches_on_kind_and_validates(preset, tmp_path):
     cfg = _cfg(f"config={preset}")
+    if cfg.get("reference") is not None:
+        make = cfg.reference.get("make")
+        if make:   # the command the missing-file error names must exist
+            assert (CONFIG_DIR.parent / make.split()[1]).is_file(), make
+        cfg = _cfg(f"config={preset}", f"reference.file={_stand_in_reference(cfg, tmp_path)}")
     for group in ("simulator", "optimizer", "trainer", "model", "prior"):
         node = cfg.get(group)
         if node is not None:

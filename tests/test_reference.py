@@ -378,6 +378,9 @@ def bad(files, data):
 GRO = {"topology": "w.gro"}
 BAD = [
     pytest.param({"file": "missing.trr", **GRO}, {}, ["reference.file", "not found"], id="missing-file"),
+    pytest.param({"file": "missing.trr", **GRO, "make": "python scripts/make_it.py"}, {},
+                 ["not found", "make it first: python scripts/make_it.py"], id="missing-file-with-make"),
+    pytest.param({"file": "w.trr", **GRO, "make": 3}, {}, ["reference.make"], id="make-not-a-string"),
     pytest.param({"file": "notes.txt"}, {}, ["reference.file", "format"], id="unknown-extension"),
     pytest.param({"file": "garbage.trr", **GRO}, {}, ["reference.file", "cannot read"], id="unreadable"),
     pytest.param({"file": "truncated.extxyz", "mapping": OXYGEN_XYZ}, {}, ["reference.file", "truncated"],

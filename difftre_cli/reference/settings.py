@@ -21,7 +21,7 @@ PER = ("residue", "molecule", "atom", "selection")
 #: where a bead sits: centre of mass or of geometry of its atoms
 CENTERS = ("mass", "geometry")
 KEYS = ("file", "format", "topology", "units", "mapping", "start", "stop", "stride", "validation_fraction",
-        "split_seed", "batch_frames")
+        "split_seed", "batch_frames", "make")
 MAPPING_KEYS = ("beads", "per", "center")
 EXAMPLE = "reference=water_trr (configs/reference/)"
 
@@ -67,7 +67,11 @@ def parse(cfg) -> ReferenceSettings:
                         f"remove them; the reference keys are {', '.join(KEYS)}")
     if cfg.get("file") is None:
         raise UserError("reference.file is missing", "set reference.file=/path/to/trajectory.trr (or reference=none)")
-    path = input_file(cfg.get("file"), "reference.file", what="trajectory", example="/path/to/traj.trr")
+    make = cfg.get("make")
+    if make is not None and not isinstance(make, str):
+        raise UserError(f"reference.make must be a shell command (a string), got {make!r}",
+                        "set reference.make to the command that writes reference.file, or null")
+    path = input_file(cfg.get("file"), "reference.file", what="trajectory", example="/path/to/traj.trr", make=make)
     fmt = _format(cfg.get("format"), path)
     topology = cfg.get("topology")
     if topology is not None:
