@@ -1,4 +1,4 @@
-"""The commands of the command line (cli.py): ``train``, ``evaluate``, ``compare``, ``doctor``.
+"""The commands of the command line (cli.py): ``train``, ``evaluate``, ``compare``, ``export``, ``doctor``.
 
 ``train`` composes the config as Hydra will (first value of each sweep), validates it
 (config.py), checks the output directory and an existing checkpoint, then hands over to Hydra's
@@ -28,6 +28,8 @@ from .config_files import CONFIG_DIR
 from .doctor import doctor
 from .errors import UserError, fail
 from .evaluate import evaluate
+from .export import USAGE as EXPORT_USAGE
+from .export import export_run, parse_args
 from .interrupt import GracefulStop, Interrupted
 from .jax_setup import configure
 from .legacy import check_overrides, translate_config, translate_overrides
@@ -46,6 +48,8 @@ def run(cmd: str, rest: list[str]) -> int:
         return evaluate_command(rest)
     if cmd == "compare":
         return compare_command(rest)
+    if cmd == "export":
+        return export_command(rest)
     return doctor(rest)
 
 
@@ -324,6 +328,32 @@ def _evaluate_one(run: Path, overrides: list[str]) -> None:
             evaluate(cfg, run)
     except UserError as exc:
         fail(str(exc))
+
+
+def export_command(rest: list[str]) -> int:
+    """Write a run's pair potential as LAMMPS or GROMACS tables (see export/__init__.py)."""
+    if any(a in ("-h", "--help") for a in rest):
+        print(EXPORT_USAGE, end="", flush=True)
+        return 0
+    try:
+        run, opts, overrides = parse_args(rest)
+    except UserError as exc:
+        fail(str(exc))
+    if run is None:
+        run = latest_run()
+        if run is None:
+            fail("no run found under runs/\n  fix: train first (difftre train) or give run=PATH")
+    _run_dir_ok(run)
+    cfg = _compose_run(run, overrides)
+    try:
+        with config_errors(cfg=cfg):
+            _set_precision(cfg.precision)
+            manifest = export_run(cfg, run, opts)
+    except UserError as exc:
+        fail(str(exc))
+    out = Path(opts.out) if opts.out is not None else run / "export" / opts.format
+    print(f"difftre export: wrote {', '.join(manifest['files'])} and export.json to {out}", flush=True)
+    return 0
 
 
 def compare_command(rest: list[str]) -> int:

@@ -224,3 +224,19 @@ def kT_of(system: UnitSystem, kT: float | None, temperature: float | None) -> fl
     if kT is not None:
         return float(kT)
     return float(temperature) * system.kB
+
+
+#: The unit styles ``difftre export`` writes tables in: LAMMPS's ``units`` styles (real: Å and
+#: kcal mol⁻¹, metal: Å and eV, lj: σ and ε) and GROMACS's nm and kJ mol⁻¹.
+TABLE_STYLES = {"real": TRAJECTORY_STYLES["real"], "metal": TRAJECTORY_STYLES["metal"], "lj": TRAJECTORY_STYLES["lj"],
+                "gromacs": TRAJECTORY_STYLES["gromacs"]}
+
+
+def table_factors(style: str, system: UnitSystem) -> tuple[float, float]:
+    """Factors converting the system's lengths and energies to those of the engine unit style
+    ``style`` (a key of TABLE_STYLES): the inverse of the trajectory conversion, so a table
+    written here and read back as a trajectory of the same style round-trips."""
+    if style not in TABLE_STYLES:
+        raise UserError(f"units={style}: unknown unit style", f"use one of {', '.join(TABLE_STYLES)}")
+    f_length, f_energy, _ = trajectory_factors(*TABLE_STYLES[style], system)
+    return 1.0 / f_length, 1.0 / f_energy
