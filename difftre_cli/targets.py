@@ -1,15 +1,26 @@
-"""Target data: load files (txt/csv/npz/h5) with declared units and put them on the
-observable's grid, or take scalar values with a unit.
+"""Target data: load files with declared units and put them on the observable's grid, or take
+scalar values with a unit.
 
-File formats for gridded targets (e.g. an RDF):
-- ``.txt``/``.dat``/``.csv``: two columns x, y separated by white space or commas; ``#`` comments;
-- ``.npz``: arrays ``x`` and ``y``;
-- ``.h5``/``.hdf5``: datasets ``x`` and ``y`` (at the root or in a group named after the target).
+Gridded targets (e.g. an RDF) come from files (formats and ``columns``: :mod:`.target_files`).
 The x column is converted with ``x_unit`` and linearly interpolated onto the grid; the grid
-must lie within the file's x range (half a bin of slack).
+must lie within the file's x range (half a bin of slack). Per target, besides ``file``,
+``x_unit``, ``gamma`` and ``observable``:
+
+- ``columns``: x, y[, standard error] by header name or 0-based index (default: 0, 1[, 2]);
+- ``weight``: ``uniform`` (default) or ``inverse_variance``: per-point weights 1/σ² of the
+  standard error on the grid, normalised to mean 1 so that ``gamma`` keeps its meaning;
+- ``histogram``: true when the file is an unsmoothed histogram (LAMMPS ``compute rdf``, an
+  experiment), false (default) when it was smoothed like the observable (e.g. made by difftre);
+- ``smooth``: ``auto`` (default: the observable's own Gaussian kernel is applied to the target
+  when ``histogram`` is true), ``none``, or a width σ in ``x_unit`` (applied whatever
+  ``histogram`` says). Only observables with a smoothing kernel (rdf) accept it.
+
+The loss of a target is γ · mean_b w_b (pred_b − target_b)² (:meth:`Target.loss`), the one
+used by every learner.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +29,12 @@ import numpy as np
 from . import units
 from .checks import input_file, mapping, number
 from .errors import UserError
+from .target_files import Curve, read_curve
+
+#: keys of a target read from a file, and of a target given as a value
+FILE_KEYS = ("file", "x_unit", "gamma", "observable", "columns", "weight", "smooth", "histogram")
+VALUE_KEYS = ("value", "unit", "gamma", "observable")
+WEIGHTS = ("uniform", "inverse_variance")
 
 
 @dataclass(frozen=True)
@@ -27,120 +44,23 @@ class Target:
     value: np.ndarray      # on the observable's grid (or a scalar), internal units
     gamma: float
     source: str
+    weight: np.ndarray | None = None   # per-point loss weights on the grid, mean 1; None: uniform
+    error: np.ndarray | None = None    # standard error of value on the grid, if the file gave one
+
+    def loss(self, pred, xp=np, dtype=None):
+        """γ · mean(w · (pred − value)²): the loss of this target, written once for every
+        learner. ``xp``: the array module of ``pred`` (numpy or jax.numpy); ``dtype``: that of
+        the target's arrays (None: ``xp``'s default)."""
+        sq = (pred - xp.asarray(self.value, dtype)) ** 2
+        if self.weight is not None:
+            sq = sq * xp.asarray(self.weight, sq.dtype)
+        return self.gamma * xp.mean(sq)
 
 
 def resolve_path(path: str, key: str) -> Path:
     """A relative path is looked up in the working directory, then in the project root; the
     result is an existing, non-empty regular file (else a UserError naming ``key``)."""
     return input_file(path, key, what="target file", example="/path/to/target.txt")
-
-
-_FORMAT_FIX = "use a two-column text/csv file (x y), or .npz/.h5 with 1-D arrays x and y"
-
-
-def _read_text(path: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise UserError(f"{key}: target file {path} is not a text file (binary content)",
-                        f"{_FORMAT_FIX}; binary files need the extension .npz or .h5") from None
-    rows, numbers = [], []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        fields = line.split("#")[0].replace(",", " ").split()
-        if fields:
-            rows.append((lineno, fields))
-    if not rows:
-        raise UserError(f"{key}: target file {path} is empty (no data lines)", "write two columns: x y")
-    width = len(rows[0][1])
-    for lineno, fields in rows:
-        if not all(_is_float(v) for v in fields):
-            raise UserError(f"{key}: target file {path} has a non-numeric line {lineno}: {' '.join(fields)!r}",
-                            "keep only numeric x y columns (comments start with #)")
-        if len(fields) < 2:
-            raise UserError(f"{key}: target file {path} line {lineno} has {len(fields)} value; two columns (x y) "
-                            "are needed" + (" (the file looks truncated)" if width >= 2 else ""),
-                            "write x and y on every line; re-export the file if it was cut off")
-        if len(fields) != width:
-            raise UserError(f"{key}: target file {path} has ragged rows: line {lineno} has {len(fields)} values, "
-                            f"the first data line {width}",
-                            "give every line the same columns (x y); re-export the file if it was cut off")
-        numbers.append([float(v) for v in fields[:2]])
-    data = np.asarray(numbers, float)
-    return data[:, 0], data[:, 1]
-
-
-def _read_arrays(path: Path, key: str, group: str | None) -> tuple[np.ndarray, np.ndarray]:
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                names = list(data.files)
-                if "x" not in names or "y" not in names:
-                    raise UserError(f"{key}: target file {path} has arrays {names} but needs arrays named x and y",
-                                    "save it with np.savez(path, x=x, y=y)")
-                return np.asarray(data["x"]), np.asarray(data["y"])
-        except UserError:
-            raise
-        except Exception as exc:   # not a zip, truncated archive, pickled objects, ...
-            detail = str(exc).split(". ")[0][:120]
-            raise UserError(f"{key}: target file {path} is not a readable .npz archive of arrays "
-                            f"({type(exc).__name__}: {detail})", "save it with np.savez(path, x=x, y=y)") from None
-    import h5py
-    try:
-        with h5py.File(path, "r") as f:
-            g = f[group] if group and group in f and isinstance(f[group], h5py.Group) else f
-            missing = [k for k in ("x", "y") if k not in g or not isinstance(g[k], h5py.Dataset)]
-            if missing:
-                raise UserError(f"{key}: target file {path} has no dataset(s) {missing} in {g.name} "
-                                f"(found {sorted(g.keys())})",
-                                f"write datasets x and y at the root or in a group named {group!r}")
-            return np.asarray(g["x"][()]), np.asarray(g["y"][()])
-    except UserError:
-        raise
-    except Exception as exc:   # not HDF5 (no signature), truncated, unreadable
-        raise UserError(f"{key}: target file {path} is not a readable HDF5 file ({type(exc).__name__}: "
-                        f"{str(exc)[:120]})",
-                        "write it with h5py (datasets x and y), or use a text/npz file") from None
-
-
-def read_xy(path: Path, key: str, group: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """x and y from a target file (text/csv, .npz, .h5), checked: numeric, 1-D, same length,
-    finite, not empty. Every problem is a UserError naming ``key`` and the file."""
-    if path.suffix.lower() in (".npz", ".h5", ".hdf5"):
-        x, y = _read_arrays(path, key, group)
-        try:
-            x, y = np.asarray(x, float), np.asarray(y, float)
-        except (TypeError, ValueError):
-            raise UserError(f"{key}: arrays x and y in {path} are not numeric", _FORMAT_FIX) from None
-        if x.ndim != 1 or y.ndim != 1:
-            raise UserError(f"{key}: arrays x and y in {path} must be 1-D (got shapes {x.shape} and {y.shape})",
-                            "store one x array and one y array of the same length")
-    else:
-        try:
-            x, y = _read_text(path, key)
-        except OSError as exc:
-            raise UserError(f"{key}: cannot read target file {path}: {exc.strerror or exc}",
-                            "check that the file is readable") from None
-    if x.shape != y.shape:
-        raise UserError(f"{key}: x and y in {path} differ in length ({x.size} and {y.size})", "give one y per x")
-    if x.size == 0:
-        raise UserError(f"{key}: target file {path} is empty", "write two columns: x y")
-    if x.size < 2:
-        raise UserError(f"{key}: target file {path} has a single point; a curve needs at least two",
-                        "supply the whole curve over the observable's range")
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-        row = int(np.argmax(~(np.isfinite(x) & np.isfinite(y))))
-        raise UserError(f"{key}: target file {path} contains NaN or infinite values (data row {row + 1})",
-                        "remove or fix those rows")
-    return x, y
-
-
-def _is_float(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
 
 
 def on_grid(x, y, grid, key: str, path) -> np.ndarray:
@@ -152,6 +72,67 @@ def on_grid(x, y, grid, key: str, path) -> np.ndarray:
                         f"grid needs [{grid[0]:.4g}, {grid[-1]:.4g}]",
                         "supply data over the whole range, or shrink the observable's r_min/r_max")
     return np.interp(grid, x, y)
+
+
+def _check_keys(t, key: str, known: tuple, what: str) -> None:
+    unknown = sorted(str(k) for k in t if k not in known)
+    if unknown:
+        raise UserError(f"{key}: unknown key(s) {', '.join(unknown)} (no {what} reads them)",
+                        f"remove them; the keys of {what} are {', '.join(known)}")
+
+
+def columns_option(t, key: str) -> list | None:
+    """``targets.X.columns``: two or three header names or 0-based indices (x, y[, error]), or None."""
+    cols = t.get("columns")
+    if cols is None:
+        return None
+    ckey = f"{key}.columns"
+    ok = (isinstance(cols, Sequence) and not isinstance(cols, (str, bytes)) and len(cols) in (2, 3)
+          and all(isinstance(c, str) and c or (isinstance(c, int) and not isinstance(c, bool) and c >= 0)
+                  for c in cols))
+    if not ok:
+        raise UserError(f"{ckey} must be two or three column names or 0-based indices (x, y[, error]), "
+                        f"got {cols!r}", f"set e.g. {ckey}=[r,g] or {ckey}=[0,1,2]")
+    if len(set(cols)) != len(cols):
+        raise UserError(f"{ckey} names a column twice: {list(cols)!r}", f"pick distinct columns, e.g. {ckey}=[0,1]")
+    return list(cols)
+
+
+def smoothing_option(t, key: str, obs, obs_name: str, x_factor: float) -> float | None:
+    """The Gaussian width (internal units) to apply to a file target, None for none, from
+    ``histogram`` and ``smooth`` (see the module docstring)."""
+    hist = t.get("histogram", False)
+    if not isinstance(hist, bool):
+        raise UserError(f"{key}.histogram must be true or false, got {hist!r}",
+                        f"set {key}.histogram=true for an unsmoothed histogram (e.g. LAMMPS compute rdf), else false")
+    smooth = t.get("smooth", "auto")
+    smooth = "auto" if smooth is None else smooth
+    is_num = isinstance(smooth, (int, float)) and not isinstance(smooth, bool)
+    if not (smooth in ("auto", "none") or (is_num and np.isfinite(smooth) and smooth > 0)):
+        raise UserError(f"{key}.smooth must be auto, none or a width > 0 (in x_unit), got {smooth!r}",
+                        f"set {key}.smooth=auto (the observable's kernel on histogram targets), none, or e.g. 0.02")
+    if smooth == "none" or (smooth == "auto" and not hist):
+        return None
+    width = obs.kernel_width
+    if width is None:
+        why = f"{key}.histogram=true" if smooth == "auto" else f"{key}.smooth={smooth}"
+        raise UserError(f"{why}: the observable {obs_name!r} applies no smoothing kernel that the target could be "
+                        "given (targets can be smoothed for rdf observables)",
+                        f"set {key}.smooth=none (and {key}.histogram=false)")
+    return float(width) if smooth == "auto" else float(smooth) * x_factor
+
+
+def inverse_variance(err, grid, x_factor: float, x_unit, key: str, path) -> np.ndarray:
+    """Weights 1/σ² on the grid normalised to mean 1; σ ≤ 0 or missing (NaN) is a UserError
+    saying where."""
+    bad = ~(np.isfinite(err) & (err > 0))
+    if np.any(bad):
+        first = float(grid[int(np.argmax(bad))] / x_factor)
+        raise UserError(f"{key}.weight=inverse_variance: the standard error in {path} is zero, negative or missing "
+                        f"at {int(bad.sum())} of the {len(grid)} grid points (the first at x = {first:.4g} {x_unit})",
+                        f"give every point a positive standard error, or set {key}.weight=uniform")
+    w = 1.0 / err ** 2
+    return w / w.mean()
 
 
 def build(cfg, observables: dict, unit_system) -> dict[str, Target]:
@@ -166,51 +147,86 @@ def build(cfg, observables: dict, unit_system) -> dict[str, Target]:
                             f"add it to the observables group or set {key}.observable to one of {sorted(observables)}")
         obs = observables[obs_name]
         gamma = number(t, "gamma", prefix=key, lo=0.0, required=False, default=1.0, example="1.0")
+        if obs.grid is None:
+            _check_keys(t, key, VALUE_KEYS, f"a target of the {'vector' if obs.components else 'scalar'} "
+                                            f"observable {obs_name!r}")
         if obs.grid is None and obs.components:
             out[name] = _vector_target(name, obs_name, obs, t, key, gamma, unit_system)
-            continue
-        if obs.grid is None:
-            value = number(t, "value", prefix=key, example="0.5")
-            unit = t.get("unit")
-            if unit is None:
-                raise UserError(f"{key}.unit is not set for the scalar {obs.unit_kind} target {name!r}",
-                                f"declare the unit of {key}.value, e.g. {key}.unit="
-                                + ("reduced" if unit_system.name == "lj" else
-                                   "bar" if obs.unit_kind == "pressure" else "kJ/mol"))
-            try:
-                if obs.unit_kind == "pressure":
-                    factor = units.pressure_factor(unit, unit_system)
-                elif obs.unit_kind == "energy":
-                    factor = units.energy_factor(unit, unit_system)
-                else:
-                    factor = 1.0
-            except UserError as exc:  # name the key, as every config error does
-                raise UserError(f"{key}.unit={unit!r}: {str(exc).split(chr(10))[0]}", exc.fix) from None
-            out[name] = Target(name, obs_name, np.asarray(value * factor), gamma, f"value {value} {unit}")
-            continue
-        if not t.get("file"):
-            raise UserError(f"{key}.file is not set", f"set {key}.file=PATH (two columns x y)")
-        x_unit = t.get("x_unit")
-        if x_unit is None:
-            raise UserError(f"{key}.x_unit is not set", f"declare the unit of the file's x column, e.g. {key}.x_unit=sigma")
-        try:
-            if obs.unit_kind == "angle":
-                factor = units.angle_factor(x_unit)
-            elif obs.unit_kind == "inverse_length":   # wave numbers k: x_unit 1/sigma, 1/nm, 1/angstrom
-                if not str(x_unit).startswith("1/"):
-                    raise UserError(f"wave numbers need an inverse length unit, got {x_unit!r}",
-                                    f"declare e.g. {key}.x_unit=1/" + ("sigma" if unit_system.name == "lj" else "nm"))
-                factor = 1.0 / units.length_factor(str(x_unit)[2:], unit_system)
-            else:
-                factor = units.length_factor(x_unit, unit_system)
-        except UserError as exc:  # name the key, as every config error does
-            raise UserError(f"{key}.x_unit={x_unit!r}: {str(exc).split(chr(10))[0]}", exc.fix) from None
-        path = resolve_path(t["file"], f"{key}.file")
-        x, y = read_xy(path, f"{key}.file", group=name)
-        out[name] = Target(name, obs_name, on_grid(x * factor, y, obs.grid, f"{key}.file", path), gamma, str(path))
+        elif obs.grid is None:
+            out[name] = _scalar_target(name, obs_name, obs, t, key, gamma, unit_system)
+        else:
+            _check_keys(t, key, FILE_KEYS, f"a target of the gridded observable {obs_name!r}")
+            out[name] = _file_target(name, obs_name, obs, t, key, gamma, unit_system)
     if not out:
         raise UserError("no targets configured", "select a targets group, e.g. targets=lj_rdf")
     return out
+
+
+def _scalar_target(name, obs_name, obs, t, key: str, gamma: float, unit_system) -> Target:
+    """A scalar target: ``value`` in ``unit`` (pressure and energy units are converted)."""
+    value = number(t, "value", prefix=key, example="0.5")
+    unit = t.get("unit")
+    if unit is None:
+        raise UserError(f"{key}.unit is not set for the scalar {obs.unit_kind} target {name!r}",
+                        f"declare the unit of {key}.value, e.g. {key}.unit="
+                        + ("reduced" if unit_system.name == "lj" else
+                           "bar" if obs.unit_kind == "pressure" else "kJ/mol"))
+    try:
+        if obs.unit_kind == "pressure":
+            factor = units.pressure_factor(unit, unit_system)
+        elif obs.unit_kind == "energy":
+            factor = units.energy_factor(unit, unit_system)
+        else:
+            factor = 1.0
+    except UserError as exc:  # name the key, as every config error does
+        raise UserError(f"{key}.unit={unit!r}: {str(exc).split(chr(10))[0]}", exc.fix) from None
+    return Target(name, obs_name, np.asarray(value * factor), gamma, f"value {value} {unit}")
+
+
+def _x_factor(obs, x_unit, key: str, unit_system) -> float:
+    """Factor from the file's x unit to the observable's internal unit (UserError naming x_unit)."""
+    if x_unit is None:
+        raise UserError(f"{key}.x_unit is not set", f"declare the unit of the file's x column, e.g. {key}.x_unit=sigma")
+    try:
+        if obs.unit_kind == "angle":
+            return units.angle_factor(x_unit)
+        if obs.unit_kind == "inverse_length":   # wave numbers k: x_unit 1/sigma, 1/nm, 1/angstrom
+            if not str(x_unit).startswith("1/"):
+                raise UserError(f"wave numbers need an inverse length unit, got {x_unit!r}",
+                                f"declare e.g. {key}.x_unit=1/" + ("sigma" if unit_system.name == "lj" else "nm"))
+            return 1.0 / units.length_factor(str(x_unit)[2:], unit_system)
+        return units.length_factor(x_unit, unit_system)
+    except UserError as exc:  # name the key, as every config error does
+        raise UserError(f"{key}.x_unit={x_unit!r}: {str(exc).split(chr(10))[0]}", exc.fix) from None
+
+
+def _file_target(name, obs_name, obs, t, key: str, gamma: float, unit_system) -> Target:
+    """A gridded target from a file: read, x converted, optionally smoothed with the
+    observable's kernel on the file's own range, interpolated onto the grid, weighted."""
+    if not t.get("file"):
+        raise UserError(f"{key}.file is not set", f"set {key}.file=PATH (two columns x y)")
+    x_unit = t.get("x_unit")
+    factor = _x_factor(obs, x_unit, key, unit_system)
+    columns = columns_option(t, key)
+    weight = t.get("weight", "uniform")
+    if weight not in WEIGHTS:
+        raise UserError(f"{key}.weight: unknown weighting {weight!r}",
+                        f"use one of {', '.join(WEIGHTS)} (e.g. {key}.weight=uniform)")
+    sigma = smoothing_option(t, key, obs, obs_name, factor)
+    path = resolve_path(t["file"], f"{key}.file")
+    c: Curve = read_curve(path, f"{key}.file", group=name, columns=columns)
+    if weight == "inverse_variance" and c.err is None:
+        raise UserError(f"{key}.weight=inverse_variance needs the standard error of y, and {path} has no error "
+                        "column (array err / y_err)",
+                        f"add a third column (standard error) and name it in {key}.columns, or set "
+                        f"{key}.weight=uniform")
+    x = c.x * factor
+    xs, ys = (x, c.y) if sigma is None else obs.smooth_target(np.sort(x), c.y[np.argsort(x)], sigma)
+    value = on_grid(xs, ys, obs.grid, f"{key}.file", path)
+    err = None if c.err is None else on_grid(x, c.err, obs.grid, f"{key}.file", path)
+    w = None if weight == "uniform" else inverse_variance(err, obs.grid, factor, x_unit, key, path)
+    source = str(path) if sigma is None else f"{path} (smoothed, σ = {sigma:.4g})"
+    return Target(name, obs_name, value, gamma, source, weight=w, error=err)
 
 
 def _vector_target(name, obs_name, obs, t, key: str, gamma: float, unit_system) -> Target:

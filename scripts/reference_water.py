@@ -23,7 +23,7 @@ computed with difftre's own observables, built from ``--observables`` (default: 
 observables of ``config=water``, composed as ``difftre train config=water`` does), so target and
 learned model use identical definitions (grid, smoothing, cutoff weights).
 
-Output (HDF5, the format of ``difftre_cli.targets.read_xy`` with a group per target):
+Output (HDF5, the format of ``difftre_cli.target_files.read_curve`` with a group per target):
     /rdf/x (nm), /rdf/y, /rdf/y_err          O–O g(r); x_unit attribute "nm"
     /adf/x (rad), /adf/y, /adf/y_err         O–O–O p(α), ∫p dα = 1; x_unit attribute "rad"
     /pressure  attrs value, stderr, unit=bar; dataset series (bar, per snapshot)

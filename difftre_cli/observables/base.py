@@ -24,10 +24,17 @@ class Observable(abc.ABC):
     needs: tuple = ()                       # per-snapshot strain derivatives ("born_stress", "born_stiffness")
     components: tuple | None = None         # names of the entries of a vector value
     combine: ClassVar[Callable | None] = None   # combine(ctx, averages) -> value: a function of averages
+    kernel_width: float | None = None       # Gaussian smoothing width a target can be given (smooth_target)
 
     @abc.abstractmethod
     def snapshot(self, ctx, q):
         """The per-snapshot value (or the pieces ``combine`` takes) from the quantities ``q``."""
+
+    def smooth_target(self, x, y, sigma: float):
+        """A target curve (x sorted, internal units) smoothed as this observable smooths its
+        histogram, with width ``sigma``: (x', y') on a fine grid of the target's range. Only
+        observables with a ``kernel_width`` implement it (targets.py checks that first)."""
+        raise NotImplementedError(f"observable {self.name!r} has no smoothing kernel for targets")
 
     def check_box(self, box: float):
         """Raise a UserError if the observable cannot work in a cubic box of side ``box`` (run by

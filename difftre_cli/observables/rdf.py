@@ -9,6 +9,10 @@ pairs they count, g = Σ_{a,b} N_a (N_b − δ_ab) / (N (N − 1)) · g_ab over 
 i.e. g = x_A² g_AA + 2 x_A x_B g_AB + x_B² g_BB up to the δ_ab corrections of order 1/N. For speed the kernel sum is done as a
 linear (cloud-in-cell) deposit of the pair distances on a fine grid followed by one
 matrix product with the Gaussian kernel; both steps are differentiable in r_ij.
+
+A target g(r) that is an unsmoothed histogram (LAMMPS ``compute rdf``, an experiment) is given the
+same kernel before the comparison (``RDF.smooth_target``, ``targets.X.smooth``): the kernel acts
+on the pair density ∝ r² g(r), g_σ(r) = ∫ K_σ(r − s) s² g(s) ds / r², as it does here.
 """
 from __future__ import annotations
 
@@ -20,6 +24,13 @@ import numpy as np
 from ..checks import number
 from ..errors import UserError
 from .base import Observable
+
+
+def gaussian_kernel(at, points, sigma: float) -> np.ndarray:
+    """K_σ(a − p), the normalised Gaussian, as a (len(at), len(points)) matrix: the smoothing
+    kernel of the RDF (on pair distances) and of targets given to it (``RDF.smooth_target``)."""
+    at, points = np.asarray(at, float), np.asarray(points, float)
+    return np.exp(-0.5 * ((at[:, None] - points[None, :]) / sigma) ** 2) / (np.sqrt(2 * np.pi) * sigma)
 
 
 @dataclass(frozen=True)
@@ -66,10 +77,33 @@ class RDF(Observable):
         grid = self.r_min + dr * (np.arange(self.n_bins) + 0.5)
         step = min(sigma / 4.0, dr / 2.0)
         fine = np.arange(0.0, self.r_max + 4.0 * sigma + step, step)
-        kern = np.exp(-0.5 * ((grid[:, None] - fine[None, :]) / sigma) ** 2) / (np.sqrt(2 * np.pi) * sigma)
+        kern = gaussian_kernel(grid, fine, sigma)
         object.__setattr__(self, "grid", grid)
         object.__setattr__(self, "fine", fine)
         object.__setattr__(self, "kernel", kern)
+
+    @property
+    def kernel_width(self) -> float:
+        """The Gaussian width σ a histogram target is given (targets.X.smooth=auto)."""
+        return self.sigma
+
+    def smooth_target(self, x, y, sigma: float):
+        """g_σ(r) = ∫ K_σ(r − s) s² g(s) ds / r² of a target g sampled at sorted ``x``, on a
+        uniform grid of step ≤ σ/8 over the target's own range [x₀, x₁] (r > 0): the kernel
+        this observable applies to pair distances (the pair density is ∝ s² g(s)). Beyond the
+        data g is continued by its end values (linear interpolation inside), below r = 0 there
+        are no pairs; the kernel is cut at 5 σ (a 6e-7 loss of weight)."""
+        x0, x1 = float(x[0]), float(x[-1])
+        n = max(1, int(np.ceil(8.0 * (x1 - x0) / sigma)))
+        h = (x1 - x0) / n
+        m = int(np.ceil(5.0 * sigma / h))
+        s = x0 + h * np.arange(-m, n + m + 1)
+        pair_density = np.where(s > 0, s * s, 0.0) * np.interp(s, x, y)
+        taps = gaussian_kernel(np.zeros(1), h * np.arange(-m, m + 1), sigma)[0] * h
+        r = s[m:m + n + 1]
+        smoothed = np.convolve(pair_density, taps, mode="valid")
+        keep = r > 0
+        return r[keep], smoothed[keep] / r[keep] ** 2
 
     @property
     def reach(self) -> float:
