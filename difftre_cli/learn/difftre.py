@@ -64,9 +64,8 @@ class DiffTRe:
         self.n_eff = jax.jit(engine.n_eff)
 
     def target_losses(self, preds) -> dict:
-        """γ · MSE of every target against the predicted observables."""
-        return {name: t.gamma * jnp.mean((preds[t.observable] - jnp.asarray(t.value)) ** 2)
-                for name, t in self.targets.items()}
+        """γ · (weighted) MSE of every target against the predicted observables (Target.loss)."""
+        return {name: t.loss(preds[t.observable], jnp) for name, t in self.targets.items()}
 
     def loss(self, params, feats: Features):
         preds, w = self.engine.predict(params, feats)

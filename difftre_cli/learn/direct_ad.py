@@ -138,7 +138,7 @@ class DirectAD:
         """Σ_k γ_k MSE(⟨O_k⟩_segment, target_k), differentiable through the integrator."""
         vals, state, nb_e, nb_o, kT, finite_pos = self.segment(params, state, nb_e, nb_o)
         preds = {k: jnp.mean(v, axis=0) for k, v in vals.items()}
-        losses = {name: t.gamma * jnp.mean((preds[t.observable] - jnp.asarray(t.value, preds[t.observable].dtype)) ** 2)
+        losses = {name: t.loss(preds[t.observable], jnp, preds[t.observable].dtype)
                   for name, t in self.c.targets.items()}
         stable = finite_pos & jnp.all(kT < self.max_kT)
         overflow = nb_e.did_buffer_overflow | nb_o.did_buffer_overflow

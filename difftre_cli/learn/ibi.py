@@ -156,9 +156,8 @@ def trajectory_means(c, params, trajectory) -> dict:
 
 
 def target_losses(c, means: dict) -> dict:
-    """γ_k MSE(mean_k, target_k) per target, as DiffTRe's loss defines it."""
-    return {name: float(t.gamma * np.mean((np.asarray(means[t.observable]) - np.asarray(t.value, np.float64)) ** 2))
-            for name, t in c.targets.items()}
+    """γ_k (weighted) MSE(mean_k, target_k) per target, DiffTRe's loss (Target.loss), in float64."""
+    return {name: float(t.loss(np.asarray(means[t.observable]), np, np.float64)) for name, t in c.targets.items()}
 
 
 def _get_table(params, pair):
