@@ -127,10 +127,12 @@ def inverse_variance(err, grid, x_factor: float, x_unit, key: str, path) -> np.n
     saying where."""
     bad = ~(np.isfinite(err) & (err > 0))
     if np.any(bad):
-        first = float(grid[int(np.argmax(bad))] / x_factor)
+        where = grid[bad] / x_factor
         raise UserError(f"{key}.weight=inverse_variance: the standard error in {path} is zero, negative or missing "
-                        f"at {int(bad.sum())} of the {len(grid)} grid points (the first at x = {first:.4g} {x_unit})",
-                        f"give every point a positive standard error, or set {key}.weight=uniform")
+                        f"at {int(bad.sum())} of the {len(grid)} grid points (the first at x = {where[0]:.4g}, "
+                        f"the last at x = {where[-1]:.4g} {x_unit})",
+                        "give every point a positive standard error (an RDF's core, where g = 0, has none: start the "
+                        f"observable's grid beyond it, r_min), or set {key}.weight=uniform")
     w = 1.0 / err ** 2
     return w / w.mean()
 

@@ -84,6 +84,8 @@ def make_inputs(d: Path) -> None:
     with h5py.File(d / "noxy.h5", "w") as f:
         f["r"] = x
     np.savetxt(d / "good.txt", np.c_[x, y])
+    np.savetxt(d / "header.csv", np.c_[x, y], delimiter=",", header="r,g", comments="")
+    (d / "gmx.xvg").write_text('# gmx rdf\n@ title "g(r)"\n@TYPE xy\n' + good + "\n")
 
 
 # (overrides after config=tiny, words the error line must contain)
@@ -216,6 +218,15 @@ CASES = [
     pytest.param(["targets.rdf.file=empty.npz"], ["targets.rdf.file", "empty.npz", "empty"], id="npz-empty"),
     pytest.param(["targets.rdf.file=text.h5"], ["targets.rdf.file", "text.h5", "HDF5"], id="h5-not-hdf5"),
     pytest.param(["targets.rdf.file=noxy.h5"], ["targets.rdf.file", "noxy.h5", "'x'"], id="h5-no-datasets"),
+    pytest.param(["+targets.rdf.colums=[0,1]"], ["targets.rdf", "unknown key", "colums"], id="target-unknown-key"),
+    pytest.param(["+targets.rdf.columns=[r,g]"], ["targets.rdf.columns", "no header"], id="target-columns-no-header"),
+    pytest.param(["+targets.rdf.weight=chi2"], ["targets.rdf.weight", "chi2"], id="target-weight-unknown"),
+    pytest.param(["+targets.rdf.weight=inverse_variance", "targets.rdf.file=good.txt"],
+                 ["targets.rdf.weight", "no error column"], id="target-inverse-variance-no-error"),
+    pytest.param(["+targets.rdf.weight=inverse_variance"], ["targets.rdf.weight", "zero, negative", "the last at x"],
+                 id="target-inverse-variance-zero-error"),
+    pytest.param(["+targets.rdf.smooth=yes"], ["targets.rdf.smooth", "yes"], id="target-smooth-word"),
+    pytest.param(["+targets.rdf.histogram=maybe"], ["targets.rdf.histogram", "maybe"], id="target-histogram-word"),
     # optimizer
     pytest.param(["optimizer.kind=rmsprop"], ["optimizer.kind", "rmsprop"], id="optimizer-kind"),
     pytest.param(["optimizer.name=sgd"], ["optimizer.name", "renamed to optimizer.kind"], id="optimizer-old-key"),
@@ -375,6 +386,6 @@ def test_lattice_start_is_unchanged_without_structure(at_inputs):
     np.testing.assert_array_equal(system.positions, lattice_positions(N, L, "fcc"))
 
 
-@pytest.mark.parametrize("name", ["good.npz", "good.h5", "good.txt"])
+@pytest.mark.parametrize("name", ["good.npz", "good.h5", "good.txt", "header.csv", "gmx.xvg"])
 def test_good_target_files_pass(at_inputs, name):
     validate(_compose([f"targets.rdf.file={name}"]))
