@@ -146,6 +146,23 @@ def test_evaluate_tiny_end_to_end(trained):
     assert not (cwd / "runs").exists()
 
 
+def test_export_tiny_end_to_end(trained):
+    """`difftre export` of the trained run through the console script: GROMACS files under
+    RUN/export/gromacs/ (finite, zero past the cutoff). Bad arguments: test_export.py."""
+    cwd, run, proc = trained
+    if proc.returncode != 0:
+        pytest.skip("training failed (reported by test_train_tiny_end_to_end)")
+    ex = difftre(["export", f"run={run}", "format=gromacs"], cwd=cwd)
+    assert ex.returncode == 0, ex.stderr[-3000:]
+    out = run / "export" / "gromacs"
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["files"] == ["table.xvg", "difftre_tables.mdp", "difftre_nonbond.itp"]
+    rows = np.loadtxt(out / "table.xvg", comments="#")
+    (t,) = manifest["tables"]
+    model = rows[(rows[:, 0] >= t["r_inner"]) & (rows[:, 0] <= t["cutoff"])]
+    assert len(model) > 100 and np.all(np.isfinite(rows)) and not rows[rows[:, 0] > t["cutoff"] + 1e-9, 5:].any()
+
+
 def test_cfg_job_prints_config_and_runs_nothing(tmp_path):
     run = tmp_path / "run"
     proc = difftre(["train", "config=tiny", "--cfg", "job", f"hydra.run.dir={run}"], cwd=tmp_path, timeout=120)

@@ -15,10 +15,19 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
 
-from difftre_cli import units
+from difftre_cli import assemble, units
+from difftre_cli.config_files import CONFIG_DIR
 from difftre_cli.errors import UserError
-from difftre_cli.export import ExportOptions, gromacs, lammps, parse_args
+from difftre_cli.export import (
+    ExportOptions,
+    export_potential,
+    export_run,
+    gromacs,
+    lammps,
+    parse_args,
+)
 from difftre_cli.export.tabulate import PairTable, inner_end, tabulate
 
 
@@ -142,3 +151,22 @@ def test_export_arguments_and_config_overrides_are_separated(tmp_path):
                                        "state=T1", f"out={tmp_path}/x"])
     assert run == tmp_path and overrides == ["system.kT=1.2"]
     assert opts == ExportOptions(format="gromacs", out=tmp_path / "x", r_inner=0.9, state="T1")
+
+
+def _cfg(*overrides):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("preset, needle", [("water", "many-body"), ("double_well", "one-body")])
+def test_potentials_a_table_cannot_hold_are_refused(preset, needle, tmp_path):
+    c = assemble.build(_cfg(f"config={preset}"))
+    with pytest.raises(UserError, match=needle) as exc:
+        export_potential(c, {}, ExportOptions("lammps"), tmp_path, "test")
+    assert "pair models" in exc.value.fix and not any(tmp_path.iterdir())
+
+
+def test_a_classical_0K_fit_is_refused_with_the_engines_own_pair_style(tmp_path):
+    with pytest.raises(UserError, match="classical many-body") as exc:
+        export_run(_cfg("config=si_sw_elastic"), tmp_path, ExportOptions("lammps"))
+    assert "pair_style" in exc.value.fix

@@ -101,6 +101,19 @@ def export_run(cfg, run_dir: Path, opts: ExportOptions) -> dict:
                         "parameters of evaluation.json")
     run = load(cfg, run_dir)
     name, c = _state(run.states, opts.state)
+    out = Path(opts.out) if opts.out is not None else Path(run_dir) / "export" / opts.format
+    header = (f"difftre export of {Path(run_dir).resolve()}\n"
+              f"pair potential = prior + learned model at the final parameters"
+              + (f", state point {name}" if name else "") + f", kT = {c.system.kT:.6g} {c.system.units.energy}")
+    manifest = {"run": str(Path(run_dir).resolve()), "state": name or None}
+    manifest.update(export_potential(c, run.params, opts, out, header))
+    (out / "export.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def export_potential(c, params, opts: ExportOptions, out: Path, header: str) -> dict:
+    """Tabulate the pair terms of ``c.potential`` (assemble.Components) at ``params`` and write
+    them for ``opts.format`` into ``out``; returns what was written (export.json's body)."""
     pot = c.potential
     if pot.one_body or not pot.pair_terms():
         what = "a one-body external field" if pot.one_body else "many-body (three-body terms or a graph network)"
@@ -111,7 +124,7 @@ def export_run(cfg, run_dir: Path, opts: ExportOptions) -> dict:
     tables = []
     for term in pot.pair_terms():
         def u_fn(r, term=term):
-            return term.u(run.params, r)
+            return term.u(params, r)
         species = term.species or (system.species_names[0],) * 2
         pair = f"{species[0]}-{species[1]}"
         r_inner = opts.r_inner if opts.r_inner is not None else inner_end(u_fn, pot.cutoff, system.kT, opts.wall)
@@ -120,23 +133,17 @@ def export_run(cfg, run_dir: Path, opts: ExportOptions) -> dict:
         else:
             r = gromacs.model_grid(pot.cutoff * length) / length
         tables.append(tabulate(u_fn, pair, species, r, pot.cutoff, r_inner).scaled(length, energy))
-    out = Path(opts.out) if opts.out is not None else Path(run_dir) / "export" / opts.format
     out.mkdir(parents=True, exist_ok=True)
-    header = (f"difftre export of {Path(run_dir).resolve()}\n"
-              f"pair potential = prior + learned model at the final parameters"
-              + (f", state point {name}" if name else "") + f", kT = {system.kT:.6g} {system.units.energy}")
     species = tuple(system.species_names)
     if opts.format == "lammps":
         files = lammps.write(tables, out, style=style, units_note=note, header=header, species=species,
                              interpolation=opts.interpolation)
     else:
         files = gromacs.write(tables, out, header=header, species=species, units_note=note)
-    manifest = {"run": str(Path(run_dir).resolve()), "format": opts.format, "units": style, "unit_note": note,
-                "state": name or None, "kT": float(system.kT), "kT_unit": system.units.energy,
-                "files": [p.name for p in files], "tables": [_table_info(t) for t in tables],
-                "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}}
-    (out / "export.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    return manifest
+    return {"format": opts.format, "units": style, "unit_note": note, "kT": float(system.kT),
+            "kT_unit": system.units.energy, "files": [p.name for p in files],
+            "tables": [_table_info(t) for t in tables],
+            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}}
 
 
 def _state(states: list, state: str | None):

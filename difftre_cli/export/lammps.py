@@ -32,7 +32,7 @@ def write(tables: list[PairTable], out: Path, *, style: str, units_note: str, he
     index = {name: i + 1 for i, name in enumerate(species)}
     snippet = [f"# {line}" for line in header.splitlines()]
     snippet += [f"# atom types: {', '.join(f'{index[s]} = {s}' for s in species)} (the order of system.species)",
-                f"# below r_inner the table is a smooth repulsive wall, not the model: "
+                "# below r_inner the table is a smooth repulsive wall, not the model: "
                 + ", ".join(f"{t.name} {t.r_inner:.6g}" for t in tables),
                 f"# this table's units: `units {style}`, which must come before the box is made (read_data, "
                 "create_box); include these lines after it",

@@ -5,7 +5,8 @@ Below the distances the model was trained on, a learned pair function is not tru
 spline below its first knot adds no force, an MLP extrapolates anything), but an engine may
 still meet such distances in a rare collision or in the first steps from a bad start. The
 table therefore follows the model from the cutoff inward to ``r_inner`` — where u first
-climbs above ``wall`` kT inside its minimum, or where the repulsion stops growing — and
+climbs to ``wall`` kT inside its minimum (a soft model that never does: where its repulsion is
+strongest) — and
 continues it below by a quadratic wall that keeps u, the force and its slope continuous:
 
     u(r) = u_i + f_i (r_i − r) + ½ k (r_i − r)²,   f(r) = f_i + k (r_i − r),   k = max(u''(r_i), 0)
@@ -71,26 +72,20 @@ def derivatives(u_fn: Callable) -> Callable:
 
 def inner_end(u_fn: Callable, cutoff: float, kT: float, wall: float = WALL_KT, points: int = 20000) -> float:
     """The distance where the table stops following the model (module docstring): inward from
-    the minimum of u, the first point where u ≥ ``wall`` kT or the repulsive force stops growing."""
+    the minimum of u, the last point before u first reaches ``wall`` kT (or stops being finite);
+    a soft model that never gets there ends where its repulsion is strongest."""
     r = np.linspace(SCAN_FLOOR * cutoff, cutoff, points)
     u, f, _ = derivatives(u_fn)(r)
     ok = np.isfinite(u) & np.isfinite(f)
     if not np.any(ok):
         raise UserError("the pair function is not finite anywhere below the cutoff", "check the run's parameters")
-    u_safe = np.where(ok, u, np.inf)
-    i = int(np.argmin(u_safe))
-    best = None
-    while i > 0:
-        j = i - 1
-        if not ok[j] or u[j] >= wall * kT:
-            best = j + 1 if not ok[j] else j
-            break
-        if f[i] > 0.0 and f[j] <= f[i]:   # the repulsion stopped growing inward: the model ends here
-            best = i
-            break
-        i = j
-    if best is None:
-        best = 0
+    i_min = int(np.argmin(np.where(ok, u, np.inf)))
+    core = slice(0, i_min + 1)
+    hit = np.flatnonzero(~ok[core] | (np.where(ok, u, np.inf)[core] >= wall * kT))
+    if hit.size:
+        best = int(hit[-1]) + (0 if ok[hit[-1]] else 1)
+    else:   # never as high as the wall: the strongest repulsion inside the minimum
+        best = int(np.argmax(np.where(ok, f, -np.inf)[core]))
     if not f[best] > 0.0:
         raise UserError(f"the pair function is not repulsive at its inner end r = {r[best]:.4g} "
                         f"(force {f[best]:.3g}): a table there would let particles collapse",
