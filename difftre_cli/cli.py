@@ -1,4 +1,4 @@
-"""Command line: ``difftre {train,evaluate,compare,export,doctor} [overrides]``.
+"""Command line: ``difftre {train,evaluate,compare,export,targets,doctor} [overrides]``.
 
 Exit codes: 0 success; 2 bad input (config, files, unstable simulation) with a one-line
 message and no traceback; 1 internal error (traceback kept).
@@ -19,7 +19,7 @@ from .config_files import groups, presets
 from .errors import fail
 from .jax_setup import cache_library_imports, prepare_environment
 
-COMMANDS = ("train", "evaluate", "compare", "export", "doctor")
+COMMANDS = ("train", "evaluate", "compare", "export", "targets", "doctor")
 
 USAGE = """usage: difftre <command> [overrides ...]
 
@@ -38,6 +38,8 @@ commands:
              evaluated runs side by side: one table (RMSE, Δ, D, wall time) and one overlay plot
   export     [run=PATH] format=lammps|gromacs [out=DIR] (difftre export --help)
              the learned pair potential as LAMMPS pair_style table / GROMACS table files
+  targets    [config=NAME] reference=... reference.file=PATH [observables=[...]] [out=DIR]
+             target files from a trajectory with the observables' own definitions (difftre targets --help)
   doctor     print versions, devices and precision; check that a tiny simulation runs
 
 presets (config=NAME): {presets}
@@ -56,10 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
-        fail(f"unknown command {cmd!r}; use train, evaluate, compare, export or doctor (difftre --help)")
+        fail(f"unknown command {cmd!r}; use train, evaluate, compare, export, targets or doctor (difftre --help)")
     prepare_environment()
     cache_library_imports()
-    from . import commands   # JAX and all that uses it: only after prepare_environment() (module doc)
+    from . import (
+        commands,  # JAX and all that uses it: only after prepare_environment() (module doc)
+    )
     return commands.run(cmd, rest)
 
 

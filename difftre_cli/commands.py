@@ -1,4 +1,4 @@
-"""The commands of the command line (cli.py): ``train``, ``evaluate``, ``compare``, ``export``, ``doctor``.
+"""The commands of the command line (cli.py): ``train``, ``evaluate``, ``compare``, ``export``, ``targets``, ``doctor``.
 
 ``train`` composes the config as Hydra will (first value of each sweep), validates it
 (config.py), checks the output directory and an existing checkpoint, then hands over to Hydra's
@@ -9,8 +9,8 @@ with today's evaluate defaults (run_config.py) and runs evaluate.evaluate. A Use
 from __future__ import annotations
 
 import logging
-import os
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -32,10 +32,14 @@ from .export import USAGE as EXPORT_USAGE
 from .export import export_run, parse_args
 from .interrupt import GracefulStop, Interrupted
 from .jax_setup import configure
-from .legacy import check_overrides, translate_config, translate_overrides
+from .legacy import check_overrides, translate_overrides
 from .run_config import compose_run
-from .store import RunStore
+from .run_dirs import auto_resume, check_output_dir, latest_run, run_dir_ok
 from .train import train
+from .trajectory_targets import USAGE as TARGETS_USAGE
+from .trajectory_targets import compute as compute_targets
+from .trajectory_targets import parse_args as targets_args
+from .trajectory_targets import write as write_targets
 
 log = logging.getLogger("difftre")
 
@@ -50,6 +54,8 @@ def run(cmd: str, rest: list[str]) -> int:
         return compare_command(rest)
     if cmd == "export":
         return export_command(rest)
+    if cmd == "targets":
+        return targets_command(rest)
     return doctor(rest)
 
 
@@ -139,58 +145,14 @@ def train_command(rest: list[str]) -> int:
             with config_errors(cfg=cfg):
                 validate(cfg)
                 _set_precision(cfg.precision)
-                _check_output_dir(cfg, multirun=multirun)
+                check_output_dir(cfg, multirun=multirun)
                 if not multirun and cfg.get("resume") is None:
-                    _auto_resume(cfg, Path(str(cfg.hydra.run.dir)))   # before Hydra writes into .hydra/
+                    auto_resume(cfg, Path(str(cfg.hydra.run.dir)))   # before Hydra writes into .hydra/
         except UserError as exc:
             fail(str(exc))
     sys.argv = ["difftre-train"] + flags + overrides   # Hydra's argparse wants the overrides last
     _hydra_train()
     return 0
-
-
-def _check_output_dir(cfg, multirun: bool) -> None:
-    """The run (or sweep) directory must be creatable before Hydra makes it: the missing part of
-    the path is created and removed again, so a read-only or virtual file system (/proc, /sys), a
-    path through a file or a missing permission stops here, with nothing left behind."""
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    target = Path(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)).expanduser().absolute()
-    fix = f"choose a writable location, e.g. {key}=runs/my_run"
-    probe, missing = target, []
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    problem = None
-    if not probe.is_dir():
-        problem = f"{probe} is a file, not a directory"
-    elif not os.access(probe, os.W_OK | os.X_OK):
-        problem = f"{probe} is not writable"
-    else:
-        try:
-            if os.statvfs(probe).f_flag & os.ST_RDONLY:
-                problem = f"{probe} is on a read-only file system"
-        except OSError:
-            pass
-    made = []
-    try:
-        for d in reversed(missing):
-            if problem:
-                break
-            try:
-                d.mkdir()
-                made.append(d)
-            except OSError as exc:
-                problem = f"{d}: {exc.strerror or exc}"
-        if not problem and not os.access(target, os.W_OK | os.X_OK):
-            problem = f"{target} is not writable"
-    finally:
-        for d in reversed(made):
-            try:
-                d.rmdir()
-            except OSError:
-                pass
-    if problem:
-        raise UserError(f"{key}={target}: cannot create the output directory ({problem})", fix)
 
 
 def _set_precision(precision: str) -> None:
@@ -207,7 +169,7 @@ def _hydra_train():
             with GracefulStop() as stop, config_errors(cfg=cfg):
                 validate(cfg)
                 _set_precision(cfg.precision)
-                resume = cfg.get("resume") is not None or _auto_resume(cfg, Path(run_dir))
+                resume = cfg.get("resume") is not None or auto_resume(cfg, Path(run_dir))
                 train(cfg, run_dir, resume=resume, stop=stop)
         except UserError as exc:
             log.error("%s", exc)
@@ -220,39 +182,7 @@ def _hydra_train():
     task()
 
 
-def _auto_resume(cfg, run_dir: Path) -> bool:
-    """A run directory that already holds a checkpoint of the same config is continued: this is
-    how a requeued SLURM job (or a rerun with the same hydra.run.dir) picks up its work. A
-    checkpoint of a different config is never overwritten."""
-    store = RunStore(run_dir)
-    if not store.has_checkpoint():
-        return False
-    try:
-        saved = translate_config(OmegaConf.create(store.saved_config() or "{}"), str(store.checkpoint_path))
-    except Exception as exc:  # noqa: BLE001 - unreadable file: say so, do not touch it
-        raise UserError(f"{store.checkpoint_path} exists but cannot be read ({exc})",
-                        "choose another hydra.run.dir; the existing file is left untouched") from None
-    strip = lambda c: {k: v for k, v in OmegaConf.to_container(c, resolve=False).items()  # noqa: E731
-                       if k not in ("resume", "hydra")}
-    if strip(saved) != strip(cfg):
-        raise UserError(f"hydra.run.dir={run_dir} already holds a run with a different config (difftre.h5)",
-                        f"choose another hydra.run.dir, or continue that run with resume={run_dir}")
-    log.info("found a checkpoint of this config in %s: resuming (e.g. a requeued job)", run_dir)
-    return True
-
-
 # ------------------------------------------------------------------------------------------
-def latest_run(root: Path = Path("runs")) -> Path | None:
-    cands = [p.parent for p in root.glob("**/difftre.h5")]
-    return max(cands, key=lambda p: (p / "difftre.h5").stat().st_mtime) if cands else None
-
-
-def _run_dir_ok(run: Path) -> None:
-    if not (run / "difftre.h5").is_file() or not (run / ".hydra" / "config.yaml").is_file():
-        fail(f"run={run}: not a difftre run directory (difftre.h5 or .hydra/config.yaml missing)\n"
-             "  fix: give the directory that `difftre train` printed")
-
-
 EVALUATE_USAGE = """usage: difftre evaluate [run=PATH ...] [out=DIR] [overrides ...] [--cfg job] [--help]
 
 Evaluate trained runs with their final parameters (default: the latest run under runs/).
@@ -293,7 +223,7 @@ def evaluate_command(rest: list[str]) -> int:
             fail("no run found under runs/\n  fix: train first (difftre train) or give run=PATH")
         runs = [run]
     for run in runs:
-        _run_dir_ok(run)
+        run_dir_ok(run)
     if show:
         for run in runs:
             cfg = _compose_run(run, overrides)
@@ -343,7 +273,7 @@ def export_command(rest: list[str]) -> int:
         run = latest_run()
         if run is None:
             fail("no run found under runs/\n  fix: train first (difftre train) or give run=PATH")
-    _run_dir_ok(run)
+    run_dir_ok(run)
     cfg = _compose_run(run, overrides)
     try:
         with config_errors(cfg=cfg):
@@ -353,6 +283,28 @@ def export_command(rest: list[str]) -> int:
         fail(str(exc))
     out = Path(opts.out) if opts.out is not None else run / "export" / opts.format
     print(f"difftre export: wrote {', '.join(manifest['files'])} and export.json to {out}", flush=True)
+    return 0
+
+
+def targets_command(rest: list[str]) -> int:
+    """Target files from a trajectory with the config's observables (trajectory_targets.py)."""
+    if any(a in ("-h", "--help") for a in rest):
+        print(TARGETS_USAGE, end="", flush=True)
+        return 0
+    try:
+        out, blocks, overrides = targets_args(rest)
+        cfg = _precompose(overrides)
+        with config_errors(cfg=cfg):   # no train validation: the targets group is what this makes
+            _set_precision(cfg.precision)
+            out = out or Path("runs") / "targets" / time.strftime("%Y-%m-%d_%H-%M-%S")
+            results, meta = compute_targets(cfg, blocks)
+            write_targets(results, meta, out)
+    except UserError as exc:
+        fail(str(exc))
+    info = meta["info"]
+    print(f"difftre targets: {', '.join(results)} from {info['frames']} frames in {info['seconds']:.1f} s -> {out}"
+          + (f" (skipped, they depend on the potential: {', '.join(info['skipped'])})" if info["skipped"] else ""),
+          flush=True)
     return 0
 
 
@@ -369,7 +321,7 @@ def compare_command(rest: list[str]) -> int:
     if len(runs) < 2:
         fail("compare needs at least two runs\n  fix: difftre compare run=PATH_A run=PATH_B")
     for run in runs:
-        _run_dir_ok(run)
+        run_dir_ok(run)
     try:
         compare(runs, out)
     except UserError as exc:

@@ -16,7 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError
 
-from difftre_cli import cli, commands
+from difftre_cli import cli, commands, run_dirs
 from difftre_cli.config_errors import config_errors
 from difftre_cli.errors import UserError
 
@@ -130,8 +130,8 @@ def test_default_run_dir_resolves_before_hydra(in_tmp):
     'HydraConfig was not set' before), and the probe of the directory leaves nothing behind."""
     cfg = commands._precompose(["config=tiny"])
     assert str(cfg.hydra.run.dir).startswith("runs/tiny/")
-    commands._check_output_dir(cfg, multirun=False)
-    commands._check_output_dir(cfg, multirun=True)
+    run_dirs.check_output_dir(cfg, multirun=False)
+    run_dirs.check_output_dir(cfg, multirun=True)
     assert not (in_tmp / "runs").exists()
 
 

@@ -9,11 +9,11 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from difftre_cli import cli, commands
+from difftre_cli import cli, commands, run_dirs
 from difftre_cli.config import validate
 from difftre_cli.config_files import CONFIG_DIR
-from difftre_cli.legacy import check_overrides, translate_config, translate_overrides
 from difftre_cli.errors import UserError
+from difftre_cli.legacy import check_overrides, translate_config, translate_overrides
 from difftre_cli.run_config import compose_run
 
 
@@ -65,10 +65,10 @@ def test_auto_resume_accepts_a_checkpoint_written_with_the_old_names(tmp_path):
     cfg = _compose("config=tiny")
     with h5py.File(tmp_path / "difftre.h5", "w") as f:
         f.attrs["config"] = yaml.safe_dump(_old_style(cfg))
-    assert commands._auto_resume(cfg, tmp_path) is True
+    assert run_dirs.auto_resume(cfg, tmp_path) is True
     other = _compose("config=tiny", "simulator.kind=nose_hoover")
     with pytest.raises(UserError, match="different config"):
-        commands._auto_resume(other, tmp_path)
+        run_dirs.auto_resume(other, tmp_path)
 
 
 def test_resume_replays_old_overrides_with_todays_names(tmp_path):
