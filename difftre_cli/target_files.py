@@ -4,6 +4,8 @@
   space, tabs or commas, ``#`` comments; an optional header row (a first data line that is not
   numeric while every later line is, e.g. ``r,g`` as pandas writes it);
 - GROMACS ``.xvg``: as text, lines starting with ``@`` (xmgrace settings) or ``#`` are skipped;
+- LAMMPS ``fix ave/time ... mode vector`` output (e.g. of ``compute rdf``): its last block, the
+  columns named as in its ``# Row`` comment (default: ``c_rdf[1]``, ``c_rdf[2]``: r and g(r));
 - ``.npz``: arrays ``x`` and ``y``, optionally ``err`` (or ``y_err``);
 - ``.h5``/``.hdf5``: datasets ``x`` and ``y``, optionally ``err`` (or ``y_err``), at the root or in a
   group named after the target.
@@ -130,8 +132,38 @@ def _pick(columns, header, width: int, path: Path, key: str) -> list[int | None]
     return out + [None] * (3 - len(out))
 
 
+def _lammps_vector(path: Path, key: str):
+    """(header names, rows of the last block) of a LAMMPS ``fix ave/time ... mode vector`` file
+    (``# TimeStep Number-of-rows`` / ``# Row NAME ...`` comments, then per output step a line
+    ``step nrows`` and nrows rows), or None for any other file. The last block is the average
+    over the whole run when Nfreq is the run length (LAMMPS's compute rdf written this way)."""
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        return None
+    comments = [line[1:].split() for line in lines[:3] if line.startswith("#")]
+    if len(comments) < 3 or comments[1][:1] != ["TimeStep"] or comments[2][:1] != ["Row"]:
+        return None
+    data = [(i + 1, line.split()) for i, line in enumerate(lines) if line.strip() and not line.startswith("#")]
+    starts = [k for k, (_, f) in enumerate(data) if len(f) == 2 and k + 1 < len(data) and len(data[k + 1][1]) > 2]
+    if not starts:
+        raise UserError(f"{key}: LAMMPS fix ave/time file {path} holds no block of rows", "let the LAMMPS run finish")
+    k = starts[-1]
+    n = int(float(data[k][1][1]))
+    block = data[k + 1:k + 1 + n]
+    if len(block) != n:
+        raise UserError(f"{key}: the last block of LAMMPS file {path} has {len(block)} of its {n} rows "
+                        "(the file looks truncated)", "use the file of a finished run, or an earlier block")
+    return comments[2], block
+
+
 def _read_text(path: Path, key: str, columns) -> Curve:
-    header, rows = _split_header(_rows(path, key), path, key)
+    lammps = _lammps_vector(path, key)
+    if lammps is not None:   # default: LAMMPS compute rdf's r and g(r) (column 3 is a coordination number)
+        header, rows = lammps
+        columns = [1, 2] if columns is None else columns
+    else:
+        header, rows = _split_header(_rows(path, key), path, key)
     if not rows:
         raise UserError(f"{key}: target file {path} is empty (no data lines)", "write two columns: x y")
     width = _check_widths(rows, header, path, key)

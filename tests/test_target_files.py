@@ -77,6 +77,21 @@ def test_xvg_with_at_and_hash_lines(tmp_path, plain):
     np.testing.assert_array_equal(_build(tmp_path, text, "rdf.xvg").value, plain.value)
 
 
+def test_lammps_fix_ave_time_vector_file_gives_its_last_block(tmp_path, plain):
+    """LAMMPS's `fix ave/time ... c_rdf[*] file rdf.lammps mode vector` as it writes it: comment
+    lines, then per output step `step nrows` and the rows (index, r, g, coordination number)."""
+    head = ("# Time-averaged data for fix rdf\n# TimeStep Number-of-rows\n"
+            "# Row c_rdf[1] c_rdf[2] c_rdf[3]\n")
+    block = lambda step, g: f"{step} {len(X)}\n" + "".join(   # noqa: E731
+        f"{i + 1} {a:.6f} {b:.6f} {5.0 * a:.6f}\n" for i, (a, b) in enumerate(zip(X, g)))
+    t = _build(tmp_path, head + block(1000, Y + 7.0) + block(2000, Y), "rdf.lammps")
+    np.testing.assert_array_equal(t.value, plain.value)   # the last block; column 3 is not an error
+    assert t.error is None
+    cut = head + block(1000, Y) + block(2000, Y)[:-40]
+    with pytest.raises(UserError, match="truncated"):
+        _build(tmp_path, cut.rsplit("\n", 3)[0] + "\n", "cut.lammps")
+
+
 def test_third_column_gives_normalised_inverse_variance_weights(tmp_path, plain):
     t = _build(tmp_path, "r,g,err\n" + _rows(",", err=True), "e.csv", weight="inverse_variance")
     np.testing.assert_array_equal(t.value, plain.value)
