@@ -12,6 +12,7 @@ The end-to-end checks with LAMMPS itself are in test_export_lammps.py.
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -170,3 +171,23 @@ def test_a_classical_0K_fit_is_refused_with_the_engines_own_pair_style(tmp_path)
     with pytest.raises(UserError, match="classical many-body") as exc:
         export_run(_cfg("config=si_sw_elastic"), tmp_path, ExportOptions("lammps"))
     assert "pair_style" in exc.value.fix
+
+
+def test_a_thermal_model_is_tabulated_at_the_state_points_kT(tmp_path):
+    """model=thermal, u(r) = u1(r) − kT·u2(r): the table at kT = 1.0 and at 2.0 (system.kT) are
+    each the model at that kT, and differ by −ΔkT·u2."""
+    tables = {}
+    for kT in (1.0, 2.0):
+        c = assemble.build(_cfg("config=lj", "model=thermal", f"system.kT={kT}", "system.n_particles=256"))
+        params = c.potential.init(jax.random.PRNGKey(0))
+        params = jax.tree_util.tree_map(lambda x: x + 0.2, params)   # u1 and u2 non-zero
+        m = export_potential(c, params, ExportOptions("lammps", points=500), tmp_path / str(kT), "test")
+        assert m["kT"] == kT
+        lines = (tmp_path / str(kT) / "difftre.table").read_text().splitlines()
+        rows = np.array([[float(v) for v in line.split()] for line in lines[lines.index("X-X") + 3:]])
+        (term,) = c.potential.pair_terms()
+        above = rows[:, 1] >= m["tables"][0]["r_inner"]
+        np.testing.assert_allclose(rows[above, 2], np.asarray(term.u(params, jnp.asarray(rows[above, 1]))),
+                                   rtol=1e-5, atol=1e-5)
+        tables[kT] = rows
+    assert not np.allclose(tables[1.0][:, 2], tables[2.0][:, 2])

@@ -54,19 +54,19 @@ class PairTable:
 
 
 def derivatives(u_fn: Callable) -> Callable:
-    """(u, −u', u'') of an elementwise pair function ``u_fn(r)`` at the points ``r`` (float64)."""
+    """(u, −u', u'') of an elementwise pair function ``u_fn(r)`` at the points ``r`` (float64,
+    one compiled program: op-by-op second derivatives of a spline take seconds per call)."""
     def scalar(x):
         return u_fn(jnp.reshape(x, (1,)))[0]
 
     du = jax.grad(scalar)
     d2u = jax.grad(du)
+    all_three = jax.jit(lambda x: (jax.vmap(scalar)(x), -jax.vmap(du)(x), jax.vmap(d2u)(x)))
 
     def fn(r):
         with jax.enable_x64(True):
-            x = jnp.asarray(np.asarray(r, np.float64))
-            u = jax.vmap(scalar)(x)
-            return (np.asarray(u, np.float64), -np.asarray(jax.vmap(du)(x), np.float64),
-                    np.asarray(jax.vmap(d2u)(x), np.float64))
+            out = all_three(jnp.asarray(np.asarray(r, np.float64)))
+            return tuple(np.asarray(v, np.float64) for v in out)
     return fn
 
 
@@ -100,16 +100,14 @@ def tabulate(u_fn: Callable, name: str, species: tuple[str, str], r, cutoff: flo
     if not 0.0 <= r[0] < r_inner < cutoff:
         raise UserError(f"r_inner={r_inner:.4g} must lie between the table's start {r[0]:.4g} and the cutoff "
                         f"{cutoff:.4g}", "choose r_inner inside the range the model was trained on")
-    fn = derivatives(u_fn)
-    (u_i,), (f_i,), (k,) = fn(np.array([r_inner]))
-    k = max(float(k), 0.0)
     model = r >= r_inner
-    u, f, _ = fn(np.where(model, r, r_inner))
+    u, f, d2 = derivatives(u_fn)(np.concatenate([[r_inner, cutoff], np.where(model, r, r_inner)]))   # one call
+    (u_i, u_cut), f_i, k = u[:2], f[0], max(float(d2[0]), 0.0)
+    u, f = u[2:], f[2:]
     d = r_inner - r
     u = np.where(model, u, u_i + f_i * d + 0.5 * k * d * d)
     f = np.where(model, f, f_i + k * d)
     if not (np.all(np.isfinite(u)) and np.all(np.isfinite(f))):
         bad = r[~(np.isfinite(u) & np.isfinite(f))]
         raise UserError(f"pair {name}: the model is not finite at r = {bad[0]:.4g}", "set r_inner= above that distance")
-    u_cut = float(fn(np.array([cutoff]))[0][0])
-    return PairTable(name, species, r, u, f, float(r_inner), float(cutoff), u_cut)
+    return PairTable(name, species, r, u, f, float(r_inner), float(cutoff), float(u_cut))
