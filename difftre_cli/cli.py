@@ -16,6 +16,7 @@ import os
 import sys
 
 from .config_files import groups, presets
+from .deferred_imports import defer_unused
 from .errors import fail
 from .jax_setup import cache_library_imports, prepare_environment
 

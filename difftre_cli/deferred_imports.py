@@ -1,0 +1,67 @@
+"""Submodules of the libraries that ``import`` runs although difftre never uses them.
+
+``import jax_md`` imports every submodule, and ``jax_md.rigid_body``'s module body runs about 120
+small JAX computations (its shape tables) op by op: ~4-5 s of the ~9 s a ``difftre`` command
+spends importing JAX MD on 2 CPU cores, before the first config check. difftre has no rigid
+bodies, so the command line (cli.py) registers a stand-in for that submodule before JAX MD is
+imported: ``from jax_md import rigid_body`` binds the stand-in, and the first attribute anyone
+reads from it (``rigid_body.RigidBody``) executes the real module, puts it in its place and
+answers from it — code that does use it works unchanged, and pays the cost then.
+
+(importlib's LazyLoader cannot do this: the import system reads ``__spec__`` of a module it
+finds in ``sys.modules``, which a LazyLoader module answers by loading itself.)
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+#: (package, submodule) pairs the command line defers
+UNUSED = (("jax_md", "rigid_body"),)
+
+
+class DeferredModule(types.ModuleType):
+    """Stands in for a submodule until one of its attributes is read (module doc)."""
+
+    def __init__(self, name: str, path: Path):
+        super().__init__(name)
+        self.__file__ = str(path)
+        self.__spec__ = None   # nothing for the import system to load or lock
+
+    def __getattr__(self, attr: str):   # only for attributes the stand-in lacks
+        if attr.startswith("__") and attr.endswith("__"):
+            raise AttributeError(attr)
+        return getattr(load(self.__name__), attr)
+
+
+def load(name: str) -> types.ModuleType:
+    """Execute the real module ``name`` (deferred or not) and put it in the stand-in's place."""
+    current = sys.modules.get(name)
+    if current is not None and not isinstance(current, DeferredModule):
+        return current
+    package, _, attr = name.rpartition(".")
+    spec = importlib.util.spec_from_file_location(name, current.__file__ if current is not None else
+                                                  Path(importlib.util.find_spec(package).origin).parent / f"{attr}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    if package in sys.modules:
+        setattr(sys.modules[package], attr, module)
+    return module
+
+
+def defer_unused() -> None:
+    """Register the stand-ins of :data:`UNUSED` (before the packages are imported; a package
+    already imported or not installed is left alone)."""
+    for package, attr in UNUSED:
+        name = f"{package}.{attr}"
+        if package in sys.modules or name in sys.modules:
+            continue
+        spec = importlib.util.find_spec(package)   # a top-level package: located, not imported
+        if spec is None or spec.origin is None:
+            continue
+        path = Path(spec.origin).parent / f"{attr}.py"
+        if path.is_file():
+            sys.modules[name] = DeferredModule(name, path)

@@ -1,0 +1,30 @@
+"""deferred_imports.py: the command line's stand-in for jax_md.rigid_body (~4 s of eager JAX work
+at import that difftre never uses) binds where JAX MD imports it, and the first attribute read
+runs the real module, so code that uses it works unchanged. In a fresh interpreter (the test
+process has imported JAX MD already)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+SCRIPT = """
+import sys
+from difftre_cli.deferred_imports import DeferredModule, defer_unused
+defer_unused()
+import jax_md
+from jax_md import space, simulate, partition, energy
+assert isinstance(sys.modules["jax_md.rigid_body"], DeferredModule), "deferred"
+assert isinstance(jax_md.rigid_body, DeferredModule)
+from jax_md.rigid_body import RigidBody          # the import statement of a user of the module
+real = sys.modules["jax_md.rigid_body"]
+assert not isinstance(real, DeferredModule) and jax_md.rigid_body is real
+assert RigidBody is real.RigidBody and RigidBody.__module__ == "jax_md.rigid_body"
+body = RigidBody(center=1.0, orientation=2.0)
+assert body.center == 1.0
+print("ok")
+"""
+
+
+def test_rigid_body_is_deferred_until_used_and_then_real():
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
