@@ -100,6 +100,25 @@ def _reference_run(tmp, args):
     return tmp / "ref", time.perf_counter() - t_dir, list(args)
 
 
+def _reference_in_process(tmp, args):
+    """The uninterrupted run of ``args`` in this process (``train`` as the CLI calls it), for a
+    trial whose kills do not use the reference's wall time: no process start-up (importing JAX
+    MD: ~10 s). Its programs go to the session's compilation cache, which the CLI processes
+    then load (the same executables)."""
+    from conftest import _cache_in_process, _x64
+    from hydra import compose, initialize_config_dir
+
+    from difftre_cli.config import validate
+    from difftre_cli.config_files import CONFIG_DIR
+    from difftre_cli.train import train
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="train", overrides=list(args))
+    validate(cfg)
+    with _x64(cfg.precision == "double"), _cache_in_process(os.environ["DIFFTRE_COMPILATION_CACHE"]):
+        train(cfg, tmp / "ref", quiet=True)
+    return tmp / "ref", None, list(args)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     return _reference_run(tmp_path_factory.mktemp("reference"), RUN)
@@ -222,9 +241,11 @@ def test_sigkill_many_times_then_resume_is_bit_for_bit(reference, tmp_path, seed
 
 @pytest.mark.parametrize("trainer", sorted(OTHER_TRAINERS))
 def test_other_trainers_survive_sigkill_bit_for_bit(tmp_path, trainer):
-    """The outer loop is shared: IBI and backprop-through-MD resume bit-for-bit as DiffTRe does."""
+    """The outer loop is shared: IBI and backprop-through-MD resume bit-for-bit as DiffTRe does
+    (the uninterrupted reference runs in this process; the killed and the resumed run are CLI
+    processes)."""
     (tmp_path / "reference").mkdir()
-    ref = _reference_run(tmp_path / "reference", OTHER_TRAINERS[trainer])
+    ref = _reference_in_process(tmp_path / "reference", OTHER_TRAINERS[trainer])
     _kill_trial(ref, tmp_path, seed=7, kills=1, at_row=2)
 
 
