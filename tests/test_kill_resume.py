@@ -20,6 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import train_in_process
 
 RUN = ["config=tiny", "seed=3", "trainer.updates=8", "trainer.checkpoint_every=1"]
 # long trajectories in short chunks, checkpointed inside them every 0.3 s: kills land mid-trajectory.
@@ -101,21 +102,9 @@ def _reference_run(tmp, args):
 
 
 def _reference_in_process(tmp, args):
-    """The uninterrupted run of ``args`` in this process (``train`` as the CLI calls it), for a
-    trial whose kills do not use the reference's wall time: no process start-up (importing JAX
-    MD: ~10 s). Its programs go to the session's compilation cache, which the CLI processes
-    then load (the same executables)."""
-    from conftest import _cache_in_process, _x64
-    from hydra import compose, initialize_config_dir
-
-    from difftre_cli.config import validate
-    from difftre_cli.config_files import CONFIG_DIR
-    from difftre_cli.train import train
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        cfg = compose(config_name="train", overrides=list(args))
-    validate(cfg)
-    with _x64(cfg.precision == "double"), _cache_in_process(os.environ["DIFFTRE_COMPILATION_CACHE"]):
-        train(cfg, tmp / "ref", quiet=True)
+    """The uninterrupted run in this process (conftest.train_in_process), for trials whose kills
+    do not use the reference's wall time."""
+    train_in_process(args, tmp / "ref")
     return tmp / "ref", None, list(args)
 
 
@@ -184,7 +173,7 @@ def test_sigkill_at_random_moment_then_resume_is_bit_for_bit(reference, tmp_path
 
 @pytest.fixture(scope="module")
 def reference_mid_trajectory(tmp_path_factory):
-    return _reference_run(tmp_path_factory.mktemp("reference_mid"), RUN_MID_TRAJECTORY)
+    return _reference_in_process(tmp_path_factory.mktemp("reference_mid"), RUN_MID_TRAJECTORY)
 
 
 def _segment_in_checkpoint(run: Path) -> int | None:
