@@ -91,6 +91,23 @@ def difftre_train_cmd(args) -> list[str]:
     return ([exe] if exe else [sys.executable, "-m", "difftre_cli.cli"]) + ["train", *args]
 
 
+def train_in_process(args, run_dir) -> dict:
+    """`difftre train ARGS` as the CLI runs it (validate, precision, ``train``) in this process,
+    into ``run_dir``: the uninterrupted reference of a test whose interrupted run is a CLI
+    process, without a process start-up (importing JAX MD: ~10 s). Its programs go to the
+    session's compilation cache, which the later CLI processes load (the same executables)."""
+    from hydra import compose, initialize_config_dir
+
+    from difftre_cli.config import validate
+    from difftre_cli.config_files import CONFIG_DIR
+    from difftre_cli.train import train
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="train", overrides=list(args))
+    validate(cfg)
+    with _x64(cfg.precision == "double"), _cache_in_process(os.environ["DIFFTRE_COMPILATION_CACHE"]):
+        return train(cfg, run_dir, quiet=True)
+
+
 def cli_env() -> dict:
     """The environment of a CLI subprocess: CPU JAX, Hydra's short errors."""
     import os

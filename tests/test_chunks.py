@@ -16,7 +16,7 @@ import h5py
 import jax
 import numpy as np
 import pytest
-from conftest import cli_env, difftre_train_cmd
+from conftest import cli_env, difftre_train_cmd, train_in_process
 from omegaconf import OmegaConf
 
 from difftre_cli import potentials
@@ -193,9 +193,7 @@ def _sigterm_inside_first_trajectory(tmp_path, eq_steps: int, after_s: float):
                              stderr=subprocess.STDOUT, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert "continuing the checkpointed trajectory at step" in resumed.stdout
-    ref = subprocess.run(_cmd([*args, f"hydra.run.dir={tmp_path / 'ref'}"]), cwd=tmp_path, env=_env(),
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
-    assert ref.returncode == 0, ref.stdout[-3000:]
+    train_in_process(args, tmp_path / "ref")   # the uninterrupted run (no process start-up)
     (a_attrs, a), (_, b) = _checkpoint(run), _checkpoint(tmp_path / "ref")
     assert "segment" not in a_attrs and a.keys() == b.keys()
     for group in a:

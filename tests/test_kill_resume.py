@@ -20,6 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import train_in_process
 
 RUN = ["config=tiny", "seed=3", "trainer.updates=8", "trainer.checkpoint_every=1"]
 # long trajectories in short chunks, checkpointed inside them every 0.3 s: kills land mid-trajectory.
@@ -100,6 +101,13 @@ def _reference_run(tmp, args):
     return tmp / "ref", time.perf_counter() - t_dir, list(args)
 
 
+def _reference_in_process(tmp, args):
+    """The uninterrupted run in this process (conftest.train_in_process), for trials whose kills
+    do not use the reference's wall time."""
+    train_in_process(args, tmp / "ref")
+    return tmp / "ref", None, list(args)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     return _reference_run(tmp_path_factory.mktemp("reference"), RUN)
@@ -165,7 +173,7 @@ def test_sigkill_at_random_moment_then_resume_is_bit_for_bit(reference, tmp_path
 
 @pytest.fixture(scope="module")
 def reference_mid_trajectory(tmp_path_factory):
-    return _reference_run(tmp_path_factory.mktemp("reference_mid"), RUN_MID_TRAJECTORY)
+    return _reference_in_process(tmp_path_factory.mktemp("reference_mid"), RUN_MID_TRAJECTORY)
 
 
 def _segment_in_checkpoint(run: Path) -> int | None:
@@ -180,7 +188,9 @@ def _segment_in_checkpoint(run: Path) -> int | None:
 
 # seed 4: one kill inside the later trajectory (update 1) of a fresh process; seed 5: inside the
 # first trajectory, then inside the later one of the resumed process
-@pytest.mark.parametrize("seed, kill_updates", [(4, [1]), (5, [0, 1])])
+# (seed 5 runs with -m slow: its kill inside the first trajectory is the SIGTERM stop inside a
+# first trajectory of test_chunks.py, resumed bit-for-bit, and seed 4's mid-trajectory resume)
+@pytest.mark.parametrize("seed, kill_updates", [(4, [1]), pytest.param(5, [0, 1], marks=pytest.mark.slow)])
 def test_sigkill_inside_long_trajectories_then_resume_is_bit_for_bit(reference_mid_trajectory, tmp_path, seed,
                                                                     kill_updates):
     """Each kill lands inside a trajectory, shortly after a checkpoint of it in progress was
@@ -220,9 +230,11 @@ def test_sigkill_many_times_then_resume_is_bit_for_bit(reference, tmp_path, seed
 
 @pytest.mark.parametrize("trainer", sorted(OTHER_TRAINERS))
 def test_other_trainers_survive_sigkill_bit_for_bit(tmp_path, trainer):
-    """The outer loop is shared: IBI and backprop-through-MD resume bit-for-bit as DiffTRe does."""
+    """The outer loop is shared: IBI and backprop-through-MD resume bit-for-bit as DiffTRe does
+    (the uninterrupted reference runs in this process; the killed and the resumed run are CLI
+    processes)."""
     (tmp_path / "reference").mkdir()
-    ref = _reference_run(tmp_path / "reference", OTHER_TRAINERS[trainer])
+    ref = _reference_in_process(tmp_path / "reference", OTHER_TRAINERS[trainer])
     _kill_trial(ref, tmp_path, seed=7, kills=1, at_row=2)
 
 
@@ -235,7 +247,10 @@ def test_other_trainers_survive_many_kills(tmp_path, trainer, seed):
     _kill_trial(ref, tmp_path, seed=seed, kills=1 + seed % 2)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+# SIGINT's process runs with -m slow: both signals go through the same handler and
+# GracefulStop.finish (interrupt.py); test_sigint_is_the_same_request_and_a_second_one_stops_at_once
+# checks SIGINT's part of it in this process
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_sigterm_and_sigint_checkpoint_and_exit_cleanly(reference, tmp_path, sig):
     ref, _, _ = reference
     run = tmp_path / "run"
@@ -254,6 +269,29 @@ def test_sigterm_and_sigint_checkpoint_and_exit_cleanly(reference, tmp_path, sig
     resumed = _run([f"resume={run}"], tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     _assert_same_run(ref, run)
+
+
+def test_sigint_is_the_same_request_and_a_second_one_stops_at_once(tmp_path):
+    """Ctrl-C inside a GracefulStop only requests the stop (as SIGTERM does), finish() raises
+    Interrupted with exit code 130, a second Ctrl-C interrupts at once, and the previous handlers
+    are back afterwards."""
+    from difftre_cli.interrupt import GracefulStop, Interrupted
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with GracefulStop() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGINT)
+        t0 = time.perf_counter()
+        while not stop.requested and time.perf_counter() - t0 < 5:
+            time.sleep(0.001)
+        assert stop.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        with pytest.raises(Interrupted) as exc:
+            stop.finish(tmp_path, 3)
+    assert exc.value.exit_code == 130 and exc.value.update == 3
+    assert "stopped by SIGINT after update 3" in str(exc.value)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
 def test_submitit_preemption_requeues_and_resumes(tmp_path):

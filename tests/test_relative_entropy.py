@@ -62,18 +62,24 @@ def setup(lj_reference):
     return c, feats, res.trajectory, p0, theta
 
 
+_PER_STATE = {}   # the setup's components -> their jit-compiled per-state Jacobians (one tree of params)
+
+
 def _per_state_grads(c, params, r):
     """(S, K) ∂U/∂θ of every stored state and U (S,)."""
     flat, unravel = ravel_pytree(params)
-    energy = lambda th, r_s: c.engine.energy(unravel(th), r_s)  # noqa: E731
-    return jax.vmap(lambda r_s: jax.grad(energy)(flat, r_s))(r), jax.vmap(lambda r_s: energy(flat, r_s))(r)
+    if id(c) not in _PER_STATE:   # jit-compiled once per shape of r (op by op, seconds each)
+        energy = lambda th, r_s: c.engine.energy(unravel(th), r_s)  # noqa: E731
+        _PER_STATE[id(c)] = jax.jit(lambda th, r: (jax.vmap(lambda r_s: jax.grad(energy)(th, r_s))(r),
+                                                   jax.vmap(lambda r_s: energy(th, r_s))(r)))
+    return _PER_STATE[id(c)](flat, r)
 
 
 def test_gradient_is_the_difference_of_the_two_averages(setup):
     c, feats, _, _, theta = setup
     with jax.enable_x64(True):
         L = c.learner
-        (_, _), grads = jax.value_and_grad(L.objective, has_aux=True)(theta, feats, L.ref_feats)
+        (_, _), grads = jax.jit(jax.value_and_grad(L.objective, has_aux=True))(theta, feats, L.ref_feats)
         g = np.asarray(ravel_pytree(grads)[0])
         dref, _ = _per_state_grads(c, theta, L.ref_feats.r)
         dmod, u = _per_state_grads(c, theta, feats.r)
@@ -86,7 +92,8 @@ def test_gradient_is_the_difference_of_the_two_averages(setup):
         flat, unravel = ravel_pytree(theta)
         d = g / np.linalg.norm(g)
         h = 1e-4
-        f = lambda t: float(L.objective(unravel(flat + t * d), feats, L.ref_feats)[0])  # noqa: E731
+        objective = jax.jit(lambda th: L.objective(unravel(th), feats, L.ref_feats)[0])
+        f = lambda t: float(objective(flat + t * d))  # noqa: E731
         assert (f(h) - f(-h)) / (2 * h) == pytest.approx(float(g @ d), rel=1e-6)
 
 
