@@ -87,6 +87,8 @@ def compute(cfg, blocks: int = 10) -> tuple[dict, dict]:
     ref = reference.open_reference(cfg.reference, system.units, box=system.box_size, n_particles=system.n_particles)
     names = tuple(system.species_names)
     bead_types = ref.bead_type_names
+    if len(names) == 1 and len(set(bead_types)) == 1:   # one species: the bead type's name is free
+        bead_types = names * len(bead_types)
     if set(bead_types) - set(names):
         raise UserError(f"reference.mapping names bead types {sorted(set(bead_types))} but system.species is "
                         f"{list(names)}", "name the bead types as the system's species")

@@ -183,3 +183,14 @@ def test_partial_rdfs_of_a_mixture_follow_the_bead_types(tmp_path):
         diff = np.abs(mean - np.interp(grid, xs, gs))[(grid > 0.7) & (grid < 2.9)]
         print(f"{name}: max |Δg| {diff.max():.4f}")
         assert diff.max() < 0.03, name   # the same frames; 0.02 σ bins of 1/4 of the pairs each
+
+
+def test_one_species_takes_any_bead_name(lammps_run, computed):
+    """reference=lammps_dump's own mapping names its bead O, config=lj's species is X: with one
+    species on both sides the name is free, and the RDF is the same."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="train", overrides=[
+            "config=lj", f"system.n_particles={N}", "reference=lammps_dump",
+            f"reference.file={lammps_run / 'traj.lammpstrj'}", "reference.units=lj", "reference.start=1"])
+    results, _ = compute(cfg, blocks=10)
+    np.testing.assert_allclose(results["rdf"][1], computed[1]["rdf"][1], rtol=1e-6, atol=1e-7)
