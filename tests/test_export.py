@@ -191,3 +191,18 @@ def test_a_thermal_model_is_tabulated_at_the_state_points_kT(tmp_path):
                                    rtol=1e-5, atol=1e-5)
         tables[kT] = rows
     assert not np.allclose(tables[1.0][:, 2], tables[2.0][:, 2])
+
+
+def test_an_mlp_pair_model_is_tabulated_as_the_model(tmp_path):
+    """model=mlp: the table's rows above r_inner are u(r) of prior + MLP at its parameters."""
+    c = assemble.build(_cfg("config=lj", "model=mlp", "system.n_particles=256"))
+    params = c.potential.init(jax.random.PRNGKey(3))
+    params = jax.tree_util.tree_map(lambda x: x + 0.05, params)   # a non-zero learned part
+    m = export_potential(c, params, ExportOptions("lammps", points=400), tmp_path, "test")
+    lines = (tmp_path / "difftre.table").read_text().splitlines()
+    rows = np.array([[float(v) for v in line.split()] for line in lines[lines.index("X-X") + 3:]])
+    above = rows[:, 1] >= m["tables"][0]["r_inner"]
+    (term,) = c.potential.pair_terms()
+    u = np.asarray(term.u(params, jnp.asarray(rows[above, 1])))
+    np.testing.assert_allclose(rows[above, 2], u, rtol=1e-5, atol=1e-5 * np.max(np.abs(u)))
+    assert not np.allclose(u, np.asarray(term.prior(jnp.asarray(rows[above, 1]))))   # the MLP is in it
