@@ -51,20 +51,27 @@ def _cache_in_process(directory: str, min_seconds: float = 0.0):
 
 @pytest.fixture
 def persistent_compilation_cache(tmp_path_factory):
-    """JAX's persistent compilation cache in this (test) process, in a fresh directory of its
-    own, for a test that builds the same programs several times (e.g. a run and its resumed
-    continuation): the later builds load the executables instead of compiling them, as a
-    resumed `difftre train` does (jax_setup.py). Only for speed: a loaded executable is the one
-    a fresh compilation gives. The previous settings are restored afterwards."""
-    with _cache_in_process(str(tmp_path_factory.mktemp("xla_cache_in_process"))):
+    """Every program of this test in the run's persistent compilation cache (the session's,
+    _session_compilation_cache; a fresh directory of its own when that is off), for a test that
+    builds the same programs several times (e.g. a run and its resumed continuation): the later
+    builds load the executables instead of compiling them, as a resumed `difftre train` does
+    (jax_setup.py), and other tests load them too. Only for speed: a loaded executable is the
+    one a fresh compilation gives. The previous settings are restored afterwards."""
+    with _cache_in_process(_run_cache_or(tmp_path_factory, "xla_cache_in_process")):
         yield
 
 
 @pytest.fixture(scope="module")
 def module_compilation_cache(tmp_path_factory):
     """The same for every test of a module (a module whose tests train the same small configs)."""
-    with _cache_in_process(str(tmp_path_factory.mktemp("xla_cache_module"))):
+    with _cache_in_process(_run_cache_or(tmp_path_factory, "xla_cache_module")):
         yield
+
+
+def _run_cache_or(tmp_path_factory, name: str) -> str:
+    """The run's cache directory, or a fresh one when the run's cache is off."""
+    run = os.environ.get("DIFFTRE_COMPILATION_CACHE", "off")
+    return run if run != "off" else str(tmp_path_factory.mktemp(name))
 
 
 @contextlib.contextmanager
