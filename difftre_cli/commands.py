@@ -34,7 +34,7 @@ from .interrupt import GracefulStop, Interrupted
 from .jax_setup import configure
 from .legacy import check_overrides, translate_overrides
 from .run_config import compose_run
-from .run_dirs import auto_resume, check_output_dir, latest_run, run_dir_ok
+from .run_dirs import auto_resume, check_output_dir, latest_run_or_fail, run_dir_ok
 from .train import train
 from .trajectory_targets import USAGE as TARGETS_USAGE
 from .trajectory_targets import compute as compute_targets
@@ -218,10 +218,7 @@ def evaluate_command(rest: list[str]) -> int:
             overrides.append(a)
         i += 1
     if not runs:
-        run = latest_run()
-        if run is None:
-            fail("no run found under runs/\n  fix: train first (difftre train) or give run=PATH")
-        runs = [run]
+        runs = [latest_run_or_fail()]
     for run in runs:
         run_dir_ok(run)
     if show:
@@ -269,10 +266,7 @@ def export_command(rest: list[str]) -> int:
         run, opts, overrides = parse_args(rest)
     except UserError as exc:
         fail(str(exc))
-    if run is None:
-        run = latest_run()
-        if run is None:
-            fail("no run found under runs/\n  fix: train first (difftre train) or give run=PATH")
+    run = run if run is not None else latest_run_or_fail()
     run_dir_ok(run)
     cfg = _compose_run(run, overrides)
     try:
@@ -281,8 +275,7 @@ def export_command(rest: list[str]) -> int:
             manifest = export_run(cfg, run, opts)
     except UserError as exc:
         fail(str(exc))
-    out = Path(opts.out) if opts.out is not None else run / "export" / opts.format
-    print(f"difftre export: wrote {', '.join(manifest['files'])} and export.json to {out}", flush=True)
+    print(f"difftre export: wrote {', '.join(manifest['files'])} and export.json to {manifest['out']}", flush=True)
     return 0
 
 

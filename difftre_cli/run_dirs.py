@@ -85,6 +85,14 @@ def latest_run(root: Path = Path("runs")) -> Path | None:
     return max(cands, key=lambda p: (p / "difftre.h5").stat().st_mtime) if cands else None
 
 
+def latest_run_or_fail() -> Path:
+    """The latest run under runs/ (the default ``run=`` of evaluate and export), or exit 2."""
+    run = latest_run()
+    if run is None:
+        fail("no run found under runs/\n  fix: train first (difftre train) or give run=PATH")
+    return run
+
+
 def run_dir_ok(run: Path) -> None:
     if not (run / "difftre.h5").is_file() or not (run / ".hydra" / "config.yaml").is_file():
         fail(f"run={run}: not a difftre run directory (difftre.h5 or .hydra/config.yaml missing)\n"

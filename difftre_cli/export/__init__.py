@@ -105,7 +105,7 @@ def export_run(cfg, run_dir: Path, opts: ExportOptions) -> dict:
     header = (f"difftre export of {Path(run_dir).resolve()}\n"
               f"pair potential = prior + learned model at the final parameters"
               + (f", state point {name}" if name else "") + f", kT = {c.system.kT:.6g} {c.system.units.energy}")
-    manifest = {"run": str(Path(run_dir).resolve()), "state": name or None}
+    manifest = {"run": str(Path(run_dir).resolve()), "state": name or None, "out": str(out)}
     manifest.update(export_potential(c, run.params, opts, out, header))
     (out / "export.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
