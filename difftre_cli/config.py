@@ -14,7 +14,7 @@ from .config_files import CONFIG_DIR
 from .errors import UserError
 from .learn import registry
 from .learn.boltzmann import check_init_from
-from .potentials import external, mixture
+from .potentials import external, manybody, mixture
 from .sampler import sampler_config
 from .stages import is_staged, stage_configs
 from .states import is_multistate, state_configs
@@ -241,10 +241,10 @@ def _validate_evaluate(cfg: DictConfig) -> None:
                                 "set evaluate.potential_error_range=[0.95,2.5]")
         check_compare_with(ev.get("compare_with"))
         if stress_strain_settings(ev) is not None and _get(cfg, "model") is not None \
-                and cfg.model.get("kind") != "dimenet":
+                and cfg.model.get("kind") not in manybody.GRAPH_MODELS:
             raise UserError("evaluate.stress_strain strains a crystal under a many-body potential; "
                             f"model.kind={cfg.model.get('kind')!r} is not one",
-                            "use model=dimenet, or set evaluate.stress_strain=null")
+                            "use model=three_body or model=dimenet, or set evaluate.stress_strain=null")
 
 
 def _cross_checks(cfg: DictConfig, system, cutoff: float) -> None:

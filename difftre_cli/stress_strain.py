@@ -158,8 +158,8 @@ def run(c, params, s: Settings, seed: int, main, log=None) -> dict:
     """The stress–strain curve and its comparison with the fluctuation stiffness; ``main`` is the
     unstrained evaluation run (production.Production) of the components ``c``."""
     if not c.potential.can_strain:
-        raise UserError("evaluate.stress_strain needs a many-body potential (model=dimenet) that can be strained",
-                        "remove evaluate.stress_strain, or use model=dimenet")
+        raise UserError("evaluate.stress_strain needs a many-body potential (model=three_body or dimenet) that "
+                        "can be strained", "remove evaluate.stress_strain, or use model=three_body")
     to_gpa, unit = _stress_unit(c.system.units)
     name, st_obs = _pick(Stress, c.observables)
     if name is None or main.errors is None:

@@ -60,6 +60,8 @@ CASES = ([(f"lj-{m}", ["config=lj", f"model={m}", *SMALL_LJ]) for m in PAIR_MODE
          + [("water", ["config=water", *SMALL_WATER, *SMALL_NET]),            # pair prior + DimeNet++
             ("water-dense", ["config=water", "model.graph_format=dense", *SMALL_WATER, *SMALL_NET]),
             ("diamond", ["config=diamond", *SMALL_NET]),
+            ("water-three_body", ["config=water", "model=three_body", *SMALL_WATER]),   # pair prior + SW form
+            ("diamond-three_body", ["config=diamond", "model=three_body", "model.cutoff=0.2", "model.lam=1.0"]),
             ("double_well-spline_1d", ["config=double_well"]),
             ("double_well-mlp_1d", ["config=double_well", "model=mlp_1d"]),
             ("double_well-none", ["config=double_well", "model=none"])]
@@ -241,7 +243,7 @@ def test_an_unknown_kind_lists_the_registered_kinds():
     with pytest.raises(UserError, match="model.kind: unknown model 'gaussian_process'") as err:
         potentials.build(lj, OmegaConf.create({"kind": "gaussian_process"}), 2.5)
     assert _listed(err) == list(potentials.MODEL_KINDS)
-    assert {"dimenet", "spline_1d", "mlp_1d", "none", *pair.MODELS} == set(potentials.MODEL_KINDS)
+    assert {"dimenet", "three_body", "spline_1d", "mlp_1d", "none", *pair.MODELS} == set(potentials.MODEL_KINDS)
     with pytest.raises(UserError, match="prior.kind: unknown prior 'morse'") as err:
         potentials.build(OmegaConf.create({"kind": "morse"}), none, 2.5)
     assert _listed(err) == list(potentials.PRIOR_KINDS)

@@ -125,7 +125,7 @@ class ObservableEngine:
             names = [k for k, o in observables.items() if o.needs]
             raise UserError(f"observables {names} need strain derivatives of the energy, which this potential "
                             "(a pair potential) does not provide",
-                            "use a many-body potential (model=dimenet), or drop stress/stiffness observables")
+                            "use a many-body potential (model=three_body or dimenet), or drop stress/stiffness observables")
         self._lists = None
         self.trace_count = {"featurize": 0}
         self.snapshot_observables_jit = jax.jit(self.snapshot_observables)

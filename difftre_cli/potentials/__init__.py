@@ -5,8 +5,9 @@ Every potential implements the protocol of :mod:`.protocol` (what the samplers a
 observable engine may ask of it). Which potential a config gets:
 
 - a one-body prior or model (``harmonic_1d``, ``spline_1d``, …): :mod:`.external`, u(x) per particle;
-- ``prior.kind=stillinger_weber``: the many-body SW prior under DimeNet++ (:mod:`.sw_prior`);
-- ``model.kind=dimenet``: a pair prior under DimeNet++ (:mod:`.manybody`);
+- ``prior.kind=stillinger_weber``: the many-body SW prior under a graph model (:mod:`.sw_prior`);
+- ``model.kind=dimenet`` or ``three_body``: a pair prior under a graph model, DimeNet++ or the
+  Stillinger–Weber-form three-body model (:mod:`.manybody`, its registry ``GRAPH_MODELS``);
 - several species: one prior and one pair model per species pair (:mod:`.mixture`);
 - otherwise :class:`.pairwise.PairPotential`: a pair prior (:mod:`.priors`) plus a learnable pair
   model (:mod:`.pair`, whose registry ``pair.MODELS`` names the pair-model kinds; a new pair
@@ -28,8 +29,8 @@ from .truth import ground_truth
 __all__ = ["build", "ground_truth", "MODEL_KINDS", "PRIOR_KINDS", "ListKernels", "PairPotential",
            "distances_on_list"]
 
-#: every ``model.kind``: the pair models' registry, none, the graph network, the one-body models
-MODEL_KINDS = (*pair.MODELS, "none", "dimenet", *(k for k in external.MODELS if k != "none"))
+#: every ``model.kind``: the pair models' registry, none, the graph models, the one-body models
+MODEL_KINDS = (*pair.MODELS, "none", *manybody.GRAPH_MODELS, *(k for k in external.MODELS if k != "none"))
 #: every ``prior.kind``: the pair priors, the many-body SW prior, the one-body priors
 PRIOR_KINDS = (*priors.PRIORS, "stillinger_weber", *(k for k in external.PRIORS if k != "none_1d"))
 
@@ -45,9 +46,9 @@ def build(prior_cfg, model_cfg, cutoff: float, species_names=("X",)):
         choice(model_cfg, "kind", MODEL_KINDS, prefix="model", what="model")
     if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not cutoff > 0:
         raise UserError(f"model.cutoff must be a number > 0, got {cutoff!r}", "set model.cutoff=2.5")
-    if prior_cfg.get("kind") == "stillinger_weber":   # many-body prior (three-body terms) under DimeNet++
+    if prior_cfg.get("kind") == "stillinger_weber":   # many-body prior (three-body terms) under a graph model
         return sw_prior.build(prior_cfg, model_cfg, cutoff)
-    if model_cfg.get("kind") == "dimenet":   # many-body graph network on top of a pair prior
+    if model_cfg.get("kind") in manybody.GRAPH_MODELS:   # many-body graph model on top of a pair prior
         return manybody.build(priors.build(prior_cfg, cutoff), model_cfg, cutoff)
     if len(species_names) > 1:   # one prior and one model per species pair
         return mixture.build(prior_cfg, model_cfg, cutoff, species_names)

@@ -1,5 +1,6 @@
-"""Many-body potential U(R) = Σ_pairs u_prior(r_ij) + U_θ(R) with a graph network U_θ
-(DimeNet++, potentials/gnn.py; its graph layer potentials/graph.py).
+"""Many-body potential U(R) = Σ_pairs u_prior(r_ij) + U_θ(R) with a graph model U_θ: DimeNet++
+(potentials/gnn.py) or the Stillinger–Weber-form three-body model (potentials/three_body.py),
+both on the graph layer potentials/graph.py (:data:`GRAPH_MODELS`).
 
 Two graph formats, same values (tests/test_gnn.py):
 
@@ -58,7 +59,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..checks import choice, number
-from . import gnn
+from ..errors import UserError
+from . import gnn, three_body
 from .graph import SparseGraph, graph_counts, sparse_capacity, sparse_graph
 from .protocol import GraphCapacity
 
@@ -95,7 +97,7 @@ def _dense_vectors(R, idx, box):
 @dataclass(frozen=True)
 class ManyBodyPotential(GraphCapacity):
     prior: Callable          # pair prior u(r), elementwise
-    model: object            # GNNModel
+    model: object            # a graph model (GRAPH_MODELS): GNNModel, ThreeBodyModel
     cutoff: float
     box_size: float | None = None
     species: np.ndarray | None = None
@@ -186,6 +188,9 @@ class ManyBodyPotential(GraphCapacity):
             valid = (g.senders < n) & (g.receivers < n)
             u_prior = self._prior_energy(_edge_vectors(R, g.senders, g.receivers, box), valid, eps)
             return u_prior + self.model.energy_sparse(params["model"], R, g, box, species, eps)
+        if getattr(self.model, "graph_free", False) and self.model.cutoff == self.cutoff:
+            # one pass over the list: the model adds the prior to its pair term (same cutoff)
+            return self.model.energy(params["model"], R, g, box, species, eps, pair_prior=self.prior)
         u_prior = self._prior_energy(_dense_vectors(R, g, box), g < n, eps)
         return u_prior + self.model.energy(params["model"], R, g, box, species, eps)
 
@@ -204,9 +209,14 @@ class ManyBodyPotential(GraphCapacity):
         return force
 
 
+#: the graph models a many-body potential hosts: ``model.kind`` -> build(model config)
+GRAPH_MODELS = {"dimenet": gnn.build, "three_body": three_body.build}
+
+
 def build(prior_fn, model_cfg, cutoff: float, cls=ManyBodyPotential, **fields) -> ManyBodyPotential:
     """The many-body potential (``cls``: ManyBodyPotential or a subclass taking ``fields`` too) with
-    a DimeNet++ ``model`` group over the pair prior ``prior_fn``."""
+    a graph ``model`` group (:data:`GRAPH_MODELS`: DimeNet++ or the SW-form three-body model) over
+    the pair prior ``prior_fn``."""
     batch = number(model_cfg, "snapshot_batch", prefix="model", integer=True, lo=1, required=False, default=8,
                    example="8")
     mult = number(model_cfg, "capacity_multiplier", prefix="model", lo=1.0, required=False, default=1.25,
@@ -214,6 +224,11 @@ def build(prior_fn, model_cfg, cutoff: float, cls=ManyBodyPotential, **fields) -
     graph_format = choice(model_cfg, "graph_format", ("sparse", "dense"), prefix="model", default="sparse",
                           what="graph format")
     own = ("snapshot_batch", "capacity_multiplier", "graph_format")
-    model = gnn.build({k: v for k, v in model_cfg.items() if k not in own})
+    model = GRAPH_MODELS[model_cfg.get("kind")]({k: v for k, v in model_cfg.items() if k not in own})
+    if getattr(model, "graph_free", False):   # works on the neighbour list itself: nothing to fit
+        if model_cfg.get("graph_format") == "sparse":
+            raise UserError(f"model.graph_format=sparse: model.kind={model_cfg.get('kind')} needs no edge/triplet "
+                            "graph (it runs on the neighbour list)", "remove model.graph_format")
+        graph_format = "dense"
     return cls(prior=prior_fn, model=model, cutoff=float(cutoff), snapshot_batch=batch,
                capacity_multiplier=float(mult), graph_format=graph_format, **fields)

@@ -39,6 +39,8 @@ def repulsive(epsilon: float = 1.0, sigma: float = 1.0, exponent: int = 12, cuto
     """ε (σ/r)^n, shifted to 0 at the cutoff; with ``r_on``, smoothly switched off between
     r_on and the cutoff instead (the DiffTRe water prior: σ = 0.3165 nm, ε = 1 kJ/mol,
     switched off between 0.45 and 0.5 nm)."""
+    if float(exponent).is_integer():   # an integer power is products, not exp(n log x): ~2x faster forces
+        exponent = int(exponent)
     u = lambda r: epsilon * (sigma / r) ** exponent  # noqa: E731
     return _shifted(u, cutoff) if r_on is None else _switched(u, float(r_on), cutoff)
 

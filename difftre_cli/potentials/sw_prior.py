@@ -1,4 +1,4 @@
-"""Stillinger–Weber prior under a graph network: U(R) = U_SW(R) + U_θ(R) (DimeNet++).
+"""Stillinger–Weber prior under a graph model: U(R) = U_SW(R) + U_θ(R) (DimeNet++ or three_body).
 
 Stillinger & Weber, PRB 31, 5262 (1985), in the form of ``jax_md.energy.stillinger_weber``::
 
@@ -37,7 +37,7 @@ from ..checks import number
 from ..errors import UserError
 from .classical import SW_HARD_CODED, SW_PARAMS, StillingerWeber
 from .graph import sparse_capacity, sparse_graph
-from .manybody import ManyBodyPotential, _dense_vectors, _strain
+from .manybody import GRAPH_MODELS, ManyBodyPotential, _dense_vectors, _strain
 from .manybody import build as build_many_body
 
 DIMENSIONLESS = ("a", "lam", "gamma", "A", "B")
@@ -160,10 +160,11 @@ class SWManyBodyPotential(ManyBodyPotential):
 
 def build(prior_cfg, model_cfg, model_cutoff: float) -> SWManyBodyPotential:
     """From ``prior: {kind: stillinger_weber, epsilon:, sigma:, [a, lam, gamma, A, B]}`` and a
-    DimeNet++ ``model`` group."""
-    if model_cfg.get("kind") != "dimenet":
-        raise UserError(f"prior.kind=stillinger_weber is a many-body prior for model=dimenet, got model.kind="
-                        f"{model_cfg.get('kind')!r}", "select model=dimenet (or another prior)")
+    graph ``model`` group (DimeNet++ or three_body)."""
+    if model_cfg.get("kind") not in GRAPH_MODELS:
+        raise UserError(f"prior.kind=stillinger_weber is a many-body prior for a graph model "
+                        f"({' or '.join(GRAPH_MODELS)}), got model.kind={model_cfg.get('kind')!r}",
+                        "select model=three_body or model=dimenet (or another prior)")
     allowed = {"kind", "epsilon", "sigma", *DIMENSIONLESS, *SW_HARD_CODED}
     unknown = sorted(set(prior_cfg) - allowed)
     if unknown:

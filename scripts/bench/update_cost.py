@@ -11,6 +11,7 @@ RDF from positions in every update — and prints the ratio, plus the ratio to t
     python scripts/bench/update_cost.py [--repeats 10] [--json out.json]
     python scripts/bench/update_cost.py --only water --repeats 4       # config=water, sparse graph
     python scripts/bench/update_cost.py --only water_dense --repeats 4 # the dense-list reference
+    python scripts/bench/update_cost.py --only water_three_body --repeats 4  # SW-form model instead
 
 The water setups (config=water with N = 901 and DimeNet++, 50 snapshots per trajectory by
 default) also report MD steps per second; ``water_dense`` runs the network on the whole
@@ -116,7 +117,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--json", default=None)
-    ap.add_argument("--only", choices=["lj", "reference", "water", "water_dense"], default=None,
+    ap.add_argument("--only", choices=["lj", "reference", "water", "water_dense", "water_three_body"], default=None,
                     help="one setup (peak RSS is per process: use this for per-setup memory)")
     ap.add_argument("--water-snapshots", type=int, default=50,
                     help="snapshots per water trajectory (the published 500 costs ~10x per update)")
@@ -134,6 +135,8 @@ def main():
         "water": water,
         # the same on the whole dense neighbour list: the reference for the sparse graph's speed-up
         "water_dense": water + ["model.graph_format=dense"],
+        # the Stillinger–Weber-form three-body model on the same graph (potentials/three_body.py)
+        "water_three_body": water + ["model=three_body", "model.lam=10.0"],
     }
     rows = []
     for name, ov in setups.items():
