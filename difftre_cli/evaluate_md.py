@@ -49,6 +49,23 @@ def load(cfg, run_dir) -> MDRun:
     return MDRun(cfg, Path(run_dir), states, trees["params"], rows)
 
 
+def select_state(states: list, state: str | None):
+    """(name, components) of the state point ``state`` of a loaded run (MDRun.states); None: the
+    only one (a UserError naming the choices when there are several or ``state`` is not one)."""
+    names = [n for n, _ in states]
+    if state is None:
+        if len(states) > 1:
+            raise UserError(f"this run has {len(states)} state points ({', '.join(names)}): which one's potential?",
+                            f"add state={names[0]} (a temperature-dependent model differs between them)")
+        return states[0]
+    for n, c in states:
+        if n == state:
+            return n, c
+    raise UserError(f"state={state}: no such state point" + (f" (the run has {', '.join(names)})" if names[0] else
+                                                              " (the run has one state point)"),
+                    f"use one of {', '.join(names)}" if names[0] else "remove state=")
+
+
 def observables(r: MDRun, out: dict) -> None:
     """The production run of each state point: observables (jackknife errors over the chunks of
     ``evaluate.chunk_steps``), targets and their RMSE."""
