@@ -2,8 +2,9 @@
 ``observables`` (the production run(s) with the final parameters: observables with jackknife
 errors, targets), ``stress_strain`` (``evaluate.stress_strain``: strained runs of a crystal),
 ``temperature`` (the mean kinetic kT) and ``potential`` (the learned potential against the
-ground truth); the report writes the plots and the summary table. With several state points (``states``) each one gets its own production
-run; their targets and observables are reported as ``<state>_<name>``."""
+ground truth); the report writes the plots, their curves as CSV files (curves.py) and the
+summary table. With several state points (``states``) each one gets its own production run;
+their targets and observables are reported as ``<state>_<name>``."""
 from __future__ import annotations
 
 import logging
@@ -16,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import assemble, stress_strain
-from .errors import UserError
 from .compare import COMPARISON
+from .curves import write_curves
+from .errors import UserError
 from .evaluate_base import Evaluator, Section, always, evaluate_section
 from .observables.density import Density
 from .observables.mechanical import cubic_moduli
@@ -26,7 +28,7 @@ from .plots import plot_all
 from .production import production_run
 from .states import is_multistate
 from .store import RunStore
-from .units import BAR_PER_KJ_MOL_NM3, GPA_PER_KJ_MOL_NM3
+from .units import BAR_PER_KJ_MOL_NM3, GPA_PER_KJ_MOL_NM3, unit_name
 
 log = logging.getLogger("difftre")
 
@@ -47,6 +49,23 @@ def load(cfg, run_dir) -> MDRun:
     store = RunStore(run_dir)
     _, trees, _, rows = store.read_checkpoint({"params": states[0][1].potential.init(jax.random.PRNGKey(0))})
     return MDRun(cfg, Path(run_dir), states, trees["params"], rows)
+
+
+def select_state(states: list, state: str | None):
+    """(name, components) of the state point ``state`` of a loaded run (MDRun.states); None: the
+    only one (a UserError naming the choices when there are several or ``state`` is not one)."""
+    names = [n for n, _ in states]
+    if state is None:
+        if len(states) > 1:
+            raise UserError(f"this run has {len(states)} state points ({', '.join(names)}): which one's potential?",
+                            f"add state={names[0]} (a temperature-dependent model differs between them)")
+        return states[0]
+    for n, c in states:
+        if n == state:
+            return n, c
+    raise UserError(f"state={state}: no such state point" + (f" (the run has {', '.join(names)})" if names[0] else
+                                                              " (the run has one state point)"),
+                    f"use one of {', '.join(names)}" if names[0] else "remove state=")
 
 
 def observables(r: MDRun, out: dict) -> None:
@@ -99,16 +118,19 @@ def potential(r: MDRun, out: dict) -> None:
 
 def report(r: MDRun, out: dict) -> None:
     plot_all(r.run_dir, out, r.rows)
+    write_curves(r.run_dir, out)
     _summary(out)
 
 
 def _state_results(out: dict, c, means: dict, rows, prefix: str, errors: dict | None = None) -> None:
     """Observables (with their standard errors, when the run had several chunks) and per-target
     errors of one state point into ``out`` (names get ``prefix``)."""
+    system_units = c.system.units
     for name, obs in c.observables.items():
         out["observables"][prefix + name] = {"grid": None if obs.grid is None else np.asarray(obs.grid).tolist(),
                                              "value": np.asarray(means[name]).tolist(),
-                                             "error": None if errors is None else np.asarray(errors[name]).tolist()}
+                                             "error": None if errors is None else np.asarray(errors[name]).tolist(),
+                                             **_units_of(obs, system_units)}
         if obs.unit_kind == "pressure" and c.system.units.name == "real":
             out["observables"][prefix + name]["value_bar"] = float(means[name]) * BAR_PER_KJ_MOL_NM3
         if obs.unit_kind == "stress" and c.system.units.name == "real":
@@ -125,18 +147,25 @@ def _state_results(out: dict, c, means: dict, rows, prefix: str, errors: dict | 
                      "error_bar_at_start": None if start is None else start * BAR_PER_KJ_MOL_NM3}
         else:
             extra = {}
-        grid = c.observables[t.observable].grid
-        angle = c.observables[t.observable].unit_kind == "angle"
-        wavenumber = c.observables[t.observable].unit_kind == "inverse_length"   # S(k)
+        obs = c.observables[t.observable]
         out["targets"][prefix + name] = {"rmse": rmse, "rmse_at_start": start, "source": t.source,
-                                         "grid": None if grid is None else np.asarray(grid).tolist(),
-                                         "grid_unit": "rad" if angle else ("1/" if wavenumber else "")
-                                         + c.system.units.length,
+                                         "grid": None if obs.grid is None else np.asarray(obs.grid).tolist(),
                                          "observable": pred.tolist(), "target": np.asarray(t.value).tolist(),
-                                         "rdf_deviation_D": _rdf_D(c, t, pred), **extra}
+                                         "observable_name": prefix + t.observable,
+                                         "rdf_deviation_D": _rdf_D(c, t, pred), **_units_of(obs, system_units),
+                                         **extra}
         comps = c.observables[t.observable].components
         if comps:
             out["targets"][prefix + name]["components"] = list(comps)
+
+
+def _units_of(obs, system_units) -> dict:
+    """The units of an observable's values and grid (units.py's names), and for a function-valued
+    one the symbols of grid and value (the columns of its curve file, curves.py)."""
+    if obs.grid is None:
+        return {"unit": unit_name(obs.unit_kind, system_units)}
+    return {"unit": unit_name(obs.value_kind, system_units), "grid_unit": unit_name(obs.unit_kind, system_units),
+            "symbols": list(obs.symbols)}
 
 
 def _stress_results(entry: dict, obs, value, error=None) -> None:

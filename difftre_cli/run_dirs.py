@@ -1,5 +1,6 @@
 """Run directories: the output directory a run may create, the checkpoint a rerun continues,
-the latest run under runs/, and what makes a directory a difftre run (commands.py uses them)."""
+the latest run under runs/, and what makes a directory a trained difftre run (commands.py and
+trained_run.py use them)."""
 from __future__ import annotations
 
 import logging
@@ -93,7 +94,23 @@ def latest_run_or_fail() -> Path:
     return run
 
 
+def check_run_dir(run: Path, key: str = "run=") -> None:
+    """A UserError unless ``run`` is a trained run: its config (.hydra/config.yaml, written when
+    training starts) and a checkpoint (difftre.h5, written after the first updates). ``key``
+    names the argument in the message (``run=`` on the command line)."""
+    run = Path(run)
+    if not (run / ".hydra" / "config.yaml").is_file():
+        raise UserError(f"{key}{run}: not a difftre run directory (.hydra/config.yaml missing)",
+                        "give the directory that `difftre train` printed")
+    if not (run / "difftre.h5").is_file():
+        raise UserError(f"{key}{run}: the run has no checkpoint yet (difftre.h5 missing: it was stopped "
+                        "before its first checkpoint, or is still starting)",
+                        f"let it train (continue it with difftre train resume={run}), then use it")
+
+
 def run_dir_ok(run: Path) -> None:
-    if not (run / "difftre.h5").is_file() or not (run / ".hydra" / "config.yaml").is_file():
-        fail(f"run={run}: not a difftre run directory (difftre.h5 or .hydra/config.yaml missing)\n"
-             "  fix: give the directory that `difftre train` printed")
+    """:func:`check_run_dir` for the command line: exit 2 with its message."""
+    try:
+        check_run_dir(run)
+    except UserError as exc:
+        fail(str(exc))

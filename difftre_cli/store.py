@@ -59,9 +59,10 @@ def versions() -> dict:
 
 
 @contextlib.contextmanager
-def _writing(tmp: Path | None, what: str, run_dir: Path):
+def _writing(tmp: Path | None, what: str, run_dir: Path, fix: str | None = None):
     """Turn a full disk (or quota, file-size limit, read-only mount) during a write into a
-    UserError, removing the partial ``.tmp`` file; the previous complete file stays."""
+    UserError, removing the partial ``.tmp`` file; the previous complete file stays. ``fix``:
+    what to do then (default: free space and resume the run)."""
     try:
         yield
     except OSError as exc:
@@ -71,7 +72,7 @@ def _writing(tmp: Path | None, what: str, run_dir: Path):
                 with contextlib.suppress(OSError):
                     tmp.unlink()
             raise UserError(f"cannot write {what} in {run_dir}: {exc.strerror or str(exc).splitlines()[0]}",
-                            f"free disk space (or raise the quota) and continue with resume={run_dir}") from None
+                            fix or f"free disk space (or raise the quota) and continue with resume={run_dir}") from None
         raise
 
 
@@ -96,6 +97,19 @@ def _fsync_replace(tmp: Path, final: Path) -> None:
         os.close(dfd)
     except OSError:
         pass
+
+
+def write_text_atomic(path: Path, text: str, fix: str | None = None) -> Path:
+    """Write ``text`` to ``path`` as the run's files are written (module doc): ``NAME.tmp``,
+    fsynced and renamed over ``NAME``; a full disk is a UserError with ``fix`` (_writing)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with _writing(tmp, path.name, path.parent, fix):
+        with open(tmp, "w", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+        _fsync_replace(tmp, path)
+    return path
 
 
 def save_pytree(group: h5py.Group, tree: Any) -> None:

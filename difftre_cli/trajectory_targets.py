@@ -32,6 +32,7 @@ from .observables.engine import ObservableEngine
 from .onebody import is_one_body_system
 from .sampler import Trajectory
 from .system import build_system
+from .units import unit_name
 
 USAGE = """usage: difftre targets [config=NAME] reference=... reference.file=PATH [observables=[...]] [out=DIR] [blocks=N]
 
@@ -42,8 +43,6 @@ OUT/<name>.txt (x, mean, standard error from blocks of frames) and OUT/targets.y
   blocks=N    consecutive blocks of frames for the standard error (default 10)
   key=value   config overrides as for train (system.*, observables, reference.*)
 """
-#: length-unit names of a grid in the system's units, as targets' x_unit reads them
-X_UNITS = {"length": lambda u: u.length, "angle": lambda u: "rad", "inverse_length": lambda u: f"1/{u.length}"}
 #: frames featurized per call of the engine
 BATCH = 200
 
@@ -135,7 +134,7 @@ def write(results: dict, meta: dict, out: Path) -> dict:
             notes.append(f"# {name}: standard error {float(err):.4g}" if np.size(err) == 1
                          else f"# {name}: standard errors {np.ravel(err).tolist()}")
             continue
-        x_unit = X_UNITS.get(o.unit_kind, lambda u: u.length)(units)
+        x_unit = unit_name(o.unit_kind, units)
         header = [f"difftre targets: {name} ({type(o).__name__}) from {info['source']} ({info['format']})",
                   f"frames: {info['frames']} (start {info['start']}, stop {info['stop']}, stride {info['stride']}); "
                   f"standard error from {info['blocks']} consecutive blocks",

@@ -73,6 +73,21 @@ MODULUS_TO_EV_A3 = {"GPa": 1.0 / GPA_PER_EV_A3, "eV/angstrom^3": 1.0, "eV/A^3": 
                     "kbar": 0.1 / GPA_PER_EV_A3}
 
 
+#: The unit of each kind of quantity (an observable's ``unit_kind`` / ``value_kind``), by the
+#: system's names: what evaluation.json's and the curve files' units say.
+KIND_UNITS = {"length": lambda u: u.length, "inverse_length": lambda u: f"1/{u.length}",
+              "angle": lambda u: "rad", "inverse_angle": lambda u: "1/rad", "energy": lambda u: u.energy,
+              "pressure": lambda u: u.pressure_internal, "stress": lambda u: u.pressure_internal,
+              "dimensionless": lambda u: "1"}
+
+
+def unit_name(kind: str, system: UnitSystem) -> str:
+    """The name of the unit of a ``kind`` of quantity (a key of KIND_UNITS) in ``system``."""
+    if kind not in KIND_UNITS:
+        raise ValueError(f"unknown kind of quantity {kind!r}; one of {sorted(KIND_UNITS)}")
+    return KIND_UNITS[kind](system)
+
+
 def modulus_factor(unit: str) -> float:
     """Factor converting a stress or elastic modulus in ``unit`` to eV Å⁻³ (metal units)."""
 

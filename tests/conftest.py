@@ -152,3 +152,18 @@ def lj_reference(tmp_path_factory):
         cfg = compose(config_name="train", overrides=["config=lj", f"system.n_particles={n}"])
     pos, frc, eng, box = mod.lj_frames(cfg, n_frames=30, every=50, equilibration=2000, seed=7)
     return write_extxyz(tmp_path_factory.mktemp("lj") / "lj.extxyz", pos, frc, eng, box), n
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """(cwd, run directory, the CompletedProcess) of `difftre train config=tiny seed=0` through the
+    console script: the trained run of the end-to-end tests (test_cli.py: train, evaluate, its
+    curve files) and of the Python API's (test_python_api.py), trained once per process."""
+    import subprocess
+    cwd = tmp_path_factory.mktemp("e2e")
+    run = cwd / "run"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    proc = subprocess.run(difftre_train_cmd(["config=tiny", "seed=0", f"hydra.run.dir={run}"]), cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    return cwd, run, proc

@@ -70,11 +70,8 @@ def test_help_in_process_matches_config_dir(capsys):
 
 # -- end to end -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("e2e")
-    run = cwd / "run"
-    proc = difftre(["train", "config=tiny", "seed=0", f"hydra.run.dir={run}"], cwd=cwd)
-    return cwd, run, proc
+def trained(tiny_run):
+    return tiny_run   # conftest.py: `difftre train config=tiny seed=0` through the console script
 
 
 def test_train_tiny_end_to_end(trained):
@@ -144,6 +141,29 @@ def test_evaluate_tiny_end_to_end(trained):
         data = (run / name).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 1000, name
     assert not (cwd / "runs").exists()
+    check_curve_files(run, out)
+
+
+def check_curve_files(run: Path, ev: dict) -> None:
+    """RUN/curves/: one CSV per curve of the plots, a header naming each column with its unit,
+    the numbers of evaluation.json, readable with the csv module and numpy.genfromtxt."""
+    curves = run / "curves"
+    assert sorted(p.name for p in curves.iterdir()) == ["potential.csv", "rdf.csv"]   # no .tmp left
+    obs, pot, rdf = ev["observables"]["rdf"], ev["potential"], ev["targets"]["rdf"]
+    expected = {"rdf.csv": {"r [sigma]": obs["grid"], "g_model [1]": obs["value"], "g_model_err [1]": obs["error"],
+                            "g_target [1]": rdf["target"]},
+                "potential.csv": {"r [sigma]": pot["r"], "u_model [epsilon]": pot["total"],
+                                  "u_prior [epsilon]": pot["prior"], "u_truth [epsilon]": pot["truth"]}}
+    for name, columns in expected.items():
+        with open(curves / name, newline="") as fh:
+            rows = list(csv.reader(fh))
+        assert rows[0] == list(columns), (name, rows[0])
+        table = np.array(rows[1:], float)
+        for k, values in enumerate(columns.values()):
+            np.testing.assert_array_equal(table[:, k], np.asarray(values, float), err_msg=f"{name}: {rows[0][k]}")
+        read = np.genfromtxt(curves / name, delimiter=",", names=True)
+        assert len(read.dtype.names) == len(columns) and len(read) == len(table)
+        np.testing.assert_array_equal(read[read.dtype.names[1]], table[:, 1])
 
 
 def test_export_tiny_end_to_end(trained):

@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import units as units_mod
 from ..errors import UserError
-from ..evaluate_md import load
+from ..evaluate_md import load, select_state
 from ..learn.registry import trainer_kind
 from . import gromacs, lammps
 from .tabulate import WALL_KT, PairTable, inner_end, tabulate
@@ -100,7 +100,7 @@ def export_run(cfg, run_dir: Path, opts: ExportOptions) -> dict:
                         "cannot hold", "run it in LAMMPS with its own pair_style (sw, edip) and the fitted "
                         "parameters of evaluation.json")
     run = load(cfg, run_dir)
-    name, c = _state(run.states, opts.state)
+    name, c = select_state(run.states, opts.state)
     out = Path(opts.out) if opts.out is not None else Path(run_dir) / "export" / opts.format
     header = (f"difftre export of {Path(run_dir).resolve()}\n"
               f"pair potential = prior + learned model at the final parameters"
@@ -144,21 +144,6 @@ def export_potential(c, params, opts: ExportOptions, out: Path, header: str) -> 
             "kT_unit": system.units.energy, "files": [p.name for p in files],
             "tables": [_table_info(t) for t in tables],
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}}
-
-
-def _state(states: list, state: str | None):
-    names = [n for n, _ in states]
-    if state is None:
-        if len(states) > 1:
-            raise UserError(f"this run has {len(states)} state points ({', '.join(names)}): which one's potential?",
-                            f"add state={names[0]} (a temperature-dependent model differs between them)")
-        return states[0]
-    for n, c in states:
-        if n == state:
-            return n, c
-    raise UserError(f"state={state}: no such state point" + (f" (the run has {', '.join(names)})" if names[0] else
-                                                              " (the run has one state point)"),
-                    f"use one of {', '.join(names)}" if names[0] else "remove state=")
 
 
 def _units(opts: ExportOptions, system: units_mod.UnitSystem) -> tuple[str, float, float, str]:

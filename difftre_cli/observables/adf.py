@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -95,6 +96,8 @@ class ADF(Observable):
     max_neighbors: int = 32
     depends_on_params: bool = False
     unit_kind: str = "angle"
+    value_kind: ClassVar[str] = "inverse_angle"             # ∫ p(α) dα = 1
+    symbols: ClassVar[tuple[str, str]] = ("alpha", "p")
     grid: np.ndarray = field(init=False, repr=False, compare=False)
     fine: np.ndarray = field(init=False, repr=False, compare=False)
     kernel: np.ndarray = field(init=False, repr=False, compare=False)

@@ -10,6 +10,7 @@ positions only). Used by the double-well study; length unit: the system's.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import jax.numpy as jnp
 import numpy as np
@@ -27,6 +28,7 @@ class Density(Observable):
     sigma: float = 0.0
     depends_on_params: bool = False
     unit_kind: str = "length"
+    symbols: ClassVar[tuple[str, str]] = ("x", "rho")      # ρ(x)/ρ₀
     grid: np.ndarray = field(init=False, repr=False, compare=False)
 
     @classmethod

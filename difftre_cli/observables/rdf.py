@@ -17,6 +17,7 @@ on the pair density ∝ r² g(r), g_σ(r) = ∫ K_σ(r − s) s² g(s) ds / r²,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import jax.numpy as jnp
 import numpy as np
@@ -43,6 +44,7 @@ class RDF(Observable):
     pair: tuple | None = None        # (species a, species b) for a partial RDF; None: all pairs
     depends_on_params: bool = False
     unit_kind: str = "length"
+    symbols: ClassVar[tuple[str, str]] = ("r", "g")
     grid: np.ndarray = field(init=False, repr=False, compare=False)
     fine: np.ndarray = field(init=False, repr=False, compare=False)
     kernel: np.ndarray = field(init=False, repr=False, compare=False)

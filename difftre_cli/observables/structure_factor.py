@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +57,7 @@ class StructureFactor(Observable):
     k_min: float = 0.0
     depends_on_params: bool = False
     unit_kind: str = "inverse_length"
+    symbols: ClassVar[tuple[str, str]] = ("k", "S")
     reach: float = 0.0
     grid: np.ndarray = field(init=False, repr=False, compare=False)
 
