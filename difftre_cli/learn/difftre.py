@@ -101,7 +101,10 @@ class DiffTRe:
         energy, over_states = self.engine.energy, self.engine.over_states
         u_of = lambda th: over_states(lambda r_s: energy(unravel(th), r_s), feats.r)  # noqa: E731
         u = u_of(flat)
-        jac = jax.jacfwd(u_of)(flat)                                      # (S, K)
+        if flat.size <= 8:    # few parameters: K forward-mode passes over the snapshots
+            jac = jax.jacfwd(u_of)(flat)                                  # (S, K)
+        else:                 # one reverse pass per snapshot (cheaper for K > ~3 when U is costly)
+            jac = over_states(lambda r_s: jax.grad(lambda th: energy(unravel(th), r_s))(flat), feats.r)
         w = reweight.weights(self.beta, u, feats.u_ref)
         centred = jac - w @ jac
         fisher = self.beta ** 2 * (centred.T * w) @ centred
