@@ -5,8 +5,10 @@ Layout of a run directory::
     difftre.h5                 checkpoint (params, optimiser state, PRNG key, simulator state,
                                neighbour list), metrics table, config, versions, units;
                                /trajectories/ref_XXXXX are external links to the files below
-    trajectories/ref_XXXXX.h5  kept snapshots of each reference trajectory, H5MD 1.1 layout
-                               (/h5md, /particles/all/{position,box}, /observables/reference_energy)
+    trajectories/ref_XXXXX.h5md  kept snapshots of each reference trajectory, H5MD 1.1 layout
+                               (/h5md, /particles/all/{position,box,species}, /observables/
+                               reference_energy); older runs have ``.h5`` files, still read
+    topology.pdb               the particles' names, types and first positions (topology.py)
     metrics.csv                one row per completed update
 
 Crash safety: every HDF5 file is written to ``NAME.tmp``, flushed and fsynced, then renamed over
@@ -33,8 +35,14 @@ import numpy as np
 from . import __version__
 from .errors import UserError
 from .sampler import Trajectory
+from .topology import topology_name, write_topology
 
 CHECKPOINT_FILE = "difftre.h5"
+#: Extension of trajectory files, and the one of runs written before trajectories were ``.h5md``
+TRAJECTORY_SUFFIX, OLD_TRAJECTORY_SUFFIX = ".h5md", ".h5"
+#: H5MD unit attributes (length, time, energy) by unit system, in the spelling readers such as
+#: MDAnalysis understand; reduced units have none
+H5MD_UNITS = {"real": ("nm", "ps", "kJ mol-1"), "metal": ("Angstrom", "ps", "eV")}
 METRICS_FILE = "metrics.csv"
 FORMAT_VERSION = 1
 
@@ -182,14 +190,28 @@ class RunStore:
         """File stem of a reference trajectory: ``ref_00003`` (one state) or ``xA25_ref_00003``."""
         return f"{state + '_' if state else ''}ref_{index:05d}"
 
-    def write_trajectory(self, index: int, traj, box_size: float, dt: float, unit_system, state: str = "") -> Path:
+    def trajectory_path(self, index_or_name, state: str = "") -> Path:
+        """The file of a reference trajectory: ``.h5md``, or ``.h5`` where an older run has one."""
+        name = index_or_name if isinstance(index_or_name, str) else self.trajectory_name(index_or_name, state)
+        old = self.traj_dir / f"{name}{OLD_TRAJECTORY_SUFFIX}"
+        return old if old.is_file() else self.traj_dir / f"{name}{TRAJECTORY_SUFFIX}"
+
+    def trajectory_files(self, state: str = "") -> list[Path]:
+        """The complete reference trajectories of the run (of one state point), in order."""
+        prefix = f"{state}_" if state else ""
+        files = [p for p in self.traj_dir.glob(f"{prefix}ref_*")
+                 if p.suffix in (TRAJECTORY_SUFFIX, OLD_TRAJECTORY_SUFFIX) and p.stem.startswith(prefix + "ref_")]
+        return sorted(files, key=lambda p: p.stem)
+
+    def write_trajectory(self, index: int, traj, box_size: float, dt: float, unit_system, state: str = "",
+                         species=None, species_names=("X",)) -> Path:
+        """Write one trajectory as H5MD (and, with the run's first one, the topology file)."""
         self.traj_dir.mkdir(parents=True, exist_ok=True)
-        final = self.traj_dir / f"{self.trajectory_name(index, state)}.h5"
-        tmp = final.with_suffix(".h5.tmp")
+        final = self.traj_dir / f"{self.trajectory_name(index, state)}{TRAJECTORY_SUFFIX}"
+        tmp = final.with_name(final.name + ".tmp")
         pos = np.asarray(traj.positions, np.float32)
         steps = np.asarray(traj.step, np.int64)
         times = steps * float(dt)
-        real = unit_system.name == "real"
         buf = io.BytesIO()
         with h5py.File(buf, "w") as f:
             h5 = f.create_group("h5md")
@@ -223,18 +245,26 @@ class RunStore:
             k.create_dataset("step", data=steps)
             k.create_dataset("time", data=times)
             k.create_dataset("value", data=np.asarray(traj.kT, np.float64))
-            if real:  # H5MD unit attributes; omitted in reduced units, which readers cannot convert
-                v.attrs["unit"] = "nm"
+            if species is not None:   # H5MD species: one integer per particle (index into species_names)
+                sp = part.create_dataset("species", data=np.asarray(species, np.int32))
+                sp.attrs["names"] = np.array([str(x).encode() for x in species_names])
+            h5md_units = H5MD_UNITS.get(unit_system.name)
+            if h5md_units:   # H5MD unit attributes; omitted in reduced units, which readers cannot convert
+                length, time, energy = h5md_units
+                v.attrs["unit"] = length
                 if ev is not None:
-                    ev.attrs["unit"] = "nm"
-                t.attrs["unit"] = "ps"
-                ee.attrs["unit"] = "kJ mol-1"
+                    ev.attrs["unit"] = length
+                t.attrs["unit"] = time
+                ee.attrs["unit"] = energy
             f.attrs["units"] = json.dumps(unit_system.to_dict())
         self._commit(buf, tmp, final)
+        topology = self.dir / topology_name(state)
+        if not topology.is_file() and box_size is not None and dim == 3 and len(pos):
+            write_topology(topology, pos[0], box_size, species, species_names, unit_system)
         return final
 
     def read_trajectory(self, index: int, state: str = ""):
-        with h5py.File(self.traj_dir / f"{self.trajectory_name(index, state)}.h5", "r") as f:
+        with h5py.File(self.trajectory_path(index, state), "r") as f:
             return Trajectory(f["particles/all/position/value"][()], f["observables/reference_energy/value"][()],
                               f["observables/kinetic_temperature/value"][()], f["particles/all/position/step"][()])
 
@@ -274,7 +304,7 @@ class RunStore:
             names = trajectory_names if trajectory_names is not None else [
                 self.trajectory_name(i) for i in range(n_trajectories)]
             for name in names:
-                tg[name] = h5py.ExternalLink(f"trajectories/{name}.h5", "/")
+                tg[name] = h5py.ExternalLink(f"trajectories/{self.trajectory_path(name).name}", "/")
             ck.attrs["complete"] = True
         self._commit(buf, tmp, final)
 

@@ -72,8 +72,7 @@ class TrainedRun:
         """(N, d) positions: the last snapshot of the run's latest reference trajectory at this
         state point (an equilibrated configuration), or the system's initial ones without any."""
         store = RunStore(self.path)
-        prefix = f"{self.state}_" if self.state else ""
-        last = sorted(store.traj_dir.glob(f"{prefix}ref_*.h5"))
+        last = store.trajectory_files(self.state)
         if not last:
             return jnp.asarray(self.system.positions)
         index = int(last[-1].stem.rsplit("_", 1)[-1])

@@ -94,7 +94,7 @@ def test_train_tiny_end_to_end(trained):
         assert r["reused"] in ("0", "1")
     assert rows[0]["reused"] == "0"                                     # the first update samples
 
-    trajs = sorted((run / "trajectories").glob("*.h5"))
+    trajs = sorted((run / "trajectories").glob("*.h5md"))
     assert trajs and not list((run / "trajectories").glob("*.tmp"))
     assert len(trajs) == int(rows[-1]["n_trajectories"])
     with h5py.File(run / "difftre.h5", "r") as f:
@@ -104,6 +104,7 @@ def test_train_tiny_end_to_end(trained):
         pos = f[f"trajectories/ref_{len(trajs) - 1:05d}/particles/all/position/value"]  # external link
         assert pos.shape == (20, 108, 3)
     assert not (run / "difftre.h5.tmp").exists()
+    assert (run / "topology.pdb").is_file()                             # MDAnalysis/VMD/OVITO open the .h5md with it
 
 
 def test_evaluate_tiny_end_to_end(trained):

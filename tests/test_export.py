@@ -134,7 +134,7 @@ def test_gromacs_tables_on_their_grid(tmp_path):
 
 @pytest.mark.parametrize("args, needle", [
     ([], "format= is missing"),
-    (["format=xyz"], "format=xyz"),
+    (["format=mol2"], "format=mol2"),
     (["format=lammps", "points=abc"], "points=abc"),
     (["format=lammps", "points=3"], "points=3"),
     (["format=lammps", "wall=-1"], "wall=-1"),

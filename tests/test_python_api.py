@@ -67,7 +67,7 @@ def test_energy_is_the_engines_and_the_stored_reference_energy(run):
     DiffTRe reweights with; at the run's initial parameters (DiffTRe's regime: the first half of
     the seed's key) it equals the reference energies the sampler stored with the first one."""
     store = RunStore(run.path)
-    n = len(list(store.traj_dir.glob("ref_*.h5")))
+    n = len(store.trajectory_files())
     last, first = store.read_trajectory(n - 1), store.read_trajectory(0)
     nbr_fn = run.neighbor_fn()
     nbrs = nbr_fn.allocate(jnp.asarray(last.positions[0]), extra_capacity=16)

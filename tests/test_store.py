@@ -253,8 +253,8 @@ def test_trajectory_roundtrip(tmp_path):
     store = RunStore(tmp_path)
     traj = _trajectory()
     path = store.write_trajectory(3, traj, 4.0, 0.005, units.get("lj"))
-    assert path == tmp_path / "trajectories" / "ref_00003.h5"
-    assert not path.with_suffix(".h5.tmp").exists()
+    assert path == tmp_path / "trajectories" / "ref_00003.h5md"
+    assert not list(path.parent.glob("*.tmp"))
     back = store.read_trajectory(3)
     np.testing.assert_array_equal(back.positions, traj.positions)
     np.testing.assert_array_equal(back.energies, traj.energies)
@@ -266,7 +266,7 @@ def test_trajectory_roundtrip(tmp_path):
         assert f["particles/all/box"].attrs["dimension"] == 3
 
 
-@pytest.mark.parametrize("unit_system, scale", [("lj", 1.0), ("real", 10.0)])
+@pytest.mark.parametrize("unit_system, scale", [("lj", 1.0), ("real", 10.0), ("metal", 1.0)])
 def test_trajectory_is_h5md_for_mdanalysis(tmp_path, unit_system, scale):
     mda = pytest.importorskip("MDAnalysis")
     from MDAnalysis.coordinates.H5MD import H5MDReader

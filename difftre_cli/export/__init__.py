@@ -1,4 +1,5 @@
-"""``difftre export``: a trained run's pair potential as tables for LAMMPS or GROMACS.
+"""``difftre export``: a trained run's pair potential as tables for LAMMPS or GROMACS, or its
+reference trajectories in the formats of other tools (trajectories.py).
 
 The run is loaded at its final parameters as ``evaluate`` loads it (evaluate_md.load); each
 pair term of the potential (protocol.PairTerm: prior + model, one per species pair) is
@@ -24,18 +25,23 @@ from ..evaluate_md import load, select_state
 from ..learn.registry import trainer_kind
 from . import gromacs, lammps
 from .tabulate import WALL_KT, PairTable, inner_end, tabulate
+from .trajectories import LAMMPS_STYLE, TRAJECTORY_FORMATS, export_trajectories
 
-FORMATS = ("lammps", "gromacs")
-#: LAMMPS unit style of a run's unit system (the default of ``units=``)
-LAMMPS_STYLE = {"lj": "lj", "real": "real", "metal": "metal"}
+FORMATS = ("lammps", "gromacs", *TRAJECTORY_FORMATS)
 
 
-USAGE = """usage: difftre export [run=PATH] format=lammps|gromacs [out=DIR] [options] [overrides ...]
+USAGE = """usage: difftre export [run=PATH] format=lammps|gromacs|xyz|dcd|xtc|trr|pdb|lammpstrj [out=DIR] [options]
+                     [overrides ...]
 
-Write a trained run's pair potential (prior + learned model) as tables for another MD engine
-(default run: the latest under runs/; default out: RUN/export/FORMAT/).
+Write a trained run's pair potential (prior + learned model) as tables for another MD engine,
+or its reference trajectories in another format (default run: the latest under runs/; default
+out: RUN/export/FORMAT/).
   format=lammps       difftre.table (pair_style table) + in.difftre_pair (units, pair_style, pair_coeff)
   format=gromacs      table[_A_B].xvg + difftre_tables.mdp + difftre_nonbond.itp (GROMACS <= 2019)
+  format=xyz|dcd|xtc|trr|pdb
+                      each trajectories/ref_XXXXX.h5md through MDAnalysis's writer (positions in Å;
+                      reduced runs in σ)
+  format=lammpstrj    each trajectory as a LAMMPS text dump (id type x y z; units= sets the length unit)
   points=N            LAMMPS table points (default 5000)
   interpolation=S     LAMMPS pair_style table style: linear (default) or spline
   units=S             LAMMPS unit style: lj, real, metal (default: the run's)
@@ -75,7 +81,8 @@ def parse_args(rest: list[str]) -> tuple[Path | None, ExportOptions, list[str]]:
     fmt = values.pop("format", None)
     if fmt not in FORMATS:
         raise UserError(f"export: format={fmt} is not one of {', '.join(FORMATS)}" if fmt else
-                        "export: format= is missing", "add format=lammps or format=gromacs")
+                        "export: format= is missing", "add format=lammps or format=gromacs (tables), "
+                        "or format=xyz (trajectories)")
     if values.get("interpolation", "linear") not in lammps.INTERPOLATIONS:
         raise UserError(f"export: interpolation={values['interpolation']}", "use interpolation=linear or spline")
     opts = {"format": fmt, "out": Path(values["out"]).expanduser() if "out" in values else None}
@@ -94,7 +101,10 @@ def parse_args(rest: list[str]) -> tuple[Path | None, ExportOptions, list[str]]:
 
 
 def export_run(cfg, run_dir: Path, opts: ExportOptions) -> dict:
-    """Write the tables of the run in ``run_dir`` (config ``cfg``) and return export.json's dict."""
+    """Write the tables (or trajectories) of the run in ``run_dir`` (config ``cfg``) and return
+    export.json's dict."""
+    if opts.format in TRAJECTORY_FORMATS:
+        return export_trajectories(run_dir, opts.format, opts.out, opts.state, opts.units)
     if trainer_kind(cfg.trainer.kind).evaluator != "md":
         raise UserError(f"trainer={cfg.trainer.kind} fits a classical many-body potential, which a pair table "
                         "cannot hold", "run it in LAMMPS with its own pair_style (sw, edip) and the fitted "

@@ -200,7 +200,8 @@ class DiffTReRegime(Regime):
             log.warning("simulation unstable (%s)", res.reason)
             return False
         traj = jax.tree_util.tree_map(np.asarray, res.trajectory)
-        self.store.write_trajectory(self.n_traj, traj, c.system.box_size, c.sampler.cfg.dt, c.system.units)
+        self.store.write_trajectory(self.n_traj, traj, c.system.box_size, c.sampler.cfg.dt, c.system.units,
+                                    species=c.system.species, species_names=c.system.species_names)
         self.feats = c.engine.featurize(res.trajectory)
         jax.block_until_ready(self.feats.r)
         self.state, self.nbrs, self.n_traj = res.state, res.neighbor, self.n_traj + 1

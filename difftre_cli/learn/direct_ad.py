@@ -218,7 +218,8 @@ class DirectADRegime(Regime):
             raise UserError(f"the simulation with the initial parameters is unstable ({res.reason})",
                             "lower simulator.dt, check the prior and the initial structure")
         traj = jax.tree_util.tree_map(np.asarray, res.trajectory)
-        self.store.write_trajectory(self.n_traj, traj, c.system.box_size, c.sampler.cfg.dt, c.system.units)
+        self.store.write_trajectory(self.n_traj, traj, c.system.box_size, c.sampler.cfg.dt, c.system.units,
+                                    species=c.system.species, species_names=c.system.species_names)
         self.state, self.nbrs, self.n_traj = res.state, res.neighbor, self.n_traj + 1
         self.obs_nbrs = self.ad.allocate_obs_list(self.state.position)
         self.equilibrated = True

@@ -226,7 +226,8 @@ class IBIRegime(Regime):
                                 "lower simulator.dt, check the prior and the initial structure")
             return None
         traj = jax.tree_util.tree_map(np.asarray, res.trajectory)
-        self.store.write_trajectory(self.n_traj, traj, c.system.box_size, c.sampler.cfg.dt, c.system.units)
+        self.store.write_trajectory(self.n_traj, traj, c.system.box_size, c.sampler.cfg.dt, c.system.units,
+                                    species=c.system.species, species_names=c.system.species_names)
         means = trajectory_means(c, params, res.trajectory)
         self.state, self.nbrs, self.n_traj = res.state, res.neighbor, self.n_traj + 1
         return means

@@ -69,8 +69,8 @@ class StateStore:
     def __init__(self, store, state: str):
         self.store, self.state = store, state
 
-    def write_trajectory(self, index, traj, box_size, dt, unit_system):
-        return self.store.write_trajectory(index, traj, box_size, dt, unit_system, state=self.state)
+    def write_trajectory(self, index, traj, box_size, dt, unit_system, **topology):
+        return self.store.write_trajectory(index, traj, box_size, dt, unit_system, state=self.state, **topology)
 
     def read_trajectory(self, index):
         return self.store.read_trajectory(index, state=self.state)
