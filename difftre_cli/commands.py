@@ -33,6 +33,7 @@ from .export import export_run, parse_args
 from .interrupt import GracefulStop, Interrupted
 from .jax_setup import configure
 from .legacy import check_overrides, translate_overrides
+from .metric_log import check_installed
 from .run_config import compose_run
 from .run_dirs import auto_resume, check_output_dir, latest_run_or_fail, run_dir_ok
 from .train import train
@@ -144,6 +145,7 @@ def train_command(rest: list[str]) -> int:
         try:
             with config_errors(cfg=cfg):
                 validate(cfg)
+                check_installed(cfg)   # logger=tensorboard | mlflow: its writer, before Hydra makes the run directory
                 _set_precision(cfg.precision)
                 check_output_dir(cfg, multirun=multirun)
                 if not multirun and cfg.get("resume") is None:

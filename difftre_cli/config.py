@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from . import observables, onebody, optim, potentials, reference, targets
+from . import metric_log, observables, onebody, optim, potentials, reference, targets
 from .checks import choice, mapping, number
 from .compare import check_compare_with
 from .config_files import CONFIG_DIR
@@ -24,7 +24,7 @@ from .system import build_system, min_image_distance
 GROUPS = ("system", "prior", "model", "simulator", "observables", "targets", "optimizer", "trainer")
 #: top-level keys besides the groups (configs/train.yaml)
 TOP_LEVEL = ("name", "seed", "precision", "resume", "ground_truth", "states", "reduced_overrides", "evaluate",
-             "classical", "reference", "hydra", "stages")   # classical: the potential of trainer=static presets
+             "classical", "reference", "logger", "hydra", "stages")   # classical: the potential of trainer=static presets
 #: trainer keys the training loop (train.py) reads whatever the kind; a kind's own keys are those
 #: of its YAML, configs/trainer/KIND.yaml (the YAML is the schema: adding a key is adding it there).
 #: A key of another kind is ignored (a preset's trainer settings survive ``trainer=OTHER``).
@@ -64,7 +64,9 @@ def evaluate_defaults_name(cfg: DictConfig) -> str | None:
 def validate(cfg: DictConfig) -> None:
     """Raise UserError for the first problem found in ``cfg`` (each state point's config in
     turn when ``states`` lists several, see states.py; each stage's when ``stages`` does, see
-    stages.py)."""
+    stages.py). The logger group's keys are checked too; its package is imported only by
+    ``difftre train`` (metric_log.check_installed) and the trainer."""
+    metric_log.check(cfg)
     if is_staged(cfg):
         for _, sub in stage_configs(cfg):
             validate(sub)

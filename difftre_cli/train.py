@@ -15,6 +15,8 @@ accepts or rejects it, keeps the metrics, checkpoints, and stops gracefully on s
   seed, repeats the lost updates bit-for-bit on CPU;
 * a regime that has finished (``Proposal.done``: the 0 K fit converged) ends the loop as
   ``trainer.updates`` would, with a checkpoint that says so (resuming it does nothing).
+* every metrics row goes to metrics.csv and to the ``logger`` group's dashboard (TensorBoard,
+  MLflow: metric_log.py), which a resumed run continues from its checkpoint.
 
 Which regime runs is ``trainer.kind``'s entry in the trainer registry (learn/registry.py):
 the MD trainers get the components ``assemble`` builds, ``trainer=static`` its config alone.
@@ -29,7 +31,7 @@ from pathlib import Path
 import jax
 from omegaconf import OmegaConf
 
-from . import assemble
+from . import assemble, metric_log
 from .errors import UserError
 from .interrupt import GracefulStop
 from .learn.registry import trainer_kind
@@ -54,9 +56,11 @@ class Trainer:
     summary table), ``result(params)`` (entries of the returned dict), ``trajectory_names()``
     and ``failure_hint`` (the fix named when failures stop the run)."""
 
-    def __init__(self, cfg, run_dir: str | Path, quiet: bool | None = None):
+    def __init__(self, cfg, run_dir: str | Path, quiet: bool | None = None, metrics_log=None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        # where the rows go besides metrics.csv (logger group); first: a missing package fails now
+        self.metrics_log = metrics_log if metrics_log is not None else metric_log.create(cfg, self.run_dir)
         self.store = RunStore(self.run_dir)
         kind = trainer_kind(cfg.trainer.kind)
         self.c, self.samplers = None, {}
@@ -129,10 +133,11 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------
     def run(self, resume: bool = False, stop: GracefulStop | None = None) -> dict:
-        if stop is not None:            # the caller already turned SIGTERM/SIGINT into requests
-            return self._run(resume, stop)
-        with GracefulStop() as stop:   # from here on SIGTERM/SIGINT only request a stop
-            return self._run(resume, stop)
+        with self.metrics_log:   # the dashboard's run ends as finished, killed or failed
+            if stop is not None:            # the caller already turned SIGTERM/SIGINT into requests
+                return self._run(resume, stop)
+            with GracefulStop() as stop:   # from here on SIGTERM/SIGINT only request a stop
+                return self._run(resume, stop)
 
     def _run(self, resume: bool, stop: GracefulStop) -> dict:
         self.store.prepare()
@@ -160,6 +165,7 @@ class Trainer:
         elif resume:
             log.info("no complete checkpoint in %s yet: starting from update 0", self.run_dir)
         self.store.rewrite_metrics_csv(rows)
+        self.metrics_log.open(start)   # only the rows from here on: a resumed run logs none twice
         state = {"update": start, "params": params, "opt_state": opt_state, "last_good": last_good,
                  "lr_scale": lr_scale, "failures": failures, "rows": rows}
         t_run = self._t_checkpoint = time.perf_counter()
@@ -248,6 +254,7 @@ class Trainer:
     def _add_row(self, rows: list, row: dict) -> None:
         rows.append(row)
         self.store.append_metrics_csv(row)
+        self.metrics_log.log(row)
 
 
 def train(cfg, run_dir, resume: bool = False, quiet: bool | None = None, stop: GracefulStop | None = None) -> dict:
@@ -270,7 +277,9 @@ def train_stages(cfg, run_dir, resume: bool = False, quiet: bool | None = None,
         for name, sub in stage_configs(cfg, run_dir):
             sub_dir = run_dir / name
             log.info("stage %s in %s", name, sub_dir)
-            result = Trainer(sub, sub_dir, quiet=quiet).run(resume=RunStore(sub_dir).has_checkpoint(), stop=stop)
+            sink = metric_log.create(cfg, run_dir, stage=name)   # the run's MLflow run, the stage's event files
+            result = Trainer(sub, sub_dir, quiet=quiet, metrics_log=sink).run(
+                resume=RunStore(sub_dir).has_checkpoint(), stop=stop)
             rows += [{"stage": name, **r} for r in result["rows"]]
             RunStore(run_dir).rewrite_metrics_csv(rows)
     return {**result, "rows": rows}

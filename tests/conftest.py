@@ -107,10 +107,11 @@ def difftre_train_cmd(args) -> list[str]:
     return ([exe] if exe else [sys.executable, "-m", "difftre_cli.cli"]) + ["train", *args]
 
 
-def train_in_process(args, run_dir) -> dict:
+def train_in_process(args, run_dir, resume: bool = False) -> dict:
     """`difftre train ARGS` as the CLI runs it (validate, precision, ``train``) in this process,
-    into ``run_dir``: the uninterrupted reference of a test whose interrupted run is a CLI
-    process, without a process start-up (importing JAX MD: ~10 s). Its programs go to the
+    into ``run_dir`` (``resume``: continue its checkpoint, as ``resume=RUN_DIR`` does): the
+    uninterrupted reference of a test whose interrupted run is a CLI process, without a process
+    start-up (importing JAX MD: ~10 s). Its programs go to the
     session's compilation cache, which the later CLI processes load (the same executables)."""
     from hydra import compose, initialize_config_dir
 
@@ -121,7 +122,7 @@ def train_in_process(args, run_dir) -> dict:
         cfg = compose(config_name="train", overrides=list(args))
     validate(cfg)
     with _x64(cfg.precision == "double"), _cache_in_process(os.environ["DIFFTRE_COMPILATION_CACHE"]):
-        return train(cfg, run_dir, quiet=True)
+        return train(cfg, run_dir, resume=resume, quiet=True)
 
 
 def cli_env() -> dict:
