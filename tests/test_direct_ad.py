@@ -101,4 +101,4 @@ def test_update_compiled_once_and_state_continues(tmp_path, single_precision):
     assert all(np.isfinite(r["loss"]) and np.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in rows)
     # each update starts where the last one ended
     assert positions[0] is None and not np.array_equal(positions[1], positions[2])
-    assert (tmp_path / "metrics.csv").is_file() and (tmp_path / "trajectories" / "ref_00000.h5").is_file()
+    assert (tmp_path / "metrics.csv").is_file() and (tmp_path / "trajectories" / "ref_00000.h5md").is_file()

@@ -216,7 +216,7 @@ def test_every_trainer_runs_on_the_mixture_and_resumes_exactly(tmp_path, trainer
     for state in ("xA25", "xA50", "xA75"):
         for t in ("rdf_AA", "rdf_AB", "rdf_BB"):
             assert np.isfinite(rows[0][f"loss_{state}_{t}"])
-        assert (tmp_path / "straight" / "trajectories" / f"{state}_ref_00000.h5").is_file()
+        assert (tmp_path / "straight" / "trajectories" / f"{state}_ref_00000.h5md").is_file()
     init = Trainer(compose_cfg(overrides + ["trainer.updates=2"]), tmp_path / "init", quiet=True)
     p0 = init.regime.init(jax.random.PRNGKey(0))[0]
     assert any(np.abs(a - b).max() > 0 for a, b in zip(_leaves(p0), _leaves(runs["straight"]["params"])))

@@ -81,7 +81,7 @@ def test_resume_continues_bit_for_bit(tmp_path):
             assert x.dtype == y.dtype and x.shape == y.shape
             assert x.tobytes() == y.tobytes(), group
     # the resumed run kept the trajectories of its first part and added its own
-    assert len(list((b / "trajectories").glob("ref_*.h5"))) == int(rows_b[-1]["n_trajectories"])
+    assert len(list((b / "trajectories").glob("ref_*.h5md"))) == int(rows_b[-1]["n_trajectories"])
 
 
 def test_update_compiled_once(tmp_path, single_precision):

@@ -81,7 +81,7 @@ def test_disk_full_while_writing_is_a_clear_error(tmp_path):
     assert "Traceback" not in out.stderr
     assert "cannot write difftre.h5" in out.stderr and "resume=" in out.stderr
     assert not list(run.rglob("*.tmp"))
-    with h5py.File(run / "trajectories" / "ref_00000.h5", "r") as f:    # what was written is whole
+    with h5py.File(run / "trajectories" / "ref_00000.h5md", "r") as f:    # what was written is whole
         assert f["particles/all/position/value"].shape[1:] == (108, 3)
 
 

@@ -107,7 +107,7 @@ def _assert_same_run(ref: Path, run: Path, n_rows: int):
             assert len(ck_ref[group]) == len(ck[group]) > 0
             for x, y in zip(ck_ref[group], ck[group]):
                 assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), group
-    for traj in sorted((ref / "trajectories").glob("*.h5")):
+    for traj in sorted((ref / "trajectories").glob("*.h5md")):
         with h5py.File(traj, "r") as fa, h5py.File(run / "trajectories" / traj.name, "r") as fb:
             pa = fa["particles/all/position/value"][()]
             assert pa.tobytes() == fb["particles/all/position/value"][()].tobytes(), traj.name
@@ -355,7 +355,7 @@ def test_other_particle_number_falls_back_to_sequential_with_a_log_line(runs):
     assert "WARNING" in line and "state point N256 is sampled on its own" in line
     assert "N = 256" in line and "system.n_particles" in line   # cause and fix
     # …and the run is still the sequential one (test above), N256's trajectories included
-    assert len(list((tmp / "devices" / "trajectories").glob("N256_ref_*.h5"))) >= 1
+    assert len(list((tmp / "devices" / "trajectories").glob("N256_ref_*.h5md"))) >= 1
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["group-chunks"]:
