@@ -199,6 +199,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow   # suite time (issue: default suite <= 15 min on 2 cores): state_parallel's equality tests stay default
 def test_two_devices_give_the_parameters_of_one(lj_file, tmp_path):
     env = cli_env()
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()

@@ -166,7 +166,7 @@ def _kill_trial(reference, tmp_path, seed: int, kills: int, at_row: int | None =
 
 # seed 1 kills after a metrics row, seed 2 at a random time after the run directory appeared
 # (the two branches of _kill_trial); seed 3 (another random time) and 12 more run with -m slow
-@pytest.mark.parametrize("seed", [1, 2, pytest.param(3, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("seed", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)])
 def test_sigkill_at_random_moment_then_resume_is_bit_for_bit(reference, tmp_path, seed):
     _kill_trial(reference, tmp_path, seed, kills=1)
 
@@ -190,6 +190,7 @@ def _segment_in_checkpoint(run: Path) -> int | None:
 # first trajectory, then inside the later one of the resumed process
 # (seed 5 runs with -m slow: its kill inside the first trajectory is the SIGTERM stop inside a
 # first trajectory of test_chunks.py, resumed bit-for-bit, and seed 4's mid-trajectory resume)
+@pytest.mark.slow   # suite time (issue: default suite <= 15 min on 2 cores): a SIGTERM inside a long trajectory stays default (test_chunks.py)
 @pytest.mark.parametrize("seed, kill_updates", [(4, [1]), pytest.param(5, [0, 1], marks=pytest.mark.slow)])
 def test_sigkill_inside_long_trajectories_then_resume_is_bit_for_bit(reference_mid_trajectory, tmp_path, seed,
                                                                     kill_updates):
@@ -228,6 +229,7 @@ def test_sigkill_many_times_then_resume_is_bit_for_bit(reference, tmp_path, seed
     _kill_trial(reference, tmp_path, seed, kills=1 + seed % 3)
 
 
+@pytest.mark.slow   # suite time (issue: default suite <= 15 min on 2 cores): ibi and direct_ad share difftre's checkpoint code
 @pytest.mark.parametrize("trainer", sorted(OTHER_TRAINERS))
 def test_other_trainers_survive_sigkill_bit_for_bit(tmp_path, trainer):
     """The outer loop is shared: IBI and backprop-through-MD resume bit-for-bit as DiffTRe does
@@ -294,6 +296,7 @@ def test_sigint_is_the_same_request_and_a_second_one_stops_at_once(tmp_path):
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
+@pytest.mark.slow   # suite time (issue: default suite <= 15 min on 2 cores): the SIGTERM checkpoint it relies on stays default
 def test_submitit_preemption_requeues_and_resumes(tmp_path):
     """SLURM pre-emption, played by submitit's local executor: SIGUSR2 to the job makes it
     checkpoint, submitit requeues it, and the new process resumes in the same directory."""

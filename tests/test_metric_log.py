@@ -63,6 +63,7 @@ def test_tensorboard_scalars_equal_metrics_csv(tmp_path):
     assert set(_scalars(run, "n_eff")) == {0, 1} and _scalars(run, "event") == {}   # 'ok' is no scalar
 
 
+@pytest.mark.slow   # suite time (issue: default suite <= 15 min on 2 cores): test_cli's sweep stays default
 def test_mlflow_sweep_is_one_table_and_resume_stays_one_run(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -186,7 +186,7 @@ def _leaves(tree):
 
 # difftre in the default suite; ibi and direct_ad (same code paths for checkpoints, ~2-4 min
 # each on 2 cores) with -m slow
-@pytest.mark.parametrize("trainer", ["difftre", pytest.param("ibi", marks=pytest.mark.slow),
+@pytest.mark.parametrize("trainer", [pytest.param("difftre", marks=pytest.mark.slow), pytest.param("ibi", marks=pytest.mark.slow),
                                      pytest.param("direct_ad", marks=pytest.mark.slow)])
 def test_every_trainer_runs_on_the_mixture_and_resumes_exactly(tmp_path, trainer, persistent_compilation_cache):
     """2 updates of each trainer on three state points of the binary mixture: per-state metrics

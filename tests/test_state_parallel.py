@@ -290,6 +290,7 @@ def _group_chunks_main(tmp: Path):
     print("group chunks: ok")
 
 
+@pytest.mark.slow   # suite time (issue: default suite <= 15 min on 2 cores): the devices run's bit-for-bit tests stay default
 def test_chunked_group_sampling_on_two_devices(tmp_path):
     """Three state points (N = 108; two densities, two equilibration lengths) on two fake CPU
     devices, one step or snapshot interval per chunk: every result equals Sampler.sample's

@@ -236,6 +236,7 @@ def _compose(overrides):
         return compose(config_name="train", overrides=overrides)
 
 
+@pytest.mark.slow   # suite time (issue: default suite <= 15 min on 2 cores): a fit through SIGTERM and resume
 def test_force_constant_fit_recovers_perturbed_parameters(tmp_path, monkeypatch, persistent_compilation_cache):
     """Synthetic target: the Hessian of SW with ε = 2.0 eV, λ = 24.0 (the si_sw_phonons target) on
     the 8-atom cell; BFGS from the published values recovers both parameters. The fit runs in the

@@ -294,6 +294,7 @@ def test_bad_config_values_raise_user_errors(update, match):
 # ---------------------------------------------------------------------------------------
 # the preset trains
 # ---------------------------------------------------------------------------------------
+@pytest.mark.slow   # suite time (issue: default suite <= 15 min on 2 cores): a training run, not an identity
 def test_a_small_water_cpu_run_lowers_its_loss(tmp_path):
     """config=water_cpu at 64 beads: the natural-gradient steps (per-snapshot reverse-mode
     Jacobian, difftre.py) on the SW-form model lower the loss."""
