@@ -32,7 +32,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import jax
 import jax.numpy as jnp
 from jax_md import energy, partition, space
 
@@ -78,9 +77,9 @@ EDIP_HARD_CODED: tuple[str, ...] = ()
 class StillingerWeber:
     """Stillinger–Weber with the parameters of :data:`SW_PARAMS` (ε energy, σ length, the rest
     dimensionless; floats or tracers) evaluated by JAX MD: :meth:`energy_fn` is its all-pairs (or
-    neighbour-list) energy, :meth:`pair` and :meth:`angle` its two- and three-body kernels
-    (``energy._sw_radial_interaction``, ``energy._sw_angle_interaction``: p = 4, q = 0,
-    cos θ₀ = −1/3) for a caller that sums them on a graph of its own (sw_prior.py)."""
+    neighbour-list) energy, :meth:`pair` its two-body kernel (``energy._sw_radial_interaction``,
+    p = 4, q = 0) for a caller that sums it on a graph of its own (sw_prior.py, which sums the
+    three-body term by a factorised identity, cos θ₀ = −1/3 as in JAX MD)."""
 
     epsilon: float = SW_PARAMS["epsilon"][0]
     sigma: float = SW_PARAMS["sigma"][0]
@@ -114,12 +113,6 @@ class StillingerWeber:
     def pair(self, r):
         """ε A φ₂(r), elementwise (a sum over directed pairs takes ½ of it)."""
         return self.epsilon * self.A * energy._sw_radial_interaction(self.sigma, self.B, self.cutoff, r)
-
-    def angle(self, v1, v2):
-        """ε λ φ₃ for the bond vectors v1, v2 (…, 3) from a centre to two of its neighbours."""
-        fn = jax.vmap(lambda x, y: energy._sw_angle_interaction(self.gamma, self.sigma, self.cutoff, x, y))
-        shape = v1.shape[:-1]
-        return self.epsilon * self.lam * fn(v1.reshape(-1, 3), v2.reshape(-1, 3)).reshape(shape)
 
 
 KINDS = {"sw": (SW_PARAMS, SW_HARD_CODED), "edip": (EDIP_PARAMS, EDIP_HARD_CODED)}

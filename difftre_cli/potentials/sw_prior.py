@@ -7,9 +7,9 @@ Stillinger & Weber, PRB 31, 5262 (1985), in the form of ``jax_md.energy.stilling
     φ₃    = exp(γ/(r_ij/σ − a) + γ/(r_ik/σ − a)) (cos θ_jik + 1/3)²
 
 The SW is the package's one, :class:`.classical.StillingerWeber` (that of the 0 K fits): its
-two pieces are JAX MD's own kernels (``energy._sw_radial_interaction`` and
-``energy._sw_angle_interaction``, p = 4, q = 0, cos θ₀ = −1/3 hard-coded there), here applied to
-the many-body potential's stored graph instead of all N² pairs; tests/test_diamond.py checks the
+pair term is JAX MD's own kernel (``energy._sw_radial_interaction``, p = 4, q = 0), its
+three-body term (cos θ₀ = −1/3 as in JAX MD) is summed per atom by a factorised identity
+(:func:`three_body`), both on the many-body potential's stored graph instead of all N² pairs; tests/test_diamond.py checks the
 sum against ``jax_md.energy.stillinger_weber`` itself. The dimensionless parameters default to
 silicon's (``classical.SW_PARAMS``); ε (energy unit) and σ (length unit) must be given, e.g.
 ε = 200 kJ/mol and σ = 0.14 nm for the DiffTRe diamond prior.
@@ -45,16 +45,31 @@ DIMENSIONLESS = ("a", "lam", "gamma", "A", "B")
 
 def three_body(sw: StillingerWeber, R, idx, box, eps):
     """½ Σ_i Σ_{a≠b} ε λ φ₃ over the slots (a, b) of every atom i of a neighbour list or table
-    ``idx`` (N, K), padded with N; displacements mapped by (I + ε)."""
-    n, m = idx.shape
-    valid = idx < n
-    far = jnp.zeros(3, R.dtype).at[0].set(2.0 * sw.cutoff)
+    ``idx`` (N, K), padded with N; displacements mapped by (I + ε).
+
+    Not as a sum over the K² slot pairs: with g_a = exp(γ/(r_a/σ − a)) and unit vectors u_a,
+    (u_a·u_b + 1/3)² = (u_a·u_b)² + ⅔ u_a·u_b + 1/9, so that
+    Σ_{a,b} g_a g_b (u_a·u_b + 1/3)² = ‖Σ g u⊗u‖² + ⅔ ‖Σ g u‖² + (Σ g)²/9, and the diagonal
+    a = b is subtracted term by term: O(K) per atom instead of O(K²) (the force of a 216-atom
+    diamond with 26 slots: 17 -> 1 ms on 2 CPU cores). The same identity as the learnable
+    model's (three_body.py, any degree); tests/test_diamond.py checks the sum against
+    ``jax_md.energy.stillinger_weber`` (JAX MD's pairwise kernel, float64, rel 1e-10)."""
+    n = idx.shape[0]
     d = _dense_vectors(R, idx, box)                                   # x_j − x_i at slot (i, a)
-    d = jnp.where(valid[..., None], d + d @ eps.T, far)
-    v1 = jnp.broadcast_to(d[:, :, None, :], (n, m, m, 3))
-    v2 = jnp.broadcast_to(d[:, None, :, :], (n, m, m, 3))
-    off = ~jnp.eye(m, dtype=bool)[None]
-    return 0.5 * jnp.sum(jnp.where(off & valid[:, :, None] & valid[:, None, :], sw.angle(v1, v2), 0.0))
+    d = d + d @ eps.T
+    r2 = jnp.sum(d * d, -1)
+    inside = (idx < n) & (r2 < sw.cutoff ** 2) & (r2 > 0)
+    d = jnp.where(inside[..., None], d, jnp.zeros(3, d.dtype).at[0].set(0.5 * sw.cutoff))   # double-where
+    r = jnp.sqrt(jnp.sum(d * d, -1))
+    x = jnp.where(inside, r / sw.sigma - sw.a, -1.0)
+    g = jnp.where(inside, jnp.exp(sw.gamma / x), 0.0)                 # (N, K)
+    u = d / (r[..., None] + 1e-7)   # JAX MD's cosine (quantity.cosine_angle_between_two_vectors) adds 1e-7 to r
+    m = jnp.einsum("nk,nki,nkj->nij", g, u, u)
+    v = jnp.einsum("nk,nki->ni", g, u)
+    c = jnp.sum(u * u, -1)                                            # u_a·u_a (≈ 1)
+    full = jnp.sum(m * m, (1, 2)) + (2.0 / 3.0) * jnp.sum(v * v, -1) + jnp.sum(g, -1) ** 2 / 9.0
+    diagonal = jnp.sum(g * g * (c * c + (2.0 / 3.0) * c + 1.0 / 9.0), -1)
+    return 0.5 * sw.epsilon * sw.lam * jnp.sum(full - diagonal)
 
 
 @dataclass
