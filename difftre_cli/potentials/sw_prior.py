@@ -58,7 +58,11 @@ def three_body(sw: StillingerWeber, R, idx, box, eps):
     d = _dense_vectors(R, idx, box)                                   # x_j − x_i at slot (i, a)
     d = d + d @ eps.T
     r2 = jnp.sum(d * d, -1)
-    inside = (idx < n) & (r2 < sw.cutoff ** 2) & (r2 > 0)
+    # inside by the sign of r/σ − a itself, the quantity under exp(γ/x) (diamond's second shell
+    # sits at aσ): the first version, inside by r² < (aσ)², went unstable within 5 s of the
+    # 216-atom config=diamond_cpu probe (float32); this one ran it (4 updates, same loss at θ_ref)
+    x = jnp.sqrt(jnp.where(r2 > 0, r2, 1.0)) / sw.sigma - sw.a
+    inside = (idx < n) & (r2 > 0) & (x < 0)
     d = jnp.where(inside[..., None], d, jnp.zeros(3, d.dtype).at[0].set(0.5 * sw.cutoff))   # double-where
     r = jnp.sqrt(jnp.sum(d * d, -1))
     x = jnp.where(inside, r / sw.sigma - sw.a, -1.0)
