@@ -40,8 +40,9 @@ def raw_params(model):
     energy identically zero."""
     params = model.init(jax.random.PRNGKey(0))
     leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    leaves = [np.asarray(p) + 0.1 * np.asarray(jax.random.normal(k, p.shape)) for p, k in zip(leaves, keys)]
+    # NumPy's generator: jax.random op by op compiles a program per leaf shape (~10 s)
+    rng = np.random.default_rng(1)
+    leaves = [np.asarray(p) + 0.1 * rng.standard_normal(p.shape).astype(np.asarray(p).dtype) for p in leaves]
     return jax.tree_util.tree_unflatten(tree, leaves)
 
 
@@ -191,8 +192,9 @@ def test_permutation_invariance(model, raw_params, double_precision):
     R = _lattice(1.5, seed=7)
     species = np.random.default_rng(8).integers(0, 2, N)
     perm = np.random.default_rng(9).permutation(N)
-    e0, f0, _ = _evaluate(model, params, R, _idx(R, box), box, jnp.asarray(species))
-    e1, f1, _ = _evaluate(model, params, R[perm], _idx(R[perm], box), box, jnp.asarray(species[perm]))
+    # int32 as SPECIES (int64 would compile the program once more)
+    e0, f0, _ = _evaluate(model, params, R, _idx(R, box), box, jnp.asarray(species, jnp.int32))
+    e1, f1, _ = _evaluate(model, params, R[perm], _idx(R[perm], box), box, jnp.asarray(species[perm], jnp.int32))
     assert e1 == pytest.approx(e0, rel=1e-12)
     np.testing.assert_allclose(f1, f0[perm], atol=1e-10 * np.abs(f0).max())
 
@@ -203,9 +205,9 @@ def test_species_change_the_energy(model, raw_params, double_precision):
     R = _lattice(1.5, seed=10)
     idx = _idx(R, box)
     species = np.zeros(N, int)
-    e_all0 = _evaluate(model, params, R, idx, box, jnp.asarray(species))[0]
+    e_all0 = _evaluate(model, params, R, idx, box, jnp.asarray(species, jnp.int32))[0]
     species[3] = 1
-    e_one1 = _evaluate(model, params, R, idx, box, jnp.asarray(species))[0]
+    e_one1 = _evaluate(model, params, R, idx, box, jnp.asarray(species, jnp.int32))[0]
     assert abs(e_one1 - e_all0) > 1e-3 * abs(e_all0)
 
 
