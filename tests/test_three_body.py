@@ -145,6 +145,23 @@ def test_learn_selects_the_parameters_and_values_reports_every_part():
     np.testing.assert_allclose(np.asarray(h), np.asarray((c + 1 / 3) ** 2), atol=1e-6)
 
 
+def test_initial_angle_and_spline_values_from_the_config():
+    """``angle`` and ``pair_values`` set the starting h(cos θ) and spline (config=diamond_cpu's
+    0 K start): the learned and the fixed parts both carry them, and the spline passes through
+    its knots (zero at the cutoff)."""
+    knots = [0.3, -1.0, 2.0, -0.5]
+    cfg = {"kind": "three_body", "cutoff": 0.5, "n_species": 2, "angle_degree": 3, "angle": [0.5, 1.5],
+           "pair_knots": 5, "pair_r_min": 0.3, "pair_values": knots}
+    model = three_body.build({**cfg, "learn": ["angle", "pair"]})
+    params = model.init()
+    np.testing.assert_allclose(np.asarray(params["angle"]), np.broadcast_to([0.5, 1.5, 0.0, 0.0], (2, 3, 4)), rtol=1e-7)
+    np.testing.assert_allclose(np.asarray(params["pair"]), np.broadcast_to(knots, (3, 4)), rtol=1e-7)
+    fixed = three_body.build({**cfg, "learn": ["lam"]})
+    np.testing.assert_array_equal(np.asarray(fixed.values(fixed.init())["pair"]), np.asarray(params["pair"]))
+    r = jnp.linspace(0.3, 0.5, 5)
+    np.testing.assert_allclose(np.asarray(model._spline(params["pair"][0], r)), [*knots, 0.0], atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------
 # invariances, derivatives, smoothness
 # ---------------------------------------------------------------------------------------
@@ -285,6 +302,10 @@ def test_float32_energy_and_forces_match_float64(flex, flex_params, single_preci
     ({"angle_degree": 1}, "angle_degree"),
     ({"gamma": -1.0}, "model.gamma"),
     ({"widht": 3}, "unknown key"),
+    ({"angle": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "angle_degree": 4}, "at most 5"),
+    ({"angle": "steep"}, "list of numbers"),
+    ({"pair_knots": 6, "pair_values": [1.0, 2.0]}, "exactly 5"),
+    ({"pair_knots": 0, "pair_values": [1.0]}, "no spline"),
 ])
 def test_bad_config_values_raise_user_errors(update, match):
     with pytest.raises(UserError, match=match):

@@ -19,10 +19,11 @@ No triplet list. The three-body sum around a centre j needs only j's own neighbo
 with the power series h(c) = Σ_n β_n cⁿ (β from the Legendre coefficients) and the unit
 bond vectors u_a, (u_a·u_b)ⁿ = Σ_{x+y+z=n} w u_a^xyz u_b^xyz (multinomial weights w), so
 
-    Σ_{a≠b} g_a g_b h(u_a·u_b) = Σ_n β_n Σ_{xyz} w T_xyz² − Σ_a g_a² h(1),   T_xyz = Σ_a g_a u_a^xyz
+    Σ_{a≠b} g_a g_b h(u_a·u_b) = Σ_n β_n Σ_{xyz} w (T_xyz² − Σ_a g_a² (u_a^xyz)²),   T_xyz = Σ_a g_a u_a^xyz
 
 (per neighbour species, for species-dependent h). That is (L+1)(L+2)(L+3)/6 monomials per
-neighbour slot (35 for L = 4) instead of a sum over slot pairs, computed on the dense neighbour
+neighbour slot (35 for L = 4) instead of a sum over slot pairs (:func:`angular_sum`, which the SW
+prior of :mod:`.sw_prior` shares), computed on the dense neighbour
 list with no capacities to fit: :mod:`.manybody` hosts it with ``graph_format`` dense
 (``graph_free``), with the same engine hooks as DimeNet++ (strain for the virial and the Born
 terms, the SW prior of :mod:`.sw_prior`). Water (N = 901, cutoff 0.5 nm): see
@@ -47,7 +48,7 @@ PARTS = ("epsilon", "A", "B", "lam", "gamma", "angle", "pair")
 LOG_PARTS = ("epsilon", "B", "gamma")
 DEFAULT_LEARN = ("A", "B", "lam", "gamma", "angle", "pair")
 KEYS = ("kind", "cutoff", "n_species", "sigma", "a", "epsilon", "A", "B", "lam", "gamma", "cos_theta0",
-        "angle_degree", "pair_knots", "pair_r_min", "learn")
+        "angle", "angle_degree", "pair_knots", "pair_r_min", "pair_values", "learn")
 
 
 def legendre(c, degree: int):
@@ -98,7 +99,7 @@ class _Exponents(tuple):
         return _Exponents(p + q for p, q in zip(self, other))
 
 
-def _monomials(u, degree: int):
+def monomials(u, degree: int):
     """The monomials of :func:`_monomial_table` of unit vectors u (..., 3): (..., C)."""
     x, y, z = u[..., 0], u[..., 1], u[..., 2]
     return jnp.stack(_monomial_order(degree, x, y, z, jnp.ones_like(x)), -1)
@@ -111,6 +112,29 @@ def _legendre_to_power(degree: int) -> np.ndarray:
     for ell in range(degree + 1):
         q[ell, :ell + 1] = legendre_poly.leg2poly(np.eye(degree + 1)[ell][:ell + 1])
     return q
+
+
+def monomial_coefficients(power, degree: int):
+    """w_c β_{n(c)} per monomial c of degree n(c) ≤ ``degree`` (:func:`_monomial_table`), for the
+    power series h(c) = Σ_n β_n cⁿ with coefficients ``power`` (..., degree + 1): (..., C)."""
+    _, wt, deg = _monomial_table(degree)
+    return power[..., deg] * jnp.asarray(wt, power.dtype)
+
+
+def angular_sum(g, mono, onehot, coef):
+    """Σ_{a≠b} g_a g_b h_{s_a s_b}(u_a·u_b) per centre, without forming the slot pairs.
+
+    ``g`` (N, M) radial factors (0 on empty slots), ``mono`` (N, M, C) the monomials of the bond
+    vectors u_a (:func:`monomials`), ``onehot`` (N, M, S) the neighbour species, ``coef``
+    (N, S, S, C) the angular functions h_st per centre as :func:`monomial_coefficients`. With
+    T_sc = Σ_a g_a [s_a = s] u_a^c the sum over all ordered slot pairs is Σ_stc coef_stc T_sc T_tc;
+    the diagonal a = b is subtracted with the slot's own monomials, so that it is exact also for
+    vectors that are not of unit length (JAX MD's cosine divides by r + 1e-7). Returns (N,)."""
+    t = jnp.einsum("nm,nms,nmc->nsc", g, onehot, mono)                       # (N, S, C)
+    full = jnp.einsum("nsc,ntc,nstc->n", t, t, coef)
+    same = jnp.moveaxis(jnp.diagonal(coef, 0, 1, 2), -1, 1)                 # (N, S, C): h_ss
+    own = jnp.einsum("nms,nsc->nmc", onehot, same)                           # (N, M, C): h_{s_a s_a}
+    return full - jnp.sum(g * g * jnp.sum(own * mono * mono, -1), -1)
 
 
 def _pair_index(n_species: int) -> np.ndarray:
@@ -144,6 +168,8 @@ class ThreeBodyModel:
     pair_knots: int = 30
     pair_r_min: float | None = None
     learn: tuple[str, ...] = DEFAULT_LEARN
+    angle: tuple[float, ...] | None = None        # initial Legendre coefficients (default: cos_theta0's)
+    pair_values: tuple[float, ...] | None = None  # initial spline knot values (default: 0)
 
     @property
     def n_pairs(self) -> int:
@@ -156,13 +182,17 @@ class ThreeBodyModel:
 
     def _initial(self) -> dict:
         s, p = self.n_species, self.n_pairs
+        angle = sw_angle_coefficients(self.cos_theta0, self.angle_degree)
+        if self.angle is not None:
+            angle = np.zeros(self.angle_degree + 1)
+            angle[:len(self.angle)] = self.angle
         out = {"epsilon": np.float64(math.log(self.epsilon)),
                "A": np.full(p, self.A, np.float64), "B": np.full(p, math.log(self.B), np.float64),
                "lam": np.full((s, p), self.lam, np.float64), "gamma": np.full(p, math.log(self.gamma), np.float64),
-               "angle": np.broadcast_to(sw_angle_coefficients(self.cos_theta0, self.angle_degree),
-                                        (s, p, self.angle_degree + 1)).astype(np.float64)}
+               "angle": np.broadcast_to(angle, (s, p, self.angle_degree + 1)).astype(np.float64)}
         if self.pair_knots:
-            out["pair"] = np.zeros((p, self.pair_knots - 1), np.float64)
+            knots = np.zeros(self.pair_knots - 1) if self.pair_values is None else np.asarray(self.pair_values)
+            out["pair"] = np.broadcast_to(knots, (p, self.pair_knots - 1)).astype(np.float64)
         return out
 
     def init(self, key=None) -> dict:
@@ -219,26 +249,19 @@ class ThreeBodyModel:
             u2 = u2 + jnp.where(mask, pair_prior(d), 0.0)
         # three-body terms by the tensor identity (module docstring): no triplet list
         g = jnp.where(inside, jnp.exp(v["gamma"][pidx] / xs), 0.0)              # (N, M)
-        mono = _monomials(dr / d[..., None], self.angle_degree)                 # (N, M, C)
+        mono = monomials(dr / d[..., None], self.angle_degree)                 # (N, M, C)
         onehot = (spec_nb[..., None] == jnp.arange(s)).astype(g.dtype)           # (N, M, S)
-        t = jnp.einsum("nm,nms,nmc->nsc", g, onehot, mono)                        # (N, S, C)
         beta = v["epsilon"] * v["lam"][..., None] * (v["angle"] @ jnp.asarray(_legendre_to_power(
             self.angle_degree), g.dtype))                                         # (S, P, L + 1) power series
-        beta_i = beta[spec][:, table]                                             # (N, S, S, L + 1)
-        _, wt, deg = _monomial_table(self.angle_degree)
-        wt = jnp.asarray(wt, g.dtype)                                             # (C,)
-        # Σ_{a,b} g_a g_b h(cos θ_ab) over every ordered slot pair, diagonal (cos = 1) included ...
-        tt = jnp.einsum("nsc,ntc,c->nstc", t, t, wt)                             # (N, S, S, C)
-        full = jnp.sum(tt * beta_i[..., deg], (-1, -2, -3))
-        # ... minus the diagonal a = b: g_a² h(1)
-        h1 = jnp.sum(beta_i, -1)                                                  # (N, S, S)
-        diag = jnp.sum(g * g * h1[jnp.arange(n)[:, None], spec_nb, spec_nb], -1)
-        return 0.5 * jnp.sum(u2) + 0.5 * jnp.sum(full - diag)
+        coef = monomial_coefficients(beta[spec][:, table], self.angle_degree)   # (N, S, S, C)
+        three = angular_sum(g, mono, onehot, coef)
+        return 0.5 * jnp.sum(u2) + 0.5 * jnp.sum(three)
 
 
 def build(cfg) -> ThreeBodyModel:
     """The model from ``{kind: three_body, cutoff, [sigma, a, epsilon, A, B, lam, gamma, cos_theta0,
-    angle_degree, pair_knots, pair_r_min, n_species, learn]}`` (configs/model/three_body.yaml)."""
+    angle, angle_degree, pair_knots, pair_r_min, pair_values, n_species, learn]}``
+    (configs/model/three_body.yaml)."""
     mapping(cfg, "model", "model: {kind: three_body, cutoff: 0.5}")
     unknown = sorted(str(k) for k in cfg if k not in KEYS)
     if unknown:
@@ -269,6 +292,14 @@ def build(cfg) -> ThreeBodyModel:
                         "set model.pair_knots=30")
     kw["pair_r_min"] = number(cfg, "pair_r_min", prefix="model", lo=0.0, lo_open=True, hi=cutoff, hi_open=True,
                               required=False, default=None, example=f"{0.5 * cutoff:.3g}")
+    kw["angle"] = _values(cfg, "angle", kw["angle_degree"] + 1, "Legendre coefficients b_0 … b_angle_degree",
+                          "[0.444, 0.667, 0.667]")
+    if cfg.get("pair_values") is not None and not kw["pair_knots"]:
+        raise UserError("model.pair_values is set but model.pair_knots=0 (no spline)",
+                        "remove model.pair_values or set model.pair_knots")
+    kw["pair_values"] = _values(cfg, "pair_values", kw["pair_knots"] - 1,
+                                "knot values on [pair_r_min, cutoff) (the last knot, at the cutoff, is 0)",
+                                f"[{', '.join(['0.0'] * max(kw['pair_knots'] - 1, 1))}]", exact=True)
     learn = cfg.get("learn")
     if learn is None:   # default: every part the model has, except ε (the scale A and λ already set)
         learn = [k for k in DEFAULT_LEARN if k != "pair" or kw["pair_knots"]]
@@ -283,3 +314,19 @@ def build(cfg) -> ThreeBodyModel:
     if not learn:
         raise UserError("model.learn is empty: nothing to learn", f"e.g. model.learn=[{','.join(DEFAULT_LEARN)}]")
     return ThreeBodyModel(learn=tuple(dict.fromkeys(learn)), **kw)
+
+
+def _values(cfg, key: str, n: int, what: str, example: str, exact: bool = False):
+    """An optional list of initial values: at most ``n`` (exactly ``n`` if ``exact``) numbers."""
+    vals = cfg.get(key)
+    if vals is None:
+        return None
+    try:
+        vals = tuple(float(v) for v in vals)
+    except (TypeError, ValueError):
+        raise UserError(f"model.{key} must be a list of numbers ({what}), got {vals!r}",
+                        f"e.g. model.{key}={example}") from None
+    if not all(math.isfinite(v) for v in vals) or not vals or len(vals) > n or (exact and len(vals) != n):
+        raise UserError(f"model.{key}: {'exactly' if exact else 'at most'} {n} finite numbers ({what}), "
+                        f"got {len(vals)}", f"e.g. model.{key}={example}")
+    return vals
