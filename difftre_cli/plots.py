@@ -9,6 +9,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .units import GPA_PER_KJ_MOL_NM3  # noqa: E402
+
+
+def _component_bars(ax, name: str, d: dict, ev: dict) -> None:
+    """Target and learned bars per named component; stress and moduli in GPa where the
+    evaluation reports them so (real units), else in the target's unit."""
+    gpa = "value_GPa" in ev.get("observables", {}).get(name, {}) and d.get("unit") == "kJ/mol/nm^3"
+    scale = GPA_PER_KJ_MOL_NM3 if gpa else 1.0
+    obs = np.atleast_1d(np.asarray(d["observable"], float)) * scale
+    tgt = np.broadcast_to(np.asarray(d["target"], float), obs.shape) * scale
+    x = np.arange(obs.size)
+    ax.bar(x - 0.2, tgt, 0.4, color="k", label="target")
+    ax.bar(x + 0.2, obs, 0.4, color="C1", label="learned")
+    ax.set_xticks(x, d.get("components") or [str(i) for i in x])
+    unit = "GPa" if gpa else d.get("unit")
+    if unit:
+        ax.set_ylabel(f"{name} [{unit}]")
+
 
 def plot_all(run_dir: Path, ev: dict, rows: list[dict]) -> list[Path]:
     paths = []
@@ -19,12 +37,7 @@ def plot_all(run_dir: Path, ev: dict, rows: list[dict]) -> list[Path]:
             ax.plot(d["grid"], d["observable"], "C1--", label=f"learned (RMSE {d['rmse']:.3g})")
             ax.set_xlabel(f"x [{d.get('grid_unit', ev['units']['length'])}]")
         elif np.ndim(d["target"]) or np.ndim(d["observable"]):   # named components (stress, stiffness)
-            obs = np.atleast_1d(np.asarray(d["observable"], float))
-            tgt = np.broadcast_to(np.asarray(d["target"], float), obs.shape)
-            x = np.arange(obs.size)
-            ax.bar(x - 0.2, tgt, 0.4, color="k", label="target")
-            ax.bar(x + 0.2, obs, 0.4, color="C1", label="learned")
-            ax.set_xticks(x, d.get("components") or [str(i) for i in x])
+            _component_bars(ax, name, d, ev)
         else:
             ax.bar(["target", "learned"], [d["target"], d["observable"]], color=["k", "C1"])
         ax.set_title(name)

@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from jax_md import partition, space
 
-from difftre_cli import assemble
+from difftre_cli import assemble, plots, units
 from difftre_cli.errors import UserError
 from difftre_cli.observables import stiffness as stiff_mod
 from difftre_cli.observables import stress as stress_mod
@@ -211,6 +212,32 @@ def test_diamond_preset_composes():
     assert d == pytest.approx(np.sqrt(3) / 4 * c.system.box_size / 5)   # the C–C bond
 
 
+def _zero_kelvin_stress_gpa(overrides):
+    """σ_xx of the perfect 64-atom lattice (1/V ∂U/∂ε, prior + model, float64) in GPa."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        c = assemble.build(compose(config_name="train", overrides=["config=diamond_cpu", "system.n_particles=64",
+                                                                   *overrides]))
+    pot, box = c.potential, float(c.system.box_size)
+    R = jnp.asarray(c.system.positions, jnp.float64)
+    params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float64), pot.init(jax.random.PRNGKey(0)))
+    disp, _ = space.periodic(box)
+    idx = partition.neighbor_list(disp, box, pot.cutoff + 0.04, format=partition.Dense,
+                                  capacity_multiplier=1.0).allocate(R).idx
+    grad = jax.grad(lambda e: pot.energy_from_features(params, (R, idx), strain=e))(jnp.zeros((3, 3)))
+    return float(grad[0, 0]) / box ** 3 * units.GPA_PER_KJ_MOL_NM3, c
+
+
+def test_diamond_cpu_preset_starts_from_its_zero_kelvin_fit(double_precision):
+    """config=diamond_cpu's recorded start (λ, h, spline) is the 0 K fit: the perfect lattice is
+    at zero stress (−0.000 GPa in the fit); without the model's spline and λ it is at −17.8 GPa
+    (the prior's), so a changed prior, model or preset value shows here."""
+    stress, c = _zero_kelvin_stress_gpa([])
+    assert c.system.n_particles == 64 and c.potential.model.learn == ("lam", "angle", "pair")
+    assert abs(stress) < 0.01
+    bare, _ = _zero_kelvin_stress_gpa(["model.lam=2.0", "model.angle=null", "model.pair_values=null"])
+    assert bare == pytest.approx(-17.76, abs=0.02)
+
+
 @pytest.mark.parametrize("override, match", [
     (["system.n_particles=100"], "whole 8-atom cells"),
     (["model=spline"], "stillinger_weber is a many-body prior"),
@@ -270,3 +297,19 @@ def test_two_updates_of_a_64_atom_diamond_run(tmp_path):
     c11, c12 = stiff["value_GPa"]["C11"], stiff["value_GPa"]["C12"]
     assert m["poisson_100"] == pytest.approx(c12 / (c11 + c12))
     assert len(ev["observables"]["stress"]["value_GPa"]) == 9
+
+
+def test_stress_and_stiffness_plots_are_in_gpa(tmp_path, monkeypatch):
+    """Real units: the bar charts show GPa (as the evaluation table does), not kJ mol⁻¹ nm⁻³."""
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)
+    kj = 1.0 / units.GPA_PER_KJ_MOL_NM3          # kJ/mol/nm³ per GPa
+    target = {"grid": None, "unit": "kJ/mol/nm^3", "components": ["C11", "C12", "C44"], "rmse": 1.0,
+              "target": [1079.0 * kj, 124.0 * kj, 578.0 * kj], "observable": [1000.0 * kj, 130.0 * kj, 570.0 * kj]}
+    ev = {"units": {"length": "nm"}, "targets": {"stiffness": target}, "potential": {"kind": "many_body"},
+          "observables": {"stiffness": {"value_GPa": {"C11": 1000.0, "C12": 130.0, "C44": 570.0}}}}
+    plots.plot_all(tmp_path, ev, [])
+    ax = figures[0].axes[0]
+    assert ax.get_ylabel() == "stiffness [GPa]"
+    heights = sorted(round(b.get_height(), 6) for b in ax.patches)
+    assert heights == [124.0, 130.0, 570.0, 578.0, 1000.0, 1079.0]
