@@ -292,47 +292,62 @@ def external_curve(c, params, n: int = 400, threshold: float = 0.01) -> dict:
     return res
 
 
+def _rmse_unit(target: dict, observable: dict) -> tuple[str | None, float]:
+    """The unit an RMSE row is printed in and the factor from the stored value: GPa for stress
+    and moduli that the evaluation also reports in GPa, else the target's own unit (none for
+    dimensionless ones)."""
+    unit = target.get("unit")
+    if unit == "kJ/mol/nm^3" and "value_GPa" in observable:
+        return "GPa", GPA_PER_KJ_MOL_NM3
+    return (None if unit in (None, "1") else unit), 1.0
+
+
 def _summary(out: dict) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
     t = Table(title=f"difftre evaluate — {out['run']}")
     t.add_column("quantity")
     t.add_column("value", justify="right")
+
+    def add(label: str, value: str) -> None:   # plain text: "[bar]", "[kJ/mol/nm^3]" are not markup
+        t.add_row(Text(label), Text(value))
     for name, d in out["targets"].items():
-        start = "" if d["rmse_at_start"] is None else f" (start {d['rmse_at_start']:.4g})"
-        t.add_row(f"RMSE {name}", f"{d['rmse']:.4g}{start}")
+        unit, scale = _rmse_unit(d, out["observables"].get(name, {}))
+        start = "" if d["rmse_at_start"] is None else f" (start {d['rmse_at_start'] * scale:.4g})"
+        add(f"RMSE {name}" + (f" [{unit}]" if unit else ""), f"{d['rmse'] * scale:.4g}{start}")
         if d.get("error_bar") is not None:
             start = "" if d["error_bar_at_start"] is None else f" (start {d['error_bar_at_start']:.4g})"
-            t.add_row(f"|error| {name} [bar]", f"{d['error_bar']:.4g}{start}")
+            add(f"|error| {name} [bar]", f"{d['error_bar']:.4g}{start}")
     for name, d in out["observables"].items():
         if "value_GPa" in d:
             err = d.get("error_GPa") or {}
-            t.add_row(f"{name} [GPa]", ", ".join(f"{k} {v:.4g}" + (f" ± {err[k]:.2g}" if k in err else "")
+            add(f"{name} [GPa]", ", ".join(f"{k} {v:.4g}" + (f" ± {err[k]:.2g}" if k in err else "")
                                                  for k, v in d["value_GPa"].items()))
             for k, v in d.get("moduli_GPa", {}).items():
-                t.add_row(f"  {k}" + ("" if k.startswith("poisson") else " [GPa]"), f"{v:.4g}")
+                add(f"  {k}" + ("" if k.startswith("poisson") else " [GPa]"), f"{v:.4g}")
             continue
         if d["grid"] is None:
             bar = f" ({d['value_bar']:.4g} bar)" if "value_bar" in d else ""
-            t.add_row(name, f"{d['value']:.5g}{bar}")
+            add(name, f"{d['value']:.5g}{bar}")
     pot = out["potential"]
     for name, curve in pot.get("pairs", {}).items():
         if "delta" in curve:
-            t.add_row(f"Δ {name} = ∫ |u - u_true| dr", f"{curve['delta']:.4g}")
-            t.add_row(f"max |u - u_true| {name}", f"{curve['max_abs_error']:.4g}")
+            add(f"Δ {name} = ∫ |u - u_true| dr", f"{curve['delta']:.4g}")
+            add(f"max |u - u_true| {name}", f"{curve['max_abs_error']:.4g}")
     if "max_abs_error" in pot:
         a, b = pot["error_range"]
-        t.add_row(f"max |U - U_true| on [{a:.4g}, {b:.4g}]", f"{pot['max_abs_error']:.4g}")
+        add(f"max |U - U_true| on [{a:.4g}, {b:.4g}]", f"{pot['max_abs_error']:.4g}")
     if "constant_removed" in pot:
-        t.add_row("  (density-weighted mean removed)", f"{pot['constant_removed']:.4g}")
+        add("  (density-weighted mean removed)", f"{pot['constant_removed']:.4g}")
         a, b = pot["core_region"]
-        t.add_row(f"max |U - U_true| on [{a:.4g}, {b:.4g}] (density > 10 % of max)", f"{pot['max_abs_error_core']:.4g}")
+        add(f"max |U - U_true| on [{a:.4g}, {b:.4g}] (density > 10 % of max)", f"{pot['max_abs_error_core']:.4g}")
     if "delta" in pot:
         a, b = pot["delta_range"]
-        t.add_row(f"Δ = ∫ |U - U_true| dr on [{a}, {b}]", f"{pot['delta']:.4g}")
+        add(f"Δ = ∫ |U - U_true| dr on [{a}, {b}]", f"{pot['delta']:.4g}")
     for name, d in out["targets"].items():
         if d.get("rdf_deviation_D") is not None:
-            t.add_row(f"D {name} = 4πρ∫r²(g - g_ref)²dr", f"{d['rdf_deviation_D']:.4g}")
+            add(f"D {name} = 4πρ∫r²(g - g_ref)²dr", f"{d['rdf_deviation_D']:.4g}")
     ss = out.get("stress_strain")
     if ss:
         unit = ss["unit"]
@@ -341,10 +356,10 @@ def _summary(out: dict) -> None:
             cmp = ss.get("comparison", {}).get(k)
             if cmp is not None:
                 row += f" (fluctuation {cmp['fluctuation']:.4g} ± {cmp['fluctuation_error']:.2g})"
-            t.add_row(f"stress-strain slope {k} [{unit}]", row)
-    t.add_row("mean kinetic kT", f"{out['mean_kinetic_kT']:.4f}")
-    t.add_row("snapshots", str(out["snapshots"]))
-    t.add_row("wall time [s]", f"{out['wall_time_s']:.1f}")
+            add(f"stress-strain slope {k} [{unit}]", row)
+    add("mean kinetic kT", f"{out['mean_kinetic_kT']:.4f}")
+    add("snapshots", str(out["snapshots"]))
+    add("wall time [s]", f"{out['wall_time_s']:.1f}")
     Console().print(t)
 
 

@@ -313,3 +313,20 @@ def test_stress_and_stiffness_plots_are_in_gpa(tmp_path, monkeypatch):
     assert ax.get_ylabel() == "stiffness [GPa]"
     heights = sorted(round(b.get_height(), 6) for b in ax.patches)
     assert heights == [124.0, 130.0, 570.0, 578.0, 1000.0, 1079.0]
+
+
+def test_evaluation_table_names_units_and_prints_them(capsys):
+    """The summary table: stress/moduli RMSE in GPa, other RMSEs in the target's unit, and unit
+    labels such as "[bar]" printed (not swallowed as rich markup)."""
+    from difftre_cli.evaluate_md import _summary
+    gpa = 1.0 / units.GPA_PER_KJ_MOL_NM3
+    out = {"run": "r", "potential": {}, "mean_kinetic_kT": 2.5, "snapshots": 10, "wall_time_s": 1.0,
+           "targets": {"stiffness": {"rmse": 2.0 * gpa, "rmse_at_start": 20.0 * gpa, "unit": "kJ/mol/nm^3"},
+                       "pressure": {"rmse": 2.0, "rmse_at_start": None, "unit": "kJ/mol/nm^3",
+                                    "error_bar": 34.0, "error_bar_at_start": None}},
+           "observables": {"stiffness": {"grid": None, "value_GPa": {"C11": 1077.0}},
+                           "pressure": {"grid": None, "value": 2.0, "value_bar": 35.0}}}
+    _summary(out)
+    text = capsys.readouterr().out
+    assert "RMSE stiffness [GPa]" in text and "2 (start 20)" in text
+    assert "RMSE pressure [kJ/mol/nm^3]" in text and "|error| pressure [bar]" in text and "wall time [s]" in text
