@@ -5,7 +5,7 @@ Integrators come from JAX MD (NVT Langevin/BAOAB, NVT Nosé–Hoover chain, NVE)
 list is updated every step (rebuilt only when a particle moved more than half the skin). A
 potential of a strained crystal (``potentials/manybody.py``) simulates it in the cubic
 reference box and lists pairs out to its ``list_cutoff``. Potentials with capacities of their
-own (a graph network's edge and triplet lists) have them measured on the first configuration
+own (a graph network's edge list and per-atom slots) have them measured on the first configuration
 they see and grown on overflow under the sampler's one overflow rule.
 """
 from __future__ import annotations
@@ -63,13 +63,13 @@ class Sampler(ChunkedSampler):
         if self._fit_capacity:
             self._fit_capacity = False
             self._bind(self.potential.fit_capacity(positions, nbrs.idx))
-            log.info("graph capacities: %d edges, %d triplets", self.potential.max_edges, self.potential.max_triplets)
+            log.info("graph capacities: %d edges, %d slots per atom", self.potential.max_edges, self.potential.max_degree)
 
     def _grow(self, state, nbrs, attempt: int, list_full: bool, graph_full: bool):
         if graph_full:
             self._bind(self.potential.grow_capacity())
-            log.info("graph capacity overflowed; growing to %d edges, %d triplets and recomputing the chunk",
-                     self.potential.max_edges, self.potential.max_triplets)
+            log.info("graph capacity overflowed; growing to %d edges, %d slots per atom and recomputing the chunk",
+                     self.potential.max_edges, self.potential.max_degree)
         if list_full:
             extra = grown_extra(attempt)
             log.info("neighbour list overflowed (capacity %d); re-allocating with %d extra slots and "

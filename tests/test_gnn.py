@@ -25,7 +25,7 @@ SMALL = {"kind": "dimenet", "cutoff": CUTOFF, "n_species": 2, "embed_size": 8, "
          "num_residual_after_skip": 1, "num_dense_out": 1}
 # Every system has N atoms, a dense list of width M and, in sparse form, fixed capacities, and
 # the box is a (3,) array: each jitted function below compiles once per dtype.
-N, M, MAX_EDGES, MAX_TRIPLETS = 40, 36, 1280, 24000
+N, M, MAX_EDGES, MAX_DEGREE = 40, 36, 1280, 36
 SPECIES = jnp.asarray(np.arange(N) % 2)
 
 
@@ -82,7 +82,7 @@ def _idx(R, box, skin=0.05, width=M):
 
 
 def _graph(R, idx, box, cutoff=CUTOFF):
-    graph, overflow = sparse_graph(idx, R, box, cutoff, MAX_EDGES, MAX_TRIPLETS)
+    graph, overflow = sparse_graph(idx, R, box, cutoff, MAX_EDGES, MAX_DEGREE)
     assert not bool(overflow)
     return graph
 
@@ -288,28 +288,21 @@ def test_strain_derivative_is_the_finite_difference_of_a_scaled_box(model, raw_p
     assert np.abs(virial).max() > 1e-2
 
 
-def test_custom_backward_matches_autodiff_which_allows_forward_mode(model, raw_params, double_precision):
+def test_forward_mode_derivative_of_the_virial_equals_finite_differences(model, raw_params, double_precision):
+    """Forward mode (jvp, as for elastic constants) works through every block: d/dt ∂U/∂ε (tE)
+    at t = 0 equals the central difference of the reverse-mode virial."""
     params = _cast(raw_params, jnp.float64)
-    plain = dataclasses.replace(model, custom_gradients=False)
     box = _box(1.5)
     R = _lattice(1.5, seed=14)
     idx = _idx(R, box)
-    e0, f0, w0 = _evaluate(model, params, R, idx, box)
-    e1, f1, w1 = _evaluate(plain, params, R, idx, box)
-    assert e1 == e0
-    np.testing.assert_allclose(f1, f0, rtol=1e-10, atol=1e-12 * np.abs(f0).max())
-    np.testing.assert_allclose(w1, w0, rtol=1e-10, atol=1e-12 * np.abs(w0).max())
-    # forward mode (e.g. elastic constants) works without the hand-written backward:
-    # d/dt ∂U/∂ε (tE) at t = 0 equals the finite difference of the custom-backward virial
     direction = jnp.asarray([[0.3, 0.1, 0.0], [0.1, -0.2, 0.05], [0.0, 0.05, 0.4]])
-    virial = lambda m, eps: jax.grad(m.energy, argnums=5)(params, jnp.asarray(R), idx, box, SPECIES, eps)  # noqa: E731
-    _, dw = jax.jit(lambda d: jax.jvp(lambda eps: virial(plain, eps), (jnp.zeros((3, 3)),), (d,)))(direction)
+    virial = lambda eps: jax.grad(model.energy, argnums=5)(params, jnp.asarray(R), idx, box, SPECIES, eps)  # noqa: E731
+    _, dw = jax.jit(lambda d: jax.jvp(virial, (jnp.zeros((3, 3)),), (d,)))(direction)
     h = 1e-6
     fd = (_evaluate(model, params, R, idx, box, strain=h * direction)[2]
           - _evaluate(model, params, R, idx, box, strain=-h * direction)[2]) / (2 * h)
+    assert np.abs(fd).max() > 1e-2
     np.testing.assert_allclose(np.asarray(dw), fd, rtol=1e-5, atol=1e-6 * np.abs(fd).max())
-    with pytest.raises(TypeError, match="forward-mode"):
-        jax.jit(lambda d: jax.jvp(lambda eps: virial(model, eps), (jnp.zeros((3, 3)),), (d,)))(direction)
 
 
 # ---------------------------------------------------------------------------------------
@@ -341,24 +334,34 @@ def test_dense_and_sparse_agree_and_ignore_skin_and_padding(model, raw_params, s
     assert max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(g_ref)) > 0
 
 
-def test_sparse_graph_reports_overflow(single_precision):
+def test_sparse_graph_slots_and_reverse_edges_and_overflow(single_precision):
     box = _box(1.5)
     R = jnp.asarray(_lattice(1.5, seed=17), jnp.float32)
     idx = _idx(R, box)
-    n_e, n_t = sparse_capacity(idx, R, box, CUTOFF, multiplier=1.0)
-    graph, overflow = sparse_graph(idx, R, box, CUTOFF, n_e, n_t)
+    n_e, k = sparse_capacity(idx, R, box, CUTOFF, multiplier=1.0)
+    k -= 2                                                       # the capacity's margin: exact counts
+    graph, overflow = sparse_graph(idx, R, box, CUTOFF, n_e, k)
     assert not bool(overflow)
-    assert (int(graph.n_edges), int(graph.n_triplets)) == (n_e, n_t)
-    assert int(jnp.sum(graph.senders < N)) == n_e and int(jnp.sum(graph.ji < n_e)) == n_t
-    # each triplet k → j → i: kj ends where ji starts, and k ≠ i; ji and receivers sorted
-    kj, ji = np.asarray(graph.kj), np.asarray(graph.ji)
+    assert (int(graph.n_edges), int(graph.degree)) == (n_e, k)
     s, r = np.asarray(graph.senders), np.asarray(graph.receivers)
-    assert np.all(r[kj] == s[ji]) and np.all(s[kj] != r[ji])
-    assert np.all(np.diff(ji) >= 0) and np.all(np.diff(r) >= 0)
-    for e, t in ((n_e - 1, n_t), (n_e, n_t - 1)):
-        graph, overflow = sparse_graph(idx, R, box, CUTOFF, e, t)
+    slots, rev = np.asarray(graph.slots), np.asarray(graph.reverse)
+    assert np.all(s < N) and np.all(np.diff(r) >= 0)
+    # the edges within the cutoff, once each and in both directions
+    d = np.asarray(R)[s] - np.asarray(R)[r]
+    d -= 1.5 * np.round(d / 1.5)
+    assert np.all(np.sum(d * d, -1) < CUTOFF ** 2)
+    pairs = set(zip(s.tolist(), r.tolist()))
+    assert len(pairs) == n_e and all((b, a) in pairs for a, b in pairs)
+    # each atom's slots hold exactly the edges it receives; the reverse of j → i is the slot of i → j
+    for j in range(N):
+        own = slots[j][slots[j] < n_e]
+        assert sorted(own.tolist()) == np.flatnonzero(r == j).tolist()
+    f = slots.reshape(-1)[rev]
+    assert np.all(rev < N * k) and np.all(s[f] == r) and np.all(r[f] == s)
+    for e, kk in ((n_e - 1, k), (n_e, k - 1)):
+        graph, overflow = sparse_graph(idx, R, box, CUTOFF, e, kk)
         assert bool(overflow)
-        assert (int(graph.n_edges), int(graph.n_triplets)) == (n_e, n_t)   # what was needed
+        assert (int(graph.n_edges), int(graph.degree)) == (n_e, k)   # what was needed
 
 
 # ---------------------------------------------------------------------------------------
@@ -369,9 +372,11 @@ def test_config_file_builds_the_default_model():
     for engine_key in ("graph_format", "capacity_multiplier", "snapshot_batch"):   # potentials/manybody.py
         cfg.pop(engine_key)
     model = gnn.build(cfg)
-    assert model.cutoff == 0.5 and model.custom_gradients
+    assert model.cutoff == 0.5
     assert {k: getattr(model, k) for k in gnn.DEFAULTS} == gnn.DEFAULTS
     assert gnn.build({"kind": "dimenet", "cutoff": 0.2}) == dataclasses.replace(model, cutoff=0.2)
+    # older runs' configs carry custom_gradients (the triplet sum's former hand-written backward)
+    assert gnn.build({"kind": "dimenet", "cutoff": 0.5, "custom_gradients": True}) == model
 
 
 @pytest.mark.parametrize("key, value, match", [
@@ -384,7 +389,6 @@ def test_config_file_builds_the_default_model():
     ("num_spherical", 12, r"model.num_spherical must be an integer in \[1, 11\]"),
     ("n_species", True, "model.n_species must be an integer"),
     ("num_residual_after_skip", -1, "model.num_residual_after_skip must be an integer >= 0"),
-    ("custom_gradients", "yes", "model.custom_gradients must be true or false"),
     ("embed_sise", 32, "unknown key"),
 ])
 def test_bad_config_values_raise_user_errors(key, value, match):

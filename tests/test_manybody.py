@@ -62,8 +62,8 @@ def melted():
 def test_dense_and_sparse_features_give_the_same_energy_and_virial(melted):
     c, params, res = melted
     pot = c.sampler.potential
-    assert pot.sparse and pot.max_triplets > 0
-    dense = dataclasses.replace(pot, max_edges=None, max_triplets=None)
+    assert pot.sparse and pot.max_degree > 0
+    dense = dataclasses.replace(pot, max_edges=None, max_degree=None)
     box = pot.box_size
 
     # jit-compiled once for both configurations (op by op, each evaluation costs seconds)
@@ -121,14 +121,14 @@ def test_sampler_grows_an_overflowing_graph_and_recomputes_the_segment(melted, c
     counts = np.array([[int(n) for n in graph_counts(c.sampler.neighbor_fn.allocate(R).idx, R, roomy.box_size,
                                                         roomy.list_cutoff)]
                        for R in ample.trajectory.positions])
-    n_edges, n_triplets = counts.max(0)
-    assert n_edges < roomy.max_edges and n_triplets < roomy.max_triplets
-    c.sampler._bind(dataclasses.replace(roomy, max_edges=int(0.95 * n_edges), max_triplets=int(0.95 * n_triplets)))
+    n_edges, degree = counts.max(0)
+    assert n_edges < roomy.max_edges and degree < roomy.max_degree
+    c.sampler._bind(dataclasses.replace(roomy, max_edges=int(0.95 * n_edges), max_degree=int(0.95 * degree)))
     with caplog.at_level(logging.INFO, logger="difftre"):
         cramped = c.sampler.sample(params, res.state, res.neighbor)
     assert "graph capacity overflowed" in caplog.text
     assert cramped.ok and cramped.retries >= 1
-    assert c.sampler.potential.max_triplets > int(0.95 * n_triplets)
+    assert c.sampler.potential.max_degree > int(0.95 * degree)
     np.testing.assert_allclose(np.asarray(cramped.trajectory.positions), np.asarray(ample.trajectory.positions),
                                atol=1e-5)
     np.testing.assert_allclose(np.asarray(cramped.trajectory.energies), np.asarray(ample.trajectory.energies),
@@ -165,7 +165,7 @@ def test_learner_grows_its_stored_graphs(melted, caplog):
     u0, _ = engine.snapshot_energies(params, feats.r)
     fitted = engine.potential
     engine._set_potential(dataclasses.replace(fitted, max_edges=fitted.max_edges // 2,
-                                               max_triplets=fitted.max_triplets // 2))
+                                               max_degree=fitted.max_degree // 2))
     with caplog.at_level(logging.INFO, logger="difftre"):
         feats2 = engine.featurize(res.trajectory)
     assert "feature graph capacities grown" in caplog.text

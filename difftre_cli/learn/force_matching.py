@@ -124,17 +124,19 @@ class ForceMatching:
         caps = {} if self.template is None else {"fm_list": neighbors.capacities(self.template)}
         if self.potential.has_graph_capacity and self.potential.sparse:
             caps["fm_graph"] = {"max_edges": int(self.potential.max_edges),
-                                "max_triplets": int(self.potential.max_triplets)}
+                                "max_degree": int(self.potential.max_degree)}
         return caps
 
     def set_capacity(self, caps: dict, n_particles: int, dtype) -> None:
         """Capacities recorded in a checkpoint (the same padding: bit-identical resume)."""
         if "fm_list" in caps:
             self.template = neighbors.placeholder(n_particles, caps["fm_list"], dtype)
-        if "fm_graph" in caps and self.potential.has_graph_capacity:
+        # (a checkpoint written before the graph had per-atom slots records max_triplets instead:
+        # its capacities are measured again, as for a new run)
+        if "fm_graph" in caps and "max_degree" in caps["fm_graph"] and self.potential.has_graph_capacity:
             g = caps["fm_graph"]
             self._set_potential(dataclasses.replace(self.potential, max_edges=g["max_edges"],
-                                                    max_triplets=g["max_triplets"]))
+                                                    max_degree=g["max_degree"]))
 
     # -- the compiled programs ----------------------------------------------------------------
     def _set_potential(self, potential) -> None:

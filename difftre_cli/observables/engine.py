@@ -19,7 +19,7 @@ run (production.py).
 Observables with ``needs`` (stress, stiffness; observables/mechanical.py) get per-snapshot Born
 terms: σ^B = (1/Ω) ∂U_θ/∂e and, if asked for, C^B = (1/Ω) ∂²U_θ/∂e∂e at e = 0 (e the Voigt
 Lagrangian strain, d ↦ F(e) d), by reverse-over-reverse autodiff of ``energy_from_features(...,
-strain=F(e) − I)`` (DimeNet++'s hand-written triplet backward has no forward mode).
+strain=F(e) − I)`` (reverse mode only is asked of a potential's energy).
 
 The potential's side is the protocol of potentials/protocol.py:
     ``energy_from_features(params, feats, scale=1.0[, strain=None]) -> U`` of one state from its
@@ -245,8 +245,8 @@ class ObservableEngine:
                      {k: nb.max_occupancy for k, nb in self._lists.items()})
         if graph_full:
             self._set_potential(self.potential.grow_capacity())
-            log.info("feature graph capacities grown to %d edges, %d triplets",
-                     self.potential.max_edges, self.potential.max_triplets)
+            log.info("feature graph capacities grown to %d edges, %d slots per atom",
+                     self.potential.max_edges, self.potential.max_degree)
 
     def _set_potential(self, potential):
         """A potential with other capacities (same values): the features are re-traced, the

@@ -51,20 +51,13 @@ displacement d → (I + ε) d before the network sees it, so ∂U/∂ε at ε = 
 Everything is jit-able, vmap-able, without Python loops over atoms; gradients with respect to
 R, ε and the parameters are finite on padded slots (double-``where``).
 
-Derivatives: with ``custom_gradients=True`` (default) the triplet sum of each block has a
-hand-written backward pass that keeps only edge-sized arrays; reverse mode (forces, virial,
-parameter gradients, and reverse-over-reverse second derivatives) then works, forward mode
-(``jax.jvp``, ``jacfwd``, ``hessian``) does not. ``custom_gradients=False`` is plain autodiff
-(every mode; same values; more memory and time).
+Derivatives: plain autodiff, every mode (forces, virial, parameter gradients, forward mode
+for elastic constants, second derivatives).
 
-Module layout: the bases are in potentials/dimenet_basis.py, the graph geometry, gather/sum
-maps and sparse graph in potentials/graph.py (dense vs sparse timings there), the triplet sum
-with its custom VJP in potentials/triplet_messages.py; this module holds the Flax network and
-:class:`GNNModel`.
-
-Performance: XLA:CPU allocates the executable's temporaries (hundreds of MB for forces) on
-every call, and glibc maps them afresh each time: ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0`` in
-the environment (set before Python starts) roughly halves the wall time of a force call.
+Module layout: the bases are in potentials/dimenet_basis.py, the graph geometry, the
+atom-centred slots and the sparse graph in potentials/graph.py (why that layout, with timings,
+there), the triplet sum in potentials/triplet_messages.py; this module holds the Flax network
+and :class:`GNNModel`.
 """
 from __future__ import annotations
 
@@ -81,7 +74,7 @@ from ..checks import choice, mapping, number
 from ..errors import UserError
 from .dimenet_basis import envelope, spherical_radial_basis
 from .graph import SparseGraph, dense_geometry, sparse_geometry
-from .triplet_messages import triplet_messages, triplet_messages_autodiff
+from .triplet_messages import triplet_messages
 
 __all__ = ["DimeNetPP", "GNNModel", "build", "DEFAULTS"]
 
@@ -146,7 +139,6 @@ class _Interaction(nn.Module):
     num_radial: int
     n_before: int
     n_after: int
-    custom_gradients: bool = True
 
     @nn.compact
     def __call__(self, m, rbf, sbf_rad, cos, tmask, ops):
@@ -164,8 +156,7 @@ class _Interaction(nn.Module):
         block = (jnp.eye(L, dtype=w1.dtype)[:, None, :, None] * w1[:, :, None, :])
         rad = sbf_rad.reshape(sbf_rad.shape[:-2] + (-1,)) @ block.reshape(L * self.num_radial, L * B)
         w2 = self.param("sbf2", glorot_orthogonal(), (B, self.int_features), m.dtype)
-        triplet_sum = triplet_messages if self.custom_gradients else triplet_messages_autodiff
-        x_kj = triplet_sum(x_kj, rad, cos, tmask, w2.astype(rad.dtype), ops)
+        x_kj = triplet_messages(x_kj, rad, cos, tmask, w2.astype(rad.dtype), ops)
         x_kj = nn.swish(_dense(self.features, False, name="up")(x_kj))
         h = x_ji + x_kj
         for _ in range(self.n_before):
@@ -197,7 +188,7 @@ class DimeNetPP(nn.Module):
 
     ``__call__(species, x, edge_mask, cos_angle, triplet_mask, ops) -> (N,)`` with x the
     reduced edge lengths d/c (finite, > 0, also on masked slots), the masks, cos α of every
-    triplet and ``ops`` the graph's gather/sum maps (dense or sparse).
+    pair of an atom's slots and its mask, and ``ops`` the graph's maps (dense or sparse).
     """
 
     n_species: int = 1
@@ -212,7 +203,6 @@ class DimeNetPP(nn.Module):
     num_residual_before_skip: int = 1
     num_residual_after_skip: int = 2
     num_dense_out: int = 3
-    custom_gradients: bool = True
 
     @nn.compact
     def __call__(self, species, x, edge_mask, cos_angle, triplet_mask, ops):
@@ -230,8 +220,7 @@ class DimeNetPP(nn.Module):
         for _ in range(self.num_blocks):
             m = _Interaction(self.embed_size, self.int_emb_size, self.basis_emb_size, self.num_spherical,
                              self.num_radial, self.num_residual_before_skip,
-                             self.num_residual_after_skip, self.custom_gradients)(
-                m, rbf, sbf_rad, cos_angle, triplet_mask, ops)
+                             self.num_residual_after_skip)(m, rbf, sbf_rad, cos_angle, triplet_mask, ops)
             energies = energies + _Output(self.embed_size, self.out_embed_size, self.num_dense_out)(m, rbf, ops)
         return energies
 
@@ -277,11 +266,10 @@ class GNNModel:
     num_residual_before_skip: int = 1
     num_residual_after_skip: int = 2
     num_dense_out: int = 3
-    custom_gradients: bool = True
 
     @property
     def module(self) -> DimeNetPP:
-        return DimeNetPP(**{k: getattr(self, k) for k in DEFAULTS}, custom_gradients=self.custom_gradients)
+        return DimeNetPP(**{k: getattr(self, k) for k in DEFAULTS})
 
     def init(self, key, R=None, idx=None, box=None) -> Any:
         """Parameters (a pytree; shapes do not depend on the configuration). Without R, a
@@ -321,19 +309,17 @@ def build(cfg) -> GNNModel:
     """The model from a config mapping ``{kind: dimenet, cutoff: 0.5, embed_size: 32, ...}``."""
     mapping(cfg, "model", "model: {kind: dimenet, cutoff: 0.5}")
     choice(cfg, "kind", ("dimenet",), prefix="model", what="model kind")
+    # custom_gradients: read from the configs of runs made before the triplet sum lost its
+    # hand-written backward (plain autodiff is now the faster one); it changes nothing
     known = {"kind", "cutoff", "custom_gradients", *DEFAULTS}
     unknown = sorted(str(k) for k in cfg if k not in known)
     if unknown:
         raise UserError(f"model: unknown key(s) {', '.join(unknown)} for kind dimenet",
-                        f"remove them; the keys are {', '.join(['cutoff', *DEFAULTS, 'custom_gradients'])}")
+                        f"remove them; the keys are {', '.join(['cutoff', *DEFAULTS])}")
     cutoff = number(cfg, "cutoff", prefix="model", lo=0.0, lo_open=True, example="0.5")
     kwargs = {}
     for key, default in DEFAULTS.items():
         lo, hi = _BOUNDS[key]
         kwargs[key] = number(cfg, key, prefix="model", integer=True, lo=lo, hi=hi, required=False,
                              default=default, example=str(default))
-    custom = cfg.get("custom_gradients", True)
-    if not isinstance(custom, bool):
-        raise UserError(f"model.custom_gradients must be true or false, got {custom!r}",
-                        "set model.custom_gradients=true (false for forward-mode derivatives)")
-    return GNNModel(cutoff=cutoff, custom_gradients=custom, **kwargs)
+    return GNNModel(cutoff=cutoff, **kwargs)

@@ -6,12 +6,12 @@ Two graph formats, same values (tests/test_gnn.py):
 
 - dense: the network runs on the dense neighbour list (N, M); every list slot and every
   (slot, slot) pair is computed, padding included. Used while no capacity is set.
-- sparse: the pairs closer than the cutoff as an edge list, their angles as a triplet list
-  (:func:`graph.sparse_graph`), with fixed capacities ``max_edges``/``max_triplets`` measured on
-  a configuration (:meth:`ManyBodyPotential.fit_capacity`). Coarse-grained water (N = 901,
-  cutoff 0.5 nm) has ~16 neighbours per molecule within the cutoff but ~45 list slots
-  (cutoff + skin, capacity margin): the sparse graph has ~7x fewer triplets and the force
-  call is ~3.5x faster on CPU (README, water section).
+- sparse: the pairs closer than the cutoff as an edge list, their angles in atom-centred slots
+  (:func:`graph.sparse_graph`), with fixed capacities ``max_edges`` (edges) and ``max_degree``
+  (slots per atom) measured on a configuration (:meth:`ManyBodyPotential.fit_capacity`).
+  Coarse-grained water (N = 901, cutoff 0.5 nm) has ~16 neighbours per molecule within the
+  cutoff (at most ~21) but ~45-58 list slots (cutoff + skin, capacity margin), so the sparse
+  graph has ~6x fewer slot pairs than the dense list.
 
 Capacities are shapes, so they live on the (immutable) potential; the sampler and the engine
 keep them honest through the hooks of a :class:`~.protocol.GraphCapacity` potential
@@ -103,7 +103,7 @@ class ManyBodyPotential(GraphCapacity):
     species: np.ndarray | None = None
     snapshot_batch: int = 8
     max_edges: int | None = None          # sparse-graph capacities (None: dense format)
-    max_triplets: int | None = None
+    max_degree: int | None = None
     capacity_multiplier: float = 1.25
     graph_format: str = "sparse"          # "dense": never fit capacities (checks, benchmarks)
     deformation: tuple | None = None      # fixed strain ε of the box, (3, 3) nested tuples (module doc)
@@ -122,9 +122,9 @@ class ManyBodyPotential(GraphCapacity):
         (I + ε) d of the reference box (module doc). Capacities are measured again."""
         eps = np.asarray(eps, float)
         if np.allclose(eps, 0.0):
-            return replace(self, deformation=None, strain_reach=1.0, max_edges=None, max_triplets=None)
+            return replace(self, deformation=None, strain_reach=1.0, max_edges=None, max_degree=None)
         return replace(self, deformation=tuple(map(tuple, eps.tolist())), strain_reach=strain_reach(eps),
-                       max_edges=None, max_triplets=None)
+                       max_edges=None, max_degree=None)
 
     def init(self, key):
         return {"model": self.model.init(key)}
@@ -143,28 +143,28 @@ class ManyBodyPotential(GraphCapacity):
         if self.graph_format == "dense":
             return self
         ne, nt = sparse_capacity(idx, R, self.box_size, self.list_cutoff, self.capacity_multiplier)
-        return replace(self, max_edges=ne, max_triplets=nt)
+        return replace(self, max_edges=ne, max_degree=nt)
 
     def grow_capacity(self) -> "ManyBodyPotential":
         return replace(self, max_edges=math.ceil(1.25 * self.max_edges),
-                       max_triplets=math.ceil(1.25 * self.max_triplets))
+                       max_degree=math.ceil(1.25 * self.max_degree))
 
     def graph(self, R, idx):
         """(SparseGraph, overflow) of the pairs of ``idx`` closer than the cutoff at R."""
-        return sparse_graph(idx, R, self.box_size, self.list_cutoff, self.max_edges, self.max_triplets)
+        return sparse_graph(idx, R, self.box_size, self.list_cutoff, self.max_edges, self.max_degree)
 
     def capacity_overflow(self, R, idx):
         if not self.sparse:
             return jnp.asarray(False)
         # counts only: the force call builds the graph itself, at the same positions
-        n_edges, n_triplets = graph_counts(idx, R, self.box_size, self.list_cutoff)
-        return (n_edges > self.max_edges) | (n_triplets > self.max_triplets)
+        n_edges, degree = graph_counts(idx, R, self.box_size, self.list_cutoff)
+        return (n_edges > self.max_edges) | (degree > self.max_degree)
 
     def features_overflow(self, feats):
         if not self.sparse:
             return jnp.asarray(False)
         g = feats[1]
-        return jnp.any(g.n_edges > self.max_edges) | jnp.any(g.n_triplets > self.max_triplets)
+        return jnp.any(g.n_edges > self.max_edges) | jnp.any(g.degree > self.max_degree)
 
     # -- energies -------------------------------------------------------------------------
     def features_on_list(self, R, idx, box_size):

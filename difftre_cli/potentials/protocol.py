@@ -4,7 +4,7 @@ onebody.py, parallel.py) and the observable engine (observables/engine.py) use.
 Every potential derives from :class:`Potential` and is either a :class:`BoxPotential`
 (particles in a periodic cubic box on neighbour lists: pair potentials, mixtures, graph
 networks) or a :class:`OneBodyPotential` (independent particles in an external field). A box
-potential with capacities of its own (a graph network's edge and triplet lists) is a
+potential with capacities of its own (a graph network's edge list and per-atom slots) is a
 :class:`GraphCapacity`.
 
 What a potential MUST provide is abstract here (or, for data, annotated). What it MAY provide
@@ -109,7 +109,7 @@ class GraphCapacity(BoxPotential):
     has_graph_capacity: ClassVar[bool] = True
     graph_format: str           # "sparse": capacities are fitted; "dense": never (checks)
     max_edges: int | None
-    max_triplets: int | None
+    max_degree: int | None
 
     @property
     @abc.abstractmethod

@@ -110,7 +110,7 @@ class SWManyBodyPotential(ManyBodyPotential):
     """SW prior + DimeNet++. ``cutoff`` (neighbour lists) is max(a σ, network cutoff).
 
     Sparse format: the features of a state are ``(R, graph, table)``: the network's edge/triplet
-    graph at *its* cutoff (capacities ``max_edges``/``max_triplets``) and the SW neighbour table
+    graph at *its* cutoff (capacities ``max_edges``/``max_degree``) and the SW neighbour table
     at a σ (``sw_slots`` per atom). Two structures because in diamond a σ = 0.252 nm falls on the
     second-neighbour shell (0.2523 nm): a graph at a σ would carry ~10 fluctuating neighbours per
     atom and ~7x the network's 12 triplets per atom, for SW terms of order e⁻⁷⁰ there. Dense
@@ -130,14 +130,14 @@ class SWManyBodyPotential(ManyBodyPotential):
         d = _dense_vectors(jnp.asarray(R), jnp.asarray(idx), self.box_size)
         near = (jnp.asarray(idx) < n) & (jnp.sum(d * d, -1) < (1.1 * self.sw.cutoff * reach) ** 2)
         k = math.ceil(int(jnp.max(jnp.sum(near, 1))) * self.capacity_multiplier)
-        return replace(self, max_edges=ne, max_triplets=nt, sw_slots=max(1, k))
+        return replace(self, max_edges=ne, max_degree=nt, sw_slots=max(1, k))
 
     def grow_capacity(self) -> "SWManyBodyPotential":
         return replace(super().grow_capacity(), sw_slots=math.ceil(1.25 * self.sw_slots) + 1)
 
     def graph(self, R, idx):
         return sparse_graph(idx, R, self.box_size, self.model.cutoff * self.strain_reach, self.max_edges,
-                                self.max_triplets)
+                                self.max_degree)
 
     def table(self, R, idx):
         """(SWTable, overflow) at SW's cutoff (× ``strain_reach`` under a fixed strain)."""

@@ -14,7 +14,8 @@ RDF from positions in every update — and prints the ratio, plus the ratio to t
     python scripts/bench/update_cost.py --only water_three_body --repeats 4  # SW-form model instead
 
 The water setups (config=water with N = 901 and DimeNet++, 50 snapshots per trajectory by
-default) also report MD steps per second; ``water_dense`` runs the network on the whole
+default) also report MD steps per second and the force call (wall time, XLA's FLOP count,
+graph capacities); ``water_dense`` runs the network on the whole
 dense neighbour list instead of the sparse edge/triplet graph, the reference for its
 speed-up. Without ``--only`` the two LJ setups run.
 """
@@ -107,9 +108,44 @@ def measure(name, overrides, repeats):
            "naive_update_s": med(naive), "peak_rss_mb": peak_rss_mb(),
            "update_traces": c.learner.trace_count["step"],
            "md_steps_per_s": (c.sampler.cfg.equilibration_steps + c.sampler.cfg.production_steps) / med(sampling)}
+    if name.startswith("water"):
+        row.update(force_call(c.sampler, params, state, nbrs, repeats))
     row["reused_vs_naive"] = row["reused_update_s"] / row["naive_update_s"]
     row["reused_vs_goal_1s"] = row["reused_update_s"] / 1.0
     del np
+    return row
+
+
+def _time_force(force, params, R, nbrs, repeats):
+    """Median wall time of a compiled force call, and the FLOPs XLA's cost analysis counts in it."""
+    import jax
+    compiled = jax.jit(force).lower(R, nbrs, params).compile()
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    jax.block_until_ready(compiled(R, nbrs, params))
+    times = []
+    for _ in range(max(5, 2 * repeats)):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(R, nbrs, params))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), float(analysis.get("flops", float("nan")))
+
+
+def force_call(sampler, params, state, nbrs, repeats):
+    """One force call as the sampler makes it (−∇U at a sampled configuration, the graph built
+    from the neighbour list inside the call, at the sampler's graph capacities — measured on the
+    lattice start, grown on overflow): median wall time over ``max(5, 2·repeats)`` calls, the
+    floating-point operations XLA's cost analysis counts in the compiled program, and the rate
+    they imply. Also the same call with the capacities measured on the sampled liquid itself
+    (the lattice start has more pairs within the cutoff than the liquid)."""
+    pot, R = sampler.potential, state.position
+    t, flops = _time_force(sampler.force, params, R, nbrs, repeats)
+    row = {"force_call_s": t, "force_gflop": flops / 1e9, "force_gflop_per_s": flops / 1e9 / t,
+           "graph_edges": pot.max_edges, "graph_slots": pot.max_degree}
+    liquid = pot.fit_capacity(R, nbrs.idx)
+    t, flops = _time_force(liquid.force_fn(sampler.box), params, R, nbrs, repeats)
+    row.update({"force_call_liquid_fit_s": t, "force_gflop_liquid_fit": flops / 1e9,
+                "graph_edges_liquid_fit": liquid.max_edges, "graph_slots_liquid_fit": liquid.max_degree})
     return row
 
 
@@ -146,6 +182,9 @@ def main():
     keys = ["reused_update_s", "resampled_update_s", "naive_update_s", "update_compile_s",
             "first_sample_incl_compile_s", "time_to_first_update_s", "md_steps_per_s", "peak_rss_mb",
             "reused_vs_naive", "reused_vs_goal_1s", "update_traces"]
+    keys += [k for k in ("force_call_s", "force_gflop", "force_gflop_per_s", "graph_edges", "graph_slots",
+                         "force_call_liquid_fit_s", "force_gflop_liquid_fit", "graph_edges_liquid_fit",
+                         "graph_slots_liquid_fit") if all(k in r for r in rows)]
     print(f"{'quantity':32s}" + "".join(f"{r['setup']:>14s}" for r in rows))
     for k in keys:
         print(f"{k:32s}" + "".join(f"{r[k]:14.3f}" if isinstance(r[k], float) else f"{r[k]:>14}" for r in rows))
