@@ -102,11 +102,15 @@ def main():
     preds0, _ = engine.predict(params, feats[0])
     comps = _components(preds0)
 
+    studied = [lab for lab in ("C11", "C12", "C44", "sxx", "syz") if lab in comps]
+    index = {lab: k for k, lab in enumerate(studied)}
+
     @jax.jit
     def jacobian(params, f):
+        """The studied components and their gradients (one reverse pass each)."""
         def vec(p):
             preds, _ = engine.predict(p, f)
-            return jnp.concatenate([jnp.ravel(preds[name]) for name in preds0])
+            return jnp.stack([jnp.ravel(preds[comps[lab][0]])[comps[lab][1]] for lab in studied])
         return vec(params), jax.jacrev(vec)(params)
 
     @jax.jit
@@ -115,12 +119,8 @@ def main():
             return jax.value_and_grad(lambda p: learner.target_losses(engine.predict(p, f)[0])[name])(params)
         return {name: one(name) for name in learner.targets}
 
-    offsets, k0 = {}, 0
-    for name in preds0:
-        offsets[name] = k0
-        k0 += int(np.asarray(preds0[name]).size)
-    def row(jac, name, k):
-        return _flat(jax.tree_util.tree_map(lambda x: x[offsets[name] + k], jac))
+    def row(jac, lab):
+        return _flat(jax.tree_util.tree_map(lambda x: x[index[lab]], jac))
 
     report = {"n_particles": args.n_particles, "blocks": args.blocks, "noise": args.noise,
               "n_params": int(_flat(params).size), "snr": [], "conditioning": {}, "balance": {}}
@@ -132,9 +132,9 @@ def main():
         (_, j1), (_, j2) = jacobian(params, sub[0]), jacobian(params, sub[1])
         cos = {}
         for lab in ("C11", "C12", "C44", "sxx", "syz"):
-            if lab not in comps:
+            if lab not in index:
                 continue
-            a, b = row(j1, *comps[lab]), row(j2, *comps[lab])
+            a, b = row(j1, lab), row(j2, lab)
             cos[lab] = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-300))
         report["snr"].append({"snapshots": s, "cos": cos})
         print(f"{s:5d} " + " ".join(f"{cos.get(lab, float('nan')):8.3f}" for lab in ("C11", "C12", "C44", "sxx", "syz")),
@@ -143,12 +143,12 @@ def main():
     # conditioning: J of (C11, C12, C44) on both trajectories together (GPa per unit θ)
     both = jax.tree_util.tree_map(lambda x, y: jnp.concatenate([x, y]), feats[0], feats[1])
     vals, jac = jacobian(params, both)
-    J = np.stack([row(jac, *comps[lab]) for lab in ("C11", "C12", "C44")]) * GPA_PER_KJ_MOL_NM3
+    J = np.stack([row(jac, lab) for lab in ("C11", "C12", "C44")]) * GPA_PER_KJ_MOL_NM3
     G = J @ J.T
     eig = np.sort(np.linalg.eigvalsh(G))[::-1]
     norms = np.linalg.norm(J, axis=1)
     cosrows = (J @ J.T) / np.outer(norms, norms)
-    c_vals = [float(np.asarray(vals)[offsets["stiffness"] + comps[lab][1]]) * GPA_PER_KJ_MOL_NM3 for lab in ("C11", "C12", "C44")]
+    c_vals = [float(np.asarray(vals)[index[lab]]) * GPA_PER_KJ_MOL_NM3 for lab in ("C11", "C12", "C44")]
     report["conditioning"] = {"C_GPa": c_vals, "row_norms": norms.tolist(), "gn_eigenvalues": eig.tolist(),
                               "condition_number": float(eig[0] / max(eig[-1], 1e-300)),
                               "row_cosines": cosrows.tolist()}
