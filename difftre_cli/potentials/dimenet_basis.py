@@ -5,7 +5,7 @@ With x = d/c the reduced edge length (dimensionless, 0 < x ≤ 1 inside the cuto
 - ``envelope``                u(x) = 1 − (p+1)(p+2)/2 x^p + p(p+2) x^{p+1} − p(p+1)/2 x^{p+2},
   p = exponent + 1, so u, u', u'' vanish at x = 1;
 - ``spherical_radial_basis``  √2/|j_{l+1}(z_ln)| j_l(z_ln x) u(x), z_ln = ``bessel_roots``;
-- ``angular_basis``           Y_l^0(α) = √((2l+1)/4π) P_l(cos α) (``legendre``);
+- ``angular_basis``           Y_l^0(α) = √((2l+1)/4π) P_l(cos α) (``legendre``), l < L;
 - ``spherical_jn``            j_l(x), accurate in float32 with finite gradients everywhere.
 
 Pure functions of arrays (jit-able, vmap-able); ``bessel_roots`` is NumPy (cached).
@@ -109,7 +109,8 @@ def spherical_radial_basis(x, num_spherical: int, num_radial: int, exponent: int
     return jl * jnp.asarray(norm, x.dtype) * envelope(x, exponent)[..., None, None]
 
 
-def angular_basis(cos_angle, num_spherical: int):
-    """(…, L): Y_l^0(α) = √((2l+1)/4π) P_l(cos α)."""
+def angular_basis(cos_angle, num_spherical: int) -> list:
+    """[Y_0^0(α), …, Y_{L−1}^0(α)], each shaped like ``cos_angle``: Y_l^0 = √((2l+1)/4π) P_l(cos α).
+    A list, not a stacked (…, L) array: its consumers sum over l in one fused pass."""
     p = legendre(num_spherical - 1, cos_angle)
-    return jnp.stack([math.sqrt((2 * l + 1) / (4 * math.pi)) * p[l] for l in range(num_spherical)], -1)
+    return [math.sqrt((2 * l + 1) / (4 * math.pi)) * p[l] for l in range(num_spherical)]

@@ -13,21 +13,17 @@ triplet list, which needed a hand-written backward).
 """
 from __future__ import annotations
 
-import math
-
 import jax.numpy as jnp
 
-from .dimenet_basis import legendre
+from .dimenet_basis import angular_basis
 
 __all__ = ["triplet_messages"]
 
-_Y_NORM = [math.sqrt((2 * l + 1) / (4 * math.pi)) for l in range(12)]
-
 
 def triplet_messages(x_kj, rad, cos, tmask, w2, ops):
-    """out_ji (edges, F) from edge arrays x_kj (edges, F) and rad (edges, L·B), the angular basis
-    ``ang`` (N, K, K, L) of every slot pair (zero where the pair is no triplet; shared by all
-    blocks) and w2 (B, F)."""
+    """out_ji (edges, F) from edge arrays x_kj (edges, F) and rad (edges, L·B), cos α (N, K, K) of
+    every pair of slots and its mask ``tmask`` (False where the pair is no triplet), and
+    w2 (B, F)."""
     n_b = w2.shape[0]
     n_l = rad.shape[-1] // n_b
     x = ops.to_local(x_kj)                                                   # (N, K, F)
@@ -35,7 +31,7 @@ def triplet_messages(x_kj, rad, cos, tmask, w2, ops):
     r = r.reshape(r.shape[:-1] + (n_l, n_b))                                 # (N, K, L, B)
     # Y_l(α) from cos α by the Legendre recursion inside the sum over l: one fused pass, and no
     # (N, K, K, L) array in either direction
-    ys = [c * y for c, y in zip(_Y_NORM, legendre(n_l - 1, cos))]
+    ys = angular_basis(cos, n_l)
     sigma = sum(jnp.where(tmask[..., None], ys[l][..., None], 0.0) * r[:, None, :, l, :] for l in range(n_l))
     t = jnp.einsum("jabc,jbf->jacf", sigma, x)
     return ops.from_local(jnp.einsum("jacf,cf->jaf", t, w2))
