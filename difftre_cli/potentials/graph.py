@@ -31,7 +31,7 @@ Why atom-centred (N = 901 water beads, cutoff 0.5 nm, ~16 neighbours each, 4 blo
 each gathering its two edges' features and scattering its cotangents back) made the backward
 pass of the triplet sum 10x its forward and the force call 0.31 s; the slot layout has ~2x more
 (padded) triplet slots but no triplet-sized gather or scatter: 0.21 s. Prefer the sparse format for
-production (only pairs inside the cutoff; K ≈ 1.25 × the largest degree) and the dense one for
+production (only pairs inside the cutoff; K = 1.25 × the largest degree + 2) and the dense one for
 checks (K = the whole list width, skin and padding included).
 """
 from __future__ import annotations

@@ -117,6 +117,12 @@ class ManyBodyPotential(GraphCapacity):
         fixed strain (the cutoff itself when there is none)."""
         return self.cutoff * self.strain_reach
 
+    @property
+    def graph_cutoff(self) -> float:
+        """Reference-frame radius of the model's graph (the list's, unless a subclass's lists
+        reach further than its model)."""
+        return self.list_cutoff
+
     def strained(self, eps) -> "ManyBodyPotential":
         """This potential for the crystal strained by ε (3, 3): U_ε(R) = U of the displacements
         (I + ε) d of the reference box (module doc). Capacities are measured again."""
@@ -142,8 +148,8 @@ class ManyBodyPotential(GraphCapacity):
         """Capacities for the graph of the configuration R (dense list ``idx``) × the multiplier."""
         if self.graph_format == "dense":
             return self
-        ne, nt = sparse_capacity(idx, R, self.box_size, self.list_cutoff, self.capacity_multiplier)
-        return replace(self, max_edges=ne, max_degree=nt)
+        ne, nd = sparse_capacity(idx, R, self.box_size, self.graph_cutoff, self.capacity_multiplier)
+        return replace(self, max_edges=ne, max_degree=nd)
 
     def grow_capacity(self) -> "ManyBodyPotential":
         return replace(self, max_edges=math.ceil(1.25 * self.max_edges),
@@ -151,13 +157,13 @@ class ManyBodyPotential(GraphCapacity):
 
     def graph(self, R, idx):
         """(SparseGraph, overflow) of the pairs of ``idx`` closer than the cutoff at R."""
-        return sparse_graph(idx, R, self.box_size, self.list_cutoff, self.max_edges, self.max_degree)
+        return sparse_graph(idx, R, self.box_size, self.graph_cutoff, self.max_edges, self.max_degree)
 
     def capacity_overflow(self, R, idx):
         if not self.sparse:
             return jnp.asarray(False)
         # counts only: the force call builds the graph itself, at the same positions
-        n_edges, degree = graph_counts(idx, R, self.box_size, self.list_cutoff)
+        n_edges, degree = graph_counts(idx, R, self.box_size, self.graph_cutoff)
         return (n_edges > self.max_edges) | (degree > self.max_degree)
 
     def features_overflow(self, feats):

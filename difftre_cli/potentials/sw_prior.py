@@ -37,7 +37,6 @@ import jax.numpy as jnp
 from ..checks import number
 from ..errors import UserError
 from .classical import SW_HARD_CODED, SW_PARAMS, StillingerWeber
-from .graph import sparse_capacity, sparse_graph
 from .manybody import GRAPH_MODELS, ManyBodyPotential, _dense_vectors, _strain
 from .manybody import build as build_many_body
 from .three_body import angular_sum, monomial_coefficients, monomials
@@ -121,23 +120,22 @@ class SWManyBodyPotential(ManyBodyPotential):
     sw: StillingerWeber | None = None
     sw_slots: int | None = None
 
+    @property
+    def graph_cutoff(self) -> float:
+        """The network's graph at the network's cutoff, not at the lists' (a σ may be larger)."""
+        return self.model.cutoff * self.strain_reach
+
     def fit_capacity(self, R, idx) -> "SWManyBodyPotential":
         if self.graph_format == "dense":
             return self
-        reach = self.strain_reach
-        ne, nt = sparse_capacity(idx, R, self.box_size, self.model.cutoff * reach, self.capacity_multiplier)
         n = R.shape[0]
         d = _dense_vectors(jnp.asarray(R), jnp.asarray(idx), self.box_size)
-        near = (jnp.asarray(idx) < n) & (jnp.sum(d * d, -1) < (1.1 * self.sw.cutoff * reach) ** 2)
+        near = (jnp.asarray(idx) < n) & (jnp.sum(d * d, -1) < (1.1 * self.sw.cutoff * self.strain_reach) ** 2)
         k = math.ceil(int(jnp.max(jnp.sum(near, 1))) * self.capacity_multiplier)
-        return replace(self, max_edges=ne, max_degree=nt, sw_slots=max(1, k))
+        return replace(super().fit_capacity(R, idx), sw_slots=max(1, k))
 
     def grow_capacity(self) -> "SWManyBodyPotential":
         return replace(super().grow_capacity(), sw_slots=math.ceil(1.25 * self.sw_slots) + 1)
-
-    def graph(self, R, idx):
-        return sparse_graph(idx, R, self.box_size, self.model.cutoff * self.strain_reach, self.max_edges,
-                                self.max_degree)
 
     def table(self, R, idx):
         """(SWTable, overflow) at SW's cutoff (× ``strain_reach`` under a fixed strain)."""
@@ -149,7 +147,7 @@ class SWManyBodyPotential(ManyBodyPotential):
     def capacity_overflow(self, R, idx):
         if not self.sparse:
             return jnp.asarray(False)
-        return self.graph(R, idx)[1] | self.table(R, idx)[1]
+        return super().capacity_overflow(R, idx) | self.table(R, idx)[1]
 
     def features_overflow(self, feats):
         if not self.sparse:

@@ -31,7 +31,7 @@ def triplet_messages(x_kj, rad, cos, tmask, w2, ops):
     r = r.reshape(r.shape[:-1] + (n_l, n_b))                                 # (N, K, L, B)
     # Y_l(α) from cos α by the Legendre recursion inside the sum over l: one fused pass, and no
     # (N, K, K, L) array in either direction
-    ys = angular_basis(cos, n_l)
-    sigma = sum(jnp.where(tmask[..., None], ys[l][..., None], 0.0) * r[:, None, :, l, :] for l in range(n_l))
+    ys = angular_basis(cos, n_l)                  # finite on every slot pair: one mask suffices
+    sigma = jnp.where(tmask[..., None], sum(ys[l][..., None] * r[:, None, :, l, :] for l in range(n_l)), 0.0)
     t = jnp.einsum("jabc,jbf->jacf", sigma, x)
     return ops.from_local(jnp.einsum("jacf,cf->jaf", t, w2))
