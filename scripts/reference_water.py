@@ -34,6 +34,8 @@ Output (HDF5, the format of ``difftre_cli.target_files.read_curve`` with a group
     python scripts/reference_water.py                                   # 70 ps, 500 snapshots
     python scripts/reference_water.py --length-ps 520 --save-trajectory /tmp/o.npz
     python scripts/reference_water.py --from-trajectory /tmp/o.npz       # re-analyse only
+    python scripts/reference_water.py --length-ps 70 --discard-ps 10 --every-ps 0.2 \\
+        --save-atoms runs/reference/spce_901 --out runs/reference/spce_901_targets.h5   # config=water_fm
     python scripts/reference_water.py --benchmark 1000                  # measure speed, exit
 
 Speed (OpenMM 8.6.1, CPU platform, 901 molecules): 128 steps/s (22 ns/day) with 2 threads on
@@ -161,12 +163,17 @@ def simulate(args) -> dict:
     log(f"equilibrated {args.discard_ps:g} ps in {t_eq:.0f} s ({discard / max(t_eq, 1e-9):.0f} steps/s)")
     pos = np.empty((n_snap, args.molecules, 3), np.float32)
     pressure, epot, temp = np.empty(n_snap), np.empty(n_snap), np.empty(n_snap)
+    atoms = None if args.save_atoms is None else AtomWriter(args.save_atoms, args.molecules, args.box)
     t1 = time.perf_counter()
     for s in range(n_snap):
         integrator.step(every)
-        st = context.getState(getPositions=True, getEnergy=True, enforcePeriodicBox=True)
+        st = context.getState(getPositions=True, getEnergy=True, getForces=atoms is not None,
+                              enforcePeriodicBox=True)
         xyz = st.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
         pos[s] = np.mod(xyz[oxygens], args.box)
+        if atoms is not None:
+            atoms.frame(xyz, st.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer),
+                        time_ps=(discard + (s + 1) * every) * args.dt_fs * 1e-3)
         epot[s] = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / args.molecules
         temp[s] = 2.0 * st.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole) / (dof * 0.0083144626)
         pressure[s] = barostat.computeCurrentPressure(context).value_in_unit(unit.bar)
@@ -174,6 +181,9 @@ def simulate(args) -> dict:
             el = time.perf_counter() - t1
             log(f"  snapshot {s + 1}/{n_snap}  {(s + 1) * every / el:.0f} steps/s  P={pressure[:s + 1].mean():.0f} bar")
     t_prod = time.perf_counter() - t1
+    if atoms is not None:
+        atoms.close()
+        log(f"all-atom frames with forces: {atoms.trr} (atoms: {atoms.gro})")
     speed = (discard + n_snap * every) / (t_eq + t_prod)
     state = context.getPlatform()
     meta = {
@@ -199,6 +209,43 @@ def simulate(args) -> dict:
     return {"positions": pos, "pressure": pressure, "epot": epot, "temperature": temp, "meta": meta}
 
 
+class AtomWriter:
+    """All-atom frames with forces for bottom-up training (the ``reference`` group reads them):
+    ``PREFIX.gro`` (atom and residue names; MDAnalysis guesses O/H masses from the names) and
+    ``PREFIX.trr`` (positions, forces and box of every snapshot), written by MDAnalysis's GROMACS
+    writers in GROMACS units (nm, kJ/mol/nm). The forces are OpenMM's conservative forces without
+    the SETTLE constraint forces; those cancel in a molecule's sum, the centre-of-mass bead force."""
+
+    def __init__(self, prefix: Path, n_molecules: int, box_nm: float):
+        import MDAnalysis as mda
+
+        self.gro, self.trr = Path(f"{prefix}.gro"), Path(f"{prefix}.trr")
+        self.gro.parent.mkdir(parents=True, exist_ok=True)
+        n = 3 * n_molecules
+        u = mda.Universe.empty(n, n_residues=n_molecules, atom_resindex=np.repeat(np.arange(n_molecules), 3),
+                               trajectory=True, forces=True)
+        u.add_TopologyAttr("name", ["OW", "HW1", "HW2"] * n_molecules)
+        u.add_TopologyAttr("type", ["O", "H", "H"] * n_molecules)
+        u.add_TopologyAttr("resname", ["SOL"] * n_molecules)
+        u.add_TopologyAttr("resid", np.arange(1, n_molecules + 1))
+        u.dimensions = [10.0 * box_nm] * 3 + [90.0] * 3
+        self.u, self.first = u, True
+        self.writer = mda.Writer(str(self.trr), n_atoms=n)
+
+    def frame(self, xyz_nm, forces_kj_mol_nm, time_ps: float) -> None:
+        ts = self.u.trajectory.ts
+        self.u.atoms.positions = 10.0 * np.asarray(xyz_nm)                # MDAnalysis: Å, kJ/(mol Å)
+        ts.forces = 0.1 * np.asarray(forces_kj_mol_nm)
+        ts.time = time_ps
+        if self.first:
+            self.u.atoms.write(str(self.gro))
+            self.first = False
+        self.writer.write(self.u.atoms)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def log(msg: str) -> None:
     print(msg, flush=True)
 
@@ -221,6 +268,7 @@ def analyse(traj: dict, observables_file: Path | None, chunk: int = 50) -> dict:
     from difftre_cli import neighbors
     from difftre_cli import observables as obs_mod
     from difftre_cli import units
+    from difftre_cli.observables.tetrahedral import TetrahedralQ
     from difftre_cli.potentials import distances_on_list
 
     meta = traj["meta"]
@@ -240,7 +288,7 @@ def analyse(traj: dict, observables_file: Path | None, chunk: int = 50) -> dict:
         vals = {k: o.snapshot(ctx, q) for k, o in obs.items()}
         for k, o in obs.items():      # diagnostics: neighbours in reach, particles with a q_i
             vals[f"{k}:max_in_reach"] = jnp.max(jnp.sum(q["r"] < o.reach, axis=1))
-            if isinstance(o, obs_mod.TetrahedralQ):   # per-particle q_i: which particles have 4 neighbours
+            if isinstance(o, TetrahedralQ):   # per-particle q_i: which particles have 4 neighbours
                 vals[f"{k}:coverage"] = jnp.mean(o.per_particle(q)[1])
         return nb, vals
 
@@ -353,6 +401,8 @@ def parse(argv=None):
                     help="difftre observables config (YAML); default: the observables of config=water")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--save-trajectory", type=Path, help="also write the oxygen trajectory (.npz)")
+    ap.add_argument("--save-atoms", type=Path, metavar="PREFIX",
+                    help="also write every snapshot's atoms with forces: PREFIX.gro + PREFIX.trr (bottom-up training)")
     ap.add_argument("--from-trajectory", type=Path, help="skip the simulation, analyse this .npz")
     ap.add_argument("--benchmark", type=int, default=0, metavar="STEPS", help="time STEPS MD steps and exit")
     return ap.parse_args(argv)

@@ -89,9 +89,11 @@ def test_static_presets_compose_no_md_groups():
 def _stand_in_reference(cfg, directory) -> str:
     """A two-frame extended-XYZ file with the preset's bead count and box, standing in for a
     reference trajectory the preset names but a fresh checkout lacks (runs/ is not tracked):
-    validation opens it and checks its beads and box."""
-    n, rho = int(cfg.system.n_particles), float(cfg.system.density)
-    box = (n / rho) ** (1.0 / 3.0)
+    validation opens it and checks its beads and box (atoms named Ar, one bead each: the preset's
+    mapping is replaced, see the test)."""
+    n = int(cfg.system.n_particles)
+    box = float(cfg.system.box_size) if cfg.system.get("density") is None else (n / float(cfg.system.density)) ** (1 / 3)
+    box *= 10.0 if cfg.system.units == "real" else 1.0    # ase reads extended XYZ in Å (real units: nm)
     rng = np.random.default_rng(0)
     return str(write_extxyz(directory / "ref.extxyz", rng.uniform(0, box, (2, n, 3)), rng.normal(size=(2, n, 3)),
                             np.zeros(2), box))
@@ -104,7 +106,8 @@ def test_every_preset_dispatches_on_kind_and_validates(preset, tmp_path):
         make = cfg.reference.get("make")
         if make:   # the command the missing-file error names must exist
             assert (CONFIG_DIR.parent / make.split()[1]).is_file(), make
-        cfg = _cfg(f"config={preset}", f"reference.file={_stand_in_reference(cfg, tmp_path)}")
+        cfg = _cfg(f"config={preset}", f"reference.file={_stand_in_reference(cfg, tmp_path)}", "reference.topology=null",
+                   "~reference.mapping", "+reference.mapping={beads: {A: 'name Ar'}, per: atom, center: geometry}")
     for group in ("simulator", "optimizer", "trainer", "model", "prior"):
         node = cfg.get(group)
         if node is not None:

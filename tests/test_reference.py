@@ -230,6 +230,19 @@ def test_centre_of_geometry_and_one_bead_per_selection(files, data):
     np.testing.assert_allclose(m.forces[0, 1], 10.0 * forces[3, [1, 2, 4, 5]].sum(axis=0), rtol=1e-5, atol=1e-3)
 
 
+def test_site_map_puts_the_bead_on_its_atom_with_the_molecules_force(files, data):
+    """center=site: the bead sits on the oxygen (made whole with its molecule) and carries the
+    sum of the molecule's forces, not the oxygen's alone."""
+    unwrapped, _, forces, _ = data
+    site = dict(COM, center="site", site="name OW")
+    m = reference.open_reference(ref_cfg(files["trr"], topology=str(files["gro"]), mapping=site), units.REAL).map([0, 3])
+    o = unwrapped[[0, 3]][:, ::3]
+    np.testing.assert_allclose(m.positions, 0.1 * (o - L_A * np.floor(o / L_A)), atol=3e-6)
+    total = forces[[0, 3]].reshape(2, N_MOL, 3, 3).sum(axis=2)
+    np.testing.assert_allclose(m.forces, 10.0 * total, rtol=1e-5, atol=1e-3)
+    assert np.abs(total - forces[[0, 3]][:, ::3]).max() > 1.0    # the oxygen's own force would be wrong
+
+
 def test_same_frame_in_every_format_reads_the_same(files, data):
     """nm / kJ mol⁻¹ nm⁻¹ (TRR, H5MD), Å / eV (extended XYZ), Å / kcal mol⁻¹ (LAMMPS real):
     one frame, the same numbers in the run's units (real: nm, kJ/mol; metal: Å, eV)."""
@@ -411,6 +424,12 @@ BAD = [
                  id="selection-needs-topology"),
     pytest.param({"file": "w.lammpstrj", "units": "real", "mapping": {"beads": {"O": "type 1"}, "per": "selection"}},
                  {}, ["reference.mapping.center=mass", "no masses"], id="dump-masses-unknown"),
+    pytest.param({"file": "w.trr", **GRO, "mapping": dict(COM, center="site")}, {},
+                 ["reference.mapping.center=site needs reference.mapping.site"], id="site-missing"),
+    pytest.param({"file": "w.trr", **GRO, "mapping": dict(COM, site="name OW")}, {},
+                 ["reference.mapping.site", "center=mass"], id="site-without-center-site"),
+    pytest.param({"file": "w.trr", **GRO, "mapping": dict(COM, center="site", site="name HW1 HW2")}, {},
+                 ["reference.mapping.site", "matches 2 atoms"], id="site-two-atoms"),
     pytest.param({"file": "w.trr", **GRO, "mapping": dict(COM, per="molecule")}, {},
                  ["reference.mapping.per=molecule", "no bonds"], id="molecule-without-bonds"),
     pytest.param({"file": "bigbox.trr", "topology": "bigbox.gro"}, {"box": 0.1 * L_A},

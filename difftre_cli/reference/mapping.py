@@ -3,11 +3,16 @@
 A bead is a group of atoms chosen by an MDAnalysis selection per bead type, split per residue,
 per molecule (bonded fragment), per atom (one chosen atom per molecule: e.g. ``name OW``) or
 not at all (the whole selection is one bead). Its position is the centre of mass or of
-geometry of its atoms, taken after the bead is made whole across the periodic boundaries
+geometry of its atoms, or one of its atoms (``center: site``, the atom ``site`` selects, e.g. a
+water molecule's oxygen), taken after the bead is made whole across the periodic boundaries
 (every atom at its minimum image from the bead's first atom: a bead must be smaller than half
 the box), then wrapped back into the box. Its mapped force is the sum of the forces on its
 atoms: the multiscale coarse-graining (force-matching) force of a non-overlapping linear map
-with centre-of-mass or single-atom sites (Noid et al., J. Chem. Phys. 128, 244114 (2008)).
+(Noid et al., J. Chem. Phys. 128, 244114 (2008)). That holds for any site whose weights sum to 1
+over the bead's atoms (centre of mass, of geometry, one atom): moving the whole bead by δ moves
+its site by δ, so the summed force is the mean force's estimator (Noid et al.'s condition
+Σ_i c_Ii d_Ii = 1 with d = 1 on the bead's atoms). Constraint forces inside a rigid bead cancel
+in the sum.
 
 Beads are ordered by bead type (as listed in ``reference.mapping.beads``), then by their first
 atom. Selections must not share atoms.
@@ -116,6 +121,8 @@ def _check_overlap(atoms: np.ndarray, groups: list, types: list, bead_map: BeadM
 
 
 def _weights(universe, g: np.ndarray, bead_map: BeadMap, name: str) -> np.ndarray:
+    if bead_map.center == "site":
+        return _site_weights(universe, g, bead_map.site, name)
     if bead_map.center == "geometry" or len(g) == 1:   # a single-atom bead is its atom, whatever its mass
         return np.full(len(g), 1.0 / len(g))
     masses = universe.atoms.masses if hasattr(universe.atoms, "masses") else None   # a topology attribute or none
@@ -126,3 +133,18 @@ def _weights(universe, g: np.ndarray, bead_map: BeadMap, name: str) -> np.ndarra
                         "give reference.topology with masses (.tpr, .gro/.pdb with element names, LAMMPS data), "
                         "or use reference.mapping.center=geometry")
     return m / m.sum()
+
+
+def _site_weights(universe, g: np.ndarray, site: str, name: str) -> np.ndarray:
+    """Weight 1 on the bead's one atom that the ``site`` selection matches, 0 on the others."""
+    key = "reference.mapping.site"
+    try:
+        chosen = np.isin(g, universe.select_atoms(site).indices)
+    except Exception as exc:  # noqa: BLE001 - MDAnalysis's SelectionError / NoDataError on a user's string
+        raise UserError(f"{key}: MDAnalysis cannot use the selection {site!r} ({exc})",
+                        "write an MDAnalysis selection of one atom per bead, e.g. 'name OW'") from None
+    if chosen.sum() != 1:
+        raise UserError(f"{key}={site!r} matches {int(chosen.sum())} atoms of a bead of type {name} "
+                        f"(atoms {g[:6].tolist()}{' ...' if len(g) > 6 else ''}); a site is one atom per bead",
+                        "select exactly one atom of every bead, e.g. 'name OW'")
+    return chosen.astype(np.float64)

@@ -18,21 +18,23 @@ FORMATS = {"h5md": (".h5md", ".h5"), "lammpsdump": (".lammpstrj", ".dump", ".lam
            "extxyz": (".extxyz", ".xyz")}
 #: how the atoms a bead type's selection matches are grouped into beads
 PER = ("residue", "molecule", "atom", "selection")
-#: where a bead sits: centre of mass or of geometry of its atoms
-CENTERS = ("mass", "geometry")
+#: where a bead sits: centre of mass or of geometry of its atoms, or at its one atom that ``site`` selects
+CENTERS = ("mass", "geometry", "site")
 KEYS = ("file", "format", "topology", "units", "mapping", "start", "stop", "stride", "validation_fraction",
         "split_seed", "batch_frames", "make")
-MAPPING_KEYS = ("beads", "per", "center")
+MAPPING_KEYS = ("beads", "per", "center", "site")
 EXAMPLE = "reference=water_trr (configs/reference/)"
 
 
 @dataclass(frozen=True)
 class BeadMap:
-    """``beads``: (bead type, MDAnalysis selection) in order; ``per``: one of PER; ``center``: one of CENTERS."""
+    """``beads``: (bead type, MDAnalysis selection) in order; ``per``: one of PER; ``center``: one of
+    CENTERS; ``site``: with ``center=site``, the MDAnalysis selection of each bead's position atom."""
 
     beads: tuple[tuple[str, str], ...]
     per: str
     center: str
+    site: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,4 +134,11 @@ def _bead_map(cfg) -> BeadMap:
                             f"set {M}.beads.{name}='resname SOL' (or 'name OW', 'index 0:2', ...)")
     per = choice(cfg, "per", PER, prefix=M, default="residue", what="grouping")
     center = choice(cfg, "center", CENTERS, prefix=M, default="mass", what="bead centre")
-    return BeadMap(tuple((str(k), str(v)) for k, v in beads.items()), per, center)
+    site = cfg.get("site")
+    if center == "site" and (not isinstance(site, str) or not site.strip()):
+        raise UserError(f"{M}.center=site needs {M}.site, the MDAnalysis selection of each bead's position atom "
+                        f"(got {site!r})", f"set {M}.site='name OW' (one atom of every bead)")
+    if center != "site" and site is not None:
+        raise UserError(f"{M}.site={site!r} is set but {M}.center={center}",
+                        f"set {M}.center=site to place beads on that atom, or remove {M}.site")
+    return BeadMap(tuple((str(k), str(v)) for k, v in beads.items()), per, center, site)
