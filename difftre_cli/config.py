@@ -12,6 +12,7 @@ from .checks import choice, mapping, number
 from .compare import check_compare_with
 from .config_files import CONFIG_DIR
 from .errors import UserError
+from .interleave import interleave_entries, is_interleaved
 from .learn import registry
 from .learn.boltzmann import check_init_from
 from .potentials import external, manybody, mixture
@@ -24,7 +25,7 @@ from .system import build_system, min_image_distance
 GROUPS = ("system", "prior", "model", "simulator", "observables", "targets", "optimizer", "trainer")
 #: top-level keys besides the groups (configs/train.yaml)
 TOP_LEVEL = ("name", "seed", "precision", "resume", "ground_truth", "states", "reduced_overrides", "evaluate",
-             "classical", "reference", "logger", "hydra", "stages")   # classical: the potential of trainer=static presets
+             "classical", "reference", "logger", "hydra", "stages", "interleave")   # classical: the potential of trainer=static presets
 #: trainer keys the training loop (train.py) reads whatever the kind; a kind's own keys are those
 #: of its YAML, configs/trainer/KIND.yaml (the YAML is the schema: adding a key is adding it there).
 #: A key of another kind is ignored (a preset's trainer settings survive ``trainer=OTHER``).
@@ -71,6 +72,11 @@ def validate(cfg: DictConfig) -> None:
         for _, sub in stage_configs(cfg):
             validate(sub)
         return
+    if is_interleaved(cfg):
+        _validate_one(_without(cfg, "interleave"))   # the run's own trainer: the loop's settings
+        for e in interleave_entries(cfg):
+            validate(e.cfg)
+        return
     if is_multistate(cfg):
         kind, name = trainer_kind(cfg), _get(cfg, "trainer.kind")
         if kind.multistate is None:
@@ -85,14 +91,19 @@ def validate(cfg: DictConfig) -> None:
         if _get(cfg, "trainer.precondition") == "fisher":
             raise UserError("trainer.precondition=fisher is not supported with several state points (states)",
                             "use trainer.precondition=none with optimizer=adam")
-        base = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-        with open_dict(base):
-            base.states = None
-        _validate_one(base)   # the base config: the state point of `difftre evaluate states=null`
+        _validate_one(_without(cfg, "states"))   # the base config: the state point of `difftre evaluate states=null`
         for _, sub in state_configs(cfg):
             _validate_one(sub)
         return
     _validate_one(cfg)
+
+
+def _without(cfg: DictConfig, key: str) -> DictConfig:
+    """A copy of ``cfg`` with top-level ``key`` null."""
+    base = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with open_dict(base):
+        base[key] = None
+    return base
 
 
 def _unknown_keys(cfg: DictConfig) -> None:

@@ -103,13 +103,15 @@ class TrainingProgress:
         first, last = rows[0], rows[-1]
         table.add_row("updates", str(len(rows)))
         table.add_row("loss (first → last)", f"{first['loss']:.4g} → {last['loss']:.4g}")
-        for k in last:
+        for k in last:   # (rows of interleaved trainers carry different columns: the rows that have k)
             if k.startswith("loss_"):
-                table.add_row(k, f"{first[k]:.4g} → {last[k]:.4g}")
+                have = [r for r in rows if k in r]
+                table.add_row(k, f"{have[0][k]:.4g} → {last[k]:.4g}")
         if "reused" in last:
-            table.add_row("resampled trajectories", str(sum(1 for r in rows if not r["reused"])))
+            table.add_row("resampled trajectories", str(sum(1 for r in rows if r.get("reused") == 0)))
         if "update_time" in last:
-            table.add_row("wall time \\[s]", f"{sum(r['update_time'] + r['sample_time'] for r in rows):.1f}")
+            wall = sum(r.get("update_time", 0.0) + r.get("sample_time", 0.0) for r in rows)
+            table.add_row("wall time \\[s]", f"{wall:.1f}")
         for k, v in extra.items():
             table.add_row(k, str(v))
         Console(stderr=not self.console.is_terminal).print(table)

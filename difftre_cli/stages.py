@@ -51,33 +51,43 @@ def stage_configs(cfg: DictConfig, run_dir=None) -> list[tuple[str, DictConfig]]
     if cfg.get("states") is not None:
         raise UserError("stages and states (several state points) cannot be combined",
                         "train the state points in one stage-free run (stages=null)")
-    known = {p.stem for p in (CONFIG_DIR / "trainer").glob("*.yaml")}
+    if cfg.get("interleave") is not None:
+        raise UserError("stages and interleave cannot be combined",
+                        "interleave the trainers in a run of their own (stages=null), or run them as stages")
     out, previous = [], None
     for k, st in enumerate(stages, 1):
-        key = f"stages[{k - 1}]"
-        mapping(st, key, example)
-        name = st.get("trainer")
-        if name not in known:
-            raise UserError(f"{key}.trainer: unknown trainer {name!r}", f"use one of {', '.join(sorted(known))}")
-        base = OmegaConf.to_container(cfg, resolve=False)
-        for drop in ("stages", "hydra", "resume"):
-            base.pop(drop, None)
-        # the run's own trainer settings when the stage uses the run's trainer (a preset's tuned
-        # keys), else the trainer's defaults
-        same = OmegaConf.select(cfg, "trainer.kind", default=None) == name
-        trainer = OmegaConf.create(base["trainer"]) if same else OmegaConf.load(CONFIG_DIR / "trainer" / f"{name}.yaml")
-        own = {k2: v for k2, v in st.items() if k2 != "trainer" and k2 not in LIST_GROUPS + NAMED_GROUPS}
-        trainer = OmegaConf.merge(trainer, own)
-        for group in LIST_GROUPS + NAMED_GROUPS:
-            if st.get(group) is not None:
-                base[group] = _group(cfg, group, st.get(group), f"{key}.{group}")
+        name, sub = entry_config(cfg, st, f"stages[{k - 1}]", example)
         if previous is not None and run_dir is not None:
-            trainer.init_from = f"run:{stage_dir(run_dir, k - 1, previous)}"
-        base["trainer"] = OmegaConf.to_container(trainer, resolve=True)
-        out.append((f"stage{k}_{name}", OmegaConf.create(base)))
+            sub.trainer.init_from = f"run:{stage_dir(run_dir, k - 1, previous)}"
+        out.append((f"stage{k}_{name}", sub))
         previous = name
     return out
 
+
+def entry_config(cfg: DictConfig, st, key: str, example: str, skip: tuple = ()) -> tuple[str, DictConfig]:
+    """(trainer name, the full config) of one entry ``st`` of a list of trainers (``stages`` here,
+    ``interleave`` in interleave.py): the run's config with the entry's trainer (the run's own
+    ``trainer`` group when it is the same trainer, else its YAML) updated by the entry's keys and
+    with the groups the entry replaces. ``skip``: entry keys that are not the trainer's."""
+    mapping(st, key, example)
+    known = {p.stem for p in (CONFIG_DIR / "trainer").glob("*.yaml")}
+    name = st.get("trainer")
+    if name not in known:
+        raise UserError(f"{key}.trainer: unknown trainer {name!r}", f"use one of {', '.join(sorted(known))}")
+    base = OmegaConf.to_container(cfg, resolve=False)
+    for drop in ("stages", "interleave", "hydra", "resume"):
+        base.pop(drop, None)
+    # the run's own trainer settings when the entry uses the run's trainer (a preset's tuned
+    # keys), else the trainer's defaults
+    same = OmegaConf.select(cfg, "trainer.kind", default=None) == name
+    trainer = OmegaConf.create(base["trainer"]) if same else OmegaConf.load(CONFIG_DIR / "trainer" / f"{name}.yaml")
+    own = {k2: v for k2, v in st.items() if k2 != "trainer" and k2 not in LIST_GROUPS + NAMED_GROUPS + skip}
+    trainer = OmegaConf.merge(trainer, own)
+    for group in LIST_GROUPS + NAMED_GROUPS:
+        if st.get(group) is not None:
+            base[group] = _group(cfg, group, st.get(group), f"{key}.{group}")
+    base["trainer"] = OmegaConf.to_container(trainer, resolve=True)
+    return name, OmegaConf.create(base)
 
 def _group(cfg, group: str, value, key: str):
     """A stage's value of ``group``: entries of the run's group (a list), a group option (a

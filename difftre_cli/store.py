@@ -289,9 +289,10 @@ class RunStore:
                 ck.attrs[k] = v
             for name, tree in trees.items():
                 save_pytree(ck.create_group(name), tree)
-            if metrics:
+            if metrics:   # columns: every row's keys in first-seen order (interleaved trainers differ)
                 m = f.create_group("metrics")
-                for col in metrics[0]:
+                columns = list(dict.fromkeys(k for row in metrics for k in row))
+                for col in columns:
                     vals = [row.get(col) for row in metrics]
                     if all(isinstance(x, str) for x in vals):
                         m.create_dataset(col, data=np.array(vals, dtype=h5py.string_dtype()))
@@ -299,7 +300,7 @@ class RunStore:
                         m.create_dataset(col, data=np.array(vals, np.int64))  # stay integers on resume
                     else:
                         m.create_dataset(col, data=np.array([np.nan if x is None else x for x in vals], float))
-                m.attrs["columns"] = json.dumps(list(metrics[0]))
+                m.attrs["columns"] = json.dumps(columns)
             tg = f.create_group("trajectories")
             names = trajectory_names if trajectory_names is not None else [
                 self.trajectory_name(i) for i in range(n_trajectories)]
@@ -351,12 +352,22 @@ class RunStore:
             os.replace(tmp, path)
 
     def append_metrics_csv(self, row: dict) -> None:
+        """One row at the end of metrics.csv; a row with columns the file lacks rewrites it with
+        the union of the columns (rows of interleaved trainers differ in theirs)."""
         path = self.dir / METRICS_FILE
         new = not path.exists() or path.stat().st_size == 0
         size = 0 if new else path.stat().st_size
+        header = list(row)
+        if not new:
+            with open(path, newline="") as fh:
+                reader = csv.DictReader(fh)
+                header = list(reader.fieldnames or [])
+                if any(k not in header for k in row):
+                    self.rewrite_metrics_csv([*reader, row])
+                    return
         try:
             with _writing(None, METRICS_FILE, self.dir), open(path, "a", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=list(row))
+                w = csv.DictWriter(fh, fieldnames=header, restval="")
                 if new:
                     w.writeheader()
                 w.writerow(row)

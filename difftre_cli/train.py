@@ -33,7 +33,9 @@ from omegaconf import OmegaConf
 
 from . import assemble, metric_log
 from .errors import UserError
+from .interleave import NON_SAMPLING, interleave_entries, is_interleaved
 from .interrupt import GracefulStop
+from .learn.interleaved import InterleavedRegime
 from .learn.registry import trainer_kind
 from .monitor import CostEstimate, TrainingMonitor
 from .progress import TrainingProgress
@@ -66,6 +68,17 @@ class Trainer:
         self.c, self.samplers = None, {}
         if not kind.md:   # trains without MD components (trainer=static): the regime builds its own
             self.regime = kind.regime(cfg, self.store, None)
+        elif is_interleaved(cfg):   # several trainers' updates alternate (interleave.py)
+            entries = interleave_entries(cfg)
+            regimes = []
+            for e in entries:
+                c = assemble.build(e.cfg)
+                regimes.append(trainer_kind(e.name).regime(e.cfg, self.store, c))
+                if e.name == cfg.trainer.kind or self.c is None:
+                    self.c = c
+                if c.sampler is not None and e.name not in NON_SAMPLING:
+                    self.samplers[""] = c.sampler
+            self.regime = InterleavedRegime(entries, regimes)
         elif is_multistate(cfg):   # several state points, shared parameters
             if kind.multistate is None:
                 raise UserError(f"states (several state points) are not supported by trainer={cfg.trainer.kind}",
