@@ -29,7 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def lj_frames(cfg, n_frames: int, every: int, equilibration: int, seed: int):
-    """(positions (F, N, 3), forces (F, N, 3), energies (F,), box) of the true LJ fluid of ``cfg``."""
+    """(positions (F, N, 3), forces (F, N, 3), energies (F,), box, pressures (F,)) of the true LJ
+    fluid of ``cfg``; a frame's pressure is N k_BT/V − W/(3V), W = ∂U(sR)/∂s at s = 1 (the
+    configurational virial; the thermostat's k_BT, not the frame's kinetic energy)."""
     with open_dict(cfg):
         cfg.prior, cfg.model, cfg.states = {"kind": "lj", "epsilon": 1.0, "sigma": 1.0}, {"kind": None}, None
         cfg.simulator.first_equilibration_steps = equilibration
@@ -45,10 +47,16 @@ def lj_frames(cfg, n_frames: int, every: int, equilibration: int, seed: int):
     force = jax.jit(c.potential.force_fn(box))
     nbr_fn = neighbors.make_neighbor_fn(box, c.potential.list_cutoff, 0.0, 1.3)
     pos = np.asarray(res.trajectory.positions)
-    frc = []
+    pot = c.potential
+    virial = jax.jit(lambda R, idx: jax.grad(lambda s: pot.energy_from_features(params, pot.features_on_list(R, idx, box),
+                                                                                 s))(1.0))
+    frc, prs = [], []
+    n, volume, kT = pos.shape[1], box ** 3, float(c.system.kT)
     for R in pos:
-        frc.append(np.asarray(force(jnp.asarray(R), nbr_fn.allocate(jnp.asarray(R)), params)))
-    return pos, np.stack(frc), np.asarray(res.trajectory.energies), box
+        nb = nbr_fn.allocate(jnp.asarray(R))
+        frc.append(np.asarray(force(jnp.asarray(R), nb, params)))
+        prs.append(n * kT / volume - float(virial(jnp.asarray(R), nb.idx)) / (3.0 * volume))
+    return pos, np.stack(frc), np.asarray(res.trajectory.energies), box, np.array(prs)
 
 
 def main():
@@ -64,10 +72,10 @@ def main():
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
         cfg = compose(config_name="train", overrides=[f"config={args.config}", *args.overrides])
     t0 = time.perf_counter()
-    pos, frc, eng, box = lj_frames(cfg, args.frames, args.every, args.equilibration, args.seed)
+    pos, frc, eng, box, prs = lj_frames(cfg, args.frames, args.every, args.equilibration, args.seed)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_extxyz(out, pos, frc, eng, box)
+    write_extxyz(out, pos, frc, eng, box, pressures=prs)
     print(f"{out}: {len(pos)} frames of {pos.shape[1]} atoms, box {box:.6g} sigma, "
           f"{time.perf_counter() - t0:.1f} s")
 

@@ -136,7 +136,7 @@ def cli_env() -> dict:
 @pytest.fixture(scope="session")
 def lj_reference(tmp_path_factory):
     """(extended-XYZ file, N): 30 frames of the true LJ fluid (N = 256, ρ = 0.5, kT = 1.5, 50
-    steps apart) with noise-free forces, made by scripts/reference_lj.py's ``lj_frames`` with
+    steps apart) with noise-free forces and pressures (as ase stress), made by scripts/reference_lj.py's ``lj_frames`` with
     the project's own sampler: the reference of the bottom-up trainers' tests."""
     import importlib.util
     from pathlib import Path
@@ -151,8 +151,8 @@ def lj_reference(tmp_path_factory):
     n = 256   # ρ = 0.5: box 8 σ, more than twice the cutoff
     with initialize_config_dir(config_dir=str(root / "configs"), version_base=None):
         cfg = compose(config_name="train", overrides=["config=lj", f"system.n_particles={n}"])
-    pos, frc, eng, box = mod.lj_frames(cfg, n_frames=30, every=50, equilibration=2000, seed=7)
-    return write_extxyz(tmp_path_factory.mktemp("lj") / "lj.extxyz", pos, frc, eng, box), n
+    pos, frc, eng, box, prs = mod.lj_frames(cfg, n_frames=30, every=50, equilibration=2000, seed=7)
+    return write_extxyz(tmp_path_factory.mktemp("lj") / "lj.extxyz", pos, frc, eng, box, pressures=prs), n
 
 
 @pytest.fixture(scope="session")

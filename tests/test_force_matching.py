@@ -8,7 +8,11 @@
   gives, up to summation order;
 * the run loop: early stopping keeps the parameters of the best validation loss; a run
   stopped after two epochs and resumed is bit-identical to an uninterrupted one;
-* bad input ends with exit 2 and a fix line: no reference, a reference without forces.
+* the virial term is the mean squared error of the frames' pressures (the model's from the
+  observable engine's virial, the reference's from the file's stress), and with it the fit
+  matches the pressures as well as the forces;
+* bad input ends with exit 2 and a fix line: no reference, a reference without forces, a virial
+  term without pressures.
 """
 from __future__ import annotations
 
@@ -78,6 +82,52 @@ def test_force_matching_recovers_the_lj_pair_potential(own_fit):
     assert curve["max_abs_error"] < 0.02, curve["max_abs_error"]
     rows = out["rows"]
     assert rows[-1]["force_rmse_validation"] < 0.01 * rows[0]["force_rmse"]   # (the first: at the zero model)
+
+
+def test_virial_term_is_the_pressure_error(lj_file, tmp_path):
+    from types import SimpleNamespace
+
+    import ase.io
+
+    cfg = _cfg(_fm(lj_file, "trainer.virial_weight=2.0"))
+    c = assemble.build(cfg)
+    reg = ForceMatchingRegime(c, RunStore(tmp_path), cfg)
+    params, _ = reg.init(jax.random.PRNGKey(0))
+    params = jax.tree_util.tree_map(lambda x: x + 0.3, params)   # a model with a different pressure
+    rows = np.arange(reg.n_train)
+    sums = reg.learner.sums(params, reg._batch("train", rows))
+    # independently: the file's stress through ase, the model's virial through the observable engine
+    frames = [a for i, a in enumerate(ase.io.iread(str(lj_file), index=":")) if i in set(reg.ref.split["train"])]
+    p_ref = np.array([-np.trace(a.get_stress(voigt=False)) / 3 for a in frames])
+    feats = c.engine.featurize(SimpleNamespace(positions=np.stack([a.positions for a in frames]),
+                                               energies=np.zeros(len(frames))))
+    _, w = c.engine.snapshot_energies(params, feats.r)
+    ctx = c.engine.ctx
+    p_model = ctx.n_particles * ctx.kT / ctx.volume - np.asarray(w) / (3 * ctx.volume)
+    assert float(sums.pressure_sq) / float(sums.weight) == pytest.approx(np.mean((p_model - p_ref) ** 2), rel=1e-4)
+    assert float(sums.loss(0.0, 2.0)) == pytest.approx(
+        (float(sums.force_sq) + 2.0 * float(sums.pressure_sq)) / float(sums.weight), rel=1e-6)
+
+
+def test_fit_with_the_virial_term_matches_forces_and_pressures(lj_file, tmp_path):
+    cfg = _cfg(_fm(lj_file, "trainer.epochs=6", "trainer.patience=null", "trainer.virial_weight=1.0"))
+    out, curve = _fit(cfg, tmp_path / "run")
+    rows = out["rows"]
+    assert rows[-1]["pressure_rmse"] < 0.02 * rows[0]["pressure_rmse"], [r["pressure_rmse"] for r in rows]
+    assert curve["max_abs_error"] < 0.02, curve["max_abs_error"]
+
+
+def test_virial_term_without_pressures_is_a_config_error(lj_file, tmp_path):
+    import ase.io
+
+    frames = list(ase.io.iread(str(lj_file), index=":"))
+    for a in frames:
+        a.calc.results.pop("stress")
+    plain = tmp_path / "plain.extxyz"
+    ase.io.write(str(plain), frames, format="extxyz")
+    cfg = _cfg(_fm(lj_file, f"reference.file={plain}", "trainer.virial_weight=1.0"))
+    with pytest.raises(UserError, match="virial_weight=1.0 but plain.extxyz has no pressures"):
+        ForceMatchingRegime(assemble.build(cfg), RunStore(tmp_path / "r"), cfg)
 
 
 LAMMPS_LJ = """units lj

@@ -82,20 +82,25 @@ def write_gro_trr(d: Path, pos, frc, box=L_A, name="w", with_forces=True):
     return d / f"{name}.trr", d / f"{name}.gro"
 
 
-def write_h5md(d: Path, pos, frc, energies):
-    """H5MD through MDAnalysis in nm, kJ mol⁻¹ nm⁻¹; energies as observables/potential_energy."""
+def write_h5md(d: Path, pos, frc, energies, pressures=None):
+    """H5MD through MDAnalysis in nm, kJ mol⁻¹ nm⁻¹; energies as observables/potential_energy
+    (and pressures in bar as observables/pressure)."""
     u = _universe()
-    path = d / "w.h5md"
+    path = d / ("w.h5md" if pressures is None else "wp.h5md")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with MDA.Writer(str(path), len(u.atoms), velocities=False, forces=True, lengthunit="nm",
                         forceunit="kJ/(mol*nm)", timeunit="ps") as w:
-            for x, f, e in zip(pos, frc, energies):
+            for k, (x, f, e) in enumerate(zip(pos, frc, energies)):
                 u.atoms.positions, u.atoms.forces = x, f
                 u.trajectory.ts.data["potential_energy"] = e
+                if pressures is not None:
+                    u.trajectory.ts.data["pressure"] = pressures[k]
                 w.write(u.atoms)
     with h5py.File(path, "r+") as f:   # H5MD's unit attribute, which MDAnalysis does not write for observables
         f["observables/potential_energy/value"].attrs["unit"] = "kJ mol-1"
+        if pressures is not None:
+            f["observables/pressure/value"].attrs["unit"] = "bar"
     return path
 
 
@@ -241,6 +246,30 @@ def test_site_map_puts_the_bead_on_its_atom_with_the_molecules_force(files, data
     total = forces[[0, 3]].reshape(2, N_MOL, 3, 3).sum(axis=2)
     np.testing.assert_allclose(m.forces, 10.0 * total, rtol=1e-5, atol=1e-3)
     assert np.abs(total - forces[[0, 3]][:, ::3]).max() > 1.0    # the oxygen's own force would be wrong
+
+
+def test_pressures_from_extxyz_stress_in_run_units(tmp_path):
+    """ase's stress (eV/Å³, tension positive) -> the run's pressure: 1 eV/Å³ = 96485.33 kJ mol⁻¹ nm⁻³
+    (160.2 GPa); real units here, one-atom beads."""
+    from difftre_cli.reference.write import write_extxyz
+    rng = np.random.default_rng(1)
+    p = np.array([1e-4, -2e-4, 3e-5])   # eV/Å³
+    f = write_extxyz(tmp_path / "p.extxyz", rng.uniform(0, 20, (3, 5, 3)), rng.normal(size=(3, 5, 3)), np.zeros(3),
+                     20.0, pressures=p)
+    m = reference.open_reference(ref_cfg(f, mapping=OXYGEN_XYZ | {"beads": {"A": "name Ar"}}), units.REAL).map([0, 1, 2])
+    eV_kJ_mol = units.ELEMENTARY_CHARGE_C * 6.02214076e23 / 1e3
+    np.testing.assert_allclose(m.pressures, p * eV_kJ_mol * 1e3, rtol=1e-6)     # eV/Å³ -> kJ/mol/nm³
+    np.testing.assert_allclose(m.pressures[0] * units.BAR_PER_KJ_MOL_NM3, 1e-4 * 1.602176634e6, rtol=1e-5)   # bar
+
+
+def test_pressures_from_h5md_observables_in_run_units(files, data, tmp_path):
+    _, wrapped, forces, energies = data
+    bar = np.linspace(-300.0, 500.0, N_FRAMES)
+    f = write_h5md(tmp_path, wrapped, forces, energies, pressures=bar)
+    m = reference.open_reference(ref_cfg(f, topology=str(files["gro"])), units.REAL).map(np.arange(N_FRAMES))
+    np.testing.assert_allclose(m.pressures, bar / units.BAR_PER_KJ_MOL_NM3, rtol=1e-6)
+    assert reference.open_reference(ref_cfg(files["h5md"], topology=str(files["gro"])), units.REAL).map([0]).pressures \
+        is None
 
 
 def test_same_frame_in_every_format_reads_the_same(files, data):

@@ -5,11 +5,18 @@ Loss of a mini-batch of mapped reference frames f (weights w_f: 1, or 0 for padd
 
     L(θ) = Σ_f w_f Σ_i |F_θ,i(R_f) − F_ref,i,f|² / (3N Σ_f w_f)
            + energy_weight · Σ_f w_f ((U_θ(R_f) − U_ref,f) / N)² / Σ_f w_f
+           + virial_weight · Σ_f w_f (P_θ(R_f) − P_ref,f)² / Σ_f w_f
 
-(energy/length)² plus (energy per bead)², the forces F_θ = −∂U_θ/∂R of the potential the
-samplers use, on a fresh neighbour list per frame. The energy term needs energies in the
-reference file and is meaningful only where the mapped energy is the CG energy (single-atom
-maps of every atom; set energy_weight=0 otherwise).
+(energy/length)² plus (energy per bead)² plus pressure², the forces F_θ = −∂U_θ/∂R of the
+potential the samplers use, on a fresh neighbour list per frame (chemtrain's force, energy and
+virial losses, Fuchs et al. 2025, Eqs. 16–18, with the virial W per volume: ΔP = −ΔW/(3V)).
+The energy term needs energies in the reference file and is meaningful only where the mapped
+energy is the CG energy (single-atom maps of every atom; set energy_weight=0 otherwise). The
+virial term needs a pressure per frame (extended XYZ ``stress``, H5MD observables/pressure);
+P_θ = N k_BT/V − W_θ/(3V) with W_θ = ∂U_θ(sR)/∂s at s = 1 and the system's k_BT, so the
+reference's kinetic fluctuations only add zero-mean noise. Its natural use is a CG model whose
+mapped pressure is the fine-grained one (molecular virial), which force matching alone gets
+wrong.
 
 :class:`ForceMatching` is the learner: one jit call per mini-batch (loss, gradient, optax step),
 compiled once per run; on several devices the frames of a batch are split between them
@@ -50,6 +57,7 @@ class Batch(NamedTuple):
     forces: Any      # (B, N, 3) mapped forces
     energies: Any    # (B,) reference energies (zeros when the energy term is off)
     weight: Any      # (B,) 1 for a frame, 0 for padding
+    pressures: Any   # (B,) reference pressures (zeros when the virial term is off)
 
 
 class Sums(NamedTuple):
@@ -60,9 +68,11 @@ class Sums(NamedTuple):
     weight: Any       # Σ_f w_f
     list_full: Any    # a frame's neighbour list overflowed
     graph_full: Any   # a frame's graph capacity overflowed
+    pressure_sq: Any = 0.0   # Σ_f w_f (ΔP)² (0 when the virial term is off)
 
-    def loss(self, energy_weight: float):
-        return (self.force_sq + energy_weight * self.energy_sq) / jnp.maximum(self.weight, 1e-30)
+    def loss(self, energy_weight: float, virial_weight: float = 0.0):
+        return ((self.force_sq + energy_weight * self.energy_sq + virial_weight * self.pressure_sq)
+                / jnp.maximum(self.weight, 1e-30))
 
 
 class StepOut(NamedTuple):
@@ -83,7 +93,8 @@ class ForceMatching:
         self.potential = engine.potential
         self.box = engine.box
         self.optimizer = optimizer
-        self.energy_weight = 0.0
+        self.energy_weight = self.virial_weight = 0.0
+        self.ctx = engine.ctx   # N, V, k_BT of the ideal-gas term of P_θ
         self.damping = 1e-3
         self.devices = jax.devices()[:1]
         self.nbr_fn = neighbors.make_neighbor_fn(self.box, self.potential.list_cutoff, 0.0, 1.3)
@@ -92,15 +103,16 @@ class ForceMatching:
         self._compile()
 
     # -- settings --------------------------------------------------------------------------
-    def configure(self, optimizer, energy_weight: float = 0.0, n_devices: int = 1, damping: float = 1e-3) -> None:
-        """The optimiser, the energy term's weight, the number of devices a batch is split over and
-        the Gauss–Newton damping (a fraction of the matrix's mean diagonal)."""
+    def configure(self, optimizer, energy_weight: float = 0.0, n_devices: int = 1, damping: float = 1e-3,
+                  virial_weight: float = 0.0) -> None:
+        """The optimiser, the energy and virial terms' weights, the number of devices a batch is
+        split over and the Gauss–Newton damping (a fraction of the matrix's mean diagonal)."""
         available = jax.devices()
         if n_devices > len(available):
             raise UserError(f"trainer.devices={n_devices} but JAX sees {len(available)} device(s)",
                             f"set trainer.devices to at most {len(available)} (or all)")
         self.optimizer, self.energy_weight, self.devices = optimizer, float(energy_weight), available[:n_devices]
-        self.damping = float(damping)
+        self.damping, self.virial_weight = float(damping), float(virial_weight)
         self._compile()
 
     @property
@@ -150,26 +162,34 @@ class ForceMatching:
         self._gauss_newton = jax.jit(self._gauss_newton_impl)
 
     def _frame(self, params, R, template):
-        """(forces, energy, list overflow, graph overflow) of one frame on a fresh list."""
+        """(forces, energy, pressure, list overflow, graph overflow) of one frame on a fresh list;
+        the pressure (N k_BT/V − W/(3V), W the virial) only when the virial term is on (else 0)."""
         nb = self.nbr_fn.rebuild(R, template)
         graph_full = (self.potential.capacity_overflow(R, nb.idx) if self.potential.has_graph_capacity
                       else jnp.asarray(False))
         u, g = jax.value_and_grad(self._energy)(R, nb, params)
-        return -g, u, nb.did_buffer_overflow, graph_full
+        p = jnp.zeros((), u.dtype)
+        if self.virial_weight:
+            feats = self.potential.features_on_list(R, nb.idx, self.box)
+            w = jax.grad(lambda s: self.potential.energy_from_features(params, feats, s))(jnp.ones((), u.dtype))
+            c = self.ctx
+            p = c.n_particles * c.kT / c.volume - w / (3.0 * c.volume)
+        return -g, u, p, nb.did_buffer_overflow, graph_full
 
     def _local(self, params, batch: Batch, template):
         """(objective, Sums) of the frames on this device: the objective Σ w (|ΔF|²/3N + λ(ΔU/N)²)
         is the numerator of the loss (its gradient, divided by Σ w, is the loss's)."""
         one = lambda R: self._frame(params, R, template)  # noqa: E731
         per_snapshot = self.potential.snapshot_batch
-        F, U, lf, gf = (jax.lax.map(one, batch.positions, batch_size=per_snapshot) if per_snapshot
-                        else jax.vmap(one)(batch.positions))
+        F, U, Pr, lf, gf = (jax.lax.map(one, batch.positions, batch_size=per_snapshot) if per_snapshot
+                            else jax.vmap(one)(batch.positions))
         n = batch.positions.shape[1]
         w = batch.weight.astype(F.dtype)
         force_sq = jnp.sum(w * jnp.sum((F - batch.forces) ** 2, axis=(1, 2))) / (3 * n)
         energy_sq = jnp.sum(w * ((U - batch.energies) / n) ** 2)
-        objective = force_sq + self.energy_weight * energy_sq
-        return objective, Sums(force_sq, energy_sq, jnp.sum(w), jnp.any(lf), jnp.any(gf))
+        pressure_sq = jnp.sum(w * (Pr - batch.pressures) ** 2) if self.virial_weight else jnp.zeros((), F.dtype)
+        objective = force_sq + self.energy_weight * energy_sq + self.virial_weight * pressure_sq
+        return objective, Sums(force_sq, energy_sq, jnp.sum(w), jnp.any(lf), jnp.any(gf), pressure_sq)
 
     def _reduced(self, fn):
         """``fn(params, batch, template)`` on all devices: the batch split along its frames, the
@@ -190,26 +210,30 @@ class ForceMatching:
         return self._reduced(lambda p, b, t: self._local(p, b, t)[1])(params, batch, template)
 
     def _gauss_newton_impl(self, params, batch: Batch, template):
-        """(Σ_f w_f J_fᵀ J_f / 3N, Σ_f w_f, overflow flags): J_f the Jacobian of frame f's model
-        forces with respect to the flattened parameters (forward mode, one pass per parameter)."""
+        """(Σ_f w_f J_fᵀ J_f, Σ_f w_f, overflow flags): J_f the Jacobian of frame f's residuals
+        (model forces / √(3N), and √virial_weight · P_θ when the virial term is on) with respect
+        to the flattened parameters (forward mode, one pass per parameter)."""
         flat, unravel = ravel_pytree(params)
         n = batch.positions.shape[1]
+        root_vw = self.virial_weight ** 0.5
 
         def local(p, b, t):
             def one(R, w):
-                def forces(th):
-                    f, _, lf, gf = self._frame(unravel(th), R, t)
-                    return f.reshape(-1), (lf, gf)
-                J, (lf, gf) = jax.jacfwd(forces, has_aux=True)(flat)
-                return w * (J.T @ J) / (3 * n), lf, gf
+                def residuals(th):
+                    f, _, pr, lf, gf = self._frame(unravel(th), R, t)
+                    r = f.reshape(-1) / (3 * n) ** 0.5
+                    return (jnp.concatenate([r, root_vw * pr[None]]) if self.virial_weight else r), (lf, gf)
+                J, (lf, gf) = jax.jacfwd(residuals, has_aux=True)(flat)
+                return w * (J.T @ J), lf, gf
             G, lf, gf = jax.lax.map(lambda x: one(*x), (b.positions, b.weight.astype(flat.dtype)))
             return jnp.sum(G, 0), jnp.sum(b.weight), jnp.any(lf), jnp.any(gf)
         return self._reduced(local)(flat, batch, template)
 
     def gauss_newton(self, params, batch: Batch):
-        """The damped Gauss–Newton matrix of the force loss on ``batch`` (a preconditioner for
-        :meth:`step`): 2 JᵀJ / (3N Σw) — the loss's Hessian when the forces are linear in the
-        parameters, so that a unit step is the Newton step — + damping · mean diagonal · I, K × K."""
+        """The damped Gauss–Newton matrix of the loss on ``batch`` (a preconditioner for
+        :meth:`step`): 2 JᵀJ / Σw of the force (and virial) residuals — the loss's Hessian when
+        forces and pressure are linear in the parameters, so that a unit step is the Newton step
+        — + damping · mean diagonal · I, K × K."""
         K = ravel_pytree(params)[0].size
         if K > GAUSS_NEWTON_MAX_PARAMS:
             raise UserError(f"trainer.precondition=gauss_newton stores a K x K matrix, and this model has K = {K} "
@@ -234,7 +258,8 @@ class ForceMatching:
             grads = unravel(jnp.linalg.solve(precond, g_flat))
         fits = ~(sums.list_full | sums.graph_full)
         new_params, new_opt, gnorm, finite = apply_update(self.optimizer, params, opt_state, grads,
-                                                          sums.loss(self.energy_weight), lr_scale, ok=fits)
+                                                          sums.loss(self.energy_weight, self.virial_weight), lr_scale,
+                                                          ok=fits)
         return new_params, new_opt, StepOut(sums, gnorm, finite)
 
     # -- calls with the overflow rule ----------------------------------------------------------

@@ -41,6 +41,7 @@ def validate_keys(tc, updates: int) -> None:
     number(tc, "patience", prefix=T, integer=True, lo=1, required=False, example="20")
     number(tc, "min_delta", prefix=T, lo=0.0, required=False, example="0.001")
     number(tc, "energy_weight", prefix=T, lo=0.0, required=False, example="0.0")
+    number(tc, "virial_weight", prefix=T, lo=0.0, required=False, example="1.0")
     choice(tc, "precondition", PRECONDITIONERS, prefix=T, default="none", what="preconditioner")
     number(tc, "precondition_frames", prefix=T, integer=True, lo=1, required=False, example="64")
     number(tc, "precondition_every", prefix=T, integer=True, lo=0, required=False, example="1")
@@ -66,6 +67,7 @@ class ForceMatchingRegime(Regime):
         self.ref = reference.open_reference(cfg.reference, c.system.units, box=c.system.box_size,
                                             n_particles=c.system.n_particles, require_forces=True)
         self.energy_weight = float(tc.get("energy_weight", 0.0) or 0.0)
+        self.virial_weight = float(tc.get("virial_weight", 0.0) or 0.0)
         self.init_from = tc.get("init_from")
         self.learner = c.learner
         self.n_train = len(self.ref.split["train"])
@@ -74,7 +76,7 @@ class ForceMatchingRegime(Regime):
         devices = tc.get("devices", "all")
         n_dev = len(jax.devices()) if devices == "all" else int(devices)
         self.learner.configure(optim.build(cfg.optimizer, int(tc.updates) * self.n_batches),
-                               self.energy_weight, n_dev, float(tc.get("damping", 1e-3)))
+                               self.energy_weight, n_dev, float(tc.get("damping", 1e-3)), self.virial_weight)
         self.precondition = tc.get("precondition", "none")
         frames = tc.get("precondition_frames")
         self.precondition_frames = self.n_train if frames is None else min(int(frames), self.n_train)
@@ -87,6 +89,10 @@ class ForceMatchingRegime(Regime):
         if self.energy_weight > 0 and self._first_frames().energies is None:
             raise UserError(f"trainer.energy_weight={self.energy_weight} but {self.ref.settings.file.name} has no "
                             "energies", "set trainer.energy_weight=0 or give a reference file with energies")
+        if self.virial_weight > 0 and self._first_frames().pressures is None:
+            raise UserError(f"trainer.virial_weight={self.virial_weight} but {self.ref.settings.file.name} has no "
+                            "pressures", "set trainer.virial_weight=0 or give a reference file with a pressure per "
+                            "frame (extended XYZ `stress`, H5MD observables/pressure)")
         self.epoch, self.best, self.since_best, self.best_params = 0, math.inf, 0, None
 
     # -- frames --------------------------------------------------------------------------------
@@ -101,17 +107,21 @@ class ForceMatchingRegime(Regime):
             keep = np.argsort(order)   # back to the drawn order
             pos, frc = m.positions[keep], m.forces[keep]
             eng = None if m.energies is None else m.energies[keep]
+            prs = None if m.pressures is None else m.pressures[keep]
         else:
             m = self.frames[which]
             pos, frc, eng = m.positions[rows], m.forces[rows], None if m.energies is None else m.energies[rows]
+            prs = None if m.pressures is None else m.pressures[rows]
         n, pad = len(rows), self.padded - len(rows)
         eng = np.zeros(n) if eng is None or self.energy_weight == 0 else eng
+        prs = np.zeros(n) if prs is None or self.virial_weight == 0 else prs
         dtype = jnp.result_type(float)
 
         def padded(a):
             a = np.asarray(a)
             return jnp.asarray(np.concatenate([a, np.repeat(a[:1], pad, 0)]) if pad else a, dtype)
-        return Batch(padded(pos), padded(frc), padded(eng), jnp.asarray(np.r_[np.ones(n), np.zeros(pad)], dtype))
+        return Batch(padded(pos), padded(frc), padded(eng), jnp.asarray(np.r_[np.ones(n), np.zeros(pad)], dtype),
+                     padded(prs))
 
     # -- state ---------------------------------------------------------------------------------
     def init(self, key):
@@ -150,20 +160,21 @@ class ForceMatchingRegime(Regime):
         t0 = time.perf_counter()
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_train)
         self.epoch += 1
-        force, energy, weight, finite, gnorm = 0.0, 0.0, 0.0, True, float("nan")
+        acc, finite, gnorm = np.zeros(4), True, float("nan")
         precond = self._preconditioner(params, order)
         for b in range(self.n_batches):
             rows = order[b * self.batch_size:(b + 1) * self.batch_size]
             params, opt_state, out = self.learner.step(params, opt_state, self._batch("train", rows), lr_scale,
                                                        precond)
-            s = jax.device_get(out.sums)
-            force, energy, weight = force + float(s.force_sq), energy + float(s.energy_sq), weight + float(s.weight)
+            acc += _totals(out.sums)
             finite &= bool(out.finite)
             gnorm = float(out.grad_norm)
         t_train = time.perf_counter() - t0
         val = self._validation(params) if finite else None
-        fields = {"loss": (force + self.energy_weight * energy) / weight,
+        force, energy, pressure, weight = acc
+        fields = {"loss": (force + self.energy_weight * energy + self.virial_weight * pressure) / weight,
                   "force_rmse": math.sqrt(force / weight), "energy_rmse": math.sqrt(energy / weight),
+                  "pressure_rmse": math.sqrt(pressure / weight) if self.virial_weight else float("nan"),
                   "loss_validation": float("nan"), "force_rmse_validation": float("nan"),
                   "epochs_since_best": self.since_best, "grad_norm": gnorm, "epoch_time": time.perf_counter() - t0,
                   "frames_per_s": self.n_train / t_train}
@@ -198,12 +209,12 @@ class ForceMatchingRegime(Regime):
         n = len(self.ref.split["validation"])
         if n == 0:
             return None
-        force = energy = weight = 0.0
+        acc = np.zeros(4)
         for start in range(0, n, self.batch_size):
             rows = np.arange(start, min(n, start + self.batch_size))
-            s = jax.device_get(self.learner.sums(params, self._batch("validation", rows)))
-            force, energy, weight = force + float(s.force_sq), energy + float(s.energy_sq), weight + float(s.weight)
-        return {"loss_validation": (force + self.energy_weight * energy) / weight,
+            acc += _totals(self.learner.sums(params, self._batch("validation", rows)))
+        force, energy, pressure, weight = acc
+        return {"loss_validation": (force + self.energy_weight * energy + self.virial_weight * pressure) / weight,
                 "force_rmse_validation": math.sqrt(force / weight)}
 
     def _early_stopping(self, params, opt_state, fields: dict) -> Proposal:
@@ -230,3 +241,9 @@ class ForceMatchingRegime(Regime):
             out["force RMSE (validation)"] = f"{last['force_rmse_validation']:.4g}"
         out["frames per second"] = f"{np.median([r['frames_per_s'] for r in good]):.1f}"
         return out
+
+
+def _totals(sums) -> np.ndarray:
+    """(Σ|ΔF|²/3N, Σ(ΔU/N)², Σ(ΔP)², Σw) of a batch's :class:`force_matching.Sums`, on the host."""
+    s = jax.device_get(sums)
+    return np.array([float(s.force_sq), float(s.energy_sq), float(s.pressure_sq), float(s.weight)])

@@ -65,7 +65,8 @@ class Reference:
         a = self.trajectory.read(indices)
         _check_frames(a, self)
         return MappedFrames(self.cg_map.positions(a.positions, a.boxes),
-                            None if a.forces is None else self.cg_map.forces(a.forces), a.energies, a.boxes, a.indices)
+                            None if a.forces is None else self.cg_map.forces(a.forces), a.energies, a.boxes, a.indices,
+                            a.pressures)
 
     def load(self, which: str = "train") -> MappedFrames:
         """Every frame of one set (``train`` or ``validation``) at once."""
@@ -117,7 +118,7 @@ def check(cfg, system_units: units.UnitSystem, *, box: float | None = None, n_pa
 def _check_frames(a, ref: Reference) -> None:
     """Finite numbers, and the system's box (when known) in every frame."""
     s = ref.settings
-    for name, arr in (("positions", a.positions), ("forces", a.forces)):
+    for name, arr in (("positions", a.positions), ("forces", a.forces), ("pressures", a.pressures)):
         if arr is not None and not np.all(np.isfinite(arr)):
             k = int(np.argmax(~np.all(np.isfinite(arr.reshape(len(arr), -1)), axis=1)))
             raise UserError(f"reference.file: frame {int(a.indices[k])} of {s.file} has NaN or infinite {name}",

@@ -80,13 +80,15 @@ class Frames:
     """Frames in the run's units, of atoms (as read) or of beads (mapped): ``positions``/
     ``forces`` (F, N, 3) (forces None if the file has none; of beads: the mapped forces),
     ``energies`` (F,) the fine-grained total potential energy (None if the file has none),
-    ``boxes`` (F, 3) edges of the orthorhombic box, ``indices`` (F,) frame numbers in the file."""
+    ``boxes`` (F, 3) edges of the orthorhombic box, ``indices`` (F,) frame numbers in the file,
+    ``pressures`` (F,) the instantaneous pressure of each frame (None if the file has none)."""
 
     positions: np.ndarray
     forces: np.ndarray | None
     energies: np.ndarray | None
     boxes: np.ndarray
     indices: np.ndarray
+    pressures: np.ndarray | None = None
 
 
 @dataclass
@@ -99,6 +101,7 @@ class Trajectory:
     factors: tuple[float, float, float]
     has_forces: bool
     energy_factor: float | None   # None: no energies in the file (or of unknown unit)
+    pressure_factor: float | None = None   # None: no pressures in the file
     _n_frames: int | None = field(default=None, repr=False)
     _cursor: tuple | None = field(default=None, repr=False)   # extended XYZ: (next frame, ase's iterator)
 
@@ -118,10 +121,10 @@ class Trajectory:
         """The frames ``indices`` (ascending), converted to the run's units."""
         idx = np.asarray(indices, dtype=int)
         with _damaged(self.settings, f"reading frames {idx.min()}-{idx.max()}"):
-            pos, frc, eng, box = _read_ase(self, idx) if self.settings.format == "extxyz" else _read_mda(self, idx)
+            pos, frc, eng, box, prs = (_read_ase if self.settings.format == "extxyz" else _read_mda)(self, idx)
         fl, _, ff = self.factors
-        return Frames(pos * fl, None if frc is None else frc * ff,
-                          None if eng is None else eng * self.energy_factor, box * fl, idx)
+        return Frames(pos * fl, None if frc is None else frc * ff, None if eng is None else eng * self.energy_factor,
+                      box * fl, idx, None if prs is None else prs * self.pressure_factor)
 
 
 def open_trajectory(s: ReferenceSettings, system: units.UnitSystem) -> Trajectory:
@@ -184,11 +187,13 @@ def _open_mda(s: ReferenceSettings, system: units.UnitSystem) -> Trajectory:
                         f"(length {u.trajectory.units['length']})", "remove reference.units (set it to null)")
     source = units.TRAJECTORY_STYLES[s.units] if declared else units.MDANALYSIS_UNITS
     factors = units.trajectory_factors(*source, system)
-    energy = None
+    energy = pressure = None
     if s.format == "h5md" and "potential_energy" in u.trajectory.ts.data:
         unit = _h5md_energy_unit(s) or (source[1] if declared else None)
         energy = None if unit is None else units.trajectory_factors(source[0], unit, system)[1]
-    return Trajectory(s, u, factors, bool(u.trajectory.ts.has_forces), energy, len(u.trajectory))
+    if s.format == "h5md" and "pressure" in u.trajectory.ts.data:
+        pressure = _h5md_pressure_factor(s, system)
+    return Trajectory(s, u, factors, bool(u.trajectory.ts.has_forces), energy, pressure, len(u.trajectory))
 
 
 def _h5md_energy_unit(s: ReferenceSettings) -> str | None:
@@ -204,8 +209,22 @@ def _h5md_energy_unit(s: ReferenceSettings) -> str | None:
     return H5MD_ENERGY_UNITS[unit]
 
 
+def _h5md_pressure_factor(s: ReferenceSettings, system: units.UnitSystem) -> float:
+    """The factor from an H5MD file's observables/pressure (its ``unit`` attribute: bar, atm,
+    GPa, kJ mol-1 nm-3, or reduced) to the run's pressure unit."""
+    with h5py.File(s.file, "r") as f:
+        unit = f["observables/pressure/value"].attrs.get("unit")
+    unit = unit.decode() if isinstance(unit, bytes) else unit
+    names = {"kJ mol-1 nm-3": "kJ/mol/nm^3", None: "reduced" if system.name == "lj" else None}
+    name = names.get(unit, unit)
+    if name is None:
+        raise UserError(f"reference.file: observables/pressure in {s.file} has no unit attribute",
+                        "write its unit (bar, atm, GPa or kJ mol-1 nm-3) as the dataset's `unit` attribute")
+    return units.pressure_factor(name, system)
+
+
 def _read_mda(t: Trajectory, idx: np.ndarray):
-    pos, frc, eng, box = [], [], [], []
+    pos, frc, eng, box, prs = [], [], [], [], []
     for ts in _timesteps(t.universe.trajectory, idx):
         pos.append(np.array(ts.positions, dtype=np.float64))
         box.append(_orthorhombic(ts.dimensions, ts.frame, t.settings))
@@ -217,8 +236,11 @@ def _read_mda(t: Trajectory, idx: np.ndarray):
             frc.append(np.array(ts.forces, dtype=np.float64))
         if t.energy_factor is not None:
             eng.append(float(ts.data["potential_energy"]))
+        if t.pressure_factor is not None:
+            prs.append(float(ts.data["pressure"]))
     return (np.stack(pos), np.stack(frc) if t.has_forces else None,
-            np.array(eng) if t.energy_factor is not None else None, np.stack(box))
+            np.array(eng) if t.energy_factor is not None else None, np.stack(box),
+            np.array(prs) if t.pressure_factor is not None else None)
 
 
 def _timesteps(trajectory, idx: np.ndarray):
@@ -267,7 +289,8 @@ def _open_ase(s: ReferenceSettings, system: units.UnitSystem) -> Trajectory:
     factors = units.trajectory_factors(*source, system)
     results = first.calc.results if first.calc is not None else {}
     energy = factors[1] if "energy" in results else None
-    return Trajectory(s, u, factors, "forces" in results, energy)
+    pressure = factors[1] / factors[0] ** 3 if "stress" in results else None   # ase: energy/length³
+    return Trajectory(s, u, factors, "forces" in results, energy, pressure)
 
 
 def _ase_frames(t: Trajectory, first: int, last: int):
@@ -290,7 +313,7 @@ def _ase_frames(t: Trajectory, first: int, last: int):
 
 def _read_ase(t: Trajectory, idx: np.ndarray):
     wanted = {int(i): k for k, i in enumerate(idx)}
-    pos, frc, eng, box = [None] * len(idx), [None] * len(idx), [None] * len(idx), [None] * len(idx)
+    pos, frc, eng, box, prs = ([None] * len(idx) for _ in range(5))
     for i, atoms in _ase_frames(t, int(idx.min()), int(idx.max())):
         if i not in wanted:
             continue
@@ -309,9 +332,13 @@ def _read_ase(t: Trajectory, idx: np.ndarray):
             frc[k] = np.asarray(results["forces"], dtype=np.float64)
         if t.energy_factor is not None:
             eng[k] = float(results.get("energy", np.nan))
+        if t.pressure_factor is not None:   # ase's stress: Voigt (or 3 x 3), tension positive
+            stress = np.asarray(results.get("stress", np.full(6, np.nan)), dtype=np.float64)
+            prs[k] = -float(np.trace(stress) if stress.ndim == 2 else stress[:3].sum()) / 3.0
     missing = [int(i) for i, k in wanted.items() if pos[k] is None]
     if missing:
         raise UserError(f"reference.stop: frame {missing[0]} is past the end of {t.settings.file}",
                         "lower reference.stop (or set it to null)")
     return (np.stack(pos), np.stack(frc) if t.has_forces else None,
-            np.array(eng) if t.energy_factor is not None else None, np.stack(box))
+            np.array(eng) if t.energy_factor is not None else None, np.stack(box),
+            np.array(prs) if t.pressure_factor is not None else None)
