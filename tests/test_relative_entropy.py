@@ -79,7 +79,8 @@ def test_gradient_is_the_difference_of_the_two_averages(setup):
     c, feats, _, _, theta = setup
     with jax.enable_x64(True):
         L = c.learner
-        (_, _), grads = jax.jit(jax.value_and_grad(L.objective, has_aux=True))(theta, feats, L.ref_feats)
+        ref = L.reference_average(theta)
+        (_, _), grads = jax.jit(jax.value_and_grad(L.objective, has_aux=True))(theta, feats, ref)
         g = np.asarray(ravel_pytree(grads)[0])
         dref, _ = _per_state_grads(c, theta, L.ref_feats.r)
         dmod, u = _per_state_grads(c, theta, feats.r)
@@ -92,7 +93,7 @@ def test_gradient_is_the_difference_of_the_two_averages(setup):
         flat, unravel = ravel_pytree(theta)
         d = g / np.linalg.norm(g)
         h = 1e-4
-        objective = jax.jit(lambda th: L.objective(unravel(th), feats, L.ref_feats)[0])
+        objective = jax.jit(lambda th: L.objective(unravel(th), feats, L.reference_average(unravel(th)))[0])
         f = lambda t: float(objective(flat + t * d))  # noqa: E731
         assert (f(h) - f(-h)) / (2 * h) == pytest.approx(float(g @ d), rel=1e-6)
 
@@ -103,10 +104,26 @@ def test_gradient_vanishes_when_the_reference_is_the_model_ensemble(setup):
         L = c.learner
         own = type(L)(c.engine, c.targets, c.optimizer)
         own.set_reference(traj.positions)
-        (_, _), grads = jax.value_and_grad(own.objective, has_aux=True)(p0, feats, own.ref_feats)
+        (_, _), grads = jax.value_and_grad(own.objective, has_aux=True)(p0, feats, own.reference_average(p0))
         g = np.asarray(ravel_pytree(grads)[0])
         scale = c.engine.beta * np.abs(np.asarray(_per_state_grads(c, p0, feats.r)[0])).mean(0).max()
         assert np.abs(g).max() < 1e-10 * scale
+
+
+def test_streamed_reference_gives_the_in_memory_average(setup, lj_reference):
+    """reference.batch_frames: the frames read and featurized 7 at a time (the last batch padded
+    with weight 0) give β⟨U⟩_ref and its gradient of the features kept in memory."""
+    c, _, _, _, theta = setup
+    with jax.enable_x64(True):
+        cfg = _cfg(lj_reference, "precision=double", "reference.batch_frames=7")
+        ref = reference.open_reference(cfg.reference, c.system.units, box=c.system.box_size,
+                                       n_particles=c.system.n_particles)
+        assert len(ref.split["train"]) % 7 != 0     # a padded last batch
+        streamed = type(c.learner)(c.engine, c.targets, c.optimizer)
+        streamed.set_reference(stream=lambda: (m.positions for m in ref.batches("train", 7)), batch=7)
+        a, b = c.learner.reference_average(theta), streamed.reference_average(theta)
+        assert float(b.value) == pytest.approx(float(a.value), rel=1e-12)
+        np.testing.assert_allclose(ravel_pytree(b.grad)[0], ravel_pytree(a.grad)[0], rtol=1e-10)
 
 
 def test_a_short_run_reuses_trajectories_and_lowers_the_objective(lj_reference, tmp_path):

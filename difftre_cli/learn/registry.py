@@ -92,10 +92,15 @@ def _on_trainer_cfg(cls):
 
 def _relative_entropy(cfg, store, c):
     """DiffTRe's regime (trajectory reuse while N_eff allows) on the relative-entropy learner,
-    given the mapped reference frames (the training set of the ``reference`` group)."""
+    given the mapped reference frames (the training set of the ``reference`` group; streamed
+    when ``reference.batch_frames`` is set)."""
     ref = reference.open_reference(cfg.reference, c.system.units, box=c.system.box_size,
                                    n_particles=c.system.n_particles)
-    c.learner.set_reference(ref.load("train").positions)
+    size = ref.settings.batch_frames
+    if size is None:
+        c.learner.set_reference(ref.load("train").positions)
+    else:   # streamed: read and featurized batch by batch at every step
+        c.learner.set_reference(stream=lambda: (m.positions for m in ref.batches("train", size)), batch=size)
     return DiffTReRegime(c, store, float(cfg.trainer.get("reweight_ratio", 0.9)), _init_from(cfg.trainer))
 
 
