@@ -28,6 +28,19 @@ def _component_bars(ax, name: str, d: dict, ev: dict) -> None:
         ax.set_ylabel(f"{name} [{unit}]")
 
 
+def _series(rows: list[dict]) -> dict:
+    """{label: rows} of the training curves: one unlabelled series, or (interleaved trainers,
+    a ``trainer`` column) one per trainer with its own columns unprefixed."""
+    if not rows or "trainer" not in rows[0]:
+        return {None: rows}
+    out = {}
+    for r in rows:
+        name = r["trainer"]
+        own = {k.split(".", 1)[1]: v for k, v in r.items() if k.startswith(f"{name}.")}
+        out.setdefault(name, []).append({"update": r["update"], **own, "loss": r["loss"]})
+    return out
+
+
 def plot_all(run_dir: Path, ev: dict, rows: list[dict]) -> list[Path]:
     paths = []
     for name, d in ev["targets"].items():
@@ -50,22 +63,27 @@ def plot_all(run_dir: Path, ev: dict, rows: list[dict]) -> list[Path]:
         paths.append(p)
     if rows:
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-        upd = [r["update"] for r in rows]
-        axes[0].semilogy(upd, [r["loss"] for r in rows])
-        axes[0].set_title("loss")
         # the reweighting trainers log N_eff and sampling/update times; force matching its
-        # validation loss and epoch time (columns differ by trainer: plot what the rows have)
-        middle = next((k for k in ("n_eff", "loss_validation") if k in rows[0]), None)
-        if middle:
-            axes[1].plot(upd, [r[middle] for r in rows])
-            axes[1].set_title({"n_eff": "N_eff", "loss_validation": "validation loss"}[middle])
-        if "epoch_time" in rows[0]:
-            axes[2].plot(upd, [r["epoch_time"] for r in rows])
-        elif "update_time" in rows[0]:
-            axes[2].plot(upd, [r["update_time"] + r.get("sample_time", 0.0) for r in rows])
+        # validation loss and epoch time (columns differ by trainer: plot what the rows have);
+        # interleaved trainers: one line per trainer, from its own (prefixed) columns
+        for label, own in _series(rows).items():
+            upd = [r["update"] for r in own]
+            axes[0].semilogy(upd, [r["loss"] for r in own], label=label)
+            middle = next((k for k in ("n_eff", "loss_validation") if k in own[0]), None)
+            if middle:
+                name = {"n_eff": "N_eff", "loss_validation": "validation loss"}[middle]
+                axes[1].plot(upd, [r[middle] for r in own], label=f"{label}: {name}" if label else None)
+                axes[1].set_title(name if label is None else "N_eff / validation loss")
+            if "epoch_time" in own[0]:
+                axes[2].plot(upd, [r["epoch_time"] for r in own], label=label)
+            elif "update_time" in own[0]:
+                axes[2].plot(upd, [r["update_time"] + r.get("sample_time", 0.0) for r in own], label=label)
+        axes[0].set_title("loss")
         axes[2].set_title("wall time per update [s]")
         for a in axes:
             a.set_xlabel("update")
+            if a.get_legend_handles_labels()[0]:
+                a.legend()
         fig.tight_layout()
         p = run_dir / "training.png"
         fig.savefig(p, dpi=120)

@@ -6,7 +6,8 @@ updates alternating on one set of parameters.
   two as stages (the hand-off is right): equal to 1e-3, not bit for bit, because the interleaved
   run's MD state was initialised (its stored forces, used by the first step) at the initial
   parameters and the staged run's at the force-matched ones;
-* the metrics name the trainer of every update and carry its own columns;
+* the metrics name the trainer of every update and carry its own columns; the training curves
+  are drawn per trainer from them;
 * a run stopped after an update of the cycle and resumed equals the uninterrupted run;
 * bad interleave configs are config errors.
 """
@@ -27,6 +28,7 @@ from difftre_cli.errors import UserError
 from difftre_cli.interleave import Entry, interleave_entries
 from difftre_cli.interrupt import GracefulStop, Interrupted
 from difftre_cli.learn.interleaved import entry_at
+from difftre_cli.plots import _series
 
 ROOT = Path(__file__).resolve().parent.parent
 DIFFTRE = "{trainer: difftre, steps: %d, optimizer: sgd, targets: [rdf]}"
@@ -52,6 +54,15 @@ def _leaves(tree):
 def test_schedule_cycles_through_the_entries_by_their_steps():
     entries = [Entry("force_matching", None, 1, 1.0), Entry("difftre", None, 2, 1.0)]
     assert [entry_at(entries, k) for k in range(7)] == [0, 1, 1, 0, 1, 1, 0]
+
+
+def test_training_curves_are_drawn_per_trainer():
+    rows = [{"update": 0, "loss": 5.0, "trainer": "force_matching", "force_matching.loss_validation": 4.0},
+            {"update": 1, "loss": 0.1, "trainer": "difftre", "difftre.n_eff": 90.0, "reused": 0}]
+    s = _series(rows)
+    assert s == {"force_matching": [{"update": 0, "loss_validation": 4.0, "loss": 5.0}],
+                 "difftre": [{"update": 1, "n_eff": 90.0, "loss": 0.1}]}
+    assert _series([{"update": 0, "loss": 1.0}]) == {None: [{"update": 0, "loss": 1.0}]}
 
 
 def test_each_entry_gets_its_share_of_the_updates(lj_reference):
