@@ -21,7 +21,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import ase.io
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,10 +87,6 @@ def test_force_matching_recovers_the_lj_pair_potential(own_fit):
 
 
 def test_virial_term_is_the_pressure_error(lj_file, tmp_path):
-    from types import SimpleNamespace
-
-    import ase.io
-
     cfg = _cfg(_fm(lj_file, "trainer.virial_weight=2.0"))
     c = assemble.build(cfg)
     reg = ForceMatchingRegime(c, RunStore(tmp_path), cfg)
@@ -118,8 +116,6 @@ def test_fit_with_the_virial_term_matches_forces_and_pressures(lj_file, tmp_path
 
 
 def test_virial_term_without_pressures_is_a_config_error(lj_file, tmp_path):
-    import ase.io
-
     frames = list(ase.io.iread(str(lj_file), index=":"))
     for a in frames:
         a.calc.results.pop("stress")

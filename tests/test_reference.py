@@ -26,6 +26,7 @@ from ase.io import write as ase_write
 from difftre_cli import cli, commands, reference, units
 from difftre_cli.errors import UserError
 from difftre_cli.reference import frames, read
+from difftre_cli.reference.write import write_extxyz as write_lj_extxyz
 from difftre_cli.system import lattice_positions
 
 MDA = read._mdanalysis()
@@ -251,10 +252,9 @@ def test_site_map_puts_the_bead_on_its_atom_with_the_molecules_force(files, data
 def test_pressures_from_extxyz_stress_in_run_units(tmp_path):
     """ase's stress (eV/Å³, tension positive) -> the run's pressure: 1 eV/Å³ = 96485.33 kJ mol⁻¹ nm⁻³
     (160.2 GPa); real units here, one-atom beads."""
-    from difftre_cli.reference.write import write_extxyz
     rng = np.random.default_rng(1)
     p = np.array([1e-4, -2e-4, 3e-5])   # eV/Å³
-    f = write_extxyz(tmp_path / "p.extxyz", rng.uniform(0, 20, (3, 5, 3)), rng.normal(size=(3, 5, 3)), np.zeros(3),
+    f = write_lj_extxyz(tmp_path / "p.extxyz", rng.uniform(0, 20, (3, 5, 3)), rng.normal(size=(3, 5, 3)), np.zeros(3),
                      20.0, pressures=p)
     m = reference.open_reference(ref_cfg(f, mapping=OXYGEN_XYZ | {"beads": {"A": "name Ar"}}), units.REAL).map([0, 1, 2])
     eV_kJ_mol = units.ELEMENTARY_CHARGE_C * 6.02214076e23 / 1e3
