@@ -99,6 +99,10 @@ def check_run_dir(run: Path, key: str = "run=") -> None:
     training starts) and a checkpoint (difftre.h5, written after the first updates). ``key``
     names the argument in the message (``run=`` on the command line)."""
     run = Path(run)
+    stages = sorted(p.name for p in run.glob("stage*_*") if (p / ".hydra" / "config.yaml").is_file())
+    if stages and not (run / "difftre.h5").is_file():
+        raise UserError(f"{key}{run}: a staged run; each stage is a run of its own ({', '.join(stages)})",
+                        f"give one stage, e.g. {key}{run / stages[-1]}")
     if not (run / ".hydra" / "config.yaml").is_file():
         raise UserError(f"{key}{run}: not a difftre run directory (.hydra/config.yaml missing)",
                         "give the directory that `difftre train` printed")

@@ -282,14 +282,19 @@ def train(cfg, run_dir, resume: bool = False, quiet: bool | None = None, stop: G
 def train_stages(cfg, run_dir, resume: bool = False, quiet: bool | None = None,
                  stop: GracefulStop | None = None) -> dict:
     """The stages of ``cfg`` one after another, each a run of its own in RUN/stageK_TRAINER/
-    starting from the previous stage's parameters. A stage with a checkpoint is resumed (a
-    finished one has nothing to do); RUN/metrics.csv gets every stage's rows with ``stage``."""
+    starting from the previous stage's parameters, its config in RUN/stageK_TRAINER/.hydra/ (for
+    ``difftre evaluate``). A stage with a checkpoint is resumed (a finished one has nothing to
+    do); RUN/metrics.csv gets every stage's rows with ``stage``."""
     run_dir = Path(run_dir)
     rows, result = [], None
     with GracefulStop() if stop is None else contextlib.nullcontext(stop) as stop:
         for name, sub in stage_configs(cfg, run_dir):
             sub_dir = run_dir / name
             log.info("stage %s in %s", name, sub_dir)
+            saved = sub_dir / ".hydra" / "config.yaml"   # what `difftre evaluate run=RUN/stageK_…` composes
+            if not saved.is_file():
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                saved.write_text(OmegaConf.to_yaml(sub))
             sink = metric_log.create(cfg, run_dir, stage=name)   # the run's MLflow run, the stage's event files
             result = Trainer(sub, sub_dir, quiet=quiet, metrics_log=sink).run(
                 resume=RunStore(sub_dir).has_checkpoint(), stop=stop)

@@ -23,6 +23,8 @@ from difftre_cli.config import validate
 from difftre_cli.errors import UserError
 from difftre_cli.interrupt import GracefulStop, Interrupted
 from difftre_cli.learn.boltzmann import initial_params
+from difftre_cli.run_config import saved_config
+from difftre_cli.run_dirs import check_run_dir
 from difftre_cli.stages import stage_configs
 from difftre_cli.store import RunStore
 
@@ -68,6 +70,12 @@ def test_stage_two_starts_from_stage_ones_parameters(straight):
         np.testing.assert_array_equal(a, b)
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [r["stage"] for r in rows] == ["stage1_force_matching"] * 2 + ["stage2_difftre"] * 3
+    # each stage is a run `difftre evaluate` accepts; the staged run itself names them
+    for name in ("stage1_force_matching", "stage2_difftre"):
+        check_run_dir(run / name)
+    assert saved_config(run / "stage2_difftre").trainer.init_from == f"run:{run / 'stage1_force_matching'}"
+    with pytest.raises(UserError, match="a staged run; each stage is a run of its own"):
+        check_run_dir(run)
     assert rows[0]["force_rmse"] and rows[-1]["n_eff"]
 
 
