@@ -5,7 +5,8 @@ H5MD, extended XYZ; mapped onto beads by its ``mapping``), the observables are t
 ``observables`` group — the same grid, smoothing and cutoff weights a training run learns
 with, because the very observable engine of training (observables/engine.py) computes them on
 the mapped frames. Observables that depend on the potential (pressure, energy, stress) are not
-properties of positions alone and are skipped with a note. Each gridded observable becomes
+properties of positions alone and are skipped with a note, except a pressure the file gives per
+frame (extended XYZ stress, H5MD observables/pressure), which is averaged as read. Each gridded observable becomes
 ``OUT/<name>.txt`` — x, mean, standard error (from ``blocks`` consecutive blocks of frames) —
 under a provenance header; ``OUT/targets.yaml`` lists them as ``targets`` entries, scalar
 observables as values.
@@ -29,6 +30,7 @@ from . import observables as observables_mod
 from .errors import UserError
 from .observables import Context
 from .observables.engine import ObservableEngine
+from .observables.pressure import Pressure
 from .onebody import is_one_body_system
 from .sampler import Trajectory
 from .system import build_system
@@ -79,11 +81,15 @@ def compute(cfg, blocks: int = 10) -> tuple[dict, dict]:
     potential = potentials.build(cfg.prior, cfg.model, cutoff, system.species_names).bind(system)  # lists only
     every = observables_mod.build(cfg.observables)
     obs = {k: o for k, o in every.items() if not o.depends_on_params and o.combine is None}
-    skipped = sorted(set(every) - set(obs))
-    if not obs:
-        raise UserError(f"none of the observables ({', '.join(every)}) is a property of positions alone",
-                        "compute e.g. observables=[rdf,adf]; pressure and energy depend on the potential")
     ref = reference.open_reference(cfg.reference, system.units, box=system.box_size, n_particles=system.n_particles)
+    # a pressure the trajectory carries per frame (extended XYZ stress, H5MD observables/pressure)
+    has_pressure = ref.trajectory.pressure_factor is not None
+    read = {k: o for k, o in every.items() if isinstance(o, Pressure) and has_pressure}
+    skipped = sorted(set(every) - set(obs) - set(read))
+    if not obs and not read:
+        raise UserError(f"none of the observables ({', '.join(every)}) is a property of positions alone, and the "
+                        "trajectory has no pressures", "compute e.g. observables=[rdf,adf]; pressure and energy "
+                        "depend on the potential (a pressure is read where the file has one per frame)")
     names = tuple(system.species_names)
     bead_types = ref.bead_type_names
     if len(names) == 1 and len(set(bead_types)) == 1:   # one species: the bead type's name is free
@@ -96,14 +102,17 @@ def compute(cfg, blocks: int = 10) -> tuple[dict, dict]:
                   tuple(int(np.sum(species == k)) for k in range(len(names))), species if len(names) > 1 else None)
     engine = ObservableEngine(potential, obs, ctx, system.box_size, 1.0 / system.kT)
     params = potential.init(jax.random.PRNGKey(0))   # position-only observables: any parameters
-    values = {k: [] for k in obs}
+    values = {k: [] for k in [*obs, *read]}
     t0, n = time.perf_counter(), 0
     for batch in ref.batches("train", BATCH):
-        pos = np.asarray(batch.positions, np.float32)
-        feats = engine.featurize(Trajectory(pos, np.zeros(len(pos), np.float32), None, None))
-        for k, v in engine.snapshot_observables_jit(params, feats).items():
-            values[k].append(np.asarray(v, np.float64))
-        n += len(pos)
+        if obs:
+            pos = np.asarray(batch.positions, np.float32)
+            feats = engine.featurize(Trajectory(pos, np.zeros(len(pos), np.float32), None, None))
+            for k, v in engine.snapshot_observables_jit(params, feats).items():
+                values[k].append(np.asarray(v, np.float64))
+        for k in read:
+            values[k].append(np.asarray(batch.pressures, np.float64))
+        n += len(batch.positions)
     if n < blocks:
         raise UserError(f"the trajectory has {n} selected frames, fewer than blocks={blocks}",
                         "select more frames (reference.stride, start, stop) or lower blocks=")
@@ -111,14 +120,14 @@ def compute(cfg, blocks: int = 10) -> tuple[dict, dict]:
     for k, parts in values.items():
         x = np.concatenate(parts)
         means = np.array([b.mean(0) for b in np.array_split(x, blocks)])
-        out[k] = (None if obs[k].grid is None else np.asarray(obs[k].grid, np.float64), x.mean(0),
-                  means.std(0, ddof=1) / np.sqrt(blocks))
+        grid = obs[k].grid if k in obs else None
+        out[k] = (None if grid is None else np.asarray(grid, np.float64), x.mean(0), means.std(0, ddof=1) / np.sqrt(blocks))
     s = ref.settings
     info = {"source": str(s.file), "format": s.format, "frames": n, "start": s.start, "stop": s.stop,
             "stride": s.stride, "blocks": blocks, "mapping": OmegaConf.to_container(cfg.reference.mapping),
             "units": system.units.name, "skipped": skipped, "seconds": time.perf_counter() - t0,
             "difftre": __version__}
-    return out, {"info": info, "observables": obs, "units": system.units}
+    return out, {"info": info, "observables": {**obs, **read}, "units": system.units}
 
 
 def write(results: dict, meta: dict, out: Path) -> dict:
@@ -131,6 +140,8 @@ def write(results: dict, meta: dict, out: Path) -> dict:
         if grid is None:   # a scalar (or vector) value target; its standard error in the comment
             entries[name] = {"value": np.ravel(mean).tolist() if np.size(mean) > 1 else float(mean),
                              "observable": name}
+            if isinstance(o, Pressure):   # read from the file, in the run's pressure unit
+                entries[name]["unit"] = unit_name("pressure", units)
             notes.append(f"# {name}: standard error {float(err):.4g}" if np.size(err) == 1
                          else f"# {name}: standard errors {np.ravel(err).tolist()}")
             continue

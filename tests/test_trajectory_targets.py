@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import ase.io
 import jax
 import numpy as np
 import pytest
@@ -123,6 +124,27 @@ def test_files_have_provenance_and_are_read_back_as_targets(computed, tmp_path):
     c = assemble.build(cfg)
     tgt = targets_mod.build({"rdf": listed["rdf"]}, {"rdf": c.observables["rdf"]}, c.system.units)["rdf"]
     np.testing.assert_allclose(tgt.value, results["rdf"][1], rtol=1e-8, atol=1e-9)
+
+
+def test_pressure_is_read_where_the_trajectory_has_one(lj_reference, tmp_path):
+    """The LJ reference carries each frame's pressure (as extended-XYZ stress): `targets` averages
+    it as read (block standard error) and writes a value target in the run's unit."""
+    file, n = lj_reference
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="train", overrides=["config=lj_fm", f"system.n_particles={n}",
+                                                      f"reference.file={file}", "observables=[rdf,pressure]"])
+    results, meta = compute(cfg, blocks=5)
+    frames = list(ase.io.iread(str(file), index=":"))
+    p = np.array([-np.trace(a.get_stress(voigt=False)) / 3 for a in frames])
+    _, mean, err = results["pressure"]
+    assert float(mean) == pytest.approx(p.mean(), rel=1e-10)
+    assert float(err) == pytest.approx(np.array([b.mean() for b in np.array_split(p, 5)]).std(ddof=1) / 5 ** 0.5)
+    entries = write(results, meta, tmp_path / "out")
+    assert entries["pressure"] == {"value": pytest.approx(p.mean()), "observable": "pressure", "unit": "epsilon/sigma^3"}
+    c = assemble.build(cfg)
+    tgt = targets_mod.build({"pressure": entries["pressure"]}, {"pressure": c.observables["pressure"]},
+                            c.system.units)["pressure"]
+    assert float(tgt.value) == pytest.approx(p.mean())
 
 
 def test_bad_targets_input_is_a_user_error(lammps_run):
