@@ -2,6 +2,8 @@
 
 * recovery: force matching on noise-free forces of an LJ fluid made by the project's own
   sampler recovers the pair potential (max |u − u_LJ| on [0.95, 2.5] within 0.02 ε);
+* every model kind (spline, table, MLP, the three-body model, DimeNet++) over the prior: the
+  learner's force loss is the MSE of the potential's own forces, and a step lowers it;
 * the loss's Gauss–Newton matrix is JᵀJ: for a spline (forces linear in the knots) one
   undamped Gauss–Newton step from any start lands on the least-squares optimum of the batch;
 * data parallel: a batch split over two (fake CPU) devices gives the parameters one device
@@ -84,6 +86,34 @@ def test_force_matching_recovers_the_lj_pair_potential(own_fit):
     assert curve["max_abs_error"] < 0.02, curve["max_abs_error"]
     rows = out["rows"]
     assert rows[-1]["force_rmse_validation"] < 0.01 * rows[0]["force_rmse"]   # (the first: at the zero model)
+
+
+NET = ["model.embed_size=8", "model.out_embed_size=8", "model.int_emb_size=4", "model.num_blocks=1",
+       "model.num_spherical=3", "model.num_radial=3", "model.num_dense_out=1", "model.cutoff=2.5"]
+
+
+@pytest.mark.parametrize("model", [["model=spline"], ["model=table"], ["model=mlp"],
+                                   ["model=three_body", "~model.n_knots", "~model.r_min", "model.cutoff=2.5",
+                                    "model.lam=1.0"],
+                                   ["model=dimenet", "~model.n_knots", "~model.r_min", *NET]],
+                         ids=lambda m: m[0].split("=")[1])
+def test_every_model_trains_by_force_matching(lj_file, tmp_path, model):
+    """The learner's force loss of 4 frames equals the MSE of the potential's own force_fn
+    against the file's forces, and one Adam step on them lowers it (prior + each model kind)."""
+    cfg = _cfg(_fm(lj_file, *model, "reference.stop=5", "optimizer=adam", "optimizer.lr=0.003",
+                   "trainer.precondition=none", "trainer.batch_size=4"))
+    c = assemble.build(cfg)
+    reg = ForceMatchingRegime(c, RunStore(tmp_path), cfg)
+    params, opt = reg.init(jax.random.PRNGKey(1))
+    batch = reg._batch("train", np.arange(4))
+    sums = reg.learner.sums(params, batch)
+    force = jax.jit(reg.learner.potential.force_fn(c.system.box_size))
+    nbr_fn = reg.learner.nbr_fn
+    mse = np.mean([np.mean((np.asarray(force(R, nbr_fn.allocate(R), params)) - F) ** 2)
+                   for R, F in zip(batch.positions, batch.forces)])
+    assert float(sums.force_sq) / float(sums.weight) == pytest.approx(mse, rel=1e-4)
+    new, _, out = reg.learner.step(params, opt, batch)
+    assert bool(out.finite) and float(reg.learner.sums(new, batch).force_sq) < float(sums.force_sq)
 
 
 def test_virial_term_is_the_pressure_error(lj_file, tmp_path):
