@@ -95,8 +95,8 @@ def test_an_older_run_with_h5_files_is_read_linked_and_exported(real_run, tmp_pa
     store.write_checkpoint(update=1, trees={}, attrs={}, metrics=[], n_trajectories=2, config_yaml="", versions={})
     with h5py.File(store.checkpoint_path, "r") as f:   # the external links follow the old names
         np.testing.assert_array_equal(f["trajectories/ref_00001/particles/all/position/value"][()], traj.positions)
-    m = export_trajectories(run, "xyz", tmp_path / "xyz")
-    assert m["files"] == ["ref_00000.xyz", "ref_00001.xyz"] and m["frames"] == 2 * S
+    m = export_trajectories(run, "dcd", tmp_path / "dcd")   # a format MDAnalysis writes with the topology
+    assert m["files"] == ["ref_00000.dcd", "ref_00001.dcd"] and m["frames"] == 2 * S
     assert (run / "topology.pdb").is_file()   # rebuilt from the first frame, species kept
     u = mda.Universe(str(run / "topology.pdb"))
     assert list(u.atoms.names) == ["OW"] * 20 + ["Na"] * 10
@@ -113,8 +113,12 @@ def test_exported_trajectories_read_back_in_mdanalysis(real_run, tmp_path, fmt):
     tol = {"xyz": 1e-4, "pdb": 2e-3, "xtc": 6e-3}.get(fmt, 1e-5)   # the formats' own precision (Å)
     for i, ts in enumerate(u.trajectory):
         np.testing.assert_allclose(ts.positions, traj.positions[i] * 10.0, atol=tol)
-        if fmt not in ("xyz", "pdb"):   # XYZ has no box; MDAnalysis reads a multi-model PDB's one CRYST1 for no model
+        if fmt not in ("xyz", "pdb"):   # MDAnalysis reads a multi-model PDB's one CRYST1 for no model
             np.testing.assert_allclose(ts.dimensions[:3], [BOX * 10.0] * 3, rtol=1e-5)
+    if fmt == "xyz":   # extended XYZ: every frame's comment line has the periodic cell (OVITO, ase read it)
+        comments = path.read_text().splitlines()[1::N + 2]
+        assert len(comments) == S and all(f'Lattice="{BOX * 10.0:.8g} 0 0 0' in c and 'pbc="T T T"' in c
+                                          for c in comments)
 
 
 @pytest.mark.parametrize("style, scale", [(None, 10.0), ("metal", 10.0)])

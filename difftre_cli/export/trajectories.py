@@ -8,6 +8,10 @@ per trajectory with the trajectory's name. MDAnalysis works in Å: real-unit run
 in Å, metal runs as they are, reduced LJ runs in σ (no conversion). MDAnalysis has no writer
 for LAMMPS dump files, so ``lammpstrj`` is written here (``ITEM: ATOMS id type x y z``, type =
 species index + 1) in the length unit of the LAMMPS unit style (``units=``, default the run's).
+``xyz`` is extended XYZ, also written here: MDAnalysis's XYZ writer drops the periodic cell (OVITO
+then shows an unbounded cloud) and ase's extended-XYZ writer accepts only element names, not
+bead names; each frame's comment line carries ``Lattice``, ``pbc`` and ``Time`` (same lengths as
+the MDAnalysis formats: Å, reduced runs in σ).
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from ..store import RunStore
 from ..topology import topology_name, write_topology
 
 #: format name -> MDAnalysis writer format (None: written here)
-TRAJECTORY_FORMATS = {"xyz": "XYZ", "dcd": "DCD", "xtc": "XTC", "trr": "TRR", "pdb": "PDB", "lammpstrj": None}
+TRAJECTORY_FORMATS = {"xyz": None, "dcd": "DCD", "xtc": "XTC", "trr": "TRR", "pdb": "PDB", "lammpstrj": None}
 #: LAMMPS unit style of a run's unit system (the default of ``units=``)
 LAMMPS_STYLE = {"lj": "lj", "real": "real", "metal": "metal"}
 
@@ -49,6 +53,11 @@ def export_trajectories(run_dir: Path, fmt: str, out: Path | None = None, state:
         length = units_mod.table_factors(style, unit_system)[0]
         written = [_write_lammpstrj(f, out / f"{f.stem}.lammpstrj", length) for f in files]
         note = f"positions in the length unit of LAMMPS units {style} ({units_mod.TABLE_STYLES[style][0]})"
+    elif fmt == "xyz":   # Å as MDAnalysis writes (reduced runs: σ)
+        length = units_mod.table_factors(LAMMPS_STYLE[unit_system.name], unit_system)[0]
+        written = [_write_extxyz(f, out / f"{f.stem}.xyz", length) for f in files]
+        note = ("positions in sigma (reduced units, not converted)" if unit_system.name == "lj"
+                else "positions in Angstrom")
     else:
         topology = _topology(store, files[0], state or "", unit_system)
         written = [_write_mdanalysis(topology, f, out / f"{f.stem}.{fmt}", TRAJECTORY_FORMATS[fmt],
@@ -102,22 +111,45 @@ def _write_mdanalysis(topology: Path, source: Path, target: Path, writer_format:
     return target
 
 
-def _write_lammpstrj(source: Path, target: Path, length: float) -> Path:
-    """A LAMMPS text dump of ``source``: every frame with its step, box and ``id type x y z``."""
+def _frames(source: Path, length: float):
+    """(steps, times, positions, box edges, species, species names) of a trajectory file, lengths × ``length``."""
     with h5py.File(source, "r") as f:
         part = f["particles/all"]
-        steps, pos = part["position/step"][()], part["position/value"][()] * length
+        pos = part["position/value"][()] * length
         if "edges" not in part["box"] or pos.shape[-1] != 3:
             raise UserError(f"export: {source} does not hold 3-D particles in a periodic box",
                             "export trajectories of a run in a box")
-        edges = part["box/edges/value"][()] * length
-        types = (part["species"][()] if "species" in part else np.zeros(pos.shape[1], np.int32)) + 1
+        species = part["species"][()] if "species" in part else np.zeros(pos.shape[1], np.int32)
+        names = tuple(x.decode() if isinstance(x, bytes) else str(x) for x in part["species"].attrs["names"]) \
+            if "species" in part and "names" in part["species"].attrs else ("X",)
+        return (part["position/step"][()], part["position/time"][()], pos, part["box/edges/value"][()] * length,
+                species, names)
+
+
+def _write_extxyz(source: Path, target: Path, length: float) -> Path:
+    """Extended XYZ of ``source``: per frame the atom count, a comment line with the orthorhombic
+    ``Lattice``, ``pbc`` and ``Time``, then ``name x y z`` per particle."""
+    _, times, pos, edges, species, names = _frames(source, length)
+    labels = np.asarray(names)[species]
+    with open(target, "w") as fh:
+        for k in range(len(pos)):
+            a, b, c = (float(x) for x in np.broadcast_to(edges[k], (3,)))
+            fh.write(f"{pos.shape[1]}\nLattice=\"{a:.8g} 0 0 0 {b:.8g} 0 0 0 {c:.8g}\" "
+                     f"Properties=species:S:1:pos:R:3 pbc=\"T T T\" Time={float(times[k]):.8g}\n")
+            fh.writelines(f"{n} {x:.6f} {y:.6f} {z:.6f}\n" for n, (x, y, z) in zip(labels, pos[k]))
+    return target
+
+
+def _write_lammpstrj(source: Path, target: Path, length: float) -> Path:
+    """A LAMMPS text dump of ``source``: every frame with its step, box and ``id type x y z``."""
+    steps, _, pos, edges, species, _ = _frames(source, length)
+    types = species + 1
     n = pos.shape[1]
     ids = np.arange(1, n + 1)
     with open(target, "w") as fh:
         for k, step in enumerate(steps):
             fh.write(f"ITEM: TIMESTEP\n{int(step)}\nITEM: NUMBER OF ATOMS\n{n}\nITEM: BOX BOUNDS pp pp pp\n")
-            fh.writelines(f"0 {edge:.8g}\n" for edge in edges[k])
+            fh.writelines(f"0 {edge:.8g}\n" for edge in np.broadcast_to(edges[k], (3,)))
             fh.write("ITEM: ATOMS id type x y z\n")
             np.savetxt(fh, np.column_stack([ids, types, pos[k]]), fmt=["%d", "%d", "%.6f", "%.6f", "%.6f"])
     return target
