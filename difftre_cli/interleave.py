@@ -14,8 +14,8 @@ failure handling); every entry keeps its own optimiser state and its own learner
 starts where the previous step left the parameters. learn/interleaved.py is the regime
 (and its schedule, ``entry_at``).
 
-At most one entry samples trajectories (DiffTRe, relative entropy, direct AD, IBI); the others
-are force matching, which samples nothing. Early stopping does not apply inside (an entry's
+At most one entry samples trajectories (DiffTRe, relative entropy, direct AD, IBI: the registry's
+``samples``); the others are force matching, which samples nothing. Early stopping does not apply inside (an entry's
 ``patience`` is ignored): the run's budget is its ``trainer.updates``.
 """
 from __future__ import annotations
@@ -27,12 +27,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .checks import number
 from .errors import UserError
+from .learn.registry import trainer_kind
 from .stages import entry_config
 
 #: entry keys of the interleaving itself (not the trainer's)
 OWN_KEYS = ("steps", "weight")
-#: trainers that run no simulation of their own (any number of them may be interleaved)
-NON_SAMPLING = ("force_matching",)
 EXAMPLE = "interleave=[{trainer: force_matching, steps: 1}, {trainer: difftre, steps: 4}]"
 
 
@@ -66,13 +65,13 @@ def interleave_entries(cfg: DictConfig) -> list[Entry]:
         weight = number(item, "weight", prefix=key, lo=0.0, lo_open=True, required=False, default=1.0,
                         example="0.5")
         sub.trainer.init_from = cfg.trainer.get("init_from", "zeros")   # one starting point for all
-        if name in NON_SAMPLING:
+        if not trainer_kind(name).samples:   # force matching: no early stopping inside
             sub.trainer.patience = None
         out.append(Entry(name, sub, int(steps), float(weight)))
-    sampling = [e.name for e in out if e.name not in NON_SAMPLING]
+    sampling = [e.name for e in out if trainer_kind(e.name).samples]
     if len(sampling) > 1:
         raise UserError(f"interleave: {len(sampling)} entries sample trajectories ({', '.join(sampling)}); at most "
-                        "one may", f"interleave one of them with {' / '.join(NON_SAMPLING)}")
+                        "one may", "interleave one of them with force_matching")
     cycle = sum(e.steps for e in out)
     for e in out:   # its own updates in the run (its optimiser's schedule length)
         e.cfg.trainer.updates = max(1, math.ceil(n_updates * e.steps / cycle))

@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .learn.interleaved import rows_by_trainer  # noqa: E402
 from .units import GPA_PER_KJ_MOL_NM3  # noqa: E402
 
 
@@ -33,12 +34,7 @@ def _series(rows: list[dict]) -> dict:
     a ``trainer`` column) one per trainer with its own columns unprefixed."""
     if not rows or "trainer" not in rows[0]:
         return {None: rows}
-    out = {}
-    for r in rows:
-        name = r["trainer"]
-        own = {k.split(".", 1)[1]: v for k, v in r.items() if k.startswith(f"{name}.")}
-        out.setdefault(name, []).append({"update": r["update"], **own, "loss": r["loss"]})
-    return out
+    return rows_by_trainer(rows)
 
 
 def plot_all(run_dir: Path, ev: dict, rows: list[dict]) -> list[Path]:

@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 
 from . import assemble, metric_log
 from .errors import UserError
-from .interleave import NON_SAMPLING, interleave_entries, is_interleaved
+from .interleave import interleave_entries, is_interleaved
 from .interrupt import GracefulStop
 from .learn.interleaved import InterleavedRegime
 from .learn.registry import trainer_kind
@@ -76,7 +76,7 @@ class Trainer:
                 regimes.append(trainer_kind(e.name).regime(e.cfg, self.store, c))
                 if e.name == cfg.trainer.kind or self.c is None:
                     self.c = c
-                if c.sampler is not None and e.name not in NON_SAMPLING:
+                if trainer_kind(e.name).samples:
                     self.samplers[""] = c.sampler
             self.regime = InterleavedRegime(entries, regimes)
         elif is_multistate(cfg):   # several state points, shared parameters

@@ -29,6 +29,18 @@ def entry_at(entries, update: int) -> int:
     raise AssertionError("unreachable")
 
 
+def rows_by_trainer(rows: list[dict], also: tuple = ()) -> dict:
+    """{trainer: its rows} of an interleaved run's metrics: each row's own (prefixed) columns
+    unprefixed, with ``update``, ``loss`` and the columns ``also``."""
+    out = {}
+    for r in rows:
+        name = r["trainer"]
+        own = {k.split(".", 1)[1]: v for k, v in r.items() if k.startswith(f"{name}.")}
+        out.setdefault(name, []).append({"update": r["update"], **own, "loss": r["loss"],
+                                         **{k: r.get(k) for k in also}})
+    return out
+
+
 class InterleavedRegime(Regime):
     def __init__(self, entries, regimes):
         self.entries, self.regimes = entries, regimes
@@ -97,10 +109,7 @@ class InterleavedRegime(Regime):
             r.close()
 
     def summary(self, rows: list[dict], params) -> dict:
-        out = {}
+        own, out = rows_by_trainer(rows, also=("event",)), {}
         for e, r in zip(self.entries, self.regimes):
-            own = [{"update": row["update"], "event": row.get("event"),
-                    **{k.split(".", 1)[1]: v for k, v in row.items() if k.startswith(f"{e.name}.")}}
-                   for row in rows if row.get("trainer") == e.name]
-            out.update({f"{e.name}: {k}": v for k, v in r.summary(own, params).items()})
+            out.update({f"{e.name}: {k}": v for k, v in r.summary(own.get(e.name, []), params).items()})
         return out

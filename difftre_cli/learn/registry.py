@@ -17,7 +17,9 @@ Each :class:`TrainerKind` names
 * ``state_parallel``: the ``trainer.state_parallel`` modes it implements;
 * ``keys``: the kind's own trainer keys, checked by ``config.validate`` besides the MD checks;
 * ``reference``: what it needs of the ``reference`` group (reference/): "forces" (a trajectory
-  with forces), "positions", or None (not used).
+  with forces), "positions", or None (not used);
+* ``samples``: whether it runs simulations of its own (interleave.py lets at most one such
+  trainer into an interleave).
 
 Adding a trainer: a :class:`regime.Regime` subclass in ``learn/`` (its abstract methods: init,
 propose → :class:`regime.Proposal`, checkpoint, templates, restore, rejected; the hooks with
@@ -58,6 +60,7 @@ class TrainerKind:
     state_parallel: tuple = ("sequential",)
     keys: Callable | None = None       # (trainer cfg, updates) -> None, raising UserError
     reference: str | None = None       # "forces" | "positions" | None
+    samples: bool = True               # runs simulations of its own (False: force matching, the 0 K fit)
 
     @property
     def md(self) -> bool:
@@ -117,9 +120,9 @@ TRAINERS: dict[str, TrainerKind] = {
     "direct_ad": TrainerKind(_on_trainer_cfg(DirectADRegime), _on_trainer_cfg(MultiStateDirectADRegime), DiffTRe),
     "ibi": TrainerKind(_on_trainer_cfg(IBIRegime), _on_trainer_cfg(MultiStateIBIRegime), DiffTRe),
     "force_matching": TrainerKind(_force_matching, None, ForceMatching, keys=force_matching_keys,
-                                  reference="forces"),
+                                  reference="forces", samples=False),
     "relative_entropy": TrainerKind(_relative_entropy, None, RelativeEntropy, reference="positions"),
-    "static": TrainerKind(_static, None, None, validate=validate_static, evaluator="static"),
+    "static": TrainerKind(_static, None, None, validate=validate_static, evaluator="static", samples=False),
 }
 
 
