@@ -1,0 +1,3 @@
+"""Molecules: internal coordinates (geometry.py), topologies (topology.py), bonded energy terms
+(bonded.py) and their Boltzmann-inversion fit (boltzmann.py). Foundations only: no module here
+imports from potentials/, observables/ or the loops."""
