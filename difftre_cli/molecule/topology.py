@@ -45,9 +45,8 @@ LIST_MODES = ("auto", "file", "none")
 YAML_EXTENSIONS = (".yaml", ".yml")
 YAML_KEYS = ("beads", "bonds", "angles", "dihedrals")
 EXAMPLE = "topology=alanine_dipeptide (configs/topology/), or {file: mol.yaml, exclusions: 2}"
-#: number of beads and name of each term kind
+#: number of beads of each term kind (a term's singular name is the kind without its final s)
 ARITY = {"bonds": 2, "angles": 3, "dihedrals": 4}
-WHAT = {"bonds": "bond", "angles": "angle", "dihedrals": "dihedral"}
 
 
 @dataclass(frozen=True)
@@ -155,8 +154,7 @@ def check_count(topology: Topology, n: int, what: str, key: str = "topology") ->
 
 @dataclass
 class _Raw:
-    """A topology as read: particle names and types, bonds, and the file's angles and dihedrals
-    (None: the file has none)."""
+    """A topology as read; angles and dihedrals None where the file has none."""
 
     names: list
     types: list
@@ -216,7 +214,10 @@ def _format(fmt, path: Path, key: str) -> str | None:
     if fmt is None:
         if path.suffix.lower() in YAML_EXTENSIONS:
             return "yaml"
-        return "ITP" if path.suffix.lower() == ".top" and _gromacs_top(path) else None
+        if path.suffix.lower() != ".top":
+            return None
+        with open(path, errors="replace") as fh:   # GROMACS has [ section ] lines, AMBER %FLAG lines
+            return "ITP" if any(line.lstrip().startswith("[") for line, _ in zip(fh, range(200))) else None
     if not isinstance(fmt, str):
         raise UserError(f"{key}.format must be a format name, got {fmt!r}", f"set {key}.format=yaml, PSF, ITP, ...")
     if fmt.lower() == "yaml":
@@ -226,12 +227,6 @@ def _format(fmt, path: Path, key: str) -> str | None:
         raise UserError(f"{key}.format: unknown topology format {fmt!r}",
                         f"use yaml or one of MDAnalysis's: {', '.join(sorted(known))}")
     return fmt.upper()
-
-
-def _gromacs_top(path: Path) -> bool:
-    """A GROMACS .top (``[ section ]`` lines) rather than an AMBER one (``%FLAG`` lines)."""
-    with open(path, errors="replace") as fh:
-        return any(line.lstrip().startswith("[") for line, _ in zip(fh, range(200)))
 
 
 def _mdanalysis():
@@ -303,7 +298,7 @@ def _resolve(rows, kind: str, names: list, where: str) -> np.ndarray | None:
     """Rows of bead names or indices as an index array; None if the file lists none of ``kind``."""
     if rows is None:
         return None if kind != "bonds" else np.zeros((0, 2), np.int64)
-    width, what = ARITY[kind], WHAT[kind]
+    width, what = ARITY[kind], kind[:-1]
     if isinstance(rows, str) or not isinstance(rows, Sequence):
         raise UserError(f"{where}: '{kind}' must be a list of {width}-bead lists",
                         f"write it as [[{', '.join(map(str, range(width)))}], ...]")
@@ -384,7 +379,7 @@ def _label(row, names) -> str:
 
 def _checked(rows: np.ndarray, kind: str, names: list, where: str) -> np.ndarray:
     """Canonical rows; a UserError for a repeated bead in a row, or a term listed twice."""
-    what = WHAT[kind]
+    what = kind[:-1]
     for row in rows:
         if len(set(row.tolist())) < len(row):
             problem = "joins a bead to itself" if kind == "bonds" else "lists a bead twice"
@@ -404,9 +399,9 @@ def _check_connected(rows: np.ndarray, bonds: np.ndarray, kind: str, names: list
     for row in rows:
         for a, b in zip(row[:-1], row[1:]):
             if (min(a, b), max(a, b)) not in bonded:
-                raise UserError(f"{where}: {WHAT[kind]} {_label(row, names)} is not connected by bonds: no bond "
+                raise UserError(f"{where}: {kind[:-1]} {_label(row, names)} is not connected by bonds: no bond "
                                 f"between {names[a]}({a}) and {names[b]}({b})",
-                                f"add that bond, remove the {WHAT[kind]}, or set {key}.{kind}=auto")
+                                f"add that bond, remove the {kind[:-1]}, or set {key}.{kind}=auto")
 
 
 def atom_to_bead_of(cg_map, n_atoms: int) -> tuple[np.ndarray, list[str]]:
