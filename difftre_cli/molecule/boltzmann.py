@@ -30,8 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
-from . import bonded  # bonded imports this module too; each reads the other's names at call time
-from . import geometry
+from . import bonded, geometry  # bonded imports this module too: each reads the other's names at call time
 from .topology import check_count
 
 #: fewest frames a fit accepts

@@ -22,7 +22,7 @@ on its own (boltzmann.py) and takes no explicit entries.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import jax.numpy as jnp
@@ -30,8 +30,7 @@ import numpy as np
 
 from ..checks import mapping, number
 from ..errors import UserError
-from . import boltzmann  # boltzmann imports this module too; each reads the other's names at call time
-from . import geometry
+from . import boltzmann, geometry  # boltzmann imports this module too: each reads the other's names at call time
 
 KEYS = ("fit", "dihedral_terms", "bonds", "angles", "dihedrals")
 FITS = ("boltzmann_inversion",)
@@ -41,12 +40,12 @@ EXAMPLES = {"bonds": "{k: 200000.0, r0: 0.15}", "angles": "{k: 400.0, theta0: 11
 EXAMPLE = "{fit: null, dihedral_terms: 3, bonds: {'*': " + EXAMPLES["bonds"] + "}, angles: ..., dihedrals: ...}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BondedTerms:
     """Index arrays and parameters of every bonded term (module docstring for the units):
     ``bonds`` (B, 2), ``k_bond`` and ``r0`` (B,); ``angles`` (A, 3) with the angle at the middle
     bead, ``k_angle`` and ``theta0`` (A,); ``dihedrals`` (D, 4), ``k_dihedral`` and ``phase``
-    (D, M), column n − 1 for multiplicity n."""
+    (D, M), column n − 1 for multiplicity n. Compared and hashed by identity (numpy fields)."""
 
     bonds: np.ndarray
     k_bond: np.ndarray
@@ -146,7 +145,7 @@ def _table(cfg, kind: str, topology, m: int, prefix: str) -> dict:
         if parts != ("*",) and len(parts) != ARITY[kind]:
             raise UserError(f"{at}: key {key!r} must name {ARITY[kind]} bead types joined by '-', or be '*'",
                             f"e.g. {at}.{'-'.join(topology.type_names[:1] * ARITY[kind])}")
-        bad = [t for t in parts if t != "*" and t not in topology.type_names]
+        bad = [t for t in parts if parts != ("*",) and t not in topology.type_names]   # no partial wildcards
         if bad:
             raise UserError(f"{at}.{key}: unknown bead type(s) {', '.join(bad)}",
                             f"the topology's types are {', '.join(topology.type_names)}")

@@ -49,11 +49,11 @@ EXAMPLE = "topology=alanine_dipeptide (configs/topology/), or {file: mol.yaml, e
 ARITY = {"bonds": 2, "angles": 3, "dihedrals": 4}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Topology:
     """Beads (``names``, ``types``) and their bonded terms as index arrays in canonical form
     (module docstring). ``exclusions``: the ``topology.exclusions`` setting, the ``n_bonds`` that
-    non-bonded terms pass to :meth:`nonbonded_pairs`."""
+    non-bonded terms pass to :meth:`nonbonded_pairs`. Compared and hashed by identity."""
 
     names: tuple[str, ...]
     types: tuple[str, ...]
@@ -138,8 +138,8 @@ def generate_angles(bonds, n: int) -> np.ndarray:
 def generate_dihedrals(bonds, n: int) -> np.ndarray:
     """(D, 4) every proper dihedral i-j-k-l of the bond graph (bonds i-j, j-k, k-l; i ≠ l), once."""
     nb = _neighbors(bonds, n)
-    rows = [(i, j, k, l) for j, k in canonical(bonds, "bonds")
-            for i in nb[j] if i != k for l in nb[k] if l not in (j, i)]
+    rows = [(i, j, k, last) for j, k in canonical(bonds, "bonds")
+            for i in nb[j] if i != k for last in nb[k] if last not in (j, i)]
     return canonical(rows, "dihedrals")
 
 
