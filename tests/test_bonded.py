@@ -212,6 +212,10 @@ def test_boltzmann_inversion_through_build_and_its_limits():
     terms = bonded.build({"fit": "boltzmann_inversion", "dihedral_terms": 2}, top, KT, positions=frames)
     assert terms.k_dihedral.shape == (len(top.dihedrals), 2) and (terms.k_bond > 0).all()
     assert (terms.k_dihedral >= 0).all()
+    boxes = rng.uniform(1.5, 2.0, (50, 3))   # per-frame periodic boxes (nm): wrapped frames fit the same
+    wrapped = boltzmann.fit(frames % boxes[:, None, :], top, KT, box=boxes, dihedral_terms=2)
+    for name in ("k_bond", "r0", "k_angle", "theta0", "k_dihedral"):
+        np.testing.assert_allclose(getattr(wrapped, name), getattr(terms, name), rtol=1e-3, atol=1e-4)
     with pytest.raises(UserError, match="needs at least 10 reference frames, got 5") as e:
         boltzmann.fit(frames[:5], top, KT)
     assert e.value.fix
