@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from . import molecule_setup, optim, potentials
 from . import observables as observables_mod
-from . import optim, potentials
 from . import targets as targets_mod
 from .errors import UserError
 from .learn.registry import trainer_kind
@@ -41,10 +41,15 @@ def build(cfg) -> Components:
         raise UserError(f"trainer.kind={cfg.trainer.kind} trains without MD components",
                         "run it through `difftre train` / `difftre evaluate`")
     one_body = is_one_body_system(cfg.system)   # independent particles on a line (double well)
-    system = build_line_system(cfg.system) if one_body else build_system(cfg.system)
     cutoff = float(cfg.model.get("cutoff", cfg.system.get("cutoff", 2.5)))
+    topology = None
+    if molecule_setup.is_molecule(cfg):   # a molecule: topology, bonded prior, exclusions (molecule_setup.py)
+        mol = molecule_setup.build(cfg)
+        system, potential, topology = mol.system, mol.potential, mol.topology
+    else:
+        system = build_line_system(cfg.system) if one_body else build_system(cfg.system)
+        potential = potentials.build(cfg.prior, cfg.model, cutoff, system.species_names).bind(system)   # species, kT
     names = system.species_names
-    potential = potentials.build(cfg.prior, cfg.model, cutoff, names).bind(system)   # species, kT of this state
     obs = observables_mod.build(cfg.observables)
     tgts = targets_mod.build(cfg.targets, obs, system.units)
     sampler = (OneBodySampler if one_body else Sampler)(potential, system, sampler_config(cfg.simulator))

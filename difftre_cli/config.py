@@ -7,7 +7,16 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from . import metric_log, observables, onebody, optim, potentials, reference, targets
+from . import (
+    metric_log,
+    molecule_setup,
+    observables,
+    onebody,
+    optim,
+    potentials,
+    reference,
+    targets,
+)
 from .checks import choice, mapping, number
 from .compare import check_compare_with
 from .config_files import CONFIG_DIR
@@ -25,7 +34,7 @@ from .system import build_system, min_image_distance
 GROUPS = ("system", "prior", "model", "simulator", "observables", "targets", "optimizer", "trainer")
 #: top-level keys besides the groups (configs/train.yaml)
 TOP_LEVEL = ("name", "seed", "precision", "resume", "ground_truth", "states", "reduced_overrides", "evaluate",
-             "classical", "reference", "logger", "hydra", "stages", "interleave")   # classical: the potential of trainer=static presets
+             "classical", "reference", "topology", "logger", "hydra", "stages", "interleave")   # classical: the potential of trainer=static presets
 #: trainer keys the training loop (train.py) reads whatever the kind; a kind's own keys are those
 #: of its YAML, configs/trainer/KIND.yaml (the YAML is the schema: adding a key is adding it there).
 #: A key of another kind is ignored (a preset's trainer settings survive ``trainer=OTHER``).
@@ -163,7 +172,8 @@ def _validate_one(cfg: DictConfig) -> None:
     # system first: it reads the structure file and needs no JAX (fails in a second). One-body
     # systems (system.kind=ideal_gas_1d, particles on a line, no box) are checked in onebody.py.
     one_body = onebody.is_one_body_system(cfg.system)
-    system = None if one_body else build_system(cfg.system)
+    molecule = None if one_body or not molecule_setup.is_molecule(cfg) else molecule_setup.build(cfg, fit=False)
+    system = None if one_body else molecule.system if molecule else build_system(cfg.system)
 
     updates = _validate_trainer(cfg.trainer, own_keys=kind.keys)
     _validate_evaluate(cfg)
@@ -174,11 +184,17 @@ def _validate_one(cfg: DictConfig) -> None:
     # Build the cheap, jax-free parts group by group; this opens and checks every file.
     cutoff = number(cfg.model, "cutoff", prefix="model", lo=0.0, lo_open=True, required=False, default=2.5,
                     example="2.5")
-    potentials.build(cfg.prior, cfg.model, cutoff, system.species_names)
+    if molecule is None:   # a molecule's potential was built with its topology
+        potentials.build(cfg.prior, cfg.model, cutoff, system.species_names)
     sampler_config(cfg.simulator)
     obs = observables.build(cfg.observables)
-    for o in obs.values():   # reach within half the box; structure_factor: a wave vector in every bin
-        o.check_box(system.box_size)
+    for name, o in obs.items():   # reach within half the box; structure_factor: a wave vector in every bin
+        if system.box_size is not None:
+            o.check_box(system.box_size)
+        elif not o.open_space:
+            raise UserError(f"observables.{name} ({type(o).__name__}) needs a periodic box, and this molecule is in "
+                            "open space (system.periodic=false)",
+                            "use internal-coordinate observables (bonds, angles, dihedrals, phi_psi) or a box")
     targets.build(cfg.targets, obs, system.units)
     optim.build(cfg.optimizer, updates)
     if len(system.species_names) > 1:
@@ -262,7 +278,9 @@ def _validate_evaluate(cfg: DictConfig) -> None:
 
 def _cross_checks(cfg: DictConfig, system, cutoff: float) -> None:
     """Checks across groups: cutoff against the box (observables check their reach themselves,
-    ``check_box``), overlapping atoms."""
+    ``check_box``), overlapping atoms. Open space (a molecule) has no box to check against."""
+    if system.box_size is None:
+        return
     half = 0.5 * system.box_size
     if cutoff >= half:
         raise UserError(f"model.cutoff={cutoff:g} is not below half the box ({half:.4g})",

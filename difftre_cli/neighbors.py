@@ -1,4 +1,6 @@
-"""Fast, jit-compatible Verlet neighbour lists for a cubic periodic box (CPU-friendly).
+"""Fast, jit-compatible Verlet neighbour lists for a cubic periodic box (CPU-friendly), or for
+open space (``box_size`` None: a molecule in vacuum or implicit solvent; all pairs by brute
+force, no minimum image anywhere).
 
 The list is built from a cell list obtained by *sorting* particles by cell id
 (gather-only, no scatter-add) or, for small systems, by brute force. Lists are
@@ -21,7 +23,7 @@ import jax.numpy as jnp
 from jax_md import partition
 import numpy as np
 
-__all__ = ["NeighborList", "NeighborFns", "make_neighbor_fn", "pair_forces_and_energy",
+__all__ = ["NeighborList", "NeighborFns", "make_neighbor_fn", "minimum_image", "pair_forces_and_energy",
            "pair_energy"]
 
 
@@ -60,8 +62,17 @@ class NeighborFns(NamedTuple):
     method: str
 
 
-def _wrap(dr, box):
+def minimum_image(dr, box):
+    """Displacements ``dr`` at their minimum image in a cubic periodic box of edge ``box``; in
+    open space (``box`` None) they are returned as they are. The one place of this rule: lists,
+    pair kernels, graphs and internal coordinates all call it."""
+    if box is None:
+        return dr
+    box = jnp.asarray(box, dr.dtype)
     return dr - box * jnp.round(dr / box)
+
+
+_wrap = minimum_image
 
 
 def _materialize(tree, flag):
@@ -258,7 +269,7 @@ def _build_cell(R, max_nbrs, cell_cap, cand_cap, grid: "_CellGrid"):
     return idx.astype(jnp.int32), jnp.max(count), jnp.max(count_cell), jnp.max(total)
 
 
-def make_neighbor_fn(box_size: float, cutoff: float, skin: float,
+def make_neighbor_fn(box_size: float | None, cutoff: float, skin: float,
                      capacity_multiplier: float = 1.25, method: str = "auto",
                      brute_force_max_n: int = 2000) -> NeighborFns:
     """Neighbour-list functions for a cubic periodic box of side ``box_size``.
@@ -268,14 +279,17 @@ def make_neighbor_fn(box_size: float, cutoff: float, skin: float,
     (sort-based cell list; needs at least 3 cells of side >= cutoff + skin per box side),
     "brute" (all pairs) or "auto" (brute force for N <= ``brute_force_max_n`` or fewer
     than 4 cells per side, else the cell list; brute force measured ~2x faster at N = 1000).
+    ``box_size`` None: open space, brute force over all pairs without minimum image (molecules).
     """
     if method not in ("auto", "cell", "brute"):
         raise ValueError(f"unknown neighbour-list method {method!r}")
-    box_size = float(box_size)
+    box_size = None if box_size is None else float(box_size)
     r_list = float(cutoff) + float(skin)
     r_list_sq = r_list * r_list
     half_skin_sq = (0.5 * float(skin)) ** 2
-    nc = _cell_geometry(box_size, r_list)
+    if box_size is None and method == "cell":
+        raise ValueError("open space (box_size None) has no cell list; use method='brute'")
+    nc = 0 if box_size is None else _cell_geometry(box_size, r_list)
     ncell = nc ** 3
     if method == "cell" and nc < 3:
         raise ValueError(f"box {box_size} too small for a cell list with r_list={r_list} "

@@ -14,14 +14,15 @@ from .errors import UserError
 
 @dataclass(frozen=True)
 class System:
-    """A periodic cubic box of ``n_particles`` particles.
+    """A periodic cubic box of ``n_particles`` particles, or particles in open space
+    (``box_size`` None: a molecule in vacuum or implicit solvent; ``volume`` is NaN, no pressure).
 
     Attributes are in the unit system ``units`` (lengths in σ or nm).
-    ``positions`` has shape (N, 3) and lies in [0, box_size).
+    ``positions`` has shape (N, 3) and lies in [0, box_size) (open space: anywhere).
     """
 
     n_particles: int
-    box_size: float
+    box_size: float | None
     kT: float
     mass: float
     positions: np.ndarray
@@ -39,8 +40,12 @@ class System:
         return tuple(int(np.sum(self.species == k)) for k in range(self.n_species))
 
     @property
+    def periodic(self) -> bool:
+        return self.box_size is not None
+
+    @property
     def volume(self) -> float:
-        return self.box_size ** 3
+        return float("nan") if self.box_size is None else self.box_size ** 3
 
     @property
     def density(self) -> float:
@@ -71,15 +76,18 @@ def lattice_positions(n: int, box_size: float, kind: str = "fcc") -> np.ndarray:
 class Structure:
     """Positions and cubic box read from a structure file, in the system's length unit."""
 
-    positions: np.ndarray   # (N, 3), wrapped into [0, box_size)
-    box_size: float
+    positions: np.ndarray   # (N, 3), wrapped into [0, box_size) (open space: as in the file)
+    box_size: float | None
     path: str
 
 
-def read_structure(path, fmt: str | None, unit: str | None, unit_system, key: str = "system.structure") -> Structure:
+def read_structure(path, fmt: str | None, unit: str | None, unit_system, key: str = "system.structure",
+                   periodic: bool = True) -> Structure:
     """Read positions and the periodic box with ``ase.io.read`` (last frame; format from the
     extension unless ``fmt``), convert lengths with ``unit`` (see units.structure_length_factor)
-    and check them: atoms present, finite coordinates, one species, a periodic cubic cell."""
+    and check them: atoms present, finite coordinates, one species, a periodic cubic cell.
+    ``periodic`` False (a molecule in open space): positions only; a cell and the atoms' species
+    are ignored (a molecule's bead types come from its topology)."""
     p = input_file(path, key, what="structure file", example="start.xyz")
     factor = units_mod.structure_length_factor(unit, unit_system)
     import ase.io   # ase: heavy, only for structure files (system.structure)
@@ -114,6 +122,8 @@ def read_structure(path, fmt: str | None, unit: str | None, unit_system, key: st
         raise UserError(f"{key}: structure file {p} has NaN or infinite coordinates "
                         f"(atom {int(np.argmax(bad))}, {int(bad.sum())} atom(s) in all)",
                         "fix or remove those atoms")
+    if not periodic:
+        return Structure(positions=pos * factor, box_size=None, path=str(p))
     symbols = sorted(set(atoms.get_chemical_symbols()))
     if len(symbols) > 1:
         raise UserError(f"{key}: structure file {p} has several species {symbols}; difftre simulates "

@@ -159,3 +159,23 @@ def test_jax_md_compatible_format_attribute():
     R, box = _random_positions(300, seed=7)
     nbrs = nbm.make_neighbor_fn(box, CUTOFF, SKIN).allocate(R)
     assert nbrs.format == partition.NeighborListFormat.Dense
+
+
+def test_open_space_lists_every_close_pair_without_minimum_image():
+    """box_size None (a molecule in open space): the list holds exactly the pairs closer than
+    cutoff + skin by plain Euclidean distance, however far the particles are from any origin
+    (no wrapping), and minimum_image leaves displacements alone."""
+    rng = np.random.default_rng(3)
+    R = rng.uniform(-40.0, 40.0, size=(60, 3))
+    R[:30] = R[0] + rng.normal(scale=0.6, size=(30, 3))   # a dense cluster among far-apart particles
+    fns = nbm.make_neighbor_fn(None, 1.0, 0.2)
+    nb = fns.allocate(jnp.asarray(R))
+    got = {(i, int(j)) for i, row in enumerate(np.asarray(nb.idx)) for j in row if j < len(R)}
+    d = np.linalg.norm(R[:, None] - R[None], axis=-1)
+    want = {(i, j) for i in range(len(R)) for j in range(len(R)) if i != j and d[i, j] < 1.2}
+    assert got == want and len(want) > 100
+    dr = jnp.asarray([[30.0, -45.0, 0.1]])
+    assert np.array_equal(np.asarray(nbm.minimum_image(dr, None)), np.asarray(dr))
+    assert np.allclose(np.asarray(nbm.minimum_image(dr, 20.0)), [[-10.0, -5.0, 0.1]])
+    with pytest.raises(ValueError, match="open space"):
+        nbm.make_neighbor_fn(None, 1.0, 0.2, method="cell")

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from ..neighbors import minimum_image
+
 
 def bond_vectors(R, i, j, box=None):
     """R_j − R_i for index arrays ``i``, ``j`` (minimum image in a periodic box)."""
-    d = R[..., j, :] - R[..., i, :]
-    if box is not None:
-        d = d - box * jnp.round(d / box)
-    return d
+    return minimum_image(R[..., j, :] - R[..., i, :], box)
 
 
 def _norm(v, eps: float = 0.0):

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..checks import number
 from ..errors import UserError
+from ..neighbors import minimum_image
 from .base import Observable
 
 #: Φ(−5) ≈ 2.9e−7: the smooth cutoff is treated as zero beyond r_cut + CDF_REACH · w.
@@ -62,7 +63,7 @@ def nearest_vectors(q, k: int, reach: float):
         within = jnp.take_along_axis(within, slot, axis=1)
     valid = (idx < n) & within
     d = R[jnp.minimum(idx, n - 1)] - R[:, None, :]
-    d = d - box * jnp.round(d / box)
+    d = minimum_image(d, box)
     d = jnp.where(valid[..., None], d, jnp.asarray([1.0, 0.0, 0.0], d.dtype))
     rr = jnp.sqrt(jnp.sum(d * d, axis=-1))
     return d, rr, valid, n_within

@@ -25,6 +25,7 @@ class Observable(abc.ABC):
     components: tuple | None = None         # names of the entries of a vector value
     combine: ClassVar[Callable | None] = None   # combine(ctx, averages) -> value: a function of averages
     kernel_width: float | None = None       # Gaussian smoothing width a target can be given (smooth_target)
+    open_space: ClassVar[bool] = False      # defined without a periodic box (a molecule's internal coordinates)
     # function-valued observables: the unit kind of the values (unit_kind is the grid's) and the
     # symbols of grid and value, the column names of the curve files of `difftre evaluate`
     value_kind: ClassVar[str] = "dimensionless"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .base import Observable
 
@@ -12,6 +13,7 @@ class PotentialEnergy(Observable):
     depends_on_params: bool = True
     grid: None = None
     unit_kind: str = "energy"
+    open_space: ClassVar[bool] = True   # U needs no box
 
     @classmethod
     def from_config(cls, name, cfg):

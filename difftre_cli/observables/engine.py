@@ -133,10 +133,10 @@ class ObservableEngine:
         if self.one_body:   # independent particles in an external field: no box, no neighbour lists
             self._featurize = jax.jit(self._featurize_one_body)
             return
-        self.box = float(box_size)
+        self.box = None if box_size is None else float(box_size)   # None: open space (a molecule)
         list_cutoff = potential.list_cutoff   # strained crystals list further out: manybody.py
         reach = max([list_cutoff] + [o.reach for o in observables.values()])
-        if reach > 0.5 * self.box:
+        if self.box is not None and reach > 0.5 * self.box:
             raise UserError(f"observable range {reach:.3g} exceeds half the box ({0.5 * self.box:.3g})",
                             "use more particles (system.n_particles) or a smaller r_max")
         self.feature_cutoff = reach

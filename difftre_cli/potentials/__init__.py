@@ -39,6 +39,9 @@ def build(prior_cfg, model_cfg, cutoff: float, species_names=("X",)):
     """The potential of the ``prior`` and ``model`` config mappings (see the module docstring)."""
     mapping(prior_cfg, "prior", "prior=repulsive (or prior.kind=...)")
     mapping(model_cfg, "model", "model=spline (or model.kind=...)")
+    if prior_cfg.get("bonded") is not None:
+        raise UserError("prior.bonded (bonded terms) needs a molecule's topology, and topology is none",
+                        "select a topology (topology=alanine_dipeptide, or topology.file=PATH) or remove prior.bonded")
     if external.is_external(prior_cfg, model_cfg):   # one-body potential in an external field (1-D)
         return external.build(prior_cfg, model_cfg)
     choice(prior_cfg, "kind", PRIOR_KINDS, prefix="prior", default="none", what="prior")

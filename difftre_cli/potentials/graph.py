@@ -43,6 +43,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from ..neighbors import minimum_image
+
 __all__ = ["SparseGraph", "sparse_graph", "graph_counts", "sparse_capacity", "dense_geometry",
            "sparse_geometry", "barrier"]
 
@@ -133,11 +135,6 @@ jax.tree_util.register_dataclass(_SparseOps, data_fields=["graph"], meta_fields=
 # ---------------------------------------------------------------------------------------
 # Geometry
 # ---------------------------------------------------------------------------------------
-def _minimum_image(dr, box):
-    box = jnp.asarray(box, dr.dtype)
-    return dr - box * jnp.round(dr / box)
-
-
 def _apply_strain(dr, strain):
     if strain is None:
         return dr
@@ -174,7 +171,7 @@ def _dense_reverse(idx):
 def dense_geometry(R, idx, box, cutoff, strain):
     n = idx.shape[0]
     valid = idx < n
-    dr = _minimum_image(R[jnp.minimum(idx, n - 1)] - R[:, None, :], box)   # x_j − x_i at slot (i, a)
+    dr = minimum_image(R[jnp.minimum(idx, n - 1)] - R[:, None, :], box)   # x_j − x_i at slot (i, a)
     dr, d, mask = _safe_edges(_apply_strain(dr, strain), valid, cutoff)
     cos, tmask = _slot_angles(dr, d, mask)
     return d, mask, cos, tmask, _DenseOps(idx, _dense_reverse(idx))
@@ -184,7 +181,7 @@ def sparse_geometry(R, graph, box, cutoff, strain):
     n = R.shape[0]
     s, r = graph.senders, graph.receivers
     valid = (s < n) & (r < n)
-    dr = _minimum_image(R[jnp.minimum(s, n - 1)] - R[jnp.minimum(r, n - 1)], box)
+    dr = minimum_image(R[jnp.minimum(s, n - 1)] - R[jnp.minimum(r, n - 1)], box)
     dr, d, mask = _safe_edges(_apply_strain(dr, strain), valid, cutoff)
     ops = _SparseOps(graph, n)
     mask_l = ops.to_local(mask)                             # empty slots: False
@@ -225,7 +222,7 @@ jax.tree_util.register_dataclass(
 def _list_mask(idx, R, box, cutoff):
     n = R.shape[0]
     valid = idx < n
-    dr = _minimum_image(R[jnp.minimum(idx, n - 1)] - R[:, None, :], box)
+    dr = minimum_image(R[jnp.minimum(idx, n - 1)] - R[:, None, :], box)
     return valid & (jnp.sum(dr * dr, -1) < cutoff * cutoff)
 
 

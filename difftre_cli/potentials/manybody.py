@@ -60,6 +60,7 @@ import numpy as np
 
 from ..checks import choice, number
 from ..errors import UserError
+from ..neighbors import minimum_image
 from . import gnn, three_body
 from .graph import SparseGraph, graph_counts, sparse_capacity, sparse_graph
 from .protocol import GraphCapacity
@@ -84,14 +85,12 @@ def strain_reach(eps) -> float:
 
 def _edge_vectors(R, senders, receivers, box):
     n = R.shape[0]
-    d = R[jnp.minimum(senders, n - 1)] - R[jnp.minimum(receivers, n - 1)]
-    return d - box * jnp.round(d / box)
+    return minimum_image(R[jnp.minimum(senders, n - 1)] - R[jnp.minimum(receivers, n - 1)], box)
 
 
 def _dense_vectors(R, idx, box):
     n = R.shape[0]
-    d = R[jnp.minimum(idx, n - 1)] - R[:, None, :]
-    return d - box * jnp.round(d / box)
+    return minimum_image(R[jnp.minimum(idx, n - 1)] - R[:, None, :], box)
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,8 @@ class ManyBodyPotential(GraphCapacity):
 
     def bind(self, system) -> "ManyBodyPotential":
         species = np.asarray(system.species, np.int32) if len(system.species_names) > 1 else None
-        return replace(self, box_size=float(system.box_size), species=species)
+        box = None if system.box_size is None else float(system.box_size)   # None: open space
+        return replace(self, box_size=box, species=species)
 
     # -- sparse-graph capacities ----------------------------------------------------------
     @property
@@ -200,8 +200,8 @@ class ManyBodyPotential(GraphCapacity):
         u_prior = self._prior_energy(_dense_vectors(R, g, box), g < n, eps)
         return u_prior + self.model.energy(params["model"], R, g, box, species, eps)
 
-    def energy_fn(self, box_size: float):
-        pot = replace(self, box_size=float(box_size))
+    def energy_fn(self, box_size: float | None):
+        pot = replace(self, box_size=None if box_size is None else float(box_size))
 
         def energy(R, neighbor, params, **unused):
             return pot.energy_from_features(params, pot.features_on_list(R, neighbor.idx, box_size))

@@ -27,7 +27,12 @@ import numpy as np
 
 from ..checks import choice, mapping, number
 from ..errors import UserError
-from .base import PairModel, cubic_uniform, spline_second_derivative_map, uniform_segment
+from .base import (
+    PairModel,
+    cubic_uniform,
+    spline_second_derivative_map,
+    uniform_segment,
+)
 
 __all__ = ["MODELS", "build", "PairModel", "SplinePair", "TablePair", "ThermalPair"]
 

@@ -96,7 +96,7 @@ def distances_on_list(R, idx, box_size):
     """
     n = R.shape[0]
     d = R[:, None, :] - R[jnp.minimum(idx, n - 1)]
-    d = d - box_size * jnp.round(d / box_size)
+    d = neighbors.minimum_image(d, box_size)
     r2 = jnp.sum(d * d, axis=-1)
     valid = idx < n
     r = jnp.sqrt(jnp.where(valid, r2, 1.0))

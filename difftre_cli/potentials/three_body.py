@@ -41,6 +41,7 @@ from numpy.polynomial import legendre as legendre_poly
 
 from ..checks import mapping, number
 from ..errors import UserError
+from ..neighbors import minimum_image
 from .base import cubic_uniform, spline_second_derivative_map
 
 #: the learnable parts; positive ones are stored as logarithms
@@ -224,7 +225,7 @@ class ThreeBodyModel:
         n, m = idx.shape
         v = self.values(params)
         dr = R[jnp.minimum(idx, n - 1)] - R[:, None, :]
-        dr = dr - jnp.asarray(box, R.dtype) * jnp.round(dr / jnp.asarray(box, R.dtype))
+        dr = minimum_image(dr, box)
         if strain is not None:
             dr = dr + jnp.einsum("...b,ab->...a", dr, jnp.asarray(strain, R.dtype))
         r2 = jnp.sum(dr * dr, -1)
