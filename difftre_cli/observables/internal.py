@@ -68,7 +68,13 @@ def index_tuples(cfg, key: str, arity: int, prefix: str):
         if row is None:
             raise UserError(f"{dotted}: {_plain(raw)!r} is not {arity} bead indices (integers >= 0)",
                             f"write each as {example} (0-based bead indices)")
+        _distinct(row, dotted)
     return rows
+
+
+def _distinct(row: tuple, dotted: str) -> None:
+    if len(set(row)) != len(row):
+        raise UserError(f"{dotted}: {list(row)} names a bead twice", f"give {len(row)} distinct beads in {dotted}")
 
 
 def one_tuple(cfg, key: str, arity: int, prefix: str) -> tuple:
@@ -78,6 +84,7 @@ def one_tuple(cfg, key: str, arity: int, prefix: str) -> tuple:
     if row is None:
         raise UserError(f"{dotted} must be {arity} bead indices (integers >= 0), got {_plain(cfg.get(key))!r}",
                         f"set {dotted}=[" + ",".join(str(k) for k in range(arity)) + "]")
+    _distinct(row, dotted)
     return row
 
 
