@@ -115,6 +115,21 @@ def test_presets_build_and_every_distribution_integrates_to_one():
         np.testing.assert_allclose(p.sum(1) * cell, 1.0, rtol=1e-12)
 
 
+def test_position_gradients_are_finite_and_match_finite_differences():
+    obs = build(**preset("bonds"), **preset("angles"), **preset("dihedrals"), **preset("phi_psi"))
+    R = jnp.asarray(molecule_frames(1, seed=11)[0])
+    straight = R.at[2].set(R[1] + (R[1] - R[0]) * 0.123 / jnp.linalg.norm(R[1] - R[0]))   # angle 0-1-2 = π
+    direction = jnp.asarray(np.random.default_rng(12).normal(size=R.shape))
+    for name, o in obs.items():
+        w = jnp.asarray(np.random.default_rng(13).uniform(size=len(o.grid)))
+        loss = jax.jit(lambda x, o=o, w=w: jnp.sum(w * o.snapshot(CTX, {"R": x, "box": None})))
+        assert np.all(np.isfinite(np.asarray(jax.grad(loss)(straight)))), name   # finite at the cusp θ = π
+        g = jax.grad(loss)(R)
+        h = 1e-7
+        fd = (loss(R + h * direction) - loss(R - h * direction)) / (2 * h)
+        assert float(jnp.sum(g * direction)) == pytest.approx(float(fd), rel=1e-5, abs=1e-6), name
+
+
 def test_a_delta_like_set_of_bonds_gives_a_gaussian_of_the_configured_width():
     r0, sigma = 0.1372, 0.003
     obs = build(b={"kind": "bond_distribution", "r_min": 0.10, "r_max": 0.18, "n_bins": 320, "sigma": sigma,
@@ -164,28 +179,30 @@ def test_a_uniform_dihedral_is_flat_within_its_statistical_error():
     assert np.mean(z ** 2) == pytest.approx(1.0, abs=0.5)     # χ²/n: errors neither too small nor too large
 
 
+def _mdanalysis(f, box):
+    """Bond lengths, angles and dihedrals of the topology in frame ``f`` by MDAnalysis."""
+    t, dims = TOPOLOGY, None if box is None else np.array([box, box, box, 90.0, 90.0, 90.0])
+    return {"bonds": calc_bonds(f[t.bonds[:, 0]], f[t.bonds[:, 1]], box=dims),
+            "angles": calc_angles(*(f[t.angles[:, k]] for k in range(3)), box=dims),
+            "dihedrals": calc_dihedrals(*(f[t.dihedrals[:, k]] for k in range(4)), box=dims)}
+
+
 def test_values_and_histograms_equal_mdanalysis_in_open_space_and_in_a_box():
     obs = build(**preset("bonds"), **preset("angles"), **preset("dihedrals"))
-    box = 0.8
-    R = molecule_frames(5, seed=4)
+    measure = {"bonds": geometry.bond_lengths, "angles": geometry.angles, "dihedrals": geometry.dihedrals}
+    box, R = 0.8, molecule_frames(5, seed=4)
     for x, b in ((R, None), (np.mod(R + 0.1, box), box)):        # wrapped into a small box: minimum image
-        dims = None if b is None else np.array([box, box, box, 90.0, 90.0, 90.0])
-        for f in x:
-            t = TOPOLOGY
-            ref = {"bonds": calc_bonds(f[t.bonds[:, 0]], f[t.bonds[:, 1]], box=dims),
-                   "angles": calc_angles(*(f[t.angles[:, k]] for k in range(3)), box=dims),
-                   "dihedrals": calc_dihedrals(*(f[t.dihedrals[:, k]] for k in range(4)), box=dims)}
-            ours = {"bonds": geometry.bond_lengths(f, t.bonds, b), "angles": geometry.angles(f, t.angles, b),
-                    "dihedrals": geometry.dihedrals(f, t.dihedrals, b)}
-            for k in ref:   # MDAnalysis computes in float32: values agree to ~1e-6
-                delta = np.max(np.abs(np.asarray(ours[k]) - ref[k]))
+        for k, o in obs.items():
+            ours = per_frame(o, x, b)
+            for f, p in zip(x, ours):
+                ref = _mdanalysis(f, b)[k]
+                # MDAnalysis computes in float32: values agree to ~1e-6
+                delta = np.max(np.abs(np.asarray(measure[k](f, getattr(TOPOLOGY, k), b)) - ref))
                 assert delta < 2e-6, k
-                o = obs[k]
-                hist = (window_density(jnp.asarray(ref[k]), o.grid, o.sigma, o.width) if k != "dihedrals" else
-                        jnp.mean(periodic_rows(jnp.asarray(ref[k]), o.grid, o.sigma, o.width), axis=0))
+                hist = np.asarray(window_density(jnp.asarray(ref), o.grid, o.sigma, o.width) if k != "dihedrals" else
+                                  jnp.mean(periodic_rows(jnp.asarray(ref), o.grid, o.sigma, o.width), axis=0))
                 # a value moved by δ changes its Gaussian by at most ~0.6 δ/σ of the peak height
-                np.testing.assert_allclose(per_frame(o, f[None], b)[0], np.asarray(hist), rtol=0,
-                                           atol=(delta / o.sigma + 1e-12) * float(np.max(hist)), err_msg=k)
+                np.testing.assert_allclose(p, hist, rtol=0, atol=(delta / o.sigma + 1e-12) * hist.max(), err_msg=k)
 
 
 def test_minimum_image_far_from_the_boundary_is_open_space():
@@ -295,7 +312,7 @@ def test_a_2d_target_on_another_grid_is_interpolated_and_bad_tables_are_user_err
     o = obs["phi_psi"]
     fine = np.linspace(-180.0, 180.0, 72, endpoint=False) + 2.5
     F1, F2 = np.meshgrid(fine, fine, indexing="ij")
-    smooth = lambda a, b: 1.0 + 0.5 * np.cos(a) * np.sin(2 * b)   # noqa: E731
+    smooth = lambda a, b: 1.0 + 0.5 * np.cos(a) * np.sin(2 * b)
     rows = np.stack([F1.ravel(), F2.ravel(), smooth(np.radians(F1), np.radians(F2)).ravel()], 1)
     path = tmp_path / "fine.txt"
     np.savetxt(path, rows)

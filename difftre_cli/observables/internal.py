@@ -145,7 +145,7 @@ def periodic_rows(values, grid, sigma: float, width: float):
     normalised to Σ_b row_b Δ = 1: a wrapped Gaussian, complete for every σ (images up to 6σ)."""
     d = jnp.asarray(grid, values.dtype)[None, :] - values[:, None]
     d = d - TWO_PI * jnp.round(d / TWO_PI)                       # in [−π, π]
-    m = 1 + int(math.ceil(6.0 * sigma / TWO_PI))
+    m = 1 + math.ceil(6.0 * sigma / TWO_PI)
     shifts = TWO_PI * np.arange(-m, m + 1)
     k = jnp.sum(jnp.exp(-0.5 * ((d[..., None] + jnp.asarray(shifts, d.dtype)) / sigma) ** 2), axis=-1)
     return k / (width * jnp.sum(k, axis=1, keepdims=True))
