@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from MDAnalysis.lib.distances import calc_angles, calc_bonds, calc_dihedrals
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
 
 from difftre_cli import observables, potentials, targets, units
 from difftre_cli.compare import _plot as compare_plot
@@ -28,6 +29,8 @@ from difftre_cli.observables.engine import ObservableEngine
 from difftre_cli.observables.internal import periodic_rows, window_density
 from difftre_cli.plots import plot_all
 from difftre_cli.sampler import Trajectory
+from difftre_cli.reference.write import write_extxyz
+from difftre_cli.trajectory_targets import compute as trajectory_compute
 from difftre_cli.trajectory_targets import write as write_targets
 
 pytestmark = pytest.mark.usefixtures("double_precision")
@@ -280,6 +283,38 @@ def _meta(obs: dict) -> dict:
     info = {"source": "traj.xtc", "format": "xtc", "frames": 50, "start": 0, "stop": None, "stride": 1,
             "blocks": 10, "mapping": {}, "units": "real", "skipped": [], "difftre": "test"}
     return {"info": info, "observables": obs, "units": units.REAL}
+
+
+def test_difftre_targets_computes_them_from_a_trajectory_and_writes_files_training_reads(tmp_path):
+    """`difftre targets` (trajectory_targets.compute/write) on an extended-XYZ trajectory of 25
+    ten-bead molecules in the LJ config's periodic box (reduced units): the φ-ψ map and the
+    dihedral distribution of molecule 0 are the means of the per-frame observables, written
+    and read back as targets; ``all`` without a topology is a UserError naming the key."""
+    n_mol, n_frames = 25, 10
+    box = (n_mol * 10 / 0.5) ** (1 / 3)                           # config=lj_fm: ρ = 0.5
+    sites = np.stack(np.meshgrid(np.arange(5), np.arange(5), [0], indexing="ij"), -1).reshape(-1, 3) * 1.5 + 0.8
+    mols = molecule_frames(n_frames * n_mol, seed=14).reshape(n_frames, n_mol, 10, 3)
+    pos = (mols - mols.mean(2, keepdims=True) + sites[None, :, None]).reshape(n_frames, -1, 3)
+    file = write_extxyz(tmp_path / "mol.extxyz", pos, np.zeros_like(pos), np.zeros(n_frames), box)
+    with initialize_config_dir(config_dir=str(CONFIGS.parent), version_base=None):
+        cfg = compose(config_name="train", overrides=["config=lj_fm", f"system.n_particles={10 * n_mol}",
+                                                      f"reference.file={file}", "observables=[phi_psi]"])
+    with open_dict(cfg):
+        cfg.observables.dihedrals = {"kind": "dihedral_distribution", "dihedrals": [PHI, PSI]}
+    results, meta = trajectory_compute(cfg, blocks=5)
+    obs = meta["observables"]
+    for name in ("phi_psi", "dihedrals"):   # difftre targets featurizes float32 positions
+        np.testing.assert_allclose(results[name][1], per_frame(obs[name], pos[:, :10], box).mean(0), rtol=1e-4,
+                                   atol=1e-5 * results[name][1].max())
+    entries = write_targets(results, meta, tmp_path / "out")
+    assert Path(entries["phi_psi"]["file"]).name == "phi_psi.csv" and entries["dihedrals"]["file"].endswith(".txt")
+    t = targets.build(OmegaConf.create(entries), obs, units.LJ)
+    for name, rtol in (("phi_psi", 1e-12), ("dihedrals", 1e-6)):   # .csv: repr floats; .txt: 10 digits
+        np.testing.assert_allclose(t[name].value, results[name][1], rtol=rtol, atol=1e-12)
+    with open_dict(cfg):
+        cfg.observables.angles = {"kind": "angle_distribution"}
+    with pytest.raises(UserError, match="observables.angles.angles=all needs a topology"):
+        trajectory_compute(cfg, blocks=5)
 
 
 @pytest.mark.parametrize("x_unit", ["rad", "deg"])
