@@ -83,7 +83,8 @@ def _pair_curves(pot: dict) -> dict:
 
 def _plot(items: list[dict], path: Path) -> dict:
     """Write the overlay figure; returns {panel title: number of curves drawn} (for tests)."""
-    targets = sorted({k for it in items for k, d in it["evaluation"].get("targets", {}).items() if d.get("grid")})
+    targets = sorted({k for it in items for k, d in it["evaluation"].get("targets", {}).items()
+                      if d.get("grid") and not isinstance(d["grid"][0], list)})   # 2-D maps (phi_psi): no overlay
     pairs = list(dict.fromkeys(k for it in items for k in _pair_curves(it["evaluation"].get("potential", {}))))
     n = len(targets) + len(pairs) + 1
     ncols = n if n <= 4 else 3          # mixtures: one row per state point (3 partial RDFs)

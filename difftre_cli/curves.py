@@ -3,7 +3,8 @@ the plots show, each read from ``evaluation.json`` (so the two always hold the s
 
 - ``<state>_<observable>.csv`` for every function-valued observable (RDF, ADF, density profile,
   S(k)): its grid, the model's values with their jackknife standard errors and, for every target
-  on it, the target on the same grid (``r [nm],g_model [1],g_model_err [1],g_target [1]``);
+  on it, the target on the same grid (``r [nm],g_model [1],g_model_err [1],g_target [1]``); a 2-D
+  one (phi_psi) has a column per grid coordinate (``phi [rad],psi [rad],p_model [1/rad^2],...``);
 - ``potential.csv`` (``potential_<pair>.csv`` per species pair of a mixture,
   ``<state>_potential*.csv`` for a temperature-dependent model at each state point): r (or x for a
   one-body field), the learned u = prior + model, the prior and, when the config knows it, the
@@ -48,10 +49,16 @@ def curve_tables(ev: dict) -> dict[str, list[tuple[str, list]]]:
 
 
 def _observable_columns(name: str, obs: dict, targets: dict) -> list[tuple[str, list]]:
-    x, y = obs.get("symbols") or ("x", "y")
-    unit = obs.get("unit", "1")
-    cols = [(f"{x} [{obs.get('grid_unit', '1')}]", obs["grid"]), (f"{y}_model [{unit}]", obs["value"]),
-            (f"{y}_model_err [{unit}]", obs["error"] if obs.get("error") is not None else [None] * len(obs["grid"]))]
+    """Grid, model, its error and the targets; a 2-D observable (a grid of (x1, x2) pairs, e.g.
+    phi_psi; symbols x1, x2, y) gets one grid column per coordinate."""
+    *axes, y = obs.get("symbols") or ("x", "y")
+    unit, grid_unit, grid = obs.get("unit", "1"), obs.get("grid_unit", "1"), obs["grid"]
+    if len(axes) == 1:
+        cols = [(f"{axes[0]} [{grid_unit}]", grid)]
+    else:
+        cols = [(f"{a} [{grid_unit}]", [point[k] for point in grid]) for k, a in enumerate(axes)]
+    cols += [(f"{y}_model [{unit}]", obs["value"]),
+             (f"{y}_model_err [{unit}]", obs["error"] if obs.get("error") is not None else [None] * len(grid))]
     on_it = [(t, d) for t, d in targets.items() if d.get("observable_name") == name]
     for t, d in on_it:
         cols.append((f"{y}_target{'' if len(on_it) == 1 else '_' + t} [{unit}]", d["target"]))

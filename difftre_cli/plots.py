@@ -40,6 +40,9 @@ def _series(rows: list[dict]) -> dict:
 def plot_all(run_dir: Path, ev: dict, rows: list[dict]) -> list[Path]:
     paths = []
     for name, d in ev["targets"].items():
+        if d["grid"] is not None and np.ndim(d["grid"]) == 2:   # a 2-D map (phi_psi): heat maps
+            paths.append(plot_surface(run_dir, name, d))
+            continue
         fig, ax = plt.subplots(figsize=(5, 3.5))
         if d["grid"] is not None:
             ax.plot(d["grid"], d["target"], "k-", lw=2, label="target")
@@ -179,6 +182,32 @@ def plot_external(run_dir: Path, ev: dict) -> Path:
     ax.legend(fontsize=7)
     fig.tight_layout()
     p = run_dir / "potential.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return p
+
+
+def plot_surface(run_dir: Path, name: str, d: dict) -> Path:
+    """A 2-D target (a grid of (x1, x2) pairs, value flattened x1-major; e.g. phi_psi) as free-
+    energy surfaces F/kT = −ln p, shifted to a minimum of 0 and drawn up to 10 kT: the target
+    next to the learned map, one colour scale; points where p = 0 stay blank. Angles in degrees."""
+    grid = np.asarray(d["grid"], float)
+    unit = d.get("grid_unit", "")
+    scale, unit = (180.0 / np.pi, "deg") if unit == "rad" else (1.0, unit)
+    x1, x2 = np.unique(grid[:, 0]) * scale, np.unique(grid[:, 1]) * scale
+    symbols = d.get("symbols") or ("x1", "x2", "p")
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4), sharey=True)
+    for ax, key, title in ((axes[0], "target", "target"), (axes[1], "observable", f"learned (RMSE {d['rmse']:.3g})")):
+        p = np.asarray(d[key], float).reshape(len(x1), len(x2))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f = np.where(p > 0, -np.log(np.where(p > 0, p, 1.0)), np.nan)
+        f = f - np.nanmin(f) if np.any(np.isfinite(f)) else f
+        mesh = ax.pcolormesh(x1, x2, f.T, shading="nearest", vmin=0.0, vmax=10.0, cmap="viridis")
+        ax.set_title(f"{name}: {title}", fontsize=9)
+        ax.set_xlabel(f"{symbols[0]} [{unit}]")
+    axes[0].set_ylabel(f"{symbols[1]} [{unit}]")
+    fig.colorbar(mesh, ax=axes, label=f"F / kT = −ln {symbols[-1]} (minimum 0)")
+    p = run_dir / f"{name}.png"
     fig.savefig(p, dpi=120)
     plt.close(fig)
     return p

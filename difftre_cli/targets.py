@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import units
+from . import surfaces, units
 from .checks import input_file, mapping, number
 from .errors import UserError
 from .target_files import Curve, read_curve
@@ -205,15 +205,14 @@ def _x_factor(obs, x_unit, key: str, unit_system) -> float:
 def _file_target(name, obs_name, obs, t, key: str, gamma: float, unit_system) -> Target:
     """A gridded target from a file: read, x converted, optionally smoothed with the
     observable's kernel on the file's own range, interpolated onto the grid, weighted."""
+    if surfaces.is_surface(obs.grid):
+        return _surface_target(name, obs_name, obs, t, key, gamma, unit_system)
     if not t.get("file"):
         raise UserError(f"{key}.file is not set", f"set {key}.file=PATH (two columns x y)")
     x_unit = t.get("x_unit")
     factor = _x_factor(obs, x_unit, key, unit_system)
     columns = columns_option(t, key)
-    weight = t.get("weight", "uniform")
-    if weight not in WEIGHTS:
-        raise UserError(f"{key}.weight: unknown weighting {weight!r}",
-                        f"use one of {', '.join(WEIGHTS)} (e.g. {key}.weight=uniform)")
+    weight = _weight_option(t, key)
     sigma = smoothing_option(t, key, obs, obs_name, factor)
     path = resolve_path(t["file"], f"{key}.file")
     c: Curve = read_curve(path, f"{key}.file", group=name, columns=columns)
@@ -229,6 +228,39 @@ def _file_target(name, obs_name, obs, t, key: str, gamma: float, unit_system) ->
     w = None if weight == "uniform" else inverse_variance(err, obs.grid, factor, x_unit, key, path)
     source = str(path) if sigma is None else f"{path} (smoothed, σ = {sigma:.4g})"
     return Target(name, obs_name, value, gamma, source, weight=w, error=err)
+
+
+def _weight_option(t, key: str) -> str:
+    """``targets.X.weight``: uniform (default) or inverse_variance."""
+    weight = t.get("weight", "uniform")
+    if weight not in WEIGHTS:
+        raise UserError(f"{key}.weight: unknown weighting {weight!r}",
+                        f"use one of {', '.join(WEIGHTS)} (e.g. {key}.weight=uniform)")
+    return weight
+
+
+def _surface_target(name, obs_name, obs, t, key: str, gamma: float, unit_system) -> Target:
+    """A target of a 2-D observable (phi_psi) from a table x1 x2 y [error] (surfaces.py), put
+    on the observable's (x1, x2) grid by periodic bilinear interpolation; no smoothing."""
+    if not t.get("file"):
+        raise UserError(f"{key}.file is not set", f"set {key}.file=PATH (columns x1 x2 y [error])")
+    factor = _x_factor(obs, t.get("x_unit"), key, unit_system)
+    weight = _weight_option(t, key)
+    smoothing_option(t, key, obs, obs_name, factor)     # a UserError for histogram / smooth: no 2-D kernel
+    path = resolve_path(t["file"], f"{key}.file")
+    s = surfaces.read_surface(path, f"{key}.file", surfaces.columns_option(t, key))
+    xy = s.xy * factor
+    value = surfaces.on_periodic_grid(xy, s.y, obs.grid, f"{key}.file", path)
+    err = None if s.err is None else surfaces.on_periodic_grid(xy, s.err, obs.grid, f"{key}.file", path)
+    w = None
+    if weight == "inverse_variance":
+        if err is None or not np.all(np.isfinite(err) & (err > 0)):
+            raise UserError(f"{key}.weight=inverse_variance needs a positive standard error at every point, and "
+                            f"{path} has " + ("no error column" if err is None else "zero, negative or missing ones"),
+                            f"give a fourth column (standard error) or set {key}.weight=uniform")
+        w = 1.0 / err ** 2
+        w = w / w.mean()
+    return Target(name, obs_name, value, gamma, str(path), weight=w, error=err)
 
 
 def _vector_target(name, obs_name, obs, t, key: str, gamma: float, unit_system) -> Target:

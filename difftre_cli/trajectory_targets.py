@@ -8,7 +8,8 @@ the mapped frames. Observables that depend on the potential (pressure, energy, s
 properties of positions alone and are skipped with a note, except a pressure the file gives per
 frame (extended XYZ stress, H5MD observables/pressure), which is averaged as read. Each gridded observable becomes
 ``OUT/<name>.txt`` — x, mean, standard error (from ``blocks`` consecutive blocks of frames) —
-under a provenance header; ``OUT/targets.yaml`` lists them as ``targets`` entries, scalar
+under a provenance header (a 2-D map such as ``phi_psi``: ``OUT/<name>.csv`` with columns phi,
+psi, mean, standard error; surfaces.py); ``OUT/targets.yaml`` lists them as ``targets`` entries, scalar
 observables as values.
 
     difftre targets config=lj reference=lammps_dump reference.file=traj.lammpstrj reference.units=lj \\
@@ -25,7 +26,7 @@ import numpy as np
 import yaml
 from omegaconf import OmegaConf, open_dict
 
-from . import __version__, potentials, reference
+from . import __version__, potentials, reference, surfaces
 from . import observables as observables_mod
 from .errors import UserError
 from .observables import Context
@@ -99,7 +100,8 @@ def compute(cfg, blocks: int = 10) -> tuple[dict, dict]:
                         f"{list(names)}", "name the bead types as the system's species")
     species = np.asarray([names.index(t) for t in bead_types], np.int32)
     ctx = Context(system.n_particles, system.volume, system.kT, names,
-                  tuple(int(np.sum(species == k)) for k in range(len(names))), species if len(names) > 1 else None)
+                  tuple(int(np.sum(species == k)) for k in range(len(names))), species if len(names) > 1 else None,
+                  topology=getattr(system, "topology", None))   # a molecule's: `all` of observables/internal.py
     engine = ObservableEngine(potential, obs, ctx, system.box_size, 1.0 / system.kT)
     params = potential.init(jax.random.PRNGKey(0))   # position-only observables: any parameters
     values = {k: [] for k in [*obs, *read]}
@@ -149,10 +151,15 @@ def write(results: dict, meta: dict, out: Path) -> dict:
         header = [f"difftre targets: {name} ({type(o).__name__}) from {info['source']} ({info['format']})",
                   f"frames: {info['frames']} (start {info['start']}, stop {info['stop']}, stride {info['stride']}); "
                   f"standard error from {info['blocks']} consecutive blocks",
-                  f"mapping: {json.dumps(info['mapping'])}; units: {info['units']} (x in {x_unit})",
-                  f"difftre {info['difftre']}; columns: x, mean, standard error"]
-        path = out / f"{name}.txt"
-        np.savetxt(path, np.stack([grid, mean, err], 1), header="\n".join(header), fmt="%.10g")
+                  f"mapping: {json.dumps(info['mapping'])}; units: {info['units']} (x in {x_unit})"]
+        if surfaces.is_surface(grid):   # a 2-D map (phi_psi): x1, x2, mean, standard error (surfaces.py)
+            path = out / f"{name}.csv"
+            header.append(f"difftre {info['difftre']}; columns: {', '.join(o.symbols[:-1])}, mean, standard error")
+            surfaces.write_surface(path, grid, mean, err, o.symbols, header)
+        else:
+            path = out / f"{name}.txt"
+            header.append(f"difftre {info['difftre']}; columns: x, mean, standard error")
+            np.savetxt(path, np.stack([grid, mean, err], 1), header="\n".join(header), fmt="%.10g")
         entries[name] = {"file": str(path.resolve()), "x_unit": x_unit, "observable": name}
     (out / "targets.yaml").write_text(
         f"# difftre targets from {info['source']}: use as `targets` entries (skipped, depend on the potential: "

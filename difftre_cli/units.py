@@ -76,7 +76,8 @@ MODULUS_TO_EV_A3 = {"GPa": 1.0 / GPA_PER_EV_A3, "eV/angstrom^3": 1.0, "eV/A^3": 
 #: The unit of each kind of quantity (an observable's ``unit_kind`` / ``value_kind``), by the
 #: system's names: what evaluation.json's and the curve files' units say.
 KIND_UNITS = {"length": lambda u: u.length, "inverse_length": lambda u: f"1/{u.length}",
-              "angle": lambda u: "rad", "inverse_angle": lambda u: "1/rad", "energy": lambda u: u.energy,
+              "angle": lambda u: "rad", "inverse_angle": lambda u: "1/rad",
+              "inverse_angle_squared": lambda u: "1/rad^2", "energy": lambda u: u.energy,
               "pressure": lambda u: u.pressure_internal, "stress": lambda u: u.pressure_internal,
               "dimensionless": lambda u: "1"}
 

@@ -57,6 +57,9 @@ class Context:
     species_names: tuple = ("X",)
     counts: tuple = ()                 # particles per species (same order as species_names)
     species: Any = field(default=None, repr=False, compare=False)   # (N,) int, None for one species
+    # a molecule's topology (bonds (B, 2), angles (A, 3), dihedrals (D, 4) 0-based bead index
+    # arrays; molecule/topology.py), read by the internal-coordinate observables' ``all``; None: none
+    topology: Any = field(default=None, repr=False, compare=False)
 
     def species_index(self, name: str, key: str) -> int:
         if name not in self.species_names:

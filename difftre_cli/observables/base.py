@@ -18,7 +18,8 @@ class Observable(abc.ABC):
     unit_kind: str          # what its values (or its grid) are: length, angle, pressure, stress, energy, …
 
     # declared optional parts, with their defaults
-    grid: Any = None                        # bin centres of a function-valued observable; None: a scalar/vector
+    grid: Any = None                        # bin centres of a function-valued observable (n,), or of a 2-D
+                                            # one the (n, 2) points of its flattened map; None: a scalar/vector
     reach: float = 0.0                      # neighbour-list radius it needs (pair systems)
     pair: tuple | None = None               # (species a, species b) of a partial observable; None: all pairs
     needs: tuple = ()                       # per-snapshot strain derivatives ("born_stress", "born_stiffness")
@@ -28,8 +29,9 @@ class Observable(abc.ABC):
     open_space: ClassVar[bool] = False      # defined without a periodic box (a molecule's internal coordinates)
     # function-valued observables: the unit kind of the values (unit_kind is the grid's) and the
     # symbols of grid and value, the column names of the curve files of `difftre evaluate`
+    # (a 2-D observable: one per grid coordinate, then the value's, e.g. ("phi", "psi", "p"))
     value_kind: ClassVar[str] = "dimensionless"
-    symbols: ClassVar[tuple[str, str]] = ("x", "y")
+    symbols: ClassVar[tuple[str, ...]] = ("x", "y")
 
     @abc.abstractmethod
     def snapshot(self, ctx, q):
