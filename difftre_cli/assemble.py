@@ -57,7 +57,7 @@ def build(cfg) -> Components:
     # one-body systems: every (snapshot, particle) is a state of one particle of its own (learn/difftre.py)
     ctx = (observables_mod.Context(1, system.volume, system.kT) if one_body else
            observables_mod.Context(system.n_particles, system.volume, system.kT, tuple(names), system.counts,
-                                   system.species if len(names) > 1 else None))
+                                   system.species if len(names) > 1 else None, topology=topology))
     engine = ObservableEngine(potential, obs, ctx, system.box_size, 1.0 / system.kT)
     learner = learner_cls(engine, tgts, optimizer, precondition=cfg.trainer.get("precondition", "none"),
                           fisher_damping=float(cfg.trainer.get("fisher_damping", 1e-3)))

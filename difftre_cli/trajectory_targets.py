@@ -26,7 +26,7 @@ import numpy as np
 import yaml
 from omegaconf import OmegaConf, open_dict
 
-from . import __version__, potentials, reference, surfaces
+from . import __version__, molecule_setup, potentials, reference, surfaces
 from . import observables as observables_mod
 from .errors import UserError
 from .observables import Context
@@ -77,9 +77,14 @@ def compute(cfg, blocks: int = 10) -> tuple[dict, dict]:
     if is_one_body_system(cfg.system):
         raise UserError("difftre targets reads particles in a periodic box; this system is one-body (1-D)",
                         "use a box system (system.kind=box)")
-    system = build_system(cfg.system)
-    cutoff = float(cfg.model.get("cutoff", cfg.system.get("cutoff", 2.5)))
-    potential = potentials.build(cfg.prior, cfg.model, cutoff, system.species_names).bind(system)  # lists only
+    topology = None
+    if molecule_setup.is_molecule(cfg):   # a molecule: its beads' species are the topology's types
+        mol = molecule_setup.build(cfg, fit=False)
+        system, potential, topology = mol.system, mol.potential, mol.topology
+    else:
+        system = build_system(cfg.system)
+        cutoff = float(cfg.model.get("cutoff", cfg.system.get("cutoff", 2.5)))
+        potential = potentials.build(cfg.prior, cfg.model, cutoff, system.species_names).bind(system)  # lists only
     every = observables_mod.build(cfg.observables)
     obs = {k: o for k, o in every.items() if not o.depends_on_params and o.combine is None}
     ref = reference.open_reference(cfg.reference, system.units, box=system.box_size, n_particles=system.n_particles)
@@ -93,7 +98,9 @@ def compute(cfg, blocks: int = 10) -> tuple[dict, dict]:
                         "depend on the potential (a pressure is read where the file has one per frame)")
     names = tuple(system.species_names)
     bead_types = ref.bead_type_names
-    if len(names) == 1 and len(set(bead_types)) == 1:   # one species: the bead type's name is free
+    if topology is not None:   # a molecule: the topology types its beads
+        bead_types = tuple(topology.types)
+    elif len(names) == 1 and len(set(bead_types)) == 1:   # one species: the bead type's name is free
         bead_types = names * len(bead_types)
     if set(bead_types) - set(names):
         raise UserError(f"reference.mapping names bead types {sorted(set(bead_types))} but system.species is "
@@ -101,7 +108,7 @@ def compute(cfg, blocks: int = 10) -> tuple[dict, dict]:
     species = np.asarray([names.index(t) for t in bead_types], np.int32)
     ctx = Context(system.n_particles, system.volume, system.kT, names,
                   tuple(int(np.sum(species == k)) for k in range(len(names))), species if len(names) > 1 else None,
-                  topology=getattr(system, "topology", None))   # a molecule's: `all` of observables/internal.py
+                  topology=topology)   # a molecule's: `all` of observables/internal.py
     engine = ObservableEngine(potential, obs, ctx, system.box_size, 1.0 / system.kT)
     params = potential.init(jax.random.PRNGKey(0))   # position-only observables: any parameters
     values = {k: [] for k in [*obs, *read]}

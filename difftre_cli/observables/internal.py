@@ -165,6 +165,7 @@ class _Internal(Observable):
     trace time against the snapshot's number of beads, and no box limit."""
 
     KEY: ClassVar[str]
+    open_space: ClassVar[bool] = True   # internal coordinates need no box
 
     def indices(self, ctx, q) -> np.ndarray:
         return resolve(self.name, self.KEY, getattr(self, self.KEY), ctx, q["R"].shape[-2])
