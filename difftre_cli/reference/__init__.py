@@ -30,7 +30,8 @@ __all__ = ["MappedFrames", "Reference", "check", "is_set", "open_reference"]
 BOX_RTOL = 1e-4
 
 
-#: mapped frames: bead positions in [0, box) and mapped forces (read.Frames of beads)
+#: mapped frames: bead positions in [0, box) (open space: as mapped, boxes None) and mapped forces
+#: (read.Frames of beads)
 MappedFrames = Frames
 
 
@@ -116,14 +117,15 @@ def check(cfg, system_units: units.UnitSystem, *, box: float | None = None, n_pa
 
 
 def _check_frames(a, ref: Reference) -> None:
-    """Finite numbers, and the system's box (when known) in every frame."""
+    """Finite numbers, and the system's box (when known) in every frame; an open-space reference
+    (``reference.open``) has no box to compare."""
     s = ref.settings
     for name, arr in (("positions", a.positions), ("forces", a.forces), ("pressures", a.pressures)):
         if arr is not None and not np.all(np.isfinite(arr)):
             k = int(np.argmax(~np.all(np.isfinite(arr.reshape(len(arr), -1)), axis=1)))
             raise UserError(f"reference.file: frame {int(a.indices[k])} of {s.file} has NaN or infinite {name}",
                             "use a trajectory of a stable simulation (or skip the frame with reference.start)")
-    if ref.box is None:
+    if ref.box is None or a.boxes is None:
         return
     bad = ~np.all(np.isclose(a.boxes, ref.box, rtol=BOX_RTOL, atol=0.0), axis=1)
     if np.any(bad):

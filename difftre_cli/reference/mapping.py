@@ -1,21 +1,26 @@
 """The coarse-grained mapping: atom frames -> bead positions and mapped forces.
 
 A bead is a group of atoms chosen by an MDAnalysis selection per bead type, split per residue,
-per molecule (bonded fragment), per atom (one chosen atom per molecule: e.g. ``name OW``) or
-not at all (the whole selection is one bead). Its position is the centre of mass or of
-geometry of its atoms, or one of its atoms (``center: site``, the atom ``site`` selects, e.g. a
-water molecule's oxygen), taken after the bead is made whole across the periodic boundaries
-(every atom at its minimum image from the bead's first atom: a bead must be smaller than half
-the box), then wrapped back into the box. Its mapped force is the sum of the forces on its
-atoms: the multiscale coarse-graining (force-matching) force of a non-overlapping linear map
-(Noid et al., J. Chem. Phys. 128, 244114 (2008)). That holds for any site whose weights sum to 1
-over the bead's atoms (centre of mass, of geometry, one atom): moving the whole bead by δ moves
-its site by δ, so the summed force is the mean force's estimator (Noid et al.'s condition
-Σ_i c_Ii d_Ii = 1 with d = 1 on the bead's atoms). Constraint forces inside a rigid bead cancel
-in the sum.
+per molecule (bonded fragment), per atom (one chosen atom per molecule: e.g. ``name OW``), per
+heavy atom (each non-hydrogen atom of the selection with the hydrogens bonded to it, whether
+selected or not: a united-atom map such as alanine dipeptide onto its 10 heavy atoms) or not
+at all (the whole selection is one bead). Its position is the centre of mass or of geometry of
+its atoms, or one of its atoms (``center: site``, the atom ``site`` selects, e.g. a water
+molecule's oxygen; per heavy atom without ``site``, the heavy atom), taken after the bead is
+made whole across the periodic boundaries (every atom at its minimum image from the bead's
+first atom: a bead must be smaller than half the box), then wrapped back into the box. In open
+space (``reference.open``, no box) positions are used as they are: no image, no wrapping.
+Its mapped force is the sum of the forces on its atoms: the multiscale coarse-graining
+(force-matching) force of a non-overlapping linear map (Noid et al., J. Chem. Phys. 128, 244114
+(2008)). That holds for any site whose weights sum to 1 over the bead's atoms (centre of mass,
+of geometry, one atom): moving the whole bead by δ moves its site by δ, so the summed force is
+the mean force's estimator (Noid et al.'s condition Σ_i c_Ii d_Ii = 1 with d = 1 on the bead's
+atoms). Constraint forces between atoms of one bead (a rigid water, the X–H bonds of a heavy
+atom's bead) cancel in the sum.
 
 Beads are ordered by bead type (as listed in ``reference.mapping.beads``), then by their first
-atom. Selections must not share atoms.
+atom (per heavy atom: by the heavy atom, which is the bead's first entry). Selections must not
+share atoms, nor may a hydrogen be bonded to two heavy atoms of the map.
 """
 from __future__ import annotations
 
@@ -49,14 +54,16 @@ class CGMap:
         sizes = np.diff(np.append(self.offsets, len(self.atoms)))
         return np.repeat(np.arange(self.n_beads), sizes)
 
-    def positions(self, x: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """Bead centres (F, B, 3) in [0, box) of atom positions ``x`` (F, N, 3) in boxes (F, 3)."""
-        box = boxes[:, None, :]
+    def positions(self, x: np.ndarray, boxes: np.ndarray | None) -> np.ndarray:
+        """Bead centres (F, B, 3) in [0, box) of atom positions ``x`` (F, N, 3) in boxes (F, 3);
+        ``boxes`` None (open space): the centres of the atoms as they are, nothing wrapped."""
         first = x[:, self.atoms[self.offsets]]                       # (F, B, 3) each bead's first atom
         d = x[:, self.atoms] - first[:, self.bead_of_atom]           # (F, A, 3)
-        d -= box * np.round(d / box)                                 # whole beads: minimum images
+        if boxes is not None:
+            box = boxes[:, None, :]
+            d -= box * np.round(d / box)                             # whole beads: minimum images
         c = first + np.add.reduceat(self.weights[None, :, None] * d, self.offsets, axis=1)
-        return c - box * np.floor(c / box)
+        return c if boxes is None else c - box * np.floor(c / box)
 
     def forces(self, f: np.ndarray) -> np.ndarray:
         """Mapped forces (F, B, 3): the sum of the atom forces ``f`` (F, N, 3) of each bead."""
@@ -68,7 +75,7 @@ def build(universe, bead_map: BeadMap) -> CGMap:
     groups, types = [], []
     for k, (name, selection) in enumerate(bead_map.beads):
         for g in _bead_groups(universe, name, selection, bead_map.per):
-            groups.append(np.asarray(g.indices, dtype=int))
+            groups.append(np.asarray(getattr(g, "indices", g), dtype=int))   # an AtomGroup or index array
             types.append(k)
     atoms = np.concatenate(groups)
     _check_overlap(atoms, groups, types, bead_map)
@@ -93,6 +100,8 @@ def _bead_groups(universe, name: str, selection: str, per: str) -> list:
                         "check names against the topology (reference.topology); e.g. 'resname SOL' or 'name OW'")
     if per == "selection":
         return [ag]
+    if per == "heavy_atom":
+        return _heavy_atom_groups(universe, ag)
     if per == "molecule":
         try:
             fragments = ag.fragments
@@ -109,6 +118,42 @@ def _bead_groups(universe, name: str, selection: str, per: str) -> list:
     return parts
 
 
+def _is_hydrogen(atoms) -> np.ndarray:
+    """(n,) True for hydrogen atoms: element H where the topology has elements, else (and for an
+    atom with a blank element) a name starting with H."""
+    names = np.char.upper(np.asarray(atoms.names, dtype=str))
+    by_name = np.char.startswith(names, "H")
+    try:
+        elements = np.char.strip(np.asarray(atoms.elements, dtype=str))
+    except AttributeError:  # NoDataError: no elements in this topology
+        return by_name
+    known = elements != ""
+    return np.where(known, np.char.upper(elements) == "H", by_name)
+
+
+def _heavy_atom_groups(universe, ag) -> list[np.ndarray]:
+    """[heavy atom, its bonded hydrogens (ascending)] for every non-hydrogen atom of ``ag``."""
+    try:
+        bonds = universe.atoms.bonds.indices
+    except AttributeError:  # NoDataError: no bonds in this topology
+        bonds = []
+    if len(bonds) == 0:   # e.g. a .gro, or a .pdb without CONECT records
+        raise UserError("reference.mapping.per=heavy_atom: the topology has no bonds to find each heavy atom's "
+                        "hydrogens by", "give a topology with bonds (reference.topology: a .pdb with CONECT "
+                        "records, .tpr, .psf or LAMMPS data file)")
+    hydrogen = _is_hydrogen(universe.atoms)
+    heavy = ag.indices[~hydrogen[ag.indices]]
+    if len(heavy) == 0:
+        raise UserError("reference.mapping.per=heavy_atom: the selection matches only hydrogens",
+                        "select the heavy atoms (or whole residues) of the molecule, e.g. 'resname ALA'")
+    partners = {int(i): [] for i in heavy}
+    for i, j in np.asarray(bonds, dtype=int).reshape(-1, 2):
+        for a, b in ((i, j), (j, i)):
+            if a in partners and hydrogen[b]:
+                partners[a].append(int(b))
+    return [np.array([i] + sorted(partners[int(i)]), dtype=int) for i in heavy]
+
+
 def _check_overlap(atoms: np.ndarray, groups: list, types: list, bead_map: BeadMap) -> None:
     uniq, counts = np.unique(atoms, return_counts=True)
     if np.all(counts == 1):
@@ -121,6 +166,8 @@ def _check_overlap(atoms: np.ndarray, groups: list, types: list, bead_map: BeadM
 
 
 def _weights(universe, g: np.ndarray, bead_map: BeadMap, name: str) -> np.ndarray:
+    if bead_map.center == "site" and bead_map.site is None:   # per heavy atom: on the heavy atom, g[0]
+        return np.eye(1, len(g)).ravel()
     if bead_map.center == "site":
         return _site_weights(universe, g, bead_map.site, name)
     if bead_map.center == "geometry" or len(g) == 1:   # a single-atom bead is its atom, whatever its mass

@@ -5,12 +5,15 @@ What each reader returns, before :func:`units.trajectory_factors` converts it: M
 Å, kJ mol⁻¹ Å⁻¹ for a TRR and an H5MD file with unit attributes; a LAMMPS dump (and an H5MD
 file without units) are read as they are, in the declared ``reference.units`` style; ase reads
 extended XYZ as Å and eV (or in the declared style). Frames are read on demand, in file order:
-nothing is loaded before it is asked for.
+nothing is loaded before it is asked for. Every frame needs an orthorhombic periodic box, except
+with ``reference.open: true`` (a molecule in open space), where the frames' boxes are ignored
+(a TRR without one holds a zero box, which MDAnalysis reads as none) and ``Frames.boxes`` is None.
 """
 from __future__ import annotations
 
 import contextlib
 import gc
+import re
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -31,15 +34,16 @@ H5MD_ENERGY_UNITS = {"kJ mol-1": "kJ/mol", "kJ/mol": "kJ/mol", "kcal mol-1": "kc
 
 #: MDAnalysis warnings that say nothing to a difftre user: a dump has no time step (times are not
 #: used); masses guessed from LAMMPS types are 1.0 (discarded below: centre-of-mass beads then
-#: ask for a topology with masses); a seek in a damaged TRR (the read fails next, see _damaged)
-QUIET = ("Reader has no dt information", "Guessed all Masses to 1.0", "seek failed")
+#: ask for a topology with masses); a seek in a damaged TRR (the read fails next, see _damaged); a
+#: PDB topology's placeholder cell of 1 Å (read as no box; the trajectory's box counts)
+QUIET = ("Reader has no dt information", "Guessed all Masses to 1.0", "seek failed", "1 A^3 CRYST1 record")
 
 
 @contextlib.contextmanager
 def _quiet():
     with warnings.catch_warnings():
         for msg in QUIET:
-            warnings.filterwarnings("ignore", message=msg)
+            warnings.filterwarnings("ignore", message=re.escape(msg))
         yield
 
 
@@ -80,13 +84,14 @@ class Frames:
     """Frames in the run's units, of atoms (as read) or of beads (mapped): ``positions``/
     ``forces`` (F, N, 3) (forces None if the file has none; of beads: the mapped forces),
     ``energies`` (F,) the fine-grained total potential energy (None if the file has none),
-    ``boxes`` (F, 3) edges of the orthorhombic box, ``indices`` (F,) frame numbers in the file,
+    ``boxes`` (F, 3) edges of the orthorhombic box (None in open space: ``reference.open``),
+    ``indices`` (F,) frame numbers in the file,
     ``pressures`` (F,) the instantaneous pressure of each frame (None if the file has none)."""
 
     positions: np.ndarray
     forces: np.ndarray | None
     energies: np.ndarray | None
-    boxes: np.ndarray
+    boxes: np.ndarray | None
     indices: np.ndarray
     pressures: np.ndarray | None = None
 
@@ -124,7 +129,8 @@ class Trajectory:
             pos, frc, eng, box, prs = (_read_ase if self.settings.format == "extxyz" else _read_mda)(self, idx)
         fl, _, ff = self.factors
         return Frames(pos * fl, None if frc is None else frc * ff, None if eng is None else eng * self.energy_factor,
-                      box * fl, idx, None if prs is None else prs * self.pressure_factor)
+                      None if self.settings.open else box * fl, idx,
+                      None if prs is None else prs * self.pressure_factor)
 
 
 def open_trajectory(s: ReferenceSettings, system: units.UnitSystem) -> Trajectory:
@@ -227,7 +233,7 @@ def _read_mda(t: Trajectory, idx: np.ndarray):
     pos, frc, eng, box, prs = [], [], [], [], []
     for ts in _timesteps(t.universe.trajectory, idx):
         pos.append(np.array(ts.positions, dtype=np.float64))
-        box.append(_orthorhombic(ts.dimensions, ts.frame, t.settings))
+        box.append(np.zeros(3) if t.settings.open else _orthorhombic(ts.dimensions, ts.frame, t.settings))
         if t.has_forces:
             if not ts.has_forces:
                 raise UserError(f"reference.file: frame {ts.frame} of {t.settings.file} has no forces while the "
@@ -258,7 +264,8 @@ def _orthorhombic(dims, frame: int, s: ReferenceSettings) -> np.ndarray:
     """Edges of an orthorhombic box from MDAnalysis dimensions [a, b, c, α, β, γ]."""
     if dims is None or not np.all(np.asarray(dims[:3]) > 0):
         raise UserError(f"reference.file: frame {frame} of {s.file} has no periodic box",
-                        "write the box with every frame (a periodic simulation's trajectory)")
+                        "write the box with every frame (a periodic simulation's trajectory); for a molecule "
+                        "in open space (vacuum, implicit solvent) set reference.open=true")
     if not np.allclose(dims[3:], 90.0, atol=1e-3):
         raise UserError(f"reference.file: frame {frame} of {s.file} has a triclinic box (angles {list(dims[3:])})",
                         "use a trajectory of an orthorhombic (cubic) box, like the run's")
@@ -319,10 +326,13 @@ def _read_ase(t: Trajectory, idx: np.ndarray):
             continue
         k = wanted[i]
         cell = atoms.cell.array
-        if not atoms.pbc.all() or np.abs(cell - np.diag(np.diag(cell))).max() > 1e-6 * max(np.abs(cell).max(), 1):
+        if t.settings.open:
+            cell = np.zeros((3, 3))
+        elif not atoms.pbc.all() or np.abs(cell - np.diag(np.diag(cell))).max() > 1e-6 * max(np.abs(cell).max(), 1):
             raise UserError(f"reference.file: frame {i} of {t.settings.file} has no orthorhombic periodic cell "
                             f"(pbc {atoms.pbc.tolist()}, cell {cell.tolist()})",
-                            "write a Lattice with pbc=\"T T T\" of an orthorhombic (cubic) box, like the run's")
+                            "write a Lattice with pbc=\"T T T\" of an orthorhombic (cubic) box, like the run's; "
+                            "for a molecule in open space set reference.open=true")
         pos[k], box[k] = atoms.positions.astype(np.float64), np.diag(cell).astype(np.float64)
         results = atoms.calc.results if atoms.calc is not None else {}
         if t.has_forces:

@@ -16,12 +16,13 @@ from ..errors import UserError
 #: format -> file extensions that select it when ``reference.format`` is null
 FORMATS = {"h5md": (".h5md", ".h5"), "lammpsdump": (".lammpstrj", ".dump", ".lammpsdump"), "trr": (".trr",),
            "extxyz": (".extxyz", ".xyz")}
-#: how the atoms a bead type's selection matches are grouped into beads
-PER = ("residue", "molecule", "atom", "selection")
+#: how the atoms a bead type's selection matches are grouped into beads (heavy_atom: each
+#: non-hydrogen atom with the hydrogens bonded to it)
+PER = ("residue", "molecule", "atom", "selection", "heavy_atom")
 #: where a bead sits: centre of mass or of geometry of its atoms, or at its one atom that ``site`` selects
 CENTERS = ("mass", "geometry", "site")
 KEYS = ("file", "format", "topology", "units", "mapping", "start", "stop", "stride", "validation_fraction",
-        "split_seed", "batch_frames", "make")
+        "split_seed", "batch_frames", "make", "open")
 MAPPING_KEYS = ("beads", "per", "center", "site")
 EXAMPLE = "reference=water_trr (configs/reference/)"
 
@@ -29,7 +30,8 @@ EXAMPLE = "reference=water_trr (configs/reference/)"
 @dataclass(frozen=True)
 class BeadMap:
     """``beads``: (bead type, MDAnalysis selection) in order; ``per``: one of PER; ``center``: one of
-    CENTERS; ``site``: with ``center=site``, the MDAnalysis selection of each bead's position atom."""
+    CENTERS; ``site``: with ``center=site``, the MDAnalysis selection of each bead's position atom
+    (None with ``per=heavy_atom``: the heavy atom itself)."""
 
     beads: tuple[tuple[str, str], ...]
     per: str
@@ -40,7 +42,9 @@ class BeadMap:
 @dataclass(frozen=True)
 class ReferenceSettings:
     """A parsed ``reference`` group. ``stop`` is exclusive (None: to the end); ``batch_frames``
-    None loads the selected frames at once, an integer streams them from disk in batches."""
+    None loads the selected frames at once, an integer streams them from disk in batches;
+    ``open``: a system in open space (a molecule in vacuum or implicit solvent): frames need no
+    box, any box in the file is ignored, and beads are neither made whole nor wrapped."""
 
     file: Path
     format: str
@@ -53,6 +57,7 @@ class ReferenceSettings:
     validation_fraction: float
     split_seed: int
     batch_frames: int | None
+    open: bool = False
 
 
 def is_set(cfg) -> bool:
@@ -100,8 +105,14 @@ def parse(cfg) -> ReferenceSettings:
     seed = number(cfg, "split_seed", prefix=R, integer=True, lo=0, hi=2 ** 32 - 1, required=False, default=0,
                   example="0")
     batch = number(cfg, "batch_frames", prefix=R, integer=True, lo=1, required=False, example="100")
+    is_open = cfg.get("open", False)
+    if is_open is None:
+        is_open = False
+    if not isinstance(is_open, bool):
+        raise UserError(f"reference.open must be true or false, got {is_open!r}",
+                        "set reference.open=true for a molecule in open space (no periodic box), else false")
     return ReferenceSettings(path, fmt, topology, style, _bead_map(cfg.get("mapping")), start, stop, stride,
-                             frac, seed, batch)
+                             frac, seed, batch, is_open)
 
 
 def _format(fmt, path: Path) -> str:
@@ -133,9 +144,11 @@ def _bead_map(cfg) -> BeadMap:
             raise UserError(f"{M}.beads.{name} must be an MDAnalysis selection string, got {sel!r}",
                             f"set {M}.beads.{name}='resname SOL' (or 'name OW', 'index 0:2', ...)")
     per = choice(cfg, "per", PER, prefix=M, default="residue", what="grouping")
-    center = choice(cfg, "center", CENTERS, prefix=M, default="mass", what="bead centre")
+    center = choice(cfg, "center", CENTERS, prefix=M, default="site" if per == "heavy_atom" else "mass",
+                    what="bead centre")
     site = cfg.get("site")
-    if center == "site" and (not isinstance(site, str) or not site.strip()):
+    on_heavy_atom = per == "heavy_atom" and site is None     # center=site without site: on the heavy atom
+    if center == "site" and not on_heavy_atom and (not isinstance(site, str) or not site.strip()):
         raise UserError(f"{M}.center=site needs {M}.site, the MDAnalysis selection of each bead's position atom "
                         f"(got {site!r})", f"set {M}.site='name OW' (one atom of every bead)")
     if center != "site" and site is not None:
