@@ -21,6 +21,7 @@ from .compare import COMPARISON
 from .curves import write_curves
 from .errors import UserError
 from .evaluate_base import Evaluator, Section, always, evaluate_section
+from .evaluate_molecule import is_molecule_run, molecule, summary_rows
 from .observables.density import Density
 from .observables.mechanical import cubic_moduli
 from .observables.rdf import RDF
@@ -327,9 +328,13 @@ def _summary(out: dict) -> None:
             for k, v in d.get("moduli_GPa", {}).items():
                 add(f"  {k}" + ("" if k.startswith("poisson") else " [GPa]"), f"{v:.4g}")
             continue
+        if d["grid"] is None and isinstance(d["value"], list):   # a vector (basin populations): its molecule rows
+            continue
         if d["grid"] is None:
             bar = f" ({d['value_bar']:.4g} bar)" if "value_bar" in d else ""
             add(name, f"{d['value']:.5g}{bar}")
+    for label, value in summary_rows(out):
+        add(label, value)
     pot = out["potential"]
     for name, curve in pot.get("pairs", {}).items():
         if "delta" in curve:
@@ -365,6 +370,7 @@ def _summary(out: dict) -> None:
 
 #: the MD trainers' evaluator (learn/registry.py: TrainerKind.evaluator "md")
 MD = Evaluator(load, (Section("observables", always, observables),
+                      Section("molecule", is_molecule_run, molecule),
                       Section("stress_strain", _stress_strain_on, _stress_strain),
                       Section("temperature", always, temperature),
                       Section("potential", always, potential), COMPARISON), report)

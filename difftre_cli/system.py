@@ -211,6 +211,10 @@ def build_system(cfg) -> System:
     ``box_size``. Every problem is a :class:`UserError` naming the ``system.*`` key.
     """
 
+    if cfg.get("periodic", True) is False:
+        raise UserError("system.periodic=false (open space) is for a molecule, and topology is none",
+                        "select the molecule's topology (topology=alanine_dipeptide or topology.file=PATH), "
+                        "or set system.periodic=true with a box")
     unit_system = units_mod.get(cfg.get("units", "lj"))
     units_mod.check_thermal(unit_system, cfg.get("kT"), cfg.get("temperature"))
     if cfg.get("kT") is not None:

@@ -291,12 +291,18 @@ def _vector_target(name, obs_name, obs, t, key: str, gamma: float, unit_system) 
     for v in raw:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise UserError(f"{key}.value: {v!r} is not a number", f"set {key}.value={example}")
-    if unit is None:
+    if obs.unit_kind == "dimensionless":   # fractions (basin populations): no unit to convert
+        if unit not in (None, "1"):
+            raise UserError(f"{key}.unit={unit!r}: the {obs_name!r} components are dimensionless",
+                            f"remove {key}.unit (or set it to 1)")
+        factor = 1.0
+    elif unit is None:
         raise UserError(f"{key}.unit is not set for the {obs.unit_kind} target {name!r}", f"declare it, e.g. {key}.unit=GPa")
-    try:
-        factor = units.stress_factor(unit, unit_system)
-    except UserError as exc:
-        raise UserError(f"{key}.unit={unit!r}: {str(exc).split(chr(10))[0]}", exc.fix) from None
+    else:
+        try:
+            factor = units.stress_factor(unit, unit_system)
+        except UserError as exc:
+            raise UserError(f"{key}.unit={unit!r}: {str(exc).split(chr(10))[0]}", exc.fix) from None
     vals = np.asarray(raw, float)
     return Target(name, obs_name, vals * factor, gamma,
                   f"{dict(zip(comps, vals.tolist())) if len(set(raw)) > 1 else raw[0]} {unit}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import re
 import sys
 import warnings
@@ -36,6 +37,8 @@ H5MD_ENERGY_UNITS = {"kJ mol-1": "kJ/mol", "kJ/mol": "kJ/mol", "kcal mol-1": "kc
 #: used); masses guessed from LAMMPS types are 1.0 (discarded below: centre-of-mass beads then
 #: ask for a topology with masses); a seek in a damaged TRR (the read fails next, see _damaged); a
 #: PDB topology's placeholder cell of 1 Å (read as no box; the trajectory's box counts)
+# MDAnalysis logs every guess it makes about a topology at INFO: not the run's business
+logging.getLogger("MDAnalysis").setLevel(logging.WARNING)
 QUIET = ("Reader has no dt information", "Guessed all Masses to 1.0", "seek failed", "1 A^3 CRYST1 record")
 
 
