@@ -92,7 +92,7 @@ def test_forces_are_minus_gradient_with_a_graph_model():
         top = _branched()
         R = _zigzag(seed=1)
         model = {"kind": "three_body", "cutoff": 0.5, "n_species": 2, "lam": 5.0, "pair_knots": 8,
-                 "pair_r_min": 0.2}
+                 "pair_r_min": 0.2, "dihedral_terms": 2}
         pot = _potential(top, 3, model).bind(_system(R, top))
         params = pot.init(jax.random.PRNGKey(0))
         params = jax.tree_util.tree_map(lambda x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
@@ -113,6 +113,26 @@ def test_forces_are_minus_gradient_with_a_graph_model():
         nb2 = neighbors.make_neighbor_fn(None, pot.cutoff, 0.1).allocate(jnp.asarray(moved))
         assert float(energy(jnp.asarray(moved), nb2, params)) == pytest.approx(float(energy(jnp.asarray(R), nb, params)),
                                                                                rel=1e-9)
+
+
+def test_dihedral_correction_is_its_fourier_series():
+    """model.dihedral_terms: U gains Σ_d Σ_n a_dn cos(nφ_d) + b_dn sin(nφ_d) with φ the IUPAC
+    dihedrals of the topology (MDAnalysis's sign), zero at initialisation."""
+    import MDAnalysis.lib.distances as mdd
+    top = _branched()
+    R = _zigzag(seed=5)
+    pot = _potential(top, 2, {"kind": "none", "dihedral_terms": 3}).bind(_system(R, top))
+    params = pot.init(jax.random.PRNGKey(0))
+    assert params["bonded"]["dihedral"].shape == (len(top.dihedrals), 3, 2) and not np.any(params["bonded"]["dihedral"])
+    nb = neighbors.make_neighbor_fn(None, pot.cutoff, 0.1).allocate(jnp.asarray(R))
+    energy = pot.energy_fn(None)
+    c = np.random.default_rng(6).normal(size=(len(top.dihedrals), 3, 2))
+    got = float(energy(jnp.asarray(R), nb, {"bonded": {"dihedral": jnp.asarray(c)}})) - float(energy(jnp.asarray(R), nb, params))
+    q = top.dihedrals
+    phi = mdd.calc_dihedrals(R[q[:, 0]], R[q[:, 1]], R[q[:, 2]], R[q[:, 3]])
+    n = np.arange(1, 4)
+    want = np.sum(c[..., 0] * np.cos(n * phi[:, None]) + c[..., 1] * np.sin(n * phi[:, None]))
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-4)
 
 
 def test_graph_model_species_count_must_match_the_topology():

@@ -1,8 +1,15 @@
 """The potential of coarse-grained molecules: bonded prior + non-bonded prior + learnable model.
 
     U(R) = U_bonded(R)                                   bonds, angles, dihedrals of the topology
+         + Σ_d Σ_n [a_dn cos(nφ_d) + b_dn sin(nφ_d)]       a learnable dihedral correction (optional)
          + Σ_{pairs i<j not excluded, r < r_c} [u_prior(r_ij) + u_θ(r_ij)]   a pair prior (+ a pair model)
          + U_θ,graph(R)                                  a graph model (three-body, DimeNet++), all pairs
+
+The dihedral correction (``model.dihedral_terms`` = M > 0: multiplicities 1..M, zero at the
+start, parameters ``params["bonded"]["dihedral"]`` (D, M, 2)) is linear in its parameters, as the
+cosine series it corrects; force matching fits it in one Gauss–Newton step. Pair and graph
+models see φ only through distances (a 1-4 distance fixes |φ| but not its sign), so the
+correction is what lets a coarse-grained backbone learn its (φ, ψ) landscape.
 
 Exclusions follow force-field practice: pairs at most ``topology.exclusions`` bonds apart
 (default 2: 1-2 and 1-3 pairs) get no non-bonded pair terms, neither the prior's nor a pair
@@ -24,7 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..checks import number
 from ..errors import UserError
+from ..molecule import geometry
 from . import manybody, pair, priors
 from .manybody import ManyBodyPotential
 from .pairwise import PairPotential
@@ -56,6 +65,8 @@ class MoleculePotential(BoxPotential):
     bonded: object | None
     excluded: np.ndarray = field(repr=False, compare=False)   # (N, K) exclusion_table
     box_size: float | None = None
+    dihedrals: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int32), repr=False, compare=False)
+    dihedral_terms: int = 0       # M of the learnable dihedral correction (0: none)
 
     @property
     def cutoff(self) -> float:
@@ -66,7 +77,17 @@ class MoleculePotential(BoxPotential):
         return None if self.graph is None else self.graph.snapshot_batch
 
     def init(self, key):
-        return self.graph.init(key) if self.graph is not None else self.pair.init(key)
+        params = self.graph.init(key) if self.graph is not None else self.pair.init(key)
+        if self.dihedral_terms:
+            params = {**params, "bonded": {"dihedral": jnp.zeros((len(self.dihedrals), self.dihedral_terms, 2))}}
+        return params
+
+    def dihedral_correction(self, params, R, box):
+        """Σ_d Σ_n a_dn cos(nφ_d) + b_dn sin(nφ_d) (kJ/mol) of the learnable correction."""
+        c = params["bonded"]["dihedral"]
+        phi = geometry.dihedrals(R, self.dihedrals, box)
+        n = jnp.arange(1, self.dihedral_terms + 1, dtype=R.dtype)
+        return jnp.sum(c[..., 0] * jnp.cos(n * phi[:, None]) + c[..., 1] * jnp.sin(n * phi[:, None]))
 
     def bind(self, system) -> "MoleculePotential":
         box = None if system.box_size is None else float(system.box_size)
@@ -89,9 +110,11 @@ class MoleculePotential(BoxPotential):
         energy = self.pair.energy_from_distances(params if self.graph is None else {}, r, scale)
         if self.graph is not None:
             energy = energy + self.graph.energy_from_features(params, graph, scale)
+        box = None if self.box_size is None else self.box_size * scale
         if self.bonded is not None:
-            box = None if self.box_size is None else self.box_size * scale
             energy = energy + self.bonded.energy(R * scale, box)
+        if self.dihedral_terms:
+            energy = energy + self.dihedral_correction(params, R * scale, box)
         return energy
 
     def energy_fn(self, box_size):
@@ -116,6 +139,12 @@ def build(prior_cfg, model_cfg, cutoff: float, topology, bonded, exclusions: int
     bonded prior, already built into ``bonded``), the ``model`` group (a pair model, a graph
     model or none) and the topology's exclusions (pairs at most ``exclusions`` bonds apart)."""
     prior = priors.build({k: v for k, v in prior_cfg.items() if k != "bonded"}, cutoff)
+    terms = number(model_cfg, "dihedral_terms", prefix="model", integer=True, lo=0, hi=12, required=False,
+                   default=0, example="3")
+    if terms and not len(topology.dihedrals):
+        raise UserError(f"model.dihedral_terms={terms} but the topology has no dihedrals",
+                        "set model.dihedral_terms=0, or topology.dihedrals=auto")
+    model_cfg = {k: v for k, v in model_cfg.items() if k != "dihedral_terms"}
     graph, pair_model = None, None
     if model_cfg.get("kind") in manybody.GRAPH_MODELS:
         if model_cfg.get("graph_format") == "sparse":
@@ -130,4 +159,4 @@ def build(prior_cfg, model_cfg, cutoff: float, topology, bonded, exclusions: int
         pair_model = pair.build(model_cfg, cutoff)
     excluded = exclusion_table(topology.excluded_pairs(exclusions), topology.n_beads)
     return MoleculePotential(PairPotential(prior=prior, model=pair_model, cutoff=float(cutoff)), graph, bonded,
-                             excluded)
+                             excluded, dihedrals=np.asarray(topology.dihedrals, np.int32), dihedral_terms=terms)
