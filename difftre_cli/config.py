@@ -97,6 +97,9 @@ def validate(cfg: DictConfig) -> None:
             able = " / ".join(able)
             raise UserError(f"trainer.state_parallel={mode} is implemented for trainer={able} only, not "
                             f"trainer={name}", "set trainer.state_parallel=sequential")
+        if _get(cfg, "trainer.max_reuse") is not None:
+            raise UserError("trainer.max_reuse is not supported with several state points (states) yet",
+                            "set trainer.max_reuse=null (each state point resamples when its N_eff drops)")
         if _get(cfg, "trainer.precondition") == "fisher":
             raise UserError("trainer.precondition=fisher is not supported with several state points (states)",
                             "use trainer.precondition=none with optimizer=adam")
@@ -239,6 +242,7 @@ def _validate_trainer(tc, own_keys=None) -> int:
         own_keys(tc, updates)
         return updates
     number(tc, "reweight_ratio", prefix=T, lo=0.0, hi=1.0, required=False, example="0.9")
+    number(tc, "max_reuse", prefix=T, integer=True, lo=0, required=False, example="5")
     choice(tc, "precondition", ("none", "fisher"), prefix=T, default="none", what="preconditioner")
     # several state points (states): sequential | devices (learn/multistate.py); no effect on one state point
     choice(tc, "state_parallel", ("sequential", "devices"), prefix=T, default="sequential", what="mode")

@@ -86,6 +86,22 @@ def test_static_presets_compose_no_md_groups():
     assert list(phonons["targets"]) == ["fc"] and phonons["system"]["replicate"] == [2, 2, 2]
 
 
+def _stand_in_molecule(cfg, directory) -> str:
+    """A molecule preset's stand-in: frames of its topology's beads in open space (no cell)."""
+    import ase
+    import ase.io
+    n = len(OmegaConf.load(CONFIG_DIR.parent / cfg.topology.file).beads)
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(12):   # at least 10: the Boltzmann-inversion fit's minimum
+        atoms = ase.Atoms(["Ar"] * n, positions=np.cumsum(rng.normal(scale=0.9, size=(n, 3)), 0), pbc=False)
+        atoms.arrays["forces"] = rng.normal(size=(n, 3))
+        frames.append(atoms)
+    path = directory / "molecule.extxyz"
+    ase.io.write(path, frames, format="extxyz")
+    return str(path)
+
+
 def _stand_in_reference(cfg, directory) -> str:
     """A two-frame extended-XYZ file with the preset's bead count and box, standing in for a
     reference trajectory the preset names but a fresh checkout lacks (runs/ is not tracked):
@@ -106,7 +122,8 @@ def test_every_preset_dispatches_on_kind_and_validates(preset, tmp_path):
         make = cfg.reference.get("make")
         if make:   # the command the missing-file error names must exist
             assert (CONFIG_DIR.parent / make.split()[1]).is_file(), make
-        cfg = _cfg(f"config={preset}", f"reference.file={_stand_in_reference(cfg, tmp_path)}", "reference.topology=null",
+        stand_in = _stand_in_molecule if cfg.get("topology") is not None else _stand_in_reference
+        cfg = _cfg(f"config={preset}", f"reference.file={stand_in(cfg, tmp_path)}", "reference.topology=null",
                    "~reference.mapping", "+reference.mapping={beads: {A: 'name Ar'}, per: atom, center: geometry}")
     for group in ("simulator", "optimizer", "trainer", "model", "prior"):
         node = cfg.get(group)

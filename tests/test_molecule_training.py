@@ -48,7 +48,7 @@ BONDED = {"bonds": {"*": {"k": 2.0e5, "r0": 0.145}}, "angles": {"*": {"k": 500.0
           "dihedrals": {"*": {"k": [0.5, 0.25, 0.1], "phase": [180.0, 0.0, 0.0]}}}   # low barriers: φ, ψ sampled in ps
 SPLINE = {"kind": "spline", "r_min": 0.25, "n_knots": 8}
 TRUE_KNOTS = np.array([3.0, 1.0, -1.5, -2.0, -1.0, -0.4, -0.1])   # kJ/mol; the 8th (at the cutoff) is 0
-COMMON = ["config=alanine_dipeptide", "model=spline", "model.cutoff=0.6", "model.r_min=0.25", "model.n_knots=8",
+COMMON = ["config=alanine_dipeptide", "model=spline", "model.dihedral_terms=0", "model.cutoff=0.6", "model.r_min=0.25", "model.n_knots=8",
           "reference.units=gromacs", "reference.topology=null", "reference.stride=1",
           "reference.mapping.beads={heavy: all}", "reference.mapping.per=atom", "reference.mapping.center=geometry"]
 

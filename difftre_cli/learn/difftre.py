@@ -10,7 +10,11 @@ Per update (one jit call, compiled once per run):
 
 :class:`DiffTRe` is the learner (loss, gradient, natural gradient, step);
 :class:`DiffTReRegime` is its update rule for the outer loop (train.py): reuse the stored
-trajectory while N_eff stays above ``reweight_ratio · S``, resample otherwise.
+trajectory while N_eff stays above ``reweight_ratio · S`` (and, with ``max_reuse``, for at most
+that many updates after it was sampled), resample otherwise. The cap guards against what N_eff
+cannot see: parameters that change U only where the trajectory has no snapshots leave every
+weight as it was (N_eff = S) however far they move; a relative-entropy fit of a molecule whose
+model never visited a reference basin ran away that way (README, Molecules).
 """
 from __future__ import annotations
 
@@ -144,8 +148,10 @@ class DiffTReRegime(Regime):
     metrics and checkpoints. Trajectories go to the run store as they are sampled.
     """
 
-    def __init__(self, components, store, ratio: float, init_from: str | None = None):
+    def __init__(self, components, store, ratio: float, init_from: str | None = None, max_reuse: int | None = None):
         self.c = components
+        self.max_reuse = max_reuse      # updates a trajectory serves at most (None: while N_eff allows)
+        self.uses = 0                   # updates the current trajectory has served
         self.init_from = init_from      # initial model: zeros | boltzmann_inversion (learn/boltzmann.py)
         self.store = store
         self.ratio = float(ratio)
@@ -163,7 +169,7 @@ class DiffTReRegime(Regime):
         return params, opt_state
 
     def checkpoint(self) -> tuple[dict, dict]:
-        attrs = {"n_trajectories": self.n_traj}
+        attrs = {"n_trajectories": self.n_traj, "trajectory_uses": self.uses}
         if self.nbrs is not None:   # samplers of independent particles keep no neighbour list
             attrs["neighbor_capacities"] = json.dumps(neighbors.capacities(self.nbrs))
         attrs.update(self.c.engine.capacity_attrs())
@@ -179,6 +185,7 @@ class DiffTReRegime(Regime):
         self.state, self.nbrs = trees["sim_state"], trees["neighbor"]
         self.c.engine.set_capacity(attrs)
         self.n_traj = int(attrs["n_trajectories"])
+        self.uses = int(attrs.get("trajectory_uses", 0))
         self.feats = self.c.engine.featurize(self.store.read_trajectory(self.n_traj - 1)) if self.n_traj else None
         self.next_n_eff = None
 
@@ -205,6 +212,7 @@ class DiffTReRegime(Regime):
         self.feats = c.engine.featurize(res.trajectory)
         jax.block_until_ready(self.feats.r)
         self.state, self.nbrs, self.n_traj = res.state, res.neighbor, self.n_traj + 1
+        self.uses = 0
         return True
 
     def propose(self, params, opt_state, lr_scale: float) -> Proposal:
@@ -215,7 +223,8 @@ class DiffTReRegime(Regime):
         event, sample_time, update_time, reused, fresh = "", 0.0, 0.0, True, False
         aux, n_eff = None, float("nan")
         new_params, new_opt = params, opt_state
-        if self.feats is None or (self.next_n_eff is not None and self.next_n_eff < threshold):
+        worn = self.max_reuse is not None and self.uses > self.max_reuse
+        if self.feats is None or worn or (self.next_n_eff is not None and self.next_n_eff < threshold):
             ok, sample_time = self._resample(params)
             reused, fresh = False, ok
             if not ok:
@@ -243,6 +252,8 @@ class DiffTReRegime(Regime):
                     event = "unstable_simulation"
         if not event and not bool(aux.finite):
             event = "non_finite_loss"
+        if not event:
+            self.uses += 1
         self.next_n_eff = None if event else float(aux.n_eff_next)
         nan = float("nan")
         fields = {"loss": nan if event else float(aux.loss)}

@@ -74,8 +74,14 @@ def _init_from(tc):
     return init_from
 
 
+def _max_reuse(tc):
+    v = tc.get("max_reuse")
+    return None if v is None else int(v)
+
+
 def _difftre(cfg, store, c):
-    return DiffTReRegime(c, store, float(cfg.trainer.get("reweight_ratio", 0.9)), _init_from(cfg.trainer))
+    return DiffTReRegime(c, store, float(cfg.trainer.get("reweight_ratio", 0.9)), _init_from(cfg.trainer),
+                         _max_reuse(cfg.trainer))
 
 
 def _difftre_states(cfg, store, states):
@@ -104,7 +110,8 @@ def _relative_entropy(cfg, store, c):
         c.learner.set_reference(ref.load("train").positions)
     else:   # streamed: read and featurized batch by batch at every step
         c.learner.set_reference(stream=lambda: (m.positions for m in ref.batches("train", size)), batch=size)
-    return DiffTReRegime(c, store, float(cfg.trainer.get("reweight_ratio", 0.9)), _init_from(cfg.trainer))
+    return DiffTReRegime(c, store, float(cfg.trainer.get("reweight_ratio", 0.9)), _init_from(cfg.trainer),
+                         _max_reuse(cfg.trainer))
 
 
 def _force_matching(cfg, store, c):
