@@ -30,7 +30,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
-from . import bonded, geometry  # bonded imports this module too: each reads the other's names at call time
+from . import geometry
+from .terms import BondedTerms
 from .topology import check_count
 
 #: fewest frames a fit accepts
@@ -44,7 +45,7 @@ VAR_FLOOR = 1e-4
 
 
 def fit(positions, topology, kT: float, box=None, dihedral_terms: int = 3, bins: int = 72,
-        pseudocount: float = 1.0, key: str = "prior.bonded") -> bonded.BondedTerms:
+        pseudocount: float = 1.0, key: str = "prior.bonded") -> BondedTerms:
     """Bonded terms of every bond, angle and dihedral of ``topology`` from frames ``positions``
     (F, N, 3) in nm at temperature ``kT`` (kJ/mol) (module docstring). ``box``: None (open space),
     the periodic box edge, or per-frame edges (F,) or (F, 3); ``dihedral_terms``: M;
@@ -68,7 +69,7 @@ def fit(positions, topology, kT: float, box=None, dihedral_terms: int = 3, bins:
     series = [cosine_series(phi[:, d], kT, dihedral_terms, bins, pseudocount) for d in range(phi.shape[1])]
     k_d = np.array([s[0] for s in series]).reshape(-1, dihedral_terms)
     phase = np.array([s[1] for s in series]).reshape(-1, dihedral_terms)
-    return bonded.BondedTerms(topology.bonds, k_bond, r0, topology.angles, k_angle, theta0,
+    return BondedTerms(topology.bonds, k_bond, r0, topology.angles, k_angle, theta0,
                               topology.dihedrals, k_d, phase)
 
 
