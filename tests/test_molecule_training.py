@@ -9,8 +9,9 @@ space (Langevin, 300 K); frames with forces written as extended XYZ without a ce
 * `difftre targets` computes the internal-coordinate distributions and basin populations of the
   frames, and `difftre evaluate` of the fitted run reproduces them: the (φ, ψ) map's
   Jensen–Shannon divergence is small, basin populations sum to 1;
-* bad molecule input ends with exit 2 and a fix line (topology/trajectory count mismatch, a
-  bonded prior without a topology, an RDF of a molecule in open space).
+* bad molecule input ends with exit 2 and a fix line (topology/trajectory count mismatch, an
+  unknown bead, a bead bonded to itself, a dihedral naming a bead twice, open space or a bonded
+  prior without a topology, an RDF of a molecule in open space).
 """
 from __future__ import annotations
 
@@ -133,24 +134,40 @@ def test_targets_and_evaluate_of_a_molecule(fitted):
     assert (d / "run" / "evaluation.json").is_file()
 
 
+def _bad_topology(path: Path, kind: str) -> Path:
+    """The alanine dipeptide topology with one mistake of ``kind``."""
+    top = OmegaConf.load(ROOT / "configs/topology/data/alanine_dipeptide_cg.yaml")
+    if kind == "nine":            # a bead fewer than the trajectory maps to
+        top.beads = top.beads[:9]
+        top.bonds = [b for b in top.bonds if "NME_C" not in b]
+    elif kind == "unknown":       # a bond to a bead that does not exist
+        top.bonds.append(["ALA_CA", "ALA_CG"])
+    elif kind == "self":          # a bead bonded to itself
+        top.bonds.append(["ALA_CB", "ALA_CB"])
+    elif kind == "repeated":      # a dihedral naming a bead twice
+        top.dihedrals = [["ACE_C", "ALA_N", "ALA_CA", "ALA_N"]]
+    OmegaConf.save(top, path)
+    return path
+
+
 @pytest.mark.parametrize("extra, message", [
-    (["topology.file=__NINE__"], "has 9 particles, but the mapping has 10 atoms in 10 beads"),
+    (["topology.file=@nine"], "has 9 particles, but the mapping has 10 atoms in 10 beads"),
+    (["topology.file=@unknown"], "ALA_CG"),
+    (["topology.file=@self"], "ALA_CB"),
+    (["topology.file=@repeated", "topology.dihedrals=file"], "ALA_N"),
     (["topology=none"], "system.periodic=false (open space) is for a molecule, and topology is none"),
     (["topology=none", "system=lj", "system.units=real", "system.temperature=300", "system.kT=null"],
      "prior.bonded (bonded terms) needs a molecule's topology"),
     (["observables=[rdf]"], "needs a periodic box"),
 ])
 def test_bad_molecule_input_exits_2(fitted, tmp_path, extra, message):
+    """Exit 2, a message naming the culprit, a fix line, no checkpoint written."""
     _, d, _ = fitted
-    nine = tmp_path / "nine.yaml"
-    top = OmegaConf.load(ROOT / "configs/topology/data/alanine_dipeptide_cg.yaml")
-    top.beads = top.beads[:9]
-    top.bonds = [b for b in top.bonds if "NME_C" not in b]
-    OmegaConf.save(top, nine)
-    extra = [e.replace("__NINE__", str(nine)) for e in extra]
+    extra = [f"topology.file={_bad_topology(tmp_path / 'top.yaml', e.split('@')[1])}" if "@" in e else e
+             for e in extra]
     r = subprocess.run(difftre_train_cmd([*COMMON, f"reference.file={d / 'cg.extxyz'}", *extra,
                                           f"hydra.run.dir={tmp_path / 'run'}"]),
                        capture_output=True, text=True, env=cli_env(), cwd=ROOT)
     assert r.returncode == 2, r.stderr[-2000:]
-    assert message in r.stderr and "fix:" in r.stderr
+    assert message in r.stderr and "fix:" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "run" / "checkpoint.h5").exists()
