@@ -123,5 +123,6 @@ def build(cfg, fit: bool = True) -> Molecule:
     else:   # config validation: the fit runs when the run is built
         bonded = None
     cutoff = float(cfg.model.get("cutoff", 1.0))
-    potential = molecule_potential.build(cfg.prior, cfg.model, cutoff, topology, bonded, topology.exclusions).bind(system)
+    potential = molecule_potential.build(cfg.prior, cfg.model, cutoff, topology, bonded, topology.exclusions)
+    potential = potential.bind(system)
     return Molecule(system, topology, bonded, potential)
