@@ -118,10 +118,11 @@ def build(cfg, fit: bool = True) -> Molecule:
     system = _system(cfg, topology, ref)
     bonded_cfg = cfg.prior.get("bonded")
     positions = _fit_positions(ref, bonded_cfg, load=fit)
-    if fit or positions is None and (bonded_cfg or {}).get("fit") is None:
-        bonded = bonded_mod.build(bonded_cfg, topology, system.kT, positions=positions, box=system.box_size)
-    else:   # config validation: the fit runs when the run is built
+    fitted = (bonded_cfg or {}).get("fit") is not None
+    if fitted and not fit:   # config validation: the fit's input exists; the fit runs when the run is built
         bonded = None
+    else:
+        bonded = bonded_mod.build(bonded_cfg, topology, system.kT, positions=positions, box=system.box_size)
     cutoff = float(cfg.model.get("cutoff", 1.0))
     potential = molecule_potential.build(cfg.prior, cfg.model, cutoff, topology, bonded, topology.exclusions)
     potential = potential.bind(system)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .target_files import _rows, _split_header
+from .target_files import split_header, table_rows
 
 PERIOD = 2.0 * math.pi
 #: points closer than this (rad) are the same grid line
@@ -75,7 +75,7 @@ def read_surface(path: Path, key: str, columns=None) -> Surface:
     if path.suffix.lower() in (".npz", ".h5", ".hdf5"):
         raise UserError(f"{key}: 2-D targets are read from text files (columns x1 x2 y [error]), got {path}",
                         "write the table as text/CSV, e.g. the file `difftre targets` writes")
-    header, rows = _split_header(_rows(path, key), path, key)
+    header, rows = split_header(table_rows(path, key), path, key)
     if not rows:
         raise UserError(f"{key}: target file {path} is empty (no data lines)", "write columns x1 x2 y [error]")
     width = len(rows[0][1])

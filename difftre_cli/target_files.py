@@ -57,7 +57,7 @@ def _fields(line: str) -> list[str]:
     return fields
 
 
-def _rows(path: Path, key: str) -> list[tuple[int, list[str]]]:
+def table_rows(path: Path, key: str) -> list[tuple[int, list[str]]]:
     """(line number, fields) of every non-empty line (xvg: ``@`` lines skipped too)."""
     try:
         text = path.read_text()
@@ -75,7 +75,7 @@ def _rows(path: Path, key: str) -> list[tuple[int, list[str]]]:
     return rows
 
 
-def _split_header(rows, path: Path, key: str) -> tuple[list[str] | None, list]:
+def split_header(rows, path: Path, key: str) -> tuple[list[str] | None, list]:
     """The header names (a non-numeric first line followed only by numeric ones) and the data
     rows; a non-numeric line anywhere else is a UserError naming it."""
     header = None
@@ -163,7 +163,7 @@ def _read_text(path: Path, key: str, columns) -> Curve:
         header, rows = lammps
         columns = [1, 2] if columns is None else columns
     else:
-        header, rows = _split_header(_rows(path, key), path, key)
+        header, rows = split_header(table_rows(path, key), path, key)
     if not rows:
         raise UserError(f"{key}: target file {path} is empty (no data lines)", "write two columns: x y")
     width = _check_widths(rows, header, path, key)

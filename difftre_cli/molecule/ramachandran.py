@@ -46,15 +46,24 @@ def _degrees(angle) -> np.ndarray:
     return (d + 180.0) % 360.0 - 180.0
 
 
+def membership(f, s, xp=np):
+    """(..., len(NAMES)) booleans: the basin of every (φ, ψ) given in degrees in [−180, 180) —
+    the first table row containing the point, ``other`` for the rest. ``xp``: numpy, or
+    jax.numpy inside a jitted observable (observables/basins.py): one rule for both."""
+    taken = xp.zeros(xp.shape(f), bool)
+    rows = []
+    for _, (flo, fhi), psi_ranges in BASINS:
+        inside = (f >= flo) & (f < fhi) & xp.any(xp.stack([(s >= lo) & (s < hi) for lo, hi in psi_ranges]), axis=0)
+        rows.append(inside & ~taken)
+        taken = taken | inside
+    rows.append(~taken)
+    return xp.stack(rows, -1)
+
+
 def assign(phi, psi) -> np.ndarray:
     """The basin index (into :data:`NAMES`) of every (φ, ψ), both in radians, same shape."""
     f, s = np.broadcast_arrays(_degrees(phi), _degrees(psi))
-    out = np.full(f.shape, len(BASINS), dtype=int)
-    for k in range(len(BASINS) - 1, -1, -1):     # reversed, so that the first match is written last
-        _, (flo, fhi), psi_ranges = BASINS[k]
-        inside = (f >= flo) & (f < fhi) & np.any([(s >= lo) & (s < hi) for lo, hi in psi_ranges], axis=0)
-        out[inside] = k
-    return out
+    return np.argmax(membership(f, s), axis=-1)
 
 
 def populations(phi, psi) -> dict[str, float]:

@@ -18,19 +18,11 @@ from .internal import one_tuple
 
 
 def basin_onehot(phi, psi):
-    """(..., B) one-hot of the basin of every (φ, ψ) (radians), :data:`ramachandran.NAMES` order:
-    the first table row containing the point wins, ``other`` takes the rest (jit-able twin of
-    ramachandran.assign)."""
+    """(..., B) one-hot of the basin of every (φ, ψ) (radians), :data:`ramachandran.NAMES` order
+    (ramachandran.membership, the rule ramachandran.assign uses too)."""
     f = (jnp.degrees(phi) + 180.0) % 360.0 - 180.0
     s = (jnp.degrees(psi) + 180.0) % 360.0 - 180.0
-    taken = jnp.zeros(jnp.shape(f), bool)
-    rows = []
-    for _, (flo, fhi), ranges in ramachandran.BASINS:
-        inside = (f >= flo) & (f < fhi) & jnp.any(jnp.stack([(s >= lo) & (s < hi) for lo, hi in ranges]), axis=0)
-        rows.append(inside & ~taken)
-        taken = taken | inside
-    rows.append(~taken)
-    return jnp.stack(rows, -1).astype(f.dtype)
+    return ramachandran.membership(f, s, jnp).astype(f.dtype)
 
 
 @dataclass(frozen=True)
