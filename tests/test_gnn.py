@@ -397,3 +397,34 @@ def test_bad_config_values_raise_user_errors(key, value, match):
     with pytest.raises(UserError, match=match) as err:
         gnn.build(cfg)
     assert "fix:" in str(err.value)
+
+
+@pytest.mark.parametrize("shape", [(64, 32), (32, 64), (6, 32)])
+def test_glorot_orthogonal_is_orthogonal_with_the_glorot_variance_and_reproducible(shape):
+    """The host-drawn initializer (gnn.host_initializer): orthogonal columns (rows when wider
+    than tall), variance 2/(fan_in + fan_out), the same array for the same key under jit and
+    outside, different arrays for different keys."""
+    init = gnn.glorot_orthogonal()
+    w = np.asarray(init(jax.random.PRNGKey(3), shape), np.float64)
+    assert w.shape == shape
+    gram = w.T @ w if shape[0] >= shape[1] else w @ w.T
+    off = gram - np.diag(np.diag(gram))
+    assert np.abs(off).max() < 1e-5 * np.abs(np.diag(gram)).max()
+    assert np.allclose(np.diag(gram), np.diag(gram)[0], rtol=1e-5)
+    assert np.mean(w * w) == pytest.approx(2.0 / (shape[0] + shape[1]), rel=1e-5)
+    jitted = jax.jit(lambda k: init(k, shape))
+    assert np.array_equal(np.asarray(jitted(jax.random.PRNGKey(3))), np.asarray(init(jax.random.PRNGKey(3), shape)))
+    assert np.array_equal(np.asarray(init(jax.random.key(3), shape)), np.asarray(init(jax.random.PRNGKey(3), shape)))
+    assert not np.allclose(np.asarray(init(jax.random.PRNGKey(4), shape)), w)
+
+
+def test_model_init_is_reproducible_and_the_output_layer_starts_at_zero(model):
+    p1, p2 = model.init(jax.random.PRNGKey(0)), model.init(jax.random.PRNGKey(0))
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)))
+    p3 = model.init(jax.random.PRNGKey(1))
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p3)) if a.size > 1 and np.any(a))
+    emb = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(p1) if "embedding" in jax.tree_util.keystr(path)]
+    assert emb and all(np.abs(e).max() <= np.sqrt(3.0) and np.var(e) > 0.3 for e in emb)
+    R = _cluster(seed=5)
+    energy = model.energy(p1, jnp.asarray(R, jnp.float32), _idx(R, _box(4.0)), _box(4.0), jnp.asarray(SPECIES))
+    assert float(energy) == 0.0   # the last layer starts at zero (DimeNet++)
