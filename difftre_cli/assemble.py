@@ -10,6 +10,7 @@ from . import molecule_setup, optim, potentials
 from . import observables as observables_mod
 from . import targets as targets_mod
 from .errors import UserError
+from .learn import step_rule
 from .learn.registry import trainer_kind
 from .observables.engine import ObservableEngine
 from .onebody import OneBodySampler, build_line_system, is_one_body_system
@@ -60,7 +61,8 @@ def build(cfg) -> Components:
                                    system.species if len(names) > 1 else None, topology=topology))
     engine = ObservableEngine(potential, obs, ctx, system.box_size, 1.0 / system.kT)
     learner = learner_cls(engine, tgts, optimizer, precondition=cfg.trainer.get("precondition", "none"),
-                          fisher_damping=float(cfg.trainer.get("fisher_damping", 1e-3)))
+                          fisher_damping=float(cfg.trainer.get("fisher_damping", 1e-3)),
+                          step_rule=step_rule.build(cfg.trainer, float(cfg.trainer.get("reweight_ratio", 0.9))))
     if len(names) > 1:
         truth = mixture.ground_truth(cfg.get("ground_truth"), cutoff, names)
     else:

@@ -22,7 +22,7 @@ from .compare import check_compare_with
 from .config_files import CONFIG_DIR
 from .errors import UserError
 from .interleave import interleave_entries, is_interleaved
-from .learn import registry
+from .learn import registry, step_rule
 from .learn.boltzmann import check_init_from
 from .potentials import external, manybody, mixture
 from .sampler import sampler_config
@@ -247,6 +247,9 @@ def _validate_trainer(tc, own_keys=None) -> int:
     # several state points (states): sequential | devices (learn/multistate.py); no effect on one state point
     choice(tc, "state_parallel", ("sequential", "devices"), prefix=T, default="sequential", what="mode")
     number(tc, "fisher_damping", prefix=T, lo=0.0, required=False, example="0.001")
+    if step_rule.build(tc, 0.9).searches and tc.get("kind") != "difftre":
+        raise UserError(f"trainer.step_rule=line_search is implemented for trainer=difftre, not trainer={tc.get('kind')}",
+                        "set trainer.step_rule=fixed")
     return updates
 
 

@@ -34,6 +34,7 @@ from ..errors import UserError
 from ..observables.engine import Features, ObservableEngine
 from .boltzmann import initial_params
 from .regime import Proposal, Regime
+from .step_rule import StepRule
 
 log = logging.getLogger("difftre")
 
@@ -46,6 +47,8 @@ class StepAux(NamedTuple):
     n_eff_next: Any   # N_eff of the updated parameters on the same trajectory (the next reuse decision)
     grad_norm: Any
     finite: Any
+    step_scale: Any = 1.0   # the factor the step rule chose (1: ``fixed``)
+    exhausted: Any = False  # the step rule stopped at the snapshots' N_eff limit: resample next
 
 
 class DiffTRe:
@@ -53,8 +56,9 @@ class DiffTRe:
     features (``engine.featurize``)."""
 
     def __init__(self, engine: ObservableEngine, targets: dict, optimizer: optax.GradientTransformation,
-                 precondition: str = "none", fisher_damping: float = 1e-3):
+                 precondition: str = "none", fisher_damping: float = 1e-3, step_rule: StepRule | None = None):
         self.engine = engine
+        self.step_rule = step_rule or StepRule()
         self.targets = targets
         self.optimizer = optimizer
         self.beta = engine.beta
@@ -65,6 +69,7 @@ class DiffTRe:
         self.trace_count = {"step": 0, "grad": 0}
         self._step = jax.jit(self._step_impl)
         self.grad = jax.jit(self._grad_impl)
+        self.trials = jax.jit(self._trials_impl)
         self.n_eff = jax.jit(engine.n_eff)
 
     def target_losses(self, preds) -> dict:
@@ -83,10 +88,26 @@ class DiffTRe:
         (loss, (losses, preds, n_eff)), grads = jax.value_and_grad(self.loss, has_aux=True)(params, feats, *extra)
         if self.precondition == "fisher":
             grads = self._natural_gradient(params, feats, grads)
-        new_params, new_opt_state, gnorm, finite = apply_update(self.optimizer, params, opt_state, grads, loss,
-                                                                lr_scale)
+        chosen = {"scale": jnp.ones((), loss.dtype), "exhausted": jnp.zeros((), bool)}
+
+        def rescale(updates):   # the step rule (step_rule.py), on the stored snapshots
+            trial = lambda p: self._loss_and_n_eff(p, feats, *extra)  # noqa: E731
+            chosen["scale"], chosen["exhausted"] = self.step_rule.scale(trial, params, updates, feats.u_ref.shape[0])
+            return jax.tree_util.tree_map(lambda u: (chosen["scale"] * u).astype(u.dtype), updates)
+        new_params, new_opt_state, gnorm, finite = apply_update(
+            self.optimizer, params, opt_state, grads, loss, lr_scale,
+            rescale=rescale if self.step_rule.searches else None)
         return new_params, new_opt_state, StepAux(loss, losses, preds, n_eff, self.engine.n_eff(new_params, feats),
-                                                  gnorm, finite)
+                                                  gnorm, finite, chosen["scale"], chosen["exhausted"])
+
+    def _loss_and_n_eff(self, params, feats, *extra):
+        loss, (_, _, n_eff) = self.loss(params, feats, *extra)
+        return loss, n_eff
+
+    def _trials_impl(self, params, updates, feats):
+        """(loss, N_eff) of ``params + s · updates`` for every factor s of the step rule, on
+        this trajectory (a multi-state regime sums the losses over state points)."""
+        return self.step_rule.candidates(lambda p: self._loss_and_n_eff(p, feats), params, updates)
 
     def _grad_impl(self, params, feats):
         """Loss, per-target losses, predictions, N_eff and the gradient (no optimiser step):
@@ -123,12 +144,15 @@ class DiffTRe:
         return self._step(params, opt_state, feats, jnp.asarray(lr_scale, jnp.float32))
 
 
-def apply_update(optimizer, params, opt_state, grads, loss, lr_scale, ok=True):
-    """One optax step scaled by ``lr_scale``; parameters and optimiser state are kept unchanged
-    (never a NaN in them) unless the loss, the gradient norm and the new parameters are finite
-    and ``ok``. Returns (params, opt_state, gradient norm, finite)."""
+def apply_update(optimizer, params, opt_state, grads, loss, lr_scale, ok=True, rescale=None):
+    """One optax step scaled by ``lr_scale`` (and then by ``rescale(updates)``, a step rule's
+    choice, if given); parameters and optimiser state are kept unchanged (never a NaN in them)
+    unless the loss, the gradient norm and the new parameters are finite and ``ok``. Returns
+    (params, opt_state, gradient norm, finite)."""
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
     updates = jax.tree_util.tree_map(lambda u: lr_scale * u, updates)
+    if rescale is not None:
+        updates = rescale(updates)
     new_params = optax.apply_updates(params, updates)
     gnorm = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(gnorm) & jnp.all(
@@ -255,10 +279,14 @@ class DiffTReRegime(Regime):
         if not event:
             self.uses += 1
         self.next_n_eff = None if event else float(aux.n_eff_next)
+        if not event and bool(aux.exhausted):   # the step rule used this trajectory up (step_rule.py)
+            self.next_n_eff = -1.0
         nan = float("nan")
         fields = {"loss": nan if event else float(aux.loss)}
         for name in c.targets:
             fields[f"loss_{name}"] = nan if event else float(aux.losses[name])
         fields.update({"n_eff": n_eff, "reused": int(reused), "sample_time": sample_time, "update_time": update_time,
                        "grad_norm": nan if aux is None else float(aux.grad_norm), "n_trajectories": self.n_traj})
+        if c.learner.step_rule.searches:
+            fields["step_scale"] = nan if aux is None else float(aux.step_scale)
         return Proposal(new_params, new_opt, fields, event, fresh)

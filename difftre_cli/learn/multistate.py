@@ -80,7 +80,9 @@ class MultiStateDiffTReRegime(Regime):
     def __init__(self, states: list, store, ratio: float, init_from: str | None = None,
                  state_parallel: str = "sequential"):
         self._setup(states, store, init_from, lambda c, st: DiffTReRegime(c, st, ratio, init_from))
-        self._apply = jax.jit(lambda p, o, g, loss, s: apply_update(self.optimizer, p, o, g, loss, s))
+        self._apply = jax.jit(lambda p, o, g, loss, s, f: apply_update(self.optimizer, p, o, g, loss, s,
+                                                                       rescale=lambda u: _times(f, u)))
+        self._direction = jax.jit(lambda p, o, g, s: _times(s, self.optimizer.update(g, o, p)[0]))
         if state_parallel not in STATE_PARALLEL:
             raise UserError(f"trainer.state_parallel: unknown mode {state_parallel!r}",
                             f"use one of {', '.join(STATE_PARALLEL)}")
@@ -256,18 +258,22 @@ class MultiStateDiffTReRegime(Regime):
                     for k, o in self._grads(params, stale).items():
                         outs[k] = o
                     update_time += time.perf_counter() - t0
+        factor, worn = 1.0, []
         if not event:
             t0 = time.perf_counter()
             total_grad = jax.tree_util.tree_map(lambda *g: sum(g), *[o[4] for o in outs])
             loss = sum(jnp.asarray(o[0]) for o in outs)
+            lr = jnp.asarray(lr_scale, jnp.float32)
+            if self.rule.searches:   # 3a. the step rule on every state point's snapshots together
+                factor, worn = self._line_search(params, opt_state, total_grad, lr)
             new_params, new_opt, gnorm, finite = jax.block_until_ready(
-                self._apply(params, opt_state, total_grad, loss, jnp.asarray(lr_scale, jnp.float32)))
+                self._apply(params, opt_state, total_grad, loss, lr, jnp.asarray(factor, jnp.float32)))
             if not bool(finite):
                 event = "non_finite_loss"
             else:   # 3. the reuse decision of each state point for the next update
                 n_effs = [sub.c.learner.n_eff(self._on(k, new_params), sub.feats) for k, sub in enumerate(self.subs)]
-                for sub, n in zip(self.subs, n_effs):
-                    sub.next_n_eff = float(n)
+                for k, (sub, n) in enumerate(zip(self.subs, n_effs)):
+                    sub.next_n_eff = -1.0 if k in worn else float(n)
             update_time += time.perf_counter() - t0
         if event:
             self.rejected()
@@ -283,7 +289,34 @@ class MultiStateDiffTReRegime(Regime):
         fields.update({"reused": int(reused_all), "sample_time": sample_time, "update_time": update_time,
                        "grad_norm": nan if event else float(gnorm),
                        "n_trajectories": sum(s.n_traj for s in self.subs)})
+        if self.rule.searches:
+            fields["step_scale"] = nan if event else float(factor)
         return Proposal(new_params, new_opt, fields, event, fresh)
+
+    @property
+    def rule(self):
+        """The step rule (learn/step_rule.py); the state points share ``trainer``'s."""
+        return self.cs[0].learner.step_rule
+
+    def _line_search(self, params, opt_state, grad, lr):
+        """(factor, state points whose snapshots stopped the step): the step rule with the loss
+        summed over the state points and N_eff ≥ ratio · S required at each."""
+        updates = self._direction(params, opt_state, grad, lr)
+        trials = {k: sub.c.learner.trials(self._on(k, params), self._on(k, updates), sub.feats)
+                  for k, sub in enumerate(self.subs)}
+        trials = {k: jax.device_put(t, self._default) for k, t in jax.block_until_ready(trials).items()}
+        losses = sum(t[0] for t in trials.values())
+        enough = {k: t[1] >= self.rule.ratio * int(self.subs[k].feats.u_ref.shape[0]) for k, t in trials.items()}
+        factor, exhausted = self.rule.choose(losses, jnp.all(jnp.stack(list(enough.values())), axis=0))
+        factor = float(factor)
+        if not bool(exhausted):
+            return factor, []
+        nxt = min(self.rule.scales.index(factor) + 1, len(self.rule.scales) - 1)
+        return factor, [k for k, e in enough.items() if not bool(e[nxt])] or list(enough)
+
+
+def _times(s, tree):
+    return jax.tree_util.tree_map(lambda u: (s * u).astype(u.dtype), tree)
 
 
 class MultiStateDirectADRegime(MultiStateDiffTReRegime):

@@ -1,0 +1,131 @@
+"""The line-search step rule (learn/step_rule.py): the factor of the optimiser's step that
+minimises the reweighted loss among those whose N_eff stays at or above ratio · S.
+
+A one-parameter problem with a known answer checks the choice and the "exhausted" flag; on a
+real trajectory (config=tiny) the chosen step must be the best of the candidates, each
+recomputed here with the learner's own loss, and its N_eff must respect the ratio.
+"""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from difftre_cli import assemble
+from difftre_cli.errors import UserError
+from difftre_cli.learn import step_rule
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+S = 100
+
+
+def _toy(best_x, edge):
+    """loss = (x − best_x)², N_eff = S while x ≤ edge, S/4 beyond; the step direction is +1."""
+    def trial(p):
+        x = p["x"]
+        return (x - best_x) ** 2, jnp.where(x <= edge, float(S), S / 4.0)
+    return trial
+
+
+@pytest.mark.parametrize("best_x, edge, scale, exhausted", [
+    (2.2, 10.0, 2.0, False),   # the loss's minimum comes first: reuse the snapshots
+    (30.0, 5.0, 4.0, True),    # N_eff stops the step below the minimum: resample next
+    (1e6, 1e6, 64.0, False),   # the largest factor, nothing refused
+    (3.0, 0.1, 0.25, True),    # nothing allowed: the smallest factor
+])
+def test_line_search_picks_the_best_allowed_factor(best_x, edge, scale, exhausted):
+    rule = step_rule.StepRule("line_search", ratio=0.9)
+    got, worn = jax.jit(lambda: rule.scale(_toy(best_x, edge), {"x": jnp.zeros(())}, {"x": jnp.ones(())}, S))()
+    assert float(got) == scale and bool(worn) == exhausted
+
+
+def test_non_finite_candidates_are_refused():
+    rule = step_rule.StepRule("line_search", ratio=0.5)
+
+    def trial(p):
+        x = p["x"]
+        return jnp.where(x > 3.0, jnp.nan, -x), jnp.asarray(float(S))
+    got, worn = rule.scale(trial, {"x": jnp.zeros(())}, {"x": jnp.ones(())}, S)
+    assert float(got) == 2.0 and not bool(worn)
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("sideways", "unknown step rule"),
+    ({"kind": "line_search", "scales": [2.0, 1.0]}, "increasing positive"),
+    ({"kind": "line_search", "scales": [0.0, 1.0]}, "increasing positive"),
+    ({"kind": "line_search", "radius": 2}, "unknown key"),
+])
+def test_bad_step_rules_are_user_errors(spec, match):
+    with pytest.raises(UserError, match=match):
+        step_rule.build(OmegaConf.create({"step_rule": spec}), 0.9)
+
+
+def _tiny(overrides):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose(config_name="train", overrides=["config=tiny", "optimizer=sgd", "optimizer.lr=0.05",
+                                                      "optimizer.schedule=constant", *overrides])
+    return assemble.build(cfg)
+
+
+def test_line_search_step_is_the_best_candidate_on_a_real_trajectory():
+    c = _tiny(["trainer.step_rule=line_search", "trainer.reweight_ratio=0.6"])
+    fixed = _tiny([])
+    key = jax.random.PRNGKey(3)
+    params = c.potential.init(key)
+    params = {"model": {"knot_values": 0.05 * jax.random.normal(key, params["model"]["knot_values"].shape)}}
+    state, nbrs = c.sampler.init(jax.random.PRNGKey(1), params)
+    feats = c.engine.featurize(c.sampler.sample(params, state, nbrs, first=True).trajectory)
+    opt = c.optimizer.init(params)
+    new, _, aux = c.learner.step(params, opt, feats)
+    plain, _, _ = fixed.learner.step(params, fixed.optimizer.init(params), feats)
+    n = feats.u_ref.shape[0]
+    delta = jax.tree_util.tree_map(lambda a, b: a - b, plain, params)
+    scale = float(aux.step_scale)
+    moved = jax.tree_util.tree_map(lambda p, d: p + scale * d, params, delta)
+    np.testing.assert_allclose(np.asarray(new["model"]["knot_values"]), np.asarray(moved["model"]["knot_values"]),
+                               rtol=1e-5, atol=1e-7)
+    assert float(aux.n_eff_next) >= 0.6 * n
+    chosen_loss = float(c.learner.loss(new, feats)[0])
+    for s in c.learner.step_rule.scales:
+        trial = jax.tree_util.tree_map(lambda p, d: p + s * d, params, delta)
+        loss, (_, _, n_eff) = c.learner.loss(trial, feats)
+        if float(n_eff) >= 0.6 * n:   # every allowed candidate is no better than the chosen one
+            assert chosen_loss <= float(loss) * (1 + 1e-5) + 1e-12, (s, float(loss), chosen_loss)
+    assert chosen_loss < float(c.learner.loss(plain, feats)[0])   # and better than the fixed step here
+
+
+def test_line_search_run_logs_the_factor_and_refuses_other_trainers(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "difftre_cli.cli", "train", "config=tiny", "trainer.updates=6",
+           "trainer.step_rule=line_search", "trainer.reweight_ratio=0.5", f"hydra.run.dir={run}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert len(rows) == 6 and all(float(r["step_scale"]) in step_rule.StepRule.scales for r in rows)
+    bad = subprocess.run([sys.executable, "-m", "difftre_cli.cli", "train", "config=tiny", "trainer=relative_entropy",
+                          "trainer.step_rule=line_search", f"hydra.run.dir={tmp_path / 'bad'}"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "step_rule" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_line_search_with_several_state_points(tmp_path):
+    """The step rule on the summed loss of two state points, N_eff checked at each."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "difftre_cli.cli", "train", "config=tiny", "trainer.updates=6", "seed=1",
+           "states={T10: {system: {kT: 1.0}}, T12: {system: {kT: 1.2}}}", "optimizer.schedule=constant",
+           "trainer.step_rule=line_search", "trainer.reweight_ratio=0.5", f"hydra.run.dir={run}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert len(rows) == 6 and all(float(r["step_scale"]) in step_rule.StepRule.scales for r in rows)
+    for r in rows:   # every state point's N_eff at the start of an update respects the ratio
+        assert float(r["n_eff_T10"]) >= 0.5 * 20 - 1e-3 and float(r["n_eff_T12"]) >= 0.5 * 20 - 1e-3, r
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
