@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Make the LJ target RDF (and S(k)) with the project's own simulator.
+"""Make the LJ target RDF (and S(k)) with the project's own simulator (``--prior morse``: the
+soft-core fluid of config=softcore instead).
 
 Runs the true Lennard-Jones fluid (ε = σ = 1, rc = 2.5, shifted) at the state point of a
 preset (default `lj`: N = 1000, ρ = 0.5, kT = 1.5, Langevin, dt = 0.005; override with
@@ -19,6 +20,9 @@ observables written, ``--out`` a file, or a template with ``{name}`` for several
 
 With several RDF observables (e.g. the partial RDFs of a mixture) ``--out`` is a template with
 ``{name}``, the observable's name; ``prior=lj`` takes the preset's per-pair ``prior.pairs``:
+
+    python scripts/make_targets.py --config softcore --prior morse --segments 100 \
+        --out configs/targets/data/morse_rdf_rho0.50_kT2.00.txt
 
     python scripts/make_targets.py --config lj_mixture --segments 100 \
         --out 'configs/targets/data/lj_mixture_xA25_{name}.txt' 'system.species={A:0.25,B:0.75}'
@@ -45,6 +49,8 @@ def main():
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--out", default=str(ROOT / "configs/targets/data/lj_rdf_rho0.50_kT1.50.txt"))
     ap.add_argument("--only", default=None, help="comma-separated observable names to write (default: all)")
+    ap.add_argument("--prior", default="lj", help="the true potential: a prior config (configs/prior/NAME.yaml; "
+                    "default lj), e.g. morse for the soft-core fluid of config=softcore")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = ap.parse_args()
 
@@ -56,7 +62,7 @@ def main():
 
     # The true potential is the LJ prior with no learnable model; targets are not needed (every
     # RDF / S(k) observable gets a placeholder target so that the components can be built).
-    overrides = [f"config={args.config}", "prior=lj", "model=none", f"seed={args.seed}"] + args.overrides
+    overrides = [f"config={args.config}", f"prior={args.prior}", "model=none", f"seed={args.seed}"] + args.overrides
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
         cfg = compose(config_name="train", overrides=overrides)
     from omegaconf import OmegaConf, open_dict
@@ -104,10 +110,10 @@ def main():
                f"({obs.k_min}, {obs.k_max}] 1/sigma" if sk else
                f"Gaussian-smoothed histogram sigma={obs.sigma} on {obs.n_bins} bins in [{obs.r_min}, {obs.r_max}]")
         header = [
-            f"difftre target: {what} of the Lennard-Jones fluid",
+            f"difftre target: {what} of the {'Lennard-Jones' if prior['kind'] == 'lj' else prior['kind']} fluid",
             f"made by: {cmd}",
             f"difftre {__version__}, jax {jax.__version__}, device {jax.devices()[0]}",
-            f"potential: {json.dumps(prior)} (LJ truncated and shifted at rc={c.potential.cutoff}; reduced units)",
+            f"potential: {json.dumps(prior)} (truncated and shifted at rc={c.potential.cutoff}; reduced units)",
             f"state: N={c.system.n_particles}{species} rho={c.system.density:.4f} kT={c.system.kT} "
             f"box={c.system.box_size:.4f}",
             f"sampler: {sc.integrator} dt={sc.dt} gamma={sc.gamma}; {args.segments} segments x {sc.production_steps} "

@@ -164,6 +164,7 @@ def test_mlp_is_zero_at_init_and_finite():
     {"kind": "lj", "epsilon": 1.3, "sigma": 0.9},
     {"kind": "repulsive", "epsilon": 1.0, "sigma": 1.0, "exponent": 12},
     {"kind": "harmonic", "k": 5.0, "r0": 1.1},
+    {"kind": "morse", "epsilon": 1.2, "sigma": 1.15, "alpha": 4.0},
     {"kind": "none"},
 ], ids=lambda c: c["kind"])
 def test_priors_vanish_at_cutoff(cfg):
@@ -177,11 +178,18 @@ def test_priors_vanish_at_cutoff(cfg):
             assert float(u(jnp.float32(r))) == pytest.approx(lj(r) - lj(CUTOFF), rel=1e-5, abs=1e-6)
         r_min = 2 ** (1 / 6) * s
         assert float(jax.grad(u)(jnp.float32(r_min))) == pytest.approx(0.0, abs=1e-4)
+    if cfg["kind"] == "morse":
+        # ε[(1 − e^{−α(r − σ)})² − 1] − u(r_c): minimum −ε (before the shift) at r = σ
+        e, s, a = cfg["epsilon"], cfg["sigma"], cfg["alpha"]
+        morse = lambda r: e * ((1 - np.exp(-a * (r - s))) ** 2 - 1)  # noqa: E731
+        for r in (0.8, 1.0, 1.15, 1.6, 2.2):
+            assert float(u(jnp.float32(r))) == pytest.approx(morse(r) - morse(CUTOFF), rel=1e-5, abs=1e-6)
+        assert float(jax.grad(u)(jnp.float32(s))) == pytest.approx(0.0, abs=1e-5)
 
 
 def test_unknown_prior_raises_user_error():
     with pytest.raises(UserError):
-        priors.build({"kind": "morse"}, CUTOFF)
+        priors.build({"kind": "buckingham"}, CUTOFF)
     with pytest.raises(UserError):
         priors.build({"kind": "lj", "epsilonn": 1.0}, CUTOFF)
 

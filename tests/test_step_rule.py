@@ -129,3 +129,29 @@ def test_line_search_with_several_state_points(tmp_path):
     for r in rows:   # every state point's N_eff at the start of an update respects the ratio
         assert float(r["n_eff_T10"]) >= 0.5 * 20 - 1e-3 and float(r["n_eff_T12"]) >= 0.5 * 20 - 1e-3, r
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+
+
+def test_natural_step_solves_the_summed_fisher_system():
+    """learn/difftre.natural_step, as the multi-state regime uses it on Σ_k F_k: F x ∥ g and
+    xᵀ F x = 1 (no damping)."""
+    from difftre_cli.learn.difftre import natural_step
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(6, 6)), rng.normal(size=(6, 6))
+    fisher = a @ a.T + b @ b.T
+    g = {"x": jnp.asarray(rng.normal(size=4)), "y": jnp.asarray(rng.normal(size=2))}
+    x = natural_step(jnp.asarray(fisher), g, 0.0)
+    xf = np.concatenate([np.asarray(x["x"]), np.asarray(x["y"])])
+    gf = np.concatenate([np.asarray(g["x"]), np.asarray(g["y"])])
+    np.testing.assert_allclose(fisher @ xf, gf / np.sqrt(gf @ np.linalg.solve(fisher, gf)), rtol=1e-4, atol=1e-6)
+    assert xf @ fisher @ xf == pytest.approx(1.0, rel=1e-4)
+
+
+def test_fisher_step_with_several_state_points(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "difftre_cli.cli", "train", "config=tiny", "trainer.updates=5", "seed=1",
+           "states={T10: {system: {kT: 1.0}}, T12: {system: {kT: 1.2}}}", "optimizer=sgd", "optimizer.lr=0.3",
+           "optimizer.schedule=constant", "trainer.precondition=fisher", f"hydra.run.dir={run}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert len(rows) == 5 and float(rows[-1]["loss"]) < float(rows[0]["loss"])

@@ -70,6 +70,7 @@ class DiffTRe:
         self._step = jax.jit(self._step_impl)
         self.grad = jax.jit(self._grad_impl)
         self.trials = jax.jit(self._trials_impl)
+        self.fisher = jax.jit(self._fisher_impl)
         self.n_eff = jax.jit(engine.n_eff)
 
     def target_losses(self, preds) -> dict:
@@ -122,6 +123,11 @@ class DiffTRe:
         ensemble barely responds to (small F) — e.g. a shift of the whole first shell in a dense
         liquid — get proportionally larger steps. The result is normalised to unit Fisher
         length, so the optimiser's learning rate is the step's √(2 KL)."""
+        return natural_step(self._fisher_impl(params, feats), grads, self.fisher_damping)
+
+    def _fisher_impl(self, params, feats):
+        """F = β² Cov_w(∂U/∂θ) (K × K) on this trajectory's snapshots, reweighted to ``params``
+        (several state points: the regime sums them, learn/multistate.py)."""
         flat, unravel = ravel_pytree(params)
         energy, over_states = self.engine.energy, self.engine.over_states
         u_of = lambda th: over_states(lambda r_s: energy(unravel(th), r_s), feats.r)  # noqa: E731
@@ -132,16 +138,20 @@ class DiffTRe:
             jac = over_states(lambda r_s: jax.grad(lambda th: energy(unravel(th), r_s))(flat), feats.r)
         w = reweight.weights(self.beta, u, feats.u_ref)
         centred = jac - w @ jac
-        fisher = self.beta ** 2 * (centred.T * w) @ centred
-        fisher = fisher + self.fisher_damping * jnp.mean(jnp.diag(fisher)) * jnp.eye(flat.size, dtype=flat.dtype)
-        g_flat, _ = ravel_pytree(grads)
-        nat = jnp.linalg.solve(fisher, g_flat)
-        # Unit length in the Fisher metric: a step of lr changes the ensemble by KL ≈ lr²/2,
-        # whatever the system size (N_eff falls predictably).
-        return unravel(nat / jnp.sqrt(jnp.maximum(g_flat @ nat, 1e-30)))
+        return self.beta ** 2 * (centred.T * w) @ centred
 
     def step(self, params, opt_state, feats, lr_scale=1.0):
         return self._step(params, opt_state, feats, jnp.asarray(lr_scale, jnp.float32))
+
+
+def natural_step(fisher, grads, damping: float):
+    """F⁻¹ g (``grads`` a pytree), F damped by ``damping`` × its mean diagonal, normalised to
+    unit Fisher length: a step of lr changes the ensemble by KL ≈ lr²/2, whatever the system
+    size (N_eff falls predictably)."""
+    g_flat, unravel = ravel_pytree(grads)
+    fisher = fisher + damping * jnp.mean(jnp.diag(fisher)) * jnp.eye(g_flat.size, dtype=g_flat.dtype)
+    nat = jnp.linalg.solve(fisher, g_flat)
+    return unravel(nat / jnp.sqrt(jnp.maximum(g_flat @ nat, 1e-30)))
 
 
 def apply_update(optimizer, params, opt_state, grads, loss, lr_scale, ok=True, rescale=None):

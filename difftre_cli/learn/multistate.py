@@ -52,7 +52,7 @@ import jax.numpy as jnp
 from .. import parallel
 from ..errors import UserError
 from .boltzmann import initial_params
-from .difftre import DiffTReRegime, apply_update
+from .difftre import DiffTReRegime, apply_update, natural_step
 from .direct_ad import DirectADRegime
 from .ibi import IBIRegime, target_losses
 from .regime import Proposal, Regime
@@ -83,6 +83,8 @@ class MultiStateDiffTReRegime(Regime):
         self._apply = jax.jit(lambda p, o, g, loss, s, f: apply_update(self.optimizer, p, o, g, loss, s,
                                                                        rescale=lambda u: _times(f, u)))
         self._direction = jax.jit(lambda p, o, g, s: _times(s, self.optimizer.update(g, o, p)[0]))
+        damping = self.cs[0].learner.fisher_damping
+        self._natural = jax.jit(lambda f, g: natural_step(f, g, damping))
         if state_parallel not in STATE_PARALLEL:
             raise UserError(f"trainer.state_parallel: unknown mode {state_parallel!r}",
                             f"use one of {', '.join(STATE_PARALLEL)}")
@@ -264,6 +266,8 @@ class MultiStateDiffTReRegime(Regime):
             total_grad = jax.tree_util.tree_map(lambda *g: sum(g), *[o[4] for o in outs])
             loss = sum(jnp.asarray(o[0]) for o in outs)
             lr = jnp.asarray(lr_scale, jnp.float32)
+            if self.cs[0].learner.precondition == "fisher":   # the Fisher matrices of the state points, summed
+                total_grad = self._natural(self._fisher_sum(params), total_grad)
             if self.rule.searches:   # 3a. the step rule on every state point's snapshots together
                 factor, worn = self._line_search(params, opt_state, total_grad, lr)
             new_params, new_opt, gnorm, finite = jax.block_until_ready(
@@ -292,6 +296,11 @@ class MultiStateDiffTReRegime(Regime):
         if self.rule.searches:
             fields["step_scale"] = nan if event else float(factor)
         return Proposal(new_params, new_opt, fields, event, fresh)
+
+    def _fisher_sum(self, params):
+        """Σ_k F_k: the Fisher matrix of the joint ensemble of independent state points."""
+        fs = {k: sub.c.learner.fisher(self._on(k, params), sub.feats) for k, sub in enumerate(self.subs)}
+        return sum(jax.device_put(f, self._default) for f in jax.block_until_ready(fs).values())
 
     @property
     def rule(self):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 import jax.numpy as jnp
+from jax_md import energy as jax_md_energy
 
 from ..checks import choice, number
 from ..errors import UserError
@@ -53,6 +54,12 @@ def lennard_jones(epsilon: float = 1.0, sigma: float = 1.0, cutoff: float = 2.5)
     return _shifted(u, cutoff)
 
 
+def morse(epsilon: float = 1.0, sigma: float = 1.0, alpha: float = 5.0, cutoff: float = 2.5) -> PairFn:
+    """Morse ε[(1 − e^{−α(r − σ)})² − 1] (JAX MD's ``energy.morse``; minimum −ε at r = σ),
+    truncated and shifted at the cutoff. Its core is soft: u(σ − 2/α) ≈ 40 ε whatever σ."""
+    return _shifted(lambda r: jax_md_energy.morse(r, sigma, epsilon, alpha), cutoff)
+
+
 def harmonic(k: float = 1.0, r0: float = 1.0, cutoff: float = 2.5) -> PairFn:
     """½ k (r − r0)²."""
     return _shifted(lambda r: 0.5 * k * (r - r0) ** 2, cutoff)
@@ -63,12 +70,13 @@ def none(cutoff: float = 2.5) -> PairFn:
     return lambda r: jnp.zeros_like(r)
 
 
-PRIORS = {"repulsive": repulsive, "lj": lennard_jones, "harmonic": harmonic, "none": none}
+PRIORS = {"repulsive": repulsive, "lj": lennard_jones, "morse": morse, "harmonic": harmonic, "none": none}
 
 
 #: Parameters of each prior: (lower bound, open?, example). ε, σ, k > 0; r0 >= 0.
 _BOUNDS = {"epsilon": (0.0, True, "1.0"), "sigma": (0.0, True, "1.0"), "exponent": (0.0, True, "12"),
-           "k": (0.0, True, "1.0"), "r0": (0.0, False, "1.0"), "r_on": (0.0, True, "0.45")}
+           "k": (0.0, True, "1.0"), "r0": (0.0, False, "1.0"), "r_on": (0.0, True, "0.45"),
+           "alpha": (0.0, True, "3.0")}
 
 
 def build(cfg, cutoff: float, prefix: str = "prior") -> PairFn:
