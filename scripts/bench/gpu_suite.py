@@ -13,8 +13,8 @@ available (≤ 8 minutes on one GPU, by estimate: it has not run on one yet). ``
 every code path of the full suite on the CPU with small sizes (1–2 minutes on 2 cores), so the
 suite cannot rot: tests/test_gpu_suite.py runs it.
 
-How: each setup runs in a child process of this script (``--only NAME``) so that its peak
-memory is its own; the parent collects the children's JSON rows and prints the table.
+How: each setup runs in a child process of this script (``--child NAME``, internal) so that its
+peak memory is its own; the parent collects the children's JSON rows and prints the table.
 The parent never initialises a JAX backend (on a GPU it would hold device memory).
 
     python scripts/bench/gpu_suite.py [--json rows.json]          # one GPU, ≤ 8 min
@@ -195,16 +195,24 @@ def run_child(setup: Setup, tiny: bool, timeout: float) -> dict:
         try:
             rc = subprocess.run(cmd, env=env, stdout=sys.stderr, timeout=timeout).returncode
         except subprocess.TimeoutExpired:
-            rc = f"timed out after {timeout:.0f} s"
+            rc = None
         if rc == 0 and out.exists():   # wall_s: the child's, start and imports included
             return dict(json.loads(out.read_text()), wall_s=time.perf_counter() - t0)
-    return {"setup": setup.name, "kind": setup.kind, "note": setup.note, "error": f"exit {rc}",
+    error = f"timed out after {timeout:.0f} s" if rc is None else f"exit {rc}"
+    return {"setup": setup.name, "kind": setup.kind, "note": setup.note, "error": error,
             "wall_s": time.perf_counter() - t0}
+
+
+def default_backend(env: dict) -> str:
+    """JAX's default backend, asked of a child process (the parent keeps no device)."""
+    res = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    return res.stdout.strip().splitlines()[-1] if res.returncode == 0 and res.stdout.strip() else "unknown"
 
 
 COLUMNS = [("setup", "setup"), ("N", "n_particles"), ("snapshots", "snapshots"), ("MD steps/s", "md_steps_per_s"),
            ("reused update s", "reused_update_s"), ("resampled update s", "resampled_update_s"),
-           ("update compile s", "update_compile_s"), ("first update s", "time_to_first_update_s"),
+           ("update compile s", "update_compile_s"), ("time to first update s", "time_to_first_update_s"),
            ("peak memory MB", "peak_memory_mb"), ("wall s", "wall_s")]
 
 
@@ -239,10 +247,15 @@ def notes(rows: list[dict], wall: float, tiny: bool) -> list[str]:
            f"peak memory: {', '.join(sorted({r['peak_memory_kind'] for r in ok})) or '—'}, per setup (one process each)"]
     for r in rows:
         line = f"{r['setup']}: {r['note']}"
+        if r.get("overflow"):
+            line += "; the neighbour list overflowed in the timed run: its steps/s are not valid"
         if "resampled_update_extrapolated_s" in r:
             line += (f"; resampled update extrapolated to {r['extrapolated_production_steps']} production steps "
                      f"at the measured MD rate: {fmt(r['resampled_update_extrapolated_s'])} s")
         out.append(line)
+    out.append("update compile: the first update, compilation included; time to first update: from the "
+               "config to the first update done (first trajectory and all compilation included); wall s: the "
+               "setup's process, start and imports included")
     out.append(f"wall time of the suite: {wall:.1f} s" + ("" if tiny else " (goal ≤ 480 s on one GPU)"))
     return out
 
@@ -260,6 +273,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="+", default=None, metavar="SETUP", help="these setups only (names as in the table)")
     ap.add_argument("--json", type=Path, default=None, help="write all rows here")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per setup (default 600, --tiny 300)")
+    ap.add_argument("--force", action="store_true", help="run the full suite even without a GPU (hours on a CPU)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--row-json", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -270,6 +284,10 @@ def main(argv=None) -> int:
     if args.child:
         args.row_json.write_text(json.dumps(run_setup(chosen[args.child]), indent=1, default=float))
         return 0
+    if not (args.tiny or args.force) and (backend := default_backend(dict(os.environ))) == "cpu":
+        print(f"gpu_suite: JAX's default backend is {backend}: the full suite would take hours there; "
+              "use --tiny (or --force)", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     timeout = args.timeout or (300.0 if args.tiny else 600.0)
     rows = [run_child(s, args.tiny, timeout) for name, s in chosen.items() if not args.only or name in args.only]
