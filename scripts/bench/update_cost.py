@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def compose(overrides):
-    from hydra import compose as hcompose, initialize_config_dir
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
@@ -44,9 +45,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def measure(name, overrides, repeats):
+def measure(name, overrides, repeats, resamples=None, naive=True):
+    """One setup's row. ``repeats`` reused updates are timed, and ``resamples`` resampled ones
+    (default ``max(2, repeats // 4)``); ``naive=False`` skips the naive reference update after
+    each resample (its entries are then NaN)."""
     import jax
     import numpy as np
+
     from difftre_cli import assemble
 
     t_start = time.perf_counter()
@@ -79,10 +84,10 @@ def measure(name, overrides, repeats):
         reused.append(time.perf_counter() - t0)
 
     resampled = []
-    naive = []
+    naive_times = []
     sampling = []
     state, nbrs = res.state, res.neighbor
-    for _ in range(max(2, repeats // 4)):
+    for _ in range(max(2, repeats // 4) if resamples is None else resamples):
         t0 = time.perf_counter()
         r2 = c.sampler.sample(params, state, nbrs)
         jax.block_until_ready(r2.trajectory.positions)
@@ -92,12 +97,14 @@ def measure(name, overrides, repeats):
         jax.block_until_ready(p2)
         resampled.append(time.perf_counter() - t0)
         state, nbrs = r2.state, r2.neighbor
+        if not naive:
+            continue
         # naive reference: featurize (distances + RDF from positions) in every update
         t0 = time.perf_counter()
         f3 = c.engine.featurize(r2.trajectory)
         p3, o3, aux = c.learner.step(params, opt_state, f3)
         jax.block_until_ready(p3)
-        naive.append(time.perf_counter() - t0)
+        naive_times.append(time.perf_counter() - t0)
 
     med = statistics.median
     row = {"setup": name, "n_particles": c.system.n_particles, "snapshots": c.sampler.cfg.n_snapshots,
@@ -105,7 +112,7 @@ def measure(name, overrides, repeats):
            "first_sample_incl_compile_s": first_sample, "first_featurize_incl_compile_s": first_feat,
            "update_compile_s": compile_step, "time_to_first_update_s": time_to_first,
            "reused_update_s": med(reused), "resampled_update_s": med(resampled),
-           "naive_update_s": med(naive), "peak_rss_mb": peak_rss_mb(),
+           "naive_update_s": med(naive_times) if naive_times else float("nan"), "peak_rss_mb": peak_rss_mb(),
            "update_traces": c.learner.trace_count["step"],
            "md_steps_per_s": (c.sampler.cfg.equilibration_steps + c.sampler.cfg.production_steps) / med(sampling)}
     if name.startswith("water"):
