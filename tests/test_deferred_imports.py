@@ -1,5 +1,5 @@
-"""deferred_imports.py: the command line's stand-in for jax_md.rigid_body (~4 s of eager JAX work
-at import that difftre never uses) binds where JAX MD imports it, and the first attribute read
+"""deferred_imports.py: the command line's stand-ins for jax_md.rigid_body (~4 s of eager JAX work
+at import that difftre never uses) and NequIP (e3nn-jax and what it imports) binds where JAX MD imports it, and the first attribute read
 runs the real module, so code that uses it works unchanged. In a fresh interpreter (the test
 process has imported JAX MD already)."""
 from __future__ import annotations
@@ -21,10 +21,17 @@ assert not isinstance(real, DeferredModule) and jax_md.rigid_body is real
 assert RigidBody is real.RigidBody and RigidBody.__module__ == "jax_md.rigid_body"
 body = RigidBody(center=1.0, orientation=2.0)
 assert body.center == 1.0
+# NequIP (and GNoME): no e3nn-jax until a user reads from them; then the real module everywhere
+assert "e3nn_jax" not in sys.modules and isinstance(sys.modules["jax_md._nn.nequip"], DeferredModule)
+assert isinstance(energy.nequip, DeferredModule)
+cfg = energy.nequip.default_config()           # the first attribute read loads it
+real = sys.modules["jax_md._nn.nequip"]
+assert not isinstance(real, DeferredModule) and "e3nn_jax" in sys.modules
+assert jax_md.nn.nequip.model_from_config is real.model_from_config and cfg is not None
 print("ok")
 """
 
 
-def test_rigid_body_is_deferred_until_used_and_then_real():
+def test_deferred_submodules_load_when_used_and_then_are_real():
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
