@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,6 +48,15 @@ def test_line_search_picks_the_best_allowed_factor(best_x, edge, scale, exhauste
     assert float(got) == scale and bool(worn) == exhausted
 
 
+def test_trajectory_spacing_halves_after_n_eff_limited_steps_and_doubles_after_interior_ones():
+    rule = step_rule.StepRule("line_search", max_length=8)
+    lengths = [1]
+    for exhausted in (False, False, False, False, True, True, True, True):
+        lengths.append(rule.next_length(lengths[-1], exhausted))
+    assert lengths == [1, 2, 4, 8, 8, 4, 2, 1, 1]
+    assert step_rule.build(OmegaConf.create({"step_rule": {"kind": "line_search", "max_length": 1}}), 0.9).max_length == 1
+
+
 def test_non_finite_candidates_are_refused():
     rule = step_rule.StepRule("line_search", ratio=0.5)
 
@@ -62,6 +72,7 @@ def test_non_finite_candidates_are_refused():
     ({"kind": "line_search", "scales": [2.0, 1.0]}, "increasing positive"),
     ({"kind": "line_search", "scales": [0.0, 1.0]}, "increasing positive"),
     ({"kind": "line_search", "radius": 2}, "unknown key"),
+    ({"kind": "line_search", "max_length": 0}, "max_length"),
 ])
 def test_bad_step_rules_are_user_errors(spec, match):
     with pytest.raises(UserError, match=match):
@@ -110,6 +121,14 @@ def test_line_search_run_logs_the_factor_and_refuses_other_trainers(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert len(rows) == 6 and all(float(r["step_scale"]) in step_rule.StepRule.scales for r in rows)
+    assert all(r["reused"] == "0" for r in rows)   # each trajectory serves one line-search step
+    lengths = [int(r["length_factor"]) for r in rows]
+    assert lengths[0] == 1 and all(b in (max(1, a // 2), min(8, 2 * a)) for a, b in zip(lengths, lengths[1:]))
+    # a longer trajectory keeps the snapshot count and spaces the snapshots further apart
+    for i, factor in enumerate(lengths[1:], start=1):
+        with h5py.File(run / "trajectories" / f"ref_{i:05d}.h5md") as f:
+            steps = np.asarray(f["particles/all/position/step"])
+        assert len(steps) == 20 and np.all(np.diff(steps) == 10 * factor), (i, factor, steps[:3])
     bad = subprocess.run([sys.executable, "-m", "difftre_cli.cli", "train", "config=tiny", "trainer=relative_entropy",
                           "trainer.step_rule=line_search", f"hydra.run.dir={tmp_path / 'bad'}"],
                          capture_output=True, text=True, timeout=300)

@@ -193,6 +193,7 @@ class DiffTReRegime(Regime):
         self.state = self.nbrs = self.feats = None
         self.n_traj = 0
         self.next_n_eff = None
+        self.length = 1                 # spacing factor of the snapshots (step_rule.next_length)
 
     # -- state ---------------------------------------------------------------------------
     def init(self, key):
@@ -203,7 +204,7 @@ class DiffTReRegime(Regime):
         return params, opt_state
 
     def checkpoint(self) -> tuple[dict, dict]:
-        attrs = {"n_trajectories": self.n_traj, "trajectory_uses": self.uses}
+        attrs = {"n_trajectories": self.n_traj, "trajectory_uses": self.uses, "length_factor": self.length}
         if self.nbrs is not None:   # samplers of independent particles keep no neighbour list
             attrs["neighbor_capacities"] = json.dumps(neighbors.capacities(self.nbrs))
         attrs.update(self.c.engine.capacity_attrs())
@@ -220,6 +221,7 @@ class DiffTReRegime(Regime):
         self.c.engine.set_capacity(attrs)
         self.n_traj = int(attrs["n_trajectories"])
         self.uses = int(attrs.get("trajectory_uses", 0))
+        self.length = int(attrs.get("length_factor", 1))
         self.feats = self.c.engine.featurize(self.store.read_trajectory(self.n_traj - 1)) if self.n_traj else None
         self.next_n_eff = None
 
@@ -229,7 +231,13 @@ class DiffTReRegime(Regime):
     # -- one update ----------------------------------------------------------------------
     def _resample(self, params) -> tuple[bool, float]:
         t0 = time.perf_counter()
-        res = self.c.sampler.sample(params, self.state, self.nbrs, first=(self.n_traj == 0))
+        sampler = self.c.sampler
+        if self.n_traj == 0 or self.length == 1:
+            res = sampler.sample(params, self.state, self.nbrs, first=(self.n_traj == 0))
+        else:   # the step rule's longer trajectory: the same snapshots, further apart
+            cfg = sampler.cfg
+            res = sampler.run(params, self.state, self.nbrs, cfg.equilibration_steps, cfg.n_snapshots,
+                              cfg.every * self.length)
         return self.accept_sample(res), time.perf_counter() - t0
 
     def accept_sample(self, res) -> bool:
@@ -289,7 +297,9 @@ class DiffTReRegime(Regime):
         if not event:
             self.uses += 1
         self.next_n_eff = None if event else float(aux.n_eff_next)
-        if not event and bool(aux.exhausted):   # the step rule used this trajectory up (step_rule.py)
+        rule, used = c.learner.step_rule, self.length
+        if not event and rule.searches:   # every line-search step ends this trajectory's use (step_rule.py)
+            self.length = rule.next_length(self.length, bool(aux.exhausted))
             self.next_n_eff = -1.0
         nan = float("nan")
         fields = {"loss": nan if event else float(aux.loss)}
@@ -297,6 +307,7 @@ class DiffTReRegime(Regime):
             fields[f"loss_{name}"] = nan if event else float(aux.losses[name])
         fields.update({"n_eff": n_eff, "reused": int(reused), "sample_time": sample_time, "update_time": update_time,
                        "grad_norm": nan if aux is None else float(aux.grad_norm), "n_trajectories": self.n_traj})
-        if c.learner.step_rule.searches:
+        if rule.searches:
             fields["step_scale"] = nan if aux is None else float(aux.step_scale)
+            fields["length_factor"] = used   # the spacing factor of this update's trajectory
         return Proposal(new_params, new_opt, fields, event, fresh)

@@ -277,7 +277,11 @@ class MultiStateDiffTReRegime(Regime):
             else:   # 3. the reuse decision of each state point for the next update
                 n_effs = [sub.c.learner.n_eff(self._on(k, new_params), sub.feats) for k, sub in enumerate(self.subs)]
                 for k, (sub, n) in enumerate(zip(self.subs, n_effs)):
-                    sub.next_n_eff = -1.0 if k in worn else float(n)
+                    sub.next_n_eff = float(n)
+                    if self.rule.searches:   # each state point's trajectory served its step (step_rule.py)
+                        sub.next_n_eff = -1.0
+                        # batched sampling (devices) keeps the preset's spacing: one shape per group
+                        sub.length = 1 if k in self.home else self.rule.next_length(sub.length, bool(worn))
             update_time += time.perf_counter() - t0
         if event:
             self.rejected()

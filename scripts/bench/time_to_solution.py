@@ -21,6 +21,7 @@ RDFs, one set of pair potentials).
     python scripts/bench/time_to_solution.py                      # all problems, cap 600 s per trainer
     python scripts/bench/time_to_solution.py --quick --problems lj --trainers difftre
     python scripts/bench/time_to_solution.py --set difftre:trainer.step_rule=fixed   # the old step rule
+    python scripts/bench/time_to_solution.py --merge a.json b.json --plot tts.png      # runs' results together
 
 Prints per problem and trainer the training time to each threshold (or "> cap"), the updates,
 the RMSE history and the ratios to difftre; ``--plot`` draws RMSE against training time, one
@@ -151,6 +152,23 @@ def plot(all_results, thresholds, path):
     print(f"plot: {path}")
 
 
+def merge(args) -> int:
+    """One report and one plot from several runs' --json files (problems and trainers joined)."""
+    all_results, thresholds = {}, None
+    for path in args.merge:
+        data = json.loads(Path(path).read_text())
+        thresholds = thresholds or data["args"]["thresholds"]
+        for prob, results in data["results"].items():
+            all_results.setdefault(prob, {}).update(results)
+    order = list(TRAINERS)
+    for prob in all_results:
+        all_results[prob] = {k: all_results[prob][k] for k in order if k in all_results[prob]}
+        report(prob, all_results[prob], thresholds)
+    if args.plot:
+        plot(all_results, thresholds, args.plot)
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="cap 240 s, evaluation every 30 s, 4000-step evaluations")
@@ -166,7 +184,11 @@ def main(argv=None):
                    help="extra Hydra override for one trainer, e.g. direct_ad:trainer.steps=50 (repeatable)")
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.add_argument("--plot", default=None, help="RMSE against training time, one panel per problem (PNG)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="train nothing: report (and --plot) the results of earlier --json files together")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args)
     args.cap = args.cap or (240.0 if args.quick else 600.0)
     args.eval_interval = args.eval_interval or 30.0
     args.eval_steps = args.eval_steps or (4000 if args.quick else 10000)
