@@ -153,7 +153,7 @@ CASES = [
     pytest.param(["system.structure=start.xyz", *REAL], ["system.density", "start.xyz"],
                  id="structure-angstrom-box-vs-density-real"),
     # prior
-    pytest.param(["prior.kind=morse"], ["prior.kind", "morse"], id="prior-kind"),
+    pytest.param(["prior.kind=buckingham"], ["prior.kind", "buckingham"], id="prior-kind"),
     pytest.param(["prior.epsilon=-1"], ["prior.epsilon"], id="prior-epsilon-negative"),
     pytest.param(["prior.sigma=0"], ["prior.sigma"], id="prior-sigma-zero"),
     pytest.param(["prior.exponent=abc"], ["prior.exponent", "abc"], id="prior-exponent-string"),
@@ -254,7 +254,7 @@ CASES = [
     pytest.param(["evaluate.production_steps=5"], ["evaluate.production_steps", "evaluate.every"],
                  id="evaluate-shorter-than-every"),
     # ground truth
-    pytest.param(["ground_truth.kind=morse"], ["ground_truth.kind", "morse"], id="ground-truth-kind"),
+    pytest.param(["ground_truth.kind=buckingham"], ["ground_truth.kind", "buckingham"], id="ground-truth-kind"),
     pytest.param(["ground_truth.sigma=-1"], ["ground_truth.sigma"], id="ground-truth-sigma"),
 ]
 

@@ -252,8 +252,8 @@ def test_an_unknown_kind_lists_the_registered_kinds():
         potentials.build(lj, OmegaConf.create({"kind": "gaussian_process"}), 2.5)
     assert _listed(err) == list(potentials.MODEL_KINDS)
     assert {"dimenet", "three_body", "spline_1d", "mlp_1d", "none", *pair.MODELS} == set(potentials.MODEL_KINDS)
-    with pytest.raises(UserError, match="prior.kind: unknown prior 'morse'") as err:
-        potentials.build(OmegaConf.create({"kind": "morse"}), none, 2.5)
+    with pytest.raises(UserError, match="prior.kind: unknown prior 'buckingham'") as err:
+        potentials.build(OmegaConf.create({"kind": "buckingham"}), none, 2.5)
     assert _listed(err) == list(potentials.PRIOR_KINDS)
     assert {"stillinger_weber", "harmonic_1d", "double_well", *priors.PRIORS} == set(potentials.PRIOR_KINDS)
     # the parts of the composite u1 − kT u2: every temperature-independent registered model

@@ -40,11 +40,8 @@ from .force_matching import ForceMatching
 from .force_matching_regime import ForceMatchingRegime
 from .force_matching_regime import validate_keys as force_matching_keys
 from .ibi import IBIRegime
-from .multistate import (
-    MultiStateDiffTReRegime,
-    MultiStateDirectADRegime,
-    MultiStateIBIRegime,
-)
+from .multistate import MultiStateDiffTReRegime
+from .multistate_baselines import MultiStateDirectADRegime, MultiStateIBIRegime
 from .relative_entropy import RelativeEntropy
 from .static import validate_static
 from .static_regime import StaticRegime
