@@ -3,8 +3,8 @@
 for Lennard-Jones and for the project's spline pair model; with ``--profile``, where the time of
 one MD step goes (neighbour list, force kernel, integrator, snapshot recording).
 
-State point: ρ = 0.7, kT = 1, dt = 0.005, rc = 2.5, float32, NVT (difftre and JAX MD: Langevin;
-LAMMPS: fix nvt), skin 0.3. For each N the system starts on a simple-cubic lattice (N = n³; fcc
+State point: ρ = 0.7, kT = 1, dt = 0.005, rc = 2.5, float32, NVT (difftre and JAX MD: Langevin,
+or difftre with ``--integrator nose_hoover``; LAMMPS: fix nvt), skin 0.3. For each N the system starts on a simple-cubic lattice (N = n³; fcc
 when N = 4n³ and not a cube), is equilibrated briefly, then K steps are timed after compilation
 (best of --repeats).
 
@@ -42,6 +42,7 @@ training sampler's list is sized on the lattice start) and the host loop.
     python scripts/bench/md_throughput.py                                  # LJ + spline, N = 1000, 8000
     python scripts/bench/md_throughput.py --sizes 1000 8000 --steps 1000 200 --json out.json
     python scripts/bench/md_throughput.py --profile --profile-steps 1000   # + the step profile
+    python scripts/bench/md_throughput.py --integrator nose_hoover          # LAMMPS's thermostat (no RNG)
     python scripts/bench/md_throughput.py --sizes 1000 --steps 300 --repeats 1 --profile  # quick look
 
 Goals (issue 18): difftre ≥ LAMMPS with as many ranks as difftre has cores at N = 1000 and 8000,
@@ -165,7 +166,7 @@ def fit_knots(pot, target, r_lo: float, points: int = 4000):
 
 
 # --------------------------------------------------------------------------- difftre
-def equilibrated(n_particles, equil, skin, multiplier, model="lj", steps=1000):
+def equilibrated(n_particles, equil, skin, multiplier, model="lj", steps=1000, integrator="langevin"):
     """A sampler of ``model`` and an equilibrated (state, list) whose list does not overflow in
     ``steps`` steps (compiled for them): SimpleNamespace(md, params, state, nbrs, note, system, check:
     the checking run's result, rebuilds: its list builds)."""
@@ -178,7 +179,7 @@ def equilibrated(n_particles, equil, skin, multiplier, model="lj", steps=1000):
     system = System(n_particles=n_particles, box_size=box, kT=KT, mass=1.0, positions=pos,
                     units=units.get("lj"), species=np.zeros(n_particles, np.int32))
     pot, params, note = pair_model(model)
-    cfg = sampler.SamplerConfig(integrator="langevin", dt=DT, gamma=1.0, skin=skin,
+    cfg = sampler.SamplerConfig(integrator=integrator, dt=DT, gamma=1.0, skin=skin,
                                 capacity_multiplier=multiplier)
     md = simulate.Sampler(pot, system, cfg)
     state, nbrs = md.init(jax.random.PRNGKey(1), params)
@@ -225,9 +226,9 @@ def bench_setup(s, steps, repeats):
                 overflow=out.retries > 0, model=s.note)
 
 
-def bench_difftre(n_particles, steps, repeats, equil, skin, multiplier, *, model="lj"):
+def bench_difftre(n_particles, steps, repeats, equil, skin, multiplier, *, model="lj", integrator="langevin"):
     """Steps/s of ``model``'s sampler at ``n_particles`` (:func:`bench_setup`)."""
-    return bench_setup(equilibrated(n_particles, equil, skin, multiplier, model, steps), steps, repeats)
+    return bench_setup(equilibrated(n_particles, equil, skin, multiplier, model, steps, integrator), steps, repeats)
 
 
 # ---------------------------------------------------------------------- plain JAX MD
@@ -453,7 +454,8 @@ def profile_size(n_particles, models, args):
     setups = {}
     for model in models:
         print(f"profile {model} N={n_particles}: equilibrating ...", file=sys.stderr, flush=True)
-        setups[model] = equilibrated(n_particles, args.equil, args.skin, args.capacity_multiplier, model, steps)
+        setups[model] = equilibrated(n_particles, args.equil, args.skin, args.capacity_multiplier, model, steps,
+                                      args.integrator)
     same_width(setups.values())
     built = []
     for model, s in setups.items():
@@ -554,7 +556,7 @@ def throughput_rows(n, k, args, lmp, pairs) -> list[dict]:
     setups = {}
     for model in args.models:
         print(f"{model} N={n}: equilibrating ...", file=sys.stderr, flush=True)
-        setups[model] = equilibrated(n, args.equil, args.skin, args.capacity_multiplier, model, k)
+        setups[model] = equilibrated(n, args.equil, args.skin, args.capacity_multiplier, model, k, args.integrator)
     same_width(setups.values())
     rows = []
     for model, s in setups.items():
@@ -617,6 +619,8 @@ def parse_args(argv=None):
     ap.add_argument("--capacity-multiplier", type=float, default=1.25)
     ap.add_argument("--models", nargs="+", default=["lj", "spline"], choices=["lj", "spline", "spline0"],
                     help="pair models of the throughput table")
+    ap.add_argument("--integrator", choices=["langevin", "nose_hoover"], default="langevin",
+                    help="difftre's thermostat (LAMMPS runs fix nvt, a Nosé-Hoover chain, either way)")
     ap.add_argument("--no-lammps", action="store_true")
     ap.add_argument("--no-jax-md", action="store_true")
     ap.add_argument("--profile", action="store_true", help="also profile one step (module docstring)")
@@ -647,7 +651,7 @@ def main(argv=None):
             ref = ref_n or ref
     print(f"\n{time.strftime('%Y-%m-%d %H:%M')}, load average at the start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
           + (" (shared machine: numbers indicative only)" if load[0] > 1.5 else "")
-          + f"; jax {jax.__version__}, {cores()} core(s), skin={args.skin}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+          + f"; jax {jax.__version__}, {cores()} core(s), difftre {args.integrator}, skin={args.skin}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     for m in dict.fromkeys([r["model"] for r in rows] + [r["model"] for r in prof]):
         print(f"  {m}: {pair_model(m)[2]}")
     ok = print_throughput(rows, args)
@@ -657,7 +661,8 @@ def main(argv=None):
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"rows": rows, "profile": prof, "reference": ref,
                                          "gap": gap_split(prof, ref), "load": load,
-                                         "skin": args.skin, "jax": jax.__version__, "cores": cores()},
+                                         "skin": args.skin, "integrator": args.integrator, "jax": jax.__version__,
+                                         "cores": cores()},
                                         indent=2, default=float))
     return 0 if ok else 1
 
