@@ -3,8 +3,8 @@
 for Lennard-Jones and for the project's spline pair model; with ``--profile``, where the time of
 one MD step goes (neighbour list, force kernel, integrator, snapshot recording).
 
-State point: ρ = 0.7, kT = 1, dt = 0.005, rc = 2.5, float32, NVT (difftre and JAX MD: Langevin;
-LAMMPS: fix nvt), skin 0.3. For each N the system starts on a simple-cubic lattice (N = n³; fcc
+State point: ρ = 0.7, kT = 1, dt = 0.005, rc = 2.5, float32, NVT (difftre and JAX MD: Langevin,
+or difftre with ``--integrator nose_hoover``; LAMMPS: fix nvt), skin 0.3. For each N the system starts on a simple-cubic lattice (N = n³; fcc
 when N = 4n³ and not a cube), is equilibrated briefly, then K steps are timed after compilation
 (best of --repeats).
 
@@ -20,20 +20,29 @@ Models (``--models``):
 - ``spline0`` (profile only by default): the same model at θ = 0 (knots zero, the prior alone),
   the state in which the reference setup of update_cost.py samples its first trajectories.
 
+At each N the models run on neighbour lists of one width (the widest of their own allocations on
+their equilibrated fluids), so a ratio compares the models, not the maximum occupancy each
+allocation happened to meet (89 vs 95 slots for the same fluid: 7 % of the step).
+
 LAMMPS runs on 1 rank and, with Open MPI, on K ranks (K = the cores this process may use,
 ``len(os.sched_getaffinity(0))``, the cores XLA's CPU threads use), ``OMP_NUM_THREADS=1``.
 
 The profile (``--profile``, after the throughput table) times each piece as its own compiled
-program, best of --repeats, in the same process: a neighbour-list rebuild, the list's
-did-anyone-move check, the force call, the energy call (what a snapshot records), one MD step
-on a fixed list (force + integrator), the chunk program of the sampler without recording and
-with a snapshot (positions, U_ref, kT) every ``--every`` steps. It then splits the step into
-list, force, integrator and the rest, and the gap between LJ and the reference setup into the
-model, the physics of θ = 0 and the recording.
+program in the same process: a neighbour-list rebuild, the list's did-anyone-move check, the force
+call, the energy call (what a snapshot records), one MD step on a fixed list (force + integrator),
+and the sampler's chunk program (``--profile-steps`` steps) without recording and with a snapshot
+(positions, U_ref, kT) every ``--every`` steps. All programs of a size are compiled first, then
+run in --repeats interleaved rounds, each piece's best kept (a burst of load on a shared machine
+hits them alike). At N = 1000 it also runs the reference DiffTRe setup as training builds it
+(update_cost.py's setup "reference": assemble, a first trajectory from the lattice, ``sample``).
+It then splits the step into list, force, integrator and the rest, and the gap between LJ and
+the reference setup into the model, the fluid at θ = 0, the recording, the list width (the
+training sampler's list is sized on the lattice start) and the host loop.
 
     python scripts/bench/md_throughput.py                                  # LJ + spline, N = 1000, 8000
     python scripts/bench/md_throughput.py --sizes 1000 8000 --steps 1000 200 --json out.json
     python scripts/bench/md_throughput.py --profile --profile-steps 1000   # + the step profile
+    python scripts/bench/md_throughput.py --integrator nose_hoover          # LAMMPS's thermostat (no RNG)
     python scripts/bench/md_throughput.py --sizes 1000 --steps 300 --repeats 1 --profile  # quick look
 
 Goals (issue 18): difftre ≥ LAMMPS with as many ranks as difftre has cores at N = 1000 and 8000,
@@ -157,9 +166,10 @@ def fit_knots(pot, target, r_lo: float, points: int = 4000):
 
 
 # --------------------------------------------------------------------------- difftre
-def equilibrated(n_particles, equil, skin, multiplier, model="lj", steps=1000):
+def equilibrated(n_particles, equil, skin, multiplier, model="lj", steps=1000, integrator="langevin"):
     """A sampler of ``model`` and an equilibrated (state, list) whose list does not overflow in
-    ``steps`` steps: SimpleNamespace(md, params, state, nbrs, note)."""
+    ``steps`` steps (compiled for them): SimpleNamespace(md, params, state, nbrs, note, system, check:
+    the checking run's result, rebuilds: its list builds)."""
     import jax
 
     from difftre_cli import sampler, simulate, units
@@ -169,7 +179,7 @@ def equilibrated(n_particles, equil, skin, multiplier, model="lj", steps=1000):
     system = System(n_particles=n_particles, box_size=box, kT=KT, mass=1.0, positions=pos,
                     units=units.get("lj"), species=np.zeros(n_particles, np.int32))
     pot, params, note = pair_model(model)
-    cfg = sampler.SamplerConfig(integrator="langevin", dt=DT, gamma=1.0, skin=skin,
+    cfg = sampler.SamplerConfig(integrator=integrator, dt=DT, gamma=1.0, skin=skin,
                                 capacity_multiplier=multiplier)
     md = simulate.Sampler(pot, system, cfg)
     state, nbrs = md.init(jax.random.PRNGKey(1), params)
@@ -184,15 +194,24 @@ def equilibrated(n_particles, equil, skin, multiplier, model="lj", steps=1000):
         res = md.run(params, state, nbrs, steps - 1, 1, 1)
         if res.retries == 0:
             break
-    return SimpleNamespace(md=md, params=params, state=state, nbrs=nbrs, note=note, system=system, check=res)
+    return SimpleNamespace(md=md, params=params, state=state, nbrs=nbrs, note=note, system=system, check=res,
+                           rebuilds=int(res.neighbor.num_builds) - int(nbrs.num_builds))
 
 
-def bench_difftre(n_particles, steps, repeats, equil, skin, multiplier, *, model="lj"):
-    """Steps/s of the sampler interface as training uses it (``md.run``: n steps in chunks of
-    ~chunk_seconds each, no snapshots kept), best of ``repeats``."""
+def same_width(setups) -> None:
+    """Give the lists of ``setups`` (:func:`equilibrated`, one per model at one N) the width of the
+    widest, re-allocated at each one's own state: the models are then compared at the same list
+    width, not at whatever maximum occupancy each allocation happened to meet."""
+    width = max(s.nbrs.max_occupancy for s in setups)
+    for s in setups:
+        if s.nbrs.max_occupancy < width:
+            s.nbrs = s.md.neighbor_fn.allocate(s.state.position, extra_capacity=width - s.nbrs.max_occupancy)
+
+
+def bench_setup(s, steps, repeats):
+    """Steps/s of an :func:`equilibrated` setup through the sampler interface as training uses it
+    (``md.run``: n steps in chunks of ~chunk_seconds each, no snapshots kept), best of ``repeats``."""
     import jax
-
-    s = equilibrated(n_particles, equil, skin, multiplier, model, steps)   # compiled, list checked
     md, params, state, nbrs, out = s.md, s.params, s.state, s.nbrs, s.check
 
     def run(n):
@@ -200,11 +219,16 @@ def bench_difftre(n_particles, steps, repeats, equil, skin, multiplier, *, model
         jax.block_until_ready(res.state.position)
         return res
 
-    builds = int(out.neighbor.num_builds) - int(nbrs.num_builds)
+    run(steps)   # compiled for this list's shape
     wall, cpu = _timed(lambda: run(steps), repeats)
-    return dict(steps_per_s=steps / wall, steps_per_cpu_s=steps / cpu, rebuilds=builds,
+    return dict(steps_per_s=steps / wall, steps_per_cpu_s=steps / cpu, rebuilds=s.rebuilds,
                 max_neighbors=int(nbrs.max_occupancy), candidate_capacity=int(nbrs.candidate_capacity),
                 overflow=out.retries > 0, model=s.note)
+
+
+def bench_difftre(n_particles, steps, repeats, equil, skin, multiplier, *, model="lj", integrator="langevin"):
+    """Steps/s of ``model``'s sampler at ``n_particles`` (:func:`bench_setup`)."""
+    return bench_setup(equilibrated(n_particles, equil, skin, multiplier, model, steps, integrator), steps, repeats)
 
 
 # ---------------------------------------------------------------------- plain JAX MD
@@ -318,46 +342,54 @@ def bench_lammps(n_particles, steps, repeats, equil, lmp, *, ranks=1, pair=LAMMP
 
 
 # ---------------------------------------------------------------------------- profile
-def _per_iteration(body, carry, n, repeats, *args):
-    """Best wall time [ms] per iteration of ``n`` iterations of ``body(i, carry, *args) -> carry``
-    in one compiled loop. The arrays come in as arguments, not as constants XLA could fold, and each
-    iteration's input depends on i, so nothing is hoisted out of the loop."""
+def _loop_timer(body, carry, n, *args):
+    """A timer (a call runs the program once and returns ms per iteration) of ``n`` iterations of
+    ``body(i, carry, *args) -> carry`` in one compiled loop, compiled and warmed up. The arrays come
+    in as arguments, not as constants XLA could fold, and each iteration's input depends on the
+    last one's result or on i, so nothing is hoisted out of the loop."""
     import jax
     loop = jax.jit(lambda c, a: jax.lax.fori_loop(0, n, lambda i, c: body(i, c, *a), c))
     jax.block_until_ready(loop(carry, args))
-    wall, _ = _timed(lambda: jax.block_until_ready(loop(carry, args)), repeats)
-    return 1e3 * wall / n
+
+    def timer():
+        t = time.perf_counter()
+        jax.block_until_ready(loop(carry, args))
+        return 1e3 * (time.perf_counter() - t) / n
+    return timer
 
 
-def _chunk_timer(md, params, state, nbrs, every, n_snapshots):
-    """``run(n_eq, n_rec, repeats) -> (best ms of the call, neighbour-list builds, overflow)``: the
-    sampler's compiled chunk program from ``state`` (n_eq steps, then n_rec snapshots ``every``
-    steps apart) with buffers for ``n_snapshots``: one program with recording on and off."""
+def _chunk_timer(md, params, state, nbrs, every, n_eq, n_rec, n_snapshots):
+    """(timer, neighbour-list builds, overflow) of the sampler's compiled chunk program from ``state``:
+    ``n_eq`` steps, then ``n_rec`` snapshots ``every`` steps apart, with buffers for ``n_snapshots``
+    (one program with recording on and off); the timer returns ms per MD step."""
     import jax
     import jax.numpy as jnp
     i32 = lambda v: jnp.asarray(v, jnp.int32)  # noqa: E731
     bufs = md._buffers(params, state, nbrs, n_snapshots)
+    steps = n_eq + n_rec * every
 
-    def run(n_eq, n_rec, repeats):
-        def call():
-            out = md._chunk(params, state, nbrs, bufs, i32(n_eq), i32(n_rec), i32(0), i32(every))
-            jax.block_until_ready(out)
-            return out
-        out = call()
-        wall, _ = _timed(call, repeats)
-        return 1e3 * wall, int(out[1].num_builds - nbrs.num_builds), bool(out[1].did_buffer_overflow | out[2])
-    return run
+    def call():
+        out = md._chunk(params, state, nbrs, bufs, i32(n_eq), i32(n_rec), i32(0), i32(every))
+        jax.block_until_ready(out)
+        return out
+
+    def timer():
+        t = time.perf_counter()
+        call()
+        return 1e3 * (time.perf_counter() - t) / steps
+    out = call()
+    return timer, int(out[1].num_builds - nbrs.num_builds), bool(out[1].did_buffer_overflow | out[2])
 
 
-def profile_one(n_particles, model, steps, every, repeats, equil, skin, multiplier):
-    """Where the time of an MD step of ``model`` goes at ``n_particles``: the row of the profile
-    table (times in ms; module docstring)."""
+def profile_timers(s, model, steps, every):
+    """(row, timers) of one :func:`equilibrated` setup ``s`` of ``model``: the row's fixed facts (list
+    width, builds, …) and one timer per measured piece (module docstring), all compiled."""
     import jax.numpy as jnp
 
     n_snap = max(1, steps // every)
     steps = n_snap * every
-    s = equilibrated(n_particles, equil, skin, multiplier, model, steps)
     md, p, nb, R = s.md, s.params, s.nbrs, s.state.position
+    n_particles = R.shape[0]
     nfn = md.neighbor_fn
 
     def at(i, R):   # positions of iteration i: a uniform shift far below any skin
@@ -366,21 +398,18 @@ def profile_one(n_particles, model, steps, every, repeats, equil, skin, multipli
     calls = 100
     row = dict(model=model, N=n_particles, steps=steps, every=every, snapshots=n_snap, note=s.note,
                max_neighbors=int(nb.max_occupancy))
-    row["rebuild_ms"] = _per_iteration(lambda i, b, R: nfn.rebuild(at(i, R), b), nb, calls, repeats, R)
-    row["check_ms"] = _per_iteration(lambda i, b, R: nfn.update(at(i, R), b), nb, calls, repeats, R)
-    # force and energy chained as in MD (the next call's positions depend on this call's result)
-    row["force_ms"] = _per_iteration(lambda i, x, nb, p: x + 1e-9 * md.force(x, nb, p), R, calls, repeats, nb, p)
-    row["energy_ms"] = _per_iteration(lambda i, x, nb, p: x + 1e-12 * md.energy(x, nb, p), R, calls, repeats, nb, p)
-    row["step_fixed_list_ms"] = _per_iteration(lambda i, st, nb, p: md._step(st, neighbor=nb, params=p), s.state,
-                                               calls, repeats, nb, p)
-    run = _chunk_timer(md, p, s.state, nb, every, n_snap)
-    t, row["rebuilds"], over0 = run(steps, 0, repeats)
-    row["step_ms"] = t / steps
-    t, builds_rec, over1 = run(0, n_snap, repeats)
-    row["step_recording_ms"] = t / steps
+    timers = {"rebuild_ms": _loop_timer(lambda i, b, R: nfn.rebuild(at(i, R), b), nb, calls, R),
+              "check_ms": _loop_timer(lambda i, b, R: nfn.update(at(i, R), b), nb, calls, R),
+              # force and energy chained as in MD (the next call's positions depend on this one's result)
+              "force_ms": _loop_timer(lambda i, x, nb, p: x + 1e-9 * md.force(x, nb, p), R, calls, nb, p),
+              "energy_ms": _loop_timer(lambda i, x, nb, p: x + 1e-12 * md.energy(x, nb, p), R, calls, nb, p),
+              "step_fixed_list_ms": _loop_timer(lambda i, st, nb, p: md._step(st, neighbor=nb, params=p), s.state,
+                                                calls, nb, p)}
+    timers["step_ms"], row["rebuilds"], over0 = _chunk_timer(md, p, s.state, nb, every, steps, 0, n_snap)
+    timers["step_recording_ms"], row["rebuilds_recording"], over1 = _chunk_timer(md, p, s.state, nb, every, 0,
+                                                                                 n_snap, n_snap)
     row["overflow"] = over0 or over1
-    row["rebuilds_recording"] = builds_rec
-    return with_shares(row)
+    return row, timers
 
 
 #: update_cost.py's setup "reference" (plain DiffTRe on the LJ liquid, 100 snapshots of 1000 steps)
@@ -388,11 +417,11 @@ REFERENCE_OVERRIDES = ["config=lj_liquid", "system.n_particles=1000", "system.de
                        "simulator.production_steps=1000", "simulator.every=10", "trainer.precondition=none"]
 
 
-def profile_reference(repeats):
-    """The reference DiffTRe setup's sampler as training builds and runs it (assemble, a first
-    trajectory from the lattice, then ``sample``: 100 equilibration steps + 100 snapshots x 10):
-    its list width (allocated on the lattice start), its chunk program with recording (1000 steps,
-    as the profile's) and ``sample`` itself (host loop included), in ms per step."""
+def reference_timers():
+    """(row, timers) of the reference DiffTRe setup's sampler as training builds and runs it
+    (assemble, a first trajectory from the lattice, then ``sample``: 100 equilibration steps + 100
+    snapshots x 10): its list width (allocated on the lattice start), its chunk program with
+    recording (1000 steps, as the profile's) and ``sample`` itself (host loop included), ms per step."""
     import jax
     sys.path.insert(0, str(Path(__file__).parent))
     from update_cost import compose
@@ -405,16 +434,44 @@ def profile_reference(repeats):
     first = md.sample(params, *md.init(jax.random.PRNGKey(1), params), first=True)
     state, nbrs = first.state, first.neighbor
     n_snap = cfg.production_steps // cfg.every
-    t, builds, overflow = _chunk_timer(md, params, state, nbrs, cfg.every, n_snap)(0, n_snap, repeats)
+    chunk, builds, overflow = _chunk_timer(md, params, state, nbrs, cfg.every, 0, n_snap, n_snap)
+    n_steps = cfg.equilibration_steps + cfg.production_steps
 
     def sample():
-        res = md.sample(params, state, nbrs)
-        jax.block_until_ready(res.trajectory.positions)
+        t = time.perf_counter()
+        jax.block_until_ready(md.sample(params, state, nbrs).trajectory.positions)
+        return 1e3 * (time.perf_counter() - t) / n_steps
     sample()
-    wall, _ = _timed(sample, repeats)
-    return dict(max_neighbors=int(nbrs.max_occupancy), chunk_recording_ms=t / (n_snap * cfg.every),
-                sample_ms=1e3 * wall / (cfg.equilibration_steps + cfg.production_steps),
-                sample_steps=cfg.equilibration_steps + cfg.production_steps, rebuilds=builds, overflow=overflow)
+    row = dict(max_neighbors=int(nbrs.max_occupancy), sample_steps=n_steps, rebuilds=builds, overflow=overflow)
+    return row, {"chunk_recording_ms": chunk, "sample_ms": sample}
+
+
+def profile_size(n_particles, models, args):
+    """The profile rows of ``models`` at ``n_particles`` (and the reference setup's at N = 1000): every
+    program compiled first, then ``args.repeats`` rounds in which each timer runs once, keeping each
+    one's best, so a burst of load on a shared machine hits all pieces alike."""
+    steps = max(1, args.profile_steps // args.every) * args.every
+    setups = {}
+    for model in models:
+        print(f"profile {model} N={n_particles}: equilibrating ...", file=sys.stderr, flush=True)
+        setups[model] = equilibrated(n_particles, args.equil, args.skin, args.capacity_multiplier, model, steps,
+                                      args.integrator)
+    same_width(setups.values())
+    built = []
+    for model, s in setups.items():
+        print(f"profile {model} N={n_particles}: compiling ...", file=sys.stderr, flush=True)
+        built.append(profile_timers(s, model, steps, args.every))
+    if n_particles == 1000:
+        print("profile: the reference setup as training runs it ...", file=sys.stderr, flush=True)
+        built.append(reference_timers())
+    for row, timers in built:
+        row.update({k: math.inf for k in timers})
+    for _ in range(args.repeats):
+        for row, timers in built:
+            for k, timer in timers.items():
+                row[k] = min(row[k], timer())
+    rows = [with_shares(row) for row, _ in built[:len(models)]]
+    return rows, (built[-1][0] if n_particles == 1000 else None)
 
 
 def with_shares(row: dict) -> dict:
@@ -455,7 +512,7 @@ def gap_split(rows, reference=None) -> list[dict]:
     """Per N with lj, spline and spline0 profiled: the step-time gap [ms] between LJ without
     recording and the reference DiffTRe setup, split into the model (LJ -> spline, the same fluid),
     the fluid at θ = 0 (the prior alone), the recording, and at N = 1000 with ``reference``
-    (:func:`profile_reference`) the list width (allocated on the lattice start, not the fluid) and
+    (:func:`reference_timers`) the list width (allocated on the lattice start, not the fluid) and
     the host loop of ``sample``."""
     by = {(r["model"], r["N"]): r for r in rows}
     out = []
@@ -493,22 +550,30 @@ def print_gap(rows, reference=None):
 
 
 # ----------------------------------------------------------------------------- main
-def throughput_row(model, n, k, args, lmp, pair) -> dict:
-    """One row of the throughput table: difftre, plain JAX MD (LJ only), LAMMPS on 1 and K ranks."""
-    row = {"model": model, "N": n, "steps": k}
-    say = lambda what: print(f"{model} N={n}: {what} ...", file=sys.stderr, flush=True)  # noqa: E731
-    say("difftre")
-    row["difftre"] = bench_difftre(n, k, args.repeats, args.equil, args.skin, args.capacity_multiplier, model=model)
-    if model == "lj" and not args.no_jax_md:
-        say("plain JAX MD")
-        row["jax_md"] = bench_jax_md(n, k, args.repeats, args.equil)
-    if lmp:
-        for ranks in sorted({1, cores()}):
+def throughput_rows(n, k, args, lmp, pairs) -> list[dict]:
+    """The throughput table's rows at N = ``n`` (``k`` timed steps), one per model at a common list
+    width (:func:`same_width`): difftre, plain JAX MD (LJ only), LAMMPS on 1 and K ranks."""
+    setups = {}
+    for model in args.models:
+        print(f"{model} N={n}: equilibrating ...", file=sys.stderr, flush=True)
+        setups[model] = equilibrated(n, args.equil, args.skin, args.capacity_multiplier, model, k, args.integrator)
+    same_width(setups.values())
+    rows = []
+    for model, s in setups.items():
+        row = {"model": model, "N": n, "steps": k}
+        say = lambda what: print(f"{model} N={n}: {what} ...", file=sys.stderr, flush=True)  # noqa: E731
+        say("difftre")
+        row["difftre"] = bench_setup(s, k, args.repeats)
+        if model == "lj" and not args.no_jax_md:
+            say("plain JAX MD")
+            row["jax_md"] = bench_jax_md(n, k, args.repeats, args.equil)
+        for ranks in sorted({1, cores()}) if lmp else ():
             say(f"LAMMPS on {ranks} rank(s)")
             row[f"lammps_{ranks}"] = bench_lammps(n, max(k, 1000), args.repeats, args.equil, lmp,
-                                                  ranks=ranks, pair=pair)
-        row["lammps"] = row["lammps_1"]
-    return row
+                                                  ranks=ranks, pair=pairs[model])
+        row["lammps"] = row.get("lammps_1", {})
+        rows.append(row)
+    return rows
 
 
 def print_throughput(rows, args) -> bool:
@@ -554,6 +619,8 @@ def parse_args(argv=None):
     ap.add_argument("--capacity-multiplier", type=float, default=1.25)
     ap.add_argument("--models", nargs="+", default=["lj", "spline"], choices=["lj", "spline", "spline0"],
                     help="pair models of the throughput table")
+    ap.add_argument("--integrator", choices=["langevin", "nose_hoover"], default="langevin",
+                    help="difftre's thermostat (LAMMPS runs fix nvt, a Nosé-Hoover chain, either way)")
     ap.add_argument("--no-lammps", action="store_true")
     ap.add_argument("--no-jax-md", action="store_true")
     ap.add_argument("--profile", action="store_true", help="also profile one step (module docstring)")
@@ -575,21 +642,16 @@ def main(argv=None):
     rows, prof, ref = [], [], None
     with tempfile.TemporaryDirectory() as tmp:
         pairs = {m: LAMMPS_LJ if m == "lj" else export_table(m, Path(tmp) / m) for m in args.models} if lmp else {}
-        for model in args.models:
-            for n, k in zip(args.sizes, steps):
-                rows.append(throughput_row(model, n, k, args, lmp, pairs.get(model)))
+        for n, k in zip(args.sizes, steps):
+            rows += throughput_rows(n, k, args, lmp, pairs)
     if args.profile:
         for n in args.sizes:
-            for model in args.profile_models:
-                print(f"profile {model} N={n} ...", file=sys.stderr, flush=True)
-                prof.append(profile_one(n, model, args.profile_steps, args.every, args.repeats, args.equil,
-                                        args.skin, args.capacity_multiplier))
-        if 1000 in args.sizes:
-            print("profile: the reference setup as training runs it ...", file=sys.stderr, flush=True)
-            ref = profile_reference(args.repeats)
+            rows_n, ref_n = profile_size(n, args.profile_models, args)
+            prof += rows_n
+            ref = ref_n or ref
     print(f"\n{time.strftime('%Y-%m-%d %H:%M')}, load average at the start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
           + (" (shared machine: numbers indicative only)" if load[0] > 1.5 else "")
-          + f"; jax {jax.__version__}, {cores()} core(s), skin={args.skin}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+          + f"; jax {jax.__version__}, {cores()} core(s), difftre {args.integrator}, skin={args.skin}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     for m in dict.fromkeys([r["model"] for r in rows] + [r["model"] for r in prof]):
         print(f"  {m}: {pair_model(m)[2]}")
     ok = print_throughput(rows, args)
@@ -599,7 +661,8 @@ def main(argv=None):
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"rows": rows, "profile": prof, "reference": ref,
                                          "gap": gap_split(prof, ref), "load": load,
-                                         "skin": args.skin, "jax": jax.__version__, "cores": cores()},
+                                         "skin": args.skin, "integrator": args.integrator, "jax": jax.__version__,
+                                         "cores": cores()},
                                         indent=2, default=float))
     return 0 if ok else 1
 
