@@ -4,9 +4,9 @@ for Lennard-Jones and for the project's spline pair model; with ``--profile``, w
 one MD step goes (neighbour list, force kernel, integrator, snapshot recording).
 
 State point: ρ = 0.7, kT = 1, dt = 0.005, rc = 2.5, float32, NVT (difftre and JAX MD: Langevin,
-or difftre with ``--integrator nose_hoover``; LAMMPS: fix nvt), skin 0.3. For each N the system starts on a simple-cubic lattice (N = n³; fcc
-when N = 4n³ and not a cube), is equilibrated briefly, then K steps are timed after compilation
-(best of --repeats).
+or difftre with ``--integrator nose_hoover``; LAMMPS: fix nvt), skin 0.3. For each N the system
+starts on a simple-cubic lattice (N = n³; fcc when N = 4n³ and not a cube), is equilibrated
+briefly, then K steps are timed after compilation (best of --repeats).
 
 Models (``--models``):
 
@@ -536,8 +536,9 @@ def print_gap(rows, reference=None):
         return
     if reference is not None:
         print(f"\nreference setup as training runs it (N = 1000): list width {reference['max_neighbors']} "
-              f"(allocated on the lattice start), its chunk with recording {reference['chunk_recording_ms']:.3f} ms/step, "
-              f"sample() {reference['sample_ms']:.3f} ms/step = {1e3 / reference['sample_ms']:.0f} steps/s "
+              f"(allocated on the lattice start), its chunk with recording "
+              f"{reference['chunk_recording_ms']:.3f} ms/step, sample() {reference['sample_ms']:.3f} ms/step = "
+              f"{1e3 / reference['sample_ms']:.0f} steps/s "
               f"({reference['sample_steps']} steps, host loop included)")
     print("\nLJ (no recording) -> the reference setup: where the gap in ms per step comes from (% of the gap)")
     names = [("model_ms", "model"), ("theta0_ms", "θ=0 fluid"), ("recording_ms", "recording"),
@@ -599,7 +600,8 @@ def print_throughput(rows, args) -> bool:
               f"{r['difftre']['rebuilds']:>5}/{r['steps']} {r['difftre']['max_neighbors']:>4}")
     has_lammps = any("lammps_1" in r for r in rows)
     if has_lammps:
-        print(f"{'PASS' if goal_cores else 'FAIL'}: difftre >= LAMMPS on {K} ranks (its {K} cores) at every size and model")
+        print(f"{'PASS' if goal_cores else 'FAIL'}: difftre >= LAMMPS on {K} ranks (its {K} cores) "
+              "at every size and model")
     if any(r["model"] == "spline" for r in rows) and lj:
         print(f"{'PASS' if goal_spline else 'FAIL'}: spline step <= {GOAL_SPLINE} x LJ's")
     verdict = ("PASS" if floor else "FAIL") if has_lammps else "N/A (no LAMMPS)"
@@ -651,7 +653,8 @@ def main(argv=None):
             ref = ref_n or ref
     print(f"\n{time.strftime('%Y-%m-%d %H:%M')}, load average at the start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
           + (" (shared machine: numbers indicative only)" if load[0] > 1.5 else "")
-          + f"; jax {jax.__version__}, {cores()} core(s), difftre {args.integrator}, skin={args.skin}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+          + f"; jax {jax.__version__}, {cores()} core(s), difftre {args.integrator}, skin={args.skin}, "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     for m in dict.fromkeys([r["model"] for r in rows] + [r["model"] for r in prof]):
         print(f"  {m}: {pair_model(m)[2]}")
     ok = print_throughput(rows, args)
