@@ -62,6 +62,7 @@ def build(cfg) -> Components:
     engine = ObservableEngine(potential, obs, ctx, system.box_size, 1.0 / system.kT)
     learner = learner_cls(engine, tgts, optimizer, precondition=cfg.trainer.get("precondition", "none"),
                           fisher_damping=float(cfg.trainer.get("fisher_damping", 1e-3)),
+                          damping=float(cfg.trainer.get("damping", 1e-3)),
                           step_rule=step_rule.build(cfg.trainer, float(cfg.trainer.get("reweight_ratio", 0.9))))
     if len(names) > 1:
         truth = mixture.ground_truth(cfg.get("ground_truth"), cutoff, names)

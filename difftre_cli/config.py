@@ -24,6 +24,7 @@ from .errors import UserError
 from .interleave import interleave_entries, is_interleaved
 from .learn import registry, step_rule
 from .learn.boltzmann import check_init_from
+from .learn.difftre import PRECONDITIONERS
 from .potentials import external, manybody, mixture
 from .sampler import sampler_config
 from .stages import is_staged, stage_configs
@@ -100,8 +101,9 @@ def validate(cfg: DictConfig) -> None:
         if _get(cfg, "trainer.max_reuse") is not None:
             raise UserError("trainer.max_reuse is not supported with several state points (states) yet",
                             "set trainer.max_reuse=null (each state point resamples when its N_eff drops)")
-        if _get(cfg, "trainer.precondition") == "fisher" and kind is not registry.TRAINERS["difftre"]:
-            raise UserError(f"trainer.precondition=fisher with several state points (states) is implemented "
+        pre = _get(cfg, "trainer.precondition")
+        if pre in ("fisher", "gauss_newton") and kind is not registry.TRAINERS["difftre"]:
+            raise UserError(f"trainer.precondition={pre} with several state points (states) is implemented "
                             f"for trainer=difftre, not trainer={name}", "use trainer.precondition=none")
         _validate_one(_without(cfg, "states"))   # the base config: the state point of `difftre evaluate states=null`
         for _, sub in state_configs(cfg):
@@ -243,7 +245,11 @@ def _validate_trainer(tc, own_keys=None) -> int:
         return updates
     number(tc, "reweight_ratio", prefix=T, lo=0.0, hi=1.0, required=False, example="0.9")
     number(tc, "max_reuse", prefix=T, integer=True, lo=0, required=False, example="5")
-    choice(tc, "precondition", ("none", "fisher"), prefix=T, default="none", what="preconditioner")
+    choice(tc, "precondition", PRECONDITIONERS, prefix=T, default="none", what="preconditioner")
+    number(tc, "damping", prefix=T, lo=0.0, required=False, example="0.001")
+    if tc.get("precondition") == "gauss_newton" and tc.get("kind") == "relative_entropy":
+        raise UserError("trainer.precondition=gauss_newton needs a sum-of-squares loss; relative entropy's is not one",
+                        "use trainer.precondition=fisher or none")
     # several state points (states): sequential | devices (learn/multistate.py); no effect on one state point
     choice(tc, "state_parallel", ("sequential", "devices"), prefix=T, default="sequential", what="mode")
     number(tc, "fisher_damping", prefix=T, lo=0.0, required=False, example="0.001")

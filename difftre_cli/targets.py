@@ -56,6 +56,14 @@ class Target:
             sq = sq * xp.asarray(self.weight, sq.dtype)
         return self.gamma * xp.mean(sq)
 
+    def residuals(self, pred, xp=np, dtype=None):
+        """√(γ w / n) · (pred − value), so that Σ residuals² = :meth:`loss` (the Gauss–Newton
+        step, learn/gauss_newton.py)."""
+        res = (pred - xp.asarray(self.value, dtype)) * float(np.sqrt(self.gamma))
+        if self.weight is not None:
+            res = res * xp.sqrt(xp.asarray(self.weight, res.dtype))
+        return res / float(np.sqrt(max(int(np.size(res)), 1)))
+
 
 def resolve_path(path: str, key: str) -> Path:
     """A relative path is looked up in the working directory, then in the project root; the

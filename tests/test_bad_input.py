@@ -247,6 +247,9 @@ CASES = [
     pytest.param(["trainer.precondition=newton"], ["trainer.precondition", "newton"], id="precondition"),
     pytest.param(["trainer.checkpoint_every=0"], ["trainer.checkpoint_every"], id="checkpoint-every"),
     pytest.param(["trainer.fisher_damping=-1"], ["trainer.fisher_damping"], id="fisher-damping"),
+    pytest.param(["trainer.damping=-1"], ["trainer.damping"], id="gauss-newton-damping"),
+    pytest.param(["trainer=relative_entropy", "trainer.precondition=gauss_newton"],
+                 ["trainer.precondition=gauss_newton", "relative entropy"], id="gauss-newton-relative-entropy"),
     # evaluate
     pytest.param(["evaluate.production_steps=0"], ["evaluate.production_steps"], id="evaluate-steps-zero"),
     pytest.param(["evaluate.every=0"], ["evaluate.every"], id="evaluate-every-zero"),

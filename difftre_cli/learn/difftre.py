@@ -32,11 +32,17 @@ from jax.flatten_util import ravel_pytree
 from .. import neighbors, reweight
 from ..errors import UserError
 from ..observables.engine import Features, ObservableEngine
+from . import gauss_newton
 from .boltzmann import initial_params
 from .regime import Proposal, Regime
 from .step_rule import StepRule
 
 log = logging.getLogger("difftre")
+
+
+#: trainer.precondition of the reweighting learners: the optimiser sees the plain gradient, the
+#: natural gradient F⁻¹g (Fisher) or the Gauss–Newton step (JᵀJ + λ)⁻¹ ½g (gauss_newton.py)
+PRECONDITIONERS = ("none", "fisher", "gauss_newton")
 
 
 class StepAux(NamedTuple):
@@ -56,21 +62,24 @@ class DiffTRe:
     features (``engine.featurize``)."""
 
     def __init__(self, engine: ObservableEngine, targets: dict, optimizer: optax.GradientTransformation,
-                 precondition: str = "none", fisher_damping: float = 1e-3, step_rule: StepRule | None = None):
+                 precondition: str = "none", fisher_damping: float = 1e-3, step_rule: StepRule | None = None,
+                 damping: float = 1e-3):
         self.engine = engine
         self.step_rule = step_rule or StepRule()
         self.targets = targets
         self.optimizer = optimizer
         self.beta = engine.beta
-        if precondition not in ("none", "fisher"):
-            raise UserError(f"trainer.precondition: unknown {precondition!r}", "use none or fisher")
+        if precondition not in PRECONDITIONERS:
+            raise UserError(f"trainer.precondition: unknown {precondition!r}", f"use one of {', '.join(PRECONDITIONERS)}")
         self.precondition = precondition
         self.fisher_damping = float(fisher_damping)
+        self.damping = float(damping)     # the Gauss–Newton step's (gauss_newton.py)
         self.trace_count = {"step": 0, "grad": 0}
         self._step = jax.jit(self._step_impl)
         self.grad = jax.jit(self._grad_impl)
         self.trials = jax.jit(self._trials_impl)
         self.fisher = jax.jit(self._fisher_impl)
+        self.gauss_newton = jax.jit(self._gauss_newton_impl)
         self.n_eff = jax.jit(engine.n_eff)
 
     def target_losses(self, preds) -> dict:
@@ -89,6 +98,9 @@ class DiffTRe:
         (loss, (losses, preds, n_eff)), grads = jax.value_and_grad(self.loss, has_aux=True)(params, feats, *extra)
         if self.precondition == "fisher":
             grads = self._natural_gradient(params, feats, grads)
+        elif self.precondition == "gauss_newton":
+            r, jac = self._residual_jacobian(params, feats)
+            grads = gauss_newton.direction(jac, r, grads, self.damping)
         chosen = {"scale": jnp.ones((), loss.dtype), "exhausted": jnp.zeros((), bool)}
 
         def rescale(updates):   # the step rule (step_rule.py), on the stored snapshots
@@ -124,6 +136,16 @@ class DiffTRe:
         liquid — get proportionally larger steps. The result is normalised to unit Fisher
         length, so the optimiser's learning rate is the step's √(2 KL)."""
         return natural_step(self._fisher_impl(params, feats), grads, self.fisher_damping)
+
+    def _residual_jacobian(self, params, feats):
+        """(r, J = ∂r/∂θ) of the targets' residuals on the stored snapshots (gauss_newton.py)."""
+        return gauss_newton.residual_jacobian(self.engine, self.targets, params, feats)
+
+    def _gauss_newton_impl(self, params, feats):
+        """(JᵀJ, m) on this trajectory: what a multi-state regime sums over state points."""
+        gauss_newton.check_summable(ravel_pytree(params)[0].size)
+        r, jac = self._residual_jacobian(params, feats)
+        return jac.T @ jac, jnp.asarray(r.shape[0], jac.dtype)
 
     def _fisher_impl(self, params, feats):
         """F = β² Cov_w(∂U/∂θ) (K × K) on this trajectory's snapshots, reweighted to ``params``

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 
 from .. import parallel
 from ..errors import UserError
+from . import gauss_newton
 from .boltzmann import initial_params
 from .difftre import DiffTReRegime, apply_update, natural_step
 from .regime import Proposal, Regime
@@ -83,6 +84,8 @@ class MultiStateDiffTReRegime(Regime):
         self._direction = jax.jit(lambda p, o, g, s: _times(s, self.optimizer.update(g, o, p)[0]))
         damping = self.cs[0].learner.fisher_damping
         self._natural = jax.jit(lambda f, g: natural_step(f, g, damping))
+        gn_damping = self.cs[0].learner.damping
+        self._gauss_newton = jax.jit(lambda jtj, m, g: gauss_newton.solve_primal(jtj, g, m, gn_damping))
         if state_parallel not in STATE_PARALLEL:
             raise UserError(f"trainer.state_parallel: unknown mode {state_parallel!r}",
                             f"use one of {', '.join(STATE_PARALLEL)}")
@@ -266,6 +269,8 @@ class MultiStateDiffTReRegime(Regime):
             lr = jnp.asarray(lr_scale, jnp.float32)
             if self.cs[0].learner.precondition == "fisher":   # the Fisher matrices of the state points, summed
                 total_grad = self._natural(self._fisher_sum(params), total_grad)
+            elif self.cs[0].learner.precondition == "gauss_newton":   # Σ_k J_kᵀJ_k, Σ_k m_k
+                total_grad = self._gauss_newton(*self._jtj_sum(params), total_grad)
             if self.rule.searches:   # 3a. the step rule on every state point's snapshots together
                 factor, worn = self._line_search(params, opt_state, total_grad, lr)
             new_params, new_opt, gnorm, finite = jax.block_until_ready(
@@ -303,6 +308,12 @@ class MultiStateDiffTReRegime(Regime):
         """Σ_k F_k: the Fisher matrix of the joint ensemble of independent state points."""
         fs = {k: sub.c.learner.fisher(self._on(k, params), sub.feats) for k, sub in enumerate(self.subs)}
         return sum(jax.device_put(f, self._default) for f in jax.block_until_ready(fs).values())
+
+    def _jtj_sum(self, params):
+        """(Σ_k J_kᵀJ_k, Σ_k m_k): the Gauss–Newton matrix of the summed loss (gauss_newton.py)."""
+        outs = {k: sub.c.learner.gauss_newton(self._on(k, params), sub.feats) for k, sub in enumerate(self.subs)}
+        outs = [jax.device_put(o, self._default) for o in jax.block_until_ready(outs).values()]
+        return sum(o[0] for o in outs), sum(o[1] for o in outs)
 
     @property
     def rule(self):

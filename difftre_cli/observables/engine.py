@@ -48,8 +48,8 @@ from jax import lax
 
 from .. import neighbors, reweight
 from ..errors import UserError
-from ..potentials import distances_on_list
 from ..overflow import grown_extra, recompute_on_overflow
+from ..potentials import distances_on_list
 from .stress import deformation
 
 #: computations of a trajectory's features (the first and its re-allocations) before it counts as unstable
@@ -263,11 +263,12 @@ class ObservableEngine:
 
     def snapshot_energies(self, params, r):
         """U_θ (S,) and virial s·∂U/∂s (S,) from stored features."""
-        energy = self.energy
+        q = self._per_state(self._energy_and_virial, params, r)
+        return q["energy"], q["virial"]
 
-        def one(p, r_s):
-            return jax.value_and_grad(lambda s: energy(p, r_s, s))(1.0)
-        return self._per_state(one, params, r)
+    def _energy_and_virial(self, p, r_s):
+        u, virial = jax.value_and_grad(lambda s: self.energy(p, r_s, s))(1.0)
+        return {"energy": u, "virial": virial}
 
     def _per_state(self, one, params, r):
         """``one(params, r_s)`` of every stored state: vectorised (``vmap``) for cheap potentials;
@@ -277,14 +278,11 @@ class ObservableEngine:
             return _per_state_bounded(one, batch)(params, r)
         return jax.vmap(lambda r_s: one(params, r_s))(r)
 
-    def snapshot_quantities(self, params, r) -> dict:
-        """Per-snapshot θ-dependent inputs of the observables: ``energy`` U_θ (S,), ``virial``
-        s·∂U/∂s (S,) and, when an observable needs them, ``born_stress`` (S, 6) and
-        ``born_stiffness`` (S, 6, 6) in energy/length³ (Voigt, Lagrangian strain; see
-        observables/stress.py for the conventions)."""
+    def quantity_fn(self):
+        """``one(params, r_s) -> dict``: the quantities of :meth:`snapshot_quantities` for one
+        stored state (learn/gauss_newton.py differentiates it state by state)."""
         if not self.needs:
-            u, virial = self.snapshot_energies(params, r)
-            return {"energy": u, "virial": virial}
+            return self._energy_and_virial
         energy, volume, dtype = self.energy, self.ctx.volume, jnp.result_type(float)
         e0, eye = jnp.zeros(6, dtype), jnp.eye(3, dtype=dtype)
 
@@ -300,7 +298,14 @@ class ObservableEngine:
                 (u, g), out = jax.value_and_grad(u_of)(e0), {}
             # a uniform scale s is e = (s − 1)(1, 1, 1, 0, 0, 0) to first order: ∂U/∂s = Σ_a<3 ∂U/∂e_a
             return {"energy": u, "virial": g[0] + g[1] + g[2], "born_stress": g / volume, **out}
-        return self._per_state(one, params, r)
+        return one
+
+    def snapshot_quantities(self, params, r) -> dict:
+        """Per-snapshot θ-dependent inputs of the observables: ``energy`` U_θ (S,), ``virial``
+        s·∂U/∂s (S,) and, when an observable needs them, ``born_stress`` (S, 6) and
+        ``born_stiffness`` (S, 6, 6) in energy/length³ (Voigt, Lagrangian strain; see
+        observables/stress.py for the conventions)."""
+        return self._per_state(self.quantity_fn(), params, r)
 
     def _values(self, q: dict, feats: Features) -> dict:
         """Per-snapshot values (S, ...) of every observable (pytrees for observables with
@@ -317,7 +322,10 @@ class ObservableEngine:
 
     def predict(self, params, feats: Features):
         """Reweighted averages ⟨O⟩ at ``params`` and the weights."""
-        q = self.snapshot_quantities(params, feats.r)
+        return self.predict_from_quantities(self.snapshot_quantities(params, feats.r), feats)
+
+    def predict_from_quantities(self, q: dict, feats: Features):
+        """:meth:`predict` from the per-snapshot quantities ``q`` (:meth:`snapshot_quantities`)."""
         w = reweight.weights(self.beta, q["energy"], feats.u_ref)
         avg = {name: jax.tree_util.tree_map(lambda v: reweight.average(w, v), vals)
                for name, vals in self._values(q, feats).items()}

@@ -1,0 +1,115 @@
+"""The Gauss–Newton (Levenberg–Marquardt) step of the reweighting learner.
+
+DiffTRe's loss is a sum of squares, L(θ) = Σ_k γ_k mean(w_k (⟨O_k⟩_θ − Õ_k)²) = ‖r(θ)‖², with
+residuals r_j = √(γ w_j / n) (⟨O⟩_j − Õ_j) (:meth:`targets.Target.residuals`). With J = ∂r/∂θ
+on the stored snapshots (through the reweighting weights and the θ-dependent observables, as
+the gradient), the step d solves (JᵀJ + λ I) d = Jᵀr = ½ ∇L, so that θ − d is the damped
+Newton step of the quadratic model of L: a learning rate of 1 takes the whole step, and the step
+rule (step_rule.py) can scale it. For a pair potential and RDF targets this is the reweighting
+form of inverse Monte Carlo (Lyubartsev & Laaksonen, Phys. Rev. E 52, 3730 (1995)): J is the
+cross-correlation of the pair-distance histograms with ∂U/∂θ; the Fisher step (difftre.py) is
+its IBI-like counterpart.
+
+λ = ``damping`` × tr(JᵀJ) / min(m, P): a fraction of the mean non-zero eigenvalue of JᵀJ (m
+residuals, P parameters). Two algebraically equal forms: with P ≤ :data:`MAX_PRIMAL` the P × P
+system (several state points sum their JᵀJ and m, learn/multistate.py); with more parameters (a
+network) d = Jᵀ (JJᵀ + λ I)⁻¹ r, an m × m system, one state point only.
+
+J is formed the cheaper of two ways (:func:`residual_jacobian`). The observables reach θ only
+through a few per-snapshot quantities q_s (U_θ, the virial, Born terms: the engine's
+``snapshot_quantities``), so J = ∂r/∂q · ∂q/∂θ, with ∂q_s/∂θ from one small Jacobian per stored
+state (as many passes as q_s has entries: 2 for a pair model against RDFs and pressure) and ∂r/∂q
+from passes over the cheap reweighting alone. When q_s has more entries than the residuals
+(diamond's Born stiffness against three elastic constants), J comes directly from m reverse
+(or P forward) passes through the whole loss. Passes run :data:`BATCH` basis vectors at a time
+(``lax.map``), so memory stays a few times the loss's.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from ..errors import UserError
+
+#: the most parameters for which the P × P form is used (and several state points are allowed)
+MAX_PRIMAL = 4096
+#: basis vectors per batched forward/reverse pass when forming J
+BATCH = 4
+
+
+def residuals(targets: dict, preds: dict, dtype) -> jnp.ndarray:
+    """All targets' residuals in one vector (‖r‖² is the loss)."""
+    return jnp.concatenate([jnp.ravel(t.residuals(preds[t.observable], jnp, dtype)) for t in targets.values()])
+
+
+def jacobian(fn, flat):
+    """(fn(flat), J = ∂fn/∂flat) for ``fn``: (P,) → (m,), by the cheaper of P forward or m
+    reverse passes, batched."""
+    r = fn(flat)
+    m, p = r.shape[0], flat.shape[0]
+    if p <= m:
+        basis = jnp.eye(p, dtype=flat.dtype)
+        cols = jax.lax.map(lambda v: jax.jvp(fn, (flat,), (v,))[1], basis, batch_size=BATCH)   # (P, m)
+        return r, cols.T
+    _, vjp = jax.vjp(fn, flat)
+    rows = jax.lax.map(lambda e: vjp(e)[0], jnp.eye(m, dtype=r.dtype), batch_size=BATCH)       # (m, P)
+    return r, rows
+
+
+def residual_jacobian(engine, targets: dict, params, feats):
+    """(r, J = ∂r/∂θ) of the targets' residuals on the stored snapshots ``feats``."""
+    flat, unravel = ravel_pytree(params)
+    p = flat.size
+    q_flat, q_unravel = ravel_pytree(engine.snapshot_quantities(params, feats.r))
+    per_state = q_flat.size // feats.u_ref.shape[0]
+
+    def of_q(qf):
+        return residuals(targets, engine.predict_from_quantities(q_unravel(qf), feats)[0], flat.dtype)
+    m = jax.eval_shape(of_q, q_flat).shape[0]
+    if min(p, per_state) >= min(p, m):
+        return jacobian(lambda th: residuals(targets, engine.predict(unravel(th), feats)[0], flat.dtype), flat)
+    r, j_rq = jacobian(of_q, q_flat)                                                   # (m, S · per_state)
+    one = engine.quantity_fn()
+    per_snapshot = jax.jacfwd if p <= per_state else jax.jacrev
+    j_q = engine.over_states(lambda r_s: per_snapshot(lambda th: one(unravel(th), r_s))(flat), feats.r)
+    j_qt = jnp.concatenate([leaf.reshape(-1, p) for leaf in jax.tree_util.tree_leaves(j_q)])   # ravel order of q
+    return r, j_rq @ j_qt
+
+
+def damping_value(trace, m, p: int, damping: float):
+    """λ: ``damping`` × the mean non-zero eigenvalue scale tr / min(m, P)."""
+    return damping * trace / jnp.minimum(jnp.asarray(m, trace.dtype), p)
+
+
+def solve_primal(jtj, grads, m, damping: float):
+    """d with (JᵀJ + λ I) d = ½ g (``grads`` a pytree, g its flat vector; ``jtj`` and ``m``
+    possibly summed over state points)."""
+    g, unravel = ravel_pytree(grads)
+    lam = damping_value(jnp.trace(jtj), m, g.size, damping)
+    d = jnp.linalg.solve(jtj + lam * jnp.eye(g.size, dtype=jtj.dtype), 0.5 * g)
+    return unravel(d.astype(g.dtype))
+
+
+def solve_dual(jac, r, grads, damping: float):
+    """The same d as :func:`solve_primal` from the m × m system: Jᵀ (JJᵀ + λ I)⁻¹ r."""
+    g, unravel = ravel_pytree(grads)
+    jjt = jac @ jac.T
+    lam = damping_value(jnp.trace(jjt), r.shape[0], g.size, damping)
+    d = jac.T @ jnp.linalg.solve(jjt + lam * jnp.eye(r.shape[0], dtype=jjt.dtype), r)
+    return unravel(d.astype(g.dtype))
+
+
+def direction(jac, r, grads, damping: float):
+    """The Gauss–Newton direction for one state point, in whichever form is smaller."""
+    if jac.shape[1] <= MAX_PRIMAL:
+        return solve_primal(jac.T @ jac, grads, r.shape[0], damping)
+    return solve_dual(jac, r, grads, damping)
+
+
+def check_summable(n_params: int) -> None:
+    """Several state points sum P × P matrices: refuse models too large for that."""
+    if n_params > MAX_PRIMAL:
+        raise UserError(f"trainer.precondition=gauss_newton with several state points sums P x P matrices, and "
+                        f"this model has P = {n_params} parameters (at most {MAX_PRIMAL})",
+                        "use trainer.precondition=none (Adam) for a network with several state points")

@@ -1,0 +1,120 @@
+"""The Gauss–Newton step of the DiffTRe learner (learn/gauss_newton.py).
+
+Known answers: the residuals' squares sum to the loss, 2 Jᵀr is the loss's gradient, the two
+ways of forming J agree with jax.jacfwd, the P × P and m × m solves give the same step, and on a
+real trajectory the learner's update solves (JᵀJ + λ I) Δθ = −Jᵀr with J formed independently.
+"""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from jax.flatten_util import ravel_pytree
+
+from difftre_cli import assemble
+from difftre_cli.errors import UserError
+from difftre_cli.learn import gauss_newton as gn
+from difftre_cli.targets import Target
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.mark.parametrize("weight", [None, np.array([0.5, 1.5, 1.0, 1.0])])
+def test_residuals_square_to_the_loss(weight):
+    t = Target("g", "rdf", np.array([1.0, 2.0, 0.5, 0.0]), 0.3, "test", weight=weight)
+    pred = np.array([1.2, 1.7, 0.4, 0.25])
+    for xp in (np, jnp):
+        r = t.residuals(xp.asarray(pred), xp)
+        assert float(xp.sum(r ** 2)) == pytest.approx(float(t.loss(xp.asarray(pred), xp)), rel=1e-6)
+    scalar = Target("p", "pressure", np.asarray(0.527), 0.1, "test")
+    assert float(scalar.residuals(0.6) ** 2) == pytest.approx(scalar.loss(0.6), rel=1e-12)
+
+
+@pytest.mark.parametrize("p,m", [(3, 7), (7, 3)], ids=["forward", "reverse"])
+def test_jacobian_matches_jacfwd(p, m):
+    rng = np.random.default_rng(1)
+    a = jnp.asarray(rng.normal(size=(m, p)))
+    fn = lambda x: jnp.tanh(a @ x) + x[0] ** 2   # noqa: E731
+    x = jnp.asarray(rng.normal(size=p))
+    r, jac = gn.jacobian(fn, x)
+    np.testing.assert_allclose(r, fn(x), rtol=1e-6)
+    np.testing.assert_allclose(jac, jax.jacfwd(fn)(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("m,p", [(5, 8), (8, 5)])
+def test_primal_and_dual_solves_give_the_damped_newton_step(m, p, monkeypatch):
+    rng = np.random.default_rng(2)
+    jac, r = rng.normal(size=(m, p)), rng.normal(size=m)
+    grads = {"a": jnp.asarray(2 * jac.T @ r)[:2], "b": jnp.asarray(2 * jac.T @ r)[2:]}
+    damping = 0.01
+    lam = damping * np.trace(jac.T @ jac) / min(m, p)
+    want = np.linalg.solve(jac.T @ jac + lam * np.eye(p), jac.T @ r)
+    flat = lambda tree: np.asarray(ravel_pytree(tree)[0])   # noqa: E731
+    primal = gn.solve_primal(jnp.asarray(jac.T @ jac), grads, m, damping)
+    dual = gn.solve_dual(jnp.asarray(jac), jnp.asarray(r), grads, damping)
+    np.testing.assert_allclose(flat(primal), want, rtol=5e-4, atol=5e-5)
+    np.testing.assert_allclose(flat(dual), want, rtol=5e-4, atol=5e-5)
+    monkeypatch.setattr(gn, "MAX_PRIMAL", 1)   # the dispatch picks the m x m form for large models
+    np.testing.assert_allclose(flat(gn.direction(jnp.asarray(jac), jnp.asarray(r), grads, damping)), want,
+                               rtol=5e-4, atol=5e-5)
+    with pytest.raises(UserError, match="several state points"):
+        gn.check_summable(2)
+
+
+def _setup(*overrides):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose(config_name="train", overrides=[
+            "config=tiny", "trainer.precondition=gauss_newton", "trainer.damping=1e-4", "optimizer=sgd",
+            "optimizer.lr=1.0", "optimizer.schedule=constant", *overrides])
+    c = assemble.build(cfg)
+    key = jax.random.PRNGKey(3)
+    params = c.potential.init(key)
+    params = {"model": {"knot_values": 0.05 * jax.random.normal(key, params["model"]["knot_values"].shape)}}
+    state, nbrs = c.sampler.init(jax.random.PRNGKey(1), params)
+    feats = c.engine.featurize(c.sampler.sample(params, state, nbrs, first=True).trajectory)
+    return c, params, feats
+
+
+@pytest.mark.parametrize("targets", ["rdf", "rdf+pressure"])
+def test_learner_takes_the_damped_gauss_newton_step(targets):
+    extra = ["observables=[rdf,pressure]", "targets=[lj_liquid_rdf,lj_liquid_pressure]"] if "pressure" in targets else []
+    c, params, feats = _setup(*extra)
+    theta, unravel = ravel_pytree(params)
+    residual = lambda th: gn.residuals(c.learner.targets, c.engine.predict(unravel(th), feats)[0], th.dtype)  # noqa: E731
+    jac = np.asarray(jax.jacfwd(residual)(theta), np.float64)         # through the whole loss, independently
+    r = np.asarray(residual(theta), np.float64)
+    loss = float(c.learner.loss(params, feats)[0])
+    grad = np.asarray(ravel_pytree(jax.grad(lambda p: c.learner.loss(p, feats)[0])(params))[0], np.float64)
+    assert r @ r == pytest.approx(loss, rel=1e-5)
+    np.testing.assert_allclose(2 * jac.T @ r, grad, rtol=2e-3, atol=1e-4 * np.abs(grad).max())
+    r_engine, jac_engine = jax.jit(lambda p: gn.residual_jacobian(c.engine, c.learner.targets, p, feats))(params)
+    np.testing.assert_allclose(jac_engine, jac, rtol=2e-3, atol=2e-4 * np.abs(jac).max())
+
+    new_params, _, aux = c.learner.step(params, c.optimizer.init(params), feats)
+    assert bool(aux.finite)
+    delta = np.asarray(ravel_pytree(new_params)[0] - theta, np.float64)
+    jtj = jac.T @ jac
+    lam = 1e-4 * np.trace(jtj) / min(*jac.shape)
+    np.testing.assert_allclose((jtj + lam * np.eye(theta.size)) @ delta, -jac.T @ r,
+                               rtol=2e-2, atol=2e-2 * np.abs(jac.T @ r).max())
+    # the step minimises the linearised residual: it removes most of the part J can reach
+    assert np.linalg.norm(r + jac @ delta) < 0.9 * np.linalg.norm(r)
+
+
+def test_gauss_newton_with_several_state_points(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "difftre_cli.cli", "train", "config=tiny", "trainer.updates=4", "seed=1",
+           "states={T10: {system: {kT: 1.0}}, T12: {system: {kT: 1.2}}}", "optimizer=sgd", "optimizer.lr=1.0",
+           "optimizer.schedule=constant", "trainer.precondition=gauss_newton", "trainer.step_rule=line_search",
+           "trainer.reweight_ratio=0.3", f"hydra.run.dir={run}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert len(rows) == 4 and float(rows[-1]["loss"]) < 0.75 * float(rows[0]["loss"])
