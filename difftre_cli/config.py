@@ -101,10 +101,6 @@ def validate(cfg: DictConfig) -> None:
         if _get(cfg, "trainer.max_reuse") is not None:
             raise UserError("trainer.max_reuse is not supported with several state points (states) yet",
                             "set trainer.max_reuse=null (each state point resamples when its N_eff drops)")
-        pre = _get(cfg, "trainer.precondition")
-        if pre in ("fisher", "gauss_newton") and kind is not registry.TRAINERS["difftre"]:
-            raise UserError(f"trainer.precondition={pre} with several state points (states) is implemented "
-                            f"for trainer=difftre, not trainer={name}", "use trainer.precondition=none")
         _validate_one(_without(cfg, "states"))   # the base config: the state point of `difftre evaluate states=null`
         for _, sub in state_configs(cfg):
             _validate_one(sub)

@@ -133,7 +133,8 @@ def test_multistate_loss_and_gradient_are_sums_over_single_state_runs(persistent
     from difftre_cli.learn.multistate import MultiStateDiffTReRegime
     from difftre_cli.store import RunStore
 
-    cfg = compose_cfg(SMALL + ["optimizer=sgd", "optimizer.lr=0.01", "optimizer.schedule=constant"])
+    cfg = compose_cfg(SMALL + ["optimizer=sgd", "optimizer.lr=0.01", "optimizer.schedule=constant",
+                             "trainer.precondition=none", "trainer.step_rule=fixed"])
     validate(cfg)
     states = assemble.build_states(cfg)
     regime = MultiStateDiffTReRegime(states, RunStore("/tmp/unused-test-mixture"), ratio=0.0)
