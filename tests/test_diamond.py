@@ -330,3 +330,36 @@ def test_evaluation_table_names_units_and_prints_them(capsys):
     text = capsys.readouterr().out
     assert "RMSE stiffness [GPa]" in text and "2 (start 20)" in text
     assert "RMSE pressure [kJ/mol/nm^3]" in text and "|error| pressure [bar]" in text and "wall time [s]" in text
+
+
+@pytest.mark.parametrize("model", [
+    pytest.param(SMALL, id="dimenet", marks=pytest.mark.slow),   # ~165 s on 2 cores (compiling the Born terms' J)
+    pytest.param(["config=diamond", "system.n_particles=64", "model=three_body", "model.cutoff=0.2", "model.lam=1.0"],
+                 id="three_body", marks=pytest.mark.slow)])   # ~40 s (tests/test_gauss_newton.py: the same paths on LJ)
+def test_gauss_newton_step_of_the_network_is_the_minimum_norm_one(monkeypatch, model):
+    """config=diamond's step (learn/gauss_newton.py): J of the 12 residuals (9 stress components,
+    C11, C12, C44) directly through the loss (the per-snapshot Born terms have 44 entries; for
+    DimeNet++ 12 reverse passes), and the m x m solve, Δθ = −Jᵀ(JJᵀ + λ)⁻¹ r, against J formed
+    independently (jax.jacrev of the residuals)."""
+    from jax.flatten_util import ravel_pytree
+
+    from difftre_cli.learn import gauss_newton as gn
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        c = assemble.build(compose(config_name="train",
+                                   overrides=[*model, "trainer.step_rule=fixed", "trainer.damping=1e-3"]))
+    theta_ref = _noisy(c.potential.init(jax.random.PRNGKey(0)), 0.3)
+    feats = _features(c, theta_ref, _snapshots(c, 3))
+    params = _noisy(theta_ref, 0.02, seed=7)
+    theta, unravel = ravel_pytree(params)
+    monkeypatch.setattr(gn, "MAX_PRIMAL", min(gn.MAX_PRIMAL, theta.size - 1))   # the network's form
+    residual = lambda th: gn.residuals(c.learner.targets, c.engine.predict(unravel(th), feats)[0], th.dtype)  # noqa: E731
+    r = np.asarray(residual(theta), np.float64)
+    jac = np.asarray(jax.jacrev(residual)(theta), np.float64)
+    assert jac.shape == (12, theta.size)
+    new_params, _, aux = c.learner.step(params, c.optimizer.init(params), feats)
+    assert bool(aux.finite)
+    delta = np.asarray(ravel_pytree(new_params)[0] - theta, np.float64)
+    jjt = jac @ jac.T
+    want = -jac.T @ np.linalg.solve(jjt + 1e-3 * np.trace(jjt) / 12 * np.eye(12), r)
+    cos = delta @ want / (np.linalg.norm(delta) * np.linalg.norm(want))
+    assert cos > 0.999 and np.linalg.norm(delta) == pytest.approx(np.linalg.norm(want), rel=2e-2)

@@ -82,11 +82,17 @@ def _setup(*overrides):
     return c, params, feats
 
 
-@pytest.mark.parametrize("targets", ["rdf", "rdf+pressure"])
-def test_learner_takes_the_damped_gauss_newton_step(targets):
-    extra = ["observables=[rdf,pressure]", "targets=[lj_liquid_rdf,lj_liquid_pressure]"] if "pressure" in targets else []
+@pytest.mark.parametrize("targets", ["rdf", "rdf+pressure", "pressure"])
+def test_learner_takes_the_damped_gauss_newton_step(targets, monkeypatch):
+    """rdf, rdf+pressure: J through U_θ and the virial per snapshot, P x P solve; pressure alone
+    (m = 1 residual, fewer than the 2 per-snapshot quantities): J by one reverse pass through the
+    loss, and the m x m solve (as for a network, forced here by a low MAX_PRIMAL)."""
+    extra = {"rdf": [], "rdf+pressure": ["observables=[rdf,pressure]", "targets=[lj_liquid_rdf,lj_liquid_pressure]"],
+             "pressure": ["observables=[pressure]", "targets=[lj_liquid_pressure]"]}[targets]
     c, params, feats = _setup(*extra)
     theta, unravel = ravel_pytree(params)
+    if targets == "pressure":
+        monkeypatch.setattr(gn, "MAX_PRIMAL", theta.size - 1)
     residual = lambda th: gn.residuals(c.learner.targets, c.engine.predict(unravel(th), feats)[0], th.dtype)  # noqa: E731
     jac = np.asarray(jax.jacfwd(residual)(theta), np.float64)         # through the whole loss, independently
     r = np.asarray(residual(theta), np.float64)
