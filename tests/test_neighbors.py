@@ -11,6 +11,11 @@ from difftre_cli import pair_kernels as pk
 CUTOFF, SKIN = 2.5, 0.3
 
 
+def _u_param(params, r, j):
+    """LJ with σ and ε from ``params``."""
+    return _lj(r, params["sigma"], params["eps"])
+
+
 def _random_positions(n, density=0.7, seed=0):
     box = (n / density) ** (1.0 / 3.0)
     rng = np.random.default_rng(seed)
@@ -36,8 +41,8 @@ def _lj(r, sigma=1.0, eps=1.0):
     return 4.0 * eps * (x6 * x6 - x6)
 
 
-def _u_lj(r, j):
-    """LJ as a list kernel's pair function u(r, j) (j: the neighbour indices, unused)."""
+def _u_lj(params, r, j):
+    """LJ as a list kernel's pair function u(params, r, j) (parameters and neighbour indices unused)."""
     return _lj(r)
 
 
@@ -125,9 +130,9 @@ def test_forces_equal_minus_grad_energy(method):
                     jnp.float32)
     fns = nbm.make_neighbor_fn(box, CUTOFF, SKIN, method=method)
     idx = fns.allocate(R).idx
-    F, E = jax.jit(lambda R: pk.pair_forces_and_energy(_u_lj, R, idx, box, CUTOFF))(R)
-    E2 = pk.pair_energy(_u_lj, R, idx, box, CUTOFF)
-    G = jax.grad(lambda R: pk.pair_energy(_u_lj, R, idx, box, CUTOFF))(R)
+    F, E = jax.jit(lambda R: pk.pair_forces_and_energy(_u_lj, {}, R, idx, box, CUTOFF))(R)
+    E2 = pk.pair_energy(_u_lj, {}, R, idx, box, CUTOFF)
+    G = jax.grad(lambda R: pk.pair_energy(_u_lj, {}, R, idx, box, CUTOFF))(R)
     np.testing.assert_allclose(float(E), float(E2), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(F), -np.asarray(G), rtol=1e-4, atol=1e-3)
     # brute-force energy in float64
@@ -148,15 +153,13 @@ def test_param_gradient_finite_with_padding():
     assert np.any(np.asarray(idx) == 200)  # padded entries exist
 
     def energy(params):
-        u = lambda r, j: _lj(r, params["sigma"], params["eps"])
-        F, E = pk.pair_forces_and_energy(u, R, idx, box, CUTOFF)
+        F, E = pk.pair_forces_and_energy(_u_param, params, R, idx, box, CUTOFF)
         return E + 1e-3 * jnp.sum(F ** 2)
 
     params = {"sigma": jnp.float32(0.9), "eps": jnp.float32(1.0)}
     g = jax.grad(energy)(params)
     assert np.isfinite(float(g["sigma"])) and np.isfinite(float(g["eps"]))
-    g2 = jax.grad(lambda p: pk.pair_energy(lambda r, j: _lj(r, p["sigma"], p["eps"]),
-                                            R, idx, box, CUTOFF))(params)
+    g2 = jax.grad(lambda p: pk.pair_energy(_u_param, p, R, idx, box, CUTOFF))(params)
     assert np.isfinite(float(g2["sigma"])) and np.isfinite(float(g2["eps"]))
 
 
@@ -200,10 +203,10 @@ def _fluid_list(n=216, extra=60, seed=11):
 
 
 def _kernel(R, idx, box, block, u=_u_lj, cutoff=CUTOFF):
-    return jax.jit(lambda R: pk.pair_forces_and_energy(u, R, idx, box, cutoff, block=block))(R)
+    return jax.jit(lambda R: pk.pair_forces_and_energy(u, {}, R, idx, box, cutoff, block=block))(R)
 
 
-def _soft(r, j):
+def _soft(params, r, j):
     """A pair function that is finite at any distance (for lists of random pairs)."""
     return jnp.exp(-r)
 
@@ -238,7 +241,7 @@ def test_blocked_kernel_runs_only_the_occupied_blocks():
     w = int(pk.occupied_width(idx))
     seen = []
 
-    def u(r, j):
+    def u(params, r, j):
         jax.debug.callback(lambda c: seen.append(int(c)), jnp.int32(r.shape[1]))
         return _lj(r)
 
@@ -281,13 +284,14 @@ def test_blocked_kernel_keeps_a_lone_crowded_row_and_empty_lists():
 
 def test_blocked_kernel_gradients_equal_full_width():
     """Reverse- and forward-mode derivatives through the blocked kernel (direct AD through the
-    integrator and gradients of forces take them) equal the full-width kernel's."""
+    integrator and gradients of forces take them) equal the full-width kernel's, and are the
+    full-width kernel's: no switch in the gradient's program (its reverse mode would carry every
+    branch's residuals), one in the forward program."""
     R, box, idx = _fluid_list(n=125, extra=50)
     params = {"sigma": jnp.float32(0.95), "eps": jnp.float32(1.1)}
 
     def loss(p, R, block):
-        F, E = pk.pair_forces_and_energy(lambda r, j: _lj(r, p["sigma"], p["eps"]), R, idx, box, CUTOFF,
-                                          block=block)
+        F, E = pk.pair_forces_and_energy(_u_param, p, R, idx, box, CUTOFF, block=block)
         return 1e-3 * jnp.sum(F ** 2) + E
 
     def derivatives(block):
@@ -301,3 +305,5 @@ def test_blocked_kernel_gradients_equal_full_width():
     np.testing.assert_allclose(float(g[0]["eps"]), float(ref[0]["eps"]), rtol=1e-4)
     np.testing.assert_allclose(np.asarray(g[1]), np.asarray(ref[1]), rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(float(t), float(ref_t), rtol=1e-4)
+    assert "cond[" not in str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(params, R, 32))
+    assert "cond[" in str(jax.make_jaxpr(loss, static_argnums=2)(params, R, 32))

@@ -156,8 +156,8 @@ class MixturePairPotential(ListKernels):
 
         def fn(R, neighbor, params, **unused):
             species = self._species()
-            return kernel(lambda r, j: self.pair_typed(params, r, codes_on_list(species, j, table)),
-                          R, neighbor.idx, box_size, self.cutoff)
+            return kernel(lambda p, r, j: self.pair_typed(p, r, codes_on_list(species, j, table)),
+                          params, R, neighbor.idx, box_size, self.cutoff)
         return fn
 
 

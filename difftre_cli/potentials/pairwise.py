@@ -85,7 +85,7 @@ class PairPotential(ListKernels):
 
     def _on_list(self, box_size: float, kernel):
         def fn(R, neighbor, params, **unused):
-            return kernel(lambda r, j: self.pair(params, r), R, neighbor.idx, box_size, self.cutoff)
+            return kernel(lambda p, r, j: self.pair(p, r), params, R, neighbor.idx, box_size, self.cutoff)
         return fn
 
 

@@ -34,8 +34,8 @@ def force_of(pot, box, block):
     from difftre_cli import pair_kernels
 
     def force(R, neighbor, params, **unused):
-        return pair_kernels.pair_forces_and_energy(lambda r, j: pot.pair(params, r), R, neighbor.idx, box,
-                                                pot.cutoff, block=block)[0]
+        return pair_kernels.pair_forces_and_energy(lambda p, r, j: pot.pair(p, r), params, R, neighbor.idx, box,
+                                                   pot.cutoff, block=block)[0]
     return force
 
 
@@ -64,8 +64,8 @@ def check_same(s, nb, blocks):
 
     from difftre_cli import pair_kernels
     pot, box = s.md.potential, float(s.system.box_size)
-    out = {b: pair_kernels.pair_forces_and_energy(lambda r, j: pot.pair(s.params, r), s.state.position, nb.idx, box,
-                                               pot.cutoff, block=b) for b in [None, *blocks]}
+    out = {b: pair_kernels.pair_forces_and_energy(lambda p, r, j: pot.pair(p, r), s.params, s.state.position,
+                                                  nb.idx, box, pot.cutoff, block=b) for b in [None, *blocks]}
     for b in blocks:
         np.testing.assert_allclose(np.asarray(out[b][0]), np.asarray(out[None][0]), rtol=1e-4, atol=1e-3)
         np.testing.assert_allclose(float(out[b][1]), float(out[None][1]), rtol=1e-5)
