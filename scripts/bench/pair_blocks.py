@@ -6,8 +6,10 @@ The fluid is md_throughput.py's (LJ or the spline model, ρ = 0.7, kT = 1, rc = 
 equilibrated from the lattice), its list allocated on the fluid (width ~95, the rows' maximum
 × 1.25) and with the width the training sampler carries after its lattice start (``--wide``,
 140). Per (model, width, kernel): the force call (100 chained calls in one compiled loop), one
-Langevin step on a fixed list (force + integrator, 100 steps in one loop), and the compile time
-of that step program. All programs are compiled first, then run in rounds, each keeping its best.
+Langevin step on a fixed list (force + integrator, 100 steps in one loop), the training
+sampler's step (its chunk program: 1000 steps with list updates and a snapshot every 10), and
+the compile times of the step and chunk programs. All programs are compiled first, then run in
+rounds, each keeping its best.
 
     python scripts/bench/pair_blocks.py                         # LJ, widths ~95 and 140, B = 8 16 32
     python scripts/bench/pair_blocks.py --models lj spline --blocks 16 --rounds 7
@@ -58,6 +60,26 @@ def timers(s, width_nbrs, block, calls=100):
     return force_t, step_t, compile_s
 
 
+def chunk_timer(s, nbrs, block, steps=1000, every=10):
+    """(timer, compile + first call s) of the sampler's chunk program (``steps`` steps, a snapshot
+    every ``every``: list updates and recording included) with the force kernel's ``block``: a
+    sampler bound while ``pair_kernels.pair_forces_and_energy`` has that default."""
+    import functools
+
+    from difftre_cli import pair_kernels, simulate
+    kernel = pair_kernels.pair_forces_and_energy
+    pair_kernels.pair_forces_and_energy = functools.partial(kernel, block=block)
+    try:
+        md = simulate.Sampler(s.md.potential, s.system, s.md.cfg)
+    finally:
+        pair_kernels.pair_forces_and_energy = kernel
+    t = time.perf_counter()
+    timer, _, overflow = mt._chunk_timer(md, s.params, s.state, nbrs, every, 0, steps // every, steps // every)
+    if overflow:
+        raise SystemExit("the list overflowed in the chunk")
+    return timer, time.perf_counter() - t
+
+
 def check_same(s, nb, blocks):
     """The blocked kernels' forces and energy equal the full-width kernel's on ``nb``."""
     import numpy as np
@@ -93,22 +115,23 @@ def main(argv=None):
             check_same(s, nb, args.blocks)
             for block in [None, *args.blocks]:
                 f, st, c = timers(s, nb, block)
+                ch, ch_c = chunk_timer(s, nb, block)
                 rows.append({"model": model, "width": nb.max_occupancy, "occupied": occ, "mean": mean,
-                             "block": block, "force": f, "step": st, "compile_s": c, "force_ms": math.inf,
-                             "step_ms": math.inf})
+                             "block": block, "force": f, "step": st, "chunk": ch, "compile_s": c,
+                             "chunk_compile_s": ch_c})
     for _ in range(args.rounds):
         for row in rows:
-            row["force_ms"] = min(row["force_ms"], row["force"]())
-            row["step_ms"] = min(row["step_ms"], row["step"]())
+            for k in ("force", "step", "chunk"):
+                row[k + "_ms"] = min(row.get(k + "_ms", math.inf), row[k]())
     print(f"load (uptime): {os.getloadavg()}")
     print("| model | list width | occupied width (mean) | kernel | force [ms] | step, fixed list [ms] "
-          "| step compile [s] |\n|---|---|---|---|---|---|---|")
+          "| sampler step [ms] | compile: step, chunk [s] |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         base = next(b for b in rows if b["model"] == r["model"] and b["width"] == r["width"] and b["block"] is None)
         kernel = "all columns" if r["block"] is None else f"B = {r['block']}"
-        print(f"| {r['model']} | {r['width']} | {r['occupied']} ({r['mean']:.1f}) | {kernel} | {r['force_ms']:.3f} "
-              f"({base['force_ms'] / r['force_ms']:.2f}x) | {r['step_ms']:.3f} ({base['step_ms'] / r['step_ms']:.2f}x) "
-              f"| {r['compile_s']:.2f} |")
+        cells = " | ".join(f"{r[k]:.3f} ({base[k] / r[k]:.2f}x)" for k in ("force_ms", "step_ms", "chunk_ms"))
+        print(f"| {r['model']} | {r['width']} | {r['occupied']} ({r['mean']:.1f}) | {kernel} | {cells} "
+              f"| {r['compile_s']:.2f}, {r['chunk_compile_s']:.2f} |")
 
 
 if __name__ == "__main__":
