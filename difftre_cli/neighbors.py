@@ -23,8 +23,7 @@ import jax.numpy as jnp
 from jax_md import partition
 import numpy as np
 
-__all__ = ["NeighborList", "NeighborFns", "make_neighbor_fn", "minimum_image", "pair_forces_and_energy",
-           "pair_energy"]
+__all__ = ["NeighborFns", "NeighborList", "make_neighbor_fn", "minimum_image"]
 
 
 @dataclasses.dataclass
@@ -352,42 +351,6 @@ def make_neighbor_fn(box_size: float | None, cutoff: float, skin: float,
 
     return NeighborFns(allocate=allocate, update=update, rebuild=rebuild, box_size=box_size,
                        cutoff=float(cutoff), skin=float(skin), method=method)
-
-
-def _pair_terms(u_fn, R, idx, box_size, cutoff):
-    n = R.shape[0]
-    Rp = jnp.concatenate([R, jnp.zeros((1, 3), R.dtype)], 0)
-    Rj = Rp[idx]                                   # (N, M, 3)
-    dr = _wrap(R[:, None, :] - Rj, box_size)
-    r2 = jnp.sum(dr * dr, -1)
-    mask = (idx < n) & (r2 < cutoff * cutoff)
-    r2_safe = jnp.where(mask, r2, 1.0)
-    r = jnp.sqrt(r2_safe)
-    return dr, r, mask
-
-
-def pair_forces_and_energy(u_fn, R, idx, box_size, cutoff):
-    """Forces (N, 3) and energy for a radial pair potential over a dense full list.
-
-    ``u_fn(r) -> u`` is elementwise in r. F_i = -sum_j u'(r_ij) (R_i - R_j) / r_ij and
-    E = 1/2 sum_ij u(r_ij) over pairs with j < N and r_ij < cutoff. Padded / out-of-range
-    entries are masked with the double-``where`` pattern, so derivatives with respect to
-    parameters closed over by ``u_fn`` stay finite.
-    """
-    dr, r, mask = _pair_terms(u_fn, R, idx, box_size, cutoff)
-    u, du = jax.jvp(u_fn, (r,), (jnp.ones_like(r),))
-    u = jnp.where(mask, u, 0.0)
-    du = jnp.where(mask, du, 0.0)
-    coef = -du / r                                  # r is safe (1.0) where masked
-    forces = jnp.sum(coef[..., None] * dr, axis=1)
-    energy = 0.5 * jnp.sum(u)
-    return forces, energy
-
-
-def pair_energy(u_fn, R, idx, box_size, cutoff):
-    """Energy only (differentiable w.r.t. positions and parameters)."""
-    _, r, mask = _pair_terms(u_fn, R, idx, box_size, cutoff)
-    return 0.5 * jnp.sum(jnp.where(mask, u_fn(r), 0.0))
 
 
 def capacities(nbrs: NeighborList) -> dict:

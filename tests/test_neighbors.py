@@ -1,13 +1,19 @@
-"""Tests for difftre_cli.neighbors (fast, fixed seeds)."""
+"""Tests for difftre_cli.neighbors and the pair kernels on its lists, difftre_cli.pair_kernels
+(fast, fixed seeds)."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jax
-import jax.numpy as jnp
-
 from difftre_cli import neighbors as nbm
+from difftre_cli import pair_kernels as pk
 
 CUTOFF, SKIN = 2.5, 0.3
+
+
+def _u_param(params, r, j):
+    """LJ with σ and ε from ``params``."""
+    return _lj(r, params["sigma"], params["eps"])
 
 
 def _random_positions(n, density=0.7, seed=0):
@@ -33,6 +39,11 @@ def _list_pairs(idx, n):
 def _lj(r, sigma=1.0, eps=1.0):
     x6 = (sigma / r) ** 6
     return 4.0 * eps * (x6 * x6 - x6)
+
+
+def _u_lj(params, r, j):
+    """LJ as a list kernel's pair function u(params, r, j) (parameters and neighbour indices unused)."""
+    return _lj(r)
 
 
 @pytest.mark.parametrize("n,method", [(300, "brute"), (1000, "brute"), (1000, "cell"),
@@ -119,9 +130,9 @@ def test_forces_equal_minus_grad_energy(method):
                     jnp.float32)
     fns = nbm.make_neighbor_fn(box, CUTOFF, SKIN, method=method)
     idx = fns.allocate(R).idx
-    F, E = jax.jit(lambda R: nbm.pair_forces_and_energy(_lj, R, idx, box, CUTOFF))(R)
-    E2 = nbm.pair_energy(_lj, R, idx, box, CUTOFF)
-    G = jax.grad(lambda R: nbm.pair_energy(_lj, R, idx, box, CUTOFF))(R)
+    F, E = jax.jit(lambda R: pk.pair_forces_and_energy(_u_lj, {}, R, idx, box, CUTOFF))(R)
+    E2 = pk.pair_energy(_u_lj, {}, R, idx, box, CUTOFF)
+    G = jax.grad(lambda R: pk.pair_energy(_u_lj, {}, R, idx, box, CUTOFF))(R)
     np.testing.assert_allclose(float(E), float(E2), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(F), -np.asarray(G), rtol=1e-4, atol=1e-3)
     # brute-force energy in float64
@@ -142,15 +153,13 @@ def test_param_gradient_finite_with_padding():
     assert np.any(np.asarray(idx) == 200)  # padded entries exist
 
     def energy(params):
-        u = lambda r: _lj(r, params["sigma"], params["eps"])
-        F, E = nbm.pair_forces_and_energy(u, R, idx, box, CUTOFF)
+        F, E = pk.pair_forces_and_energy(_u_param, params, R, idx, box, CUTOFF)
         return E + 1e-3 * jnp.sum(F ** 2)
 
     params = {"sigma": jnp.float32(0.9), "eps": jnp.float32(1.0)}
     g = jax.grad(energy)(params)
     assert np.isfinite(float(g["sigma"])) and np.isfinite(float(g["eps"]))
-    g2 = jax.grad(lambda p: nbm.pair_energy(lambda r: _lj(r, p["sigma"], p["eps"]),
-                                            R, idx, box, CUTOFF))(params)
+    g2 = jax.grad(lambda p: pk.pair_energy(_u_param, p, R, idx, box, CUTOFF))(params)
     assert np.isfinite(float(g2["sigma"])) and np.isfinite(float(g2["eps"]))
 
 
@@ -179,3 +188,122 @@ def test_open_space_lists_every_close_pair_without_minimum_image():
     assert np.allclose(np.asarray(nbm.minimum_image(dr, 20.0)), [[-10.0, -5.0, 0.1]])
     with pytest.raises(ValueError, match="open space"):
         nbm.make_neighbor_fn(None, 1.0, 0.2, method="cell")
+
+
+def _fluid_list(n=216, extra=60, seed=11):
+    """A random fluid (simple-cubic lattice of n = k^3 sites + noise: no overlaps) and its list
+    with ``extra`` padding slots."""
+    _, box = _random_positions(n, seed=seed)
+    n_side = round(n ** (1 / 3))
+    g = np.stack(np.meshgrid(*[np.arange(n_side)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    rng = np.random.default_rng(seed)
+    R = jnp.asarray(np.mod((g + 0.5) * box / n_side + rng.normal(0, 0.15, g.shape), box), jnp.float32)
+    nbrs = nbm.make_neighbor_fn(box, CUTOFF, SKIN, method="brute").allocate(R, extra_capacity=extra)
+    return R, box, nbrs.idx
+
+
+def _kernel(R, idx, box, block, u=_u_lj, cutoff=CUTOFF):
+    return jax.jit(lambda R: pk.pair_forces_and_energy(u, {}, R, idx, box, cutoff, block=block))(R)
+
+
+def _soft(params, r, j):
+    """A pair function that is finite at any distance (for lists of random pairs)."""
+    return jnp.exp(-r)
+
+
+def _assert_same(a, b):
+    np.testing.assert_allclose(np.asarray(b[0]), np.asarray(a[0]), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(float(b[1]), float(a[1]), rtol=1e-6)
+
+
+def test_blocked_forces_equal_full_width_on_a_padded_list():
+    """The kernel on the occupied column blocks only equals the full-width kernel on a list with
+    lots of padding, whether the occupied width is a multiple of the block or not, and in a
+    list widened with more padding columns."""
+    R, box, idx = _fluid_list()
+    n, m = idx.shape
+    w = int(pk.occupied_width(idx))
+    counts = np.sum(np.asarray(idx) < n, axis=1)
+    assert w == counts.max() and m - w >= 60            # compacted rows, lots of padding
+    rc = CUTOFF + SKIN + 0.01                           # every listed pair counts (the last column too)
+    full = _kernel(R, idx, box, None, cutoff=rc)
+    for block in (w, w - 1, 24, m + 5):                 # occupied: 1 block, 2 (1 column in the 2nd), partial, all
+        _assert_same(full, _kernel(R, idx, box, block, cutoff=rc))
+    wide = jnp.pad(idx, ((0, 0), (0, 100)), constant_values=n)
+    _assert_same(full, _kernel(R, wide, box, 40, cutoff=rc))
+
+
+def test_blocked_kernel_runs_only_the_occupied_blocks():
+    """The taken branch computes ceil(w / B) * B columns (w the occupied width), however wide the
+    list is allocated."""
+    R, box, idx = _fluid_list(n=125, extra=40)
+    n = idx.shape[0]
+    w = int(pk.occupied_width(idx))
+    seen = []
+
+    def u(params, r, j):
+        jax.debug.callback(lambda c: seen.append(int(c)), jnp.int32(r.shape[1]))
+        return _lj(r)
+
+    for extra, block in ((0, 8), (60, 16), (0, w)):
+        wide = jnp.pad(idx, ((0, 0), (0, extra)), constant_values=n)
+        seen.clear()
+        jax.block_until_ready(_kernel(R, wide, box, block, u))
+        assert seen == [-(-w // block) * block], (extra, block, seen)
+
+
+def test_blocked_kernel_keeps_a_lone_crowded_row_and_empty_lists():
+    """One particle with far more neighbours than the others (97 = 6 x 16 + 1: its last one alone
+    in the last occupied block), a row whose only neighbour sits in the last column behind padding
+    (not compacted), and an empty list: the blocked kernel equals the full-width one (and is zero
+    on the empty list). Every listed pair is within the kernel's cutoff here."""
+    R, box = _random_positions(150, seed=12)
+    n, m, rc = 150, 120, float(box)
+    rng = np.random.default_rng(12)
+    idx = np.full((n, m), n, np.int32)
+    idx[0, :97] = np.arange(1, 98)
+    for i in range(1, n):
+        others = np.setdiff1d(np.arange(n), [i])
+        idx[i, :3] = rng.choice(others, 3, replace=False)
+    crowded = jnp.asarray(idx)
+    assert int(pk.occupied_width(crowded)) == 97
+    full = _kernel(R, crowded, box, None, _soft, rc)
+    for block in (8, 16, 32):
+        _assert_same(full, _kernel(R, crowded, box, block, _soft, rc))
+    gap = np.array(idx)
+    gap[:, 3:] = n
+    gap[5, 1:3], gap[5, m - 1] = n, 77                    # padding, then a neighbour in the last column
+    gap = jnp.asarray(gap)
+    assert int(pk.occupied_width(gap)) == m
+    _assert_same(_kernel(R, gap, box, None, _soft, rc), _kernel(R, gap, box, 16, _soft, rc))
+    empty = jnp.full((n, m), n, jnp.int32)
+    assert int(pk.occupied_width(empty)) == 0
+    blocked = _kernel(R, empty, box, 16, _soft, rc)
+    assert float(jnp.abs(blocked[0]).max()) == 0.0 and float(blocked[1]) == 0.0
+
+
+def test_blocked_kernel_gradients_equal_full_width():
+    """Reverse- and forward-mode derivatives through the blocked kernel (direct AD through the
+    integrator and gradients of forces take them) equal the full-width kernel's, and are the
+    full-width kernel's: no switch in the gradient's program (its reverse mode would carry every
+    branch's residuals), one in the forward program."""
+    R, box, idx = _fluid_list(n=125, extra=50)
+    params = {"sigma": jnp.float32(0.95), "eps": jnp.float32(1.1)}
+
+    def loss(p, R, block):
+        F, E = pk.pair_forces_and_energy(_u_param, p, R, idx, box, CUTOFF, block=block)
+        return 1e-3 * jnp.sum(F ** 2) + E
+
+    def derivatives(block):
+        g = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(params, R, block)
+        t = jax.jvp(lambda s: loss(params, R * s, block), (jnp.float32(1.0),), (jnp.float32(1.0),))[1]
+        return g, t
+
+    ref, ref_t = derivatives(None)
+    g, t = derivatives(32)
+    np.testing.assert_allclose(float(g[0]["sigma"]), float(ref[0]["sigma"]), rtol=1e-4)
+    np.testing.assert_allclose(float(g[0]["eps"]), float(ref[0]["eps"]), rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(g[1]), np.asarray(ref[1]), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(float(t), float(ref_t), rtol=1e-4)
+    assert "cond[" not in str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(params, R, 32))
+    assert "cond[" in str(jax.make_jaxpr(loss, static_argnums=2)(params, R, 32))

@@ -155,8 +155,9 @@ class MixturePairPotential(ListKernels):
         table = self.table
 
         def fn(R, neighbor, params, **unused):
-            code = codes_on_list(self._species(), neighbor.idx, table)
-            return kernel(lambda r: self.pair_typed(params, r, code), R, neighbor.idx, box_size, self.cutoff)
+            species = self._species()
+            return kernel(lambda p, r, j: self.pair_typed(p, r, codes_on_list(species, j, table)),
+                          params, R, neighbor.idx, box_size, self.cutoff)
         return fn
 
 

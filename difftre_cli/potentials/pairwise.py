@@ -16,7 +16,7 @@ from typing import Callable
 
 import jax.numpy as jnp
 
-from .. import neighbors
+from .. import neighbors, pair_kernels
 from .protocol import BoxPotential, PairTerm
 
 
@@ -26,12 +26,12 @@ class ListKernels(BoxPotential):
 
     def force_fn(self, box_size: float):
         """``force(R, neighbor, params) -> (N, 3)`` forces, gather-only over the dense list."""
-        forces_and_energy = self._on_list(box_size, neighbors.pair_forces_and_energy)
+        forces_and_energy = self._on_list(box_size, pair_kernels.pair_forces_and_energy)
         return lambda R, neighbor, params, **kw: forces_and_energy(R, neighbor, params)[0]
 
     def energy_fn(self, box_size: float):
         """``energy(R, neighbor, params) -> scalar`` on a dense neighbour list."""
-        return self._on_list(box_size, neighbors.pair_energy)
+        return self._on_list(box_size, pair_kernels.pair_energy)
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class PairPotential(ListKernels):
 
     def _on_list(self, box_size: float, kernel):
         def fn(R, neighbor, params, **unused):
-            return kernel(lambda r: self.pair(params, r), R, neighbor.idx, box_size, self.cutoff)
+            return kernel(lambda p, r, j: self.pair(p, r), params, R, neighbor.idx, box_size, self.cutoff)
         return fn
 
 
