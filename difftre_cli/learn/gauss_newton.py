@@ -61,14 +61,15 @@ def residual_jacobian(engine, targets: dict, params, feats):
     """(r, J = ∂r/∂θ) of the targets' residuals on the stored snapshots ``feats``."""
     flat, unravel = ravel_pytree(params)
     p = flat.size
+    per_state = ravel_pytree(jax.eval_shape(engine.snapshot_quantities, params, feats.r))[0].size
+    per_state //= feats.u_ref.shape[0]
+    m = jax.eval_shape(lambda p_: residuals(targets, engine.predict(p_, feats)[0], flat.dtype), params).shape[0]
+    if min(p, per_state) >= min(p, m):
+        return jacobian(lambda th: residuals(targets, engine.predict(unravel(th), feats)[0], flat.dtype), flat)
     q_flat, q_unravel = ravel_pytree(engine.snapshot_quantities(params, feats.r))
-    per_state = q_flat.size // feats.u_ref.shape[0]
 
     def of_q(qf):
         return residuals(targets, engine.predict_from_quantities(q_unravel(qf), feats)[0], flat.dtype)
-    m = jax.eval_shape(of_q, q_flat).shape[0]
-    if min(p, per_state) >= min(p, m):
-        return jacobian(lambda th: residuals(targets, engine.predict(unravel(th), feats)[0], flat.dtype), flat)
     r, j_rq = jacobian(of_q, q_flat)                                                   # (m, S · per_state)
     one = engine.quantity_fn()
     per_snapshot = jax.jacfwd if p <= per_state else jax.jacrev

@@ -306,14 +306,18 @@ class MultiStateDiffTReRegime(Regime):
 
     def _fisher_sum(self, params):
         """Σ_k F_k: the Fisher matrix of the joint ensemble of independent state points."""
-        fs = {k: sub.c.learner.fisher(self._on(k, params), sub.feats) for k, sub in enumerate(self.subs)}
-        return sum(jax.device_put(f, self._default) for f in jax.block_until_ready(fs).values())
+        return self._summed("fisher", params)
 
     def _jtj_sum(self, params):
         """(Σ_k J_kᵀJ_k, Σ_k m_k): the Gauss–Newton matrix of the summed loss (gauss_newton.py)."""
-        outs = {k: sub.c.learner.gauss_newton(self._on(k, params), sub.feats) for k, sub in enumerate(self.subs)}
+        return self._summed("gauss_newton", params)
+
+    def _summed(self, method: str, params):
+        """The learner's ``method(params, feats)`` on every state point (dispatched together),
+        summed on the default device."""
+        outs = {k: getattr(sub.c.learner, method)(self._on(k, params), sub.feats) for k, sub in enumerate(self.subs)}
         outs = [jax.device_put(o, self._default) for o in jax.block_until_ready(outs).values()]
-        return sum(o[0] for o in outs), sum(o[1] for o in outs)
+        return jax.tree_util.tree_map(lambda *xs: sum(xs), *outs)
 
     @property
     def rule(self):
