@@ -161,3 +161,24 @@ def test_registry_is_collected_from_the_modules_and_covers_every_yaml():
     for yaml in (Path(__file__).parents[1] / "configs" / "observables").glob("*.yaml"):
         for name, sub in OmegaConf.load(yaml).items():
             assert sub.get("kind", name) in OBSERVABLES, (yaml.name, name)
+
+
+def test_without_theta_dependent_observables_only_the_energy_is_computed(lj_liquid):
+    """RDF alone: U_θ is the only per-snapshot quantity (no virial pass); the reweighted RDF and
+    the weights are those of an engine that also carries the pressure (and so the virial)."""
+    system, potential, traj = lj_liquid
+    box = float(system.box_size)
+    rdf = {"rdf": RDF("rdf", r_min=0.0, r_max=2.5, n_bins=50, sigma=0.02)}
+    alone, _ = _engine(potential, rdf, 108, box, 1.2)
+    both, _ = _engine(potential, {**rdf, "pressure": Pressure("pressure")}, 108, box, 1.2)
+    assert alone.energy_only and not both.energy_only
+    feats = alone.featurize(traj)
+    lj = potentials.build(OmegaConf.create({"kind": "lj", "epsilon": 1.1, "sigma": 0.98}),
+                          OmegaConf.create({"kind": "none"}), 2.5)   # other energies: weights ≠ 1/S
+    alone.potential = both.potential = lj
+    assert set(alone.snapshot_quantities({}, feats.r)) == {"energy"}
+    assert {"energy", "virial"} <= set(both.snapshot_quantities({}, feats.r))
+    (p_alone, w_alone), (p_both, w_both) = alone.predict({}, feats), both.predict({}, both.featurize(traj))
+    assert float(np.max(np.asarray(w_alone))) > 1.5 / len(w_alone)
+    np.testing.assert_allclose(np.asarray(w_alone), np.asarray(w_both), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(p_alone["rdf"]), np.asarray(p_both["rdf"]), rtol=1e-5, atol=1e-6)

@@ -118,6 +118,9 @@ class ObservableEngine:
         self.beta = beta
         # per-snapshot strain derivatives the θ-dependent observables ask for (observables/__init__.py)
         self.needs = frozenset(q for o in observables.values() if o.depends_on_params for q in o.needs)
+        # no θ-dependent observable (RDF, ADF, S(k), densities...): U_θ (for the weights) is the
+        # only per-snapshot quantity, and the virial's derivative pass is skipped
+        self.energy_only = not any(o.depends_on_params for o in observables.values())
         unknown = self.needs - set(BORN)
         if unknown:
             raise ValueError(f"observables need unknown per-snapshot quantities {sorted(unknown)}")
@@ -270,6 +273,9 @@ class ObservableEngine:
         u, virial = jax.value_and_grad(lambda s: self.energy(p, r_s, s))(1.0)
         return {"energy": u, "virial": virial}
 
+    def _energy_only(self, p, r_s):
+        return {"energy": self.energy(p, r_s)}
+
     def _per_state(self, one, params, r):
         """``one(params, r_s)`` of every stored state: vectorised (``vmap``) for cheap potentials;
         ``snapshot_batch`` states at a time with a state-by-state backward for networks."""
@@ -282,7 +288,7 @@ class ObservableEngine:
         """``one(params, r_s) -> dict``: the quantities of :meth:`snapshot_quantities` for one
         stored state (learn/gauss_newton.py differentiates it state by state)."""
         if not self.needs:
-            return self._energy_and_virial
+            return self._energy_only if self.energy_only else self._energy_and_virial
         energy, volume, dtype = self.energy, self.ctx.volume, jnp.result_type(float)
         e0, eye = jnp.zeros(6, dtype), jnp.eye(3, dtype=dtype)
 
@@ -302,7 +308,8 @@ class ObservableEngine:
 
     def snapshot_quantities(self, params, r) -> dict:
         """Per-snapshot θ-dependent inputs of the observables: ``energy`` U_θ (S,), ``virial``
-        s·∂U/∂s (S,) and, when an observable needs them, ``born_stress`` (S, 6) and
+        s·∂U/∂s (S,) (unless no observable depends on θ: ``energy_only``) and, when an
+        observable needs them, ``born_stress`` (S, 6) and
         ``born_stiffness`` (S, 6, 6) in energy/length³ (Voigt, Lagrangian strain; see
         observables/stress.py for the conventions)."""
         return self._per_state(self.quantity_fn(), params, r)
