@@ -165,9 +165,9 @@ def _checkpoint(run):
     return attrs, leaves
 
 
-def _sigterm_inside_first_trajectory(tmp_path, eq_steps: int, after_s: float):
+def _sigterm_inside_first_trajectory(tmp_path, eq_steps: int, after_s: float, chunk_seconds: float = 5.0):
     args = ["config=tiny", "seed=5", "trainer.updates=2", f"simulator.first_equilibration_steps={eq_steps}",
-            "trainer.checkpoint_seconds=100000"]
+            "trainer.checkpoint_seconds=100000", f"simulator.chunk_seconds={chunk_seconds}"]
     run = tmp_path / "run"
     proc = subprocess.Popen(_cmd([*args, f"hydra.run.dir={run}"]), cwd=tmp_path, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -186,9 +186,9 @@ def _sigterm_inside_first_trajectory(tmp_path, eq_steps: int, after_s: float):
     out = "".join(lines) + out
     assert proc.returncode == 143, out[-3000:]
     assert t_exit < 20, t_exit
-    assert "Traceback" not in out and "cost estimate on this cpu" in out
+    assert "Traceback" not in out and "cost estimate on this cpu" in out, out[-6000:]
     attrs, _ = _checkpoint(run)
-    assert attrs["update"] == 0 and "segment" in attrs   # stopped inside the first trajectory
+    assert attrs["update"] == 0 and "segment" in attrs, out[-3000:]   # stopped inside the first trajectory
     resumed = subprocess.run(_cmd([f"resume={run}"]), cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
@@ -203,9 +203,11 @@ def _sigterm_inside_first_trajectory(tmp_path, eq_steps: int, after_s: float):
 
 
 def test_sigterm_inside_a_long_trajectory_stops_in_seconds_and_resumes_bit_for_bit(tmp_path):
-    # 30000 steps: ~7 s here, ~2.5 s at the fastest rate seen on CI (3000 steps in 0.25 s), so
-    # SIGTERM 0.5 s after the first chunk still lands well inside the first trajectory
-    _sigterm_inside_first_trajectory(tmp_path, eq_steps=30000, after_s=0.5)
+    # Chunks grow 8x from 10 steps up to 1 s of wall time here, so SIGTERM 0.5 s after the first chunk
+    # stops the trajectory at most ~1.2 s later. 60000 steps take ~4 s at 15000 MD steps/s
+    # (this machine with its compilation cache warm; ~6000/s under load), and 30000 steps were not
+    # enough: at that rate the chunk the signal landed in was the trajectory's last one.
+    _sigterm_inside_first_trajectory(tmp_path, eq_steps=60000, after_s=0.5, chunk_seconds=1.0)
 
 
 @pytest.mark.slow
