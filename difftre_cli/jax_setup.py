@@ -36,12 +36,6 @@ log = logging.getLogger("difftre")
 CACHE_ENV = "DIFFTRE_COMPILATION_CACHE"
 #: programs that compile faster than this are not worth a file
 MIN_COMPILE_SECONDS = 0.5
-#: the cache's size limit. Any limit turns on JAX's file lock around every read and write of an
-#: entry (without one, a process reading an entry while another writes it gets a truncated file:
-#: "Error reading persistent compilation cache entry ... incomplete or truncated stream", seen
-#: with parallel test workers, as in a --multirun sweep on one node); least recently used entries
-#: go first beyond it (the test suite fills ~100 MB)
-MAX_CACHE_BYTES = 4 << 30
 
 
 def cache_dir() -> Path | None:
@@ -71,7 +65,6 @@ def enable_compilation_cache(min_compile_seconds: float = MIN_COMPILE_SECONDS) -
     import jax   # after prepare_environment (module doc)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
-    jax.config.update("jax_compilation_cache_max_size", MAX_CACHE_BYTES)
     return path
 
 

@@ -35,11 +35,10 @@ def _cache_in_process(directory: str, min_seconds: float = 0.0):
     settings are restored afterwards."""
     import jax
     from jax._src import compilation_cache as cc
-    from difftre_cli.jax_setup import MAX_CACHE_BYTES
     keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes", "jax_compilation_cache_max_size")
+            "jax_persistent_cache_min_entry_size_bytes")
     old = {k: getattr(jax.config, k) for k in keys}
-    for k, v in zip(keys, (directory, min_seconds, 0, MAX_CACHE_BYTES)):   # (the size: its file lock)
+    for k, v in zip(keys, (directory, min_seconds, 0)):
         jax.config.update(k, v)
     cc.reset_cache()
     try:

@@ -62,30 +62,6 @@ def test_second_run_loads_the_cache_and_computes_the_same_numbers(tmp_path):
     assert values(a) == values(b)
 
 
-def test_cache_entries_are_written_under_a_file_lock(tmp_path, monkeypatch):
-    """Processes sharing the cache (parallel test workers, a --multirun sweep on one node) read
-    and write its entries under JAX's file lock (jax_setup.MAX_CACHE_BYTES): without it a reader
-    could load a half-written entry."""
-    import jax
-    from jax._src import compilation_cache as cc
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_compilation_cache_max_size")
-    old = {k: getattr(jax.config, k) for k in keys}
-    monkeypatch.setenv(jax_setup.CACHE_ENV, str(tmp_path / "c"))
-    try:
-        jax.config.update("jax_compilation_cache_max_size", -1)   # JAX's default: no limit, no lock
-        assert jax_setup.enable_compilation_cache(min_compile_seconds=0.0) == tmp_path / "c"
-        cc.reset_cache()
-        assert jax.config.jax_compilation_cache_max_size == jax_setup.MAX_CACHE_BYTES > 0
-        jax.jit(lambda x: x * 3.25 + 0.125)(jax.numpy.arange(7.0)).block_until_ready()
-        names = [p.name for p in (tmp_path / "c").iterdir()]
-        assert ".lockfile" in names and any(n.endswith("-cache") for n in names), names
-    finally:
-        for k, v in old.items():
-            jax.config.update(k, v)
-        cc.reset_cache()
-
-
 def test_unusable_cache_directory_only_disables_the_cache(tmp_path, monkeypatch, caplog):
     """A cache path under a file (a read-only home on a cluster node fails the same way) gives
     no cache and a log line that names the variable, and nothing is raised (the run goes on)."""
