@@ -7,14 +7,13 @@ real trajectory the learner's update solves (JᵀJ + λ I) Δθ = −Jᵀr with 
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import train_in_process
 from hydra import compose, initialize_config_dir
 from jax.flatten_util import ravel_pytree
 
@@ -116,11 +115,9 @@ def test_learner_takes_the_damped_gauss_newton_step(targets, monkeypatch):
 
 def test_gauss_newton_with_several_state_points(tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "difftre_cli.cli", "train", "config=tiny", "trainer.updates=4", "seed=1",
-           "states={T10: {system: {kT: 1.0}}, T12: {system: {kT: 1.2}}}", "optimizer=sgd", "optimizer.lr=1.0",
-           "optimizer.schedule=constant", "trainer.precondition=gauss_newton", "trainer.step_rule=line_search",
-           "trainer.reweight_ratio=0.3", f"hydra.run.dir={run}"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
+    train_in_process(["config=tiny", "trainer.updates=4", "seed=1",
+                      "states={T10: {system: {kT: 1.0}}, T12: {system: {kT: 1.2}}}", "optimizer=sgd", "optimizer.lr=1.0",
+                      "optimizer.schedule=constant", "trainer.precondition=gauss_newton", "trainer.step_rule=line_search",
+                      "trainer.reweight_ratio=0.3"], run)
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert len(rows) == 4 and float(rows[-1]["loss"]) < 0.75 * float(rows[0]["loss"])
