@@ -6,7 +6,9 @@ Checks (each prints ok/FAIL with numbers):
    (JAX 0.10.2 miscompiles them on CPU, jax-ml/jax#39103);
 2. our neighbour-list pair energy of a 108-particle LJ liquid equals the all-pairs sum;
 3. 400 NVE steps of that liquid stay finite and conserve the total energy (drift < 1e-3 ε per
-   particle), and the compiled throughput is reported.
+   particle), and the compiled throughput is reported;
+4. every entry of the persistent compilation cache reads; truncated ones (left by a process
+   killed while writing them) are deleted and reported (jax_setup.repair_cache).
 
 Exit code 0 when every check passes, 1 otherwise (an installation problem, not bad input).
 """
@@ -27,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import potentials
-from .jax_setup import CACHE_ENV, cache_dir
+from .jax_setup import CACHE_ENV, cache_dir, repair_cache
 from .sampler import sampler_config
 from .simulate import Sampler
 from .store import versions
@@ -104,6 +106,19 @@ def _check_energy_and_nve():
                  f"{rate:.0f} steps/s after a {t_first:.1f} s first call (compile)")
 
 
+def _check_cache():
+    name = "compilation cache entries"
+    path = cache_dir()
+    if path is None or not path.is_dir():
+        return name, True, "no cache directory"
+    n_ok, removed = repair_cache(path)
+    detail = f"{n_ok} read in {path}"
+    if removed:
+        detail += (f"; deleted {len(removed)} truncated (a process killed while writing them; they are "
+                   f"compiled again when needed): {', '.join(removed[:3])}{' …' if len(removed) > 3 else ''}")
+    return name, True, detail
+
+
 def doctor(args: list[str]) -> int:
     if args and args[0] in ("-h", "--help"):
         print(__doc__)
@@ -140,6 +155,7 @@ def doctor(args: list[str]) -> int:
         checks.append(("tiny simulation (108 LJ particles, 400 NVE steps)", *n))
     except Exception as exc:  # noqa: BLE001
         checks.append(("tiny simulation", False, repr(exc)))
+    checks.append(_check_cache())
     _print_table("checks", [(name, ("[green]ok[/] " if ok else "[red]FAIL[/] ") + detail) for name, ok, detail in checks])
     failed = [name for name, ok, _ in checks if not ok]
     if failed:

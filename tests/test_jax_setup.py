@@ -2,7 +2,9 @@
 second run loading it computes the same numbers, and that an unusable cache only disables it."""
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,39 @@ def test_second_run_loads_the_cache_and_computes_the_same_numbers(tmp_path):
     def values(lines):   # everything but the wall times, to the last digit
         return [[v for i, v in enumerate(line.split(",")) if i not in timing] for line in lines]
     assert values(a) == values(b)
+
+
+def test_repair_deletes_a_truncated_entry_and_keeps_the_others(tmp_path):
+    """A process killed while JAX wrote an entry leaves it truncated (JAX writes in place);
+    ``difftre doctor`` (jax_setup.repair_cache) deletes exactly such entries."""
+    import jax
+    from jax._src import compilation_cache as cc
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    old = {k: getattr(jax.config, k) for k in keys}
+    cache = tmp_path / "c"
+    try:
+        for k, v in zip(keys, (str(cache), 0.0, 0)):
+            jax.config.update(k, v)
+        cc.reset_cache()
+        x = jax.numpy.arange(5.0)
+        jax.jit(lambda v: v * 2.75 - 0.5)(x).block_until_ready()
+        jax.jit(lambda v: jax.numpy.sin(v) + 3.5)(x).block_until_ready()
+    finally:
+        for k, v in old.items():
+            jax.config.update(k, v)
+        cc.reset_cache()
+    entries = sorted(cache.glob("*-cache"))
+    assert len(entries) >= 2
+    assert jax_setup.repair_cache(cache, settle_seconds=0.0) == (len(entries), [])
+    data = entries[0].read_bytes()
+    entries[0].write_bytes(data[: len(data) // 2])
+    assert jax_setup.repair_cache(cache) == (0, [])   # just written: maybe still being written, left alone
+    os.utime(entries[0], (time.time() - 120, time.time() - 120))
+    n_ok, removed = jax_setup.repair_cache(cache)
+    assert removed == [entries[0].name] and n_ok == 0
+    assert not entries[0].exists() and all(e.exists() for e in entries[1:])
+    assert jax_setup.repair_cache(cache, settle_seconds=0.0) == (len(entries) - 1, [])
 
 
 def test_unusable_cache_directory_only_disables_the_cache(tmp_path, monkeypatch, caplog):

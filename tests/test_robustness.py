@@ -154,5 +154,5 @@ def test_same_seed_same_metrics_and_versions_recorded(tmp_path):
 def test_doctor_reports_versions_and_runs_a_simulation(tmp_path):
     out = _cli(["doctor"], tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    for word in ("jax_md", "flax", "optax", "devices", "precision", "all checks passed"):
+    for word in ("jax_md", "flax", "optax", "devices", "precision", "compilation cache entries", "all checks passed"):
         assert word in out.stdout, word
