@@ -203,11 +203,12 @@ def _sigterm_inside_first_trajectory(tmp_path, eq_steps: int, after_s: float, ch
 
 
 def test_sigterm_inside_a_long_trajectory_stops_in_seconds_and_resumes_bit_for_bit(tmp_path):
-    # Chunks grow 8x from 10 steps up to 1 s of wall time here, so SIGTERM 0.5 s after the first chunk
-    # stops the trajectory at most ~1.2 s later. 60000 steps take ~4 s at 15000 MD steps/s
-    # (this machine with its compilation cache warm; ~6000/s under load), and 30000 steps were not
-    # enough: at that rate the chunk the signal landed in was the trajectory's last one.
-    _sigterm_inside_first_trajectory(tmp_path, eq_steps=60000, after_s=0.5, chunk_seconds=1.0)
+    # Chunks grow 8x from 10 steps up to 0.5 s of wall time here, so SIGTERM 0.5 s after the first
+    # chunk stops the trajectory within ~1 s, at step ~21000 even at 30000 MD steps/s; 40000 steps
+    # take ~2.7 s at 15000 steps/s (this machine, warm compilation cache), ~7 s at 6000 (under
+    # load). With 30000 steps and 5-s chunks the chunk the signal landed in was the trajectory's
+    # last one at 15000 steps/s.
+    _sigterm_inside_first_trajectory(tmp_path, eq_steps=40000, after_s=0.5, chunk_seconds=0.5)
 
 
 @pytest.mark.slow
