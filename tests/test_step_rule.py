@@ -137,15 +137,22 @@ def test_line_search_run_logs_the_factor_and_refuses_other_trainers(tmp_path):
 
 
 def test_line_search_with_several_state_points(tmp_path):
-    """The step rule on the summed loss of two state points, N_eff checked at each."""
+    """The step rule on the summed loss of two state points, N_eff checked at each; with adapt:
+    true, the floor follows the summed fresh loss."""
     run = tmp_path / "run"
     train_in_process(["config=tiny", "trainer.updates=6", "seed=1", "states={T10: {system: {kT: 1.0}}, T12: {system: {kT: 1.2}}}",
-                      "optimizer.schedule=constant", "trainer.step_rule=line_search", "trainer.reweight_ratio=0.5"], run)
+                      "optimizer.schedule=constant", "trainer.step_rule={kind: line_search, adapt: true}",
+                      "trainer.reweight_ratio=0.5"], run)
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert len(rows) == 6 and all(float(r["step_scale"]) in step_rule.StepRule.scales for r in rows)
     for r in rows:   # every state point's N_eff at the start of an update respects the ratio
         assert float(r["n_eff_T10"]) >= 0.5 * 20 - 1e-3 and float(r["n_eff_T12"]) >= 0.5 * 20 - 1e-3, r
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    rule = step_rule.StepRule("line_search", step_rule.StepRule.scales, 0.5, adapt=True)
+    floor, last = rule.first_floor, None
+    for r in rows:
+        assert float(r["step_floor"]) == floor, (r["update"], r["step_floor"], floor)
+        floor, last = rule.next_floor(floor, last, float(r["loss"])), float(r["loss"])
 
 
 def test_natural_step_solves_the_summed_fisher_system():
@@ -170,3 +177,69 @@ def test_fisher_step_with_several_state_points(tmp_path):
                      run)
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert len(rows) == 5 and float(rows[-1]["loss"]) < float(rows[0]["loss"])
+
+
+# -- adapt: true: the floor follows the progress ---------------------------------------------
+SCALES = (0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def test_floor_rises_on_confirmed_decreases_and_sinks_on_increases():
+    rule = step_rule.StepRule("line_search", SCALES, 0.3, adapt=True)
+    assert rule.first_floor == 0.0625
+    assert rule.next_floor(0.0625, None, 1.0) == 0.0625          # nothing to judge yet
+    assert rule.next_floor(0.0625, 1.0, 0.85) == 0.125           # down by ≥ 10 %: one candidate up
+    assert rule.next_floor(0.125, 1.0, 0.95) == 0.125            # down by less: kept
+    assert rule.next_floor(0.125, 1.0, 1.01) == 0.0625           # up: one candidate down
+    assert rule.next_floor(0.0625, 1.0, 2.0) == 0.0625           # never below the smallest
+    assert rule.next_floor(0.5, 1.0, 0.1) == 0.5                 # never above half the step
+    assert rule.next_floor(0.25, 1.0, float("nan")) == 0.25
+    fixed = step_rule.StepRule("line_search", SCALES, 0.3)
+    assert fixed.next_floor(0.0625, 1.0, 0.1) == 0.0625          # adapt: false (the default) never moves it
+
+
+def test_an_n_eff_limited_step_goes_to_the_floor_and_an_interior_one_does_not():
+    rule = step_rule.StepRule("line_search", SCALES, 0.3, adapt=True)
+    falling = jnp.asarray([7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
+    enough = jnp.asarray([True, True, False, False, False, False, False])
+    factor, exhausted = rule.choose(falling, enough, 0.5)
+    assert bool(exhausted) and float(factor) == 0.5               # N_eff stopped it at 1/8: the floor
+    factor, _ = rule.choose(falling, enough, 0.0625)
+    assert float(factor) == 0.125                                 # a floor below the best allowed: the best
+    factor, exhausted = rule.choose(falling, jnp.zeros(7, bool), 0.25)
+    assert bool(exhausted) and float(factor) == 0.25              # none allowed: the floor
+    valley = jnp.asarray([3.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    factor, exhausted = rule.choose(valley, jnp.ones(7, bool), 0.5)
+    assert not bool(exhausted) and float(factor) == 0.125         # the loss's minimum came first: kept
+
+
+ADAPT = ["config=tiny", "seed=3", "trainer.reweight_ratio=0.9", "trainer.checkpoint_every=1", "optimizer=sgd",
+         "optimizer.lr=1.0", "optimizer.schedule=constant", "trainer.precondition=gauss_newton",
+         "trainer.step_rule={kind: line_search, adapt: true, scales: [0.0625, 0.125, 0.25, 0.5, 1.0, 2.0]}"]
+
+
+def test_adaptive_floor_in_a_run_follows_its_losses_and_resumes_bit_for_bit(tmp_path):
+    """The floor in metrics.csv is next_floor applied to the run's own fresh losses, it is in the
+    checkpoint, and a run stopped after 4 updates and resumed to 8 equals the uninterrupted one."""
+    train_in_process([*ADAPT, "trainer.updates=8"], tmp_path / "whole")
+    rows = list(csv.DictReader(open(tmp_path / "whole" / "metrics.csv")))
+    rule = step_rule.StepRule("line_search", (0.0625, 0.125, 0.25, 0.5, 1.0, 2.0), 0.9, adapt=True)
+    floor, last, floors = rule.first_floor, None, []
+    for r in rows:
+        assert float(r["step_floor"]) == floor, (r["update"], r["step_floor"], floor)
+        floors.append(floor)
+        floor, last = rule.next_floor(floor, last, float(r["loss"])), float(r["loss"])
+    assert len(set(floors)) > 1, floors   # the floor moved in this run
+    assert any(float(r["step_scale"]) == float(r["step_floor"]) > 0.0625 for r in rows), rows   # and was taken
+    train_in_process([*ADAPT, "trainer.updates=4"], tmp_path / "split")
+    with h5py.File(tmp_path / "split" / "difftre.h5", "r") as f:
+        attrs = dict(f["checkpoint"].attrs)
+    assert float(attrs["step_floor"]) == floors[4] and float(attrs["step_last_loss"]) == pytest.approx(float(rows[3]["loss"]))
+    train_in_process([*ADAPT, "trainer.updates=8"], tmp_path / "split", resume=True)
+    split = list(csv.DictReader(open(tmp_path / "split" / "metrics.csv")))
+    same = [k for k in rows[0] if not k.endswith("_time")]
+    assert [[r[k] for k in same] for r in split] == [[r[k] for k in same] for r in rows]
+
+
+def test_adapt_must_be_a_boolean():
+    with pytest.raises(UserError, match="adapt"):
+        step_rule.build(OmegaConf.create({"step_rule": {"kind": "line_search", "adapt": "yes"}}), 0.9)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from typing import Any, NamedTuple
 
@@ -92,8 +93,9 @@ class DiffTRe:
         total = sum(losses.values())
         return total, (losses, preds, reweight.effective_sample_size(w))
 
-    def _step_impl(self, params, opt_state, feats, lr_scale, *extra):
-        """One update; ``extra``: further arguments of a subclass's ``loss`` (e.g. reference data)."""
+    def _step_impl(self, params, opt_state, feats, lr_scale, floor, *extra):
+        """One update; ``floor``: the least factor of a step the snapshots' N_eff stops
+        (step_rule.py); ``extra``: further arguments of a subclass's ``loss`` (e.g. reference data)."""
         self.trace_count["step"] += 1
         (loss, (losses, preds, n_eff)), grads = jax.value_and_grad(self.loss, has_aux=True)(params, feats, *extra)
         if self.precondition == "fisher":
@@ -105,7 +107,8 @@ class DiffTRe:
 
         def rescale(updates):   # the step rule (step_rule.py), on the stored snapshots
             trial = lambda p: self._loss_and_n_eff(p, feats, *extra)  # noqa: E731
-            chosen["scale"], chosen["exhausted"] = self.step_rule.scale(trial, params, updates, feats.u_ref.shape[0])
+            chosen["scale"], chosen["exhausted"] = self.step_rule.scale(trial, params, updates, feats.u_ref.shape[0],
+                                                                        floor)
             return jax.tree_util.tree_map(lambda u: (chosen["scale"] * u).astype(u.dtype), updates)
         new_params, new_opt_state, gnorm, finite = apply_update(
             self.optimizer, params, opt_state, grads, loss, lr_scale,
@@ -162,8 +165,12 @@ class DiffTRe:
         centred = jac - w @ jac
         return self.beta ** 2 * (centred.T * w) @ centred
 
-    def step(self, params, opt_state, feats, lr_scale=1.0):
-        return self._step(params, opt_state, feats, jnp.asarray(lr_scale, jnp.float32))
+    def step(self, params, opt_state, feats, lr_scale=1.0, floor=None):
+        """One update (one jit call); ``floor``: the step rule's (None: its smallest factor)."""
+        return self._step(params, opt_state, feats, jnp.asarray(lr_scale, jnp.float32), self.floor_arg(floor))
+
+    def floor_arg(self, floor):
+        return jnp.asarray(self.step_rule.first_floor if floor is None else floor, jnp.float32)
 
 
 def natural_step(fisher, grads, damping: float):
@@ -216,6 +223,8 @@ class DiffTReRegime(Regime):
         self.n_traj = 0
         self.next_n_eff = None
         self.length = 1                 # spacing factor of the snapshots (step_rule.next_length)
+        self.floor = components.learner.step_rule.first_floor   # the step rule's floor (step_rule.next_floor)
+        self.last_loss = None           # the last update's fresh loss (judges the step after it)
 
     # -- state ---------------------------------------------------------------------------
     def init(self, key):
@@ -226,7 +235,8 @@ class DiffTReRegime(Regime):
         return params, opt_state
 
     def checkpoint(self) -> tuple[dict, dict]:
-        attrs = {"n_trajectories": self.n_traj, "trajectory_uses": self.uses, "length_factor": self.length}
+        attrs = {"n_trajectories": self.n_traj, "trajectory_uses": self.uses, "length_factor": self.length,
+                 **floor_attrs(self.floor, self.last_loss)}
         if self.nbrs is not None:   # samplers of independent particles keep no neighbour list
             attrs["neighbor_capacities"] = json.dumps(neighbors.capacities(self.nbrs))
         attrs.update(self.c.engine.capacity_attrs())
@@ -244,11 +254,14 @@ class DiffTReRegime(Regime):
         self.n_traj = int(attrs["n_trajectories"])
         self.uses = int(attrs.get("trajectory_uses", 0))
         self.length = int(attrs.get("length_factor", 1))
+        self.floor, self.last_loss = floor_from_attrs(attrs, self.c.learner.step_rule)
         self.feats = self.c.engine.featurize(self.store.read_trajectory(self.n_traj - 1)) if self.n_traj else None
-        self.next_n_eff = None
+        # a line-search step uses its trajectory up (step_rule.py): one that served a step is not reused
+        self.next_n_eff = -1.0 if self.c.learner.step_rule.searches and self.uses > 0 else None
 
     def rejected(self) -> None:
         self.next_n_eff = None
+        self.last_loss = None
 
     # -- one update ----------------------------------------------------------------------
     def _resample(self, params) -> tuple[bool, float]:
@@ -299,7 +312,8 @@ class DiffTReRegime(Regime):
                 event = "unstable_simulation"
         if not event:
             t0 = time.perf_counter()
-            new_params, new_opt, aux = jax.block_until_ready(c.learner.step(params, opt_state, self.feats, lr_scale))
+            new_params, new_opt, aux = jax.block_until_ready(c.learner.step(params, opt_state, self.feats, lr_scale,
+                                                                            self.floor))
             update_time = time.perf_counter() - t0
             n_eff = float(aux.n_eff)
             if reused and n_eff < threshold:  # only when next_n_eff was unknown (resume, rollback)
@@ -309,7 +323,7 @@ class DiffTReRegime(Regime):
                 if ok:
                     t0 = time.perf_counter()
                     new_params, new_opt, aux = jax.block_until_ready(
-                        c.learner.step(params, opt_state, self.feats, lr_scale))
+                        c.learner.step(params, opt_state, self.feats, lr_scale, self.floor))
                     update_time += time.perf_counter() - t0
                     n_eff = float(aux.n_eff)
                 else:
@@ -319,10 +333,12 @@ class DiffTReRegime(Regime):
         if not event:
             self.uses += 1
         self.next_n_eff = None if event else float(aux.n_eff_next)
-        rule, used = c.learner.step_rule, self.length
+        rule, used, floor = c.learner.step_rule, self.length, self.floor
         if not event and rule.searches:   # every line-search step ends this trajectory's use (step_rule.py)
             self.length = rule.next_length(self.length, bool(aux.exhausted))
             self.next_n_eff = -1.0
+            # the fresh loss judges the previous step: the floor of the next one (step_rule.next_floor)
+            self.floor, self.last_loss = rule.next_floor(self.floor, self.last_loss, float(aux.loss)), float(aux.loss)
         nan = float("nan")
         fields = {"loss": nan if event else float(aux.loss)}
         for name in c.targets:
@@ -332,4 +348,18 @@ class DiffTReRegime(Regime):
         if rule.searches:
             fields["step_scale"] = nan if aux is None else float(aux.step_scale)
             fields["length_factor"] = used   # the spacing factor of this update's trajectory
+            if rule.adapt:
+                fields["step_floor"] = floor
         return Proposal(new_params, new_opt, fields, event, fresh)
+
+
+def floor_attrs(floor: float, last_loss: float | None) -> dict:
+    """The step rule's progress state (step_rule.next_floor) as checkpoint attributes."""
+    return {"step_floor": float(floor), "step_last_loss": float("nan") if last_loss is None else float(last_loss)}
+
+
+def floor_from_attrs(attrs: dict, rule) -> tuple[float, float | None]:
+    """(floor, last loss) from checkpoint attributes (older checkpoints: the first floor, unknown)."""
+    floor = float(attrs.get("step_floor", rule.first_floor))
+    last = float(attrs.get("step_last_loss", float("nan")))
+    return floor, (last if math.isfinite(last) else None)

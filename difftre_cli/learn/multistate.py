@@ -48,12 +48,19 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .. import parallel
 from ..errors import UserError
 from . import gauss_newton
 from .boltzmann import initial_params
-from .difftre import DiffTReRegime, apply_update, natural_step
+from .difftre import (
+    DiffTReRegime,
+    apply_update,
+    floor_attrs,
+    floor_from_attrs,
+    natural_step,
+)
 from .regime import Proposal, Regime
 
 log = logging.getLogger("difftre")
@@ -90,6 +97,7 @@ class MultiStateDiffTReRegime(Regime):
             raise UserError(f"trainer.state_parallel: unknown mode {state_parallel!r}",
                             f"use one of {', '.join(STATE_PARALLEL)}")
         self.state_parallel = state_parallel
+        self.floor = self.rule.first_floor   # the step rule's floor on the summed loss (step_rule.next_floor)
         self.groups = []      # devices: [(StateGroup, [state indices])], batched groups only
         self.home = {}        # devices: state index -> the device that holds its data
         self._default = jax.devices()[0]
@@ -107,6 +115,7 @@ class MultiStateDiffTReRegime(Regime):
         self.state_parallel = "sequential"
         self.groups, self.home = [], {}
         self._default = jax.devices()[0]
+        self.floor = self.last_loss = None   # the step rule's progress (difftre only, step_rule.next_floor)
 
     # -- state ---------------------------------------------------------------------------
     def init(self, key):
@@ -155,7 +164,8 @@ class MultiStateDiffTReRegime(Regime):
             t, attrs[name] = sub.checkpoint()
             for k in self.TREE_KEYS:
                 trees[k][name] = t[k]
-        return trees, {"n_trajectories": sum(s.n_traj for s in self.subs), "states": json.dumps(attrs)}
+        extra = {} if self.floor is None else floor_attrs(self.floor, self.last_loss)
+        return trees, {"n_trajectories": sum(s.n_traj for s in self.subs), "states": json.dumps(attrs), **extra}
 
     def templates(self, attrs):
         per = json.loads(attrs["states"])
@@ -170,10 +180,13 @@ class MultiStateDiffTReRegime(Regime):
         per = json.loads(attrs["states"])
         for name, sub in zip(self.names, self.subs):
             sub.restore({k: trees[k][name] for k in self.TREE_KEYS}, per[name])
+        if self.floor is not None:
+            self.floor, self.last_loss = floor_from_attrs(attrs, self.rule)
 
     def rejected(self):
         for sub in self.subs:
             sub.rejected()
+        self.last_loss = None
 
     def trajectory_names(self) -> list[str]:
         return [self.store.trajectory_name(i, name) for name, sub in zip(self.names, self.subs)
@@ -261,7 +274,7 @@ class MultiStateDiffTReRegime(Regime):
                     for k, o in self._grads(params, stale).items():
                         outs[k] = o
                     update_time += time.perf_counter() - t0
-        factor, worn = 1.0, []
+        factor, worn, floor = 1.0, [], self.floor
         if not event:
             t0 = time.perf_counter()
             total_grad = jax.tree_util.tree_map(lambda *g: sum(g), *[o[4] for o in outs])
@@ -278,6 +291,8 @@ class MultiStateDiffTReRegime(Regime):
             if not bool(finite):
                 event = "non_finite_loss"
             else:   # 3. the reuse decision of each state point for the next update
+                if self.rule.searches:   # the fresh summed loss judges the previous step (step_rule.next_floor)
+                    self.floor, self.last_loss = self.rule.next_floor(self.floor, self.last_loss, float(loss)), float(loss)
                 n_effs = [sub.c.learner.n_eff(self._on(k, new_params), sub.feats) for k, sub in enumerate(self.subs)]
                 for k, (sub, n) in enumerate(zip(self.subs, n_effs)):
                     sub.next_n_eff = float(n)
@@ -302,6 +317,8 @@ class MultiStateDiffTReRegime(Regime):
                        "n_trajectories": sum(s.n_traj for s in self.subs)})
         if self.rule.searches:
             fields["step_scale"] = nan if event else float(factor)
+            if self.rule.adapt:
+                fields["step_floor"] = floor
         return Proposal(new_params, new_opt, fields, event, fresh)
 
     def _fisher_sum(self, params):
@@ -333,11 +350,12 @@ class MultiStateDiffTReRegime(Regime):
         trials = {k: jax.device_put(t, self._default) for k, t in jax.block_until_ready(trials).items()}
         losses = sum(t[0] for t in trials.values())
         enough = {k: t[1] >= self.rule.ratio * int(self.subs[k].feats.u_ref.shape[0]) for k, t in trials.items()}
-        factor, exhausted = self.rule.choose(losses, jnp.all(jnp.stack(list(enough.values())), axis=0))
+        factor, exhausted = self.rule.choose(losses, jnp.all(jnp.stack(list(enough.values())), axis=0), self.floor)
         factor = float(factor)
         if not bool(exhausted):
             return factor, []
-        nxt = min(self.rule.scales.index(factor) + 1, len(self.rule.scales) - 1)
+        at = int(np.argmin(np.abs(np.asarray(self.rule.scales) - factor)))   # (factor: float32)
+        nxt = min(at + 1, len(self.rule.scales) - 1)
         return factor, [k for k, e in enough.items() if not bool(e[nxt])] or list(enough)
 
 
