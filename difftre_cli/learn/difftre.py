@@ -355,7 +355,10 @@ class DiffTReRegime(Regime):
 
 def floor_attrs(floor: float, last_loss: float | None) -> dict:
     """The step rule's progress state (step_rule.next_floor) as checkpoint attributes."""
-    return {"step_floor": float(floor), "step_last_loss": float("nan") if last_loss is None else float(last_loss)}
+    attrs = {"step_floor": float(floor)}
+    if last_loss is not None:   # (absent rather than NaN: attributes compare equal across runs)
+        attrs["step_last_loss"] = float(last_loss)
+    return attrs
 
 
 def floor_from_attrs(attrs: dict, rule) -> tuple[float, float | None]:

@@ -290,16 +290,8 @@ class MultiStateDiffTReRegime(Regime):
                 self._apply(params, opt_state, total_grad, loss, lr, jnp.asarray(factor, jnp.float32)))
             if not bool(finite):
                 event = "non_finite_loss"
-            else:   # 3. the reuse decision of each state point for the next update
-                if self.rule.searches:   # the fresh summed loss judges the previous step (step_rule.next_floor)
-                    self.floor, self.last_loss = self.rule.next_floor(self.floor, self.last_loss, float(loss)), float(loss)
-                n_effs = [sub.c.learner.n_eff(self._on(k, new_params), sub.feats) for k, sub in enumerate(self.subs)]
-                for k, (sub, n) in enumerate(zip(self.subs, n_effs)):
-                    sub.next_n_eff = float(n)
-                    if self.rule.searches:   # each state point's trajectory served its step (step_rule.py)
-                        sub.next_n_eff = -1.0
-                        # batched sampling (devices) keeps the preset's spacing: one shape per group
-                        sub.length = 1 if k in self.home else self.rule.next_length(sub.length, bool(worn))
+            else:
+                self._after_step(new_params, float(loss), worn)
             update_time += time.perf_counter() - t0
         if event:
             self.rejected()
@@ -320,6 +312,19 @@ class MultiStateDiffTReRegime(Regime):
             if self.rule.adapt:
                 fields["step_floor"] = floor
         return Proposal(new_params, new_opt, fields, event, fresh)
+
+    def _after_step(self, new_params, loss: float, worn: list) -> None:
+        """After a kept step: the reuse decision of each state point for the next update, and
+        the step rule's floor, judged by this update's fresh summed ``loss`` (step_rule.py)."""
+        if self.rule.searches:
+            self.floor, self.last_loss = self.rule.next_floor(self.floor, self.last_loss, loss), loss
+        n_effs = [sub.c.learner.n_eff(self._on(k, new_params), sub.feats) for k, sub in enumerate(self.subs)]
+        for k, (sub, n) in enumerate(zip(self.subs, n_effs)):
+            sub.next_n_eff = float(n)
+            if self.rule.searches:   # each state point's trajectory served its step (step_rule.py)
+                sub.next_n_eff = -1.0
+                # batched sampling (devices) keeps the preset's spacing: one shape per group
+                sub.length = 1 if k in self.home else self.rule.next_length(sub.length, bool(worn))
 
     def _fisher_sum(self, params):
         """Σ_k F_k: the Fisher matrix of the joint ensemble of independent state points."""
