@@ -236,6 +236,7 @@ class DiffTReRegime(Regime):
 
     def checkpoint(self) -> tuple[dict, dict]:
         attrs = {"n_trajectories": self.n_traj, "trajectory_uses": self.uses, "length_factor": self.length,
+                 "trajectory_spent": int(self.next_n_eff is not None and self.next_n_eff < 0),
                  **floor_attrs(self.floor, self.last_loss)}
         if self.nbrs is not None:   # samplers of independent particles keep no neighbour list
             attrs["neighbor_capacities"] = json.dumps(neighbors.capacities(self.nbrs))
@@ -256,8 +257,10 @@ class DiffTReRegime(Regime):
         self.length = int(attrs.get("length_factor", 1))
         self.floor, self.last_loss = floor_from_attrs(attrs, self.c.learner.step_rule)
         self.feats = self.c.engine.featurize(self.store.read_trajectory(self.n_traj - 1)) if self.n_traj else None
-        # a line-search step uses its trajectory up (step_rule.py): one that served a step is not reused
-        self.next_n_eff = -1.0 if self.c.learner.step_rule.searches and self.uses > 0 else None
+        # a line-search step uses its trajectory up (step_rule.py): one that served a step is not
+        # reused (checkpoints before "trajectory_spent": judged from the rule and the uses)
+        spent = attrs.get("trajectory_spent", int(self.c.learner.step_rule.searches and self.uses > 0))
+        self.next_n_eff = -1.0 if int(spent) else None
 
     def rejected(self) -> None:
         self.next_n_eff = None
