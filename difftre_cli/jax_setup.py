@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 log = logging.getLogger("difftre")
@@ -76,8 +77,6 @@ def repair_cache(path: Path, settle_seconds: float = 60.0) -> tuple[int, list[st
     later run, and never rewrites the entry (it exists). Deleting an entry only costs its
     compilation once more. Entries written in the last ``settle_seconds`` are left alone (another
     process may be writing them). ~1.2 s for 90 MB of entries on 2 CPU cores: ``difftre doctor``."""
-    import time
-
     from jax._src import compilation_cache   # after prepare_environment (module doc); JAX's own decompressor
     n_ok, removed = 0, []
     for entry in sorted(Path(path).glob("*-cache")):

@@ -83,7 +83,7 @@ class StepRule:
         after a confirmed decrease (≤ FLOOR_MAX), one down after an increase (module doc)."""
         if not self.adapt or loss_before is None or not math.isfinite(loss_after):
             return floor
-        i = max(j for j, s in enumerate(self.scales) if s <= floor) if floor >= self.scales[0] else 0
+        i = max([0] + [j for j, s in enumerate(self.scales) if s <= floor])   # the floor's candidate
         if loss_after <= (1.0 - CONFIRMED) * loss_before:
             if i + 1 < len(self.scales) and self.scales[i + 1] <= FLOOR_MAX:
                 i += 1
