@@ -141,3 +141,34 @@ def test_large_float32_reductions_jit_equals_eager():
         assert float(jax.jit(jnp.sum)(v)) == pytest.approx(float(vals[:size].astype(np.float64).sum()), rel=1e-5)
     mv = jax.jit(jax.vmap(jnp.dot, in_axes=(0, None)))(jnp.asarray(a), jnp.asarray(x))
     np.testing.assert_allclose(np.asarray(mv, np.float64), expect_rows, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["lj", "softcore"])
+def test_first_equilibration_of_the_lj_presets_reaches_the_fluid(preset):
+    """The presets equilibrate 1000 steps from the lattice (configs/config/lj.yaml): the first
+    trajectory's RDF (under the initial model) must then be the fluid's, i.e. as close to one
+    sampled after 20000 steps as two such independent runs are to each other (~0.006-0.009)."""
+    from hydra import compose, initialize_config_dir
+
+    from difftre_cli import assemble
+    from difftre_cli.config_files import CONFIG_DIR
+    from difftre_cli.learn.boltzmann import initial_params
+
+    def first_rdf(seed, steps=None):
+        extra = [] if steps is None else [f"simulator.first_equilibration_steps={steps}"]
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            cfg = compose(config_name="train", overrides=[f"config={preset}", *extra])
+        c = assemble.build(cfg)
+        params = initial_params(c, jax.random.PRNGKey(1), None)
+        state, nbrs = c.sampler.init(jax.random.PRNGKey(seed), params)
+        res = c.sampler.sample(params, state, nbrs, first=True)
+        return np.asarray(c.engine.featurize(res.trajectory).static["rdf"]).mean(0), cfg
+
+    long = [first_rdf(seed, 20000)[0] for seed in (10, 11)]
+    noise = np.sqrt(np.mean((long[0] - long[1]) ** 2))
+    for seed in (0, 1):
+        rdf, cfg = first_rdf(seed)
+        assert cfg.simulator.first_equilibration_steps == 1000
+        dev = min(np.sqrt(np.mean((rdf - ref) ** 2)) for ref in long)
+        assert dev < max(1.5 * noise, 0.012), (dev, noise)
