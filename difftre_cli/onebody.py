@@ -99,7 +99,7 @@ class OneBodySampler(ChunkedSampler):
                                                            gamma=cfg.gamma)
         self._compile()
 
-    def init(self, key, params, positions=None):
+    def init(self, key, params, positions=None, ahead: int = 0):   # (ahead: not used)
         R = jnp.asarray(self.system.positions if positions is None else positions)
         k_state, k_mom = jax.random.split(key)
         # Maxwell momenta per particle, not centred: the particles are independent (JAX MD's

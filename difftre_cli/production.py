@@ -45,7 +45,7 @@ def production_run(c, params, eq_steps: int, steps: int, every: int, seed: int, 
     total = max(every, steps // every * every)           # whole snapshot intervals only
     sizes = [chunk] * (total // chunk) + ([total % chunk] if total % chunk else [])   # a shorter last block
     sampler = c.sampler   # Sampler, or OneBodySampler (onebody.py): one compiled chunk program for all blocks
-    state, nbrs = sampler.init(jax.random.PRNGKey(seed), params, positions)
+    state, nbrs = sampler.init(jax.random.PRNGKey(seed), params, positions, ahead=sizes[0] // every)
     parts, counts, kts = [], [], []
     monitor = EvaluationMonitor(eq_steps + sum(sizes))
     sampler.monitor = monitor

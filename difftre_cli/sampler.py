@@ -57,6 +57,7 @@ from jax_md import quantity
 
 from . import neighbors
 from .checks import choice, number
+from .compile_ahead import CompileAhead
 from .errors import UserError
 from .overflow import overflow_decision, recompute_on_overflow
 from .segments import ChunkPacer, Segment, SegmentProgress
@@ -178,7 +179,9 @@ class ChunkedSampler:
     trace_count: int = 0       # traces of the chunk program (kept across re-compilations)
 
     # -- what a case provides (jit-traceable unless said otherwise) -----------------------
-    def init(self, key, params, positions=None):   # -> (state, nbrs)  (host)
+    def init(self, key, params, positions=None, ahead: int = 0):   # -> (state, nbrs)  (host)
+        # ahead > 0: the first segment keeps that many snapshots; a case that can compiles its
+        # chunk program meanwhile (:meth:`compile_chunk_ahead`)
         raise NotImplementedError
 
     def _advance(self, params, state, nbrs):        # one MD step -> (state, nbrs, capacity overflow)
@@ -197,6 +200,18 @@ class ChunkedSampler:
     # -- the compiled chunk -----------------------------------------------------------------
     def _compile(self) -> None:
         self._chunk = jax.jit(self._chunk_impl)
+
+    def compile_chunk_ahead(self, params, state, nbrs, n_snapshots: int) -> None:
+        """Compile the chunk program for a segment of ``n_snapshots`` from ``state`` (its
+        shapes suffice: ``jax.ShapeDtypeStruct`` leaves) in a background thread
+        (compile_ahead.py); the next chunk waits for it."""
+        i32 = jax.ShapeDtypeStruct((), jnp.int32)
+        self._ahead.start(self._chunk, params, state, nbrs, self._buffers(params, state, nbrs, n_snapshots),
+                          i32, i32, i32, i32)
+
+    @property
+    def _ahead(self) -> CompileAhead:
+        return self.__dict__.setdefault("_compile_ahead", CompileAhead())
 
     def _chunk_impl(self, params, state, nbrs, buffers, n_eq, n_rec, start, every):
         """``n_eq`` steps, then ``n_rec`` intervals of ``every`` steps each ending in a snapshot
@@ -243,6 +258,7 @@ class ChunkedSampler:
         seg, prog = self.start_segment(params, state, nbrs, n_eq, n_snapshots, every)
         if self.trace_count == 0:
             log.info("compiling the MD chunk program (once per run; a graph network takes a while)")
+        self._ahead.wait()   # a chunk program compiling in the background (compile_chunk_ahead)
         pacer = self.pacer
         while not prog.done:
             n_e, n_r = prog.plan(pacer.budget(prog.every))

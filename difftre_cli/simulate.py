@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import logging
 
+import jax
 import jax.numpy as jnp
 from jax_md import simulate as jmd_simulate
 from jax_md import space
 
 from . import neighbors
+from .jax_setup import RUN_ONCE_COMPILER_OPTIONS
 from .overflow import grown_extra
 from .sampler import ChunkedSampler, SamplerConfig
 
@@ -58,6 +60,9 @@ class Sampler(ChunkedSampler):
                 self.force, self.shift, cfg.dt, kT, chain_length=cfg.chain_length, tau=cfg.tau_steps * cfg.dt)
         else:
             self._init, self._step = jmd_simulate.nve(self.force, self.shift, cfg.dt)
+        # Every JAX MD integrator takes kT (initial momenta; thermostat temperature) as a keyword.
+        self._init_state = jax.jit(lambda key, R, nbrs, params: self._init(
+            key, R, mass=self.system.mass, kT=kT, neighbor=nbrs, params=params), compiler_options=RUN_ONCE_COMPILER_OPTIONS)
         self._compile()
 
     def _capacity_overflow(self, R, nbrs):
@@ -84,15 +89,16 @@ class Sampler(ChunkedSampler):
         return nbrs
 
     # ----------------------------------------------------------------------------------
-    def init(self, key, params, positions=None):
+    def init(self, key, params, positions=None, ahead: int = 0):
         R = jnp.asarray(self.system.positions if positions is None else positions)
         nbrs = self.neighbor_fn.allocate(R)
         # A lattice start has fewer neighbours than the liquid it melts into: allocate 30 % more
         # room now rather than overflow, re-allocate and recompile in the first chunk.
         nbrs = self.neighbor_fn.allocate(R, extra_capacity=int(0.3 * nbrs.max_occupancy))
         self._prepare(R, nbrs)
-        # Every JAX MD integrator takes kT (initial momenta; thermostat temperature) as a keyword.
-        state = self._init(key, R, mass=self.system.mass, kT=self.system.kT, neighbor=nbrs, params=params)
+        if ahead:   # the chunk program compiles while the initial forces do (sampler.py)
+            self.compile_chunk_ahead(params, self._init_state.eval_shape(key, R, nbrs, params), nbrs, ahead)
+        state = self._init_state(key, R, nbrs, params)
         return state, nbrs
 
     def _advance(self, params, st, nb):

@@ -59,6 +59,7 @@ import numpy as np
 from jax_md import partition, simulate, space
 
 from . import units
+from .jax_setup import RUN_ONCE_COMPILER_OPTIONS
 from .overflow import grown_extra
 from .sampler import ChunkedSampler, SamplerConfig
 
@@ -149,7 +150,8 @@ class SolidMD(ChunkedSampler):
         s = self.settings
         self._init, self._step = simulate.nvt_langevin(self.energy_with(self.cutoff_capacity), self.shift, s.dt, s.kT,
                                                        gamma=s.gamma)
-        self._init_jit = jax.jit(lambda k, x, nb, p: self._init(k, x, mass=self.mass, neighbor=nb, params=p))
+        self._init_jit = jax.jit(lambda k, x, nb, p: self._init(k, x, mass=self.mass, neighbor=nb, params=p),
+                                 compiler_options=RUN_ONCE_COMPILER_OPTIONS)
         self._compile()
 
     # --------------------------------------------------------------------------------------
@@ -193,7 +195,7 @@ class SolidMD(ChunkedSampler):
         return neighbor.set(idx=idx), jnp.max(jnp.sum(inside, axis=1))
 
     # -- the sampler interface --------------------------------------------------------------
-    def init(self, key, params, positions=None):
+    def init(self, key, params, positions=None, ahead: int = 0):   # (ahead: not used)
         """Maxwell–Boltzmann momenta at the set temperature, the list allocated at ``positions``
         (fractional, (N, 3)); the cutoff capacity fitted there before the forces are computed."""
         if positions is None:

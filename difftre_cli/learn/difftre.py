@@ -31,6 +31,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from .. import neighbors, reweight
+from ..compile_ahead import CompileAhead
 from ..errors import UserError
 from ..observables.engine import Features, ObservableEngine
 from . import gauss_newton
@@ -82,6 +83,7 @@ class DiffTRe:
         self.fisher = jax.jit(self._fisher_impl)
         self.gauss_newton = jax.jit(self._gauss_newton_impl)
         self.n_eff = jax.jit(engine.n_eff)
+        self._ahead = CompileAhead()   # the update compiling while the first features are computed
 
     def target_losses(self, preds) -> dict:
         """γ · (weighted) MSE of every target against the predicted observables (Target.loss)."""
@@ -167,7 +169,16 @@ class DiffTRe:
 
     def step(self, params, opt_state, feats, lr_scale=1.0, floor=None):
         """One update (one jit call); ``floor``: the step rule's (None: its smallest factor)."""
-        return self._step(params, opt_state, feats, jnp.asarray(lr_scale, jnp.float32), self.floor_arg(floor))
+        self._ahead.wait()
+        return self._step(*self.step_arguments(params, opt_state, feats, lr_scale, floor))
+
+    def step_arguments(self, params, opt_state, feats, lr_scale, floor) -> tuple:
+        """The arguments of the compiled update (a subclass may add its own)."""
+        return params, opt_state, feats, jnp.asarray(lr_scale, jnp.float32), self.floor_arg(floor)
+
+    def compile_step_ahead(self, params, opt_state, feats, floor=None) -> None:
+        """Compile the update for features of these shapes in the background (compile_ahead.py)."""
+        self._ahead.start(self._step, *self.step_arguments(params, opt_state, feats, 1.0, floor))
 
     def floor_arg(self, floor):
         return jnp.asarray(self.step_rule.first_floor if floor is None else floor, jnp.float32)
@@ -225,13 +236,14 @@ class DiffTReRegime(Regime):
         self.length = 1                 # spacing factor of the snapshots (step_rule.next_length)
         self.floor = components.learner.step_rule.first_floor   # the step rule's floor (step_rule.next_floor)
         self.last_loss = None           # the last update's fresh loss (judges the step after it)
+        self.step_ahead = None          # (params, opt_state) whose update compiles during featurisation
 
     # -- state ---------------------------------------------------------------------------
     def init(self, key):
         k_param, k_sim = jax.random.split(key)
         params = initial_params(self.c, k_param, self.init_from)
         opt_state = self.c.optimizer.init(params)
-        self.state, self.nbrs = self.c.sampler.init(k_sim, params)
+        self.state, self.nbrs = self.c.sampler.init(k_sim, params, ahead=self.n_snapshots)
         return params, opt_state
 
     def checkpoint(self) -> tuple[dict, dict]:
@@ -289,7 +301,9 @@ class DiffTReRegime(Regime):
         traj = jax.tree_util.tree_map(np.asarray, res.trajectory)
         self.store.write_trajectory(self.n_traj, traj, c.system.box_size, c.sampler.cfg.dt, c.system.units,
                                     species=c.system.species, species_names=c.system.species_names)
-        self.feats = c.engine.featurize(res.trajectory)
+        ahead, self.step_ahead = self.step_ahead, None
+        self.feats = c.engine.featurize(res.trajectory, None if ahead is None else (
+            lambda shapes: c.learner.compile_step_ahead(*ahead, shapes, self.floor)))
         jax.block_until_ready(self.feats.r)
         self.state, self.nbrs, self.n_traj = res.state, res.neighbor, self.n_traj + 1
         self.uses = 0
@@ -305,6 +319,8 @@ class DiffTReRegime(Regime):
         new_params, new_opt = params, opt_state
         worn = self.max_reuse is not None and self.uses > self.max_reuse
         if self.feats is None or worn or (self.next_n_eff is not None and self.next_n_eff < threshold):
+            if self.feats is None:   # the first trajectory: its update compiles while it is featurised
+                self.step_ahead = (params, opt_state)
             ok, sample_time = self._resample(params)
             reused, fresh = False, ok
             if not ok:

@@ -185,7 +185,7 @@ class DirectADRegime(Regime):
         k_param, k_sim = jax.random.split(key)
         params = initial_params(self.c, k_param, self.init_from)
         opt_state = self.c.optimizer.init(params)
-        self.state, self.nbrs = self.c.sampler.init(k_sim, params)
+        self.state, self.nbrs = self.c.sampler.init(k_sim, params, ahead=self.c.sampler.cfg.n_snapshots)
         self.obs_nbrs = self.ad.allocate_obs_list(self.state.position)
         return params, opt_state
 

@@ -189,7 +189,7 @@ class IBIRegime(Regime):
     def init(self, key):
         k_param, k_sim = jax.random.split(key)
         params = initial_params(self.c, k_param, self.init_from)
-        self.state, self.nbrs = self.c.sampler.init(k_sim, params)
+        self.state, self.nbrs = self.c.sampler.init(k_sim, params, ahead=self.c.sampler.cfg.n_snapshots)
         return params, ()
 
     def checkpoint(self):

@@ -118,6 +118,6 @@ class RelativeEntropy(DiffTRe):
 
     loss = objective   # what DiffTRe's compiled step differentiates (the reference average as extra argument)
 
-    def step(self, params, opt_state, feats, lr_scale=1.0, floor=None):   # (no line search: floor unused)
-        return self._step(params, opt_state, feats, jnp.asarray(lr_scale, jnp.float32), self.floor_arg(None),
-                          self.reference_average(params))
+    def step_arguments(self, params, opt_state, feats, lr_scale, floor) -> tuple:   # (no line search: no floor)
+        return (params, opt_state, feats, jnp.asarray(lr_scale, jnp.float32), self.floor_arg(None),
+                self.reference_average(params))

@@ -48,6 +48,7 @@ from jax import lax
 
 from .. import neighbors, reweight
 from ..errors import UserError
+from ..jax_setup import FEATURIZE_COMPILER_OPTIONS
 from ..overflow import grown_extra, recompute_on_overflow
 from ..potentials import distances_on_list
 from .stress import deformation
@@ -134,7 +135,7 @@ class ObservableEngine:
         self.snapshot_observables_jit = jax.jit(self.snapshot_observables)
         self.one_body = potential.one_body
         if self.one_body:   # independent particles in an external field: no box, no neighbour lists
-            self._featurize = jax.jit(self._featurize_one_body)
+            self._featurize = jax.jit(self._featurize_one_body, compiler_options=FEATURIZE_COMPILER_OPTIONS)
             return
         self.box = None if box_size is None else float(box_size)   # None: open space (a molecule)
         list_cutoff = potential.list_cutoff   # strained crystals list further out: manybody.py
@@ -145,7 +146,7 @@ class ObservableEngine:
         self.feature_cutoff = reach
         self.feature_nbr_fn = neighbors.make_neighbor_fn(self.box, reach, 0.0, 1.3)
         self.energy_nbr_fn = neighbors.make_neighbor_fn(self.box, list_cutoff, 0.0, 1.3)
-        self._featurize = jax.jit(self._featurize_impl)
+        self._featurize = jax.jit(self._featurize_impl, compiler_options=FEATURIZE_COMPILER_OPTIONS)
 
     @property
     def energy(self):
@@ -214,8 +215,10 @@ class ObservableEngine:
         return {"obs": self.feature_nbr_fn.allocate(positions[-1], extra_capacity=grow),
                 "energy": self.energy_nbr_fn.allocate(positions[-1], extra_capacity=grow)}
 
-    def featurize(self, trajectory) -> Features:
-        """Features of a trajectory (positions (S, N, 3), reference energies (S,))."""
+    def featurize(self, trajectory, on_shapes=None) -> Features:
+        """Features of a trajectory (positions (S, N, 3), reference energies (S,)).
+        ``on_shapes``: called with the features' shapes (``jax.ShapeDtypeStruct`` leaves) before
+        they are computed, e.g. to compile the update meanwhile (compile_ahead.py)."""
         positions = jnp.asarray(trajectory.positions)
         if self.one_body:
             energies = jnp.asarray(trajectory.energies)
@@ -231,6 +234,8 @@ class ObservableEngine:
             idx = self.energy_nbr_fn.allocate(positions[-1]).idx
             self._set_potential(self.potential.fit_capacity(positions[-1], idx))
         energies = jnp.asarray(trajectory.energies)
+        if on_shapes is not None:
+            on_shapes(self._featurize.eval_shape(positions, self._lists, energies)[0])
         (feats, _), ok = recompute_on_overflow(   # the sampler's overflow rule (sampler.py)
             lambda: self._featurize(positions, self._lists, energies),
             lambda out: (bool(out[1][0]), bool(out[1][1])),
@@ -255,7 +260,7 @@ class ObservableEngine:
         """A potential with other capacities (same values): the features are re-traced, the
         per-update functions follow the features' shapes."""
         self.potential = potential
-        self._featurize = jax.jit(self._featurize_impl)
+        self._featurize = jax.jit(self._featurize_impl, compiler_options=FEATURIZE_COMPILER_OPTIONS)
 
     # -- per parameter set -------------------------------------------------------------
     def over_states(self, fn, feats):

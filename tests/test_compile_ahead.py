@@ -1,0 +1,99 @@
+"""Programs compiled ahead in a background thread (compile_ahead.py): the MD chunk program while
+the sampler computes its initial state, DiffTRe's update while the first trajectory is
+featurised. The later call must find the executable (no second compilation) and give the same
+numbers as without compiling ahead; a compilation that fails in the thread must surface as the
+call's own error."""
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from difftre_cli import assemble
+from difftre_cli.compile_ahead import CompileAhead
+from difftre_cli.config_files import CONFIG_DIR
+from difftre_cli.learn.difftre import DiffTReRegime
+from difftre_cli.store import RunStore
+
+
+@contextlib.contextmanager
+def compilations_here():
+    """Names of the programs XLA compiles in this thread inside the block (JAX's compile event)."""
+    names, me = [], threading.get_ident()
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration" and threading.get_ident() == me:
+            names.append(str(kwargs.get("fun_name", "")))
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def _components(*overrides):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="train", overrides=["config=tiny", *overrides])
+    return assemble.build(cfg)
+
+
+def test_chunk_program_compiled_during_init_is_the_one_the_trajectory_runs():
+    ahead, plain = _components(), _components()
+    params = ahead.potential.init(jax.random.PRNGKey(0))
+    n = ahead.sampler.cfg.n_snapshots
+    state, nbrs = ahead.sampler.init(jax.random.PRNGKey(1), params, ahead=n)
+    with compilations_here() as compiled:
+        res = ahead.sampler.sample(params, state, nbrs, first=True)
+    assert not any("chunk" in name for name in compiled), compiled   # it was compiled during init
+    assert ahead.sampler.trace_count == 1
+    state0, nbrs0 = plain.sampler.init(jax.random.PRNGKey(1), params)
+    with compilations_here() as compiled:
+        ref = plain.sampler.sample(params, state0, nbrs0, first=True)
+    assert any("chunk" in name for name in compiled), compiled       # (the probe sees a compilation)
+    assert res.ok and ref.ok
+    np.testing.assert_array_equal(np.asarray(res.trajectory.positions), np.asarray(ref.trajectory.positions))
+    np.testing.assert_array_equal(np.asarray(res.trajectory.energies), np.asarray(ref.trajectory.energies))
+
+
+@pytest.mark.parametrize("overrides", [[], ["optimizer=adam", "trainer.precondition=none"]])
+def test_first_update_compiled_during_featurisation_is_the_one_that_runs(tmp_path, overrides):
+    """Line search + Gauss–Newton (the lj preset's step) and plain Adam: one trace of the update,
+    whose first call found it compiled; the same parameters as an update compiled on the call."""
+    results = []
+    for name, ahead in (("ahead", True), ("plain", False)):
+        c = _components("trainer.precondition=gauss_newton", "+trainer.step_rule.kind=line_search", *overrides)
+        regime = DiffTReRegime(c, RunStore(tmp_path / name), ratio=0.3)
+        params, opt_state = regime.init(jax.random.PRNGKey(0))
+        if not ahead:   # compile on the call: the regime's first trajectory without the ahead request
+            c.learner.compile_step_ahead = lambda *a, **k: None
+        with compilations_here() as compiled:   # (this thread's: not the background one's)
+            prop = regime.propose(params, opt_state, 1.0)
+        assert not prop.event
+        assert c.learner.trace_count["step"] == 1
+        assert any("_step_impl" in name for name in compiled) == (not ahead), compiled
+        results.append(prop.params)
+    for a, b in zip(jax.tree_util.tree_leaves(results[0]), jax.tree_util.tree_leaves(results[1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_failed_ahead_compilation_leaves_the_error_to_the_call():
+    def bad(x):
+        if x.shape[0] == 3:
+            raise ValueError("cannot compile this shape")
+        return x + 1
+    fn = jax.jit(bad)
+    ahead = CompileAhead()
+    ahead.start(fn, jax.ShapeDtypeStruct((3,), jnp.float32))
+    ahead.wait()                                   # no exception from the thread
+    with pytest.raises(ValueError, match="cannot compile this shape"):
+        fn(jnp.zeros(3))
+    ahead.start(fn, jax.ShapeDtypeStruct((2,), jnp.float32))
+    ahead.wait()
+    with compilations_here() as compiled:
+        np.testing.assert_array_equal(np.asarray(fn(jnp.zeros(2))), [1.0, 1.0])
+    assert not any("bad" in name for name in compiled), compiled
