@@ -35,7 +35,9 @@ class CompileAhead:
             except Exception:   # the real call compiles again and reports the error
                 log.debug("compiling ahead failed; the first call compiles instead", exc_info=True)
 
-        self._thread = threading.Thread(target=work, name="difftre-compile-ahead", daemon=True)
+        # not a daemon: a run that stops meanwhile (an error, a signal) waits for the compilation
+        # at exit instead of finalising the interpreter under XLA's running C++ code
+        self._thread = threading.Thread(target=work, name="difftre-compile-ahead", daemon=False)
         self._thread.start()
 
     def wait(self) -> None:

@@ -6,6 +6,9 @@ call's own error."""
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import threading
 
 import jax
@@ -97,3 +100,24 @@ def test_a_failed_ahead_compilation_leaves_the_error_to_the_call():
     with compilations_here() as compiled:
         np.testing.assert_array_equal(np.asarray(fn(jnp.zeros(2))), [1.0, 1.0])
     assert not any("bad" in name for name in compiled), compiled
+
+
+def test_a_run_that_stops_while_compiling_ahead_exits_with_its_own_code():
+    """A user error raised while a program compiles in the background ends the process with the
+    error's exit code and message, not an abort from XLA's thread at interpreter shutdown."""
+    code = """
+import sys, jax, jax.numpy as jnp
+from difftre_cli.compile_ahead import CompileAhead
+def slow(x):
+    for i in range(300):
+        x = jnp.sin(x) * 1.0001 + jnp.cos(x * i)
+    return x
+CompileAhead().start(jax.jit(slow), jax.ShapeDtypeStruct((1000,), jnp.float32))
+print("error: the config is wrong", file=sys.stderr)
+sys.exit(2)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu", "DIFFTRE_COMPILATION_CACHE": "off"})
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "error: the config is wrong" in out.stderr
+    assert "Traceback" not in out.stderr and "terminate" not in out.stderr, out.stderr[-2000:]
