@@ -127,14 +127,14 @@ def test_targets_and_evaluate_of_a_molecule(fitted):
     # 80 ps of the model against 40 ps of reference frames: the dihedrals hop between basins
     # rarely, so the divergence scatters from realization to realization. Measured over the
     # evaluation's seeds 0-3 at two commits (7ec26b0, 7a89b58; 8 realizations): 2-D 0.09-0.21,
-    # φ 0.009-0.074, ψ 0.012-0.134
+    # φ 0.009-0.074, ψ 0.012-0.134; the basin populations' RMSE 0.05-0.16
     assert 0.0 <= mol["phi_psi"]["js_phi_psi"] < 0.3
     assert mol["phi_psi"]["js_phi"] < 0.2 and mol["phi_psi"]["js_psi"] < 0.2
     pops = mol["basins"]
     assert sum(v["model"] for v in pops.values()) == pytest.approx(1.0, abs=1e-5)
     for name in ("bonds", "angles"):   # fast coordinates: 1.2 % and 0.6 % of the peak measured
         assert result["targets"][name]["rmse"] < 0.03 * np.max(result["targets"][name]["target"])
-    assert result["targets"]["basins"]["rmse"] < 0.1                 # measured 0.05
+    assert result["targets"]["basins"]["rmse"] < 0.25                # (the scatter above)
     assert (d / "run" / "evaluation.json").is_file()
 
 
