@@ -211,7 +211,10 @@ class ChunkedSampler:
 
     @property
     def _ahead(self) -> CompileAhead:
-        return self.__dict__.setdefault("_compile_ahead", CompileAhead())
+        """This sampler's background compilation (compile_ahead.py), made on first use."""
+        if "_compile_ahead" not in self.__dict__:
+            self._compile_ahead = CompileAhead()
+        return self._compile_ahead
 
     def _chunk_impl(self, params, state, nbrs, buffers, n_eq, n_rec, start, every):
         """``n_eq`` steps, then ``n_rec`` intervals of ``every`` steps each ending in a snapshot
