@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if cmd not in COMMANDS:
         fail(f"unknown command {cmd!r}; use train, evaluate, compare, export, targets or doctor (difftre --help)")
     prepare_environment()
+    defer_unused()   # before JAX MD is imported (deferred_imports.py)
     cache_library_imports()
     from . import (
         commands,  # JAX and all that uses it: only after prepare_environment() (module doc)
