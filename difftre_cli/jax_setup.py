@@ -43,8 +43,10 @@ CACHE_ENV = "DIFFTRE_COMPILATION_CACHE"
 #: the LJ chunk runs ~15 % and the update ~10 % slower). Measured: scripts/bench/README.md.
 FEATURIZE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2}
 RUN_ONCE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
-#: programs that compile faster than this are not worth a file
-MIN_COMPILE_SECONDS = 0.5
+#: programs that compile faster than this are not worth a file. 0.1 s, not 0.5: the neighbour-list
+#: allocation programs (~0.37 s each, seven per DiffTRe start) were compiled again by every run
+#: (XLA compilation in a warm run of the update_cost reference setup: 3.9 s at 0.5, 1.1 s at 0.1)
+MIN_COMPILE_SECONDS = 0.1
 
 
 def cache_dir() -> Path | None:
