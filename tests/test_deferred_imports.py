@@ -55,5 +55,5 @@ print("ok")
 def test_the_command_line_defers_them():
     """cli.main registers the stand-ins before it imports JAX MD (a command paid ~3 s more
     without: 9.0 vs 5.8 s of imports on 2 cores)."""
-    out = subprocess.run([sys.executable, "-c", CLI_SCRIPT], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", CLI_SCRIPT], capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
