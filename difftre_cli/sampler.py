@@ -43,6 +43,7 @@ bookkeeping (counters, chunk plan, pacing, the checkpoint format) is in segments
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import warnings
@@ -209,12 +210,10 @@ class ChunkedSampler:
         self._ahead.start(self._chunk, params, state, nbrs, self._buffers(params, state, nbrs, n_snapshots),
                           i32, i32, i32, i32)
 
-    @property
+    @functools.cached_property
     def _ahead(self) -> CompileAhead:
         """This sampler's background compilation (compile_ahead.py), made on first use."""
-        if "_compile_ahead" not in self.__dict__:
-            self._compile_ahead = CompileAhead()
-        return self._compile_ahead
+        return CompileAhead()
 
     def _chunk_impl(self, params, state, nbrs, buffers, n_eq, n_rec, start, every):
         """``n_eq`` steps, then ``n_rec`` intervals of ``every`` steps each ending in a snapshot
