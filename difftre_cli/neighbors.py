@@ -353,6 +353,24 @@ def make_neighbor_fn(box_size: float | None, cutoff: float, skin: float,
                        cutoff=float(cutoff), skin=float(skin), method=method)
 
 
+def restrict(nbrs: NeighborList, R, idx, r, cutoff: float) -> NeighborList:
+    """``nbrs`` rebuilt at ``R`` from a list ``idx`` (N, M) of a longer reach instead of from all
+    pairs: the entries whose distances ``r`` (N, M; +inf on padding) are below ``cutoff``, in the
+    order they have in ``idx``, at ``nbrs``'s capacity (overflow is flagged as by a rebuild).
+    On a brute-force list this is the list a rebuild at ``cutoff`` gives; it costs a compaction
+    of M columns instead of N² distances (jit-able)."""
+    n, m = idx.shape
+    width = _round_up(m, _BITS)
+    ok = jnp.pad(r < cutoff, ((0, 0), (0, width - m)))
+    flag = _flag(R)
+    words = _materialize(_pack_bits(ok.reshape(n, width // _BITS, _BITS)), flag)
+    k, valid, count = _compact_bits(words, nbrs.max_occupancy, flag)
+    sub = jnp.where(valid, jnp.take_along_axis(idx, jnp.minimum(k, m - 1), axis=1), n).astype(jnp.int32)
+    overflow = nbrs.did_buffer_overflow | (jnp.max(count) > nbrs.max_occupancy)
+    return dataclasses.replace(nbrs, idx=sub, reference_position=R, did_buffer_overflow=overflow,
+                               num_builds=nbrs.num_builds + 1)
+
+
 def capacities(nbrs: NeighborList) -> dict:
     """The static sizes of a list; with :func:`placeholder` they rebuild an identical list shape."""
     return {"max_occupancy": int(nbrs.max_occupancy), "cell_capacity": int(nbrs.cell_capacity),

@@ -1,5 +1,7 @@
 """Tests for difftre_cli.neighbors and the pair kernels on its lists, difftre_cli.pair_kernels
 (fast, fixed seeds)."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 
 from difftre_cli import neighbors as nbm
 from difftre_cli import pair_kernels as pk
+from difftre_cli.potentials import distances_on_list
 
 CUTOFF, SKIN = 2.5, 0.3
 
@@ -112,7 +115,6 @@ def test_too_small_capacity_flags_overflow():
     R, box = _random_positions(400, seed=3)
     fns = nbm.make_neighbor_fn(box, CUTOFF, SKIN, method="brute")
     nbrs = fns.allocate(R)
-    import dataclasses
     tiny = dataclasses.replace(nbrs, idx=nbrs.idx[:, :5], max_occupancy=5)
     out = fns.rebuild(R, tiny)
     assert out.idx.shape == (400, 5)
@@ -188,6 +190,33 @@ def test_open_space_lists_every_close_pair_without_minimum_image():
     assert np.allclose(np.asarray(nbm.minimum_image(dr, 20.0)), [[-10.0, -5.0, 0.1]])
     with pytest.raises(ValueError, match="open space"):
         nbm.make_neighbor_fn(None, 1.0, 0.2, method="cell")
+
+
+@pytest.mark.parametrize("n,method,box", [(1000, "brute", True), (2000, "cell", True), (300, "brute", False)])
+def test_restricted_list_is_the_rebuild_at_the_shorter_cutoff(n, method, box):
+    """A list at a shorter cutoff cut out of a longer one (the observable engine's energy list
+    from its RDF list): a brute-force list's entries and their order are exactly a rebuild's, a
+    cell list's the same pairs; a capacity too small for them is flagged as by a rebuild."""
+    R, edge = _random_positions(n, density=0.5, seed=5)
+    edge = edge if box else None
+    long = nbm.make_neighbor_fn(edge, 3.08, 0.0, 1.3, method=method)
+    short = nbm.make_neighbor_fn(edge, CUTOFF, 0.0, 1.3, method=method)
+    nb_long, nb_short = long.allocate(R), short.allocate(R)
+    R2 = R + 0.05   # rebuilt elsewhere than allocated
+    want = jax.jit(short.rebuild)(R2, nb_short)
+    wide = jax.jit(long.rebuild)(R2, nb_long)
+    restrict = jax.jit(lambda nb: nbm.restrict(nb, R2, wide.idx, distances_on_list(R2, wide.idx, edge), CUTOFF))
+    got = restrict(nb_short)
+    assert got.idx.shape == want.idx.shape and not bool(got.did_buffer_overflow)
+    assert int(got.num_builds) == int(want.num_builds)
+    assert np.array_equal(np.asarray(got.reference_position), np.asarray(R2))
+    if method == "brute":
+        assert np.array_equal(np.asarray(got.idx), np.asarray(want.idx))
+    rows = lambda nb: np.sort(np.asarray(nb.idx), axis=1)  # each row's set, padding last
+    assert np.array_equal(rows(got), rows(want)) and int(np.sum(np.asarray(got.idx) < n)) > 10 * n
+    tiny = dataclasses.replace(nb_short, idx=nb_short.idx[:, :5], max_occupancy=5)
+    out = restrict(tiny)
+    assert out.idx.shape == (n, 5) and bool(out.did_buffer_overflow)
 
 
 def _fluid_list(n=216, extra=60, seed=11):

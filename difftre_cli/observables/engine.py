@@ -163,9 +163,10 @@ class ObservableEngine:
 
         def one(carry, R):
             obs_nb = self.feature_nbr_fn.rebuild(R, carry["obs"])
-            e_nb = self.energy_nbr_fn.rebuild(R, carry["energy"])
-            static = {k: o.snapshot(self.ctx, q) for q in [self.list_quantities(R, obs_nb.idx)]
-                      for k, o in self.observables.items() if not o.depends_on_params}
+            q = self.list_quantities(R, obs_nb.idx)
+            # the energy's list (cutoff <= reach) from the observables' list, not from all pairs again
+            e_nb = neighbors.restrict(carry["energy"], R, obs_nb.idx, q["r"], self.energy_nbr_fn.cutoff)
+            static = {k: o.snapshot(self.ctx, q) for k, o in self.observables.items() if not o.depends_on_params}
             return {"obs": obs_nb, "energy": e_nb}, (self.potential.features_on_list(R, e_nb.idx, self.box), static)
 
         lists, (r, static) = lax.scan(one, lists, positions)
