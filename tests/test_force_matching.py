@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import ase.io
 import jax
@@ -39,6 +38,7 @@ from difftre_cli.errors import UserError
 from difftre_cli.learn.boltzmann import initial_params
 from difftre_cli.learn.force_matching_regime import ForceMatchingRegime
 from difftre_cli.plots import plot_all
+from difftre_cli.potentials import distances_on_list
 from difftre_cli.store import RunStore
 from difftre_cli.train import train
 
@@ -124,13 +124,15 @@ def test_virial_term_is_the_pressure_error(lj_file, tmp_path):
     params = jax.tree_util.tree_map(lambda x: x + 0.3, params)   # a model with a different pressure
     rows = np.arange(reg.n_train)
     sums = reg.learner.sums(params, reg._batch("train", rows))
-    # independently: the file's stress through ase, the model's virial through the observable engine
+    # independently: the file's stress through ase, the model's virial s·dU(s·r)/ds from its pair distances
     frames = [a for i, a in enumerate(ase.io.iread(str(lj_file), index=":")) if i in set(reg.ref.split["train"])]
     p_ref = np.array([-np.trace(a.get_stress(voigt=False)) / 3 for a in frames])
-    feats = c.engine.featurize(SimpleNamespace(positions=np.stack([a.positions for a in frames]),
-                                               energies=np.zeros(len(frames))))
-    _, w = c.engine.snapshot_energies(params, feats.r)
-    ctx = c.engine.ctx
+    ctx, pot, fns = c.engine.ctx, c.potential, c.engine.energy_nbr_fn
+
+    def virial(R):
+        r = distances_on_list(R, fns.allocate(R).idx, c.engine.box)
+        return jax.grad(lambda s: pot.energy_from_features(params, r, s))(1.0)
+    w = np.array([virial(jnp.asarray(a.positions, jnp.float32)) for a in frames])
     p_model = ctx.n_particles * ctx.kT / ctx.volume - np.asarray(w) / (3 * ctx.volume)
     assert float(sums.pressure_sq) / float(sums.weight) == pytest.approx(np.mean((p_model - p_ref) ** 2), rel=1e-4)
     assert float(sums.loss(0.0, 2.0)) == pytest.approx(

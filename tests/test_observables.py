@@ -182,3 +182,49 @@ def test_without_theta_dependent_observables_only_the_energy_is_computed(lj_liqu
     assert float(np.max(np.asarray(w_alone))) > 1.5 / len(w_alone)
     np.testing.assert_allclose(np.asarray(w_alone), np.asarray(w_both), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(p_alone["rdf"]), np.asarray(p_both["rdf"]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mixture", [False, True])
+def test_linear_features_give_the_energy_and_virial_of_the_pair_distances(lj_liquid, mixture):
+    """A spline model is linear in its knot values: U_θ and the virial from the features the
+    engine stores once per trajectory (U_0 + ⟨θ, ∂U/∂θ⟩, observables/linear.py) equal those from
+    the pair distances at a random θ, for one species and for a mixture. Without a θ-dependent
+    observable the features carry no virial, and asking for one is an error."""
+    system, _, traj = lj_liquid
+    box = float(system.box_size)
+    prior = OmegaConf.create({"kind": "repulsive", "epsilon": 1.0, "sigma": 1.0, "exponent": 12})
+    model = OmegaConf.create({"kind": "spline", "n_knots": 12, "r_min": 0.8})
+    if mixture:
+        binary = build_system(OmegaConf.create({"units": "lj", "n_particles": 108, "density": 0.75, "kT": 1.2,
+                                                "species": {"A": 0.25, "B": 0.75}}))
+        pot = potentials.build(prior, model, 2.5, species_names=("A", "B")).bind(binary)
+    else:
+        pot = potentials.build(prior, model, 2.5)
+    assert pot.linear_in_params
+    rdf = {"rdf": RDF("rdf", r_min=0.0, r_max=2.5, n_bins=50, sigma=0.02)}
+    obs = {**rdf, "pressure": Pressure("pressure")}
+    leaves, tree = jax.tree_util.tree_flatten(pot.init(jax.random.PRNGKey(0)))
+    keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
+    theta = tree.unflatten([0.5 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
+
+    linear, _ = _engine(pot, obs, 108, box, 1.2)
+    plain, _ = _engine(pot, obs, 108, box, 1.2)
+    plain.linear = False          # the distances' path, for reference
+    assert linear.linear
+    feats, ref = linear.featurize(traj), plain.featurize(traj)
+    assert np.asarray(ref.r[0] if mixture else ref.r).ndim == 3       # distances (S, N, M)
+    u, w = jax.jit(linear.snapshot_energies)(theta, feats.r)
+    u_ref, w_ref = jax.jit(plain.snapshot_energies)(theta, ref.r)
+    assert float(np.std(np.asarray(u_ref))) > 1.0                     # θ matters, states differ
+    np.testing.assert_allclose(np.asarray(u), np.asarray(u_ref), rtol=1e-5, atol=1e-2)
+    np.testing.assert_allclose(np.asarray(w), np.asarray(w_ref), rtol=1e-4, atol=1e-1)
+
+    alone, _ = _engine(pot, rdf, 108, box, 1.2)
+    only = alone.featurize(traj)
+    assert only.r.g is None
+    u_alone, w_alone = jax.jit(alone.snapshot_energies)(theta, only.r)
+    assert w_alone is None
+    np.testing.assert_allclose(np.asarray(u_alone), np.asarray(u_ref), rtol=1e-5, atol=1e-2)
+    first = jax.tree_util.tree_map(lambda x: x[0], only.r)
+    with pytest.raises(ValueError, match="no virial"):
+        jax.grad(lambda s: alone.energy(theta, first, s))(1.0)

@@ -51,6 +51,7 @@ from ..errors import UserError
 from ..jax_setup import FEATURIZE_COMPILER_OPTIONS
 from ..overflow import grown_extra, recompute_on_overflow
 from ..potentials import distances_on_list
+from .linear import linear_energy, linearize
 from .stress import deformation
 
 #: computations of a trajectory's features (the first and its re-allocations) before it counts as unstable
@@ -67,7 +68,8 @@ class Features(NamedTuple):
 
     r: Any            # energy features per state (a pytree with leading axis S): pair potentials
                       # (S, N, W) distances on a dense list, +inf padding (mixtures: with the
-                      # (S, N, W) pair-type codes); one-body potentials (S·N, 1, d) coordinates
+                      # (S, N, W) pair-type codes), or, for a potential linear in θ, its
+                      # linear.LinearFeatures; one-body potentials (S·N, 1, d) coordinates
     static: dict      # name -> (S, ...) per-snapshot values of θ-independent observables
     u_ref: Any        # (S,)
 
@@ -131,6 +133,7 @@ class ObservableEngine:
                             "(a pair potential) does not provide",
                             "use a many-body potential (model=three_body or dimenet), or drop stress/stiffness observables")
         self._lists = None
+        self.linear = False
         self.trace_count = {"featurize": 0}
         self.snapshot_observables_jit = jax.jit(self.snapshot_observables)
         self.one_body = potential.one_body
@@ -144,6 +147,9 @@ class ObservableEngine:
             raise UserError(f"observable range {reach:.3g} exceeds half the box ({0.5 * self.box:.3g})",
                             "use more particles (system.n_particles) or a smaller r_max")
         self.feature_cutoff = reach
+        # a potential linear in θ (a pair spline): U_θ of a stored state is a dot product with
+        # features computed once (linear.py) instead of a pass over its pair distances
+        self.linear = potential.linear_in_params and not self.needs
         self.feature_nbr_fn = neighbors.make_neighbor_fn(self.box, reach, 0.0, 1.3)
         self.energy_nbr_fn = neighbors.make_neighbor_fn(self.box, list_cutoff, 0.0, 1.3)
         self._featurize = jax.jit(self._featurize_impl, compiler_options=FEATURIZE_COMPILER_OPTIONS)
@@ -151,7 +157,16 @@ class ObservableEngine:
     @property
     def energy(self):
         """U_θ of one stored state from its features: ``energy(params, feats, scale=1.0[, strain])``."""
-        return self.potential.energy_from_features
+        return linear_energy if self.linear else self.potential.energy_from_features
+
+    def _energy_features(self, R, idx):
+        """The energy features of one state on the energy's list ``idx``."""
+        r = self.potential.features_on_list(R, idx, self.box)
+        if not self.linear:
+            return r
+        zero = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype),
+                                      jax.eval_shape(self.potential.init, jax.random.PRNGKey(0)))
+        return linearize(self.potential.energy_from_features, zero, r, virial=not self.energy_only)
 
     # -- per trajectory ----------------------------------------------------------------
     def _featurize_impl(self, positions, lists, u_ref):
@@ -167,7 +182,7 @@ class ObservableEngine:
             # the energy's list (cutoff <= reach) from the observables' list, not from all pairs again
             e_nb = neighbors.restrict(carry["energy"], R, obs_nb.idx, q["r"], self.energy_nbr_fn.cutoff)
             static = {k: o.snapshot(self.ctx, q) for k, o in self.observables.items() if not o.depends_on_params}
-            return {"obs": obs_nb, "energy": e_nb}, (self.potential.features_on_list(R, e_nb.idx, self.box), static)
+            return {"obs": obs_nb, "energy": e_nb}, (self._energy_features(R, e_nb.idx), static)
 
         lists, (r, static) = lax.scan(one, lists, positions)
         overflow = lists["obs"].did_buffer_overflow | lists["energy"].did_buffer_overflow
@@ -271,7 +286,10 @@ class ObservableEngine:
         return lax.map(fn, feats, batch_size=batch) if batch else jax.vmap(fn)(feats)
 
     def snapshot_energies(self, params, r):
-        """U_θ (S,) and virial s·∂U/∂s (S,) from stored features."""
+        """U_θ (S,) and virial s·∂U/∂s (S,) from stored features (the virial None where the
+        features carry none: a linear potential featurised with no θ-dependent observable)."""
+        if self.linear and self.energy_only:
+            return self._per_state(self._energy_only, params, r)["energy"], None
         q = self._per_state(self._energy_and_virial, params, r)
         return q["energy"], q["virial"]
 

@@ -25,9 +25,12 @@ class PairModel(abc.ABC):
     - ``init(key) -> params`` (a pytree) and ``__call__(params, r) -> u`` elementwise on distances of
       any shape, zero at and beyond ``cutoff``.
 
-    Declared optional part: ``temperature_dependent`` (then ``at_kT(kT)`` binds a state's kT)."""
+    Declared optional parts: ``temperature_dependent`` (then ``at_kT(kT)`` binds a state's kT) and
+    ``linear`` (u_θ(r) is linear in θ, e.g. a spline in its knot values: the observable engine
+    then reweights with precomputed ∂U/∂θ, observables/linear.py)."""
 
     temperature_dependent: ClassVar[bool] = False
+    linear: ClassVar[bool] = False
 
     @classmethod
     @abc.abstractmethod

@@ -110,6 +110,10 @@ class MixturePairPotential(ListKernels):
         return replace(self, species=np.asarray(system.species, np.int32), model=model)
 
     @property
+    def linear_in_params(self) -> bool:
+        return self.model is not None and self.model.linear
+
+    @property
     def temperature_dependent(self) -> bool:
         return self.model is not None and self.model.temperature_dependent
 

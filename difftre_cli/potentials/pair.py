@@ -20,6 +20,7 @@ import importlib
 import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +46,8 @@ class SplinePair(PairModel):
     that u(r_cut) = 0; u'(r_cut) = 0 by the clamped end condition. Below r_min the spline is
     held constant (the prior carries the repulsion there).
     """
+
+    linear: ClassVar[bool] = True   # u = Σ_k y_k B_k(r): the knot values enter linearly
 
     r_min: float
     cutoff: float

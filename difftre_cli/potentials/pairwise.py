@@ -71,6 +71,10 @@ class PairPotential(ListKernels):
         return distances_on_list(R, idx, box_size)
 
     @property
+    def linear_in_params(self) -> bool:
+        return self.model is not None and self.model.linear
+
+    @property
     def temperature_dependent(self) -> bool:
         return self.model is not None and self.model.temperature_dependent
 

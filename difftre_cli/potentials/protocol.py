@@ -65,6 +65,12 @@ class Potential(abc.ABC):
     def temperature_dependent(self) -> bool:
         return False
 
+    @property
+    def linear_in_params(self) -> bool:
+        """U_θ is affine in θ (U_0 + ⟨θ, h⟩): the observable engine then stores h = ∂U/∂θ per state
+        (observables/linear.py). A declaration, tested per potential against its distances' energy."""
+        return False
+
     def bind(self, system) -> "Potential":
         """The potential at one state point of ``system`` (species, kT, box); itself by default."""
         return self
