@@ -184,17 +184,23 @@ def test_without_theta_dependent_observables_only_the_energy_is_computed(lj_liqu
     np.testing.assert_allclose(np.asarray(p_alone["rdf"]), np.asarray(p_both["rdf"]), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("mixture", [False, True])
-def test_linear_features_give_the_energy_and_virial_of_the_pair_distances(lj_liquid, mixture):
+@pytest.mark.parametrize("kind", ["one", "mixture", "thermal"])
+def test_linear_features_give_the_energy_and_virial_of_the_pair_distances(lj_liquid, kind):
     """A spline model is linear in its knot values: U_θ and the virial from the features the
     engine stores once per trajectory (U_0 + ⟨θ, ∂U/∂θ⟩, observables/linear.py) equal those from
-    the pair distances at a random θ, for one species and for a mixture. Without a θ-dependent
-    observable the features carry no virial, and asking for one is an error."""
+    the pair distances at a random θ, for one species, for a mixture and for the thermal model
+    u₁ − kT u₂ of two splines (bound at the state's kT). Without a θ-dependent observable the
+    features carry no virial, and asking for one is an error."""
     system, _, traj = lj_liquid
     box = float(system.box_size)
+    mixture = kind == "mixture"
     prior = OmegaConf.create({"kind": "repulsive", "epsilon": 1.0, "sigma": 1.0, "exponent": 12})
     model = OmegaConf.create({"kind": "spline", "n_knots": 12, "r_min": 0.8})
-    if mixture:
+    if kind == "thermal":
+        model = OmegaConf.create({"kind": "thermal", "u1": dict(model), "u2": {**model, "n_knots": 9}})
+        pot = potentials.build(prior, model, 2.5).bind(system)
+        assert pot.model.kT == pytest.approx(float(system.kT))
+    elif mixture:
         binary = build_system(OmegaConf.create({"units": "lj", "n_particles": 108, "density": 0.75, "kT": 1.2,
                                                 "species": {"A": 0.25, "B": 0.75}}))
         pot = potentials.build(prior, model, 2.5, species_names=("A", "B")).bind(binary)

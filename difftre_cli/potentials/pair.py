@@ -184,6 +184,11 @@ class ThermalPair(PairModel):
     def cutoff(self) -> float:
         return self.u1.cutoff
 
+    @property
+    def linear(self) -> bool:
+        """u₁ − kT u₂ is linear in θ when both parts are (two splines: the engine's linear features)."""
+        return bool(self.u1.linear and self.u2.linear)
+
     def at_kT(self, kT: float) -> "ThermalPair":
         return ThermalPair(self.u1, self.u2, float(kT))
 
