@@ -63,6 +63,7 @@ def build(cfg) -> Components:
     learner = learner_cls(engine, tgts, optimizer, precondition=cfg.trainer.get("precondition", "none"),
                           fisher_damping=float(cfg.trainer.get("fisher_damping", 1e-3)),
                           damping=float(cfg.trainer.get("damping", 1e-3)),
+                          shrinkage=float(cfg.trainer.get("shrinkage", 0.0) or 0.0),
                           step_rule=step_rule.build(cfg.trainer, float(cfg.trainer.get("reweight_ratio", 0.9))))
     if len(names) > 1:
         truth = mixture.ground_truth(cfg.get("ground_truth"), cutoff, names)

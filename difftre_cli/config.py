@@ -243,6 +243,7 @@ def _validate_trainer(tc, own_keys=None) -> int:
     number(tc, "max_reuse", prefix=T, integer=True, lo=0, required=False, example="5")
     choice(tc, "precondition", PRECONDITIONERS, prefix=T, default="none", what="preconditioner")
     number(tc, "damping", prefix=T, lo=0.0, required=False, example="0.001")
+    number(tc, "shrinkage", prefix=T, lo=0.0, hi=1.0, required=False, example="0.8")
     if tc.get("precondition") == "gauss_newton" and tc.get("kind") == "relative_entropy":
         raise UserError("trainer.precondition=gauss_newton needs a sum-of-squares loss; relative entropy's is not one",
                         "use trainer.precondition=fisher or none")

@@ -65,7 +65,7 @@ class DiffTRe:
 
     def __init__(self, engine: ObservableEngine, targets: dict, optimizer: optax.GradientTransformation,
                  precondition: str = "none", fisher_damping: float = 1e-3, step_rule: StepRule | None = None,
-                 damping: float = 1e-3):
+                 damping: float = 1e-3, shrinkage: float = 0.0):
         self.engine = engine
         self.step_rule = step_rule or StepRule()
         self.targets = targets
@@ -76,6 +76,13 @@ class DiffTRe:
         self.precondition = precondition
         self.fisher_damping = float(fisher_damping)
         self.damping = float(damping)     # the Gauss–Newton step's (gauss_newton.py)
+        self.shrinkage = float(shrinkage)  # J towards the local response (gauss_newton.py)
+        if self.shrinkage > 0:
+            if precondition != "gauss_newton":
+                raise UserError(f"trainer.shrinkage={self.shrinkage:g} acts on the Gauss-Newton step's J, and "
+                                f"trainer.precondition is {precondition}",
+                                "set trainer.precondition=gauss_newton (or trainer.shrinkage=0)")
+            gauss_newton.check_local_response(engine.potential, engine.observables, targets)
         self.trace_count = {"step": 0, "grad": 0}
         self._step = jax.jit(self._step_impl)
         self.grad = jax.jit(self._grad_impl)
@@ -104,6 +111,8 @@ class DiffTRe:
             grads = self._natural_gradient(params, feats, grads)
         elif self.precondition == "gauss_newton":
             r, jac = self._residual_jacobian(params, feats)
+            if self.shrinkage > 0:    # the gradient of the shrunk J's model (gauss_newton.py)
+                grads = jax.tree_util.tree_map(lambda x: 2 * x, gauss_newton.half_gradient(jac, r, grads))
             grads = gauss_newton.direction(jac, r, grads, self.damping)
         chosen = {"scale": jnp.ones((), loss.dtype), "exhausted": jnp.zeros((), bool)}
 
@@ -143,14 +152,20 @@ class DiffTRe:
         return natural_step(self._fisher_impl(params, feats), grads, self.fisher_damping)
 
     def _residual_jacobian(self, params, feats):
-        """(r, J = ∂r/∂θ) of the targets' residuals on the stored snapshots (gauss_newton.py)."""
-        return gauss_newton.residual_jacobian(self.engine, self.targets, params, feats)
+        """(r, J = ∂r/∂θ) of the targets' residuals on the stored snapshots, J shrunk towards the
+        local response by ``shrinkage`` (gauss_newton.py)."""
+        r, jac = gauss_newton.residual_jacobian(self.engine, self.targets, params, feats)
+        if self.shrinkage > 0:
+            j_loc = gauss_newton.local_response_jacobian(self.engine.potential, self.engine.observables,
+                                                         self.targets, params, self.beta)
+            jac = gauss_newton.shrunk(jac, j_loc, self.shrinkage)
+        return r, jac
 
     def _gauss_newton_impl(self, params, feats):
-        """(JᵀJ, m) on this trajectory: what a multi-state regime sums over state points."""
+        """(JᵀJ, m, Jᵀr) on this trajectory: what a multi-state regime sums over state points."""
         gauss_newton.check_summable(ravel_pytree(params)[0].size)
         r, jac = self._residual_jacobian(params, feats)
-        return jac.T @ jac, jnp.asarray(r.shape[0], jac.dtype)
+        return jac.T @ jac, jnp.asarray(r.shape[0], jac.dtype), jac.T @ r
 
     def _fisher_impl(self, params, feats):
         """F = β² Cov_w(∂U/∂θ) (K × K) on this trajectory's snapshots, reweighted to ``params``

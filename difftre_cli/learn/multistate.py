@@ -49,6 +49,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from .. import parallel
 from ..errors import UserError
@@ -93,6 +94,7 @@ class MultiStateDiffTReRegime(Regime):
         self._natural = jax.jit(lambda f, g: natural_step(f, g, damping))
         gn_damping = self.cs[0].learner.damping
         self._gauss_newton = jax.jit(lambda jtj, m, g: gauss_newton.solve_primal(jtj, g, m, gn_damping))
+        self._shrunk = self.cs[0].learner.shrinkage > 0   # the gradient of the shrunk J's model (gauss_newton.py)
         if state_parallel not in STATE_PARALLEL:
             raise UserError(f"trainer.state_parallel: unknown mode {state_parallel!r}",
                             f"use one of {', '.join(STATE_PARALLEL)}")
@@ -282,8 +284,11 @@ class MultiStateDiffTReRegime(Regime):
             lr = jnp.asarray(lr_scale, jnp.float32)
             if self.cs[0].learner.precondition == "fisher":   # the Fisher matrices of the state points, summed
                 total_grad = self._natural(self._fisher_sum(params), total_grad)
-            elif self.cs[0].learner.precondition == "gauss_newton":   # Σ_k J_kᵀJ_k, Σ_k m_k
-                total_grad = self._gauss_newton(*self._jtj_sum(params), total_grad)
+            elif self.cs[0].learner.precondition == "gauss_newton":   # Σ_k J_kᵀJ_k, Σ_k m_k (Σ_k J_kᵀr_k)
+                jtj, m, jtr = self._jtj_sum(params)
+                if self._shrunk:
+                    total_grad = ravel_pytree(total_grad)[1](2 * jtr)
+                total_grad = self._gauss_newton(jtj, m, total_grad)
             if self.rule.searches:   # 3a. the step rule on every state point's snapshots together
                 factor, worn = self._line_search(params, opt_state, total_grad, lr)
             new_params, new_opt, gnorm, finite = jax.block_until_ready(
@@ -331,7 +336,8 @@ class MultiStateDiffTReRegime(Regime):
         return self._summed("fisher", params)
 
     def _jtj_sum(self, params):
-        """(Σ_k J_kᵀJ_k, Σ_k m_k): the Gauss–Newton matrix of the summed loss (gauss_newton.py)."""
+        """(Σ_k J_kᵀJ_k, Σ_k m_k, Σ_k J_kᵀr_k): the Gauss–Newton matrix and half-gradient of the
+        summed loss (gauss_newton.py)."""
         return self._summed("gauss_newton", params)
 
     def _summed(self, method: str, params):
