@@ -77,12 +77,7 @@ class DiffTRe:
         self.fisher_damping = float(fisher_damping)
         self.damping = float(damping)     # the Gauss–Newton step's (gauss_newton.py)
         self.shrinkage = float(shrinkage)  # J towards the local response (gauss_newton.py)
-        if self.shrinkage > 0:
-            if precondition != "gauss_newton":
-                raise UserError(f"trainer.shrinkage={self.shrinkage:g} acts on the Gauss-Newton step's J, and "
-                                f"trainer.precondition is {precondition}",
-                                "set trainer.precondition=gauss_newton (or trainer.shrinkage=0)")
-            gauss_newton.check_local_response(engine.potential, engine.observables, targets)
+        gauss_newton.check_shrinkage(self.shrinkage, precondition, engine, targets)
         self.trace_count = {"step": 0, "grad": 0}
         self._step = jax.jit(self._step_impl)
         self.grad = jax.jit(self._grad_impl)

@@ -143,6 +143,17 @@ def _local_terms(potential, observables, targets: dict) -> list:
     return out
 
 
+def check_shrinkage(shrinkage: float, precondition: str, engine, targets: dict) -> None:
+    """``trainer.shrinkage`` > 0 needs the Gauss–Newton step and a local response (UserError)."""
+    if shrinkage <= 0:
+        return
+    if precondition != "gauss_newton":
+        raise UserError(f"trainer.shrinkage={shrinkage:g} acts on the Gauss-Newton step's J, and "
+                        f"trainer.precondition is {precondition}",
+                        "set trainer.precondition=gauss_newton (or trainer.shrinkage=0)")
+    check_local_response(engine.potential, engine.observables, targets)
+
+
 def check_local_response(potential, observables, targets: dict) -> None:
     """``trainer.shrinkage`` needs a pair potential and an RDF target it acts on (UserError)."""
     if not any(term is not None for _, _, term in _local_terms(potential, observables, targets)):
