@@ -244,10 +244,6 @@ def _validate_trainer(tc, own_keys=None) -> int:
     choice(tc, "precondition", PRECONDITIONERS, prefix=T, default="none", what="preconditioner")
     number(tc, "damping", prefix=T, lo=0.0, required=False, example="0.001")
     number(tc, "shrinkage", prefix=T, lo=0.0, hi=1.0, required=False, example="0.8")
-    if float(tc.get("shrinkage") or 0.0) > 0 and tc.get("precondition", "none") != "gauss_newton":
-        raise UserError(f"trainer.shrinkage={tc.get('shrinkage')} acts on the Gauss-Newton step's J, and "
-                        f"trainer.precondition is {tc.get('precondition', 'none')}",
-                        "set trainer.precondition=gauss_newton (or trainer.shrinkage=0)")
     if tc.get("precondition") == "gauss_newton" and tc.get("kind") == "relative_entropy":
         raise UserError("trainer.precondition=gauss_newton needs a sum-of-squares loss; relative entropy's is not one",
                         "use trainer.precondition=fisher or none")

@@ -249,7 +249,6 @@ CASES = [
     pytest.param(["trainer.fisher_damping=-1"], ["trainer.fisher_damping"], id="fisher-damping"),
     pytest.param(["trainer.damping=-1"], ["trainer.damping"], id="gauss-newton-damping"),
     pytest.param(["trainer.shrinkage=1.5"], ["trainer.shrinkage"], id="shrinkage-above-one"),
-    pytest.param(["trainer.shrinkage=0.5"], ["trainer.shrinkage", "trainer.precondition is none"], id="shrinkage-without-gn"),
     pytest.param(["trainer=relative_entropy", "trainer.precondition=gauss_newton"],
                  ["trainer.precondition=gauss_newton", "relative entropy"], id="gauss-newton-relative-entropy"),
     # evaluate

@@ -76,7 +76,7 @@ class DiffTRe:
         self.precondition = precondition
         self.fisher_damping = float(fisher_damping)
         self.damping = float(damping)     # the Gauss–Newton step's (gauss_newton.py)
-        self.shrinkage = float(shrinkage)  # J towards the local response (gauss_newton.py)
+        self.shrinkage = float(shrinkage) if precondition == "gauss_newton" else 0.0   # J's (gauss_newton.py)
         gauss_newton.check_shrinkage(self.shrinkage, precondition, engine, targets)
         self.trace_count = {"step": 0, "grad": 0}
         self._step = jax.jit(self._step_impl)

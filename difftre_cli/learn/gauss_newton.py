@@ -144,14 +144,10 @@ def _local_terms(potential, observables, targets: dict) -> list:
 
 
 def check_shrinkage(shrinkage: float, precondition: str, engine, targets: dict) -> None:
-    """``trainer.shrinkage`` > 0 needs the Gauss–Newton step and a local response (UserError)."""
-    if shrinkage <= 0:
-        return
-    if precondition != "gauss_newton":
-        raise UserError(f"trainer.shrinkage={shrinkage:g} acts on the Gauss-Newton step's J, and "
-                        f"trainer.precondition is {precondition}",
-                        "set trainer.precondition=gauss_newton (or trainer.shrinkage=0)")
-    check_local_response(engine.potential, engine.observables, targets)
+    """``trainer.shrinkage`` > 0 with the Gauss–Newton step needs a local response (UserError).
+    Like ``damping``, it is a parameter of that step and unused by the other preconditioners."""
+    if shrinkage > 0 and precondition == "gauss_newton":
+        check_local_response(engine.potential, engine.observables, targets)
 
 
 def check_local_response(potential, observables, targets: dict) -> None:
