@@ -123,6 +123,18 @@ def _setup(*overrides):
     return c, params, feats
 
 
+def _damped_step_taken(c, params, feats, jac, r):
+    """The learner's update Δθ, checked to solve (JᵀJ + λ I) Δθ = −Jᵀr (λ: damping 1e-4 of _setup)."""
+    new_params, _, aux = c.learner.step(params, c.optimizer.init(params), feats)
+    assert bool(aux.finite)
+    delta = np.asarray(ravel_pytree(new_params)[0] - ravel_pytree(params)[0], np.float64)
+    jtj = jac.T @ jac
+    lam = 1e-4 * np.trace(jtj) / min(*jac.shape)
+    np.testing.assert_allclose((jtj + lam * np.eye(delta.size)) @ delta, -jac.T @ r,
+                               rtol=2e-2, atol=2e-2 * np.abs(jac.T @ r).max())
+    return delta
+
+
 @pytest.mark.parametrize("targets", ["rdf", "rdf+pressure", "pressure"])
 def test_learner_takes_the_damped_gauss_newton_step(targets, monkeypatch):
     """rdf, rdf+pressure: J through U_θ and the virial per snapshot, P x P solve; pressure alone
@@ -144,13 +156,7 @@ def test_learner_takes_the_damped_gauss_newton_step(targets, monkeypatch):
     r_engine, jac_engine = jax.jit(lambda p: gn.residual_jacobian(c.engine, c.learner.targets, p, feats))(params)
     np.testing.assert_allclose(jac_engine, jac, rtol=2e-3, atol=2e-4 * np.abs(jac).max())
 
-    new_params, _, aux = c.learner.step(params, c.optimizer.init(params), feats)
-    assert bool(aux.finite)
-    delta = np.asarray(ravel_pytree(new_params)[0] - theta, np.float64)
-    jtj = jac.T @ jac
-    lam = 1e-4 * np.trace(jtj) / min(*jac.shape)
-    np.testing.assert_allclose((jtj + lam * np.eye(theta.size)) @ delta, -jac.T @ r,
-                               rtol=2e-2, atol=2e-2 * np.abs(jac.T @ r).max())
+    delta = _damped_step_taken(c, params, feats, jac, r)
     # the step minimises the linearised residual: it removes most of the part J can reach
     assert np.linalg.norm(r + jac @ delta) < 0.9 * np.linalg.norm(r)
 
@@ -172,13 +178,7 @@ def test_shrinkage_takes_the_step_of_the_shrunk_jacobian():
     j_loc = -c.engine.beta * scale * np.asarray(target.value)[:, None] * du_dtheta
     j_a = (1 - a) * jac + a * j_loc
     assert np.linalg.norm(j_a - jac) > 0.1 * np.linalg.norm(jac)            # the shrinkage matters here
-    new_params, _, aux = c.learner.step(params, c.optimizer.init(params), feats)
-    assert bool(aux.finite)
-    delta = np.asarray(ravel_pytree(new_params)[0] - theta, np.float64)
-    jtj = j_a.T @ j_a
-    lam = 1e-4 * np.trace(jtj) / min(*j_a.shape)
-    np.testing.assert_allclose((jtj + lam * np.eye(theta.size)) @ delta, -j_a.T @ r,
-                               rtol=2e-2, atol=2e-2 * np.abs(j_a.T @ r).max())
+    _damped_step_taken(c, params, feats, j_a, r)
 
 
 @pytest.mark.parametrize("shrinkage", [0.0, 0.8])
