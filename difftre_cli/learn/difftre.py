@@ -107,7 +107,7 @@ class DiffTRe:
         elif self.precondition == "gauss_newton":
             r, jac = self._residual_jacobian(params, feats)
             if self.shrinkage > 0:    # the gradient of the shrunk J's model (gauss_newton.py)
-                grads = jax.tree_util.tree_map(lambda x: 2 * x, gauss_newton.half_gradient(jac, r, grads))
+                grads = gauss_newton.gradient(jac.T @ r, grads)
             grads = gauss_newton.direction(jac, r, grads, self.damping)
         chosen = {"scale": jnp.ones((), loss.dtype), "exhausted": jnp.zeros((), bool)}
 

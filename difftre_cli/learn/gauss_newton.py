@@ -185,7 +185,7 @@ def shrunk(jac, j_loc, shrinkage: float):
     return (1.0 - shrinkage) * jac + shrinkage * j_loc.astype(jac.dtype)
 
 
-def half_gradient(jac, r, like):
-    """Jᵀr as a pytree shaped like ``like`` (= ½ ∇L for the unshrunk J)."""
+def gradient(jtr, like):
+    """2 Jᵀr (``jtr``) as a pytree shaped like ``like``: ∇L for the unshrunk J, the shrunk model's otherwise."""
     flat, unravel = ravel_pytree(like)
-    return unravel((jac.T @ r).astype(flat.dtype))
+    return unravel((2 * jtr).astype(flat.dtype))

@@ -49,7 +49,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from .. import parallel
 from ..errors import UserError
@@ -287,7 +286,7 @@ class MultiStateDiffTReRegime(Regime):
             elif self.cs[0].learner.precondition == "gauss_newton":   # Σ_k J_kᵀJ_k, Σ_k m_k (Σ_k J_kᵀr_k)
                 jtj, m, jtr = self._jtj_sum(params)
                 if self._shrunk:
-                    total_grad = ravel_pytree(total_grad)[1](2 * jtr)
+                    total_grad = gauss_newton.gradient(jtr, total_grad)
                 total_grad = self._gauss_newton(jtj, m, total_grad)
             if self.rule.searches:   # 3a. the step rule on every state point's snapshots together
                 factor, worn = self._line_search(params, opt_state, total_grad, lr)
