@@ -1,5 +1,5 @@
 """deferred_imports.py: the command line's stand-ins for jax_md.rigid_body (~4 s of eager JAX work
-at import that difftre never uses) and NequIP (e3nn-jax and what it imports) binds where JAX MD imports it, and the first attribute read
+at import that difftre never uses) NequIP (e3nn-jax and what it imports), UMA and jax_md.interpolate (scipy.interpolate) binds where JAX MD imports it, and the first attribute read
 runs the real module, so code that uses it works unchanged. In a fresh interpreter (the test
 process has imported JAX MD already)."""
 from __future__ import annotations
@@ -28,6 +28,17 @@ cfg = energy.nequip.default_config()           # the first attribute read loads 
 real = sys.modules["jax_md._nn.nequip"]
 assert not isinstance(real, DeferredModule) and "e3nn_jax" in sys.modules
 assert jax_md.nn.nequip.model_from_config is real.model_from_config and cfg is not None
+# a deferred subpackage (UMA): importing one of its submodules loads it, and the package is real
+assert isinstance(sys.modules["jax_md._nn.uma"], DeferredModule)
+from jax_md._nn.uma.model import UMABackbone
+assert not isinstance(sys.modules["jax_md._nn.uma"], DeferredModule)
+assert UMABackbone.__module__ == "jax_md._nn.uma.model"
+# jax_md.interpolate (scipy.interpolate): energy's binding answers from the real module
+assert isinstance(sys.modules["jax_md.interpolate"], DeferredModule)
+import numpy as np
+f = energy.interpolate.spline(np.linspace(0.0, 1.0, 11) ** 2, 0.1)
+assert abs(float(f(np.array([0.5]))[0]) - 0.25) < 1e-3
+assert not isinstance(sys.modules["jax_md.interpolate"], DeferredModule) and "scipy.interpolate" in sys.modules
 print("ok")
 """
 
@@ -48,6 +59,7 @@ except SystemExit as e:
 assert "difftre_cli.commands" in sys.modules and "jax_md" in sys.modules
 assert isinstance(sys.modules["jax_md.rigid_body"], DeferredModule), "the command line did not defer rigid_body"
 assert "e3nn_jax" not in sys.modules, "the command line imported e3nn-jax"
+assert "scipy.interpolate" not in sys.modules and isinstance(sys.modules["jax_md._nn.uma"], DeferredModule)
 print("ok")
 """
 
