@@ -144,14 +144,15 @@ def test_large_float32_reductions_jit_equals_eager():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["lj", "softcore"])
+@pytest.mark.parametrize("preset", ["lj", "softcore", "lj_mixture"])
 def test_first_equilibration_of_the_lj_presets_reaches_the_fluid(preset):
     """The presets equilibrate 1000 steps from the lattice (configs/config/lj.yaml): the first
     trajectory's RDF (under the initial model) must then be the fluid's, i.e. as close to one
-    sampled after 20000 steps as two such independent runs are to each other (~0.006-0.009)."""
+    sampled after 20000 steps as two such independent runs are to each other (~0.006-0.009;
+    the mixture's partial RDFs of its first state point, x_A = 0.25: ~0.08)."""
     from hydra import compose, initialize_config_dir
 
-    from difftre_cli import assemble
+    from difftre_cli import assemble, states
     from difftre_cli.config_files import CONFIG_DIR
     from difftre_cli.learn.boltzmann import initial_params
 
@@ -159,11 +160,14 @@ def test_first_equilibration_of_the_lj_presets_reaches_the_fluid(preset):
         extra = [] if steps is None else [f"simulator.first_equilibration_steps={steps}"]
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
             cfg = compose(config_name="train", overrides=[f"config={preset}", *extra])
-        c = assemble.build(cfg)
+        sub = states.state_configs(cfg)[0][1] if states.is_multistate(cfg) else cfg
+        c = assemble.build(sub)
         params = initial_params(c, jax.random.PRNGKey(1), None)
         state, nbrs = c.sampler.init(jax.random.PRNGKey(seed), params)
         res = c.sampler.sample(params, state, nbrs, first=True)
-        return np.asarray(c.engine.featurize(res.trajectory).static["rdf"]).mean(0), cfg
+        feats = c.engine.featurize(res.trajectory).static
+        rdf = np.concatenate([np.asarray(feats[k]).mean(0) for k in sorted(feats) if k.startswith("rdf")])
+        return rdf, cfg
 
     long = [first_rdf(seed, 20000)[0] for seed in (10, 11)]
     noise = np.sqrt(np.mean((long[0] - long[1]) ** 2))

@@ -9,6 +9,7 @@ Times, from the start of each process: the first progress line of the first traj
 
     python scripts/bench/startup.py                      # the 1000-particle reference setup
     python scripts/bench/startup.py --setup lj           # config=lj
+    python scripts/bench/startup.py --setup lj_mixture   # config=lj_mixture: three state points
     python scripts/bench/startup.py --setup water --no-update   # config=water: first progress only
 
 Goal (issue 18): the second run reaches its first update at least 3x sooner. The cache is
@@ -32,6 +33,7 @@ SETUPS = {
     "reference": ["config=lj_liquid", "system.n_particles=1000", "system.density=0.7", "system.kT=1.0",
                   "simulator.production_steps=1000", "simulator.every=10", "trainer.precondition=none"],
     "lj": ["config=lj"],
+    "lj_mixture": ["config=lj_mixture"],
     "water": ["config=water"],
 }
 MARKS = {"first progress": "trajectory: step", "first update": "update 1/"}
