@@ -38,6 +38,8 @@ def _series(rows: list[dict]) -> dict:
 
 
 def plot_all(run_dir: Path, ev: dict, rows: list[dict]) -> list[Path]:
+    """Every plot of an evaluated run: one per target, the training curves, the stress–strain
+    check, the learned potential; the files written."""
     paths = []
     for name, d in ev["targets"].items():
         if d["grid"] is not None and np.ndim(d["grid"]) == 2:   # a 2-D map (phi_psi): heat maps
@@ -55,47 +57,57 @@ def plot_all(run_dir: Path, ev: dict, rows: list[dict]) -> list[Path]:
         ax.set_title(name)
         if ax.get_legend_handles_labels()[0]:   # the scalar bar chart has no labelled artists
             ax.legend()
-        fig.tight_layout()
-        p = run_dir / f"{name}.png"
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(_save(fig, run_dir / f"{name}.png"))
     if rows:
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-        # the reweighting trainers log N_eff and sampling/update times; force matching its
-        # validation loss and epoch time (columns differ by trainer: plot what the rows have);
-        # interleaved trainers: one line per trainer, from its own (prefixed) columns
-        for label, own in _series(rows).items():
-            upd = [r["update"] for r in own]
-            axes[0].semilogy(upd, [r["loss"] for r in own], label=label)
-            middle = next((k for k in ("n_eff", "loss_validation") if k in own[0]), None)
-            if middle:
-                name = {"n_eff": "N_eff", "loss_validation": "validation loss"}[middle]
-                axes[1].plot(upd, [r[middle] for r in own], label=f"{label}: {name}" if label else None)
-                axes[1].set_title(name if label is None else "N_eff / validation loss")
-            if "epoch_time" in own[0]:
-                axes[2].plot(upd, [r["epoch_time"] for r in own], label=label)
-            elif "update_time" in own[0]:
-                axes[2].plot(upd, [r["update_time"] + r.get("sample_time", 0.0) for r in own], label=label)
-        axes[0].set_title("loss")
-        axes[2].set_title("wall time per update [s]")
-        for a in axes:
-            a.set_xlabel("update")
-            if a.get_legend_handles_labels()[0]:
-                a.legend()
-        fig.tight_layout()
-        p = run_dir / "training.png"
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(plot_training(run_dir, rows))
     if ev.get("stress_strain"):
         paths.append(plot_stress_strain(run_dir, ev["stress_strain"]))
     pot = ev["potential"]
     if "x" in pot:   # one-body potential u(x) (the double well)
         paths.append(plot_external(run_dir, ev))
-        return paths
-    if "r" not in pot and "pairs" not in pot:   # a many-body potential has no pair curve
-        return paths
+    elif "r" in pot or "pairs" in pot:   # a many-body potential has no pair curve
+        paths.append(plot_pair_potential(run_dir, ev))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_training(run_dir: Path, rows: list[dict]) -> Path:
+    """Loss, N_eff (or the validation loss) and wall time per update of the logged rows."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    # the reweighting trainers log N_eff and sampling/update times; force matching its
+    # validation loss and epoch time (columns differ by trainer: plot what the rows have);
+    # interleaved trainers: one line per trainer, from its own (prefixed) columns
+    for label, own in _series(rows).items():
+        upd = [r["update"] for r in own]
+        axes[0].semilogy(upd, [r["loss"] for r in own], label=label)
+        middle = next((k for k in ("n_eff", "loss_validation") if k in own[0]), None)
+        if middle:
+            name = {"n_eff": "N_eff", "loss_validation": "validation loss"}[middle]
+            axes[1].plot(upd, [r[middle] for r in own], label=f"{label}: {name}" if label else None)
+            axes[1].set_title(name if label is None else "N_eff / validation loss")
+        if "epoch_time" in own[0]:
+            axes[2].plot(upd, [r["epoch_time"] for r in own], label=label)
+        elif "update_time" in own[0]:
+            axes[2].plot(upd, [r["update_time"] + r.get("sample_time", 0.0) for r in own], label=label)
+    axes[0].set_title("loss")
+    axes[2].set_title("wall time per update [s]")
+    for a in axes:
+        a.set_xlabel("update")
+        if a.get_legend_handles_labels()[0]:
+            a.legend()
+    return _save(fig, run_dir / "training.png")
+
+
+def plot_pair_potential(run_dir: Path, ev: dict) -> Path:
+    """The learned u(r) (prior + model) with the prior and, where known, the ground truth; one
+    curve per species pair for a mixture."""
+    pot = ev["potential"]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     curves = pot["pairs"] if "pairs" in pot else {"": pot}   # a mixture: one curve per species pair
     lo = 0.0
@@ -112,12 +124,7 @@ def plot_all(run_dir: Path, ev: dict, rows: list[dict]) -> list[Path]:
     ax.set_xlabel(f"r [{ev['units']['length']}]")
     ax.set_ylabel(f"u(r) [{ev['units']['energy']}]")
     ax.legend()
-    fig.tight_layout()
-    p = run_dir / "potential.png"
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    paths.append(p)
-    return paths
+    return _save(fig, run_dir / "potential.png")
 
 
 def plot_stress_strain(run_dir: Path, ss: dict) -> Path:
@@ -148,11 +155,7 @@ def plot_stress_strain(run_dir: Path, ss: dict) -> Path:
         ax.set_xlabel(f"{mode} strain [%]")
         ax.set_ylabel(f"stress [{ss['unit']}]")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    p = run_dir / "stress_strain.png"
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return p
+    return _save(fig, run_dir / "stress_strain.png")
 
 
 def plot_external(run_dir: Path, ev: dict) -> Path:
@@ -180,11 +183,7 @@ def plot_external(run_dir: Path, ev: dict) -> Path:
     ax.set_xlabel(f"x [{ev['units']['length']}]")
     ax.set_ylabel(f"u(x) [{ev['units']['energy']}]")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    p = run_dir / "potential.png"
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return p
+    return _save(fig, run_dir / "potential.png")
 
 
 def plot_surface(run_dir: Path, name: str, d: dict) -> Path:
