@@ -268,6 +268,20 @@ def _build_cell(R, max_nbrs, cell_cap, cand_cap, grid: "_CellGrid"):
     return idx.astype(jnp.int32), jnp.max(count), jnp.max(count_cell), jnp.max(total)
 
 
+def _cells_per_side(method: str, box_size: float | None, r_list: float) -> int:
+    """Cells of side >= ``r_list`` per box side (0 in open space), after checking that
+    ``method`` can run there."""
+    if method not in ("auto", "cell", "brute"):
+        raise ValueError(f"unknown neighbour-list method {method!r}")
+    if box_size is None and method == "cell":
+        raise ValueError("open space (box_size None) has no cell list; use method='brute'")
+    nc = 0 if box_size is None else _cell_geometry(box_size, r_list)
+    if method == "cell" and nc < 3:
+        raise ValueError(f"box {box_size} too small for a cell list with r_list={r_list} "
+                         f"(needs >= 3 cells per side); use method='brute'")
+    return nc
+
+
 def make_neighbor_fn(box_size: float | None, cutoff: float, skin: float,
                      capacity_multiplier: float = 1.25, method: str = "auto",
                      brute_force_max_n: int = 2000) -> NeighborFns:
@@ -280,19 +294,13 @@ def make_neighbor_fn(box_size: float | None, cutoff: float, skin: float,
     than 4 cells per side, else the cell list; brute force measured ~2x faster at N = 1000).
     ``box_size`` None: open space, brute force over all pairs without minimum image (molecules).
     """
-    if method not in ("auto", "cell", "brute"):
-        raise ValueError(f"unknown neighbour-list method {method!r}")
     box_size = None if box_size is None else float(box_size)
     r_list = float(cutoff) + float(skin)
     r_list_sq = r_list * r_list
     half_skin_sq = (0.5 * float(skin)) ** 2
-    if box_size is None and method == "cell":
-        raise ValueError("open space (box_size None) has no cell list; use method='brute'")
-    nc = 0 if box_size is None else _cell_geometry(box_size, r_list)
+    nc = _cells_per_side(method, box_size, r_list)
     ncell = nc ** 3
-    if method == "cell" and nc < 3:
-        raise ValueError(f"box {box_size} too small for a cell list with r_list={r_list} "
-                         f"(needs >= 3 cells per side); use method='brute'")
+
     def _kind(n: int) -> str:
         if method != "auto":
             return method
