@@ -121,3 +121,27 @@ sys.exit(2)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "error: the config is wrong" in out.stderr
     assert "Traceback" not in out.stderr and "terminate" not in out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("trainer", ["difftre", "ibi"])
+def test_every_state_points_chunk_program_compiles_during_init(tmp_path, trainer):
+    """Several state points (a small config=lj_mixture): each sampler's chunk program compiles
+    in the background while the state points initialise, so no state point's first trajectory
+    compiles it on its call (DiffTRe's and IBI's multi-state regimes)."""
+    from difftre_cli.learn.registry import trainer_kind
+
+    extra = [f"observables.rdf_{p}.r_max=2.6" for p in ("AA", "AB", "BB")]   # < half the box, > the table's
+    extra += ["trainer=ibi", "model=table"] if trainer == "ibi" else []
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="train", overrides=[
+            "config=lj_mixture", "system.n_particles=108", "simulator.first_equilibration_steps=100",
+            "simulator.equilibration_steps=20", "simulator.production_steps=50", "simulator.every=10", *extra])
+    regime = trainer_kind(cfg.trainer.kind).multistate(cfg, RunStore(tmp_path), assemble.build_states(cfg))
+    params, _ = regime.init(jax.random.PRNGKey(0))
+    assert len(regime.subs) == 3
+    for sub in regime.subs:
+        with compilations_here() as compiled:
+            res = sub.c.sampler.sample(params, sub.state, sub.nbrs, first=True)
+        assert res.ok
+        assert not any("chunk" in name for name in compiled), compiled
+        assert sub.c.sampler.trace_count == 1

@@ -123,11 +123,19 @@ class MultiStateDiffTReRegime(Regime):
         k_param, k_sim = jax.random.split(key)
         params = initial_params(self.cs[0], k_param, self.init_from)
         opt_state = self.optimizer.init(params)
-        for sub, k in zip(self.subs, jax.random.split(k_sim, len(self.subs))):
-            sub.state, sub.nbrs = sub.c.sampler.init(k, params)
+        self._init_simulations(k_sim, params)
         if self.state_parallel == "devices":
             self._make_groups(params)
         return params, opt_state
+
+    def _init_simulations(self, key, params) -> None:
+        """Every state point's initial state. Sampled one by one (``sequential``), each state
+        point's chunk program compiles in a background thread meanwhile (compile_ahead.py),
+        overlapping the initial states and compilations of the state points after it; batched
+        groups (``devices``) run a program of their own (parallel.py) and compile nothing ahead."""
+        ahead = self.state_parallel != "devices"
+        for sub, k in zip(self.subs, jax.random.split(key, len(self.subs))):
+            sub.state, sub.nbrs = sub.c.sampler.init(k, params, ahead=sub.c.sampler.cfg.n_snapshots if ahead else 0)
 
     def _make_groups(self, params):
         """Batch the state points whose segments have equal shapes (parallel.py); the others

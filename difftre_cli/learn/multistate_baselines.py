@@ -85,8 +85,7 @@ class MultiStateIBIRegime(MultiStateDiffTReRegime):
     def init(self, key):
         k_param, k_sim = jax.random.split(key)
         params = initial_params(self.cs[0], k_param, self.init_from)
-        for sub, k in zip(self.subs, jax.random.split(k_sim, len(self.subs))):
-            sub.state, sub.nbrs = sub.c.sampler.init(k, params)
+        self._init_simulations(k_sim, params)
         return params, ()
 
     def propose(self, params, opt_state, lr_scale: float) -> Proposal:
