@@ -28,7 +28,7 @@ from conftest import cli_env, difftre_train_cmd
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from difftre_cli import evaluate
+from difftre_cli import cli, evaluate
 from difftre_cli.config import validate
 from difftre_cli.molecule import bonded as bonded_mod
 from difftre_cli.molecule import topology as topology_mod
@@ -154,7 +154,7 @@ def _bad_topology(path: Path, kind: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("extra, message", [
+BAD_MOLECULE_CASES = [
     (["topology.file=@nine"], "has 9 particles, but the mapping has 10 atoms in 10 beads"),
     (["topology.file=@unknown"], "ALA_CG"),
     (["topology.file=@self"], "ALA_CB"),
@@ -163,15 +163,26 @@ def _bad_topology(path: Path, kind: str) -> Path:
     (["topology=none", "system=lj", "system.units=real", "system.temperature=300", "system.kT=null"],
      "prior.bonded (bonded terms) needs a molecule's topology"),
     (["observables=[rdf]"], "needs a periodic box"),
-])
-def test_bad_molecule_input_exits_2(fitted, tmp_path, extra, message):
-    """Exit 2, a message naming the culprit, a fix line, no checkpoint written."""
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_MOLECULE_CASES)
+def test_bad_molecule_input_exits_2(fitted, tmp_path, monkeypatch, capsys, extra, message):
+    """Exit 2, a message naming the culprit, a fix line, no checkpoint written. In-process
+    through ``cli.main`` (the command line's own path, without a process start-up: ~8 s each);
+    the first case also as a real console-script process."""
     _, d, _ = fitted
     extra = [f"topology.file={_bad_topology(tmp_path / 'top.yaml', e.split('@')[1])}" if "@" in e else e
              for e in extra]
-    r = subprocess.run(difftre_train_cmd([*COMMON, f"reference.file={d / 'cg.extxyz'}", *extra,
-                                          f"hydra.run.dir={tmp_path / 'run'}"]),
-                       capture_output=True, text=True, env=cli_env(), cwd=ROOT)
-    assert r.returncode == 2, r.stderr[-2000:]
-    assert message in r.stderr and "fix:" in r.stderr, r.stderr[-2000:]
+    args = [*COMMON, f"reference.file={d / 'cg.extxyz'}", *extra, f"hydra.run.dir={tmp_path / 'run'}"]
+    if message == BAD_MOLECULE_CASES[0][1]:
+        r = subprocess.run(difftre_train_cmd(args), capture_output=True, text=True, env=cli_env(), cwd=ROOT)
+        code, err = r.returncode, r.stderr
+    else:
+        monkeypatch.chdir(ROOT)
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["train", *args])
+        code, err = exc.value.code, capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert message in err and "fix:" in err and "Traceback" not in err, err[-2000:]
     assert not (tmp_path / "run" / "checkpoint.h5").exists()

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
+from difftre_cli import cli
 from difftre_cli.store import RunStore
 from difftre_cli.train import Trainer
 
@@ -36,6 +37,16 @@ def _cli(args, cwd, **kw):
     env["JAX_PLATFORMS"] = "cpu"
     return subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           timeout=400, **kw)
+
+
+def _main(args, cwd, monkeypatch, capsys):
+    """(exit code, stdout, stderr) of ``cli.main(args)`` in this process with working directory
+    ``cwd``: the command line's own path without a process start-up (~8 s each)."""
+    monkeypatch.chdir(cwd)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(list(args))
+    cap = capsys.readouterr()
+    return exc.value.code, cap.out, cap.err
 
 
 def _ckpt_kwargs(params):
@@ -85,16 +96,16 @@ def test_disk_full_while_writing_is_a_clear_error(tmp_path):
         assert f["particles/all/position/value"].shape[1:] == (108, 3)
 
 
-def test_occupied_run_directory_is_not_overwritten(tmp_path):
+def test_occupied_run_directory_is_not_overwritten(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     store = RunStore(run)
     store.write_checkpoint(**_ckpt_kwargs({"w": jnp.ones(3)}))
     (run / ".hydra").mkdir()
     (run / ".hydra" / "config.yaml").write_text("original")
     before = (run / "difftre.h5").read_bytes()
-    out = _cli(["train", "config=tiny", f"hydra.run.dir={run}"], tmp_path)
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "already holds a run with a different config" in out.stderr and "resume=" in out.stderr
+    code, _, err = _main(["train", "config=tiny", f"hydra.run.dir={run}"], tmp_path, monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "already holds a run with a different config" in err and "resume=" in err
     assert (run / ".hydra" / "config.yaml").read_text() == "original"
     assert (run / "difftre.h5").read_bytes() == before
 
@@ -113,12 +124,12 @@ def test_damaged_checkpoint_on_resume_is_a_clear_error(tmp_path, damage):
     assert "Traceback" not in out.stderr and "cannot resume from" in out.stderr and "fix:" in out.stderr
 
 
-def test_unwritable_output_directory(tmp_path):
+def test_unwritable_output_directory(tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    out = _cli(["train", "config=tiny", f"hydra.run.dir={blocker}/run"], tmp_path)
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "cannot create the output directory" in out.stderr and "is a file" in out.stderr
+    code, _, err = _main(["train", "config=tiny", f"hydra.run.dir={blocker}/run"], tmp_path, monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "cannot create the output directory" in err and "is a file" in err
     assert blocker.read_text() == "x"
 
 
