@@ -46,6 +46,19 @@ def with_positions(q, R):
     return dict(q, R=R, r=distances_on_list(R, q["idx"], q["box"]))
 
 
+def one_width(qs):
+    """The quantities of several configurations with one list width, the widest, the others'
+    lists padded with empty slots (index N, as an allocated list's spare capacity): each
+    observable then compiles once for all of them, not once per configuration's capacity."""
+    width = max(q["idx"].shape[1] for q in qs)
+    out = []
+    for q in qs:
+        n, m = q["idx"].shape
+        idx = jnp.pad(q["idx"], ((0, 0), (0, width - m)), constant_values=n)
+        out.append(dict(q, idx=idx, r=distances_on_list(q["R"], idx, q["box"])))
+    return out
+
+
 def diamond(cells: int, a: float = 1.0):
     base = np.array([[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0]])
     basis = np.concatenate([base, base + 0.25])
@@ -75,7 +88,8 @@ def test_diamond_lattice_has_q_one_and_all_angles_tetrahedral():
     R, box = diamond(3)                     # nearest neighbours at √3/4 = 0.433, next at 0.707
     adf = ADF("adf", r_cut=0.55, n_bins=180)
     tq = TetrahedralQ("q", reach=0.6)
-    q = quantities(R, box, max(adf.reach, tq.reach))
+    Rn = R + np.random.default_rng(0).normal(0.0, 0.03, R.shape)   # distorted, below
+    q, qn = one_width([quantities(R, box, max(adf.reach, tq.reach)), quantities(Rn, box, 0.6)])
     assert float(snap(tq, q)) == pytest.approx(1.0, abs=1e-12)
     qi, ok = tq.per_particle(q)
     assert bool(jnp.all(ok)) and np.allclose(qi, 1.0)
@@ -85,8 +99,7 @@ def test_diamond_lattice_has_q_one_and_all_angles_tetrahedral():
     mean_angle = np.sum(adf.grid * p) * np.pi / adf.n_bins
     assert mean_angle == pytest.approx(TETRAHEDRAL, abs=2e-3)
     # a distorted lattice is less tetrahedral
-    Rn = R + np.random.default_rng(0).normal(0.0, 0.03, R.shape)
-    assert 0.5 < float(snap(tq, quantities(Rn, box, 0.6))) < 0.99
+    assert 0.5 < float(snap(tq, qn)) < 0.99
 
 
 def test_ideal_gas_adf_is_half_sine_and_q_is_zero():
@@ -94,8 +107,7 @@ def test_ideal_gas_adf_is_half_sine_and_q_is_zero():
     adf = ADF("adf", r_cut=1.2, n_bins=30, max_neighbors=24)
     tq = TetrahedralQ("q", reach=1.8)       # P(fewer than 4 within 1.8) ~ 1e-7
     ps, qs = [], []
-    for seed in range(3):
-        q = quantities(ideal_gas(n, box, seed), box, tq.reach)
+    for q in one_width([quantities(ideal_gas(n, box, seed), box, tq.reach) for seed in range(3)]):
         ps.append(np.asarray(snap(adf, q)))
         qs.append(float(snap(tq, q)))
         assert bool(jnp.all(tq.per_particle(q)[1]))
@@ -113,8 +125,8 @@ def test_ideal_gas_adf_is_half_sine_and_q_is_zero():
 def test_adf_has_unit_integral_and_is_zero_without_triplets():
     box = 4.0
     adf = ADF("adf", r_cut=0.9, n_bins=50, sigma=0.2)        # wide smoothing: tails beyond 0 and π
-    for seed in range(3):
-        p = np.asarray(snap(adf, quantities(ideal_gas(100, box, seed), box, adf.reach)))
+    for q in one_width([quantities(ideal_gas(100, box, seed), box, adf.reach) for seed in range(3)]):
+        p = np.asarray(snap(adf, q))
         assert np.sum(p) * np.pi / adf.n_bins == pytest.approx(1.0, rel=1e-10)
     # two isolated particles: no triplet, p = 0 (not NaN)
     R = np.array([[0.5, 0.5, 0.5], [2.5, 2.5, 2.5]])
@@ -252,8 +264,7 @@ def test_difftre_features_carry_positions_and_list_to_the_observables():
     engine = ObservableEngine(potential, obs, ctx, box, 1.0)
     feats = engine.featurize(Trajectory(pos, np.zeros(s), np.ones(s), np.arange(s)))
     assert feats.static["adf"].shape == (s, 30) and feats.static["q"].shape == (s,)
-    for i in range(s):
-        q = quantities(pos[i], box, 1.2)
+    for i, q in enumerate(one_width([quantities(pos[i], box, 1.2) for i in range(s)])):
         np.testing.assert_allclose(np.asarray(feats.static["adf"][i]), np.asarray(snap(obs["adf"], q)),
                                    rtol=1e-4, atol=1e-5)
         assert float(feats.static["q"][i]) == pytest.approx(float(snap(obs["q"], q)), abs=1e-5)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import signal
 import subprocess
 import time
@@ -128,7 +129,9 @@ def test_segment_stopped_checkpointed_and_restored_continues_bit_for_bit(tmp_pat
 
 
 def test_a_segment_of_other_lengths_is_not_continued():
-    sampler, params = _box_sampler(dataclasses.replace(CFG, chunk_seconds=1e-9))
+    # a later equilibration of 23 steps (not the default 1000: one step per chunk, each chunk a
+    # call of ~13 ms) against the first one's 57: continued, the first snapshot would be at 62
+    sampler, params = _box_sampler(dataclasses.replace(CFG, chunk_seconds=1e-9, equilibration_steps=23))
     state, nbrs = sampler.init(jax.random.PRNGKey(5), params)
     sampler.monitor = Recorder(2)
     with pytest.raises(KeyboardInterrupt):
@@ -137,7 +140,7 @@ def test_a_segment_of_other_lengths_is_not_continued():
     sampler.monitor = None
     sampler.restore_segment(tree, info)
     res = sampler.sample(params, state, nbrs, first=False)   # the later-trajectory lengths: started afresh
-    assert res.ok and int(res.trajectory.step[0]) == CFG.equilibration_steps + CFG.every
+    assert res.ok and int(res.trajectory.step[0]) == 23 + CFG.every
 
 
 def test_chunk_plan_covers_the_segment_in_order():
@@ -165,6 +168,23 @@ def _checkpoint(run):
     return attrs, leaves
 
 
+def _train_logged(args, run, resume: bool) -> str:
+    """``train_in_process`` (conftest) with the difftre log lines at INFO and above, as text."""
+    records = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("difftre")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        train_in_process(args, run, resume=resume)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    return "\n".join(records)
+
+
 def _sigterm_inside_first_trajectory(tmp_path, eq_steps: int, after_s: float, chunk_seconds: float = 5.0):
     args = ["config=tiny", "seed=5", "trainer.updates=2", f"simulator.first_equilibration_steps={eq_steps}",
             "trainer.checkpoint_seconds=100000", f"simulator.chunk_seconds={chunk_seconds}"]
@@ -189,10 +209,10 @@ def _sigterm_inside_first_trajectory(tmp_path, eq_steps: int, after_s: float, ch
     assert "Traceback" not in out and "cost estimate on this cpu" in out, out[-6000:]
     attrs, _ = _checkpoint(run)
     assert attrs["update"] == 0 and "segment" in attrs, out[-3000:]   # stopped inside the first trajectory
-    resumed = subprocess.run(_cmd([f"resume={run}"]), cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:]
-    assert "continuing the checkpointed trajectory at step" in resumed.stdout
+    # resumed as `difftre train resume=RUN` resumes (train(..., resume=True) on the run's
+    # config), in this process: no second process start-up (importing JAX MD: ~12 s of CPU)
+    resumed = _train_logged(args, run, resume=True)
+    assert "continuing the checkpointed trajectory at step" in resumed
     train_in_process(args, tmp_path / "ref")   # the uninterrupted run (no process start-up)
     (a_attrs, a), (_, b) = _checkpoint(run), _checkpoint(tmp_path / "ref")
     assert "segment" not in a_attrs and a.keys() == b.keys()

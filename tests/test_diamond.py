@@ -54,9 +54,10 @@ def _noisy(params, scale, seed=1):
 
 def _snapshots(c, n, amplitude=0.006, seed=3):
     """Thermal-like configurations: the lattice with Gaussian displacements (nm)."""
-    R0 = jnp.asarray(c.system.positions)
-    noise = amplitude * jax.random.normal(jax.random.PRNGKey(seed), (n,) + R0.shape, R0.dtype)
-    return (R0[None] + noise) % c.system.box_size
+    # NumPy's generator: jax.random op by op compiles a program per shape
+    R0 = np.asarray(c.system.positions)
+    noise = amplitude * np.random.default_rng(seed).standard_normal((n,) + R0.shape)
+    return jnp.asarray((R0[None] + noise) % c.system.box_size, jnp.result_type(float))
 
 
 class _Traj:
@@ -67,7 +68,7 @@ class _Traj:
 def _features(c, params, positions):
     """Features with U_ref = U_θ(params) on every snapshot (θ_ref = params)."""
     feats = c.engine.featurize(_Traj(positions, jnp.zeros(positions.shape[0], positions.dtype)))
-    u, _ = c.engine.snapshot_energies(params, feats.r)
+    u, _ = jax.jit(c.engine.snapshot_energies)(params, feats.r)   # (op by op: hundreds of small programs)
     return feats._replace(u_ref=u)
 
 
@@ -102,18 +103,22 @@ def test_sw_prior_equals_classical_sw(double_precision):
                                                for k in ("max_edges", "max_degree", "sw_slots")})
     box = pot.box_size
     dense_u = jax.jit(lambda R, idx: pot.energy_from_features(params, pot.features_on_list(R, idx, box)))
-    sparse_u = jax.jit(lambda R, idx: sparse.energy_from_features(params, sparse.features_on_list(R, idx, box)))
     sparse_f = sparse.force_fn(box)
-    force = jax.jit(lambda R, nbr: sparse_f(R, nbr, params))
-    ref_u, ref_grad = jax.jit(ref_fn), jax.jit(jax.grad(ref_fn))
+    # the sparse energy and forces in one program, the reference's too (its gradient pass
+    # contains the energy: one compilation instead of two)
+    sparse_uf = jax.jit(lambda R, nbr: (sparse.energy_from_features(params, sparse.features_on_list(R, nbr.idx, box)),
+                                        sparse_f(R, nbr, params)))
+    ref_ug = jax.jit(lambda R: (ref_fn(R), jax.grad(ref_fn)(R)))
     for R, nbr in zip(positions, nbrs):
         assert not bool(sparse.capacity_overflow(R, nbr.idx))
-        u_ref = float(ref_u(R))
+        u_ref, g_ref = ref_ug(R)
+        u_ref = float(u_ref)
         assert abs(u_ref) > 1e3
         assert float(dense_u(R, nbr.idx)) == pytest.approx(u_ref, rel=1e-10)
-        assert float(sparse_u(R, nbr.idx)) == pytest.approx(u_ref, rel=1e-10)
+        u_sparse, force = sparse_uf(R, nbr)
+        assert float(u_sparse) == pytest.approx(u_ref, rel=1e-10)
         # forces too (the sampler's path)
-        np.testing.assert_allclose(np.asarray(force(R, nbr)), -np.asarray(ref_grad(R)), rtol=1e-8, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(force), -np.asarray(g_ref), rtol=1e-8, atol=1e-6)
 
 
 def test_born_terms_equal_jax_md_periodic_general(double_precision):
@@ -124,15 +129,20 @@ def test_born_terms_equal_jax_md_periodic_general(double_precision):
     pot = c.potential
     params = pot.init(jax.random.PRNGKey(0))
     positions = _snapshots(c, 2)
-    feats = _features(c, params, positions)
-    q = c.engine.snapshot_quantities(params, feats.r)
+    # (no reference energies: the Born terms do not depend on them)
+    feats = c.engine.featurize(_Traj(positions, jnp.zeros(positions.shape[0], positions.dtype)))
+    # each jit-compiled: op by op, these derivatives compile hundreds of small programs
+    q = jax.jit(c.engine.snapshot_quantities)(params, feats.r)
     L = c.system.box_size
     box = L * jnp.eye(3)
     disp, _ = space.periodic_general(box, fractional_coordinates=True)
     energy = _classical_sw(c).energy_fn(disp, {})
+    # (the fractional coordinates divided outside: JAX MD's SW of R / L compiled as one program
+    # differs from it op by op, by 1e65 on these snapshots)
+    born_terms = jax.jit(lambda frac: stress_mod.born_terms(stress_mod.energy_of_strain_fractional(energy, frac),
+                                                            L ** 3))
     for s, R in enumerate(positions):
-        u_e = stress_mod.energy_of_strain_fractional(energy, R / L)
-        sB, CB = stress_mod.born_terms(u_e, L ** 3)
+        sB, CB = born_terms(R / L)
         assert float(jnp.max(jnp.abs(CB))) > 1e4
         np.testing.assert_allclose(np.asarray(q["born_stress"][s]), np.asarray(sB), rtol=1e-8, atol=1e-6)
         np.testing.assert_allclose(np.asarray(q["born_stiffness"][s]), np.asarray(CB), rtol=1e-8, atol=1e-4)
@@ -223,7 +233,9 @@ def _zero_kelvin_stress_gpa(overrides):
     disp, _ = space.periodic(box)
     idx = partition.neighbor_list(disp, box, pot.cutoff + 0.04, format=partition.Dense,
                                   capacity_multiplier=1.0).allocate(R).idx
-    grad = jax.grad(lambda e: pot.energy_from_features(params, (R, idx), strain=e))(jnp.zeros((3, 3)))
+    # jit-compiled (op by op, ~100 small programs each), the parameters an argument: the two
+    # presets' programs are the same (the second loaded from the run's compilation cache)
+    grad = jax.jit(jax.grad(lambda e, p: pot.energy_from_features(p, (R, idx), strain=e)))(jnp.zeros((3, 3)), params)
     return float(grad[0, 0]) / box ** 3 * units.GPA_PER_KJ_MOL_NM3, c
 
 

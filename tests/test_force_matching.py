@@ -18,6 +18,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -88,6 +89,15 @@ def test_force_matching_recovers_the_lj_pair_potential(own_fit):
     assert rows[-1]["force_rmse_validation"] < 0.01 * rows[0]["force_rmse"]   # (the first: at the zero model)
 
 
+def _one_width(lists):
+    """Fresh lists of several frames padded (with N) to the widest one's width: the same pairs,
+    one compiled program for every frame instead of one per list width (seconds each)."""
+    width = max(nb.idx.shape[1] for nb in lists)
+    return [dataclasses.replace(nb, idx=jnp.pad(nb.idx, ((0, 0), (0, width - nb.idx.shape[1])),
+                                                constant_values=nb.idx.shape[0]), max_occupancy=width)
+            for nb in lists]
+
+
 NET = ["model.embed_size=8", "model.out_embed_size=8", "model.int_emb_size=4", "model.num_blocks=1",
        "model.num_spherical=3", "model.num_radial=3", "model.num_dense_out=1", "model.cutoff=2.5"]
 
@@ -109,8 +119,9 @@ def test_every_model_trains_by_force_matching(lj_file, tmp_path, model):
     sums = reg.learner.sums(params, batch)
     force = jax.jit(reg.learner.potential.force_fn(c.system.box_size))
     nbr_fn = reg.learner.nbr_fn
-    mse = np.mean([np.mean((np.asarray(force(R, nbr_fn.allocate(R), params)) - F) ** 2)
-                   for R, F in zip(batch.positions, batch.forces)])
+    mse = np.mean([np.mean((np.asarray(force(R, nb, params)) - F) ** 2)
+                   for R, F, nb in zip(batch.positions, batch.forces,
+                                       _one_width([nbr_fn.allocate(R) for R in batch.positions]))])
     assert float(sums.force_sq) / float(sums.weight) == pytest.approx(mse, rel=1e-4)
     new, _, out = reg.learner.step(params, opt, batch)
     assert bool(out.finite) and float(reg.learner.sums(new, batch).force_sq) < float(sums.force_sq)
@@ -129,10 +140,12 @@ def test_virial_term_is_the_pressure_error(lj_file, tmp_path):
     p_ref = np.array([-np.trace(a.get_stress(voigt=False)) / 3 for a in frames])
     ctx, pot, fns = c.engine.ctx, c.potential, c.engine.energy_nbr_fn
 
-    def virial(R):
-        r = distances_on_list(R, fns.allocate(R).idx, c.engine.box)
+    @jax.jit   # one program for every frame (op by op: ~350 small programs)
+    def virial(R, idx):
+        r = distances_on_list(R, idx, c.engine.box)
         return jax.grad(lambda s: pot.energy_from_features(params, r, s))(1.0)
-    w = np.array([virial(jnp.asarray(a.positions, jnp.float32)) for a in frames])
+    positions = [jnp.asarray(a.positions, jnp.float32) for a in frames]
+    w = np.array([virial(R, nb.idx) for R, nb in zip(positions, _one_width([fns.allocate(R) for R in positions]))])
     p_model = ctx.n_particles * ctx.kT / ctx.volume - np.asarray(w) / (3 * ctx.volume)
     assert float(sums.pressure_sq) / float(sums.weight) == pytest.approx(np.mean((p_model - p_ref) ** 2), rel=1e-4)
     assert float(sums.loss(0.0, 2.0)) == pytest.approx(

@@ -109,7 +109,7 @@ def test_local_response_is_the_jacobian_of_a_dilute_gas(species):
         gn.check_local_response(pot, {"pressure": obs["pressure"]}, {"p": targets["p"]})
 
 
-def _setup(*overrides):
+def _build(*overrides):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose(config_name="train", overrides=[
             "config=tiny", "trainer.precondition=gauss_newton", "trainer.damping=1e-4", "optimizer=sgd",
@@ -118,9 +118,22 @@ def _setup(*overrides):
     key = jax.random.PRNGKey(3)
     params = c.potential.init(key)
     params = {"model": {"knot_values": 0.05 * jax.random.normal(key, params["model"]["knot_values"].shape)}}
+    return c, params
+
+
+@pytest.fixture(scope="module")
+def tiny_trajectory():
+    """The reference trajectory of config=tiny at _build's parameters, sampled once for the
+    module: the overrides of the tests below (observables, targets, shrinkage) do not enter
+    the sampling (their four trajectories were bit-identical), only the featurisation."""
+    c, params = _build()
     state, nbrs = c.sampler.init(jax.random.PRNGKey(1), params)
-    feats = c.engine.featurize(c.sampler.sample(params, state, nbrs, first=True).trajectory)
-    return c, params, feats
+    return c.sampler.sample(params, state, nbrs, first=True).trajectory
+
+
+def _setup(trajectory, *overrides):
+    c, params = _build(*overrides)
+    return c, params, c.engine.featurize(trajectory)
 
 
 def _damped_step_taken(c, params, feats, jac, r):
@@ -136,13 +149,13 @@ def _damped_step_taken(c, params, feats, jac, r):
 
 
 @pytest.mark.parametrize("targets", ["rdf", "rdf+pressure", "pressure"])
-def test_learner_takes_the_damped_gauss_newton_step(targets, monkeypatch):
+def test_learner_takes_the_damped_gauss_newton_step(targets, monkeypatch, tiny_trajectory):
     """rdf, rdf+pressure: J through U_θ and the virial per snapshot, P x P solve; pressure alone
     (m = 1 residual, fewer than the 2 per-snapshot quantities): J by one reverse pass through the
     loss, and the m x m solve (as for a network, forced here by a low MAX_PRIMAL)."""
     extra = {"rdf": [], "rdf+pressure": ["observables=[rdf,pressure]", "targets=[lj_liquid_rdf,lj_liquid_pressure]"],
              "pressure": ["observables=[pressure]", "targets=[lj_liquid_pressure]"]}[targets]
-    c, params, feats = _setup(*extra)
+    c, params, feats = _setup(tiny_trajectory, *extra)
     theta, unravel = ravel_pytree(params)
     if targets == "pressure":
         monkeypatch.setattr(gn, "MAX_PRIMAL", theta.size - 1)
@@ -161,11 +174,11 @@ def test_learner_takes_the_damped_gauss_newton_step(targets, monkeypatch):
     assert np.linalg.norm(r + jac @ delta) < 0.9 * np.linalg.norm(r)
 
 
-def test_shrinkage_takes_the_step_of_the_shrunk_jacobian():
+def test_shrinkage_takes_the_step_of_the_shrunk_jacobian(tiny_trajectory):
     """trainer.shrinkage=a: the update solves (J_aᵀJ_a + λ I) Δθ = −J_aᵀr with J_a = (1 − a) J +
     a J_loc, J through the whole loss and J_loc from the dilute-gas response, both independently."""
     a = 0.6
-    c, params, feats = _setup("trainer.shrinkage=0.6")
+    c, params, feats = _setup(tiny_trajectory, "trainer.shrinkage=0.6")
     theta, unravel = ravel_pytree(params)
     residual = lambda th: gn.residuals(c.learner.targets, c.engine.predict(unravel(th), feats)[0], th.dtype)
     jac = np.asarray(jax.jacfwd(residual)(theta), np.float64)

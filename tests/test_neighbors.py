@@ -1,6 +1,7 @@
 """Tests for difftre_cli.neighbors and the pair kernels on its lists, difftre_cli.pair_kernels
 (fast, fixed seeds)."""
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -94,15 +95,17 @@ def test_update_rebuilds_only_after_half_skin_and_moves_tracked():
 
 @pytest.mark.parametrize("method", ["brute", "cell"])
 def test_overflow_detected(method):
-    R, box = _random_positions(1000, seed=2)
+    # the positions of test_dense_list_matches_brute_force[1000-...]: its allocations' programs
+    R, box = _random_positions(1000, seed=1000)
     fns = nbm.make_neighbor_fn(box, CUTOFF, SKIN, method=method)
     nbrs = fns.allocate(R)
     # squeeze: same capacities, much denser configuration (half of the particles in a corner)
     R2 = R.at[:500].multiply(0.6)
-    n2 = jax.jit(fns.rebuild)(R2, nbrs)
+    rebuild = jax.jit(fns.rebuild)   # one program for both rebuilds
+    n2 = rebuild(R2, nbrs)
     assert bool(n2.did_buffer_overflow)
     # sticky
-    n3 = jax.jit(fns.rebuild)(R, n2)
+    n3 = rebuild(R, n2)
     assert bool(n3.did_buffer_overflow)
     # re-allocating fixes it
     n4 = fns.allocate(R2)
@@ -116,9 +119,20 @@ def test_too_small_capacity_flags_overflow():
     fns = nbm.make_neighbor_fn(box, CUTOFF, SKIN, method="brute")
     nbrs = fns.allocate(R)
     tiny = dataclasses.replace(nbrs, idx=nbrs.idx[:, :5], max_occupancy=5)
-    out = fns.rebuild(R, tiny)
+    out = jax.jit(fns.rebuild)(R, tiny)   # (op by op: ~80 small programs)
     assert out.idx.shape == (400, 5)
     assert bool(out.did_buffer_overflow)
+
+
+# the list an argument: both methods' lists (one shape) share the programs
+@functools.partial(jax.jit, static_argnums=2)
+def _lj_forces_and_energy(R, idx, box):
+    return pk.pair_forces_and_energy(_u_lj, {}, R, idx, box, CUTOFF)
+
+
+@functools.partial(jax.jit, static_argnums=2)   # (op by op: ~70 small programs)
+def _lj_energy_and_gradient(R, idx, box):
+    return jax.value_and_grad(lambda R: pk.pair_energy(_u_lj, {}, R, idx, box, CUTOFF))(R)
 
 
 @pytest.mark.parametrize("method", ["brute", "cell"])
@@ -132,9 +146,8 @@ def test_forces_equal_minus_grad_energy(method):
                     jnp.float32)
     fns = nbm.make_neighbor_fn(box, CUTOFF, SKIN, method=method)
     idx = fns.allocate(R).idx
-    F, E = jax.jit(lambda R: pk.pair_forces_and_energy(_u_lj, {}, R, idx, box, CUTOFF))(R)
-    E2 = pk.pair_energy(_u_lj, {}, R, idx, box, CUTOFF)
-    G = jax.grad(lambda R: pk.pair_energy(_u_lj, {}, R, idx, box, CUTOFF))(R)
+    F, E = _lj_forces_and_energy(R, idx, box)
+    E2, G = _lj_energy_and_gradient(R, idx, box)
     np.testing.assert_allclose(float(E), float(E2), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(F), -np.asarray(G), rtol=1e-4, atol=1e-3)
     # brute-force energy in float64
@@ -159,9 +172,10 @@ def test_param_gradient_finite_with_padding():
         return E + 1e-3 * jnp.sum(F ** 2)
 
     params = {"sigma": jnp.float32(0.9), "eps": jnp.float32(1.0)}
-    g = jax.grad(energy)(params)
+    # jit-compiled (op by op: ~80 small programs)
+    g = jax.jit(jax.grad(energy))(params)
     assert np.isfinite(float(g["sigma"])) and np.isfinite(float(g["eps"]))
-    g2 = jax.grad(lambda p: pk.pair_energy(_u_param, p, R, idx, box, CUTOFF))(params)
+    g2 = jax.jit(jax.grad(lambda p: pk.pair_energy(_u_param, p, R, idx, box, CUTOFF)))(params)
     assert np.isfinite(float(g2["sigma"])) and np.isfinite(float(g2["eps"]))
 
 
@@ -231,8 +245,14 @@ def _fluid_list(n=216, extra=60, seed=11):
     return R, box, nbrs.idx
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _kernel_jit(R, idx, box, block, u, cutoff):
+    return pk.pair_forces_and_energy(u, {}, R, idx, box, cutoff, block=block)
+
+
 def _kernel(R, idx, box, block, u=_u_lj, cutoff=CUTOFF):
-    return jax.jit(lambda R: pk.pair_forces_and_energy(u, {}, R, idx, box, cutoff, block=block))(R)
+    """The kernel with the list an argument (as in a run: lists of one shape share a program)."""
+    return _kernel_jit(R, idx, float(box), block, u, float(cutoff))
 
 
 def _soft(params, r, j):
@@ -265,16 +285,19 @@ def test_blocked_forces_equal_full_width_on_a_padded_list():
 def test_blocked_kernel_runs_only_the_occupied_blocks():
     """The taken branch computes ceil(w / B) * B columns (w the occupied width), however wide the
     list is allocated."""
-    R, box, idx = _fluid_list(n=125, extra=40)
+    # (padding of a few blocks: the compiled switch has a branch per block of the allocated
+    # width, ~0.7 s each; the taken branch is the same however many there are)
+    R, box, idx = _fluid_list(n=125, extra=20)
     n = idx.shape[0]
     w = int(pk.occupied_width(idx))
+    assert idx.shape[1] - w >= 32          # occupied blocks of 8 and 16 columns leave more unused
     seen = []
 
     def u(params, r, j):
         jax.debug.callback(lambda c: seen.append(int(c)), jnp.int32(r.shape[1]))
         return _lj(r)
 
-    for extra, block in ((0, 8), (60, 16), (0, w)):
+    for extra, block in ((0, 8), (30, 16), (0, w)):
         wide = jnp.pad(idx, ((0, 0), (0, extra)), constant_values=n)
         seen.clear()
         jax.block_until_ready(_kernel(R, wide, box, block, u))
@@ -325,7 +348,9 @@ def test_blocked_kernel_gradients_equal_full_width():
 
     def derivatives(block):
         g = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(params, R, block)
-        t = jax.jvp(lambda s: loss(params, R * s, block), (jnp.float32(1.0),), (jnp.float32(1.0),))[1]
+        # jit-compiled (op by op: the forward-mode pass compiles a program per operation)
+        t = jax.jit(lambda: jax.jvp(lambda s: loss(params, R * s, block), (jnp.float32(1.0),),
+                                    (jnp.float32(1.0),))[1])()
         return g, t
 
     ref, ref_t = derivatives(None)

@@ -17,9 +17,11 @@ device), the grouping and the config errors.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import signal
@@ -31,6 +33,7 @@ import h5py
 import jax
 import numpy as np
 import pytest
+from conftest import train_in_process
 from hydra import compose, initialize_config_dir
 
 from difftre_cli import assemble
@@ -117,18 +120,24 @@ def _assert_same_run(ref: Path, run: Path, n_rows: int):
 
 @pytest.fixture(scope="module")
 def first_runs(tmp_path_factory):
-    """Starts the first two CLI runs in the background (sequential, 2 updates; devices, 1
-    update) so that they overlap with the in-process tests, which request this fixture first;
-    kills them if the module ends before they were awaited."""
+    """Starts the first CLI run in the background so that it overlaps with the in-process
+    tests, which request this fixture first: a devices run (1 update) stopped by SIGTERM inside
+    its first, batched trajectories (it compiles the batched program, which the later runs load
+    from the persistent cache); kills it if the module ends before it was awaited."""
     tmp = tmp_path_factory.mktemp("state_parallel")
-    procs = {"sequential": _start([*RUN, "trainer.updates=2"], tmp, tmp / "sequential"),
-             "resumed_part1": _start([*RUN, "trainer.state_parallel=devices", "trainer.updates=1"], tmp,
-                                     tmp / "resumed")}
-    yield tmp, procs
+    # one step per chunk: hundreds of chunk boundaries left in the trajectory when the signal lands
+    procs = {"stopped": _start([*RUN, "trainer.state_parallel=devices", "trainer.updates=1",
+                                "simulator.chunk_seconds=1e-9"], tmp, tmp / "stopped")}
+    # its output is read (and the signal sent) by a thread, at once, while this process runs
+    # the in-process tests
+    stopper = concurrent.futures.ThreadPoolExecutor(1)
+    stopped = stopper.submit(_sigterm_at_first_progress, procs["stopped"])
+    yield tmp, stopped
     for proc in procs.values():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    stopper.shutdown()
 
 
 def _sigterm_at_first_progress(proc) -> tuple[int, str]:
@@ -143,30 +152,57 @@ def _sigterm_at_first_progress(proc) -> tuple[int, str]:
     return proc.returncode, "".join(lines) + out
 
 
+def _resume(run: Path, tmp: Path, *overrides):
+    return subprocess.Popen(_cmd([f"resume={run}", *overrides]), cwd=tmp, env=_env(tmp / "jax-cache"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 @pytest.fixture(scope="module")
 def runs(first_runs):
-    """sequential (2 updates), devices (2 updates), devices 1 update + resumed to 2, and
-    devices stopped by SIGTERM inside the first (batched) trajectories + resumed to 2. Two
+    """devices (2 updates, uninterrupted); sequential (2 updates, in this process: one device,
+    bit-identical to a sequential CLI run with two forced devices); and one devices run
+    interrupted twice, the two ways a run stops: by SIGTERM inside its first (batched)
+    trajectories (1 update), continued to the end of that update, then resumed from that update
+    boundary to 2 updates ("stopped" directory; logs "stopped", "continued", "resumed"). Two
     updates suffice: the second one already resamples only part of the state points (the
-    batched call runs a subset), which is what the third added; each update fewer saves a
-    trajectory of every state point in each of the six runs."""
-    tmp, procs = first_runs
-    logs = {name: _finish(proc) for name, proc in procs.items()}
-    # these find everything compiled by the first two (persistent cache)
-    straight = _start([*RUN, "trainer.state_parallel=devices", "trainer.updates=2"], tmp, tmp / "devices")
-    resumed = subprocess.Popen(_cmd([f"resume={tmp / 'resumed'}", "trainer.updates=2"]), cwd=tmp,
-                               env=_env(tmp / "jax-cache"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # one step per chunk: hundreds of chunk boundaries left in the trajectory when the signal lands
-    stopped = _start([*RUN, "trainer.state_parallel=devices", "trainer.updates=2", "simulator.chunk_seconds=1e-9"],
-                     tmp, tmp / "stopped")
-    logs["stopped_rc"], logs["stopped"] = _sigterm_at_first_progress(stopped)
+    batched call runs a subset); each update fewer saves a trajectory of every state point in
+    each run. Four CLI processes (each starts JAX MD: ~12 s of CPU) instead of six: the update
+    boundary is resumed in the continued run's directory rather than in a run of its own."""
+    tmp, stopped = first_runs
+    logs = {}
+    logs["stopped_rc"], logs["stopped"] = stopped.result(timeout=500)
     logs["stopped_checkpoint"] = _checkpoint(tmp / "stopped") if logs["stopped_rc"] == 143 else None
-    continued = subprocess.Popen(_cmd([f"resume={tmp / 'stopped'}", "simulator.chunk_seconds=5"]), cwd=tmp,
-                                 env=_env(tmp / "jax-cache"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True)
-    logs["devices"], logs["resumed"] = _finish(straight), _finish(resumed)
-    logs["continued"] = _finish(continued)
+    # these find the batched program compiled by the first run (persistent cache)
+    straight = _start([*RUN, "trainer.state_parallel=devices", "trainer.updates=2"], tmp, tmp / "devices")
+    continued = _resume(tmp / "stopped", tmp, "simulator.chunk_seconds=5")
+    try:
+        logs["sequential"] = _train_logged([*RUN, "trainer.updates=2"], tmp / "sequential")
+        logs["continued"] = _finish(continued)
+        resumed = _resume(tmp / "stopped", tmp, "trainer.updates=2")
+        logs["devices"], logs["resumed"] = _finish(straight), _finish(resumed)
+    finally:
+        for proc in (straight, continued):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return tmp, logs
+
+
+def _train_logged(args, run: Path) -> str:
+    """``train_in_process`` (conftest) with the difftre log lines at INFO and above, as text."""
+    records = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("difftre")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        train_in_process(args, run)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    return "\n".join(records)
 
 
 # -- in process (one device); the first CLI runs start before and run alongside -------------
@@ -321,7 +357,8 @@ def test_devices_run_equals_sequential_run_bit_for_bit(runs):
     tmp, logs = runs
     log = (tmp / "devices" / "train.log").read_text()
     assert "state points T10, T12 sampled in one compiled call over 2 device(s) (cpu:0, cpu:1)" in log
-    assert "sampled in one compiled call" not in (tmp / "sequential" / "train.log").read_text()
+    assert "initialising the parameters and the simulation" in logs["sequential"]   # its log, captured ...
+    assert "sampled in one compiled call" not in logs["sequential"]   # ... and it did not batch
     rows = _rows(tmp / "devices")
     assert all(r["event"] == "ok" for r in rows)
     # some update resampled only part of the state points (the batched call ran a subset)
@@ -331,15 +368,18 @@ def test_devices_run_equals_sequential_run_bit_for_bit(runs):
 
 
 def test_devices_run_resumes_bit_for_bit(runs):
+    """Resumed from the checkpoint at an update boundary (after update 1 of the stopped and
+    continued devices run) to 2 updates: equals the uninterrupted devices run."""
     tmp, logs = runs
     assert "resumed from" in logs["resumed"]
-    _assert_same_run(tmp / "devices", tmp / "resumed", 2)
+    assert "continuing the checkpointed trajectory" not in logs["resumed"]   # a boundary, no segment
+    _assert_same_run(tmp / "devices", tmp / "stopped", 2)
 
 
 def test_devices_run_stopped_inside_batched_trajectories_resumes_bit_for_bit(runs):
     """SIGTERM between two chunks of the batched first trajectories of T10 and T12: exit 143,
-    both segments in the checkpoint; the resumed run (other chunk sizes) continues both and
-    equals the uninterrupted devices run."""
+    both segments in the checkpoint; the continued run (other chunk sizes) continues both, and
+    with its resumed second update equals the uninterrupted devices run."""
     tmp, logs = runs
     assert logs["stopped_rc"] == 143, logs["stopped"][-4000:]
     assert "Traceback" not in logs["stopped"]

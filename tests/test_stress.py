@@ -130,8 +130,9 @@ def test_pair_virial_and_born_stiffness_match_the_pair_formulas():
     np.testing.assert_allclose(jax.jit(partial(stress.box_derivative_stress, _pair_energy_cartesian))(R_j, cell), sig_v,
                                rtol=1e-9, atol=1e-12)
     uc = stress.energy_of_strain_cartesian(_pair_energy_cartesian, R_j, cell)
-    np.testing.assert_allclose(jax.jit(lambda: stress.born_stress(uc, vol))(), sig_v, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(jax.jit(lambda: stress.born_stiffness(uc, vol))(), cb_v, rtol=1e-9, atol=1e-10)
+    s_uc, c_uc = jax.jit(lambda: (stress.born_stress(uc, vol), stress.born_stiffness(uc, vol)))()   # one program
+    np.testing.assert_allclose(s_uc, sig_v, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(c_uc, cb_v, rtol=1e-9, atol=1e-10)
 
 
 def test_ideal_gas_stress_and_moduli():
@@ -226,9 +227,11 @@ def test_harmonic_crystal_fluctuation_term_is_the_internal_relaxation():
         u = z[:3 * n].reshape(n, 3)
         return e_fn(elastic._cartesian_tangent(frac, u, jnp.linalg.inv(cell)),
                     perturbation=stress.deformation(z[3 * n:]))
-    Hz = np.asarray(jax.jit(jax.hessian(u_of))(jnp.zeros(3 * n + 6)))
+    # one compiled program (SW's strain derivative run op by op compiles each operation: ~8 s)
+    Hz, sig0 = jax.jit(lambda: (jax.hessian(u_of)(jnp.zeros(3 * n + 6)),
+                                stress.born_stress(stress.energy_of_strain_fractional(e_fn, frac), vol)))()
+    Hz, sig0 = np.asarray(Hz), np.asarray(sig0)
     H, Lam, A = Hz[:3 * n, :3 * n], Hz[:3 * n, 3 * n:], Hz[3 * n:, 3 * n:] / vol
-    sig0 = np.asarray(stress.born_stress(stress.energy_of_strain_fractional(e_fn, frac), vol))
 
     w, v = np.linalg.eigh(H)
     keep = w > 1e-8 * w.max()
@@ -298,13 +301,15 @@ def test_reweighted_stiffness_at_reference_and_its_parameter_gradient():
     def cubic(th):
         return jnp.stack(stiffness.cubic_constants(_reweighted_C(th, ref, snaps, cell, kT)[0]))
     jac = jax.jit(jax.jacrev(cubic))(theta)
-    cubic = jax.jit(cubic)
+
+    def cubic_fd(th):   # the same C from `reweighted`, compiled above (not a second compilation)
+        return jnp.stack(stiffness.cubic_constants(reweighted(th)[0]))
     for name in theta:
         h = 1e-5 * theta[name]
         up, dn = dict(theta), dict(theta)
         up[name] += h
         dn[name] -= h
-        fd = (np.asarray(cubic(up)) - np.asarray(cubic(dn))) / (2 * h)
+        fd = (np.asarray(cubic_fd(up)) - np.asarray(cubic_fd(dn))) / (2 * h)
         assert np.abs(fd).max() > 1e-3
         np.testing.assert_allclose(jac[name], fd, rtol=2e-5, atol=1e-7)
 

@@ -25,10 +25,11 @@ FLEX = {"kind": "three_body", "cutoff": CUTOFF, "n_species": 2, "sigma": 0.25, "
 
 
 def _noisy(params, scale=0.3, seed=1):
+    # NumPy's generator: jax.random op by op compiles a program per leaf shape (~10 s in all here)
     leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    return jax.tree_util.tree_unflatten(tree, [np.asarray(p) + scale * np.asarray(jax.random.normal(k, p.shape))
-                                               for p, k in zip(leaves, keys)])
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_unflatten(tree, [np.asarray(p) + scale * rng.standard_normal(np.shape(p))
+                                               for p in leaves])
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +74,20 @@ def _idx(R, box, cutoff=CUTOFF, skin=0.05, width=M):
     return jnp.asarray(idx)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _value_and_grads(model, params, R, idx, box, species, strain):
-    return jax.value_and_grad(model.energy, argnums=(0, 1, 5))(params, R, idx, box, species, strain)
+@functools.partial(jax.jit, static_argnums=(0, 7))
+def _value_and_grads(model, params, R, idx, box, species, strain, param_grads):
+    """U and (∂U/∂θ, ∂U/∂R, ∂U/∂ε); ∂U/∂θ None unless ``param_grads`` (a smaller program)."""
+    if param_grads:
+        return jax.value_and_grad(model.energy, argnums=(0, 1, 5))(params, R, idx, box, species, strain)
+    e, (g, w) = jax.value_and_grad(model.energy, argnums=(1, 5))(params, R, idx, box, species, strain)
+    return e, (None, g, w)
 
 
-def _evaluate(model, params, R, idx, box, species=SPECIES):
+def _evaluate(model, params, R, idx, box, species=SPECIES, param_grads=False):
+    """``box``: the edge of a cubic box or the three edges of an orthorhombic one."""
     R = jnp.asarray(R)
-    e, (gp, g, w) = _value_and_grads(model, params, R, idx, jnp.full(3, box), species, jnp.zeros((3, 3), R.dtype))
+    box = jnp.asarray(np.broadcast_to(box, (3,)), R.dtype)
+    e, (gp, g, w) = _value_and_grads(model, params, R, idx, box, species, jnp.zeros((3, 3), R.dtype), param_grads)
     return float(e), -np.asarray(g), np.asarray(w), gp
 
 
@@ -98,9 +105,19 @@ def _silicon(cells=2, jitter=0.08, seed=0):
     return R % (cells * a0), cells * a0
 
 
+@functools.partial(jax.jit, static_argnums=3)
+def _sw_reference(R, B, gamma, box):
+    """U and ∂U/∂R of JAX MD's ``stillinger_weber`` (SW's parameters, B and γ as arguments): one
+    compiled program for the reference energy, its forces and the finite differences in B and γ
+    (op by op, ~180 small programs)."""
+    from jax_md import space
+    p = {k: v[0] for k, v in SW_PARAMS.items()}
+    sw = StillingerWeber(epsilon=p["epsilon"], sigma=p["sigma"], B=B, gamma=gamma)
+    return jax.value_and_grad(sw.energy_fn(space.periodic(box)[0]))(R)
+
+
 @pytest.mark.parametrize("degree", [2, 5])
 def test_sw_form_and_parameters_are_jax_md_stillinger_weber(degree, double_precision):
-    from jax_md import space
     p = {k: v[0] for k, v in SW_PARAMS.items()}
     model = three_body.build({"kind": "three_body", "cutoff": p["a"] * p["sigma"], "sigma": p["sigma"], "a": p["a"],
                               "epsilon": p["epsilon"], "A": p["A"], "B": p["B"], "lam": p["lam"],
@@ -109,14 +126,17 @@ def test_sw_form_and_parameters_are_jax_md_stillinger_weber(degree, double_preci
     R, box = _silicon()
     n = len(R)
     idx = _idx(R, box, cutoff=model.cutoff, skin=0.3, width=n - 1)
-    ref = StillingerWeber(epsilon=p["epsilon"], sigma=p["sigma"]).energy_fn(space.periodic(box)[0])
-    u, f, _, grads = _evaluate(model, params, R, idx, box, species=jnp.zeros(n, jnp.int32))
-    u_ref = float(ref(jnp.asarray(R)))
+
+    def ref(**changed):
+        return _sw_reference(jnp.asarray(R), *(float(changed.get(k, p[k])) for k in ("B", "gamma")), float(box))
+    u, f, _, grads = _evaluate(model, params, R, idx, box, species=jnp.zeros(n, jnp.int32), param_grads=True)
+    u_ref, g_ref = ref()
+    u_ref = float(u_ref)
     assert abs(u_ref) > 100.0
     # JAX MD adds 1e-7 Å to both bond lengths in cos θ (quantity.cosine_angle_between_two_vectors):
     # a relative change of ~1e-7 in cos θ, larger in (cos θ + 1/3)² near the tetrahedral angle
     assert u == pytest.approx(u_ref, rel=1e-8, abs=2e-6)
-    np.testing.assert_allclose(f, -np.asarray(jax.grad(ref)(jnp.asarray(R))), rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(f, -np.asarray(g_ref), rtol=1e-6, atol=1e-5)
     # the energy is linear in λ (three-body) and in A (pair): ∂U/∂λ λ + ∂U/∂A A = U
     lam_part = float(grads["lam"].sum()) * p["lam"]
     pair_part = float(grads["A"].sum()) * p["A"]
@@ -125,10 +145,8 @@ def test_sw_form_and_parameters_are_jax_md_stillinger_weber(degree, double_preci
     # B and γ, learned as logarithms: ∂U/∂log B = B ∂U/∂B, by a central difference of the reference
     h = 1e-6
     for name in ("B", "gamma"):
-        up, down = (StillingerWeber(epsilon=p["epsilon"], sigma=p["sigma"], **{name: p[name] * np.exp(s)})
-                    for s in (h, -h))
-        fd = (float(up.energy_fn(space.periodic(box)[0])(jnp.asarray(R)))
-              - float(down.energy_fn(space.periodic(box)[0])(jnp.asarray(R)))) / (2 * h)
+        up, down = (float(ref(**{name: p[name] * np.exp(s)})[0]) for s in (h, -h))
+        fd = (up - down) / (2 * h)
         assert float(grads[name].sum()) == pytest.approx(fd, rel=1e-6)
 
 
@@ -203,7 +221,9 @@ def test_forces_and_virial_are_finite_differences_of_the_energy(flex, flex_param
     R = _lattice(L, 6)
     idx = _idx(R, L)
     u, f, w, _ = _evaluate(flex, params, R, idx, L)
-    energy = jax.jit(lambda R, box: flex.energy(params, R, idx, box, SPECIES))
+
+    def energy(R, box):   # the energy of the program above (compiled once for every test here)
+        return _evaluate(flex, params, R, idx, np.asarray(box))[0]
     h = 1e-6   # the central difference converges as h² (SW's r⁻⁴ between close neighbours)
     rng = np.random.default_rng(0)
     for _ in range(4):
@@ -222,18 +242,25 @@ def test_forces_and_virial_are_finite_differences_of_the_energy(flex, flex_param
 
 
 def test_energy_and_forces_are_continuous_at_both_cutoffs(flex, flex_params, double_precision):
-    """Two and three atoms: the pair crossing the cutoff (0.5) and the three-body range a σ (0.475)."""
+    """Two and three atoms: the pair crossing the cutoff (0.5) and the three-body range a σ (0.475).
+    The other N − 3 atoms sit far away from them and from each other (the N-atom program of the
+    other tests, compiled once)."""
     params = _cast(flex_params, jnp.float64)
     box = 10.0
-    species = jnp.asarray([0, 1, 0])
-    idx = jnp.asarray([[1, 2], [0, 2], [0, 1]], jnp.int32)
+    species = SPECIES.at[:3].set(jnp.asarray([0, 1, 0], SPECIES.dtype))
+    idx = np.full((N, M), N, np.int32)
+    idx[:3, :2] = [[1, 2], [0, 2], [0, 1]]
+    idx = jnp.asarray(idx)
+    far = np.stack(np.meshgrid(*[np.arange(4)] * 3, indexing="ij"), -1).reshape(-1, 3)[:N - 3]
+    far = 6.5 + 0.9 * far.astype(float)            # spaced by more than the cutoff, > 1 from the three
 
     def curve(r_c):
         out = []
         for r in (r_c - 1e-9, r_c + 1e-9):
             R = np.array([[5.0, 5.0, 5.0], [5.0 + r, 5.0, 5.0], [5.0 + 0.2, 5.0 + 0.25, 5.0]])
-            u, f, _, _ = _evaluate(flex, params, R, idx, box, species=species)
-            out.append((u, f))
+            u, f, _, _ = _evaluate(flex, params, np.concatenate([R, far]), idx, box, species=species)
+            assert np.abs(f[3:]).max() == 0.0
+            out.append((u, f[:3]))
         return out
     for r_c in (flex.cutoff, flex.a * flex.sigma):
         (u_in, f_in), (u_out, f_out) = curve(r_c)
@@ -251,6 +278,9 @@ def _brute_force(model, params, R, box, species):
     d -= box * np.round(d / box)
     r = np.linalg.norm(d, axis=-1)
     sg, a = model.sigma, model.a
+    if model.pair_knots:   # the spline of every pair type at every distance (not pair by pair, op by op)
+        spline = np.stack([np.asarray(model._spline(jnp.asarray(v["pair"][p]), jnp.asarray(r)))
+                           for p in range(len(v["pair"]))])
     u = 0.0
     for i in range(n):
         near = [j for j in range(n) if j != i and r[i, j] < model.cutoff]
@@ -259,7 +289,7 @@ def _brute_force(model, params, R, box, species):
             if r[i, j] < a * sg:
                 u += 0.5 * v["epsilon"] * v["A"][p] * (v["B"][p] * (r[i, j] / sg) ** -4 - 1) * np.exp(1 / (r[i, j] / sg - a))
             if model.pair_knots:
-                u += 0.5 * float(model._spline(jnp.asarray(v["pair"][p]), jnp.asarray(r[i, j])))
+                u += 0.5 * spline[p, i, j]
         for j in near:
             for k in near:
                 if k == j or r[i, j] >= a * sg or r[i, k] >= a * sg:
@@ -346,13 +376,15 @@ def test_born_stress_under_the_sw_prior_is_the_strain_derivative(double_precisio
     c = assemble.build(cfg)
     params = _noisy(c.potential.init(jax.random.PRNGKey(0)), scale=0.2)
     params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float64), params)
-    R0 = jnp.asarray(c.system.positions, jnp.float64)
-    R = (R0 + 0.006 * jax.random.normal(jax.random.PRNGKey(3), R0.shape, R0.dtype)) % c.system.box_size
+    R0 = np.asarray(c.system.positions, np.float64)
+    R = jnp.asarray((R0 + 0.006 * np.random.default_rng(3).standard_normal(R0.shape)) % c.system.box_size)
 
     class _Traj:
         positions, energies = R[None], jnp.zeros(1)
     feats = c.engine.featurize(_Traj())
-    born = np.asarray(c.engine.snapshot_quantities(params, feats.r)["born_stress"][0])
+    # one compiled program (op by op, the per-state map and its strain derivatives compile ~600
+    # small programs: ~50 s)
+    born = np.asarray(jax.jit(c.engine.snapshot_quantities)(params, feats.r)["born_stress"][0])
     one = jax.tree_util.tree_map(lambda x: x[0], feats.r)
     energy = jax.jit(lambda eta: c.potential.energy_from_features(params, one, strain=eta))
     volume, h = float(c.system.box_size) ** 3, 1e-6
