@@ -4,9 +4,10 @@ learn/multistate.py).
 
 The CLI runs force two CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=2, which
 must be set before JAX starts, hence subprocesses) and check that a devices run equals the
-sequential run bit-for-bit (metrics and every checkpointed array), that it resumes bit-for-bit
-from an update boundary and from a SIGTERM inside the batched first trajectories (both state
-points' segments checkpointed and continued), and that a state point of another particle
+sequential run (trained in this process, one device) bit-for-bit (metrics and every
+checkpointed array), that it resumes bit-for-bit from an update boundary and from a SIGTERM
+inside the batched first trajectories (both state points' segments checkpointed and
+continued), and that a state point of another particle
 number falls back to sequential sampling with a log line. A subprocess (two fake devices, three
 state points: two slots per device, one idle) checks the chunked group sampling against
 Sampler.sample bit-for-bit (one step per chunk, traced once) and a group stopped between
@@ -120,24 +121,17 @@ def _assert_same_run(ref: Path, run: Path, n_rows: int):
 
 @pytest.fixture(scope="module")
 def first_runs(tmp_path_factory):
-    """Starts the first CLI run in the background so that it overlaps with the in-process
-    tests, which request this fixture first: a devices run (1 update) stopped by SIGTERM inside
-    its first, batched trajectories (it compiles the batched program, which the later runs load
-    from the persistent cache); kills it if the module ends before it was awaited."""
+    """Starts the first CLI run, the uninterrupted devices run (2 updates), in the background
+    so that it overlaps with the in-process tests, which request this fixture first; it
+    compiles every program of a devices run, which the later CLI runs load from the persistent
+    cache. Every CLI process of the module is killed if the module ends before it was awaited."""
     tmp = tmp_path_factory.mktemp("state_parallel")
-    # one step per chunk: hundreds of chunk boundaries left in the trajectory when the signal lands
-    procs = {"stopped": _start([*RUN, "trainer.state_parallel=devices", "trainer.updates=1",
-                                "simulator.chunk_seconds=1e-9"], tmp, tmp / "stopped")}
-    # its output is read (and the signal sent) by a thread, at once, while this process runs
-    # the in-process tests
-    stopper = concurrent.futures.ThreadPoolExecutor(1)
-    stopped = stopper.submit(_sigterm_at_first_progress, procs["stopped"])
-    yield tmp, stopped
-    for proc in procs.values():
+    procs = [_start([*RUN, "trainer.state_parallel=devices", "trainer.updates=2"], tmp, tmp / "devices")]
+    yield tmp, procs
+    for proc in procs:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    stopper.shutdown()
 
 
 def _sigterm_at_first_progress(proc) -> tuple[int, str]:
@@ -152,39 +146,44 @@ def _sigterm_at_first_progress(proc) -> tuple[int, str]:
     return proc.returncode, "".join(lines) + out
 
 
-def _resume(run: Path, tmp: Path, *overrides):
-    return subprocess.Popen(_cmd([f"resume={run}", *overrides]), cwd=tmp, env=_env(tmp / "jax-cache"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _stopped_continued_resumed(tmp: Path, procs: list) -> dict:
+    """One devices run interrupted twice, the two ways a run stops: by SIGTERM inside its first
+    (batched) trajectories (1 update; one step per chunk: hundreds of chunk boundaries left in
+    the trajectory when the signal lands), continued to the end of that update (other chunk
+    sizes), then resumed from that update boundary to 2 updates; one process after the other."""
+    logs = {}
+    procs.append(_start([*RUN, "trainer.state_parallel=devices", "trainer.updates=1", "simulator.chunk_seconds=1e-9"],
+                        tmp, tmp / "stopped"))
+    logs["stopped_rc"], logs["stopped"] = _sigterm_at_first_progress(procs[-1])
+    logs["stopped_checkpoint"] = _checkpoint(tmp / "stopped") if logs["stopped_rc"] == 143 else None
+    for name, overrides in (("continued", ["simulator.chunk_seconds=5"]), ("resumed", ["trainer.updates=2"])):
+        procs.append(subprocess.Popen(_cmd([f"resume={tmp / 'stopped'}", *overrides]), cwd=tmp,
+                                      env=_env(tmp / "jax-cache"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+        logs[name] = _finish(procs[-1])
+    return logs
 
 
 @pytest.fixture(scope="module")
 def runs(first_runs):
     """devices (2 updates, uninterrupted); sequential (2 updates, in this process: one device,
-    bit-identical to a sequential CLI run with two forced devices); and one devices run
-    interrupted twice, the two ways a run stops: by SIGTERM inside its first (batched)
-    trajectories (1 update), continued to the end of that update, then resumed from that update
-    boundary to 2 updates ("stopped" directory; logs "stopped", "continued", "resumed"). Two
-    updates suffice: the second one already resamples only part of the state points (the
-    batched call runs a subset); each update fewer saves a trajectory of every state point in
-    each run. Four CLI processes (each starts JAX MD: ~12 s of CPU) instead of six: the update
-    boundary is resumed in the continued run's directory rather than in a run of its own."""
-    tmp, stopped = first_runs
-    logs = {}
-    logs["stopped_rc"], logs["stopped"] = stopped.result(timeout=500)
-    logs["stopped_checkpoint"] = _checkpoint(tmp / "stopped") if logs["stopped_rc"] == 143 else None
-    # these find the batched program compiled by the first run (persistent cache)
-    straight = _start([*RUN, "trainer.state_parallel=devices", "trainer.updates=2"], tmp, tmp / "devices")
-    continued = _resume(tmp / "stopped", tmp, "simulator.chunk_seconds=5")
-    try:
-        logs["sequential"] = _train_logged([*RUN, "trainer.updates=2"], tmp / "sequential")
-        logs["continued"] = _finish(continued)
-        resumed = _resume(tmp / "stopped", tmp, "trainer.updates=2")
-        logs["devices"], logs["resumed"] = _finish(straight), _finish(resumed)
-    finally:
-        for proc in (straight, continued):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    bit-identical to a sequential CLI run with two forced devices); and the stopped, continued
+    and resumed devices run ("stopped" directory; logs "stopped", "continued", "resumed"), whose
+    processes run one after the other in a thread while this process trains the sequential
+    run. Two updates suffice: the second one already resamples only part of the state points
+    (the batched call runs a subset); each update fewer saves a trajectory of every state point
+    in each run. Four CLI processes (each starts JAX MD: ~12 s of CPU) instead of six: the
+    update boundary is resumed in the continued run's directory rather than in a run of its
+    own, and the sequential run is this process's."""
+    tmp, procs = first_runs
+    logs = {"devices": _finish(procs[0])}
+    # the later CLI runs find every program compiled by the first one (persistent cache)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        chain = pool.submit(_stopped_continued_resumed, tmp, procs)
+        try:
+            logs["sequential"] = _train_logged([*RUN, "trainer.updates=2"], tmp / "sequential")
+        finally:
+            logs.update(chain.result(timeout=1200))
     return tmp, logs
 
 
