@@ -145,3 +145,31 @@ def test_every_state_points_chunk_program_compiles_during_init(tmp_path, trainer
         assert res.ok
         assert not any("chunk" in name for name in compiled), compiled
         assert sub.c.sampler.trace_count == 1
+
+
+def test_several_state_points_run_one_executable_of_each_program(tmp_path):
+    """Two state points resampled at every update, Gauss–Newton and the line search (the summed
+    matrices and trial losses travel between state points): each state point's chunk,
+    featurisation, gradient, Gauss–Newton and trial programs keep ONE executable. Moving a
+    result onto the device it is already on commits it, and JAX compiles every program again
+    for committed inputs: the parameters, then the simulation state, became committed after the
+    first update and the chunk program compiled three times per state point (the one compiled
+    ahead unused)."""
+    from difftre_cli.learn.multistate import MultiStateDiffTReRegime
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="train", overrides=[
+            "config=tiny", "states={T10: {system: {kT: 1.0}}, T12: {system: {kT: 1.2}}}",
+            "trainer.precondition=gauss_newton", "trainer.step_rule=line_search"])
+    regime = MultiStateDiffTReRegime(assemble.build_states(cfg), RunStore(tmp_path), ratio=0.3)   # (the line search resamples each time)
+    params, opt_state = regime.init(jax.random.PRNGKey(0))
+    for _ in range(3):
+        prop = regime.propose(params, opt_state, 1.0)
+        assert not prop.event and not prop.fields["reused"]
+        params, opt_state = prop.params, prop.opt_state
+    for sub in regime.subs:
+        learner = sub.c.learner
+        sizes = {"chunk": sub.c.sampler._chunk._cache_size(), "featurize": sub.c.engine._featurize._cache_size(),
+                 "grad": learner.grad._cache_size(), "gauss_newton": learner.gauss_newton._cache_size(),
+                 "trials": learner.trials._cache_size(), "n_eff": learner.n_eff._cache_size()}
+        assert sizes == dict.fromkeys(sizes, 1), sizes
