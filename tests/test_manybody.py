@@ -25,8 +25,8 @@ from difftre_cli.potentials.manybody import ManyBodyPotential
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # 64 water beads at 998 g/l (box 1.2415 nm), a small DimeNet++ (one block: every check here is an
-# identity of the code paths a block takes; the compile time of each program here grows with the
-# blocks. Messages between two blocks: tests/test_gnn.py).
+# identity of the code paths a block takes; a second block adds ~8 % to each program's compile
+# time here. Messages between two blocks: tests/test_gnn.py).
 OVERRIDES = ["config=water", "system.n_particles=64", "system.box_size=1.2415", "system.lattice=sc",
              "model.embed_size=8", "model.out_embed_size=8", "model.int_emb_size=4", "model.num_blocks=1",
              "model.num_spherical=4", "model.num_radial=4", "model.num_dense_out=1",
@@ -90,17 +90,20 @@ def test_dense_and_sparse_features_give_the_same_energy_and_virial(melted):
     dense_fn = jax.jit(lambda R, idx: energy_and_virials(dense, R, idx))
     sparse_fn = jax.jit(lambda R, idx: energy_and_virials(pot, R, idx))
     nbrs = c.engine.energy_nbr_fn.allocate(res.trajectory.positions[-1])
+    # (jit-compiled: op by op, the rebuild and the graph counts compile ~100 small programs)
+    rebuild, overflow = jax.jit(c.engine.energy_nbr_fn.rebuild), jax.jit(pot.capacity_overflow)
     for R in res.trajectory.positions[-2:]:
-        nb = c.engine.energy_nbr_fn.rebuild(R, nbrs)
-        assert not bool(pot.capacity_overflow(R, nb.idx))
+        nb = rebuild(R, nbrs)
+        assert not bool(overflow(R, nb.idx))
         ud, wd, _ = dense_fn(R, nb.idx)
         us, ws, trace = sparse_fn(R, nb.idx)
         assert abs(float(ud)) > 1.0
         assert float(us) == pytest.approx(float(ud), rel=1e-5)
         assert float(ws) == pytest.approx(float(wd), rel=1e-4, abs=1e-3)
         assert float(trace) == pytest.approx(float(ws), rel=1e-4, abs=1e-3)
-    # the stored-state energy equals the sampler's energy of the same configuration
-    assert float(c.sampler.energy(res.state.position, res.neighbor, params)) == pytest.approx(
+    # the stored-state energy equals the sampler's energy of the same configuration (compiled:
+    # op by op, ~200 small programs, ~10 s)
+    assert float(jax.jit(c.sampler.energy)(res.state.position, res.neighbor, params)) == pytest.approx(
         float(res.trajectory.energies[-1]), rel=1e-6)
 
 
