@@ -232,7 +232,7 @@ class MultiStateDiffTReRegime(Regime):
         """``tree`` on state point k's device (devices mode; unchanged for sequential)."""
         return jax.device_put(tree, self.home[k]) if k in self.home else tree
 
-    def _home(self, k, tree):
+    def _on_default(self, k, tree):
         """State point k's result ``tree`` on the default device, where the update runs (devices
         mode; unchanged for sequential). Only results that live elsewhere are moved: a
         ``device_put`` commits its result to the device, and JAX compiles each program again
@@ -253,7 +253,7 @@ class MultiStateDiffTReRegime(Regime):
                 sub.feats = self._on(k, sub.feats)
             outs[k] = sub.c.learner.grad(self._on(k, params), sub.feats)
         outs = jax.block_until_ready(outs)
-        return {k: self._home(k, o) for k, o in outs.items()}
+        return {k: self._on_default(k, o) for k, o in outs.items()}
 
     def propose(self, params, opt_state, lr_scale: float) -> Proposal:
         nan = float("nan")
@@ -361,7 +361,7 @@ class MultiStateDiffTReRegime(Regime):
         """The learner's ``method(params, feats)`` on every state point (dispatched together),
         summed on the default device."""
         outs = {k: getattr(sub.c.learner, method)(self._on(k, params), sub.feats) for k, sub in enumerate(self.subs)}
-        outs = [self._home(k, o) for k, o in jax.block_until_ready(outs).items()]
+        outs = [self._on_default(k, o) for k, o in jax.block_until_ready(outs).items()]
         return jax.tree_util.tree_map(lambda *xs: sum(xs), *outs)
 
     @property
@@ -375,7 +375,7 @@ class MultiStateDiffTReRegime(Regime):
         updates = self._direction(params, opt_state, grad, lr)
         trials = {k: sub.c.learner.trials(self._on(k, params), self._on(k, updates), sub.feats)
                   for k, sub in enumerate(self.subs)}
-        trials = {k: self._home(k, t) for k, t in jax.block_until_ready(trials).items()}
+        trials = {k: self._on_default(k, t) for k, t in jax.block_until_ready(trials).items()}
         losses = sum(t[0] for t in trials.values())
         enough = {k: t[1] >= self.rule.ratio * int(self.subs[k].feats.u_ref.shape[0]) for k, t in trials.items()}
         factor, exhausted = self.rule.choose(losses, jnp.all(jnp.stack(list(enough.values())), axis=0), self.floor)
