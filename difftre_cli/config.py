@@ -241,6 +241,7 @@ def _validate_trainer(tc, own_keys=None) -> int:
         return updates
     number(tc, "reweight_ratio", prefix=T, lo=0.0, hi=1.0, required=False, example="0.9")
     number(tc, "max_reuse", prefix=T, integer=True, lo=0, required=False, example="5")
+    number(tc, "max_loss_ratio", prefix=T, lo=1.0, lo_open=True, required=False, example="2")
     choice(tc, "precondition", PRECONDITIONERS, prefix=T, default="none", what="preconditioner")
     number(tc, "damping", prefix=T, lo=0.0, required=False, example="0.001")
     number(tc, "shrinkage", prefix=T, lo=0.0, hi=1.0, required=False, example="0.8")

@@ -14,7 +14,9 @@ trajectory while N_eff stays above ``reweight_ratio · S`` (and, with ``max_reus
 that many updates after it was sampled), resample otherwise. The cap guards against what N_eff
 cannot see: parameters that change U only where the trajectory has no snapshots leave every
 weight as it was (N_eff = S) however far they move; a relative-entropy fit of a molecule whose
-model never visited a reference basin ran away that way (README, Molecules).
+model never visited a reference basin ran away that way (README, Molecules). With
+``max_loss_ratio``, a fresh trajectory whose loss rose above that factor times the loss before
+the step refutes the step: the update is rejected and the loop rolls it back (regime.loss_rose).
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from ..errors import UserError
 from ..observables.engine import Features, ObservableEngine
 from . import gauss_newton
 from .boltzmann import initial_params
-from .regime import Proposal, Regime
+from .regime import LOSS_ROSE, Proposal, Regime, loss_rose
 from .step_rule import StepRule
 
 log = logging.getLogger("difftre")
@@ -232,8 +234,11 @@ class DiffTReRegime(Regime):
     metrics and checkpoints. Trajectories go to the run store as they are sampled.
     """
 
-    def __init__(self, components, store, ratio: float, init_from: str | None = None, max_reuse: int | None = None):
+    def __init__(self, components, store, ratio: float, init_from: str | None = None, max_reuse: int | None = None,
+                 max_loss_ratio: float | None = None):
         self.c = components
+        self.max_loss_ratio = max_loss_ratio   # a fresh loss above this × loss_before rejects (regime.loss_rose)
+        self.loss_before = None         # the last accepted update's loss: at the parameters of the step it took
         self.max_reuse = max_reuse      # updates a trajectory serves at most (None: while N_eff allows)
         self.uses = 0                   # updates the current trajectory has served
         self.init_from = init_from      # initial model: zeros | boltzmann_inversion (learn/boltzmann.py)
@@ -259,7 +264,7 @@ class DiffTReRegime(Regime):
     def checkpoint(self) -> tuple[dict, dict]:
         attrs = {"n_trajectories": self.n_traj, "trajectory_uses": self.uses, "length_factor": self.length,
                  "trajectory_spent": int(self.next_n_eff is not None and self.next_n_eff < 0),
-                 **floor_attrs(self.floor, self.last_loss)}
+                 **floor_attrs(self.floor, self.last_loss), **loss_before_attrs(self.loss_before)}
         if self.nbrs is not None:   # samplers of independent particles keep no neighbour list
             attrs["neighbor_capacities"] = json.dumps(neighbors.capacities(self.nbrs))
         attrs.update(self.c.engine.capacity_attrs())
@@ -278,6 +283,7 @@ class DiffTReRegime(Regime):
         self.uses = int(attrs.get("trajectory_uses", 0))
         self.length = int(attrs.get("length_factor", 1))
         self.floor, self.last_loss = floor_from_attrs(attrs, self.c.learner.step_rule)
+        self.loss_before = loss_before_from_attrs(attrs)
         self.feats = self.c.engine.featurize(self.store.read_trajectory(self.n_traj - 1)) if self.n_traj else None
         # a line-search step uses its trajectory up (step_rule.py): one that served a step is not
         # reused (checkpoints before "trajectory_spent": judged from the rule and the uses)
@@ -287,6 +293,7 @@ class DiffTReRegime(Regime):
     def rejected(self) -> None:
         self.next_n_eff = None
         self.last_loss = None
+        self.loss_before = None   # the next update starts where that loss was measured: no step to judge
 
     # -- one update ----------------------------------------------------------------------
     def _resample(self, params) -> tuple[bool, float]:
@@ -357,21 +364,26 @@ class DiffTReRegime(Regime):
                     n_eff = float(aux.n_eff)
                 else:
                     event = "unstable_simulation"
+        rule, used, floor = c.learner.step_rule, self.length, self.floor
         if not event and not bool(aux.finite):
             event = "non_finite_loss"
+        if not event and fresh and loss_rose(self.max_loss_ratio, self.loss_before, float(aux.loss)):
+            event = LOSS_ROSE   # the last step is refuted: the loop rolls it back; the floor sinks as after any rise
+            self.floor = rule.next_floor(self.floor, self.last_loss, float(aux.loss))
         if not event:
             self.uses += 1
+            self.loss_before = float(aux.loss)
         self.next_n_eff = None if event else float(aux.n_eff_next)
-        rule, used, floor = c.learner.step_rule, self.length, self.floor
         if not event and rule.searches:   # every line-search step ends this trajectory's use (step_rule.py)
             self.length = rule.next_length(self.length, bool(aux.exhausted))
             self.next_n_eff = -1.0
             # the fresh loss judges the previous step: the floor of the next one (step_rule.next_floor)
             self.floor, self.last_loss = rule.next_floor(self.floor, self.last_loss, float(aux.loss)), float(aux.loss)
         nan = float("nan")
-        fields = {"loss": nan if event else float(aux.loss)}
+        shown = event in ("", LOSS_ROSE)   # a refuted step's fresh losses are logged: they are why
+        fields = {"loss": float(aux.loss) if shown else nan}
         for name in c.targets:
-            fields[f"loss_{name}"] = nan if event else float(aux.losses[name])
+            fields[f"loss_{name}"] = float(aux.losses[name]) if shown else nan
         fields.update({"n_eff": n_eff, "reused": int(reused), "sample_time": sample_time, "update_time": update_time,
                        "grad_norm": nan if aux is None else float(aux.grad_norm), "n_trajectories": self.n_traj})
         if rule.searches:
@@ -388,6 +400,16 @@ def floor_attrs(floor: float, last_loss: float | None) -> dict:
     if last_loss is not None:   # (absent rather than NaN: attributes compare equal across runs)
         attrs["step_last_loss"] = float(last_loss)
     return attrs
+
+
+def loss_before_attrs(loss: float | None) -> dict:
+    """The loss a fresh trajectory's is compared with (regime.loss_rose) as a checkpoint attribute."""
+    return {} if loss is None else {"loss_before": float(loss)}
+
+
+def loss_before_from_attrs(attrs: dict) -> float | None:
+    loss = float(attrs.get("loss_before", float("nan")))
+    return loss if math.isfinite(loss) else None
 
 
 def floor_from_attrs(attrs: dict, rule) -> tuple[float, float | None]:

@@ -38,7 +38,8 @@ Not ``vmap``: JAX MD's conditional neighbour-list rebuild becomes an every-step 
 
 Metrics: ``loss`` is the total; ``loss_<state>_<target>`` per state point and target;
 ``n_eff`` is the smallest N_eff over the state points and ``n_eff_<state>`` each one;
-``reused`` is 1 when no state point resampled.
+``reused`` is 1 when no state point resampled. ``max_loss_ratio`` judges the summed loss after
+any state point resampled (regime.loss_rose).
 """
 from __future__ import annotations
 
@@ -59,9 +60,11 @@ from .difftre import (
     apply_update,
     floor_attrs,
     floor_from_attrs,
+    loss_before_attrs,
+    loss_before_from_attrs,
     natural_step,
 )
-from .regime import Proposal, Regime
+from .regime import LOSS_ROSE, Proposal, Regime, loss_rose
 
 log = logging.getLogger("difftre")
 
@@ -84,8 +87,9 @@ class StateStore:
 
 class MultiStateDiffTReRegime(Regime):
     def __init__(self, states: list, store, ratio: float, init_from: str | None = None,
-                 state_parallel: str = "sequential"):
+                 state_parallel: str = "sequential", max_loss_ratio: float | None = None):
         self._setup(states, store, init_from, lambda c, st: DiffTReRegime(c, st, ratio, init_from))
+        self.max_loss_ratio = max_loss_ratio   # a fresh summed loss above this × loss_before rejects
         self._apply = jax.jit(lambda p, o, g, loss, s, f: apply_update(self.optimizer, p, o, g, loss, s,
                                                                        rescale=lambda u: _times(f, u)))
         self._direction = jax.jit(lambda p, o, g, s: _times(s, self.optimizer.update(g, o, p)[0]))
@@ -117,6 +121,7 @@ class MultiStateDiffTReRegime(Regime):
         self.groups, self.home = [], {}
         self._default = jax.devices()[0]
         self.floor = self.last_loss = None   # the step rule's progress (difftre only, step_rule.next_floor)
+        self.max_loss_ratio = self.loss_before = None   # difftre only (regime.loss_rose)
 
     # -- state ---------------------------------------------------------------------------
     def init(self, key):
@@ -173,7 +178,8 @@ class MultiStateDiffTReRegime(Regime):
             t, attrs[name] = sub.checkpoint()
             for k in self.TREE_KEYS:
                 trees[k][name] = t[k]
-        extra = {} if self.floor is None else floor_attrs(self.floor, self.last_loss)
+        extra = {**({} if self.floor is None else floor_attrs(self.floor, self.last_loss)),
+                 **loss_before_attrs(self.loss_before)}
         return trees, {"n_trajectories": sum(s.n_traj for s in self.subs), "states": json.dumps(attrs), **extra}
 
     def templates(self, attrs):
@@ -191,11 +197,13 @@ class MultiStateDiffTReRegime(Regime):
             sub.restore({k: trees[k][name] for k in self.TREE_KEYS}, per[name])
         if self.floor is not None:
             self.floor, self.last_loss = floor_from_attrs(attrs, self.rule)
+        self.loss_before = loss_before_from_attrs(attrs)
 
     def rejected(self):
         for sub in self.subs:
             sub.rejected()
         self.last_loss = None
+        self.loss_before = None   # the next update starts where that loss was measured: no step to judge
 
     def trajectory_names(self) -> list[str]:
         return [self.store.trajectory_name(i, name) for name, sub in zip(self.names, self.subs)
@@ -312,16 +320,22 @@ class MultiStateDiffTReRegime(Regime):
                 self._apply(params, opt_state, total_grad, loss, lr, jnp.asarray(factor, jnp.float32)))
             if not bool(finite):
                 event = "non_finite_loss"
+            elif fresh and loss_rose(self.max_loss_ratio, self.loss_before, float(loss)):
+                event = LOSS_ROSE   # the last step is refuted: rolled back; the floor sinks as after any rise
+                if self.rule.searches:
+                    self.floor = self.rule.next_floor(self.floor, self.last_loss, float(loss))
             else:
                 self._after_step(new_params, float(loss), worn)
+                self.loss_before = float(loss)
             update_time += time.perf_counter() - t0
         if event:
             self.rejected()
             new_params, new_opt = params, opt_state
-        fields = {"loss": nan if event else float(sum(float(o[0]) for o in outs))}
+        shown = event in ("", LOSS_ROSE)   # a refuted step's fresh losses are logged: they are why
+        fields = {"loss": float(sum(float(o[0]) for o in outs)) if shown else nan}
         for k, (name, sub) in enumerate(zip(self.names, self.subs)):
             for target in sub.c.targets:
-                fields[f"loss_{name}_{target}"] = nan if event else float(outs[k][1][target])
+                fields[f"loss_{name}_{target}"] = float(outs[k][1][target]) if shown else nan
         n_effs = [nan if event else float(o[3]) for o in outs]
         fields["n_eff"] = min(n_effs) if not event else nan
         for name, v in zip(self.names, n_effs):

@@ -6,8 +6,22 @@ what it may (methods with defaults that the loop calls unconditionally).
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any, NamedTuple
+
+#: the event of an update whose fresh trajectory refuted the step before it (:func:`loss_rose`)
+LOSS_ROSE = "loss_rose"
+
+
+def loss_rose(limit: float | None, before: float | None, after: float) -> bool:
+    """Whether the trajectory sampled at a step's result refutes the step: its loss ``after``
+    is above ``limit`` × ``before``, the loss at the parameters the step started from
+    (``trainer.max_loss_ratio``; None: never, or nothing to compare with yet). The reweighted
+    loss that chose the step predicted a decrease; a fresh loss that rose that far means the
+    snapshots did not represent the new parameters (e.g. a crystal taken near an instability),
+    and the loop rolls the step back (train.py) instead of building on it."""
+    return limit is not None and before is not None and math.isfinite(after) and after > limit * before
 
 
 class Proposal(NamedTuple):

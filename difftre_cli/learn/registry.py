@@ -76,15 +76,21 @@ def _max_reuse(tc):
     return None if v is None else int(v)
 
 
+def _max_loss_ratio(tc):
+    v = tc.get("max_loss_ratio")
+    return None if v is None else float(v)
+
+
 def _difftre(cfg, store, c):
     return DiffTReRegime(c, store, float(cfg.trainer.get("reweight_ratio", 0.9)), _init_from(cfg.trainer),
-                         _max_reuse(cfg.trainer))
+                         _max_reuse(cfg.trainer), _max_loss_ratio(cfg.trainer))
 
 
 def _difftre_states(cfg, store, states):
     return MultiStateDiffTReRegime(states, store, float(cfg.trainer.get("reweight_ratio", 0.9)),
                                    _init_from(cfg.trainer),
-                                   state_parallel=cfg.trainer.get("state_parallel", "sequential"))
+                                   state_parallel=cfg.trainer.get("state_parallel", "sequential"),
+                                   max_loss_ratio=_max_loss_ratio(cfg.trainer))
 
 
 def _on_trainer_cfg(cls):
