@@ -25,7 +25,8 @@ from difftre_cli.config_files import CONFIG_DIR
 from difftre_cli.errors import UserError
 from difftre_cli.learn.regime import LOSS_ROSE, loss_rose
 
-LONG_STEP = ["config=tiny", "optimizer=sgd", "optimizer.lr=80", "optimizer.schedule=constant", "trainer.checkpoint_every=1"]
+LONG_STEP = ["config=tiny", "optimizer=sgd", "optimizer.lr=80", "optimizer.schedule=constant",
+             "trainer.checkpoint_every=1"]
 GUARD = "trainer.max_loss_ratio=1.5"
 STATES = "states={T10: {system: {kT: 1.0}}, T12: {system: {kT: 1.2}}}"
 
