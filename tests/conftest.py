@@ -20,7 +20,8 @@ LONGEST_FIRST = ("test_force_matching.py", "test_gpu_suite.py", "test_state_para
                  "test_static.py", "test_compile_ahead.py", "test_cli.py", "test_mixture.py", "test_neighbors.py",
                  "test_stress.py", "test_stress_strain.py", "test_bad_input.py", "test_molecule_training.py",
                  "test_diamond.py", "test_adf.py", "test_kill_resume.py", "test_robustness.py", "test_gauss_newton.py",
-                 "test_loss_rise.py", "test_gnn.py", "test_interleave.py", "test_step_rule.py", "test_chunks.py", "test_observables.py")
+                 "test_loss_rise.py", "test_gnn.py", "test_interleave.py", "test_step_rule.py", "test_chunks.py",
+                 "test_observables.py")
 
 
 def pytest_configure(config):
