@@ -38,20 +38,29 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(Path(str(item.path)).name, len(rank)))
 
 
+#: JAX's precision when nothing switched it (float32 unless the environment asks for float64)
+X64_DEFAULT = os.environ.get("JAX_ENABLE_X64", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
 @pytest.fixture(autouse=True)
 def _x64_unchanged(request):
-    """Every test ends with JAX's precision (``jax_enable_x64``) as it found it. A test that runs
-    a double-precision command in this process (``cli.main``, ``load_run``) switches float64 on
-    for the process, as those do for a user's; left on, it made a later test on the same worker
-    fail (a float64 neighbour list met float32 positions), depending on the file order. Restored
-    here, with a warning naming the test (fix it with the ``single_precision`` or
-    ``double_precision`` fixture)."""
+    """Every test starts in the default precision and ends with ``jax_enable_x64`` as it found it.
+
+    A test that runs a command in this process (``cli.main``, ``load_run``) switches float64 on
+    or off for the process, as those do for a user's: restored here, with a warning naming the
+    test (use the ``single_precision`` or ``double_precision`` fixture). A module fixture that
+    yields inside ``jax.enable_x64(True)`` keeps float64 on for every later test of the worker (a
+    thread-local override that ``jax.config.update`` cannot undo): it made resume tests of other
+    files compare float64 runs with float32 ones, depending on the file order. A test that
+    starts in the wrong precision fails here, naming itself, instead of somewhere else."""
     import jax
-    before = bool(jax.config.jax_enable_x64)
+    if bool(jax.config.jax_enable_x64) != X64_DEFAULT:
+        pytest.fail(f"jax_enable_x64 is {not X64_DEFAULT} at the start of {request.node.nodeid}: a fixture or an "
+                    "earlier test left it (e.g. a fixture that yields inside `jax.enable_x64`)", pytrace=False)
     yield
-    if bool(jax.config.jax_enable_x64) != before:
-        jax.config.update("jax_enable_x64", before)
-        warnings.warn(f"{request.node.nodeid} left jax_enable_x64={not before}; restored", stacklevel=1)
+    if bool(jax.config.jax_enable_x64) != X64_DEFAULT:
+        jax.config.update("jax_enable_x64", X64_DEFAULT)
+        warnings.warn(f"{request.node.nodeid} left jax_enable_x64={not X64_DEFAULT}; restored", stacklevel=1)
 
 
 @pytest.fixture(scope="session", autouse=True)

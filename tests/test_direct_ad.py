@@ -43,7 +43,9 @@ def setup64():
         state, nbrs = c.sampler.init(jax.random.PRNGKey(1), params)
         res = c.sampler.sample(params, state, nbrs, first=True)
         assert res.ok and res.state.position.dtype == jnp.float64
-        yield c, params, res.state, res.neighbor
+    # returned outside the context: a module fixture that yields inside `jax.enable_x64` keeps
+    # float64 on (a thread-local override) for every later test of the process
+    return c, params, res.state, res.neighbor
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def remat_gradient(setup64):
         theta, unravel = ravel_pytree(params)
         loss = jax.jit(lambda th: ad.loss(unravel(th), state, nbrs, obs)[0])
         grad = np.asarray(jax.jit(jax.grad(lambda th: ad.loss(unravel(th), state, nbrs, obs)[0]))(theta))
-        yield loss, theta, grad
+    return loss, theta, grad   # called in float64 by the tests
 
 
 def test_gradient_equals_central_finite_difference(remat_gradient):
