@@ -6,7 +6,8 @@ step's result shows the loss above ``max_loss_ratio`` × the loss before the ste
 rejected like an unstable one: the parameters go back, the learning-rate scale is halved, and
 the fresh losses are logged (they are why). config=tiny with a plain gradient step 80 times too
 long raises the RDF loss from 0.025 to 0.052 at the next trajectory: with the guard at 1.5 that
-update is rejected, without it accepted with the same numbers.
+update is rejected, without it accepted with the same numbers, and the simulation continues from
+where it stood before the refuted trajectory.
 """
 from __future__ import annotations
 
@@ -54,6 +55,21 @@ def test_a_step_its_fresh_trajectory_refutes_is_rolled_back(tmp_path):
     zero = jax.tree_util.tree_leaves(guarded["params"])
     assert all(np.all(np.asarray(x) == 0.0) for x in zero)
     assert any(np.any(np.asarray(x) != 0.0) for x in jax.tree_util.tree_leaves(plain["params"]))
+    # the simulation continues from where it stood before the refuted trajectory (its end state
+    # is not where the restored parameters' next trajectory starts); that trajectory stays stored
+    assert np.array_equal(_checkpoint_positions(tmp_path / "guarded"), _last_snapshot(tmp_path / "guarded", 0))
+    assert np.array_equal(_checkpoint_positions(tmp_path / "plain"), _last_snapshot(tmp_path / "plain", 1))
+    assert (tmp_path / "guarded" / "trajectories" / "ref_00001.h5md").is_file()
+
+
+def _checkpoint_positions(run):
+    with h5py.File(run / "difftre.h5", "r") as f:
+        return np.asarray(f["checkpoint/sim_state/leaf_00000"])
+
+
+def _last_snapshot(run, index):
+    with h5py.File(run / "trajectories" / f"ref_{index:05d}.h5md", "r") as f:
+        return np.asarray(f["particles/all/position/value"])[-1]
 
 
 def test_the_update_after_a_rollback_is_not_judged_and_a_resume_continues_bit_for_bit(tmp_path):

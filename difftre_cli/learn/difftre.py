@@ -239,6 +239,7 @@ class DiffTReRegime(Regime):
         self.c = components
         self.max_loss_ratio = max_loss_ratio   # a fresh loss above this × loss_before rejects (regime.loss_rose)
         self.loss_before = None         # the last accepted update's loss: at the parameters of the step it took
+        self.before_sample = None       # (state, neighbour list) before this update's trajectory (undo_sample)
         self.max_reuse = max_reuse      # updates a trajectory serves at most (None: while N_eff allows)
         self.uses = 0                   # updates the current trajectory has served
         self.init_from = init_from      # initial model: zeros | boltzmann_inversion (learn/boltzmann.py)
@@ -322,9 +323,19 @@ class DiffTReRegime(Regime):
         self.feats = c.engine.featurize(res.trajectory, None if ahead is None else (
             lambda shapes: c.learner.compile_step_ahead(*ahead, shapes, self.floor)))
         jax.block_until_ready(self.feats.r)
+        self.before_sample = (self.state, self.nbrs)
         self.state, self.nbrs, self.n_traj = res.state, res.neighbor, self.n_traj + 1
         self.uses = 0
         return True
+
+    def undo_sample(self) -> None:
+        """Continue the simulation from where it stood before this update's trajectory (a step
+        that trajectory refuted is rolled back, and the parameters' next trajectory should not
+        start from a configuration of the refuted ones, e.g. a crystal near an instability).
+        The trajectory stays stored and featurised: reweighted, it still serves the next update."""
+        if self.before_sample is not None:
+            self.state, self.nbrs = self.before_sample
+            self.before_sample = None
 
     def propose(self, params, opt_state, lr_scale: float) -> Proposal:
         c = self.c
@@ -334,6 +345,7 @@ class DiffTReRegime(Regime):
         event, sample_time, update_time, reused, fresh = "", 0.0, 0.0, True, False
         aux, n_eff = None, float("nan")
         new_params, new_opt = params, opt_state
+        self.before_sample = None
         worn = self.max_reuse is not None and self.uses > self.max_reuse
         if self.feats is None or worn or (self.next_n_eff is not None and self.next_n_eff < threshold):
             if self.feats is None:   # the first trajectory: its update compiles while it is featurised
@@ -370,6 +382,7 @@ class DiffTReRegime(Regime):
         if not event and fresh and loss_rose(self.max_loss_ratio, self.loss_before, float(aux.loss)):
             event = LOSS_ROSE   # the last step is refuted: the loop rolls it back; the floor sinks as after any rise
             self.floor = rule.next_floor(self.floor, self.last_loss, float(aux.loss))
+            self.undo_sample()
         if not event:
             self.uses += 1
             self.loss_before = float(aux.loss)

@@ -267,6 +267,8 @@ class MultiStateDiffTReRegime(Regime):
         nan = float("nan")
         sample_time = update_time = 0.0
         reused_all, fresh, event = True, False, ""
+        for sub in self.subs:
+            sub.before_sample = None
         # 1. resample the state points whose trajectory is spent
         spent = []
         for k, sub in enumerate(self.subs):
@@ -324,6 +326,8 @@ class MultiStateDiffTReRegime(Regime):
                 event = LOSS_ROSE   # the last step is refuted: rolled back; the floor sinks as after any rise
                 if self.rule.searches:
                     self.floor = self.rule.next_floor(self.floor, self.last_loss, float(loss))
+                for sub in self.subs:   # each resampled state point continues from before its trajectory
+                    sub.undo_sample()
             else:
                 self._after_step(new_params, float(loss), worn)
                 self.loss_before = float(loss)
