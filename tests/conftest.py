@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-
 #: The test files that take longest, longest first (seconds of all their tests in a full run with
 #: --durations=0, clean clone, idle 2-core AMD EPYC, 2026-12-06: 277, 242, 180, 157, 151, 142, 142,
 #: 113, 105, 101, 91, 85, 84, 81, 80, 74, 73, 70, 69, 68, 67, 63, 62; the suite's tests: 3611 s).
