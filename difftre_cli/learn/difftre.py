@@ -38,7 +38,14 @@ from ..errors import UserError
 from ..observables.engine import Features, ObservableEngine
 from . import gauss_newton
 from .boltzmann import initial_params
-from .regime import LOSS_ROSE, Proposal, Regime, loss_rose
+from .regime import (
+    LOSS_ROSE,
+    Proposal,
+    Regime,
+    loss_before_attrs,
+    loss_before_from_attrs,
+    loss_rose,
+)
 from .step_rule import StepRule
 
 log = logging.getLogger("difftre")
@@ -413,16 +420,6 @@ def floor_attrs(floor: float, last_loss: float | None) -> dict:
     if last_loss is not None:   # (absent rather than NaN: attributes compare equal across runs)
         attrs["step_last_loss"] = float(last_loss)
     return attrs
-
-
-def loss_before_attrs(loss: float | None) -> dict:
-    """The loss a fresh trajectory's is compared with (regime.loss_rose) as a checkpoint attribute."""
-    return {} if loss is None else {"loss_before": float(loss)}
-
-
-def loss_before_from_attrs(attrs: dict) -> float | None:
-    loss = float(attrs.get("loss_before", float("nan")))
-    return loss if math.isfinite(loss) else None
 
 
 def floor_from_attrs(attrs: dict, rule) -> tuple[float, float | None]:

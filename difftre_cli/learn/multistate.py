@@ -60,11 +60,16 @@ from .difftre import (
     apply_update,
     floor_attrs,
     floor_from_attrs,
-    loss_before_attrs,
-    loss_before_from_attrs,
     natural_step,
 )
-from .regime import LOSS_ROSE, Proposal, Regime, loss_rose
+from .regime import (
+    LOSS_ROSE,
+    Proposal,
+    Regime,
+    loss_before_attrs,
+    loss_before_from_attrs,
+    loss_rose,
+)
 
 log = logging.getLogger("difftre")
 
@@ -320,17 +325,7 @@ class MultiStateDiffTReRegime(Regime):
                 factor, worn = self._line_search(params, opt_state, total_grad, lr)
             new_params, new_opt, gnorm, finite = jax.block_until_ready(
                 self._apply(params, opt_state, total_grad, loss, lr, jnp.asarray(factor, jnp.float32)))
-            if not bool(finite):
-                event = "non_finite_loss"
-            elif fresh and loss_rose(self.max_loss_ratio, self.loss_before, float(loss)):
-                event = LOSS_ROSE   # the last step is refuted: rolled back; the floor sinks as after any rise
-                if self.rule.searches:
-                    self.floor = self.rule.next_floor(self.floor, self.last_loss, float(loss))
-                for sub in self.subs:   # each resampled state point continues from before its trajectory
-                    sub.undo_sample()
-            else:
-                self._after_step(new_params, float(loss), worn)
-                self.loss_before = float(loss)
+            event = self._judge(bool(finite), fresh, float(loss), new_params, worn)
             update_time += time.perf_counter() - t0
         if event:
             self.rejected()
@@ -352,6 +347,23 @@ class MultiStateDiffTReRegime(Regime):
             if self.rule.adapt:
                 fields["step_floor"] = floor
         return Proposal(new_params, new_opt, fields, event, fresh)
+
+    def _judge(self, finite: bool, fresh: bool, loss: float, new_params, worn: list) -> str:
+        """The update's event ("" if kept): a non-finite step, or the summed fresh ``loss`` refuting
+        the last step (regime.loss_rose: rolled back, the floor sinks as after any rise, each
+        resampled state point continues from before its trajectory); a kept step goes on to
+        :meth:`_after_step`."""
+        if not finite:
+            return "non_finite_loss"
+        if fresh and loss_rose(self.max_loss_ratio, self.loss_before, loss):
+            if self.rule.searches:
+                self.floor = self.rule.next_floor(self.floor, self.last_loss, loss)
+            for sub in self.subs:
+                sub.undo_sample()
+            return LOSS_ROSE
+        self._after_step(new_params, loss, worn)
+        self.loss_before = loss
+        return ""
 
     def _after_step(self, new_params, loss: float, worn: list) -> None:
         """After a kept step: the reuse decision of each state point for the next update, and

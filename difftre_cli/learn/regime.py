@@ -24,6 +24,16 @@ def loss_rose(limit: float | None, before: float | None, after: float) -> bool:
     return limit is not None and before is not None and math.isfinite(after) and after > limit * before
 
 
+def loss_before_attrs(loss: float | None) -> dict:
+    """The loss :func:`loss_rose` compares a fresh one with, as a checkpoint attribute."""
+    return {} if loss is None else {"loss_before": float(loss)}
+
+
+def loss_before_from_attrs(attrs: dict) -> float | None:
+    loss = float(attrs.get("loss_before", float("nan")))
+    return loss if math.isfinite(loss) else None
+
+
 class Proposal(NamedTuple):
     """What one update of a learning regime proposes to the outer loop (train.py)."""
 
