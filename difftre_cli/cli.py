@@ -16,7 +16,7 @@ import os
 import sys
 
 from .config_files import groups, presets
-from .deferred_imports import defer_unused
+from .deferred_imports import defer_unused, probes_answered
 from .errors import fail
 from .jax_setup import cache_library_imports, prepare_environment
 
@@ -63,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     prepare_environment()
     defer_unused()   # before JAX MD is imported (deferred_imports.py)
     cache_library_imports()
-    from . import (
-        commands,  # JAX and all that uses it: only after prepare_environment() (module doc)
-    )
+    with probes_answered():
+        from . import (
+            commands,  # JAX and all that uses it: only after prepare_environment() (module doc)
+        )
     return commands.run(cmd, rest)
 
 

@@ -13,6 +13,7 @@ finds in ``sys.modules``, which a LazyLoader module answers by loading itself.)
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 import types
@@ -21,9 +22,11 @@ from pathlib import Path
 #: (package, submodule) pairs the command line defers: rigid_body's shape tables; NequIP and
 #: GNoME, whose e3nn-jax brings sympy and scipy.signal (3.65 -> 3.07 s of every command's imports
 #: on 2 CPU cores); the UMA subpackage and jax_md.interpolate (scipy.interpolate, for EAM tables)
-#: (6.0-6.2 -> 5.5-5.7 s on an AMD EPYC with 2 cores)
+#: (6.0-6.2 -> 5.5-5.7 s on an AMD EPYC with 2 cores); matplotlib's pyplot and scipy.optimize,
+#: which only evaluation, plots, Bessel-zero tables and 0 K fits use (``train`` of a pair or
+#: three-body model never reads them)
 UNUSED = (("jax_md", "rigid_body"), ("jax_md._nn", "nequip"), ("jax_md._nn", "gnome"), ("jax_md._nn", "uma"),
-          ("jax_md", "interpolate"))
+          ("jax_md", "interpolate"), ("matplotlib", "pyplot"), ("scipy", "optimize"))
 
 
 class DeferredModule(types.ModuleType):
@@ -72,3 +75,25 @@ def defer_unused() -> None:
             path = path.with_suffix("") / "__init__.py"   # a subpackage
         if path.is_file():
             sys.modules[name] = DeferredModule(name, path)
+
+
+#: Packages that a library imports at import time only to ask whether they are running: flax.nnx
+#: asks IPython whether a shell runs (to colour its reprs), ~0.2 s of every command's imports. No
+#: shell runs in a process that has not imported IPython, so the answer is known without it.
+PROBED = ("IPython",)
+
+
+@contextlib.contextmanager
+def probes_answered():
+    """While the command line imports its commands, ``import`` of a :data:`PROBED` package that is
+    not imported yet fails with ImportError, as if it were not installed; afterwards it imports
+    normally (the real package, for whoever uses it)."""
+    names = [name for name in PROBED if name not in sys.modules]
+    for name in names:
+        sys.modules[name] = None   # the import system's "known to be absent"
+    try:
+        yield
+    finally:
+        for name in names:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]

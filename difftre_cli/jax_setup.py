@@ -119,6 +119,10 @@ def prepare_environment() -> None:
     # Python that imported JAX (a notebook, a test, a launcher) passes it on: treat it as unset
     if cache_dir() is not None and os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1") == "1":
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    # difftre only writes PNG files (plots.py selects Agg). Selected here, before matplotlib is
+    # imported, ``matplotlib.use("Agg")`` has nothing left to switch and does not load pyplot,
+    # which deferred_imports.py defers to the first plot (not a user's own choice of backend)
+    os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 def configure(precision: str) -> None:

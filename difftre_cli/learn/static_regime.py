@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from scipy.optimize import minimize
+from scipy import optimize
 
 from .. import optim
 from ..errors import UserError
@@ -254,10 +254,10 @@ class StaticRegime(Regime):
             opts = {"maxiter": maxiter}
             if self.name == "nelder-mead":
                 opts.update({"xatol": self.xatol, "fatol": self.ftol})
-                return minimize(lambda z: ev(z)[0], x0, method="Nelder-Mead", callback=callback, options=opts)
+                return optimize.minimize(lambda z: ev(z)[0], x0, method="Nelder-Mead", callback=callback, options=opts)
             opts["gtol"] = self.gtol
-            return minimize(lambda z: ev(z)[0], x0, jac=lambda z: ev(z)[1], method=SCIPY_OPTIMIZERS[self.name],
-                            callback=callback, options=opts)
+            return optimize.minimize(lambda z: ev(z)[0], x0, jac=lambda z: ev(z)[1], method=SCIPY_OPTIMIZERS[self.name],
+                                     callback=callback, options=opts)
         return run
 
     def _flat(self, opt_state, it: int, loss: float) -> int:

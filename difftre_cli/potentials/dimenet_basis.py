@@ -17,7 +17,7 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import brentq
+from scipy import optimize
 from scipy.special import spherical_jn as scipy_spherical_jn
 
 __all__ = ["bessel_roots", "spherical_jn", "legendre", "envelope", "spherical_radial_basis",
@@ -41,7 +41,7 @@ def bessel_roots(num_spherical: int, num_radial: int) -> np.ndarray:
     prev = np.pi * np.arange(1, num_radial + num_spherical + 1, dtype=np.float64)
     rows = [prev[:num_radial]]
     for l in range(1, num_spherical):
-        prev = np.array([brentq(lambda z: scipy_spherical_jn(l, z), a, b, xtol=1e-14, rtol=1e-15, maxiter=200)
+        prev = np.array([optimize.brentq(lambda z: scipy_spherical_jn(l, z), a, b, xtol=1e-14, rtol=1e-15, maxiter=200)
                          for a, b in zip(prev[:-1], prev[1:])])
         rows.append(prev[:num_radial])
     return np.stack(rows)
