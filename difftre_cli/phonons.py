@@ -68,9 +68,9 @@ def analyse(ph, fc: np.ndarray, mesh=(16, 16, 16), band_points: int = 51) -> Pho
     labels = [name for name, _ in FCC_PATH]
     qpoints, connections = get_band_qpoints_and_path_connections(path, npoints=band_points)
     ph.run_band_structure(qpoints, path_connections=connections, labels=labels)
-    bs = ph.get_band_structure_dict()
-    dist = [np.asarray(d) for d in bs["distances"]]
-    freq = [np.asarray(f) for f in bs["frequencies"]]
+    bs = ph.band_structure
+    dist = [np.asarray(d) for d in bs.distances]
+    freq = [np.asarray(f) for f in bs.frequencies]
     ph.run_mesh(list(mesh), is_gamma_center=True)
     ph.run_total_dos()
     dos = {"frequency_points": ph.total_dos.frequency_points, "total_dos": ph.total_dos.dos}

@@ -47,6 +47,12 @@ from .store import RunStore, versions
 log = logging.getLogger("difftre")
 
 
+def rejections(rows: list[dict], n: int) -> str:
+    """The events of the last ``n`` rejected updates, counted: "unstable simulation ×2, loss rose ×1"."""
+    events = [r["event"] for r in rows if r.get("event", "ok") != "ok"][-n:]
+    return ", ".join(f"{e.replace('_', ' ')} ×{events.count(e)}" for e in dict.fromkeys(events))
+
+
 class Trainer:
     """The loop over one regime (learn/registry.py maps ``trainer.kind`` to it).
 
@@ -226,8 +232,8 @@ class Trainer:
                 if st["failures"] >= self.max_failures:
                     checkpoint()
                     hint = self.regime.failure_hint
-                    raise UserError(f"{st['failures']} consecutive unstable updates; stopped with the last good "
-                                    f"checkpoint in {self.store.checkpoint_path}",
+                    raise UserError(f"{st['failures']} consecutive updates rejected ({rejections(rows, st['failures'])}); "
+                                    f"stopped with the last good checkpoint in {self.store.checkpoint_path}",
                                     f"{hint}, then resume={self.run_dir}")
                 done = None if prop.event else prop.done
                 final = self.regime.final(st["params"], st["opt_state"]) \

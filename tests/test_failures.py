@@ -46,7 +46,7 @@ def test_unstable_simulation_rolls_back_and_stops(tmp_path):
                    "trainer.checkpoint_every=1")
     trainer = Trainer(cfg, tmp_path, quiet=True)
     _break_sampling_after(trainer, n_good=1)
-    with pytest.raises(UserError, match="consecutive unstable updates"):
+    with pytest.raises(UserError, match=r"3 consecutive updates rejected \(unstable simulation ×3\)"):
         trainer.run()
     import csv
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))

@@ -62,6 +62,11 @@ def test_a_step_its_fresh_trajectory_refutes_is_rolled_back(tmp_path):
     assert (tmp_path / "guarded" / "trajectories" / "ref_00001.h5md").is_file()
 
 
+def test_the_stop_after_too_many_rejections_names_them(tmp_path):
+    with pytest.raises(UserError, match=r"1 consecutive updates rejected \(loss rose ×1\)"):
+        train_in_process([*LONG_STEP, "trainer.updates=3", GUARD, "trainer.max_failures=1"], tmp_path / "run")
+
+
 def _checkpoint_positions(run):
     with h5py.File(run / "difftre.h5", "r") as f:
         return np.asarray(f["checkpoint/sim_state/leaf_00000"])
