@@ -55,7 +55,7 @@ def build(cfg) -> Components:
     tgts = targets_mod.build(cfg.targets, obs, system.units)
     sampler = (OneBodySampler if one_body else Sampler)(potential, system, sampler_config(cfg.simulator))
     optimizer = optim.build(cfg.optimizer, int(cfg.trainer.updates))
-    # one-body systems: every (snapshot, particle) is a state of one particle of its own (learn/difftre.py)
+    # one-body systems: every (snapshot, particle) is a state of one particle of its own (learn/difftre_regime.py)
     ctx = (observables_mod.Context(1, system.volume, system.kT) if one_body else
            observables_mod.Context(system.n_particles, system.volume, system.kT, tuple(names), system.counts,
                                    system.species if len(names) > 1 else None, topology=topology))

@@ -1,6 +1,6 @@
 """The outer training loop, shared by every learning regime.
 
-A regime (``learn/``) proposes one update at a time (:class:`learn.difftre.Proposal`); this loop
+A regime (``learn/``) proposes one update at a time (:class:`learn.regime.Proposal`); this loop
 accepts or rejects it, keeps the metrics, checkpoints, and stops gracefully on signals:
 
 * accepted: the proposal's parameters become current and the previous ones are kept as the

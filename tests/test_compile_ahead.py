@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from difftre_cli import assemble
 from difftre_cli.compile_ahead import CompileAhead
 from difftre_cli.config_files import CONFIG_DIR
-from difftre_cli.learn.difftre import DiffTReRegime
+from difftre_cli.learn.difftre_regime import DiffTReRegime
 from difftre_cli.store import RunStore
 
 

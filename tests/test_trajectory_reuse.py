@@ -1,4 +1,4 @@
-"""The reuse cap of DiffTRe's regime (``trainer.max_reuse``, learn/difftre.py): a trajectory
+"""The reuse cap of DiffTRe's regime (``trainer.max_reuse``, learn/difftre_regime.py): a trajectory
 serves at most 1 + max_reuse updates, whatever N_eff says, and the count survives a checkpoint.
 With ``reweight_ratio=0`` N_eff never asks for a new trajectory, so the cap alone decides."""
 from __future__ import annotations

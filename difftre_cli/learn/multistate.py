@@ -55,13 +55,8 @@ from .. import parallel
 from ..errors import UserError
 from . import gauss_newton
 from .boltzmann import initial_params
-from .difftre import (
-    DiffTReRegime,
-    apply_update,
-    floor_attrs,
-    floor_from_attrs,
-    natural_step,
-)
+from .difftre import apply_update, natural_step
+from .difftre_regime import DiffTReRegime
 from .regime import (
     LOSS_ROSE,
     Proposal,
@@ -70,6 +65,7 @@ from .regime import (
     loss_before_from_attrs,
     loss_rose,
 )
+from .step_rule import floor_attrs, floor_from_attrs
 
 log = logging.getLogger("difftre")
 

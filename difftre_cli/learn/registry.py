@@ -34,7 +34,8 @@ from typing import Callable
 from .. import reference
 from ..errors import UserError
 from .boltzmann import check_init_from
-from .difftre import DiffTRe, DiffTReRegime
+from .difftre import DiffTRe
+from .difftre_regime import DiffTReRegime
 from .direct_ad import DirectADRegime
 from .force_matching import ForceMatching
 from .force_matching_regime import ForceMatchingRegime

@@ -9,7 +9,7 @@ The relative entropy of the CG model θ with respect to the mapped reference ens
 the first average over the mapped reference frames (reference/), the second over the CG
 model's own ensemble. That one comes from a CG trajectory sampled at θ₀ and reweighted to θ
 (w_i ∝ exp(−β(U_θ − U_θ₀))), reused while N_eff stays above ``reweight_ratio`` · S, exactly as
-DiffTRe reuses its trajectories (the regime is DiffTRe's, learn/difftre.py). The objective
+DiffTRe reuses its trajectories (the regime is DiffTRe's, learn/difftre_regime.py). The objective
 differentiated is the free-energy-perturbation estimate
 
     L(θ) = β⟨U_θ⟩_ref + ln (1/S) Σ_i exp(−β(U_θ(S_i) − U_θ₀(S_i)))  (= S_rel − ln Z_θ₀ + const),

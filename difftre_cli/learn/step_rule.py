@@ -149,3 +149,18 @@ def build(tc, ratio: float) -> StepRule:
         raise UserError(f"trainer.step_rule.scales={list(scales)}: need increasing positive factors",
                         "e.g. [0.25, 0.5, 1, 2, 4, 8, 16]")
     return StepRule(kind, scales, float(ratio), int(max_length), adapt)
+
+
+def floor_attrs(floor: float, last_loss: float | None) -> dict:
+    """The step rule's progress state (step_rule.next_floor) as checkpoint attributes."""
+    attrs = {"step_floor": float(floor)}
+    if last_loss is not None:   # (absent rather than NaN: attributes compare equal across runs)
+        attrs["step_last_loss"] = float(last_loss)
+    return attrs
+
+
+def floor_from_attrs(attrs: dict, rule) -> tuple[float, float | None]:
+    """(floor, last loss) from checkpoint attributes (older checkpoints: the first floor, unknown)."""
+    floor = float(attrs.get("step_floor", rule.first_floor))
+    last = float(attrs.get("step_last_loss", float("nan")))
+    return floor, (last if math.isfinite(last) else None)
