@@ -21,13 +21,13 @@ import jax.numpy as jnp
 
 from .neighbors import minimum_image
 
-__all__ = ["occupied_width", "pair_energy", "pair_forces_and_energy"]
+__all__ = ["BLOCK", "occupied_width", "pair_energy", "pair_forces_and_energy"]
 
 
-#: Column block of the pair force kernel: it runs on the list's first ceil(w / _BLOCK) * _BLOCK
+#: Column block of the pair force kernel: it runs on the list's first ceil(w / BLOCK) * BLOCK
 #: columns, w = 1 + the last column that holds a neighbour (8, 16 and 32 measured; see
 #: :func:`pair_forces_and_energy`).
-_BLOCK = 16
+BLOCK = 16
 
 
 def _pair_geometry(R, idx, box_size, cutoff):
@@ -63,7 +63,7 @@ def occupied_width(idx):
     return jnp.max(jnp.where(used, jnp.arange(1, m + 1, dtype=jnp.int32), 0))
 
 
-def pair_forces_and_energy(u_fn, params, R, idx, box_size, cutoff, block: int | None = _BLOCK):
+def pair_forces_and_energy(u_fn, params, R, idx, box_size, cutoff, block: int | None = BLOCK):
     """Forces (N, 3) and energy for a radial pair potential over a dense full list.
 
     ``u_fn(params, r, j) -> u`` is elementwise in r; ``j`` holds the neighbour index of each

@@ -48,22 +48,28 @@ class Sampler(ChunkedSampler):
 
     def _bind(self, potential):
         """Force, energy, integrator and the compiled chunk for ``potential``."""
-        cfg, box = self.cfg, self.box
+        box = self.box
         self.potential = potential
         self.force = potential.force_fn(box)
         self.energy = potential.energy_fn(box)
         kT = float(self.system.kT)
-        if cfg.integrator == "langevin":
-            self._init, self._step = jmd_simulate.nvt_langevin(self.force, self.shift, cfg.dt, kT, gamma=cfg.gamma)
-        elif cfg.integrator == "nose_hoover":
-            self._init, self._step = jmd_simulate.nvt_nose_hoover(
-                self.force, self.shift, cfg.dt, kT, chain_length=cfg.chain_length, tau=cfg.tau_steps * cfg.dt)
-        else:
-            self._init, self._step = jmd_simulate.nve(self.force, self.shift, cfg.dt)
+        _, self._step = self._integrator(self.force, kT)
+        # the initial state: one force evaluation, by the program cheapest to build for it
+        self._init, _ = self._integrator(potential.initial_force_fn(box), kT)
         # Every JAX MD integrator takes kT (initial momenta; thermostat temperature) as a keyword.
         self._init_state = jax.jit(lambda key, R, nbrs, params: self._init(
             key, R, mass=self.system.mass, kT=kT, neighbor=nbrs, params=params), compiler_options=RUN_ONCE_COMPILER_OPTIONS)
         self._compile()
+
+    def _integrator(self, force, kT: float):
+        """JAX MD's (init, step) of ``simulator.integrator`` with ``force``."""
+        cfg = self.cfg
+        if cfg.integrator == "langevin":
+            return jmd_simulate.nvt_langevin(force, self.shift, cfg.dt, kT, gamma=cfg.gamma)
+        if cfg.integrator == "nose_hoover":
+            return jmd_simulate.nvt_nose_hoover(force, self.shift, cfg.dt, kT, chain_length=cfg.chain_length,
+                                                tau=cfg.tau_steps * cfg.dt)
+        return jmd_simulate.nve(force, self.shift, cfg.dt)
 
     def _capacity_overflow(self, R, nbrs):
         if not self.potential.has_graph_capacity:

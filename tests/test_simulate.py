@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from difftre_cli import neighbors, potentials
+from difftre_cli import neighbors, pair_kernels, potentials
 from difftre_cli.errors import UserError
 from difftre_cli.sampler import SamplerConfig, sampler_config
 from difftre_cli.simulate import Sampler
@@ -45,6 +45,25 @@ def test_thermostat_gives_set_temperature(integrator):
     # the fluid melted from the lattice: potential energy per particle of a dense LJ liquid
     u = np.asarray(res.trajectory.energies) / system.n_particles
     assert -5.0 < u.mean() < -3.0
+
+
+def test_the_initial_forces_are_one_all_columns_call_equal_to_the_samplers_kernel():
+    """Sampler.init evaluates the forces once, with the all-columns kernel (tracing and lowering
+    the occupied-blocks switch of the sampler's force cost ~1.4 s of every start for that one
+    call): no branch in its program, and the forces the chunk program's kernel gives there."""
+    system, potential = _lj_system(256, 0.7, 1.0)
+    sampler = Sampler(potential, system, SamplerConfig(integrator="langevin", dt=0.005, first_equilibration_steps=10,
+                                                       production_steps=10, every=5))
+    key = jax.random.PRNGKey(0)
+    R = jnp.asarray(system.positions + np.random.default_rng(0).normal(0.0, 0.05, system.positions.shape),
+                    jnp.float32)                       # off the lattice: forces of order 10
+    state, nbrs = sampler.init(key, {}, positions=R)
+    assert nbrs.idx.shape[1] > pair_kernels.BLOCK      # the sampler's own kernel is a switch over blocks
+    assert float(jnp.max(jnp.abs(state.force))) > 5.0
+    assert " cond[" not in str(sampler._init_state.trace(key, R, nbrs, {}).jaxpr)
+    assert " cond[" in str(jax.make_jaxpr(lambda x: sampler.force(x, nbrs, {}))(R))
+    np.testing.assert_allclose(np.asarray(state.force), np.asarray(jax.jit(sampler.force)(R, nbrs, {})),
+                               rtol=1e-5, atol=1e-4)
 
 
 def test_nve_conserves_energy():

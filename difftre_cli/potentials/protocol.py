@@ -99,6 +99,11 @@ class BoxPotential(Potential):
     def force_fn(self, box_size: float) -> Callable:
         """``force(R, neighbor, params) -> (N, 3)``."""
 
+    def initial_force_fn(self, box_size: float) -> Callable:
+        """The forces of the sampler's initial state, evaluated once per run: ``force_fn`` unless
+        the potential has a program that is cheaper to build for a single call."""
+        return self.force_fn(box_size)
+
     @abc.abstractmethod
     def energy_fn(self, box_size: float) -> Callable:
         """``energy(R, neighbor, params) -> scalar``."""
