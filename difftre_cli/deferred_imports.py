@@ -10,11 +10,15 @@ answers from it — code that does use it works unchanged, and pays the cost the
 
 (importlib's LazyLoader cannot do this: the import system reads ``__spec__`` of a module it
 finds in ``sys.modules``, which a LazyLoader module answers by loading itself.)
+
+Also here: the probe of IPython that flax makes at import (:func:`probes_answered`) and the one
+import of MDAnalysis, on first use (:func:`mdanalysis`).
 """
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import sys
 import types
 from pathlib import Path
@@ -97,3 +101,18 @@ def probes_answered():
         for name in names:
             if name in sys.modules and sys.modules[name] is None:
                 del sys.modules[name]
+
+
+def mdanalysis():
+    """MDAnalysis, imported on first use: ~1 s that a run without structure files, references or
+    exported trajectories does not pay. Its AMBER module logs at import that netCDF4 is missing
+    ("Writing AMBER ncdf files will be slow"); difftre writes no AMBER files, so that warning
+    is not passed on to the run's log."""
+    amber = logging.getLogger("MDAnalysis.coordinates.AMBER")
+    level = amber.level
+    amber.setLevel(logging.ERROR)
+    try:
+        import MDAnalysis  # heavy: imported on first use (above)
+    finally:
+        amber.setLevel(level)
+    return MDAnalysis

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .deferred_imports import mdanalysis
 from .units import ANGSTROM_PER_NM
 
 #: PDB (Å) per unit of a run's length, by unit system; reduced units are written as they are
@@ -33,7 +34,7 @@ def write_topology(path: Path, positions, box_size: float, species, species_name
     """Write ``positions`` (N, 3) in a cubic box of edge ``box_size`` (the run's length unit) as
     a PDB file: atom and residue names and types are the species names, one residue per
     particle. Atomic: written to ``path.tmp``, then renamed."""
-    import MDAnalysis as mda  # heavy: imported only when a run writes its first trajectory
+    mda = mdanalysis()   # imported when a run writes its first trajectory
 
     pos = np.asarray(positions, np.float64)
     n = len(pos)

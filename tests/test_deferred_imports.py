@@ -87,3 +87,24 @@ def test_the_command_line_defers_them():
     probe another ~0.5 s of ~2.6 s), and what it deferred still works when used."""
     out = subprocess.run([sys.executable, "-c", CLI_SCRIPT], capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+MDA_SCRIPT = """
+import io, logging, sys
+stream = io.StringIO()
+logging.basicConfig(stream=stream, level=logging.INFO)   # as Hydra's run log: every INFO record
+from difftre_cli.deferred_imports import mdanalysis
+assert "MDAnalysis" not in sys.modules
+mda = mdanalysis()
+assert mda is sys.modules["MDAnalysis"] and mda.Universe is not None
+assert "netCDF4" not in stream.getvalue(), stream.getvalue()
+assert logging.getLogger("MDAnalysis.coordinates.AMBER").level == logging.NOTSET   # restored
+print("ok")
+"""
+
+
+def test_mdanalysis_is_imported_without_its_amber_warning():
+    """Every run writes its topology with MDAnalysis, whose AMBER module warns at import that
+    netCDF4 is missing ("Writing AMBER ncdf files will be slow"): not in difftre's logs."""
+    out = subprocess.run([sys.executable, "-c", MDA_SCRIPT], capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 
 from .. import units as units_mod
+from ..deferred_imports import mdanalysis
 from ..errors import UserError
 from ..store import RunStore
 from ..topology import topology_name, write_topology
@@ -99,7 +100,7 @@ def _topology(store: RunStore, first: Path, state: str, unit_system) -> Path:
 
 
 def _write_mdanalysis(topology: Path, source: Path, target: Path, writer_format: str, unit_system) -> Path:
-    import MDAnalysis as mda  # heavy: imported only when trajectories are exported
+    mda = mdanalysis()   # imported only when trajectories are exported
 
     u = mda.Universe(str(topology), str(source), format="H5MD", convert_units=unit_system.name != "lj")
     try:

@@ -38,6 +38,7 @@ import numpy as np
 import yaml
 
 from ..checks import choice, input_file, mapping, number
+from ..deferred_imports import mdanalysis
 from ..errors import UserError
 
 KEYS = ("file", "format", "exclusions", "angles", "dihedrals")
@@ -222,22 +223,15 @@ def _format(fmt, path: Path, key: str) -> str | None:
         raise UserError(f"{key}.format must be a format name, got {fmt!r}", f"set {key}.format=yaml, PSF, ITP, ...")
     if fmt.lower() == "yaml":
         return "yaml"
-    known = _mdanalysis()._PARSERS
+    known = mdanalysis()._PARSERS
     if fmt.upper() not in known:
         raise UserError(f"{key}.format: unknown topology format {fmt!r}",
                         f"use yaml or one of MDAnalysis's: {', '.join(sorted(known))}")
     return fmt.upper()
 
 
-def _mdanalysis():
-    """MDAnalysis, imported when a topology file other than YAML is read (~1 s of import that a
-    run without one does not pay)."""
-    import MDAnalysis  # heavy: imported only when a non-YAML topology file is read
-    return MDAnalysis
-
-
 def _read_mda(path: Path, fmt: str | None, key: str) -> _Raw:
-    mda = _mdanalysis()
+    mda = mdanalysis()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # guessed masses/elements: nothing here uses them
@@ -256,7 +250,7 @@ def _indices(u, kind: str) -> np.ndarray | None:
     """(T, width) atom indices of ``u``'s bonds/angles/dihedrals; None if the file has none."""
     try:
         rows = getattr(u, kind).indices
-    except (_mdanalysis().exceptions.NoDataError, AttributeError):
+    except (mdanalysis().exceptions.NoDataError, AttributeError):
         return None
     return np.asarray(rows, dtype=np.int64).reshape(-1, ARITY[kind])
 

@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from .. import units
+from ..deferred_imports import mdanalysis
 from ..errors import UserError
 from .settings import ReferenceSettings
 
@@ -67,13 +68,6 @@ def _quiet_teardown():
     finally:
         gc.collect()
         sys.unraisablehook = old
-
-
-def _mdanalysis():
-    """MDAnalysis, imported when a reference is configured: ~1 s of import that `difftre train`
-    without one does not pay."""
-    import MDAnalysis  # heavy: imported only when a reference trajectory is read
-    return MDAnalysis
 
 
 def _ase_io():
@@ -169,7 +163,7 @@ def _damaged(s: ReferenceSettings, doing: str):
 
 
 def _open_mda(s: ReferenceSettings, system: units.UnitSystem) -> Trajectory:
-    mda = _mdanalysis()
+    mda = mdanalysis()
     fmt = MDA_FORMATS[s.format]
     declared = s.units is not None
     kwargs = {"format": fmt}
@@ -280,7 +274,7 @@ def _open_ase(s: ReferenceSettings, system: units.UnitSystem) -> Trajectory:
         first = _ase_io().read(str(s.file), index=0, format="extxyz")
     except Exception as exc:  # noqa: BLE001 - a third-party reader on a user's file: any failure is bad input
         raise _unreadable(s, exc) from None
-    mda = _mdanalysis()
+    mda = mdanalysis()
     if s.topology is not None:
         try:
             u = mda.Universe(str(s.topology))
