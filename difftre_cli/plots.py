@@ -95,6 +95,9 @@ def plot_training(run_dir: Path, rows: list[dict]) -> Path:
             axes[2].plot(upd, [r["epoch_time"] for r in own], label=label)
         elif "update_time" in own[0]:
             axes[2].plot(upd, [r["update_time"] + r.get("sample_time", 0.0) for r in own], label=label)
+    if "N_eff" in axes[1].get_title():   # on its scale, 0 to S: a trajectory reweighted at its own
+        axes[1].set_ylim(bottom=0.0)       # parameters shows a flat line at S, not float noise
+        axes[1].ticklabel_format(axis="y", useOffset=False)
     axes[0].set_title("loss")
     axes[2].set_title("wall time per update [s]")
     for a in axes:
