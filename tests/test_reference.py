@@ -24,12 +24,13 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write as ase_write
 
 from difftre_cli import cli, commands, reference, units
+from difftre_cli.deferred_imports import mdanalysis
 from difftre_cli.errors import UserError
 from difftre_cli.reference import frames, read
 from difftre_cli.reference.write import write_extxyz as write_lj_extxyz
 from difftre_cli.system import lattice_positions
 
-MDA = read._mdanalysis()
+MDA = mdanalysis()
 L_A = 14.0                       # box edge, Å
 N_MOL, N_FRAMES = 6, 7
 MASSES = np.array([15.999, 1.008, 1.008])

@@ -13,11 +13,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from difftre_cli import reference, units
+from difftre_cli.deferred_imports import mdanalysis
 from difftre_cli.molecule import geometry, ramachandran
-from difftre_cli.reference import read
 
 ROOT = Path(__file__).resolve().parent.parent
-MDA = read._mdanalysis()
+MDA = mdanalysis()
 #: the 22 atoms of OpenMM's ACE-ALA-NME: the atoms of each heavy-atom bead (heavy atom first)
 BEADS = [[0, 1, 2, 3], [4], [5], [6, 7], [8, 9], [10, 11, 12, 13], [14], [15], [16, 17], [18, 19, 20, 21]]
 

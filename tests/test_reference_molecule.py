@@ -20,11 +20,12 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write as ase_write
 
 from difftre_cli import reference, units
+from difftre_cli.deferred_imports import mdanalysis
 from difftre_cli.errors import UserError
 from difftre_cli.molecule import ramachandran
-from difftre_cli.reference import mapping, read
+from difftre_cli.reference import mapping
 
-MDA = read._mdanalysis()
+MDA = mdanalysis()
 #: one molecule: (name, element), H listed before its carbon and the hydroxyl H before its O
 ATOMS = [("H11", "H"), ("C1", "C"), ("H12", "H"), ("H13", "H"), ("C2", "C"), ("H21", "H"), ("H22", "H"),
          ("HO", "H"), ("O", "O")]
