@@ -39,7 +39,8 @@ TOP_LEVEL = ("name", "seed", "precision", "resume", "ground_truth", "states", "r
 #: trainer keys the training loop (train.py) reads whatever the kind; a kind's own keys are those
 #: of its YAML, configs/trainer/KIND.yaml (the YAML is the schema: adding a key is adding it there).
 #: A key of another kind is ignored (a preset's trainer settings survive ``trainer=OTHER``).
-LOOP_KEYS = ("kind", "updates", "checkpoint_every", "checkpoint_seconds", "max_failures", "lr_reduction", "init_from")
+LOOP_KEYS = ("kind", "updates", "checkpoint_every", "checkpoint_seconds", "max_failures", "lr_reduction", "init_from",
+             "average")
 
 
 def _get(cfg: DictConfig, key: str):
@@ -227,6 +228,7 @@ def _validate_loop(tc) -> int:
     number(tc, "checkpoint_seconds", prefix=T, lo=0.0, lo_open=True, required=False, example="600")
     number(tc, "max_failures", prefix=T, integer=True, lo=1, required=False, example="5")
     number(tc, "lr_reduction", prefix=T, lo=0.0, lo_open=True, hi=1.0, required=False, example="0.5")
+    number(tc, "average", prefix=T, lo=0.0, hi=1.0, hi_open=True, required=False, example="0.9")
     check_init_from(tc.get("init_from"))
     return updates
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import jax
 from omegaconf import OmegaConf
 
-from . import assemble, metric_log
+from . import assemble, averaging, metric_log
 from .errors import UserError
 from .interleave import interleave_entries, is_interleaved
 from .interrupt import GracefulStop
@@ -106,6 +106,7 @@ class Trainer:
         self.checkpoint_seconds = float(tc.get("checkpoint_seconds", 600))
         self.max_failures = int(tc.get("max_failures", 5))
         self.lr_reduction = float(tc.get("lr_reduction", 0.5))
+        self.average = averaging.build(tc)   # the model is the average of the iterates (averaging.py)
         self._versions = versions()
 
     # ----------------------------------------------------------------------------------
@@ -119,9 +120,12 @@ class Trainer:
             trees["segment"], attrs["segment"] = pack(segments)
         if done:
             attrs["done"] = done
+        if self.average is not None:   # "params" is the model; the iterate continues a resumed run
+            trees.update({"iterate_params": params, **self.average.trees(params)})
+            attrs.update(self.average.attrs())
         self.store.write_checkpoint(
             update=update,
-            trees={"params": params, "opt_state": opt_state, "last_good_params": last_good[0],
+            trees={"params": self.model(params), "opt_state": opt_state, "last_good_params": last_good[0],
                    "last_good_opt_state": last_good[1], **trees},
             attrs={"lr_scale": lr_scale, "failures": failures, **attrs},
             metrics=rows, n_trajectories=int(attrs.get("n_trajectories", 0)),
@@ -134,6 +138,8 @@ class Trainer:
             attrs = self.store.checkpoint_attrs()
             templates = {"params": params, "opt_state": opt_state, "last_good_params": params,
                          "last_good_opt_state": opt_state, **self.regime.templates(attrs)}
+            if "average_count" in attrs:
+                templates.update({"iterate_params": params, "average_total": params})
             # stopped inside trajectories: their samplers continue them (sampler.py, segments.py)
             infos = unpack(attrs["segment"]) if attrs.get("segment") else []
             if infos:
@@ -168,7 +174,9 @@ class Trainer:
         last_good = (params, opt_state)
         if resume and self.store.has_checkpoint():
             start, trees, attrs, rows = self._resume(params, opt_state)
-            params, opt_state = trees["params"], trees["opt_state"]
+            params, opt_state = trees.get("iterate_params", trees["params"]), trees["opt_state"]
+            if self.average is not None and "average_total" in trees:
+                self.average.restore(trees, attrs)
             last_good = (trees.get("last_good_params", params), trees.get("last_good_opt_state", opt_state))
             lr_scale, failures = float(attrs["lr_scale"]), int(attrs["failures"])
             if failures >= self.max_failures:   # the run had stopped on failures: the user changed something
@@ -192,13 +200,18 @@ class Trainer:
             done = self._loop(state, stop)
         finally:
             self.regime.close()
-        extra = self.regime.summary(rows, state["params"])
+        extra = self.regime.summary(rows, self.model(state["params"]))
         self.prog.summary(rows, {**extra, "run directory": str(self.run_dir),
                                  "total wall [s]": f"{time.perf_counter() - t_run:.1f}"})
         return self._result(rows, state["params"], done)
 
     def _result(self, rows, params, done) -> dict:
-        return {"rows": rows, "params": params, "done": done, **self.regime.result(params)}
+        model = self.model(params)
+        return {"rows": rows, "params": model, "done": done, **self.regime.result(model)}
+
+    def model(self, params):
+        """The parameters the run leaves: the iterate, or its average (``trainer.average``)."""
+        return params if self.average is None else self.average.value(params)
 
     def _loop(self, st: dict, stop: GracefulStop) -> str | None:
         """Updates until ``trainer.updates``, a stop signal, too many failures or the regime's
@@ -269,6 +282,8 @@ class Trainer:
                 st["failures"] = 0
             st["last_good"] = (st["params"], st["opt_state"])
             st["params"], st["opt_state"] = prop.params, prop.opt_state
+            if self.average is not None:
+                self.average.add(prop.params)
 
     def _add_row(self, rows: list, row: dict) -> None:
         rows.append(row)
