@@ -3,10 +3,11 @@
 For each problem and trainer — difftre (the problem's preset), direct_ad (its preset with
 trainer=direct_ad and Adam 0.02, clipped at 1, as config=lj_direct_ad) and ibi (its preset with
 trainer=ibi model=table, as config=lj_ibi) — train with the generic outer loop (train.Trainer)
-and, every ``--eval-interval`` seconds of training, evaluate the current parameters the way
-``difftre evaluate`` does (an independent run with its own seed: equilibration, then
-``--eval-steps`` steps, RDFs averaged over every 20th step; production.production_observables;
-several state points: each of them). The error is the RMSE of every target RDF against the
+and, every ``--eval-interval`` seconds of training, evaluate the model the run would leave (the
+current parameters, or their average with ``trainer.average``) the way ``difftre evaluate``
+does (an independent run with its own seed: equilibration, then ``--eval-steps`` steps, RDFs
+averaged over every 20th step; production.production_observables; several state points: each
+of them). The error is the RMSE of every target RDF against the
 evaluated one, averaged over the targets (the partial RDFs of a mixture, and its state
 points). The clock counts training only (compilation included, evaluations excluded); a
 trainer stops at the first evaluation below the lowest of ``--thresholds`` or at ``--cap``
@@ -51,10 +52,12 @@ from difftre_cli.production import production_observables  # noqa: E402
 from difftre_cli.train import Trainer  # noqa: E402
 
 PROBLEMS = {"lj": "config=lj", "softcore": "config=softcore", "lj_mixture": "config=lj_mixture"}
-#: each trainer's overrides on top of a problem's preset (for lj: config=lj_direct_ad, config=lj_ibi)
+#: each trainer's overrides on top of a problem's preset (for lj: config=lj_direct_ad, config=lj_ibi); the
+#: baselines leave the last iterate (a preset's trainer.average is DiffTRe's choice)
 TRAINERS = {"difftre": [],
-            "direct_ad": ["trainer=direct_ad", "optimizer=adam", "optimizer.lr=0.02", "optimizer.clip_norm=1.0"],
-            "ibi": ["trainer=ibi", "model=table"]}
+            "direct_ad": ["trainer=direct_ad", "optimizer=adam", "optimizer.lr=0.02", "optimizer.clip_norm=1.0",
+                          "trainer.average=null"],
+            "ibi": ["trainer=ibi", "model=table", "trainer.average=null"]}
 
 
 class Reached(Exception):
@@ -97,7 +100,7 @@ def run_one(label, overrides, args, workdir):
     def timed_propose(params, opt_state, lr_scale):
         t = training_time()
         if state["updates"] > 0 and (t - state["last_eval"] >= args.eval_interval or t >= args.cap):
-            rmse = evaluate(params)
+            rmse = evaluate(trainer.model(params))   # what the run would leave (trainer.average)
             state["last_eval"] = t
             state["history"].append((round(t, 1), state["updates"], round(rmse, 4)))
             print(f"  {label}: {t:7.1f} s training, {state['updates']:4d} updates, RDF RMSE {rmse:.4f}", flush=True)
