@@ -10,7 +10,9 @@ stage all see it. The iterate is kept beside it (``iterate_params``) for resumin
 
 With weight d per update the average is debiased like Adam's moments: after n accepted updates
 θ̄ = (1 − d) Σ_k d^(n−k) θ_k / (1 − d^n), so the first iterate is not pulled towards the
-initial parameters, and d = 0 is the last iterate. Rejected updates add nothing.
+initial parameters, and d = 0 is the last iterate. Rejected updates add nothing, and a rejection
+also takes back the step it rolls back (train.py: the parameters return to those before the
+last accepted step), unless a resume came in between.
 """
 from __future__ import annotations
 
@@ -26,15 +28,22 @@ class ParameterAverage:
     decay: float
     total: Any = None    # (1 − d) Σ_k d^(n−k) θ_k (a pytree like the parameters)
     count: int = 0       # accepted updates averaged
+    previous: Any = None  # (total, count) before the last add, for undo
 
     def add(self, params) -> None:
         """Average in the parameters of one accepted update."""
+        self.previous = (self.total, self.count)
         d = self.decay
         if self.total is None:
             self.total = jax.tree_util.tree_map(lambda p: (1.0 - d) * p, params)
         else:
             self.total = jax.tree_util.tree_map(lambda a, p: d * a + (1.0 - d) * p, self.total, params)
         self.count += 1
+
+    def undo(self) -> None:
+        """Take back the last :meth:`add` (its step was rolled back); once per add."""
+        if self.previous is not None:
+            (self.total, self.count), self.previous = self.previous, None
 
     def value(self, params):
         """The averaged parameters (``params`` itself before any accepted update)."""

@@ -274,6 +274,8 @@ class Trainer:
             st["failures"] += 1
             st["lr_scale"] *= self.lr_reduction
             st["params"], st["opt_state"] = st["last_good"]
+            if self.average is not None:   # the rolled-back step leaves the average too
+                self.average.undo()
             self.regime.rejected()
             log.warning("update %d rejected (%s): parameters rolled back, learning-rate scale now %.3g "
                         "(%d consecutive failures)", st["update"], prop.event, st["lr_scale"], st["failures"])

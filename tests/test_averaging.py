@@ -30,6 +30,17 @@ def test_the_average_weights_the_iterates_by_powers_of_the_decay(decay):
     assert float(avg.value({"x": np.float32(0.0)})["x"]) == pytest.approx(want, rel=1e-6)
 
 
+def test_a_rolled_back_step_leaves_the_average_once():
+    avg = ParameterAverage(0.5)
+    for t in (1.0, 3.0):
+        avg.add({"x": np.float32(t)})
+    avg.add({"x": np.float32(100.0)})                               # the step a rejection rolls back
+    avg.undo()
+    avg.undo()                                                       # a second rejection: nothing more
+    assert avg.count == 2
+    assert float(avg.value({"x": np.float32(0.0)})["x"]) == pytest.approx((0.5 * 1.0 + 3.0) / 1.5, rel=1e-6)
+
+
 def test_a_run_leaves_the_average_and_resumes_from_the_iterate(tmp_path):
     """Three updates in three resumed pieces: each checkpoint's iterate is recorded, the final
     ``params`` are their debiased average, and an uninterrupted run leaves the same model."""
