@@ -247,8 +247,9 @@ def test_harmonic_crystal_fluctuation_term_is_the_internal_relaxation():
 
     kin = np.asarray(stiffness.kinetic_stiffness(n, vol, kT))
     np.testing.assert_allclose(C, A - Lam.T @ np.linalg.pinv(H) @ Lam / vol + kin, rtol=1e-9, atol=1e-12)
-    # the project's 0 K relaxed-ion values (scripts/bench/README.md; elastic.relaxed_voigt differentiates with
-    # respect to the linear strain, which differs by the 1e-5 GPa residual stress at this a)
+    # the project's 0 K relaxed-ion values (scripts/bench/README.md; elastic.relaxed_voigt
+    # differentiates with respect to the linear strain, which differs by the 1e-5 GPa residual
+    # stress at this a)
     c11, c12, c44 = (float(x) * G for x in stiffness.cubic_constants(C - kin))
     assert (c11, c12, c44) == pytest.approx((151.4217, 76.4207, 56.4483), abs=2e-3)
 
