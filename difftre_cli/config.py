@@ -199,6 +199,7 @@ def _validate_one(cfg: DictConfig) -> None:
                             "use internal-coordinate observables (bonds, angles, dihedrals, phi_psi) or a box")
     targets.build(cfg.targets, obs, system.units)
     optim.build(cfg.optimizer, updates)
+    _check_newton_optimizer(cfg)
     if len(system.species_names) > 1:
         mixture.ground_truth(_get(cfg, "ground_truth"), cutoff, system.species_names)
     else:
@@ -289,6 +290,19 @@ def _validate_evaluate(cfg: DictConfig) -> None:
             raise UserError("evaluate.stress_strain strains a crystal under a many-body potential; "
                             f"model.kind={cfg.model.get('kind')!r} is not one",
                             "use model=three_body or model=dimenet, or set evaluate.stress_strain=null")
+
+
+def _check_newton_optimizer(cfg: DictConfig) -> None:
+    """The Gauss–Newton step (trainer.precondition=gauss_newton of difftre and force_matching)
+    has a length of its own: a learning rate of 1 takes the whole step and the step rule scales
+    it. Adam divides each coordinate by its running RMS, so it keeps only the step's signs and
+    moves every parameter by about lr per update whatever the residuals say (config=lj_mixture
+    ran so until 2026-12-07: scripts/bench/README.md)."""
+    if (_get(cfg, "trainer.kind") in ("difftre", "force_matching") and _get(cfg, "trainer.precondition") == "gauss_newton"
+            and _get(cfg, "optimizer.kind") == "adam"):
+        raise UserError("trainer.precondition=gauss_newton with optimizer=adam: Adam rescales every coordinate of "
+                        "the Gauss-Newton step to about lr, so the step is no longer the Newton step",
+                        "use optimizer=sgd optimizer.lr=1.0 optimizer.schedule=constant (lr 1: the whole step)")
 
 
 def _cross_checks(cfg: DictConfig, system, cutoff: float) -> None:

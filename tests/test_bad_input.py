@@ -251,6 +251,8 @@ CASES = [
     pytest.param(["trainer.shrinkage=1.5"], ["trainer.shrinkage"], id="shrinkage-above-one"),
     pytest.param(["trainer=relative_entropy", "trainer.precondition=gauss_newton"],
                  ["trainer.precondition=gauss_newton", "relative entropy"], id="gauss-newton-relative-entropy"),
+    pytest.param(["trainer.precondition=gauss_newton"], ["trainer.precondition=gauss_newton", "optimizer=adam",
+                                                        "Newton step"], id="gauss-newton-adam"),
     # evaluate
     pytest.param(["evaluate.production_steps=0"], ["evaluate.production_steps"], id="evaluate-steps-zero"),
     pytest.param(["evaluate.every=0"], ["evaluate.every"], id="evaluate-every-zero"),
