@@ -122,6 +122,36 @@ def group_state_points(signatures: Sequence) -> list[list[int]]:
     return out
 
 
+def batch_groups(samplers: Sequence, states: Sequence, params, names: Sequence[str], n_particles: Sequence[int]):
+    """([(StateGroup, [state indices])], {state index: its device}) for the state points whose
+    segments have equal shapes (``states``: each one's (simulation state, neighbour list)); a
+    state point that matches no other one is left out (sampled on its own) with a warning that
+    names it and the fix."""
+    sigs = [signature(sampler, params, state, nbrs) for sampler, (state, nbrs) in zip(samplers, states)]
+    n_dev = len(jax.local_devices())
+    batched, home = [], {}
+    for members in group_state_points(sigs):
+        label = ", ".join(names[k] for k in members)
+        if len(members) == 1:
+            k = members[0]
+            why = ("its sampler cannot be batched" if sigs[k] is None else
+                   f"no other state point has N = {n_particles[k]} particles and the same simulation state shapes")
+            log.warning("trainer.state_parallel=devices: state point %s is sampled on its own (%s); "
+                        "give state points the same system.n_particles to batch them", label, why)
+            continue
+        group = StateGroup([samplers[k] for k in members])
+        batched.append((group, members))
+        for j, k in enumerate(members):
+            home[k] = group.device(j)
+        log.info("trainer.state_parallel=devices: state points %s sampled in one compiled call over %d "
+                 "device(s) (%s)", label, group.n_devices, ", ".join(str(d) for d in group.devices))
+        if n_dev == 1:
+            log.warning("trainer.state_parallel=devices: only one JAX device, so the state points %s run one "
+                        "after another inside that call; on CPU set XLA_FLAGS="
+                        "--xla_force_host_platform_device_count=%d before starting difftre", label, len(members))
+    return batched, home
+
+
 class StateGroup:
     """Samplers of state points with equal :func:`signature`, sampled together (see module doc)."""
 

@@ -146,29 +146,9 @@ class MultiStateDiffTReRegime(Regime):
     def _make_groups(self, params):
         """Batch the state points whose segments have equal shapes (parallel.py); the others
         are sampled one after another, as with state_parallel=sequential (logged)."""
-        self.groups, self.home = [], {}
-        sigs = [parallel.signature(sub.c.sampler, params, sub.state, sub.nbrs) for sub in self.subs]
-        n_dev = len(jax.local_devices())
-        for members in parallel.group_state_points(sigs):
-            names = ", ".join(self.names[k] for k in members)
-            if len(members) == 1:
-                k = members[0]
-                why = ("its sampler cannot be batched" if sigs[k] is None else
-                       f"no other state point has N = {self.cs[k].system.n_particles} particles and the same "
-                       "simulation state shapes")
-                log.warning("trainer.state_parallel=devices: state point %s is sampled on its own (%s); "
-                            "give state points the same system.n_particles to batch them", names, why)
-                continue
-            group = parallel.StateGroup([self.subs[k].c.sampler for k in members])
-            self.groups.append((group, members))
-            for j, k in enumerate(members):
-                self.home[k] = group.device(j)
-            log.info("trainer.state_parallel=devices: state points %s sampled in one compiled call over %d "
-                     "device(s) (%s)", names, group.n_devices, ", ".join(str(d) for d in group.devices))
-            if n_dev == 1:
-                log.warning("trainer.state_parallel=devices: only one JAX device, so the state points %s run one "
-                            "after another inside that call; on CPU set XLA_FLAGS="
-                            "--xla_force_host_platform_device_count=%d before starting difftre", names, len(members))
+        self.groups, self.home = parallel.batch_groups(
+            [sub.c.sampler for sub in self.subs], [(sub.state, sub.nbrs) for sub in self.subs], params, self.names,
+            [c.system.n_particles for c in self.cs])
 
     #: checkpointed trees of each state point's regime; in the checkpoint: tree → {state: value}
     TREE_KEYS = ("sim_state", "neighbor")
