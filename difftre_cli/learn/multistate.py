@@ -8,7 +8,8 @@ sum of their gradients. Per update:
    simulation, reference trajectories and reuse decision, so a state point that reweights
    well is not resampled because another one needs it;
 2. each state point's gradient on its own stored trajectory (one compiled call per state
-   point, compiled once per run);
+   point; one program for state points that differ only in composition and targets,
+   shared_programs.py);
 3. one optimiser step with the summed gradient (one compiled call).
 
 ``trainer.state_parallel`` says how step 1 runs when several state points resample:
@@ -19,12 +20,13 @@ sum of their gradients. Per update:
   shapes; temperature, density, composition may differ) are sampled together, each chunk of
   their segments ONE ``jit(shard_map)`` call over the JAX devices, one state point per
   device, or several per device one after another (parallel.py; progress, signals and
-  mid-trajectory checkpoints between chunks, as with ``sequential``). The trajectories, features, gradients (step 2)
-  and N_eff of such a state point then stay on its device; the per-state gradients are
-  dispatched to their devices together (so they can overlap) and summed on the default device. A state point whose particle
-  number no other one shares is sampled on its own, as with ``sequential``, and a warning
-  names it and the fix (the same system.n_particles). Implemented for trainer=difftre (a
-  config error otherwise); no effect with a single state point. On CPU, fake devices with
+  mid-trajectory checkpoints between chunks, as with ``sequential``). The trajectories,
+  features, gradients (step 2) and N_eff of such a state point then stay on its device; the
+  per-state gradients are dispatched to their devices together (so they can overlap) and
+  summed on the default device. A state point whose particle number no other one shares is
+  sampled on its own, as with ``sequential``, and a warning names it and the fix (the same
+  system.n_particles). Implemented for trainer=difftre (a config error otherwise); no effect
+  with a single state point. On CPU, fake devices with
   ``XLA_FLAGS=--xla_force_host_platform_device_count=K`` set before JAX starts.
 
 Both modes compute the same numbers bit-for-bit on CPU: each state point's segment is the
@@ -53,7 +55,7 @@ import numpy as np
 
 from .. import parallel
 from ..errors import UserError
-from . import gauss_newton
+from . import gauss_newton, shared_programs
 from .boltzmann import initial_params
 from .difftre import apply_update, natural_step
 from .difftre_regime import DiffTReRegime
@@ -88,8 +90,11 @@ class StateStore:
 
 class MultiStateDiffTReRegime(Regime):
     def __init__(self, states: list, store, ratio: float, init_from: str | None = None,
-                 state_parallel: str = "sequential", max_loss_ratio: float | None = None):
+                 state_parallel: str = "sequential", max_loss_ratio: float | None = None, share: list | None = None):
         self._setup(states, store, init_from, lambda c, st: DiffTReRegime(c, st, ratio, init_from))
+        for learners in ([self.cs[k].learner for k in ks] for ks in share or []):   # shared_programs.py
+            if all(map(shared_programs.shareable, learners)):
+                shared_programs.share(learners)
         self.max_loss_ratio = max_loss_ratio   # a fresh summed loss above this × loss_before rejects
         self._apply = jax.jit(lambda p, o, g, loss, s, f: apply_update(self.optimizer, p, o, g, loss, s,
                                                                        rescale=lambda u: _times(f, u)))
@@ -290,10 +295,10 @@ class MultiStateDiffTReRegime(Regime):
             total_grad = jax.tree_util.tree_map(lambda *g: sum(g), *[o[4] for o in outs])
             loss = sum(jnp.asarray(o[0]) for o in outs)
             lr = jnp.asarray(lr_scale, jnp.float32)
-            if self.cs[0].learner.precondition == "fisher":   # the Fisher matrices of the state points, summed
-                total_grad = self._natural(self._fisher_sum(params), total_grad)
-            elif self.cs[0].learner.precondition == "gauss_newton":   # Σ_k J_kᵀJ_k, Σ_k m_k (Σ_k J_kᵀr_k)
-                jtj, m, jtr = self._jtj_sum(params)
+            if self.cs[0].learner.precondition == "fisher":   # Σ_k F_k: the joint ensemble of the state points
+                total_grad = self._natural(self._summed("fisher", params), total_grad)
+            elif self.cs[0].learner.precondition == "gauss_newton":   # Σ_k J_kᵀJ_k, Σ_k m_k, Σ_k J_kᵀr_k (gauss_newton.py)
+                jtj, m, jtr = self._summed("gauss_newton", params)
                 if self._shrunk:
                     total_grad = gauss_newton.gradient(jtr, total_grad)
                 total_grad = self._gauss_newton(jtj, m, total_grad)
@@ -353,15 +358,6 @@ class MultiStateDiffTReRegime(Regime):
                 sub.next_n_eff = -1.0
                 # batched sampling (devices) keeps the preset's spacing: one shape per group
                 sub.length = 1 if k in self.home else self.rule.next_length(sub.length, bool(worn))
-
-    def _fisher_sum(self, params):
-        """Σ_k F_k: the Fisher matrix of the joint ensemble of independent state points."""
-        return self._summed("fisher", params)
-
-    def _jtj_sum(self, params):
-        """(Σ_k J_kᵀJ_k, Σ_k m_k, Σ_k J_kᵀr_k): the Gauss–Newton matrix and half-gradient of the
-        summed loss (gauss_newton.py)."""
-        return self._summed("gauss_newton", params)
 
     def _summed(self, method: str, params):
         """The learner's ``method(params, feats)`` on every state point (dispatched together),

@@ -33,6 +33,8 @@ from typing import Callable
 
 from .. import reference
 from ..errors import UserError
+from ..states import state_configs
+from . import shared_programs
 from .boltzmann import check_init_from
 from .difftre import DiffTRe
 from .difftre_regime import DiffTReRegime
@@ -91,7 +93,8 @@ def _difftre_states(cfg, store, states):
     return MultiStateDiffTReRegime(states, store, float(cfg.trainer.get("reweight_ratio", 0.9)),
                                    _init_from(cfg.trainer),
                                    state_parallel=cfg.trainer.get("state_parallel", "sequential"),
-                                   max_loss_ratio=_max_loss_ratio(cfg.trainer))
+                                   max_loss_ratio=_max_loss_ratio(cfg.trainer),
+                                   share=shared_programs.groups(state_configs(cfg)))
 
 
 def _on_trainer_cfg(cls):

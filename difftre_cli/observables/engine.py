@@ -57,6 +57,12 @@ from .stress import deformation
 #: computations of a trajectory's features (the first and its re-allocations) before it counts as unstable
 FEATURE_RETRIES = 6
 
+#: the feature lists of state points that share their programs (learn/shared_programs.py) get this
+#: much more room than the first one needs, in multiples of SHARED_WIDTH_STEP slots: the compositions
+#: of config=lj_mixture need 121, 124 and 127 slots, and all get 144, one shape, one compilation
+SHARED_HEADROOM = 1.1
+SHARED_WIDTH_STEP = 16
+
 #: the per-snapshot strain derivatives an observable may ask for with ``needs``
 BORN = ("born_stress", "born_stiffness")
 
@@ -109,6 +115,16 @@ def _per_state_bounded(one, batch: int):
 
     per_state.defvjp(fwd, bwd)
     return per_state
+
+
+def _shared_capacities(own: dict, floor: dict | None) -> dict:
+    """The capacities of a list that needs ``own``, shared with lists whose capacities are
+    ``floor`` (None: none yet): ``floor`` if it is large enough, else ``own`` with headroom."""
+    if floor is not None and all(v <= floor[name] for name, v in own.items()):
+        return floor
+    grown = {name: max(v, 0 if floor is None else floor[name]) for name, v in own.items()}
+    width = int(np.ceil(SHARED_HEADROOM * grown["max_occupancy"] / SHARED_WIDTH_STEP)) * SHARED_WIDTH_STEP
+    return {**grown, "max_occupancy": width}
 
 
 class ObservableEngine:
@@ -223,13 +239,23 @@ class ObservableEngine:
             self._pending_caps = json.loads(attrs["feature_lists"])
 
     _pending_caps = None
+    #: the least capacities of the feature lists, {list: capacities}, a dict shared with the engines of
+    #: state points that share this one's programs (learn/shared_programs.py): equal list shapes
+    #: are one compiled featurisation (SHARED_HEADROOM); None: the lists' own
+    capacity_floor = None
 
     def _allocate(self, positions, grow: int = 0):
         n = positions.shape[1]
         if self._pending_caps is not None and not grow:
             return {k: neighbors.placeholder(n, caps, positions.dtype) for k, caps in self._pending_caps.items()}
-        return {"obs": self.feature_nbr_fn.allocate(positions[-1], extra_capacity=grow),
-                "energy": self.energy_nbr_fn.allocate(positions[-1], extra_capacity=grow)}
+        lists = {"obs": self.feature_nbr_fn.allocate(positions[-1], extra_capacity=grow),
+                 "energy": self.energy_nbr_fn.allocate(positions[-1], extra_capacity=grow)}
+        if self.capacity_floor is None:
+            return lists
+        own = {k: neighbors.capacities(nb) for k, nb in lists.items()}
+        caps = {k: _shared_capacities(c, self.capacity_floor.get(k)) for k, c in own.items()}
+        self.capacity_floor.update(caps)
+        return lists if caps == own else {k: neighbors.placeholder(n, c, positions.dtype) for k, c in caps.items()}
 
     def featurize(self, trajectory, on_shapes=None) -> Features:
         """Features of a trajectory (positions (S, N, 3), reference energies (S,)).
