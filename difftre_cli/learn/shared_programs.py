@@ -6,8 +6,8 @@ the others only in its composition and its target data.
 Each state point has its own learner (learn/multistate.py) whose programs close over that state
 point's constants: the species of every particle and the particles per species (the mixture's
 pair codes, the partial RDFs' normalisation), the target values and weights. Compiled as they
-are, state points that differ only in those compile the same program once each: 8.8 s of
-compilation for config=lj_mixture's three compositions, against 2.9 s for one (2 CPU cores,
+are, state points that differ only in those compile the same program once each: 9.1 s of
+compilation for config=lj_mixture's three compositions, 2.5 s shared (2 CPU cores,
 scripts/bench/README.md). Here those constants are the programs' arguments, the *state data*:
 the first state point's learner is the template, traced with the data of the state point that
 calls, and every state point's learner calls the shared programs with its own data.
@@ -117,7 +117,7 @@ def share(learners: list) -> None:
     """Let ``learners`` (state points of one group of :func:`groups`, all :func:`shareable`)
     call one compiled program per method — and per featurisation — with their own state data.
     The first one is the template: its ``trace_count`` counts the shared programs' traces. Their
-    feature lists take the largest capacities any of them needed so far (equal shapes: one
+    feature lists share one capacity with headroom (observables/engine.py: equal shapes, one
     compilation; the padding changes no feature)."""
     template = learners[0]
 
