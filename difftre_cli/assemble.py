@@ -17,8 +17,8 @@ from .onebody import OneBodySampler, build_line_system, is_one_body_system
 from .potentials import mixture
 from .potentials.protocol import Potential
 from .sampler import sampler_config
-from .simulate import Sampler
-from .states import state_configs
+from .simulate import Sampler, share_programs
+from .states import data_groups, state_configs
 from .system import System, build_system
 
 
@@ -73,5 +73,10 @@ def build(cfg) -> Components:
 
 
 def build_states(cfg) -> list[tuple[str, Components]]:
-    """[(state name, Components)] for a config with ``states`` (see states.py)."""
-    return [(name, build(sub)) for name, sub in state_configs(cfg)]
+    """[(state name, Components)] for a config with ``states`` (see states.py); the samplers of a
+    data group share their compiled programs (simulate.share_programs)."""
+    cfgs = state_configs(cfg)
+    states = [(name, build(sub)) for name, sub in cfgs]
+    for ks in data_groups(cfgs):
+        share_programs([states[k][1].sampler for k in ks])
+    return states

@@ -2,19 +2,18 @@
 open space (``box_size`` None: a molecule in vacuum or implicit solvent; all pairs by brute
 force, no minimum image anywhere).
 
-The list is built from a cell list obtained by *sorting* particles by cell id
-(gather-only, no scatter-add) or, for small systems, by brute force. Lists are
-in JAX MD's *dense* format: ``idx`` has shape (N, M), each row holds the
-neighbours of particle i padded with the value N, and the list is *full*
-(j in i's row and i in j's row).
+The list is built from a cell list obtained by *sorting* particles by cell id (gather-only, no
+scatter-add) or, for small systems, by brute force. Lists are in JAX MD's *dense* format: ``idx``
+has shape (N, M), each row holds the neighbours of particle i padded with the value N, and the
+list is *full* (j in i's row and i in j's row).
 
-Overflow (more neighbours than M, or more particles in a cell than the cell
-capacity) is always detected and sets ``did_buffer_overflow`` (sticky); the
-caller must then call ``allocate`` again with the current positions.
+Overflow (more neighbours than M, or more particles in a cell than the cell capacity) is always
+detected and sets ``did_buffer_overflow`` (sticky); the caller must then call ``allocate`` again.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -69,9 +68,6 @@ def minimum_image(dr, box):
         return dr
     box = jnp.asarray(box, dr.dtype)
     return dr - box * jnp.round(dr / box)
-
-
-_wrap = minimum_image
 
 
 def _materialize(tree, flag):
@@ -206,7 +202,7 @@ def _build_brute(R, max_nbrs, box_size: float, r_list_sq: float):
     Rp = jnp.concatenate([R, jnp.zeros((n_words * _BITS - n, 3), R.dtype)], 0)
     Rj = Rp.T.reshape(3, 1, n_words, _BITS)
     Ri = R.T[:, :, None, None]
-    d2 = sum(jnp.square(_wrap(Ri[a] - Rj[a], box_size)) for a in range(3))
+    d2 = sum(jnp.square(minimum_image(Ri[a] - Rj[a], box_size)) for a in range(3))
     j = jnp.arange(n_words * _BITS, dtype=jnp.int32).reshape(1, n_words, _BITS)
     i = jnp.arange(n, dtype=jnp.int32)[:, None, None]
     ok = (d2 < r_list_sq) & (j < n) & (j != i)
@@ -252,7 +248,7 @@ def _build_cell(R, max_nbrs, cell_cap, cand_cap, grid: "_CellGrid"):
     Rm = Rp.T[:, members][:, :, :, None, None]                          # (3, ncell, C, 1, 1)
     cand_cell, Rc, Rm, members = _materialize((cand_cell, Rc, Rm, members), flag)
     # Blocked distances: every member of a cell against the cell's candidates.
-    d2 = sum(jnp.square(_wrap(Rm[a] - Rc[a], box_size)) for a in range(3))
+    d2 = sum(jnp.square(minimum_image(Rm[a] - Rc[a], box_size)) for a in range(3))
     cw = cand_cell.reshape(ncell, 1, n_words, _BITS)
     ok = (d2 < r_list_sq) & (cw < n) & (cw != members[:, :, None, None])
     words = _materialize(_pack_bits(ok), flag)                          # (ncell, C, W)
@@ -293,11 +289,18 @@ def make_neighbor_fn(box_size: float | None, cutoff: float, skin: float,
     "brute" (all pairs) or "auto" (brute force for N <= ``brute_force_max_n`` or fewer
     than 4 cells per side, else the cell list; brute force measured ~2x faster at N = 1000).
     ``box_size`` None: open space, brute force over all pairs without minimum image (molecules).
+    Memoised: owners of equal lists (the samplers and engines of a data group's state points,
+    states.py) get the same functions, and so share their compiled list builds.
     """
-    box_size = None if box_size is None else float(box_size)
-    r_list = float(cutoff) + float(skin)
+    return _neighbor_fns(None if box_size is None else float(box_size), float(cutoff), float(skin),
+                         float(capacity_multiplier), str(method), int(brute_force_max_n))
+
+
+@functools.lru_cache(maxsize=64)
+def _neighbor_fns(box_size, cutoff, skin, capacity_multiplier, method, brute_force_max_n) -> NeighborFns:
+    r_list = cutoff + skin
     r_list_sq = r_list * r_list
-    half_skin_sq = (0.5 * float(skin)) ** 2
+    half_skin_sq = (0.5 * skin) ** 2
     nc = _cells_per_side(method, box_size, r_list)
     ncell = nc ** 3
 
@@ -353,7 +356,7 @@ def make_neighbor_fn(box_size: float | None, cutoff: float, skin: float,
 
     def update(R, nbrs: NeighborList) -> NeighborList:
         """Rebuild if some particle moved more than skin/2 since the last build (jit-able)."""
-        dr = _wrap(R - nbrs.reference_position, box_size)
+        dr = minimum_image(R - nbrs.reference_position, box_size)
         moved = jnp.max(jnp.sum(dr * dr, -1)) > half_skin_sq
         return jax.lax.cond(moved, rebuild, lambda R, nb: nb, R, nbrs)
 

@@ -33,13 +33,12 @@ direct AD's differentiable segment and the observable engine's featurisation.
 One kinetic-temperature convention: kT = Σ p²/m / (N·d), JAX MD's ``quantity.temperature``
 (the degrees of freedom its thermostats use; Langevin dynamics conserves no momentum).
 
-A *monitor* (``sampler.monitor``; progress display, signals, checkpoints of the training loop)
-is called after every chunk (:class:`Monitor`) with the progress and a callable giving the
-segments in progress as checkpoint parts (:meth:`ChunkedSampler.segment_checkpoint`; one for a
-sampler, one per state point for a group). It may checkpoint them and stop the run by raising;
-a later process restores each (:meth:`ChunkedSampler.restore_segment`) and the next ``sample``
-call from the same starting state continues that segment where it stopped. The segment
-bookkeeping (counters, chunk plan, pacing, the checkpoint format) is in segments.py.
+A *monitor* (``sampler.monitor``: the training loop's progress, signals, checkpoints) is called
+after every chunk (:class:`Monitor`) with the progress and a callable giving the segments in
+progress as checkpoint parts (:meth:`ChunkedSampler.segment_checkpoint`). It may checkpoint them
+and stop the run by raising; a later process restores each (:meth:`ChunkedSampler.restore_segment`)
+and the next ``sample`` from the same starting state continues it. Segment bookkeeping
+(counters, chunk plan, pacing, checkpoint format): segments.py.
 """
 from __future__ import annotations
 
@@ -96,11 +95,10 @@ class SampleResult(NamedTuple):
 
 
 class Monitor(Protocol):
-    """Called after every chunk of a sampler (``source``: the sampler) or of a
-    ``parallel.StateGroup`` (``source``: the group, its state points' chunks done together).
-    ``source.label`` and ``source.cfg`` describe it; ``progress`` is the segment's (a group's:
-    that of its member furthest from the end); ``segments()`` gives every segment of the call
-    as checkpoint parts (segments.py). It may checkpoint them and stop the run by raising."""
+    """Called after every chunk of a sampler or of a ``parallel.StateGroup`` (``source``;
+    ``source.label`` and ``source.cfg`` describe it); ``progress`` is the segment's (a group's:
+    its member furthest from the end); ``segments()`` gives every segment of the call as
+    checkpoint parts (segments.py). It may checkpoint them and stop the run by raising."""
 
     def chunk_done(self, source, segments: Callable[[], list[tuple[Segment, dict]]], progress: SegmentProgress,
                    steps_per_s: float) -> None: ...
@@ -205,14 +203,16 @@ class ChunkedSampler:
     def compile_chunk_ahead(self, params, state, nbrs, n_snapshots: int) -> None:
         """Compile the chunk program for a segment of ``n_snapshots`` from ``state`` (its
         shapes suffice: ``jax.ShapeDtypeStruct`` leaves) in a background thread
-        (compile_ahead.py); the next chunk waits for it."""
+        (compile_ahead.py); the next chunk waits for it. A program shared with other samplers
+        compiles ahead for its template's shapes only (simulate.share_programs)."""
+        if not getattr(self._chunk, "leads", True):
+            return
         i32 = jax.ShapeDtypeStruct((), jnp.int32)
         self._ahead.start(self._chunk, params, state, nbrs, self._buffers(params, state, nbrs, n_snapshots),
                           i32, i32, i32, i32)
 
     @functools.cached_property
-    def _ahead(self) -> CompileAhead:
-        """This sampler's background compilation (compile_ahead.py), made on first use."""
+    def _ahead(self) -> CompileAhead:   # this sampler's background compilation, made on first use
         return CompileAhead()
 
     def _chunk_impl(self, params, state, nbrs, buffers, n_eq, n_rec, start, every):
@@ -258,7 +258,7 @@ class ChunkedSampler:
         """``n_eq`` equilibration steps then ``n_snapshots`` snapshots ``every`` steps apart,
         in chunks (module doc); continues a restored segment of the same lengths."""
         seg, prog = self.start_segment(params, state, nbrs, n_eq, n_snapshots, every)
-        if self.trace_count == 0:
+        if self.trace_count == 0 and getattr(self._chunk, "leads", True):
             log.info("compiling the MD chunk program (once per run; a graph network takes a while)")
         self._ahead.wait()   # a chunk program compiling in the background (compile_chunk_ahead)
         pacer = self.pacer
@@ -277,12 +277,9 @@ class ChunkedSampler:
                                         pacer.rate or float("nan"))
         return self.result(state, nbrs, seg, prog, True, "")
 
-    @property
-    def pacer(self) -> ChunkPacer:
-        """This sampler's chunk sizes (segments.py), kept from one segment to the next."""
-        if "_pacer" not in self.__dict__:
-            self._pacer = ChunkPacer(self.cfg.chunk_seconds)
-        return self._pacer
+    @functools.cached_property
+    def pacer(self) -> ChunkPacer:   # this sampler's chunk sizes (segments.py), kept between segments
+        return ChunkPacer(self.cfg.chunk_seconds)
 
     def start_segment(self, params, state, nbrs, n_eq: int, n_snapshots: int, every: int):
         """(segment, progress) of a segment of these lengths from ``state``: the restored

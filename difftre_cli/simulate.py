@@ -16,10 +16,13 @@ they see and grown on overflow under the sampler's one overflow rule.
 """
 from __future__ import annotations
 
+import copy
 import logging
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax_md import simulate as jmd_simulate
 from jax_md import space
 
@@ -27,6 +30,7 @@ from . import neighbors
 from .jax_setup import RUN_ONCE_COMPILER_OPTIONS
 from .overflow import grown_extra
 from .sampler import ChunkedSampler, SamplerConfig
+from .shared_jit import Bound
 
 log = logging.getLogger("difftre")
 
@@ -47,19 +51,41 @@ class Sampler(ChunkedSampler):
         self._bind(potential)
 
     def _bind(self, potential):
-        """Force, energy, integrator and the compiled chunk for ``potential``."""
-        box = self.box
+        """Force, energy, integrator and the compiled programs for ``potential``."""
+        self._set_potential(potential)
+        # the initial state: one force evaluation, by the program cheapest to build for it
+        self._init_state = jax.jit(self._init_impl, compiler_options=RUN_ONCE_COMPILER_OPTIONS)
+        self._compile()
+
+    def _set_potential(self, potential) -> None:
+        """Force, energy and the integrator's functions for ``potential`` (nothing compiled)."""
+        box, kT = self.box, float(self.system.kT)
         self.potential = potential
         self.force = potential.force_fn(box)
         self.energy = potential.energy_fn(box)
-        kT = float(self.system.kT)
         _, self._step = self._integrator(self.force, kT)
-        # the initial state: one force evaluation, by the program cheapest to build for it
         self._init, _ = self._integrator(potential.initial_force_fn(box), kT)
+
+    def _init_impl(self, key, R, nbrs, params):
         # Every JAX MD integrator takes kT (initial momenta; thermostat temperature) as a keyword.
-        self._init_state = jax.jit(lambda key, R, nbrs, params: self._init(
-            key, R, mass=self.system.mass, kT=kT, neighbor=nbrs, params=params), compiler_options=RUN_ONCE_COMPILER_OPTIONS)
-        self._compile()
+        return self._init(key, R, mass=self.system.mass, kT=float(self.system.kT), neighbor=nbrs, params=params)
+
+    # -- one program for a data group (states.py) ---------------------------------------
+    def program_data(self) -> dict | None:
+        """The arrays by which this sampler's programs differ from those of a state point of its
+        data group: the species of its particles ({} for one species); None if its programs
+        cannot take them as arguments (a graph network grows capacities of its own)."""
+        if self.potential.has_graph_capacity:
+            return None
+        species = getattr(self.potential, "species", None)
+        return {} if species is None else {"species": np.asarray(species, np.int32)}
+
+    def with_program_data(self, data: dict) -> Sampler:
+        """A shallow copy whose potential holds ``data`` (traced inside a shared program)."""
+        new = copy.copy(self)
+        if data:
+            new._set_potential(replace(self.potential, species=data["species"]))
+        return new
 
     def _integrator(self, force, kT: float):
         """JAX MD's (init, step) of ``simulator.integrator`` with ``force``."""
@@ -120,3 +146,34 @@ class Sampler(ChunkedSampler):
     def _observe(self, params, st, nb):
         nb = self.neighbor_fn.update(st.position, nb)
         return nb, self._capacity_overflow(st.position, nb), self.energy(st.position, nb, params)
+
+
+def share_programs(samplers: list[Sampler]) -> bool:
+    """Let the samplers of one data group (states.data_groups) call one compiled chunk program
+    and one initial-state program with their own species as an argument (shared_jit.py),
+    instead of one program per composition (three compilations of 4–6 s each for
+    config=lj_mixture). The first one is the template: it compiles the chunk program ahead
+    (``init``), and the others wait for that compilation (one background compilation for the
+    group). A trace counts in the ``trace_count`` of the sampler that called. False (nothing
+    shared) if a sampler's programs cannot take its data as arguments."""
+    data = [s.program_data() if type(s) is Sampler else None for s in samplers]
+    if len(samplers) < 2 or any(d is None for d in data):
+        return False
+    template = samplers[0]
+    current = {"owner": template}
+
+    def chunk(d, *args):
+        current["owner"].trace_count += 1
+        return template.with_program_data(d)._chunk_impl(*args)
+
+    def init_state(d, *args):
+        return template.with_program_data(d)._init_impl(*args)
+
+    chunk.__name__, init_state.__name__ = "shared_chunk", "shared_init_state"   # (JAX's compilation logs)
+    chunk_program = jax.jit(chunk)
+    init_program = jax.jit(init_state, compiler_options=RUN_ONCE_COMPILER_OPTIONS)
+    for s, d in zip(samplers, data):
+        s._chunk = Bound(chunk_program, d, s, current, leads=s is template)
+        s._init_state = Bound(init_program, d)
+        s.__dict__["_ahead"] = template._ahead   # one background compilation for the group
+    return True

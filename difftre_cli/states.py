@@ -13,8 +13,18 @@ config for it:
 ``targets`` when given) may be overridden; everything else (prior, model, observables,
 simulator, optimizer, trainer) is shared. Each state point gets its own simulation, reference
 trajectories and reuse decision (see learn/multistate.py).
+
+State points whose configs differ only in the mole fractions of ``system.species`` and the data
+of their targets (:data:`TARGET_DATA_KEYS`: file, values, units, columns, smoothing) form a
+*data group* (:func:`data_groups`): the same species names, target names, observables, γ and
+weighting, temperature, density and particle number. Their programs differ only in arrays (the
+species of each particle, the target values), so they share each compiled program with those
+arrays as arguments (shared_jit.py): the samplers' (simulate.py) and DiffTRe's
+(learn/shared_programs.py).
 """
 from __future__ import annotations
+
+import json
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -59,3 +69,29 @@ def state_configs(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
             base["targets"] = OmegaConf.to_container(sub.targets, resolve=False)
         out.append((str(name), OmegaConf.create(base)))
     return out
+
+
+#: keys of a target whose values may differ within a data group: they only change the target's
+#: values (and weights), which are the shared programs' arguments
+TARGET_DATA_KEYS = ("file", "x_unit", "columns", "smooth", "histogram", "value", "unit")
+
+
+def data_signature(state_cfg) -> str:
+    """What a state point's programs depend on besides its data: its config without the mole
+    fractions of ``system.species`` and without the targets' data keys."""
+    c = OmegaConf.to_container(state_cfg, resolve=False)
+    system = dict(c.get("system") or {})
+    if isinstance(system.get("species"), dict):
+        system["species"] = list(system["species"])   # the names, in order; the fractions are data
+    targets = {name: {k: v for k, v in (t or {}).items() if k not in TARGET_DATA_KEYS}
+               for name, t in (c.get("targets") or {}).items()}
+    return json.dumps({**c, "system": system, "targets": targets}, sort_keys=True, default=str)
+
+
+def data_groups(state_cfgs: list) -> list[list[int]]:
+    """Indices of the state points (``[(name, config)]``, :func:`state_configs`) that form data
+    groups (module doc), groups of two or more, in order."""
+    by = {}
+    for k, (_, sub) in enumerate(state_cfgs):
+        by.setdefault(data_signature(sub), []).append(k)
+    return [ks for ks in by.values() if len(ks) > 1]

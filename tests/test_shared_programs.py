@@ -1,6 +1,7 @@
-"""State points that differ only in composition and target data share the DiffTRe learner's
-compiled programs (learn/shared_programs.py): which ones are grouped, and that a shared program
-computes what each state point's own program computes."""
+"""State points that differ only in composition and target data (a data group, states.py) share
+the DiffTRe learner's compiled programs (learn/shared_programs.py) and the samplers' chunk and
+initial-state programs (simulate.share_programs): which ones are grouped, and that a shared
+program computes what each state point's own program computes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,9 +13,9 @@ from hydra import compose, initialize_config_dir
 
 from difftre_cli import assemble
 from difftre_cli.config import validate
-from difftre_cli.learn import shared_programs
 from difftre_cli.learn.registry import trainer_kind
-from difftre_cli.states import state_configs
+from difftre_cli.shared_jit import Bound
+from difftre_cli.states import data_groups, state_configs
 from difftre_cli.store import RunStore
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -40,7 +41,7 @@ def compose_cfg(overrides):
 ])
 def test_state_points_are_grouped_when_only_composition_and_target_data_differ(override, grouped):
     cfg = compose_cfg(["config=lj_mixture", *override])
-    assert shared_programs.groups(state_configs(cfg)) == grouped
+    assert data_groups(state_configs(cfg)) == grouped
 
 
 def test_shared_programs_compute_what_each_state_points_own_programs_do(tmp_path):
@@ -55,8 +56,8 @@ def test_shared_programs_compute_what_each_state_points_own_programs_do(tmp_path
     own = dict(assemble.build_states(cfg))          # the same state points with programs of their own
     regime = trainer_kind("difftre").multistate(cfg, RunStore(tmp_path), states)
     learners = [c.learner for _, c in states]
-    assert all(isinstance(learner.grad, shared_programs.Bound) for learner in learners)
-    assert not isinstance(own["xA25"].learner.grad, shared_programs.Bound)
+    assert all(isinstance(learner.grad, Bound) for learner in learners)
+    assert not isinstance(own["xA25"].learner.grad, Bound)
     params = jax.tree_util.tree_map(lambda x: x + 0.05, regime.init(jax.random.PRNGKey(0))[0])
     updates = jax.tree_util.tree_map(lambda x: 0.02 * np.ones_like(x), params)
 
@@ -89,3 +90,35 @@ def test_shared_programs_compute_what_each_state_points_own_programs_do(tmp_path
     assert learners[1].trace_count["grad"] == 0   # (its own programs never ran)
     # (mine's own learners differ: their state data are constants, and each compiled its own)
     assert own["xA25"].learner.trace_count["grad"] == 1 and own["xA75"].learner.trace_count["grad"] == 1
+
+
+def test_samplers_of_a_data_group_share_one_chunk_program(tmp_path):
+    """Two compositions: the shared chunk and initial-state programs give each state point the
+    trajectory its own sampler gives (species as an argument instead of a constant); the chunk
+    program is traced and compiled once, by the template, which alone compiles it ahead; the
+    other sampler's trajectory neither traces nor compiles; both use one set of list builds."""
+    cfg = compose_cfg(SMALL)
+    validate(cfg)
+    states = assemble.build_states(cfg)
+    own = {name: assemble.build(sub) for name, sub in state_configs(cfg)}   # programs of their own
+    samplers = [c.sampler for _, c in states]
+    assert all(isinstance(s._chunk, Bound) for s in samplers) and not isinstance(own["xA25"].sampler._chunk, Bound)
+    assert samplers[0]._chunk.leads and not samplers[1]._chunk.leads
+    assert samplers[0].neighbor_fn is samplers[1].neighbor_fn            # memoised list functions
+    assert np.any(samplers[0].potential.species != samplers[1].potential.species)
+    params = jax.tree_util.tree_map(lambda x: x + 0.05, states[0][1].potential.init(jax.random.PRNGKey(0)))
+    n = samplers[0].cfg.n_snapshots
+    inits = [(s, *s.init(jax.random.PRNGKey(k), params, ahead=n)) for k, s in enumerate(samplers)]
+    assert samplers[1]._ahead is samplers[0]._ahead
+    results = [s.sample(params, st, nb, first=True) for s, st, nb in inits]
+    assert samplers[0].trace_count == 1 and samplers[1].trace_count == 0
+    assert samplers[0]._chunk._cache_size() == 1
+    for k, ((name, c), res) in enumerate(zip(states, results)):
+        mine = own[name].sampler
+        st, nb = mine.init(jax.random.PRNGKey(k), params)
+        ref = mine.sample(params, st, nb, first=True)
+        assert res.ok and ref.ok
+        np.testing.assert_allclose(np.asarray(res.trajectory.positions), np.asarray(ref.trajectory.positions),
+                                   atol=1e-4)
+        np.testing.assert_allclose(np.asarray(res.trajectory.energies), np.asarray(ref.trajectory.energies),
+                                   rtol=1e-5)

@@ -33,8 +33,7 @@ from typing import Callable
 
 from .. import reference
 from ..errors import UserError
-from ..states import state_configs
-from . import shared_programs
+from ..states import data_groups, state_configs
 from .boltzmann import check_init_from
 from .difftre import DiffTRe
 from .difftre_regime import DiffTReRegime
@@ -94,7 +93,7 @@ def _difftre_states(cfg, store, states):
                                    _init_from(cfg.trainer),
                                    state_parallel=cfg.trainer.get("state_parallel", "sequential"),
                                    max_loss_ratio=_max_loss_ratio(cfg.trainer),
-                                   share=shared_programs.groups(state_configs(cfg)))
+                                   share=data_groups(state_configs(cfg)))
 
 
 def _on_trainer_cfg(cls):

@@ -10,30 +10,23 @@ are, state points that differ only in those compile the same program once each: 
 compilation for config=lj_mixture's three compositions, 2.5 s shared (2 CPU cores,
 scripts/bench/README.md). Here those constants are the programs' arguments, the *state data*:
 the first state point's learner is the template, traced with the data of the state point that
-calls, and every state point's learner calls the shared programs with its own data.
+calls, and every state point's learner calls the shared programs with its own data
+(shared_jit.py; the samplers share their chunk programs the same way, simulate.py).
 
-Which state points share (:func:`groups`): those whose configs (states.py) are the same apart
-from the mole fractions of ``system.species`` and the data of their ``targets`` (file, values,
-units, columns, smoothing): the same species names, target names, observables, γ and weighting,
-the same temperature, density and particle number. A state point that differs in anything else
-keeps programs of its own, as do potentials whose graph capacities are grown per state point
-(graph networks) and one-body potentials.
+Which state points share: states.data_groups (the same configs apart from the mole fractions of
+``system.species`` and the data of their ``targets``). Potentials whose graph capacities are
+grown per state point (graph networks) and one-body potentials keep programs of their own.
 """
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import replace
 
 import jax
 import numpy as np
-from omegaconf import OmegaConf
 
 from ..jax_setup import FEATURIZE_COMPILER_OPTIONS
-
-#: keys of a target whose values may differ between state points that share programs: they only
-#: change the target's values (and weights), which are the programs' arguments
-TARGET_DATA_KEYS = ("file", "x_unit", "columns", "smooth", "histogram", "value", "unit")
+from ..shared_jit import Bound
 
 #: the learner's per-update programs a multi-state regime calls, by attribute name
 PROGRAMS = {
@@ -43,27 +36,6 @@ PROGRAMS = {
     "gauss_newton": lambda learner, *a: learner._gauss_newton_impl(*a),
     "n_eff": lambda learner, *a: learner.engine.n_eff(*a),
 }
-
-
-def signature(state_cfg) -> str:
-    """What a state point's programs depend on besides its state data: its config without the
-    mole fractions of ``system.species`` and without the targets' data keys."""
-    c = OmegaConf.to_container(state_cfg, resolve=False)
-    system = dict(c.get("system") or {})
-    if isinstance(system.get("species"), dict):
-        system["species"] = list(system["species"])   # the names, in order; the fractions are data
-    targets = {name: {k: v for k, v in (t or {}).items() if k not in TARGET_DATA_KEYS}
-               for name, t in (c.get("targets") or {}).items()}
-    return json.dumps({**c, "system": system, "targets": targets}, sort_keys=True, default=str)
-
-
-def groups(state_cfgs: list) -> list[list[int]]:
-    """Indices of the state points (``[(name, config)]``, states.state_configs) that may share
-    programs, groups of two or more, in order."""
-    by = {}
-    for k, (_, sub) in enumerate(state_cfgs):
-        by.setdefault(signature(sub), []).append(k)
-    return [ks for ks in by.values() if len(ks) > 1]
 
 
 def shareable(learner) -> bool:
@@ -96,25 +68,8 @@ def with_state_data(learner, data):
     return new
 
 
-class Bound:
-    """A shared program bound to one state point's data, called like the state point's own
-    program (``eval_shape`` and ``_cache_size`` as a ``jax.jit`` function's)."""
-
-    def __init__(self, program, data):
-        self.program, self.data = program, data
-
-    def __call__(self, *args):
-        return self.program(self.data, *args)
-
-    def eval_shape(self, *args):
-        return self.program.eval_shape(self.data, *args)
-
-    def _cache_size(self):
-        return self.program._cache_size()
-
-
 def share(learners: list) -> None:
-    """Let ``learners`` (state points of one group of :func:`groups`, all :func:`shareable`)
+    """Let ``learners`` (state points of one group of states.data_groups, all :func:`shareable`)
     call one compiled program per method — and per featurisation — with their own state data.
     The first one is the template: its ``trace_count`` counts the shared programs' traces. Their
     feature lists share one capacity with headroom (observables/engine.py: equal shapes, one
