@@ -106,7 +106,7 @@ class DiffTReRegime(Regime):
         self.loss_before = None   # the next update starts where that loss was measured: no step to judge
 
     # -- one update ----------------------------------------------------------------------
-    def _resample(self, params) -> tuple[bool, float]:
+    def _resample(self, params, pool=None) -> tuple[bool, float]:
         t0 = time.perf_counter()
         sampler = self.c.sampler
         if self.n_traj == 0 or self.length == 1:
@@ -115,12 +115,14 @@ class DiffTReRegime(Regime):
             cfg = sampler.cfg
             res = sampler.run(params, self.state, self.nbrs, cfg.equilibration_steps, cfg.n_snapshots,
                               cfg.every * self.length)
-        return self.accept_sample(res), time.perf_counter() - t0
+        return self.accept_sample(res, pool), time.perf_counter() - t0
 
-    def accept_sample(self, res) -> bool:
+    def accept_sample(self, res, pool=None) -> bool:
         """Keep a finished segment (a :class:`sampler.SampleResult` from this state): store its
         trajectory, featurize it and continue the simulation from its end. False (nothing kept)
-        if the segment was unstable."""
+        if the segment was unstable. With ``pool`` (a ``concurrent.futures`` executor) the
+        featurisation runs there, beside the next state point's sampling (learn/multistate.py),
+        and :meth:`finish_sample` collects it."""
         c = self.c
         if not res.ok:
             log.warning("simulation unstable (%s)", res.reason)
@@ -129,13 +131,28 @@ class DiffTReRegime(Regime):
         self.store.write_trajectory(self.n_traj, traj, c.system.box_size, c.sampler.cfg.dt, c.system.units,
                                     species=c.system.species, species_names=c.system.species_names)
         ahead, self.step_ahead = self.step_ahead, None
-        self.feats = c.engine.featurize(res.trajectory, None if ahead is None else (
-            lambda shapes: c.learner.compile_step_ahead(*ahead, shapes, self.floor)))
-        jax.block_until_ready(self.feats.r)
+
+        def features():
+            feats = c.engine.featurize(res.trajectory, None if ahead is None else (
+                lambda shapes: c.learner.compile_step_ahead(*ahead, shapes, self.floor)))
+            return jax.block_until_ready(feats)
+
         self.before_sample = (self.state, self.nbrs)
         self.state, self.nbrs, self.n_traj = res.state, res.neighbor, self.n_traj + 1
         self.uses = 0
+        if pool is None:
+            self.feats = features()
+        else:
+            self.pending_feats = pool.submit(features)
         return True
+
+    pending_feats = None   # the features being computed in accept_sample's pool
+
+    def finish_sample(self) -> None:
+        """Collect the features that :meth:`accept_sample` computes in its pool (nothing if none)."""
+        pending, self.pending_feats = self.pending_feats, None
+        if pending is not None:
+            self.feats = pending.result()
 
     def undo_sample(self) -> None:
         """Continue the simulation from where it stood before this update's trajectory (a step

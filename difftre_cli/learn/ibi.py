@@ -217,6 +217,12 @@ class IBIRegime(Regime):
     def sample_means(self, params):
         """A fresh trajectory from the last state (stored) and its observables' means, or None
         if the simulation was unstable (then the state does not advance)."""
+        trajectory = self.sample_trajectory(params)
+        return None if trajectory is None else trajectory_means(self.c, params, trajectory)
+
+    def sample_trajectory(self, params):
+        """A fresh trajectory from the last state, stored, the state advanced to its end; None if
+        the simulation was unstable (then the state does not advance)."""
         c = self.c
         res = c.sampler.sample(params, self.state, self.nbrs, first=(self.n_traj == 0))
         if not res.ok:
@@ -228,9 +234,8 @@ class IBIRegime(Regime):
         traj = jax.tree_util.tree_map(np.asarray, res.trajectory)
         self.store.write_trajectory(self.n_traj, traj, c.system.box_size, c.sampler.cfg.dt, c.system.units,
                                     species=c.system.species, species_names=c.system.species_names)
-        means = trajectory_means(c, params, res.trajectory)
         self.state, self.nbrs, self.n_traj = res.state, res.neighbor, self.n_traj + 1
-        return means
+        return res.trajectory
 
     def corrections(self, params, means, lr_scale: float) -> dict:
         """{table key: (Δu on the table's points, finite)} of every channel."""

@@ -29,11 +29,14 @@ sum of their gradients. Per update:
   with a single state point. On CPU, fake devices with
   ``XLA_FLAGS=--xla_force_host_platform_device_count=K`` set before JAX starts.
 
-Both modes compute the same numbers bit-for-bit on CPU: each state point's segment is the
-same program (the batched one dispatches to it with ``lax.switch``), its neighbour list
-keeps its own capacity and overflow handling, and the state points' results are kept
-(stored, featurized) in the same order with the same stop-at-failure rules. Checkpoints are
-identical, so a run may be resumed in either mode.
+Both modes compute the same numbers bit-for-bit on CPU (each state point's segment is the same
+program, dispatched with ``lax.switch``; its list keeps its own capacity and overflow handling;
+results are kept in the same order with the same stop-at-failure rules), so a run may be resumed
+in either mode.
+
+*Pipelining*: a state point's trajectory is featurised in a background thread while the next
+one samples, whose MD keeps a second core only partly busy (same numbers; multi-state IBI
+likewise, multistate_baselines.py; measured in scripts/bench/README.md).
 
 Not ``vmap``: JAX MD's conditional neighbour-list rebuild becomes an every-step rebuild under
 ``vmap`` (3–5× slower, measured on 2 CPU cores).
@@ -48,6 +51,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -212,14 +216,17 @@ class MultiStateDiffTReRegime(Regime):
                                    [s.n_traj == 0 for s in subs], which)
                 batched.update({members[j]: r for j, r in res.items()})
         oks = {}
-        for k in ks:
-            sub = self.subs[k]
-            oks[k] = sub.accept_sample(batched[k]) if k in batched else sub._resample(params)[0]
-            if not oks[k] and sub.feats is None:   # nothing to fall back on: the start itself is unstable
-                raise UserError(f"state point {self.names[k]}: the simulation with the current parameters is unstable",
-                                "lower simulator.dt, check the prior and the initial structure")
-            if stop_at_failure and not oks[k]:
-                break
+        with ThreadPoolExecutor(1, thread_name_prefix="difftre-featurize") as pool:   # (module doc: pipelining)
+            for k in ks:
+                sub = self.subs[k]
+                oks[k] = sub.accept_sample(batched[k], pool) if k in batched else sub._resample(params, pool)[0]
+                if not oks[k] and sub.feats is None and sub.pending_feats is None:   # the start itself is unstable
+                    raise UserError(f"state point {self.names[k]}: the simulation with the current parameters is "
+                                    "unstable", "lower simulator.dt, check the prior and the initial structure")
+                if stop_at_failure and not oks[k]:
+                    break
+        for k in oks:
+            self.subs[k].finish_sample()
         return oks, time.perf_counter() - t0
 
     def _on(self, k, tree):

@@ -4,6 +4,7 @@ state points, stores, checkpoints and resampling), with each trainer's own updat
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 from .boltzmann import initial_params
 from .difftre import apply_update
 from .direct_ad import DirectADRegime
-from .ibi import IBIRegime, target_losses
+from .ibi import IBIRegime, target_losses, trajectory_means
 from .multistate import MultiStateDiffTReRegime
 from .regime import Proposal
 
@@ -91,7 +92,12 @@ class MultiStateIBIRegime(MultiStateDiffTReRegime):
     def propose(self, params, opt_state, lr_scale: float) -> Proposal:
         nan = float("nan")
         t0 = time.perf_counter()
-        means = [sub.sample_means(params) for sub in self.subs]
+        with ThreadPoolExecutor(1, thread_name_prefix="difftre-featurize") as pool:   # (multistate.py: pipelining)
+            pending = []
+            for sub in self.subs:
+                trajectory = sub.sample_trajectory(params)
+                pending.append(None if trajectory is None else pool.submit(trajectory_means, sub.c, params, trajectory))
+        means = [None if m is None else m.result() for m in pending]
         sample_time = time.perf_counter() - t0
         event, new_params, step_norm, update_time = "", params, nan, 0.0
         losses = [{t: nan for t in sub.c.targets} for sub in self.subs]
