@@ -34,9 +34,8 @@ program, dispatched with ``lax.switch``; its list keeps its own capacity and ove
 results are kept in the same order with the same stop-at-failure rules), so a run may be resumed
 in either mode.
 
-*Pipelining*: a state point's trajectory is featurised in a background thread while the next
-one samples, whose MD keeps a second core only partly busy (same numbers; multi-state IBI
-likewise, multistate_baselines.py; measured in scripts/bench/README.md).
+*Pipelining*: a trajectory is featurised in a background thread while the next state point
+samples, its MD keeping a second core only partly busy (same numbers; IBI likewise).
 
 Not ``vmap``: JAX MD's conditional neighbour-list rebuild becomes an every-step rebuild under
 ``vmap`` (3–5× slower, measured on 2 CPU cores).
@@ -220,7 +219,7 @@ class MultiStateDiffTReRegime(Regime):
             for k in ks:
                 sub = self.subs[k]
                 oks[k] = sub.accept_sample(batched[k], pool) if k in batched else sub._resample(params, pool)[0]
-                if not oks[k] and sub.feats is None and sub.pending_feats is None:   # the start itself is unstable
+                if not oks[k] and sub.feats is None:   # nothing to fall back on: the start itself is unstable
                     raise UserError(f"state point {self.names[k]}: the simulation with the current parameters is "
                                     "unstable", "lower simulator.dt, check the prior and the initial structure")
                 if stop_at_failure and not oks[k]:
