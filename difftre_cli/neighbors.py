@@ -52,6 +52,7 @@ jax.tree_util.register_dataclass(
 
 class NeighborFns(NamedTuple):
     allocate: Callable[..., NeighborList]
+    measure: Callable[..., dict]      # the capacities allocate would give, without the build
     update: Callable[[jax.Array, NeighborList], NeighborList]
     rebuild: Callable[[jax.Array, NeighborList], NeighborList]
     box_size: float
@@ -71,13 +72,9 @@ def minimum_image(dr, box):
 
 
 def _materialize(tree, flag):
-    """Identity that forces XLA to write ``tree`` to memory.
-
-    XLA:CPU happily fuses a gather-heavy producer into *every* consumer (and
-    ``lax.optimization_barrier`` is expanded away before fusion), which
-    recomputes it many times. A conditional on a data-dependent ``flag`` is a
-    fusion boundary; both branches are the identity, so the value is unchanged.
-    """
+    """Identity that forces XLA to write ``tree`` to memory: XLA:CPU fuses a gather-heavy
+    producer into *every* consumer, recomputing it (``lax.optimization_barrier`` is expanded away
+    before fusion); a conditional on a data-dependent ``flag`` is a fusion boundary."""
     return jax.lax.cond(flag, lambda t: t, lambda t: t, tree)
 
 
@@ -322,8 +319,9 @@ def _neighbor_fns(box_size, cutoff, skin, capacity_multiplier, method, brute_for
 
     build_jit = jax.jit(build, static_argnums=(1, 2, 3))
 
-    def allocate(R, extra_capacity: int = 0) -> NeighborList:
-        """Allocate a list sized for ``R`` (not jit-able: capacities are static)."""
+    def measure(R, extra_capacity: int = 0) -> dict:
+        """The capacities ``allocate`` gives a list for ``R`` (:func:`capacities`), without
+        building it: one counting program per list, whatever the capacities (not jit-able)."""
         R = jnp.asarray(R)
         n = R.shape[0]
         if _kind(n) == "cell":
@@ -335,13 +333,16 @@ def _neighbor_fns(box_size, cutoff, skin, capacity_multiplier, method, brute_for
             cand_cap = cell_cap = 0
         _, occ, _, _ = build_jit(R, 1, cell_cap, cand_cap)
         max_nbrs = int(math.ceil(int(occ) * capacity_multiplier)) + int(extra_capacity)
-        max_nbrs = max(1, min(max_nbrs, max(n - 1, 1)))
-        idx, _, _, _ = build_jit(R, max_nbrs, cell_cap, cand_cap)
-        return NeighborList(idx=idx, reference_position=R,
-                            did_buffer_overflow=jnp.asarray(False),
-                            num_builds=jnp.asarray(1, jnp.int32),
-                            max_occupancy=max_nbrs, cell_capacity=cell_cap,
-                            candidate_capacity=cand_cap)
+        return {"max_occupancy": max(1, min(max_nbrs, max(n - 1, 1))), "cell_capacity": cell_cap,
+                "candidate_capacity": cand_cap}
+
+    def allocate(R, extra_capacity: int = 0) -> NeighborList:
+        """Allocate a list sized for ``R`` (not jit-able: capacities are static)."""
+        R = jnp.asarray(R)
+        caps = measure(R, extra_capacity)
+        idx, _, _, _ = build_jit(R, caps["max_occupancy"], caps["cell_capacity"], caps["candidate_capacity"])
+        return NeighborList(idx=idx, reference_position=R, did_buffer_overflow=jnp.asarray(False),
+                            num_builds=jnp.asarray(1, jnp.int32), **caps)
 
     def rebuild(R, nbrs: NeighborList) -> NeighborList:
         """Unconditional rebuild at fixed capacity (jit-able)."""
@@ -360,7 +361,7 @@ def _neighbor_fns(box_size, cutoff, skin, capacity_multiplier, method, brute_for
         moved = jnp.max(jnp.sum(dr * dr, -1)) > half_skin_sq
         return jax.lax.cond(moved, rebuild, lambda R, nb: nb, R, nbrs)
 
-    return NeighborFns(allocate=allocate, update=update, rebuild=rebuild, box_size=box_size,
+    return NeighborFns(allocate=allocate, measure=measure, update=update, rebuild=rebuild, box_size=box_size,
                        cutoff=float(cutoff), skin=float(skin), method=method)
 
 

@@ -123,10 +123,10 @@ class Sampler(ChunkedSampler):
     # ----------------------------------------------------------------------------------
     def init(self, key, params, positions=None, ahead: int = 0):
         R = jnp.asarray(self.system.positions if positions is None else positions)
-        nbrs = self.neighbor_fn.allocate(R)
         # A lattice start has fewer neighbours than the liquid it melts into: allocate 30 % more
         # room now rather than overflow, re-allocate and recompile in the first chunk.
-        nbrs = self.neighbor_fn.allocate(R, extra_capacity=int(0.3 * nbrs.max_occupancy))
+        extra = int(0.3 * self.neighbor_fn.measure(R)["max_occupancy"])
+        nbrs = self.neighbor_fn.allocate(R, extra_capacity=extra)
         self._prepare(R, nbrs)
         if ahead:   # the chunk program compiles while the initial forces do (sampler.py)
             self.compile_chunk_ahead(params, self._init_state.eval_shape(key, R, nbrs, params), nbrs, ahead)

@@ -79,6 +79,20 @@ def test_dense_list_matches_brute_force(n, method):
     assert all((j, i) in got for i, j in got)  # full (symmetric) list
 
 
+@pytest.mark.parametrize("n,method", [(300, "brute"), (3000, "cell")])
+def test_measure_gives_the_capacities_allocate_builds(n, method):
+    """``measure`` sizes a list without building it (what the feature lists, built per snapshot
+    inside the featurisation, and the sampler's first sizing need): the capacities ``allocate``
+    gives, with and without extra room, and the measured occupancy fits the built list."""
+    R, box = _random_positions(n, seed=n)
+    fns = nbm.make_neighbor_fn(box, CUTOFF, SKIN, method=method)
+    for extra in (0, 40):
+        nbrs = fns.allocate(R, extra_capacity=extra)
+        assert fns.measure(R, extra_capacity=extra) == nbm.capacities(nbrs)
+        occupied = int(np.max(np.sum(np.asarray(nbrs.idx) < n, axis=1)))
+        assert occupied < nbrs.max_occupancy <= 1.25 * occupied + extra + 1
+
+
 def test_update_rebuilds_only_after_half_skin_and_moves_tracked():
     R, box = _random_positions(500, seed=1)
     fns = nbm.make_neighbor_fn(box, CUTOFF, SKIN)

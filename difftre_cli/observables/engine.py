@@ -248,14 +248,13 @@ class ObservableEngine:
         n = positions.shape[1]
         if self._pending_caps is not None and not grow:
             return {k: neighbors.placeholder(n, caps, positions.dtype) for k, caps in self._pending_caps.items()}
-        lists = {"obs": self.feature_nbr_fn.allocate(positions[-1], extra_capacity=grow),
-                 "energy": self.energy_nbr_fn.allocate(positions[-1], extra_capacity=grow)}
-        if self.capacity_floor is None:
-            return lists
-        own = {k: neighbors.capacities(nb) for k, nb in lists.items()}
-        caps = {k: _shared_capacities(c, self.capacity_floor.get(k)) for k, c in own.items()}
-        self.capacity_floor.update(caps)
-        return lists if caps == own else {k: neighbors.placeholder(n, c, positions.dtype) for k, c in caps.items()}
+        # shapes only (the featurisation builds its lists per snapshot): measured, not built
+        caps = own = {"obs": self.feature_nbr_fn.measure(positions[-1], extra_capacity=grow),
+                      "energy": self.energy_nbr_fn.measure(positions[-1], extra_capacity=grow)}
+        if self.capacity_floor is not None:
+            caps = {k: _shared_capacities(c, self.capacity_floor.get(k)) for k, c in own.items()}
+            self.capacity_floor.update(caps)
+        return {k: neighbors.placeholder(n, c, positions.dtype) for k, c in caps.items()}
 
     def featurize(self, trajectory, on_shapes=None) -> Features:
         """Features of a trajectory (positions (S, N, 3), reference energies (S,)).
