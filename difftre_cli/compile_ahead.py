@@ -4,7 +4,8 @@ XLA compiles a program on one core. A run starts with a chain of compilations wh
 known before the previous step ends: the MD chunk program's shapes are those of the initial
 state, known before that state is computed (its force evaluation compiles meanwhile); the
 update's are those of the first trajectory's features, known before they are computed
-(the featurisation compiles and runs meanwhile). :class:`CompileAhead` lowers and compiles
+(the featurisation compiles and runs meanwhile; with several state points, the programs the
+update sums over them, learn/multistate.py). :class:`CompileAhead` lowers and compiles
 ``fn`` for the arguments' shapes in a thread; the first real call (after :meth:`wait`) finds
 the executable in JAX's cache (``jit(f).lower(...).compile()`` and ``f(...)`` share it) and
 runs at once. If the shapes turn out different (say, a grown capacity), the call compiles
@@ -19,7 +20,7 @@ log = logging.getLogger("difftre")
 
 
 class CompileAhead:
-    """At most one program compiling in the background (:meth:`start`, :meth:`wait`)."""
+    """At most one thread compiling in the background (:meth:`start`, :meth:`start_jobs`, :meth:`wait`)."""
 
     def __init__(self):
         self._thread: threading.Thread | None = None
@@ -27,11 +28,19 @@ class CompileAhead:
     def start(self, fn, *args) -> None:
         """Compile the jitted ``fn`` for ``args`` (arrays or ``jax.ShapeDtypeStruct``; what the
         later call passes, with the same dtypes and weak types) in a background thread."""
+        self.start_jobs(iter([(fn, args)]))
+
+    def start_jobs(self, jobs) -> None:
+        """Compile several programs one after another in a background thread: ``jobs`` yields
+        ``(fn, args)`` pairs as :meth:`start` takes them. A generator works out each job's
+        argument shapes (e.g. from the previous program's ``eval_shape``) in the thread too.
+        A job that fails ends the thread; its program, and those after it, compile on their call."""
         self.wait()
 
         def work():
             try:
-                fn.lower(*args).compile()
+                for fn, args in jobs:
+                    fn.lower(*args).compile()
             except Exception:   # the real call compiles again and reports the error
                 log.debug("compiling ahead failed; the first call compiles instead", exc_info=True)
 

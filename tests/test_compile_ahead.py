@@ -174,3 +174,45 @@ def test_several_state_points_run_one_executable_of_each_program(tmp_path):
                  "grad": learner.grad._cache_size(), "gauss_newton": learner.gauss_newton._cache_size(),
                  "trials": learner.trials._cache_size(), "n_eff": learner.n_eff._cache_size()}
         assert sizes == dict.fromkeys(sizes, 1), sizes
+
+
+#: the programs of a multi-state update (learn/update_ahead.py), by the names XLA compiles them under
+UPDATE_PROGRAMS = ("grad", "gauss_newton", "fisher", "trials", "n_eff", "<lambda>")
+
+
+TWO_TEMPERATURES = ["config=tiny", "states={T10: {system: {kT: 1.0}}, T12: {system: {kT: 1.2}}}"]
+GAUSS_NEWTON_SEARCH = ["trainer.precondition=gauss_newton", "trainer.step_rule=line_search"]
+
+
+@pytest.mark.parametrize("states", [
+    TWO_TEMPERATURES + GAUSS_NEWTON_SEARCH,   # programs of their own
+    TWO_TEMPERATURES + ["trainer.precondition=fisher"],   # the Fisher step, no line search
+    ["config=lj_mixture", "system.n_particles=108", "simulator.first_equilibration_steps=100",   # shared programs
+     "simulator.equilibration_steps=20", "simulator.production_steps=50", "simulator.every=10",
+     *[f"observables.rdf_{p}.r_max=2.6" for p in ("AA", "AB", "BB")], *GAUSS_NEWTON_SEARCH]])
+def test_multistate_update_compiled_during_featurisation_is_the_one_that_runs(tmp_path, states):
+    """Several state points: the gradient, matrix (Gauss–Newton, Fisher), trial and N_eff programs
+    of every state point and the regime's solve, direction and step compile while the first
+    trajectories are featurised, so the first update compiles none of them on its call; each is
+    traced once, and the parameters equal those of an update compiled on its calls."""
+    from difftre_cli.learn.multistate import MultiStateDiffTReRegime
+    from difftre_cli.states import data_groups, state_configs
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="train", overrides=states)
+    results = []
+    for name, ahead in (("ahead", True), ("plain", False)):
+        regime = MultiStateDiffTReRegime(assemble.build_states(cfg), RunStore(tmp_path / name), ratio=0.3,
+                                         share=data_groups(state_configs(cfg)))
+        if not ahead:
+            regime._ahead = {}
+        params, opt_state = regime.init(jax.random.PRNGKey(0))
+        with compilations_here() as compiled:
+            prop = regime.propose(params, opt_state, 1.0)
+        assert not prop.event
+        ours = [n for n in compiled if any(p in n for p in UPDATE_PROGRAMS)]
+        assert bool(ours) == (not ahead), compiled
+        assert regime.cs[0].learner.trace_count["grad"] == 1
+        results.append(prop.params)
+    for a, b in zip(jax.tree_util.tree_leaves(results[0]), jax.tree_util.tree_leaves(results[1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -61,7 +61,7 @@ class DiffTReRegime(Regime):
         self.length = 1                 # spacing factor of the snapshots (step_rule.next_length)
         self.floor = components.learner.step_rule.first_floor   # the step rule's floor (step_rule.next_floor)
         self.last_loss = None           # the last update's fresh loss (judges the step after it)
-        self.step_ahead = None          # (params, opt_state) whose update compiles during featurisation
+        self.on_shapes = None           # called with the next features' shapes (the update compiles meanwhile)
 
     # -- state ---------------------------------------------------------------------------
     def init(self, key):
@@ -130,12 +130,10 @@ class DiffTReRegime(Regime):
         traj = jax.tree_util.tree_map(np.asarray, res.trajectory)
         self.store.write_trajectory(self.n_traj, traj, c.system.box_size, c.sampler.cfg.dt, c.system.units,
                                     species=c.system.species, species_names=c.system.species_names)
-        ahead, self.step_ahead = self.step_ahead, None
+        on_shapes, self.on_shapes = self.on_shapes, None
 
         def features():
-            feats = c.engine.featurize(res.trajectory, None if ahead is None else (
-                lambda shapes: c.learner.compile_step_ahead(*ahead, shapes, self.floor)))
-            return jax.block_until_ready(feats)
+            return jax.block_until_ready(c.engine.featurize(res.trajectory, on_shapes))
 
         self.before_sample = (self.state, self.nbrs)
         self.state, self.nbrs, self.n_traj = res.state, res.neighbor, self.n_traj + 1
@@ -175,7 +173,7 @@ class DiffTReRegime(Regime):
         worn = self.max_reuse is not None and self.uses > self.max_reuse
         if self.feats is None or worn or (self.next_n_eff is not None and self.next_n_eff < threshold):
             if self.feats is None:   # the first trajectory: its update compiles while it is featurised
-                self.step_ahead = (params, opt_state)
+                self.on_shapes = lambda shapes: c.learner.compile_step_ahead(params, opt_state, shapes, self.floor)
             ok, sample_time = self._resample(params)
             reused, fresh = False, ok
             if not ok:

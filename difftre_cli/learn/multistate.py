@@ -24,10 +24,8 @@ sum of their gradients. Per update:
   features, gradients (step 2) and N_eff of such a state point then stay on its device; the
   per-state gradients are dispatched to their devices together (so they can overlap) and
   summed on the default device. A state point whose particle number no other one shares is
-  sampled on its own, as with ``sequential``, and a warning names it and the fix (the same
-  system.n_particles). Implemented for trainer=difftre (a config error otherwise); no effect
-  with a single state point. On CPU, fake devices with
-  ``XLA_FLAGS=--xla_force_host_platform_device_count=K`` set before JAX starts.
+  sampled on its own (a warning names it and the fix). trainer=difftre only. On CPU, fake
+  devices with ``XLA_FLAGS=--xla_force_host_platform_device_count=K`` set before JAX starts.
 
 Both modes compute the same numbers bit-for-bit on CPU (each state point's segment is the same
 program, dispatched with ``lax.switch``; its list keeps its own capacity and overflow handling;
@@ -35,7 +33,8 @@ results are kept in the same order with the same stop-at-failure rules), so a ru
 in either mode.
 
 *Pipelining*: a trajectory is featurised in a background thread while the next state point
-samples, its MD keeping a second core only partly busy (same numbers; IBI likewise).
+samples (same numbers; IBI likewise); the first update's programs compile meanwhile
+(update_ahead.py).
 
 Not ``vmap``: JAX MD's conditional neighbour-list rebuild becomes an every-step rebuild under
 ``vmap`` (3–5× slower, measured on 2 CPU cores).
@@ -57,8 +56,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import parallel
+from ..compile_ahead import CompileAhead
 from ..errors import UserError
-from . import gauss_newton, shared_programs
+from . import gauss_newton, shared_programs, update_ahead
 from .boltzmann import initial_params
 from .difftre import apply_update, natural_step
 from .difftre_regime import DiffTReRegime
@@ -95,9 +95,12 @@ class MultiStateDiffTReRegime(Regime):
     def __init__(self, states: list, store, ratio: float, init_from: str | None = None,
                  state_parallel: str = "sequential", max_loss_ratio: float | None = None, share: list | None = None):
         self._setup(states, store, init_from, lambda c, st: DiffTReRegime(c, st, ratio, init_from))
-        for learners in ([self.cs[k].learner for k in ks] for ks in share or []):   # shared_programs.py
-            if all(map(shared_programs.shareable, learners)):
-                shared_programs.share(learners)
+        leads = set(range(len(self.subs)))   # the state points whose programs compile (ahead)
+        for ks in share or []:   # shared_programs.py
+            if all(shared_programs.shareable(self.cs[k].learner) for k in ks):
+                shared_programs.share([self.cs[k].learner for k in ks])
+                leads -= set(ks[1:])
+        self._ahead = {k: CompileAhead() for k in leads}   # the first update's programs (update_ahead.py)
         self.max_loss_ratio = max_loss_ratio   # a fresh summed loss above this × loss_before rejects
         self._apply = jax.jit(lambda p, o, g, loss, s, f: apply_update(self.optimizer, p, o, g, loss, s,
                                                                        rescale=lambda u: _times(f, u)))
@@ -112,14 +115,10 @@ class MultiStateDiffTReRegime(Regime):
                             f"use one of {', '.join(STATE_PARALLEL)}")
         self.state_parallel = state_parallel
         self.floor = self.rule.first_floor   # the step rule's floor on the summed loss (step_rule.next_floor)
-        self.groups = []      # devices: [(StateGroup, [state indices])], batched groups only
-        self.home = {}        # devices: state index -> the device that holds its data
-        self._default = jax.devices()[0]
 
     def _setup(self, states: list, store, init_from, make_sub):
         """One single-state regime ``make_sub(components, store)`` per state point."""
-        self.names = [name for name, _ in states]
-        self.cs = [c for _, c in states]
+        self.names, self.cs = [name for name, _ in states], [c for _, c in states]
         self.store = store
         self.init_from = init_from
         self.subs = [make_sub(c, StateStore(store, name)) for name, c in states]
@@ -127,10 +126,12 @@ class MultiStateDiffTReRegime(Regime):
         # trainer.state_parallel=devices is difftre's (its __init__ sets it after this); the
         # regimes built on this one (direct_ad, ibi) sample their state points one by one
         self.state_parallel = "sequential"
-        self.groups, self.home = [], {}
+        self.groups = []   # devices: [(StateGroup, [state indices])], batched groups only
+        self.home = {}     # devices: state index -> the device that holds its data
         self._default = jax.devices()[0]
         self.floor = self.last_loss = None   # the step rule's progress (difftre only, step_rule.next_floor)
         self.max_loss_ratio = self.loss_before = None   # difftre only (regime.loss_rose)
+        self._ahead = {}   # difftre only: the first update's programs compiling (update_ahead.py)
 
     # -- state ---------------------------------------------------------------------------
     def init(self, key):
@@ -235,11 +236,8 @@ class MultiStateDiffTReRegime(Regime):
     def _on_default(self, k, tree):
         """State point k's result ``tree`` on the default device, where the update runs (devices
         mode; unchanged for sequential). Only results that live elsewhere are moved: a
-        ``device_put`` commits its result to the device, and JAX compiles each program again
-        for committed inputs (another executable, another persistent-cache entry), so moving
-        results that are already there made the parameters, then the simulation state,
-        committed after the first update and compiled the chunk, featurisation and gradient
-        programs two to three times per state point, the compiled-ahead ones unused."""
+        ``device_put`` commits its result, and JAX compiles every program again for committed
+        inputs (tests/test_compile_ahead.py: one executable of each program)."""
         return jax.device_put(tree, self._default) if k in self.home else tree
 
     def _grads(self, params, ks: list[int]) -> dict:
@@ -247,6 +245,7 @@ class MultiStateDiffTReRegime(Regime):
         ``ks``, each on its own trajectory; dispatched asynchronously (in devices mode each on
         its state point's device, so they run concurrently) and returned on the default device."""
         outs = {}
+        update_ahead.wait(self)
         for k in ks:
             sub = self.subs[k]
             if k in self.home:
@@ -268,6 +267,7 @@ class MultiStateDiffTReRegime(Regime):
             if sub.feats is None or (sub.next_n_eff is not None and sub.next_n_eff < thr):
                 spent.append(k)
         if spent:
+            update_ahead.request(self, spent, params, opt_state)   # first trajectories: compile meanwhile
             oks, sample_time = self._resample(params, spent)
             reused_all = False
             fresh = any(oks.values())
