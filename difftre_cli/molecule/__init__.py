@@ -1,3 +1,3 @@
-"""Molecules: internal coordinates (geometry.py), topologies (topology.py), bonded energy terms
+"""Molecules: internal coordinates (geometry.py), topologies (topology.py; files read by topology_files.py), bonded energy terms
 (bonded.py) and their Boltzmann-inversion fit (boltzmann.py). Foundations only: no module here
 imports from potentials/, observables/ or the loops."""

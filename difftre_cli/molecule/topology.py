@@ -28,26 +28,18 @@ forms: bonds (i, j) with i < j, angles (i, j, k) with the angle at j and i < k, 
 """
 from __future__ import annotations
 
-import warnings
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
-import yaml
 
 from ..checks import choice, input_file, mapping, number
-from ..deferred_imports import mdanalysis
 from ..errors import UserError
+from .topology_files import ARITY, Raw, file_format, read_mda, read_yaml
 
 KEYS = ("file", "format", "exclusions", "angles", "dihedrals")
 LIST_MODES = ("auto", "file", "none")
-YAML_EXTENSIONS = (".yaml", ".yml")
-YAML_KEYS = ("beads", "bonds", "angles", "dihedrals")
 EXAMPLE = "topology=alanine_dipeptide (configs/topology/), or {file: mol.yaml, exclusions: 2}"
-#: number of beads of each term kind (a term's singular name is the kind without its final s)
-ARITY = {"bonds": 2, "angles": 3, "dihedrals": 4}
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,17 +145,6 @@ def check_count(topology: Topology, n: int, what: str, key: str = "topology") ->
                         f"make {key}.file list one bead per coarse-grained particle ({n}), in their order")
 
 
-@dataclass
-class _Raw:
-    """A topology as read; angles and dihedrals None where the file has none."""
-
-    names: list
-    types: list
-    bonds: np.ndarray
-    angles: np.ndarray | None = None
-    dihedrals: np.ndarray | None = None
-
-
 def read(cfg, n_atoms: int | None = None, atom_to_bead=None, bead_types=None, key: str = "topology"):
     """The :class:`Topology` of the config group ``cfg`` (module docstring), None if ``cfg`` is None.
 
@@ -175,7 +156,7 @@ def read(cfg, n_atoms: int | None = None, atom_to_bead=None, bead_types=None, ke
     if cfg is None:
         return None
     path, fmt, exclusions, modes = _settings(cfg, key)
-    raw = _read_yaml(path, key) if fmt == "yaml" else _read_mda(path, fmt, key)
+    raw = read_yaml(path, key) if fmt == "yaml" else read_mda(path, fmt, key)
     mapped = atom_to_bead is not None and len(raw.names) != _n_mapped(atom_to_bead)
     if mapped:
         if len(raw.names) != len(atom_to_bead):
@@ -207,125 +188,10 @@ def _settings(cfg, key: str):
                         example="2")
     modes = {kind: choice(cfg, kind, LIST_MODES, prefix=key, default="auto", what=f"{kind} setting")
              for kind in ("angles", "dihedrals")}
-    return path, _format(cfg.get("format"), path, key), exclusions, modes
+    return path, file_format(cfg.get("format"), path, key), exclusions, modes
 
 
-def _format(fmt, path: Path, key: str) -> str | None:
-    """``yaml``, an MDAnalysis format name, or None (MDAnalysis picks it from the extension)."""
-    if fmt is None:
-        if path.suffix.lower() in YAML_EXTENSIONS:
-            return "yaml"
-        if path.suffix.lower() != ".top":
-            return None
-        with open(path, errors="replace") as fh:   # GROMACS has [ section ] lines, AMBER %FLAG lines
-            return "ITP" if any(line.lstrip().startswith("[") for line, _ in zip(fh, range(200))) else None
-    if not isinstance(fmt, str):
-        raise UserError(f"{key}.format must be a format name, got {fmt!r}", f"set {key}.format=yaml, PSF, ITP, ...")
-    if fmt.lower() == "yaml":
-        return "yaml"
-    known = mdanalysis()._PARSERS
-    if fmt.upper() not in known:
-        raise UserError(f"{key}.format: unknown topology format {fmt!r}",
-                        f"use yaml or one of MDAnalysis's: {', '.join(sorted(known))}")
-    return fmt.upper()
-
-
-def _read_mda(path: Path, fmt: str | None, key: str) -> _Raw:
-    mda = mdanalysis()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # guessed masses/elements: nothing here uses them
-            u = mda.Universe(str(path), topology_format=fmt)
-    except Exception as exc:   # the parsers raise many kinds (ValueError, IndexError, OSError, ...)
-        raise UserError(f"{key}.file: cannot read {path} as a topology ({type(exc).__name__}: {exc})",
-                        f"check the file, or set {key}.format to its format (yaml, PSF, PDB, ITP, TPR, ...)") from None
-    atoms = u.atoms
-    types = atoms.types if hasattr(atoms, "types") else atoms.names
-    bonds = _indices(u, "bonds")
-    return _Raw(list(atoms.names), list(types), np.zeros((0, 2), np.int64) if bonds is None else bonds,
-                _indices(u, "angles"), _indices(u, "dihedrals"))
-
-
-def _indices(u, kind: str) -> np.ndarray | None:
-    """(T, width) atom indices of ``u``'s bonds/angles/dihedrals; None if the file has none."""
-    try:
-        rows = getattr(u, kind).indices
-    except (mdanalysis().exceptions.NoDataError, AttributeError):
-        return None
-    return np.asarray(rows, dtype=np.int64).reshape(-1, ARITY[kind])
-
-
-def _read_yaml(path: Path, key: str) -> _Raw:
-    where = f"{key}.file ({path.name})"
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise UserError(f"{where}: cannot read it as YAML ({exc})", "fix the YAML syntax (see configs/topology/data/)")
-    example = "{beads: [{name: A, type: A}, ...], bonds: [[0, 1], ...]}"
-    if not isinstance(data, Mapping):
-        raise UserError(f"{where} must hold a mapping of beads and bonds", f"write it as {example}")
-    unknown = sorted(str(k) for k in data if k not in YAML_KEYS)
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}", f"the keys are {', '.join(YAML_KEYS)}")
-    names, types = _beads(data.get("beads"), where)
-    lists = {kind: _resolve(data.get(kind), kind, names, where) for kind in ARITY}
-    return _Raw(names, types, lists["bonds"], lists["angles"], lists["dihedrals"])
-
-
-def _beads(beads, where: str) -> tuple[list, list]:
-    if not isinstance(beads, Sequence) or isinstance(beads, str) or not beads:
-        raise UserError(f"{where}: 'beads' must be a non-empty list", "list the beads as [{name: A, type: A}, ...]")
-    names, types = [], []
-    for b, bead in enumerate(beads):
-        if isinstance(bead, str):
-            bead = {"name": bead}
-        if not isinstance(bead, Mapping) or not isinstance(bead.get("name"), (str, int)) \
-                or set(bead) - {"name", "type"}:
-            raise UserError(f"{where}: beads[{b}] must be {{name: NAME, type: TYPE}}, got {bead!r}",
-                            "give each bead a name and a type (the type defaults to the name)")
-        names.append(str(bead["name"]))
-        types.append(str(bead.get("type", bead["name"])))
-    return names, types
-
-
-def _resolve(rows, kind: str, names: list, where: str) -> np.ndarray | None:
-    """Rows of bead names or indices as an index array; None if the file lists none of ``kind``."""
-    if rows is None:
-        return None if kind != "bonds" else np.zeros((0, 2), np.int64)
-    width, what = ARITY[kind], kind[:-1]
-    if isinstance(rows, str) or not isinstance(rows, Sequence):
-        raise UserError(f"{where}: '{kind}' must be a list of {width}-bead lists",
-                        f"write it as [[{', '.join(map(str, range(width)))}], ...]")
-    out = []
-    for t, row in enumerate(rows):
-        if isinstance(row, str) or not isinstance(row, Sequence) or len(row) != width:
-            raise UserError(f"{where}: {kind}[{t}] must list {width} beads, got {row!r}",
-                            f"write each {what} as {width} bead names or indices")
-        out.append([_bead_index(b, names, f"{kind}[{t}]", where) for b in row])
-    return np.array(out, dtype=np.int64).reshape(-1, width)
-
-
-def _bead_index(b, names: list, at: str, where: str) -> int:
-    n = len(names)
-    if isinstance(b, bool) or not isinstance(b, (int, str)):
-        raise UserError(f"{where}: {at}: {b!r} is neither a bead name nor an index",
-                        "name beads by name or 0-based index")
-    if isinstance(b, int):
-        if not 0 <= b < n:
-            raise UserError(f"{where}: {at}: bead index {b} out of range (there are {n} beads, 0..{n - 1})",
-                            "use a 0-based bead index below the number of beads")
-        return b
-    hits = [i for i, name in enumerate(names) if name == b]
-    if not hits:
-        raise UserError(f"{where}: {at}: unknown bead {b!r}", f"use one of the bead names ({', '.join(names)}) "
-                                                              f"or an index 0..{n - 1}")
-    if len(hits) > 1:
-        raise UserError(f"{where}: {at}: bead name {b!r} is used by beads {', '.join(map(str, hits))}, so it "
-                        "cannot name one", "give the beads unique names, or refer to them by 0-based index")
-    return hits[0]
-
-
-def _map_atoms(raw: _Raw, atom_to_bead, bead_types, modes: dict, key: str) -> _Raw:
+def _map_atoms(raw: Raw, atom_to_bead, bead_types, modes: dict, key: str) -> Raw:
     """An all-atom topology's beads (see :func:`read`)."""
     for kind in ("angles", "dihedrals"):
         if modes[kind] == "file":
@@ -344,10 +210,10 @@ def _map_atoms(raw: _Raw, atom_to_bead, bead_types, modes: dict, key: str) -> _R
     pairs = pairs[(pairs >= 0).all(axis=1) & (pairs[:, 0] != pairs[:, 1])]
     bonds = np.unique(np.sort(pairs, axis=1), axis=0) if len(pairs) else pairs
     types = list(bead_types) if bead_types is not None else [raw.types[a] for a in first_atom]
-    return _Raw([raw.names[a] for a in first_atom], types, bonds)
+    return Raw([raw.names[a] for a in first_atom], types, bonds)
 
 
-def _assemble(raw: _Raw, modes: dict, exclusions: int, where: str, key: str) -> Topology:
+def _assemble(raw: Raw, modes: dict, exclusions: int, where: str, key: str) -> Topology:
     n = len(raw.names)
     bonds = _checked(raw.bonds, "bonds", raw.names, where)
     if n > 1 and not len(bonds):
