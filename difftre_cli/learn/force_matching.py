@@ -137,8 +137,8 @@ class ForceMatching:
     def prepare(self, positions) -> None:
         """Lists (and graph capacities) sized on a reference frame, before the first batch."""
         R = jnp.asarray(positions)
-        template = self.nbr_fn.allocate(R)
-        self.template = self.nbr_fn.allocate(R, extra_capacity=int(0.2 * template.max_occupancy))
+        extra = int(0.2 * self.nbr_fn.measure(R)["max_occupancy"])   # 20 % more room than this frame needs
+        self.template = self.nbr_fn.allocate(R, extra_capacity=extra)
         if self.potential.has_graph_capacity and self.potential.graph_format == "sparse" \
                 and not self.potential.sparse:
             self._set_potential(self.potential.fit_capacity(R, self.template.idx))
