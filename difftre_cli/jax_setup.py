@@ -10,8 +10,8 @@ a rerun and every job of a ``--multirun`` sweep load them instead (the numbers a
 the same executable runs).
 
 The command line turns the cache on before it imports the libraries
-(:func:`cache_library_imports`): importing JAX MD compiles ~120 small programs eagerly, which a
-later process then loads (``difftre train`` with a bad config: 14.6 -> 10.2 s under load).
+(:func:`cache_library_imports`): the few small programs they compile on import (6 for ``difftre
+train``, once jax_md.rigid_body is deferred: deferred_imports.py) are loaded by a later process.
 
 Where: ``$DIFFTRE_COMPILATION_CACHE`` if set (``off`` disables it), else
 ``$XDG_CACHE_HOME/difftre/xla`` (``~/.cache/difftre/xla``). A directory that cannot be created
@@ -43,10 +43,12 @@ CACHE_ENV = "DIFFTRE_COMPILATION_CACHE"
 #: the LJ chunk runs ~15 % and the update ~10 % slower). Measured: scripts/bench/README.md.
 FEATURIZE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2}
 RUN_ONCE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
-#: programs that compile faster than this are not worth a file. 0.1 s, not 0.5: the neighbour-list
-#: allocation programs (~0.37 s each, seven per DiffTRe start) were compiled again by every run
-#: (XLA compilation in a warm run of the update_cost reference setup: 3.9 s at 0.5, 1.1 s at 0.1)
-MIN_COMPILE_SECONDS = 0.1
+#: programs that compile faster than this are not cached. 0: every program is, even the ~25
+#: small ones (< 0.1 s each) of a DiffTRe start; loading them is faster than compiling them. The
+#: update_cost reference setup's warm run spent 3.9 s compiling at 0.5 s, 1.1 s at 0.1 s; its
+#: compile spans (tracing included, scripts/bench/startup.py) 2.8 s at 0.1 s and 2.3 s at 0
+#: (3 rounds each, alternating; 14 → 40 cache files, 1 MB)
+MIN_COMPILE_SECONDS = 0.0
 
 
 def cache_dir() -> Path | None:
@@ -60,9 +62,8 @@ def cache_dir() -> Path | None:
     return Path(base) / "difftre" / "xla"
 
 
-def enable_compilation_cache(min_compile_seconds: float = MIN_COMPILE_SECONDS) -> Path | None:
-    """Point JAX's persistent compilation cache at :func:`cache_dir`, for programs that take at
-    least ``min_compile_seconds`` to compile; the directory, or None."""
+def enable_compilation_cache() -> Path | None:
+    """Point JAX's persistent compilation cache at :func:`cache_dir`; the directory, or None."""
     path = cache_dir()
     if path is None:
         return None
@@ -75,7 +76,7 @@ def enable_compilation_cache(min_compile_seconds: float = MIN_COMPILE_SECONDS) -
         return None
     import jax   # after prepare_environment (module doc)
     jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     return path
 
 
@@ -106,11 +107,9 @@ def repair_cache(path: Path, settle_seconds: float = 60.0) -> tuple[int, list[st
 
 
 def cache_library_imports() -> None:
-    """Turn the cache on for every program before the libraries are imported: importing JAX MD
-    compiles ~120 small programs eagerly (``jax_md.rigid_body``'s shape tables), 2.5-5 s of every
-    ``difftre`` command on 2 CPU cores; cached, a later process loads them. :func:`configure`
-    sets the run's threshold again afterwards."""
-    enable_compilation_cache(min_compile_seconds=0.0)
+    """Turn the cache on before the libraries are imported, for the programs their imports
+    compile (module doc)."""
+    enable_compilation_cache()
 
 
 def prepare_environment() -> None:
