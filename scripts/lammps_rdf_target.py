@@ -3,7 +3,7 @@
 saved as a CSV with a header row `r,g`, at the state point of config=lj (ε = σ = 1, rc = 2.5,
 shifted; N = 1000 on a simple-cubic start, ρ = 0.5, kT = 1.5, Nosé–Hoover, dt = 0.005).
 
-It is the input of the smoothing measurement (README, "Targets from your own data";
+It is the input of the smoothing measurement (configs/README.md, "Targets from your own data";
 scripts/bench/README.md): train config=lj on it with and without targets.rdf.histogram=true.
 
     python scripts/lammps_rdf_target.py --steps 200000 --out runs/reference/lj_rdf_lammps_hist.csv
