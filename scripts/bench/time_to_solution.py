@@ -23,10 +23,13 @@ RDFs, one set of pair potentials).
     python scripts/bench/time_to_solution.py --quick --problems lj --trainers difftre
     python scripts/bench/time_to_solution.py --set difftre:trainer.step_rule=fixed   # the old step rule
     python scripts/bench/time_to_solution.py --merge a.json b.json --plot tts.png      # runs' results together
+    python scripts/bench/time_to_solution.py --floor --trainers '' --problems lj_mixture  # the noise floor only
 
 Prints per problem and trainer the training time to each threshold (or "> cap"), the updates,
 the RMSE history and the ratios to difftre; ``--plot`` draws RMSE against training time, one
-panel per problem.
+panel per problem. ``--floor`` first evaluates each problem's true potential the same way (three
+seeds): its RMSE is the evaluation's noise floor, which no trained model can be told apart from,
+so a threshold near it is no test of a trainer.
 """
 from __future__ import annotations
 
@@ -70,10 +73,42 @@ def _rdf_targets(trainer):
     return [(c, t) for c in cs for t in c.targets.values() if c.observables[t.observable].grid is not None]
 
 
-def run_one(label, overrides, args, workdir):
+def _compose(overrides):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
         cfg = compose(config_name="train", overrides=overrides)
     validate(cfg)
+    return cfg
+
+
+def evaluated_rmse(targets, params, args, seed: int) -> float:
+    """The RDF RMSE a trainer is judged by: an independent run at ``params`` (equilibration, then
+    ``--eval-steps`` steps, RDFs every 20), mean over the targets of every state point."""
+    errors, means = [], {}
+    for c, target in targets:
+        if id(c) not in means:
+            means[id(c)] = production_observables(c, params, args.eval_equilibration, args.eval_steps, 20,
+                                                  seed=seed)[0]
+        diff = np.asarray(means[id(c)][target.observable]) - np.asarray(target.value)
+        errors.append(float(np.sqrt(np.mean(diff ** 2))))
+    return float(np.mean(errors))
+
+
+def truth_floor(problem, args, workdir, seeds=(1, 2, 3)) -> list[float]:
+    """The evaluated RMSE of the problem's true potential: its prior group set to the ground
+    truth's kind (each problem's prior group holds its true potential: lj's LJ, the mixture's LJ
+    with its per-pair σ, softcore's Morse) and the model at its zero start. The evaluation's
+    noise floor: a threshold near it cannot be told from noise."""
+    truth = _compose([PROBLEMS[problem]]).ground_truth.kind
+    cfg = _compose([PROBLEMS[problem], f"prior={truth}"])
+    trainer = Trainer(cfg, Path(workdir) / f"{problem}_truth", quiet=True)
+    params, _ = trainer.regime.init(jax.random.PRNGKey(int(cfg.seed)))
+    if any(np.any(np.asarray(x) != 0) for x in jax.tree_util.tree_leaves(params)):
+        raise SystemExit(f"{problem}: the model does not start at zero; the truth cannot be evaluated this way")
+    return [round(evaluated_rmse(_rdf_targets(trainer), params, args, seed=int(cfg.seed) + s), 4) for s in seeds]
+
+
+def run_one(label, overrides, args, workdir):
+    cfg = _compose(overrides)
     trainer = Trainer(cfg, Path(workdir) / label, quiet=True)
     targets = _rdf_targets(trainer)
     state = {"eval_time": 0.0, "updates": 0, "history": [], "reached": {}, "last_eval": 0.0}
@@ -85,15 +120,9 @@ def run_one(label, overrides, args, workdir):
 
     def evaluate(params):
         t0 = time.perf_counter()
-        errors, means = [], {}
-        for c, target in targets:
-            if id(c) not in means:
-                means[id(c)] = production_observables(c, params, args.eval_equilibration, args.eval_steps, 20,
-                                                      seed=int(cfg.seed) + 1)[0]
-            diff = np.asarray(means[id(c)][target.observable]) - np.asarray(target.value)
-            errors.append(float(np.sqrt(np.mean(diff ** 2))))
+        rmse = evaluated_rmse(targets, params, args, seed=int(cfg.seed) + 1)
         state["eval_time"] += time.perf_counter() - t0
-        return float(np.mean(errors))
+        return rmse
 
     propose = trainer.regime.propose
 
@@ -137,7 +166,7 @@ def report(problem, results, thresholds):
         print(f"{'':>{len(problem) + 2}}{name:<10}" + "   ".join(cells))
 
 
-def plot(all_results, thresholds, path):
+def plot(all_results, thresholds, path, floors=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -148,6 +177,8 @@ def plot(all_results, thresholds, path):
             ax.plot(h[:, 0], h[:, 2], "o-", ms=3, label=name)
         for th in thresholds:
             ax.axhline(th, color="grey", lw=0.8, ls="--")
+        if floors and problem in floors:   # the true potential's evaluated RMSE: the noise floor
+            ax.axhspan(min(floors[problem]), max(floors[problem]), color="grey", alpha=0.25, label="truth")
         ax.set(yscale="log", xlabel="training wall time [s]", ylabel="evaluated RDF RMSE", title=problem)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -157,10 +188,11 @@ def plot(all_results, thresholds, path):
 
 def merge(args) -> int:
     """One report and one plot from several runs' --json files (problems and trainers joined)."""
-    all_results, thresholds = {}, None
+    all_results, thresholds, floors = {}, None, {}
     for path in args.merge:
         data = json.loads(Path(path).read_text())
         thresholds = thresholds or data["args"]["thresholds"]
+        floors.update(data.get("floors", {}))
         for prob, results in data["results"].items():
             all_results.setdefault(prob, {}).update(results)
     order = list(TRAINERS)
@@ -168,7 +200,7 @@ def merge(args) -> int:
         all_results[prob] = {k: all_results[prob][k] for k in order if k in all_results[prob]}
         report(prob, all_results[prob], thresholds)
     if args.plot:
-        plot(all_results, thresholds, args.plot)
+        plot(all_results, thresholds, args.plot, floors)
     return 0
 
 
@@ -182,7 +214,9 @@ def main(argv=None):
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.02],
                    help="RMSE thresholds; a trainer stops below the lowest (e.g. 0.02 0.01)")
     p.add_argument("--problems", default="lj,softcore,lj_mixture")
-    p.add_argument("--trainers", default="difftre,direct_ad,ibi")
+    p.add_argument("--trainers", default="difftre,direct_ad,ibi", help="comma-separated; '' with --floor: none")
+    p.add_argument("--floor", action="store_true",
+                   help="first evaluate each problem's true potential (3 seeds): the evaluation's noise floor")
     p.add_argument("--set", action="append", default=[], metavar="TRAINER:KEY=VALUE",
                    help="extra Hydra override for one trainer, e.g. direct_ad:trainer.steps=50 (repeatable)")
     p.add_argument("--json", default=None, help="also write the results to this file")
@@ -206,11 +240,14 @@ def main(argv=None):
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; load average {os.getloadavg()[0]:.2f}; "
           f"thresholds {args.thresholds}; cap {args.cap:g} s; evaluation every {args.eval_interval:g} s of training "
           f"({args.eval_steps} steps)", flush=True)
-    all_results = {}
+    all_results, floors = {}, {}
     with tempfile.TemporaryDirectory() as work:
         for prob in problems:
+            if args.floor:
+                floors[prob] = truth_floor(prob, args, work)
+                print(f"{prob}: the true potential's evaluated RMSE (noise floor) {floors[prob]}", flush=True)
             results = all_results[prob] = {}
-            for name in args.trainers.split(","):
+            for name in [t for t in args.trainers.split(",") if t]:
                 overrides = [PROBLEMS[prob], *TRAINERS[name], "trainer.updates=100000", "trainer.checkpoint_every=100000"]
                 overrides += [o.split(":", 1)[1] for o in args.set if o.split(":", 1)[0] == name]
                 results[name] = run_one(f"{prob}_{name}", overrides, args, work)
@@ -218,10 +255,13 @@ def main(argv=None):
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
     for prob, results in all_results.items():
         report(prob, results, args.thresholds)
+        if prob in floors:
+            print(f"{prob}: the true potential's evaluated RMSE (noise floor) {floors[prob]}")
     if args.plot:
-        plot(all_results, args.thresholds, args.plot)
+        plot(all_results, args.thresholds, args.plot, floors)
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": all_results}, indent=1))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": all_results, "floors": floors},
+                                              indent=1))
     return 0
 
 
